@@ -1,0 +1,54 @@
+# cxr-retrieval. `make help` lists the targets.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CXR := $(BIN)/cxr
+MODEL ?=
+CHECKPOINT ?=
+TARGET ?= local
+FP16 ?=
+# The demo runs on a random-weight twin until the project ships a trained default model.
+DEMO_MODEL ?= medsiglip-tiny
+
+export_flags = $(if $(MODEL),--model $(MODEL)) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) \
+	--target $(TARGET) $(if $(FP16),--fp16)
+
+.PHONY: help setup export serve serve-detached stop models demo test bench-towers clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+
+setup: $(VENV)/.installed ## install everything (pinned) into .venv
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[serve,export,test]'
+	touch $@
+
+export: setup ## export MODEL (default: the active one) to ONNX + config.pbtxt; CHECKPOINT=dir TARGET=local|gpu FP16=1
+	$(CXR) export $(export_flags)
+
+serve: setup ## start Triton on model_repository/ and block until Ctrl-C
+	$(CXR) serve
+
+serve-detached: setup ## start Triton in the background (stop it with `make stop`)
+	$(CXR) serve --detach
+
+stop: ## stop a Triton started in the background
+	$(CXR) stop
+
+models: setup ## list models: active, exported, ready in Triton
+	$(CXR) models
+
+demo: setup ## export, serve and query the demo model, then stop
+	$(BIN)/python -m cxr.demo --model $(DEMO_MODEL)
+
+test: setup ## install and run every test
+	$(BIN)/python -m pytest
+
+bench-towers: setup ## export each family at true size (random weights) and time it in Triton
+	$(BIN)/python -m benchmarks.triton_towers
+
+clean: ## remove exported models, caches and logs (keeps .venv)
+	rm -rf model_repository/*/ .cache .run

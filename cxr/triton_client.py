@@ -1,0 +1,52 @@
+"""Embed images and texts through Triton's gRPC API: the served towers, seen from a client.
+
+One client per process; `embed_images` takes uint8 RGB at the model's size, `embed_texts`
+takes the exported tokenizer's output. Both return L2-normalised float32 [n, dim].
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+
+from cxr.towers import TowerSpec
+
+TRITON_DTYPES = {"uint8": "UINT8", "int64": "INT64", "float32": "FP32"}
+
+
+class TowerClient:
+    def __init__(self, url: str, image: TowerSpec, text: TowerSpec, max_batch_size: int):
+        self._client = grpcclient.InferenceServerClient(url)
+        self.image = image
+        self.text = text
+        self.max_batch_size = max_batch_size
+
+    def _infer(self, tower: TowerSpec, arrays: dict[str, np.ndarray]) -> np.ndarray:
+        """One request per max_batch_size rows: Triton rejects larger batches."""
+        count = len(next(iter(arrays.values())))
+        parts = [self._infer_batch(tower, {name: a[start:start + self.max_batch_size] for name, a in arrays.items()})
+                 for start in range(0, count, self.max_batch_size)]
+        return np.concatenate(parts) if parts else np.zeros((0, *tower.output.dims), np.float32)
+
+    def _infer_batch(self, tower: TowerSpec, arrays: dict[str, np.ndarray]) -> np.ndarray:
+        inputs = []
+        for tensor in tower.inputs:
+            array = np.ascontiguousarray(arrays[tensor.name], dtype=tensor.dtype)
+            if array.shape[1:] != tensor.dims:
+                raise ValueError(f"{tower.triton_name}.{tensor.name}: shape {array.shape[1:]} past the batch axis, "
+                                 f"expected {tensor.dims}")
+            infer_input = grpcclient.InferInput(tensor.name, list(array.shape), TRITON_DTYPES[tensor.dtype])
+            infer_input.set_data_from_numpy(array)
+            inputs.append(infer_input)
+        outputs = [grpcclient.InferRequestedOutput(tower.output.name)]
+        result = self._client.infer(tower.triton_name, inputs, outputs=outputs)
+        return result.as_numpy(tower.output.name)
+
+    def embed_images(self, pixels: np.ndarray) -> np.ndarray:
+        return self._infer(self.image, {self.image.inputs[0].name: pixels})
+
+    def embed_texts(self, tokens: dict[str, np.ndarray]) -> np.ndarray:
+        return self._infer(self.text, tokens)
+
+    def close(self) -> None:
+        self._client.close()

@@ -1,0 +1,1 @@
+"""Export encoder towers to ONNX and write the Triton model repository."""

@@ -1,0 +1,62 @@
+"""Shared fixtures: the real sample data, exported twins, and a real Triton on loopback."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from cxr.registry import get_model
+from support import DATA_DIR, SERVED, make_settings
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """Twins are built once per test session."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="session")
+def report_texts() -> list[str]:
+    """Real IU-Xray findings and impressions, one longer than any context length."""
+    with (DATA_DIR / "iu" / "indiana_reports.csv").open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    texts = [r["impression"] for r in rows[:6] if r["impression"]] + [r["findings"] for r in rows[:4] if r["findings"]]
+    return texts + [" ".join(r["findings"] for r in rows[:40])]
+
+
+@pytest.fixture(scope="session")
+def xray_paths() -> list[Path]:
+    """Real chest X-rays: NIH 512 px grayscale, TBX11K RGB, JPEGs, and NIH 64 px samples."""
+    samples = DATA_DIR / "cxr_samples"
+    return sorted(samples.glob("*.png")) + sorted(samples.glob("*.jpg")) + sorted((DATA_DIR / "nih800" / "valid" / "1_abnormal").glob("*.png"))[:3]
+
+
+@pytest.fixture(scope="session")
+def encoders(cache_dir):
+    """The PyTorch side of every served twin, loaded from its twin checkpoint."""
+    from export.checkpoints import load_encoder
+    from export.twins import twin_dir
+
+    return {name: load_encoder(get_model(name), str(twin_dir(get_model(name), cache_dir, DATA_DIR)))
+            for name in SERVED}
+
+
+@pytest.fixture(scope="session")
+def served(tmp_path_factory, cache_dir):
+    """Every twin exported into one repository and served by a real tritonserver."""
+    from cxr import tritonserver
+    from export.repository import export_model
+
+    settings = make_settings(tmp_path_factory.mktemp("served"), cache_dir)
+    for name in SERVED:
+        export_model(get_model(name), settings, log=lambda *_: None)
+    process, log_file = tritonserver.start(settings)
+    try:
+        models = [m for name in SERVED for m in (get_model(name).image_model, get_model(name).text_model)]
+        tritonserver.wait_ready(settings, models, process, timeout=180, log_file=log_file)
+        yield settings
+    finally:
+        tritonserver.stop_process(process)
+

@@ -1,0 +1,68 @@
+"""Starting Triton: clear errors for a busy port, an empty repository or a missing binary;
+`cxr serve --detach` / `cxr models` / `cxr stop` work from the command line."""
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from cxr import tritonserver
+from cxr.errors import TritonError
+from cxr.registry import get_model
+from export.repository import export_model
+from support import make_settings
+
+
+def test_empty_repository_is_refused_with_the_export_command(tmp_path, cache_dir):
+    settings = make_settings(tmp_path, cache_dir)
+    with pytest.raises(TritonError, match="make export MODEL="):
+        tritonserver.start(settings)
+
+
+def test_a_busy_port_is_named_with_the_variable_that_moves_it(tmp_path, cache_dir):
+    settings = make_settings(tmp_path, cache_dir)
+    (settings.model_repository / "m").mkdir(parents=True)
+    (settings.model_repository / "m" / "config.pbtxt").write_text('name: "m"')
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", settings.triton_grpc_port))
+        busy.listen()
+        with pytest.raises(TritonError, match=f"{settings.triton_grpc_port}.*CXR_TRITON_GRPC_PORT"):
+            tritonserver.start(settings)
+
+
+def test_a_missing_binary_says_how_to_install_it(monkeypatch, tmp_path):
+    monkeypatch.setattr(tritonserver, "pytriton_dir", lambda: tmp_path)
+    with pytest.raises(TritonError, match="make setup"):
+        tritonserver.binary()
+
+
+def _cxr(args, settings, **kwargs):
+    env = dict(os.environ, CXR_MODEL_REPOSITORY=str(settings.model_repository), CXR_RUN_DIR=str(settings.run_dir),
+               CXR_CACHE_DIR=str(settings.cache_dir), CXR_TRITON_HTTP_PORT=str(settings.triton_http_port),
+               CXR_TRITON_GRPC_PORT=str(settings.triton_grpc_port),
+               CXR_TRITON_METRICS_PORT=str(settings.triton_metrics_port), CXR_MODEL="siglip-tiny")
+    return subprocess.run([sys.executable, "-m", "cxr.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=300, **kwargs)
+
+
+@pytest.mark.triton
+def test_serve_detached_models_and_stop(tmp_path, cache_dir):
+    settings = make_settings(tmp_path, cache_dir)
+    export_model(get_model("siglip-tiny"), settings, log=lambda *_: None)
+    before = _cxr(["models"], settings)
+    assert "not running" in before.stdout
+    served = _cxr(["serve", "--detach"], settings)
+    try:
+        assert served.returncode == 0, served.stderr
+        assert "Triton ready" in served.stdout
+        listing = _cxr(["models"], settings).stdout
+        row = next(line for line in listing.splitlines() if " siglip-tiny " in line)
+        assert row.startswith("*") and "yes (fp32, local)" in row and "ready" in row
+        again = _cxr(["serve", "--detach"], settings)
+        assert again.returncode == 2 and "already in use" in again.stderr
+    finally:
+        stopped = _cxr(["stop"], settings)
+    assert "stopped Triton" in stopped.stdout
+    assert "not running" in _cxr(["models"], settings).stdout
