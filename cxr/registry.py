@@ -45,8 +45,10 @@ class ModelSpec:
     batching: Batching
     use: str  # when to use it, in a few words (`cxr models`)
     notes: str
+    # Config kwargs of each tower at this model's size: what twins are built from, and what the
+    # benchmarks build true-size random-weight copies from (weights do not change speed).
+    architecture: dict = field(default_factory=dict)
     twin_of: str | None = None
-    twin: dict = field(default_factory=dict)
     alternative_checkpoints: tuple[str, ...] = ()
     licence: str | None = None
 

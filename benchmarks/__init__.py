@@ -1,0 +1,1 @@
+"""Speed and quality measurements; each script writes its figures to benchmarks/results/."""

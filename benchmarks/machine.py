@@ -1,0 +1,54 @@
+"""What a benchmark ran on: machine, Python packages, date; recorded beside every figure."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import socket
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+RESULTS_DIR = Path(__file__).parent / "results"
+PACKAGES = ("numpy", "torch", "transformers", "open_clip_torch", "onnx", "onnxruntime", "nvidia-pytriton",
+            "tritonclient", "faiss-cpu")
+
+
+def _cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def _memory_gb() -> float:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal"):
+            return round(int(line.split()[1]) / 2**20, 1)
+    return 0.0
+
+
+def _version(package: str) -> str | None:
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
+def describe() -> dict:
+    return {
+        "host": socket.gethostname(),
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "memory_gb": _memory_gb(),
+        "gpu": None,
+        "python": platform.python_version(),
+        "versions": {p: _version(p) for p in PACKAGES},
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def result_path(name: str) -> Path:
+    """benchmarks/results/<date>-<host>-<name>.json"""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    return RESULTS_DIR / f"{dt.date.today().isoformat()}-{socket.gethostname()}-{name}.json"
