@@ -13,12 +13,20 @@ DEMO_MODEL ?= medsiglip-tiny
 export_flags = $(if $(MODEL),--model $(MODEL)) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) \
 	--target $(TARGET) $(if $(FP16),--fp16)
 
-.PHONY: help setup export serve serve-detached stop models demo test bench-towers clean
+.PHONY: help setup protos export serve serve-detached stop models demo test bench-towers clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
-setup: $(VENV)/.installed ## install everything (pinned) into .venv
+PROTO := protos/cxr/retrieval/v1/retrieval.proto
+STUBS := cxr/retrieval/v1/retrieval_pb2.py
+
+setup: $(VENV)/.installed $(STUBS) ## install everything (pinned) into .venv and generate the gRPC stubs
+
+protos: $(STUBS) ## generate the Python gRPC stubs from protos/ (never edit them by hand)
+
+$(STUBS): $(PROTO) $(VENV)/.installed
+	$(BIN)/python -m grpc_tools.protoc -I protos --python_out=. --pyi_out=. --grpc_python_out=. $(PROTO)
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -29,13 +37,13 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 export: setup ## export MODEL (default: the active one) to ONNX + config.pbtxt; CHECKPOINT=dir TARGET=local|gpu FP16=1
 	$(CXR) export $(export_flags)
 
-serve: setup ## start Triton on model_repository/ and block until Ctrl-C
+serve: setup ## start Triton and the gateway (port 50051); Ctrl-C stops both
 	$(CXR) serve
 
-serve-detached: setup ## start Triton in the background (stop it with `make stop`)
+serve-detached: setup ## start Triton and the gateway in the background (stop them with `make stop`)
 	$(CXR) serve --detach
 
-stop: ## stop a Triton started in the background
+stop: ## stop the Triton and gateway started in the background
 	$(CXR) stop
 
 models: setup ## list models: active, exported, ready in Triton

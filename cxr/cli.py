@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import time
+from pathlib import Path
 
 from cxr import registry
 from cxr.errors import CxrError
@@ -60,48 +62,145 @@ def cmd_export(args, settings: Settings) -> int:
 
 
 def cmd_serve(args, settings: Settings) -> int:
-    from cxr import tritonserver
+    """Triton, then the gateway in front of it; both stop together."""
+    from cxr import processes, tritonserver
+    from gateway import process as gateway_process
 
-    process, log_file = tritonserver.start(settings)
-    models = tritonserver.check_repository(settings.model_repository)
-    print(f"starting Triton with {len(models)} models; log: {log_file}")
+    triton, triton_log = tritonserver.start(settings)
+    children = [triton]
     try:
-        tritonserver.wait_ready(settings, models, process, args.timeout, log_file)
+        models = tritonserver.check_repository(settings.model_repository)
+        print(f"starting Triton with {len(models)} models; log: {triton_log}")
+        tritonserver.wait_ready(settings, models, triton, args.timeout, triton_log)
+        print(f"Triton ready: gRPC {settings.triton_grpc_url}, HTTP {settings.triton_http_url}, "
+              f"metrics {settings.triton_host}:{settings.triton_metrics_port}")
+        gateway, gateway_log = gateway_process.start(settings)
+        children.append(gateway)
+        status = gateway_process.wait_answering(settings, gateway, gateway_log)
     except BaseException:
-        tritonserver.stop_process(process)
+        for child in reversed(children):
+            processes.stop_process(child)
         raise
-    print(f"Triton ready: gRPC {settings.triton_grpc_url}, HTTP {settings.triton_http_url}, "
-          f"metrics {settings.triton_host}:{settings.triton_metrics_port}")
+    _print_gateway_status(settings, status, gateway_log)
     if args.detach:
-        tritonserver.TritonProcess(process.pid, settings, log_file).record()
-        print("running in the background; stop it with `cxr stop`")
+        processes.record(settings.run_dir, tritonserver.NAME, triton.pid, log=str(triton_log))
+        processes.record(settings.run_dir, gateway_process.NAME, gateway.pid, log=str(gateway_log))
+        print("running in the background; stop both with `cxr stop`")
         return 0
-    return _serve_until_signalled(process)
+    return _serve_until_signalled(children)
 
 
-def _serve_until_signalled(process) -> int:
-    from cxr import tritonserver
+def _print_gateway_status(settings: Settings, status: int, log_file) -> None:
+    from grpc_health.v1 import health_pb2
+
+    state = health_pb2.HealthCheckResponse.ServingStatus.Name(status)
+    print(f"gateway on {settings.gateway_address}: {state}; log: {log_file}")
+    if status != health_pb2.HealthCheckResponse.SERVING:
+        print(f"  (SERVING once {settings.model} is exported and indexed: "
+              f"`cxr index build --model {settings.model} ...`)")
+
+
+def _serve_until_signalled(children) -> int:
+    from cxr import processes
 
     def _stop(signum, frame):
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _stop)
     try:
-        code = process.wait()
-        print(f"Triton exited with status {code}", file=sys.stderr)
-        return code or 1
+        while all(child.poll() is None for child in children):
+            time.sleep(0.5)
+        print("a server exited; stopping the other", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
-        print("stopping Triton")
-        tritonserver.stop_process(process)
+        print("stopping the gateway and Triton")
         return 0
+    finally:
+        for child in reversed(children):
+            processes.stop_process(child)
 
 
 def cmd_stop(args, settings: Settings) -> int:
-    from cxr import tritonserver
+    from cxr import processes, tritonserver
+    from gateway import process as gateway_process
 
-    stopped = tritonserver.stop_detached(settings)
-    print("stopped Triton" if stopped else f"no detached Triton recorded in {settings.run_dir}")
+    stopped = [name for name in (gateway_process.NAME, tritonserver.NAME)
+               if processes.stop_recorded(settings.run_dir, name)]
+    print(f"stopped {' and '.join(stopped)}" if stopped else f"nothing recorded as running in {settings.run_dir}")
     return 0
+
+
+def cmd_index_build(args, settings: Settings) -> int:
+    from gateway.catalog import ExportedModel
+    from indexing.build import BuildOptions, build_index
+
+    model_name = args.model or settings.model
+    records, source = _archive_records(args)
+    model = ExportedModel.load(settings.model_repository, model_name)
+    output_dir = args.output_dir or settings.index_path(model_name)
+    missing = sum(not r.path.exists() for r in records)
+    print(f"{len(records)} images in {source}" + (f"; {missing} of {len(records)} images missing" if missing else ""))
+    options = BuildOptions(batch_size=args.batch_size, workers=args.workers, index_type=args.index_type)
+    manifest = build_index(records, model, settings, output_dir, options, source=source)
+    print(f"indexed {manifest['count']} of {len(records)} images with {model_name} into {output_dir} "
+          f"({manifest['index_type']}, {manifest['dim']}-d); {manifest['skipped']} skipped, listed in "
+          f"{output_dir / 'skipped.csv'}")
+    return 0
+
+
+def _archive_records(args):
+    from indexing import sources
+
+    if args.reports_csv or args.projections_csv:
+        if not (args.reports_csv and args.projections_csv and args.images_dir):
+            raise CxrError("an IU-Xray archive needs --reports-csv, --projections-csv and --images-dir")
+        return sources.iu_xray(args.reports_csv, args.projections_csv, args.images_dir), str(args.reports_csv.parent)
+    if args.labels_csv:
+        return sources.nih_labels(args.labels_csv, args.images_dir or args.labels_csv.parent), str(args.labels_csv)
+    if args.manifest:
+        return sources.manifest(args.manifest, args.images_dir), str(args.manifest)
+    raise CxrError("name an archive: --reports-csv/--projections-csv/--images-dir (IU-Xray), "
+                   "--labels-csv (NIH style) or --manifest (CSV or JSONL)")
+
+
+def cmd_search(args, settings: Settings) -> int:
+    import grpc
+
+    from cxr.retrieval.v1 import retrieval_pb2 as pb
+    from cxr.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
+
+    filters = pb.Filters(projections=args.projection or [], labels=args.label or [])
+    with grpc.insecure_channel(settings.gateway_address, options=[("grpc.max_send_message_length", 64 << 20)]) as ch:
+        stub = pb_grpc.RetrievalStub(ch)
+        try:
+            if args.kind == "text":
+                response = stub.SearchByText(pb.SearchByTextRequest(
+                    text=args.query, top_k=args.top_k, model=args.model or "", filters=filters), timeout=60)
+            else:
+                response = stub.SearchByImage(pb.SearchByImageRequest(
+                    image=Path(args.query).read_bytes(), top_k=args.top_k, model=args.model or "",
+                    filters=filters), timeout=60)
+        except grpc.RpcError as error:
+            print(f"error: {error.code().name}: {error.details()}", file=sys.stderr)
+            return 2
+    print_hits(response)
+    return 0
+
+
+def print_hits(response) -> None:
+    print(f"model: {response.model}")
+    rows = [("rank", "score", "study", "projection", "labels", "impression")]
+    for hit in response.hits:
+        rows.append((str(hit.rank), f"{hit.score:.3f}", hit.study_uid, hit.projection or "-",
+                     ", ".join(hit.labels) or "-", _clip(hit.impression or hit.findings or "-", 60)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+def _clip(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,8 +226,34 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for readiness")
     serve.set_defaults(func=cmd_serve)
 
-    stop = sub.add_parser("stop", help="stop a Triton started with `cxr serve --detach`")
+    stop = sub.add_parser("stop", help="stop the Triton and gateway started with `cxr serve --detach`")
     stop.set_defaults(func=cmd_stop)
+
+    index = sub.add_parser("index", help="build a model's FAISS index from an archive").add_subparsers(
+        dest="index_command", required=True)
+    build = index.add_parser("build", help="encode an archive's images through Triton into an index")
+    build.add_argument("--reports-csv", type=Path, help="IU-Xray indiana_reports.csv")
+    build.add_argument("--projections-csv", type=Path, help="IU-Xray indiana_projections.csv")
+    build.add_argument("--images-dir", type=Path, help="the archive's image folder")
+    build.add_argument("--labels-csv", type=Path, help="NIH ChestX-ray14-style label CSV")
+    build.add_argument("--manifest", type=Path, help="CSV or JSONL: image, text, labels, study_uid, projection")
+    build.add_argument("--output-dir", type=Path, help="default: <index_dir>/<model>")
+    build.add_argument("--model", help="registry name (default: the active model)")
+    build.add_argument("--index-type", choices=("flat", "ivf", "hnsw"), default="flat",
+                       help="flat: exact (default); ivf/hnsw: approximate, for large archives")
+    build.add_argument("--batch-size", type=int, default=32)
+    build.add_argument("--workers", type=int, default=2, help="decoding processes")
+    build.add_argument("--use-gpu", action="store_true", help="search the index on the GPU when served")
+    build.set_defaults(func=cmd_index_build)
+
+    search = sub.add_parser("search", help="query the gateway and print the ranked studies")
+    search.add_argument("kind", choices=("text", "image"))
+    search.add_argument("query", help="free text, or an image file (PNG, JPEG, DICOM)")
+    search.add_argument("--top-k", type=int, default=10)
+    search.add_argument("--model", help="default: the gateway's active model")
+    search.add_argument("--projection", action="append", help="keep this projection (repeatable)")
+    search.add_argument("--label", action="append", help="keep images with this finding label (repeatable)")
+    search.set_defaults(func=cmd_search)
     return parser
 
 

@@ -1,78 +1,104 @@
-"""`make demo`: export a model, serve it with Triton, embed real chest X-rays and report text,
-print what each query finds, stop Triton.
+"""`make demo`: the whole product on this machine, then everything stopped.
 
-Queries Triton directly; the retrieval gateway and the FAISS index replace this path when they land.
+Exports the demo model, starts Triton and the gateway, indexes the NIH sample archive through
+Triton, asks the gateway a few text and image questions over gRPC and prints the ranked studies.
+To index your own IU-Xray download instead:
+  cxr index build --reports-csv indiana_reports.csv --projections-csv indiana_projections.csv \\
+      --images-dir images/ --model <model>
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import time
+from dataclasses import replace
 
-import numpy as np
+import grpc
+from grpc_health.v1 import health_pb2
 
-from cxr import registry, tritonserver
-from cxr.images import load_pixels
-from cxr.manifest import read_manifest, tokenizer_dir
-from cxr.settings import load_settings
-from cxr.tokenization import TextTokenizer
-from cxr.towers import towers
-from cxr.triton_client import TowerClient
+from cxr import processes, registry, tritonserver
+from cxr.cli import print_hits
+from cxr.manifest import read_manifest
+from cxr.retrieval.v1 import retrieval_pb2 as pb
+from cxr.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
+from cxr.settings import Settings, load_settings
+from gateway import process as gateway_process
+from indexing import store
 
-QUERIES = ["small left pleural effusion", "cardiomegaly", "no acute cardiopulmonary abnormality"]
-ARCHIVE_IMAGES = 48
-
-
-def _archive(data_dir, count: int):
-    """The first `count` validation images of the NIH sample with their finding labels."""
-    root = data_dir / "nih800"
-    with (root / "labels.csv").open(newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r["split"] == "valid"][:count]
-    return [root / r["path"] for r in rows], [r["finding_labels"] for r in rows]
+TEXT_QUERIES = ["small left pleural effusion", "cardiomegaly", "no acute cardiopulmonary abnormality"]
+IMAGE_QUERIES = ["00000001_000.png", "1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"]
 
 
-def run(model: str) -> int:
-    settings = load_settings()
-    spec = registry.get_model(model)
-    if read_manifest(settings.model_repository, model) is None:
+def _ensure_exported(spec, settings: Settings) -> None:
+    if read_manifest(settings.model_repository, spec.name) is None:
         from export.repository import export_model
 
         export_model(spec, settings)
-    process, log_file = tritonserver.start(settings)
+
+
+def _ensure_indexed(spec, settings: Settings) -> None:
+    if store.read_manifest(settings.index_path(spec.name)) is not None:
+        return
+    from gateway.catalog import ExportedModel
+    from indexing import sources
+    from indexing.build import build_index
+
+    archive = settings.data_dir / "nih800"
+    records = sources.nih_labels(archive / "labels.csv", archive)
+    build_index(records, ExportedModel.load(settings.model_repository, spec.name), settings,
+                settings.index_path(spec.name), source=str(archive))
+
+
+def _wait_serving(settings: Settings, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while gateway_process.health(settings.gateway_address) != health_pb2.HealthCheckResponse.SERVING:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the gateway was not SERVING after {timeout:.0f} s; see {settings.run_dir}")
+        time.sleep(0.5)
+
+
+def _ask(spec, settings: Settings) -> None:
+    if spec.is_twin:
+        print(f"\nNOTE: {spec.name} is a random-weight twin of {spec.twin_of}: export, serving, indexing and "
+              "search are the real ones; the ranking is not.")
+    with grpc.insecure_channel(settings.gateway_address, options=[("grpc.max_send_message_length", 64 << 20)]) as ch:
+        stub = pb_grpc.RetrievalStub(ch)
+        for text in TEXT_QUERIES:
+            print(f"\n$ cxr search text {text!r}")
+            print_hits(stub.SearchByText(pb.SearchByTextRequest(text=text, top_k=5), timeout=60))
+        for name in IMAGE_QUERIES:
+            print(f"\n$ cxr search image {name}")
+            image = (settings.data_dir / "cxr_samples" / name).read_bytes()
+            print_hits(stub.SearchByImage(pb.SearchByImageRequest(image=image, top_k=5), timeout=60))
+
+
+def run(model: str) -> int:
+    settings = replace(load_settings(), model=model)
+    spec = registry.get_model(model)
+    _ensure_exported(spec, settings)
+    children = []
     try:
-        tritonserver.wait_ready(settings, [spec.image_model, spec.text_model], process, 300, log_file)
-        _query(spec, settings)
+        triton, log_file = tritonserver.start(settings)
+        children.append(triton)
+        tritonserver.wait_ready(settings, [spec.image_model, spec.text_model], triton, 300, log_file)
+        print(f"Triton ready on {settings.triton_grpc_url}")
+        _ensure_indexed(spec, settings)
+        gateway, gateway_log = gateway_process.start(settings)
+        children.append(gateway)
+        gateway_process.wait_answering(settings, gateway, gateway_log)
+        _wait_serving(settings)
+        print(f"gateway SERVING on {settings.gateway_address}")
+        _ask(spec, settings)
     finally:
-        tritonserver.stop_process(process)
-    print("Triton stopped.")
+        for child in reversed(children):
+            processes.stop_process(child)
+    print("\ngateway and Triton stopped.")
     return 0
 
 
-def _query(spec, settings) -> None:
-    manifest = read_manifest(settings.model_repository, spec.name)
-    tokenizer = TextTokenizer(tokenizer_dir(settings.model_repository, spec.name), manifest["context_length"],
-                              spec.text_inputs, manifest["tokenizer"]["clean"])
-    client = TowerClient(settings.triton_grpc_url, *towers(spec), spec.batching.max_batch_size)
-    paths, labels = _archive(settings.data_dir, ARCHIVE_IMAGES)
-    started = time.perf_counter()
-    image_embeds = client.embed_images(load_pixels(paths, spec.image_size))
-    text_embeds = client.embed_texts(tokenizer(QUERIES))
-    seconds = time.perf_counter() - started
-    print(f"\n{spec.name}: embedded {len(paths)} chest X-rays and {len(QUERIES)} queries through Triton "
-          f"in {seconds:.2f} s ({image_embeds.shape[1]}-d)")
-    if spec.is_twin:
-        print(f"NOTE: {spec.name} is a random-weight twin of {spec.twin_of}: the plumbing is real, the ranking is not.")
-    for query, scores in zip(QUERIES, text_embeds @ image_embeds.T):
-        print(f"\nquery: {query!r}")
-        for rank, i in enumerate(np.argsort(-scores)[:3], 1):
-            print(f"  {rank}. {scores[i]:+.3f}  {paths[i].name:<20} {labels[i]}")
-    client.close()
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="registry name (default: the active model)")
     args = parser.parse_args(argv)
     return run(args.model or load_settings().model)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CONFIG_FILE = "cxr.toml"
-PATH_FIELDS = ("model_repository", "cache_dir", "run_dir", "data_dir")
+PATH_FIELDS = ("model_repository", "cache_dir", "run_dir", "data_dir", "index_dir")
 DEFAULT_MODEL = "medsiglip"
 
 
@@ -23,14 +23,25 @@ class Settings:
     cache_dir: Path = Path(".cache")  # built twins, the Triton backend folder
     run_dir: Path = Path(".run")  # pid files and logs of detached servers
     data_dir: Path = Path("../shared/data")  # sample archives; twins train their tokenizer here
+    index_dir: Path = Path("indexes")  # one FAISS index per model: <index_dir>/<model>/
     triton_host: str = "127.0.0.1"  # loopback unless a deployment says otherwise
     triton_http_port: int = 8000
     triton_grpc_port: int = 8001
     triton_metrics_port: int = 8002
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = 50051
+    use_gpu: bool = False  # search FAISS on the GPU when faiss-gpu and a GPU are present
 
     @property
     def triton_grpc_url(self) -> str:
         return f"{self.triton_host}:{self.triton_grpc_port}"
+
+    @property
+    def gateway_address(self) -> str:
+        return f"{self.gateway_host}:{self.gateway_port}"
+
+    def index_path(self, model: str) -> Path:
+        return self.index_dir / model
 
     @property
     def triton_http_url(self) -> str:
@@ -38,6 +49,8 @@ class Settings:
 
 
 def _coerce(field: dataclasses.Field, value):
+    if field.type in ("bool", bool):
+        return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes", "on")
     if field.type in ("int", int):
         return int(value)
     if field.type in ("Path", Path):
@@ -69,3 +82,9 @@ def load_settings(root: Path | None = None, environ: dict | None = None) -> Sett
     for name in PATH_FIELDS:
         values.setdefault(name, root / getattr(defaults, name))
     return Settings(**values)
+
+
+def to_environment(settings: Settings) -> dict[str, str]:
+    """CXR_* variables that reproduce `settings` in a child process."""
+    values = dataclasses.asdict(settings)
+    return {"CXR_" + name.upper(): str(value) for name, value in values.items()}

@@ -45,3 +45,9 @@ def text_tower(spec: ModelSpec) -> TowerSpec:
 
 def towers(spec: ModelSpec) -> tuple[TowerSpec, TowerSpec]:
     return image_tower(spec), text_tower(spec)
+
+
+def tower_from_dict(raw: dict) -> TowerSpec:
+    """A TowerSpec as stored in an export manifest (JSON)."""
+    tensor = lambda t: TensorSpec(t["name"], t["dtype"], tuple(t["dims"]))  # noqa: E731
+    return TowerSpec(raw["triton_name"], tuple(tensor(t) for t in raw["inputs"]), tensor(raw["output"]))

@@ -6,21 +6,18 @@ copied beside the backend into a folder of our own, which Triton is pointed at.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from cxr.errors import TritonError
+from cxr.processes import log_tail, port_free
 from cxr.settings import Settings
 
-PID_FILE = "triton.json"
+NAME = "triton"
 LOG_FILE = "triton.log"
 INSTALL_HINT = "run `make setup` (it installs nvidia-pytriton==0.7.0, which ships tritonserver)"
 
@@ -59,21 +56,11 @@ def backend_dir(cache_dir: Path) -> Path:
     return target
 
 
-def _port_free(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
 def check_ports(settings: Settings) -> None:
     ports = {"HTTP": settings.triton_http_port, "gRPC": settings.triton_grpc_port,
              "metrics": settings.triton_metrics_port}
     for kind, port in ports.items():
-        if not _port_free(settings.triton_host, port):
+        if not port_free(settings.triton_host, port):
             env = f"CXR_TRITON_{'GRPC' if kind == 'gRPC' else kind.upper()}_PORT"
             raise TritonError(f"Triton's {kind} port {settings.triton_host}:{port} is already in use: stop what "
                               f"holds it (`cxr stop` if it is our Triton) or choose another port with {env}.")
@@ -101,20 +88,6 @@ def _environment() -> dict:
     _prepend(env, "PATH", [str(Path(sys.executable).parent)])
     _prepend(env, "LD_LIBRARY_PATH", [str(pytriton_dir().parent.parent / "nvidia_pytriton.libs")])
     return env
-
-
-@dataclass
-class TritonProcess:
-    pid: int
-    settings: Settings
-    log_file: Path
-
-    def record(self) -> None:
-        """Leave a pid file so `cxr stop` (another process) can find this server."""
-        self.settings.run_dir.mkdir(parents=True, exist_ok=True)
-        info = {"pid": self.pid, "grpc": self.settings.triton_grpc_url, "http": self.settings.triton_http_url,
-                "log": str(self.log_file)}
-        (self.settings.run_dir / PID_FILE).write_text(json.dumps(info))
 
 
 def start(settings: Settings, log_file: Path | None = None) -> tuple[subprocess.Popen, Path]:
@@ -152,46 +125,11 @@ def wait_ready(settings: Settings, models: list[str], process: subprocess.Popen 
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
             raise TritonError(f"tritonserver exited with status {process.returncode} while starting; "
-                              f"see {log_file or 'its log'}:\n{_tail(log_file)}")
+                              f"see {log_file or 'its log'}:\n{log_tail(log_file)}")
         try:
             if client.is_server_ready() and all(client.is_model_ready(m) for m in models):
                 return
         except InferenceServerException:
             pass
         time.sleep(0.25)
-    raise TritonError(f"Triton was not ready with {models} after {timeout:.0f} s; see {log_file}:\n{_tail(log_file)}")
-
-
-def _tail(log_file: Path | None, lines: int = 15) -> str:
-    if log_file is None or not log_file.is_file():
-        return ""
-    return "\n".join(log_file.read_text(errors="replace").splitlines()[-lines:])
-
-
-def stop_process(process: subprocess.Popen, timeout: float = 20.0) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def stop_detached(settings: Settings, timeout: float = 20.0) -> bool:
-    """Stop the server a `cxr serve --detach` left running; False when none was."""
-    pid_file = settings.run_dir / PID_FILE
-    if not pid_file.is_file():
-        return False
-    pid = json.loads(pid_file.read_text())["pid"]
-    try:
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            os.kill(pid, 0)
-            time.sleep(0.2)
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    pid_file.unlink(missing_ok=True)
-    return True
+    raise TritonError(f"Triton was not ready with {models} after {timeout:.0f} s; see {log_file}:\n{log_tail(log_file)}")

@@ -47,6 +47,7 @@ def encoders(cache_dir):
 def served(tmp_path_factory, cache_dir):
     """Every twin exported into one repository and served by a real tritonserver."""
     from cxr import tritonserver
+    from cxr.processes import stop_process
     from export.repository import export_model
 
     settings = make_settings(tmp_path_factory.mktemp("served"), cache_dir)
@@ -58,5 +59,46 @@ def served(tmp_path_factory, cache_dir):
         tritonserver.wait_ready(settings, models, process, timeout=180, log_file=log_file)
         yield settings
     finally:
-        tritonserver.stop_process(process)
+        stop_process(process)
 
+
+
+GATEWAY_MODEL = "medsiglip-tiny"
+
+
+@pytest.fixture(scope="session")
+def nih_index(served):
+    """The 800-image NIH sample indexed with the gateway's model through Triton."""
+    from gateway.catalog import ExportedModel
+    from indexing import sources
+    from indexing.build import BuildOptions, build_index
+
+    records = sources.nih_labels(DATA_DIR / "nih800" / "labels.csv", DATA_DIR / "nih800")
+    model = ExportedModel.load(served.model_repository, GATEWAY_MODEL)
+    build_index(records, model, served, served.index_path(GATEWAY_MODEL), BuildOptions(progress=False))
+    return served.index_path(GATEWAY_MODEL)
+
+
+@pytest.fixture(scope="session")
+def gateway(served, nih_index):
+    """A real gateway in front of the real Triton, serving GATEWAY_MODEL; yields its address."""
+    import grpc
+    from dataclasses import replace
+
+    from support import BackgroundGateway
+
+    background = BackgroundGateway(replace(served, model=GATEWAY_MODEL))
+    try:
+        yield background.address
+    finally:
+        background.stop()
+
+
+@pytest.fixture
+def stub(gateway):
+    import grpc
+
+    from cxr.retrieval.v1 import retrieval_pb2_grpc
+
+    with grpc.insecure_channel(gateway, options=[("grpc.max_send_message_length", 80 << 20)]) as channel:
+        yield retrieval_pb2_grpc.RetrievalStub(channel)

@@ -26,9 +26,10 @@ def free_ports(count: int) -> list[int]:
 
 
 def make_settings(root: Path, cache_dir: Path, **overrides) -> Settings:
-    http, grpc, metrics = free_ports(3)
+    http, grpc, metrics, gateway = free_ports(4)
     values = dict(model_repository=root / "model_repository", cache_dir=cache_dir, run_dir=root / "run",
-                  data_dir=DATA_DIR, triton_http_port=http, triton_grpc_port=grpc, triton_metrics_port=metrics)
+                  index_dir=root / "indexes", data_dir=DATA_DIR, triton_http_port=http, triton_grpc_port=grpc,
+                  triton_metrics_port=metrics, gateway_port=gateway)
     values.update(overrides)
     return Settings(**values)
 
@@ -37,3 +38,32 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a = a / np.linalg.norm(a, axis=1, keepdims=True)
     b = b / np.linalg.norm(b, axis=1, keepdims=True)
     return (a * b).sum(axis=1)
+
+
+class BackgroundGateway:
+    """The real gateway (create_server) on an asyncio loop in a thread, bound to a free loopback port."""
+
+    def __init__(self, settings: Settings):
+        import asyncio
+        import threading
+
+        from gateway.server import create_server
+
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+
+        async def _start():
+            gateway, port = create_server(settings, "127.0.0.1:0")
+            await gateway.start()
+            return gateway, port
+
+        self.gateway, port = asyncio.run_coroutine_threadsafe(_start(), self.loop).result(60)
+        self.address = f"127.0.0.1:{port}"
+
+    def stop(self) -> None:
+        import asyncio
+
+        asyncio.run_coroutine_threadsafe(self.gateway.stop(grace=1), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)

@@ -1,7 +1,8 @@
 """Starting Triton: clear errors for a busy port, an empty repository or a missing binary;
-`cxr serve --detach` / `cxr models` / `cxr stop` work from the command line."""
+`cxr serve --detach` (Triton and gateway) / `cxr models` / `cxr stop` work from the command line."""
 
 import os
+from dataclasses import replace
 import socket
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from cxr import tritonserver
 from cxr.errors import TritonError
 from cxr.registry import get_model
 from export.repository import export_model
+from cxr.settings import to_environment
 from support import make_settings
 
 
@@ -39,10 +41,7 @@ def test_a_missing_binary_says_how_to_install_it(monkeypatch, tmp_path):
 
 
 def _cxr(args, settings, **kwargs):
-    env = dict(os.environ, CXR_MODEL_REPOSITORY=str(settings.model_repository), CXR_RUN_DIR=str(settings.run_dir),
-               CXR_CACHE_DIR=str(settings.cache_dir), CXR_TRITON_HTTP_PORT=str(settings.triton_http_port),
-               CXR_TRITON_GRPC_PORT=str(settings.triton_grpc_port),
-               CXR_TRITON_METRICS_PORT=str(settings.triton_metrics_port), CXR_MODEL="siglip-tiny")
+    env = dict(os.environ, **to_environment(replace(settings, model="siglip-tiny")))
     return subprocess.run([sys.executable, "-m", "cxr.cli", *args], env=env, capture_output=True, text=True,
                           timeout=300, **kwargs)
 
@@ -57,6 +56,7 @@ def test_serve_detached_models_and_stop(tmp_path, cache_dir):
     try:
         assert served.returncode == 0, served.stderr
         assert "Triton ready" in served.stdout
+        assert f"gateway on {settings.gateway_address}: NOT_SERVING" in served.stdout  # no index yet
         listing = _cxr(["models"], settings).stdout
         row = next(line for line in listing.splitlines() if " siglip-tiny " in line)
         assert row.startswith("*") and "yes (fp32, local)" in row and "ready" in row
@@ -64,5 +64,5 @@ def test_serve_detached_models_and_stop(tmp_path, cache_dir):
         assert again.returncode == 2 and "already in use" in again.stderr
     finally:
         stopped = _cxr(["stop"], settings)
-    assert "stopped Triton" in stopped.stdout
+    assert "stopped gateway and triton" in stopped.stdout
     assert "not running" in _cxr(["models"], settings).stdout

@@ -1,0 +1,1 @@
+"""The gRPC retrieval gateway: preprocess, embed through Triton, search FAISS, answer."""

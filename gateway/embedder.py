@@ -1,0 +1,77 @@
+"""The thing that embeds: text and images to L2-normalised vectors through Triton (gRPC, asyncio).
+
+The channel reconnects by itself, so when Triton comes back after a restart, queries succeed
+again without restarting the gateway.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tritonclient.grpc.aio as aioclient
+from tritonclient.grpc import InferInput, InferRequestedOutput
+from tritonclient.utils import InferenceServerException
+
+from cxr.errors import CxrError
+from cxr.triton_client import TRITON_DTYPES
+from cxr.towers import TowerSpec
+from gateway.catalog import ExportedModel
+
+# Triton's default gRPC message limit is 4 MB; a batch of 448 px uint8 images needs more.
+MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+
+
+class TritonUnavailableError(CxrError):
+    """Triton cannot be reached or its model is not ready."""
+
+
+class TritonFailedError(CxrError):
+    """Triton answered with an error other than unavailability."""
+
+
+class TritonEmbedder:
+    def __init__(self, url: str):
+        self.url = url
+        options = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                   ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
+        self._client = aioclient.InferenceServerClient(url, channel_args=options)
+
+    async def embed_texts(self, model: ExportedModel, texts: list[str], timeout: float | None = None) -> np.ndarray:
+        return await self._infer(model.text, model.tokenizer(texts), timeout)
+
+    async def embed_images(self, model: ExportedModel, pixels: np.ndarray, timeout: float | None = None) -> np.ndarray:
+        return await self._infer(model.image, {model.image.inputs[0].name: pixels}, timeout)
+
+    async def _infer(self, tower: TowerSpec, arrays: dict[str, np.ndarray], timeout: float | None) -> np.ndarray:
+        inputs = []
+        for tensor in tower.inputs:
+            array = np.ascontiguousarray(arrays[tensor.name], dtype=tensor.dtype)
+            infer_input = InferInput(tensor.name, list(array.shape), TRITON_DTYPES[tensor.dtype])
+            infer_input.set_data_from_numpy(array)
+            inputs.append(infer_input)
+        try:
+            result = await self._client.infer(tower.triton_name, inputs,
+                                              outputs=[InferRequestedOutput(tower.output.name)],
+                                              client_timeout=timeout)
+        except InferenceServerException as exc:
+            raise _translate(exc, tower.triton_name, self.url) from exc
+        return result.as_numpy(tower.output.name)
+
+    async def is_ready(self, model: ExportedModel) -> bool:
+        try:
+            return all([await self._client.is_model_ready(model.image.triton_name),
+                        await self._client.is_model_ready(model.text.triton_name)])
+        except InferenceServerException:
+            return False
+
+    async def close(self) -> None:
+        await self._client.close()
+
+
+def _translate(exc: InferenceServerException, triton_name: str, url: str) -> CxrError:
+    status = str(exc.status() or "")
+    if "UNAVAILABLE" in status or "not ready" in str(exc.message()) or "unknown model" in str(exc.message()):
+        return TritonUnavailableError(f"Triton at {url} cannot serve {triton_name} right now ({exc.message()}); "
+                                      "retry shortly, or start it with `make serve`")
+    if "DEADLINE_EXCEEDED" in status:
+        return TritonUnavailableError(f"Triton did not answer for {triton_name} within the deadline")
+    return TritonFailedError(f"Triton failed on {triton_name}: {exc.message()}")

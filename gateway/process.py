@@ -1,0 +1,58 @@
+"""Run the gateway as a child process of `cxr serve`, and wait until it answers health checks."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from cxr.errors import CxrError
+from cxr.processes import log_tail, port_free
+from cxr.settings import Settings, to_environment
+
+NAME = "gateway"
+LOG_FILE = "gateway.log"
+
+
+class GatewayError(CxrError):
+    """The gateway could not be started."""
+
+
+def start(settings: Settings) -> tuple[subprocess.Popen, Path]:
+    if not port_free(settings.gateway_host, settings.gateway_port):
+        raise GatewayError(f"the gateway port {settings.gateway_address} is already in use: stop what holds it "
+                           "(`cxr stop` if it is ours) or choose another with CXR_GATEWAY_PORT.")
+    log_file = settings.run_dir / LOG_FILE
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with log_file.open("ab") as log:
+        process = subprocess.Popen([sys.executable, "-m", "gateway.server"], stdout=log, stderr=subprocess.STDOUT,
+                                   env=dict(os.environ, **to_environment(settings)), start_new_session=True)
+    return process, log_file
+
+
+def health(address: str, timeout: float = 2.0) -> int | None:
+    """The gateway's health status (health_pb2 enum), or None when it does not answer."""
+    with grpc.insecure_channel(address) as channel:
+        try:
+            return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout).status
+        except grpc.RpcError:
+            return None
+
+
+def wait_answering(settings: Settings, process: subprocess.Popen, log_file: Path, timeout: float = 120.0) -> int:
+    """Block until the gateway answers a health check; returns its status."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise GatewayError(f"the gateway exited with status {process.returncode}; see {log_file}:\n"
+                               f"{log_tail(log_file)}")
+        status = health(settings.gateway_address)
+        if status is not None:
+            return status
+        time.sleep(0.25)
+    raise GatewayError(f"the gateway did not answer within {timeout:.0f} s; see {log_file}:\n{log_tail(log_file)}")

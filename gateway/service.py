@@ -1,0 +1,130 @@
+"""The Retrieval service: validate, preprocess, embed through Triton, search the index, join metadata."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import Executor
+
+import numpy as np
+
+from cxr import registry
+from cxr.retrieval.v1 import retrieval_pb2 as pb
+from cxr.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
+from gateway.catalog import ExportedModel
+from gateway.errors import InvalidRequestError, StudyNotFoundError, grpc_errors
+from gateway.indexes import IndexSet
+from gateway.preprocess import preprocess
+from cxr.errors import UnknownModelError
+
+MAX_TOP_K = 1000
+MAX_TEXT_CHARS = 10_000
+MAX_IMAGE_BYTES = 40 * 1024 * 1024
+MAX_BATCH_QUERIES = 256
+
+
+class RetrievalService(pb_grpc.RetrievalServicer):
+    def __init__(self, catalog: dict[str, ExportedModel], indexes: IndexSet, embedder, active_model: str,
+                 executor: Executor):
+        self.catalog = catalog
+        self.indexes = indexes
+        self.embedder = embedder
+        self.active_model = active_model
+        self.executor = executor  # image decoding is CPU work: keep it off the event loop
+
+    @grpc_errors
+    async def SearchByText(self, request, context):
+        return await self._search_text(request, context.time_remaining())
+
+    @grpc_errors
+    async def SearchByImage(self, request, context):
+        return await self._search_image(request, context.time_remaining())
+
+    @grpc_errors
+    async def BatchSearch(self, request, context):
+        if not 1 <= len(request.queries) <= MAX_BATCH_QUERIES:
+            raise InvalidRequestError(f"a batch holds 1 to {MAX_BATCH_QUERIES} queries, not {len(request.queries)}")
+        timeout = context.time_remaining()
+        searches = [self._search_text(q.text, timeout) if q.WhichOneof("query") == "text"
+                    else self._search_image(q.image, timeout) for q in request.queries]
+        return pb.BatchSearchResponse(results=await asyncio.gather(*searches))
+
+    @grpc_errors
+    async def ListModels(self, request, context):
+        infos = []
+        for name in registry.list_models():
+            model = self.catalog.get(name)
+            loaded = self.indexes.get(name) if model else None
+            infos.append(pb.ModelInfo(
+                name=name, family=registry.get_model(name).family, embed_dim=registry.get_model(name).embed_dim,
+                image_size=registry.get_model(name).image_size,
+                context_length=registry.get_model(name).context_length, active=name == self.active_model,
+                exported=model is not None, ready=bool(model) and await self.embedder.is_ready(model),
+                index_size=loaded.index.ntotal if loaded else 0, index_bytes=loaded.size_bytes if loaded else 0,
+                index_type=loaded.manifest["index_type"] if loaded else "", notes=registry.get_model(name).notes))
+        return pb.ListModelsResponse(models=infos)
+
+    @grpc_errors
+    async def GetStudy(self, request, context):
+        model = self._model(request.model)
+        rows = self.indexes.searcher(model).loaded_study(request.study_uid)
+        if not rows:
+            raise StudyNotFoundError(f"study {request.study_uid!r} is not in the {model.name} index")
+        first = rows[0]
+        return pb.Study(study_uid=request.study_uid, findings=first.get("findings", ""),
+                        impression=first.get("impression", ""), indication=first.get("indication", ""),
+                        labels=first.get("labels", []), image_ids=[r["image_id"] for r in rows])
+
+    async def _search_text(self, request, timeout) -> pb.SearchResponse:
+        text = request.text.strip()
+        if not text:
+            raise InvalidRequestError("text is empty: send a query such as 'small left pleural effusion'")
+        if len(request.text) > MAX_TEXT_CHARS:
+            raise InvalidRequestError(f"text is {len(request.text)} characters; the limit is {MAX_TEXT_CHARS} "
+                                      "(the encoders read at most a few hundred tokens)")
+        model = self._model(request.model)
+        top_k = _top_k(request.top_k)
+        searcher = self.indexes.searcher(model)
+        searcher.allowed_ids(request.filters.projections, request.filters.labels)  # reject bad filters early
+        (vector,) = await self.embedder.embed_texts(model, [text], timeout)
+        return self._respond(model, searcher, vector, top_k, request.filters)
+
+    async def _search_image(self, request, timeout) -> pb.SearchResponse:
+        if not request.image:
+            raise InvalidRequestError("image is empty: send PNG, JPEG or DICOM bytes")
+        if len(request.image) > MAX_IMAGE_BYTES:
+            raise InvalidRequestError(f"image is {len(request.image) / 2**20:.1f} MB; the limit is "
+                                      f"{MAX_IMAGE_BYTES // 2**20} MB: send the original file, not a raw dump")
+        model = self._model(request.model)
+        top_k = _top_k(request.top_k)
+        searcher = self.indexes.searcher(model)
+        searcher.allowed_ids(request.filters.projections, request.filters.labels)
+        loop = asyncio.get_running_loop()
+        pixels = await loop.run_in_executor(self.executor, preprocess, bytes(request.image), model.image_size)
+        (vector,) = await self.embedder.embed_images(model, pixels[np.newaxis], timeout)
+        return self._respond(model, searcher, vector, top_k, request.filters)
+
+    def _respond(self, model, searcher, vector, top_k, filters) -> pb.SearchResponse:
+        found = searcher.search(vector, top_k, filters.projections, filters.labels)
+        metadata = searcher.loaded.metadata
+        hits = [_hit(rank, score, metadata[i]) for rank, (i, score) in enumerate(found, 1)]
+        return pb.SearchResponse(model=model.name, hits=hits)
+
+    def _model(self, name: str) -> ExportedModel:
+        name = name or self.active_model
+        if name not in self.catalog:
+            registry.get_model(name)  # an unknown name lists the registry
+            raise UnknownModelError(f"model {name!r} is not exported on this gateway; serving: {sorted(self.catalog)}")
+        return self.catalog[name]
+
+
+def _top_k(value: int) -> int:
+    if not 1 <= value <= MAX_TOP_K:
+        raise InvalidRequestError(f"top_k must be between 1 and {MAX_TOP_K}, not {value}")
+    return value
+
+
+def _hit(rank: int, score: float, item: dict) -> pb.Hit:
+    return pb.Hit(rank=rank, score=score, image_id=item["image_id"], study_uid=item.get("study_uid", ""),
+                  filename=item.get("filename", ""), projection=item.get("projection", ""),
+                  labels=item.get("labels", []), findings=item.get("findings", ""),
+                  impression=item.get("impression", ""))

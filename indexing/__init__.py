@@ -1,0 +1,1 @@
+"""Build one FAISS index per model from chest X-ray archives, encoding through Triton."""

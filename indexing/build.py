@@ -1,0 +1,188 @@
+"""`cxr index build`: encode an archive's images through Triton into one model's FAISS index.
+
+Decoding and resizing run in a pool of worker processes; several batched requests are in flight
+to Triton at once. Progress is kept in <output>.partial/ as each batch returns, so a killed build
+resumes where it stopped; the finished index replaces the old one in one rename.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from cxr.errors import CxrError
+from cxr.settings import Settings
+from cxr.triton_client import TowerClient
+from gateway.catalog import ExportedModel
+from gateway.preprocess import InvalidImageError, preprocess
+from indexing import store
+from indexing.sources import Record
+
+STATE_FILE = "state.json"
+
+
+class NothingToIndexError(CxrError):
+    """Not one image of the archive could be read."""
+
+
+def _summary(skipped: list[tuple[str, str]]) -> str:
+    """'7466 file not found' or '3 file not found, 1 empty file (0 bytes)'."""
+    counts: dict[str, int] = {}
+    for _, reason in skipped:
+        kind = reason.split(":")[0]
+        counts[kind] = counts.get(kind, 0) + 1
+    return ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+SKIPPED_PARTIAL = "skipped.jsonl"
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    batch_size: int = 32
+    workers: int = max(1, min(4, (os.cpu_count() or 2)))
+    in_flight: int = 4
+    index_type: str = "flat"
+    progress: bool = True
+
+
+def _decode(job: tuple[int, str, int]) -> tuple[int, np.ndarray | None, str]:
+    """(position, pixels or None, reason): runs in a worker process."""
+    position, path, size = job
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        return position, None, "file not found"
+    except OSError as exc:
+        return position, None, f"unreadable: {exc.strerror or exc}"
+    if not data:
+        return position, None, "empty file (0 bytes)"
+    try:
+        return position, preprocess(data, size), ""
+    except InvalidImageError as exc:
+        return position, None, f"not a readable image: {exc}"
+
+
+class _Partial:
+    """Batches already encoded, kept on disk so a killed build can resume."""
+
+    def __init__(self, directory: Path, state: dict):
+        self.directory = directory
+        existing = directory / STATE_FILE
+        if existing.is_file() and json.loads(existing.read_text()) != state:
+            shutil.rmtree(directory)  # another model, archive or export: start afresh
+        directory.mkdir(parents=True, exist_ok=True)
+        existing.write_text(json.dumps(state))
+        self.vectors: dict[int, np.ndarray] = {}
+        for chunk in sorted(directory.glob("chunk-*.npz")):
+            with np.load(chunk) as data:
+                self.vectors.update(zip(data["positions"].tolist(), data["vectors"]))
+        self.skipped: dict[int, str] = {}
+        skipped_file = directory / SKIPPED_PARTIAL
+        if skipped_file.is_file():
+            for line in skipped_file.read_text().splitlines():
+                item = json.loads(line)
+                self.skipped[item["position"]] = item["reason"]
+        self._chunks = len(list(directory.glob("chunk-*.npz")))
+        self._lock = threading.Lock()  # batches return on several sender threads
+
+    def done(self, position: int) -> bool:
+        return position in self.vectors or position in self.skipped
+
+    def add_batch(self, positions: list[int], vectors: np.ndarray) -> None:
+        with self._lock:
+            final = self.directory / f"chunk-{self._chunks:06d}.npz"
+            self._chunks += 1
+        temporary = final.with_name("writing-" + final.name)
+        with temporary.open("wb") as f:
+            np.savez(f, positions=np.asarray(positions), vectors=vectors)
+        temporary.rename(final)
+        with self._lock:
+            self.vectors.update(zip(positions, vectors))
+
+    def add_skipped(self, position: int, reason: str) -> None:
+        with (self.directory / SKIPPED_PARTIAL).open("a") as f:
+            f.write(json.dumps({"position": position, "reason": reason}) + "\n")
+        self.skipped[position] = reason
+
+
+def _state(records: list[Record], model: ExportedModel, index_type: str) -> dict:
+    fingerprint = hashlib.sha256("\n".join(f"{r.image_id}\t{r.path}" for r in records).encode()).hexdigest()
+    return {"model": model.name, "export_sha256": model.manifest["onnx"][model.image.triton_name]["sha256"],
+            "records": fingerprint, "index_type": index_type}
+
+
+def build_index(records: list[Record], model: ExportedModel, settings: Settings, output_dir: Path,
+                options: BuildOptions = BuildOptions(), source: str = "") -> dict:
+    """Encode `records`' images with `model` through Triton and write the index to `output_dir`."""
+    partial = _Partial(output_dir.with_name(output_dir.name + ".partial"), _state(records, model, options.index_type))
+    todo = [(i, str(r.path), model.image_size) for i, r in enumerate(records) if not partial.done(i)]
+    client = TowerClient(settings.triton_grpc_url, model.image, model.text, model.max_batch_size)
+    bar = tqdm(total=len(records), initial=len(records) - len(todo), unit="img", desc=f"indexing {model.name}",
+               disable=not options.progress, dynamic_ncols=True)
+    try:
+        _encode(todo, partial, client, options, bar)
+    finally:
+        bar.close()
+        client.close()
+    return _finish(records, model, partial, output_dir, options, source)
+
+
+def _encode(todo, partial: _Partial, client: TowerClient, options: BuildOptions, bar: tqdm) -> None:
+    pending: list[Future] = []
+    batch_positions: list[int] = []
+    batch_pixels: list[np.ndarray] = []
+    context = multiprocessing.get_context("spawn")  # no fork of a process holding gRPC channels
+    with context.Pool(options.workers) as pool, ThreadPoolExecutor(options.in_flight) as senders:
+        def flush():
+            if batch_positions:
+                positions, pixels = list(batch_positions), np.stack(batch_pixels)
+                pending.append(senders.submit(lambda: partial.add_batch(positions, client.embed_images(pixels))))
+                batch_positions.clear()
+                batch_pixels.clear()
+            while len(pending) >= options.in_flight or (pending and pending[0].done()):
+                pending.pop(0).result()
+
+        for position, pixels, reason in pool.imap(_decode, todo, chunksize=8):
+            if pixels is None:
+                partial.add_skipped(position, reason)
+                bar.set_postfix(skipped=len(partial.skipped), refresh=False)
+            else:
+                batch_positions.append(position)
+                batch_pixels.append(pixels)
+                if len(batch_positions) == options.batch_size:
+                    flush()
+            bar.update(1)
+        flush()
+        for future in pending:
+            future.result()
+
+
+def _finish(records, model: ExportedModel, partial: _Partial, output_dir: Path, options: BuildOptions,
+            source: str) -> dict:
+    positions = sorted(partial.vectors)
+    vectors = (np.stack([partial.vectors[p] for p in positions]).astype(np.float32) if positions
+               else np.zeros((0, model.embed_dim), np.float32))
+    skipped = [(str(records[p].path), reason) for p, reason in sorted(partial.skipped.items())]
+    if not positions:
+        report = output_dir.with_name(output_dir.name + ".skipped.csv")
+        store.write_skipped(report, skipped)
+        shutil.rmtree(partial.directory, ignore_errors=True)
+        raise NothingToIndexError(f"none of the {len(records)} images could be read ({_summary(skipped)}); "
+                                  f"the reasons are in {report}. Nothing was written: any existing index in "
+                                  f"{output_dir} is kept. Check --images-dir.")
+    manifest = {"model": model.name, "dim": model.embed_dim, "source": source,
+                "export_sha256": model.manifest["onnx"][model.image.triton_name]["sha256"],
+                "archive_images": len(records)}
+    written = store.write(output_dir, vectors, [records[p].metadata() for p in positions], manifest, skipped,
+                          options.index_type)
+    shutil.rmtree(partial.directory, ignore_errors=True)
+    return written

@@ -1,0 +1,132 @@
+"""One model's index on disk: FAISS vectors, per-image metadata and a manifest, replaced atomically.
+
+<dir>/index.faiss      inner product on L2-normalised vectors (cosine); flat, ivf or hnsw
+<dir>/metadata.jsonl   one line per vector, in id order (Record.metadata())
+<dir>/manifest.json    model, export checksum, dim, count, index type, created
+<dir>/skipped.csv      inputs that could not be read, with the reason
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+import math
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from cxr.errors import CxrError
+
+INDEX_FILE = "index.faiss"
+METADATA_FILE = "metadata.jsonl"
+MANIFEST_FILE = "manifest.json"
+SKIPPED_FILE = "skipped.csv"
+INDEX_TYPES = ("flat", "ivf", "hnsw")
+HNSW_M = 32
+HNSW_EF_SEARCH = 128
+IVF_NPROBE = 32
+
+
+class IndexMismatchError(CxrError):
+    """The index was built by another model or with another dimension."""
+
+
+class IndexMissingError(CxrError):
+    """No index where one was expected."""
+
+
+def make_index(vectors: np.ndarray, index_type: str) -> faiss.Index:
+    """A CPU index over `vectors` (float32 [n, dim], L2-normalised) with ids 0..n-1."""
+    n, dim = vectors.shape
+    if index_type == "flat":
+        index = faiss.IndexFlatIP(dim)
+    elif index_type == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efSearch = HNSW_EF_SEARCH
+    elif index_type == "ivf":
+        nlist = max(1, min(int(4 * math.sqrt(n)), n // 39 or 1))  # FAISS wants >= 39 points per list
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.train(vectors)
+        index.nprobe = min(IVF_NPROBE, nlist)
+    else:
+        raise ValueError(f"index type {index_type!r} is not one of {INDEX_TYPES}")
+    index.add(vectors)
+    return index
+
+
+def write(directory: Path, vectors: np.ndarray, metadata: list[dict], manifest: dict,
+          skipped: list[tuple[str, str]], index_type: str) -> dict:
+    """Write a complete index into a staging folder, then swap it in place of `directory`."""
+    assert vectors.shape[0] == len(metadata), (vectors.shape, len(metadata))
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    manifest = dict(manifest, dim=int(vectors.shape[1]) if len(vectors) else manifest.get("dim"),
+                    count=len(metadata), index_type=index_type, skipped=len(skipped),
+                    created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-staging-", dir=directory.parent))
+    try:
+        faiss.write_index(make_index(vectors, index_type), str(staging / INDEX_FILE))
+        with (staging / METADATA_FILE).open("w", encoding="utf-8") as f:
+            for item in metadata:
+                f.write(json.dumps(item) + "\n")
+        write_skipped(staging / SKIPPED_FILE, skipped)
+        (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+        _swap(staging, directory)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return manifest
+
+
+def write_skipped(path: Path, skipped: list[tuple[str, str]]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "reason"])
+        writer.writerows(skipped)
+
+
+def _swap(staging: Path, directory: Path) -> None:
+    retired = directory.with_name(f".{directory.name}-retired")
+    shutil.rmtree(retired, ignore_errors=True)
+    if directory.exists():
+        directory.rename(retired)
+    staging.rename(directory)
+    shutil.rmtree(retired, ignore_errors=True)
+
+
+def read_manifest(directory: Path) -> dict | None:
+    path = directory / MANIFEST_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+@dataclass
+class LoadedIndex:
+    index: faiss.Index
+    metadata: list[dict]
+    manifest: dict
+    directory: Path
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.directory.iterdir() if p.is_file())
+
+
+def load(directory: Path, model: str | None = None, dim: int | None = None) -> LoadedIndex:
+    """Load an index, refusing one built by another model or with another dimension."""
+    manifest = read_manifest(directory)
+    if manifest is None:
+        raise IndexMissingError(f"no index in {directory}: build one with "
+                                f"`cxr index build --model {model or '<model>'} --output-dir {directory} ...`")
+    if (model and manifest["model"] != model) or (dim and manifest["dim"] != dim):
+        raise IndexMismatchError(
+            f"index {directory} was built with {manifest['model']} ({manifest['dim']}-d); the gateway serves "
+            f"{model} ({dim}-d): rebuild it with `cxr index build --model {model} --output-dir {directory} ...`")
+    index = faiss.read_index(str(directory / INDEX_FILE))
+    with (directory / METADATA_FILE).open(encoding="utf-8") as f:
+        metadata = [json.loads(line) for line in f]
+    if index.ntotal != len(metadata):
+        raise IndexMismatchError(f"{directory}: {index.ntotal} vectors but {len(metadata)} metadata lines; rebuild it")
+    return LoadedIndex(index, metadata, manifest, directory)

@@ -1,0 +1,87 @@
+"""Index builds through the real Triton: unreadable inputs reported, missing archives explained,
+killed builds resumed to the same index."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from cxr.settings import to_environment
+from gateway.catalog import ExportedModel
+from indexing import sources, store
+from indexing.build import BuildOptions, NothingToIndexError, build_index
+from support import DATA_DIR
+
+pytestmark = pytest.mark.triton
+MODEL = "medsiglip-tiny"
+IU = DATA_DIR / "iu"
+NIH = DATA_DIR / "nih800"
+
+
+@pytest.fixture(scope="module")
+def model(served):
+    return ExportedModel.load(served.model_repository, MODEL)
+
+
+def test_iu_csvs_without_their_images_are_reported_not_a_traceback(served, model, tmp_path):
+    records = sources.iu_xray(IU / "indiana_reports.csv", IU / "indiana_projections.csv", tmp_path / "images")
+    output = tmp_path / "iu-index"
+    with pytest.raises(NothingToIndexError, match=r"none of the 7466 images could be read \(7466 file not found\)"):
+        build_index(records, model, served, output, BuildOptions(progress=False))
+    assert not output.exists()
+    with (tmp_path / "iu-index.skipped.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 7466 and {r["reason"] for r in rows} == {"file not found"}
+
+
+def test_unreadable_inputs_are_skipped_with_a_reason_and_the_rest_indexed(served, model, tmp_path):
+    good = sorted((NIH / "valid" / "0_normal").glob("*.png"))[:3]
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "notes.png").write_text("not an image")
+    (tmp_path / "cut.png").write_bytes(good[0].read_bytes()[:300])
+    rows = [{"image": str(p)} for p in good] + [{"image": n} for n in ("empty.png", "notes.png", "cut.png", "gone.png")]
+    (tmp_path / "manifest.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    manifest = build_index(sources.manifest(tmp_path / "manifest.jsonl"), model, served, tmp_path / "idx",
+                           BuildOptions(progress=False, batch_size=2))
+    assert (manifest["count"], manifest["skipped"]) == (3, 4)
+    with (tmp_path / "idx" / store.SKIPPED_FILE).open() as f:
+        reasons = {os.path.basename(r["path"]): r["reason"] for r in csv.DictReader(f)}
+    assert reasons["empty.png"] == "empty file (0 bytes)" and reasons["gone.png"] == "file not found"
+    assert reasons["notes.png"].startswith("not a readable image") and "truncated" in reasons["cut.png"]
+
+
+def _cli_build(settings, output, manifest_file):
+    command = [sys.executable, "-m", "cxr.cli", "index", "build", "--manifest", str(manifest_file), "--model", MODEL,
+               "--output-dir", str(output), "--batch-size", "4", "--workers", "1"]
+    return subprocess.Popen(command, env=dict(os.environ, **to_environment(settings)), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def test_a_killed_build_resumes_to_the_same_index(served, tmp_path):
+    images = sorted((NIH / "train" / "1_abnormal").glob("*.png"))[:120]
+    manifest_file = tmp_path / "archive.csv"
+    manifest_file.write_text("image,labels\n" + "".join(f"{p},Finding\n" for p in images))
+    killed = _cli_build(served, tmp_path / "resumed", manifest_file)
+    partial = tmp_path / "resumed.partial"
+    deadline = time.monotonic() + 120
+    while len(list(partial.glob("chunk-*.npz"))) < 5 and killed.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    chunks_before = len(list(partial.glob("chunk-*.npz")))
+    assert 0 < chunks_before < 30 and not (tmp_path / "resumed").exists()
+    resumed = _cli_build(served, tmp_path / "resumed", manifest_file)
+    resumed_out = resumed.communicate(timeout=300)[0]
+    assert resumed.returncode == 0, resumed_out
+    whole = _cli_build(served, tmp_path / "whole", manifest_file)
+    assert whole.wait(timeout=300) == 0
+    a, b = store.load(tmp_path / "resumed"), store.load(tmp_path / "whole")
+    assert a.metadata == b.metadata and len(a.metadata) == 120
+    np.testing.assert_allclose(a.index.reconstruct_n(0, 120), b.index.reconstruct_n(0, 120), atol=1e-5)
+    assert not partial.exists()
