@@ -13,7 +13,7 @@ DEMO_MODEL ?= medsiglip-tiny
 export_flags = $(if $(MODEL),--model $(MODEL)) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) \
 	--target $(TARGET) $(if $(FP16),--fp16)
 
-.PHONY: help setup protos export serve serve-detached stop models demo test bench-towers clean
+.PHONY: help setup protos export serve serve-detached stop models demo test bench-towers bench-gateway bench-faiss clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -57,6 +57,12 @@ test: setup ## install and run every test
 
 bench-towers: setup ## export each family at true size (random weights) and time it in Triton
 	$(BIN)/python -m benchmarks.triton_towers
+
+bench-gateway: setup ## gateway overhead over a direct Triton call, and index build images/s
+	$(BIN)/python -m benchmarks.gateway_overhead
+
+bench-faiss: setup ## FAISS search p50 and recall@10 per index type on 1M synthetic 1152-d vectors
+	$(BIN)/python -m benchmarks.faiss_search
 
 clean: ## remove exported models, caches and logs (keeps .venv)
 	rm -rf model_repository/*/ .cache .run

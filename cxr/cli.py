@@ -140,7 +140,8 @@ def cmd_index_build(args, settings: Settings) -> int:
     output_dir = args.output_dir or settings.index_path(model_name)
     missing = sum(not r.path.exists() for r in records)
     print(f"{len(records)} images in {source}" + (f"; {missing} of {len(records)} images missing" if missing else ""))
-    options = BuildOptions(batch_size=args.batch_size, workers=args.workers, index_type=args.index_type)
+    options = BuildOptions(batch_size=args.batch_size, workers=args.workers, index_type=args.index_type,
+                           use_gpu=args.use_gpu)
     manifest = build_index(records, model, settings, output_dir, options, source=source)
     print(f"indexed {manifest['count']} of {len(records)} images with {model_name} into {output_dir} "
           f"({manifest['index_type']}, {manifest['dim']}-d); {manifest['skipped']} skipped, listed in "
@@ -243,7 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="flat: exact (default); ivf/hnsw: approximate, for large archives")
     build.add_argument("--batch-size", type=int, default=32)
     build.add_argument("--workers", type=int, default=2, help="decoding processes")
-    build.add_argument("--use-gpu", action="store_true", help="search the index on the GPU when served")
+    build.add_argument("--use-gpu", action="store_true",
+                       help="build flat/IVF indexes on the GPU (faiss-gpu); serve with CXR_USE_GPU=1 to search there")
     build.set_defaults(func=cmd_index_build)
 
     search = sub.add_parser("search", help="query the gateway and print the ranked studies")

@@ -14,7 +14,7 @@ from gateway.catalog import ExportedModel
 from gateway.errors import InvalidRequestError, StudyNotFoundError, grpc_errors
 from gateway.indexes import IndexSet
 from gateway.preprocess import preprocess
-from cxr.errors import UnknownModelError
+from cxr.errors import CxrError, UnknownModelError
 
 MAX_TOP_K = 1000
 MAX_TEXT_CHARS = 10_000
@@ -44,23 +44,22 @@ class RetrievalService(pb_grpc.RetrievalServicer):
         if not 1 <= len(request.queries) <= MAX_BATCH_QUERIES:
             raise InvalidRequestError(f"a batch holds 1 to {MAX_BATCH_QUERIES} queries, not {len(request.queries)}")
         timeout = context.time_remaining()
-        searches = [self._search_text(q.text, timeout) if q.WhichOneof("query") == "text"
-                    else self._search_image(q.image, timeout) for q in request.queries]
+        searches = [_numbered(i, self._search_text(q.text, timeout) if q.WhichOneof("query") == "text"
+                              else self._search_image(q.image, timeout)) for i, q in enumerate(request.queries)]
         return pb.BatchSearchResponse(results=await asyncio.gather(*searches))
 
     @grpc_errors
     async def ListModels(self, request, context):
         infos = []
         for name in registry.list_models():
-            model = self.catalog.get(name)
+            spec, model = registry.get_model(name), self.catalog.get(name)
             loaded = self.indexes.get(name) if model else None
             infos.append(pb.ModelInfo(
-                name=name, family=registry.get_model(name).family, embed_dim=registry.get_model(name).embed_dim,
-                image_size=registry.get_model(name).image_size,
-                context_length=registry.get_model(name).context_length, active=name == self.active_model,
-                exported=model is not None, ready=bool(model) and await self.embedder.is_ready(model),
+                name=name, family=spec.family, embed_dim=spec.embed_dim, image_size=spec.image_size,
+                context_length=spec.context_length, active=name == self.active_model, exported=model is not None,
+                ready=bool(model) and await self.embedder.is_ready(model),
                 index_size=loaded.index.ntotal if loaded else 0, index_bytes=loaded.size_bytes if loaded else 0,
-                index_type=loaded.manifest["index_type"] if loaded else "", notes=registry.get_model(name).notes))
+                index_type=loaded.manifest["index_type"] if loaded else "", notes=spec.notes))
         return pb.ListModelsResponse(models=infos)
 
     @grpc_errors
@@ -115,6 +114,14 @@ class RetrievalService(pb_grpc.RetrievalServicer):
             registry.get_model(name)  # an unknown name lists the registry
             raise UnknownModelError(f"model {name!r} is not exported on this gateway; serving: {sorted(self.catalog)}")
         return self.catalog[name]
+
+
+async def _numbered(position: int, search):
+    """A batch query's error names its place in the batch."""
+    try:
+        return await search
+    except CxrError as error:
+        raise type(error)(f"query {position}: {error}") from error
 
 
 def _top_k(value: int) -> int:

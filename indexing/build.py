@@ -51,6 +51,7 @@ class BuildOptions:
     workers: int = max(1, min(4, (os.cpu_count() or 2)))
     in_flight: int = 4
     index_type: str = "flat"
+    use_gpu: bool = False  # train and fill the index on the GPU (faiss-gpu)
     progress: bool = True
 
 
@@ -183,6 +184,6 @@ def _finish(records, model: ExportedModel, partial: _Partial, output_dir: Path, 
                 "export_sha256": model.manifest["onnx"][model.image.triton_name]["sha256"],
                 "archive_images": len(records)}
     written = store.write(output_dir, vectors, [records[p].metadata() for p in positions], manifest, skipped,
-                          options.index_type)
+                          options.index_type, options.use_gpu)
     shutil.rmtree(partial.directory, ignore_errors=True)
     return written

@@ -13,7 +13,7 @@ import faiss
 import numpy as np
 
 from cxr.errors import CxrError
-from indexing.store import LoadedIndex
+from indexing.store import LoadedIndex, gpu_available
 
 GPU_MAX_K = 2048
 
@@ -26,7 +26,7 @@ class IndexSearcher:
     def __init__(self, loaded: LoadedIndex, use_gpu: bool = False):
         self.loaded = loaded
         self.index = loaded.index
-        self.on_gpu = use_gpu and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+        self.on_gpu = use_gpu and gpu_available()
         if self.on_gpu:
             self._resources = faiss.StandardGpuResources()
             self.index = faiss.index_cpu_to_gpu(self._resources, 0, loaded.index)

@@ -139,3 +139,10 @@ def test_an_index_built_by_another_model_is_a_failed_precondition(stub, served, 
         assert "cxr index build --model siglip-tiny" in error.details()
     finally:
         shutil.rmtree(served.index_path("siglip-tiny"))
+
+
+def test_a_bad_query_in_a_batch_is_named_by_its_position(stub):
+    queries = [pb.SearchQuery(text=pb.SearchByTextRequest(text="effusion", top_k=2)),
+               pb.SearchQuery(text=pb.SearchByTextRequest(text="", top_k=2))]
+    error = _abort(lambda: stub.BatchSearch(pb.BatchSearchRequest(queries=queries)))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and error.details().startswith("query 1: text is empty")

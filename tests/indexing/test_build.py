@@ -85,3 +85,14 @@ def test_a_killed_build_resumes_to_the_same_index(served, tmp_path):
     assert a.metadata == b.metadata and len(a.metadata) == 120
     np.testing.assert_allclose(a.index.reconstruct_n(0, 120), b.index.reconstruct_n(0, 120), atol=1e-5)
     assert not partial.exists()
+
+
+def test_cli_on_iu_csvs_without_images_prints_the_missing_count_not_a_traceback(served, tmp_path):
+    command = [sys.executable, "-m", "cxr.cli", "index", "build", "--reports-csv", str(IU / "indiana_reports.csv"),
+               "--projections-csv", str(IU / "indiana_projections.csv"), "--images-dir", str(tmp_path / "images"),
+               "--model", MODEL, "--output-dir", str(tmp_path / "iu")]
+    done = subprocess.run(command, env=dict(os.environ, **to_environment(served)), capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 2
+    assert "7466 of 7466 images missing" in done.stdout
+    assert "Traceback" not in done.stderr and "iu.skipped.csv" in done.stderr

@@ -1,0 +1,93 @@
+"""FAISS search speed and recall per index type, on synthetic embeddings at archive scale.
+
+  python -m benchmarks.faiss_search [--vectors 1000000] [--hnsw-vectors 100000] [--dim 1152]
+
+Vectors are L2-normalised points around 2,000 random centres (real embeddings cluster; uniform
+noise would make every approximate index look worse than it is). Indexes are built by the
+product's own `indexing.store.make_index`; each type is timed on single queries (how the gateway
+searches) and its top 10 compared with exact search. Figures go to
+benchmarks/results/<date>-<host>-faiss.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import faiss
+import numpy as np
+
+from benchmarks.machine import describe, result_path
+from indexing.store import HNSW_EF_SEARCH, HNSW_M, IVF_NPROBE, make_index
+
+CENTRES = 2000
+SPREAD = 0.9  # noise norm relative to a centre's
+QUERIES = 200
+K = 10
+
+
+def clustered(count: int, dim: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = np.random.default_rng(0).standard_normal((CENTRES, dim), dtype=np.float32)
+    out = np.empty((count, dim), dtype=np.float32)
+    for start in range(0, count, 100_000):
+        stop = min(count, start + 100_000)
+        chunk = centres[rng.integers(0, CENTRES, stop - start)]
+        chunk += SPREAD * rng.standard_normal(chunk.shape, dtype=np.float32)
+        out[start:stop] = chunk / np.linalg.norm(chunk, axis=1, keepdims=True)
+    return out
+
+
+def _measure(index: faiss.Index, queries: np.ndarray, truth: np.ndarray) -> dict:
+    times, found = [], []
+    for query in queries:
+        started = time.perf_counter()
+        _, ids = index.search(query[np.newaxis], K)
+        times.append((time.perf_counter() - started) * 1000)
+        found.append(ids[0])
+    recall = np.mean([len(set(f) & set(t)) / K for f, t in zip(found, truth)])
+    return {"search_p50_ms": round(float(np.percentile(times, 50)), 3),
+            "search_p95_ms": round(float(np.percentile(times, 95)), 3), f"recall_at_{K}": round(float(recall), 4)}
+
+
+def bench(count: int, dim: int, index_types: list[str]) -> dict:
+    vectors = clustered(count, dim, seed=1)
+    queries = clustered(QUERIES, dim, seed=2)
+    started = time.perf_counter()
+    exact = make_index(vectors, "flat")
+    _, truth = exact.search(queries, K)
+    results = {"ground_truth_s": round(time.perf_counter() - started, 1)}
+    for index_type in index_types:
+        started = time.perf_counter()
+        index = exact if index_type == "flat" else make_index(vectors, index_type)
+        built = time.perf_counter() - started
+        results[index_type] = dict(_measure(index, queries, truth), vectors=count, build_s=round(built, 1))
+        print(index_type, results[index_type], flush=True)
+        if index is not exact:
+            del index
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--vectors", type=int, default=1_000_000, help="archive size for flat and ivf")
+    parser.add_argument("--hnsw-vectors", type=int, default=100_000,
+                        help="archive size for hnsw (its build is the slow part on a small CPU)")
+    parser.add_argument("--dim", type=int, default=1152, help="MedSigLIP's embedding size")
+    args = parser.parse_args(argv)
+    figures = {"flat_and_ivf": bench(args.vectors, args.dim, ["flat", "ivf"])}
+    if args.hnsw_vectors:
+        figures["hnsw"] = bench(args.hnsw_vectors, args.dim, ["flat", "hnsw"])
+    settings = {"dim": args.dim, "queries": QUERIES, "k": K, "centres": CENTRES, "spread": SPREAD,
+                "ivf_nprobe": IVF_NPROBE, "hnsw_m": HNSW_M, "hnsw_ef_search": HNSW_EF_SEARCH,
+                "faiss_threads": faiss.omp_get_max_threads()}
+    path = result_path("faiss")
+    path.write_text(json.dumps({"machine": describe(), "settings": settings, "figures": figures}, indent=2))
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
