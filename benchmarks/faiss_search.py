@@ -72,18 +72,20 @@ def bench(count: int, dim: int, index_types: list[str]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--vectors", type=int, default=1_000_000, help="archive size for flat and ivf")
+    parser.add_argument("--vectors", type=int, default=1_000_000, help="archive size for flat and ivf (0: skip)")
     parser.add_argument("--hnsw-vectors", type=int, default=100_000,
-                        help="archive size for hnsw (its build is the slow part on a small CPU)")
+                        help="archive size for hnsw, 0: skip (its build is the slow part on a small CPU)")
     parser.add_argument("--dim", type=int, default=1152, help="MedSigLIP's embedding size")
     args = parser.parse_args(argv)
-    figures = {"flat_and_ivf": bench(args.vectors, args.dim, ["flat", "ivf"])}
+    path = result_path("faiss")
+    figures = json.loads(path.read_text())["figures"] if path.is_file() else {}  # keep today's other runs
+    if args.vectors:
+        figures[f"flat_and_ivf_{args.vectors}"] = bench(args.vectors, args.dim, ["flat", "ivf"])
     if args.hnsw_vectors:
-        figures["hnsw"] = bench(args.hnsw_vectors, args.dim, ["flat", "hnsw"])
+        figures[f"hnsw_{args.hnsw_vectors}"] = bench(args.hnsw_vectors, args.dim, ["flat", "hnsw"])
     settings = {"dim": args.dim, "queries": QUERIES, "k": K, "centres": CENTRES, "spread": SPREAD,
                 "ivf_nprobe": IVF_NPROBE, "hnsw_m": HNSW_M, "hnsw_ef_search": HNSW_EF_SEARCH,
                 "faiss_threads": faiss.omp_get_max_threads()}
-    path = result_path("faiss")
     path.write_text(json.dumps({"machine": describe(), "settings": settings, "figures": figures}, indent=2))
     print(f"wrote {path}")
     return 0

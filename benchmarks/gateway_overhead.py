@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import sys
 import tempfile
 import time
@@ -22,11 +21,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import grpc
-import numpy as np
 
 from benchmarks.machine import describe, result_path
+from benchmarks.timing import time_requests
 from cxr import registry, tritonserver
-from cxr.processes import stop_process
+from cxr.processes import free_ports, stop_process
 from cxr.retrieval.v1 import retrieval_pb2 as pb
 from cxr.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
 from cxr.settings import Settings, load_settings
@@ -38,28 +37,7 @@ from indexing.build import BuildOptions, build_index
 
 QUERY = "small left pleural effusion"
 TIME_LIMIT_S = 120.0
-
-
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
-def _timed(call, requests: int) -> dict:
-    for _ in range(10):  # warm up connections and caches
-        call()
-    times, deadline = [], time.monotonic() + TIME_LIMIT_S
-    while len(times) < requests and time.monotonic() < deadline:
-        started = time.perf_counter()
-        call()
-        times.append((time.perf_counter() - started) * 1000)
-    return {"p50_ms": round(float(np.percentile(times, 50)), 3), "p95_ms": round(float(np.percentile(times, 95)), 3),
-            "requests": len(times)}
+WARMUP = 10  # requests that open connections and fill caches before timing
 
 
 def _index_rate(model: ExportedModel, settings: Settings) -> dict:
@@ -73,12 +51,12 @@ def _index_rate(model: ExportedModel, settings: Settings) -> dict:
 
 def _latencies(model: ExportedModel, settings: Settings, requests: int) -> dict:
     triton = TowerClient(settings.triton_grpc_url, model.image, model.text, model.max_batch_size)
-    direct = _timed(lambda: triton.embed_texts(model.tokenizer([QUERY])), requests)
+    direct = time_requests(lambda: triton.embed_texts(model.tokenizer([QUERY])), requests, TIME_LIMIT_S, WARMUP)
     triton.close()
     with grpc.insecure_channel(settings.gateway_address) as channel:
         stub = pb_grpc.RetrievalStub(channel)
         request = pb.SearchByTextRequest(text=QUERY, top_k=10)
-        through = _timed(lambda: stub.SearchByText(request), requests)
+        through = time_requests(lambda: stub.SearchByText(request), requests, TIME_LIMIT_S, WARMUP)
     return {"triton_direct": direct, "gateway": through,
             "overhead_p50_ms": round(through["p50_ms"] - direct["p50_ms"], 3),
             "overhead_p95_ms": round(through["p95_ms"] - direct["p95_ms"], 3)}
@@ -86,7 +64,7 @@ def _latencies(model: ExportedModel, settings: Settings, requests: int) -> dict:
 
 def run(model_name: str, requests: int) -> dict:
     spec = registry.get_model(model_name)
-    http, grpc_port, metrics, gateway_port = _free_ports(4)
+    http, grpc_port, metrics, gateway_port = free_ports(4)
     with tempfile.TemporaryDirectory(prefix="bench-gateway-") as tmp:
         settings = replace(load_settings(), model=model_name, model_repository=Path(tmp) / "model_repository",
                            index_dir=Path(tmp) / "indexes", run_dir=Path(tmp) / "run", triton_http_port=http,

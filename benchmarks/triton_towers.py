@@ -27,12 +27,13 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.machine import describe, result_path
+from benchmarks.timing import time_requests
 from cxr import registry, tritonserver
 from cxr.processes import stop_process
 from cxr.manifest import read_manifest, tokenizer_dir
 from cxr.settings import Settings, load_settings
 from cxr.tokenization import TextTokenizer
-from cxr.towers import TowerSpec, towers
+from cxr.towers import towers
 from cxr.triton_client import TowerClient
 
 MODELS = ["pubmed_clip", "biomedclip", "siglip", "medsiglip"]
@@ -82,16 +83,6 @@ def _process_tree_rss_mb(pid: int) -> float:
         total += next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS"))
         pending += [int(c) for c in children]
     return round(total / 1024, 1)
-
-
-def _latency(call, budget: float) -> dict:
-    times, deadline = [], time.monotonic() + budget
-    while len(times) < LATENCY_REQUESTS and time.monotonic() < deadline:
-        started = time.perf_counter()
-        call()
-        times.append((time.perf_counter() - started) * 1000)
-    return {"p50_ms": round(float(np.percentile(times, 50)), 2), "p95_ms": round(float(np.percentile(times, 95)), 2),
-            "requests": len(times)}
 
 
 def _throughput(make_client, send, budget: float) -> dict:
@@ -145,7 +136,7 @@ def _measure_towers(settings: Settings, spec, budget: float) -> dict:
     probe = make_client()
     figures = {}
     for tower_name, send in sends.items():
-        figures[tower_name] = {"batch1": _latency(lambda: send(probe), budget),
+        figures[tower_name] = {"batch1": time_requests(lambda send=send: send(probe), LATENCY_REQUESTS, budget),
                                f"concurrency{CONCURRENCY}": _throughput(make_client, send, budget)}
     probe.close()
     return figures

@@ -60,3 +60,14 @@ def log_tail(log_file: Path | None, lines: int = 15) -> str:
     if log_file is None or not log_file.is_file():
         return ""
     return "\n".join(log_file.read_text(errors="replace").splitlines()[-lines:])
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """Ports the kernel just handed out as free (for tests and benchmarks on loopback)."""
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind((host, 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from cxr.manifest import MANIFEST_FILE, ONNX_FILE, SCHEMA_VERSION, TOKENIZER_DIR, VERSION_DIR, read_manifest
 from cxr.errors import ExportError
+from cxr.files import replace_directory
 from cxr.registry import ModelSpec
 from cxr.settings import Settings
 from cxr.tokenization import CLEANING
@@ -66,7 +67,7 @@ def export_model(spec: ModelSpec, settings: Settings, checkpoint: str | None = N
                                    indent=2)
         (staging / text.triton_name / MANIFEST_FILE).write_text(manifest_text)
         for tower in (image, text):
-            _replace(staging / tower.triton_name, repo / tower.triton_name)
+            replace_directory(staging / tower.triton_name, repo / tower.triton_name)
     manifest = json.loads(manifest_text)
     log(f"exported {spec.name} to {repo} in {manifest['export_seconds']:.1f} s")
     return manifest
@@ -128,13 +129,3 @@ def _manifest(spec: ModelSpec, encoder: Encoder, staging: Path, target: str, fp1
         "export_seconds": round(seconds, 2),
         "versions": {name: version(name) for name in PACKAGES},
     }
-
-
-def _replace(new: Path, old: Path) -> None:
-    """Swap a fully written model folder into place; the previous one goes only after."""
-    retired = old.with_name(f".retired-{old.name}")
-    shutil.rmtree(retired, ignore_errors=True)
-    if old.exists():
-        old.rename(retired)
-    new.rename(old)
-    shutil.rmtree(retired, ignore_errors=True)

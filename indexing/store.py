@@ -21,6 +21,7 @@ import faiss
 import numpy as np
 
 from cxr.errors import CxrError
+from cxr.files import replace_directory
 
 INDEX_FILE = "index.faiss"
 METADATA_FILE = "metadata.jsonl"
@@ -96,7 +97,7 @@ def write(directory: Path, vectors: np.ndarray, metadata: list[dict], manifest: 
                 f.write(json.dumps(item) + "\n")
         write_skipped(staging / SKIPPED_FILE, skipped)
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
-        _swap(staging, directory)
+        replace_directory(staging, directory)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return manifest
@@ -107,15 +108,6 @@ def write_skipped(path: Path, skipped: list[tuple[str, str]]) -> None:
         writer = csv.writer(f)
         writer.writerow(["path", "reason"])
         writer.writerows(skipped)
-
-
-def _swap(staging: Path, directory: Path) -> None:
-    retired = directory.with_name(f".{directory.name}-retired")
-    shutil.rmtree(retired, ignore_errors=True)
-    if directory.exists():
-        directory.rename(retired)
-    staging.rename(directory)
-    shutil.rmtree(retired, ignore_errors=True)
 
 
 def read_manifest(directory: Path) -> dict | None:

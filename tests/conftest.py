@@ -82,7 +82,6 @@ def nih_index(served):
 @pytest.fixture(scope="session")
 def gateway(served, nih_index):
     """A real gateway in front of the real Triton, serving GATEWAY_MODEL; yields its address."""
-    import grpc
     from dataclasses import replace
 
     from support import BackgroundGateway

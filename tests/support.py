@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import numpy as np
 
+from cxr.processes import free_ports
 from cxr.settings import Settings
 
 DATA_DIR = (Path(__file__).parent.parent / ".." / "shared" / "data").resolve()
 TWINS = ["pubmed_clip-tiny", "biomedclip-tiny", "siglip-tiny", "medsiglip-tiny"]
 # biomedclip-minilm: the real pretrained all-MiniLM-L6-v2 BERT as text tower (BiomedCLIP's class).
 SERVED = TWINS + ["biomedclip-minilm"]
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def make_settings(root: Path, cache_dir: Path, **overrides) -> Settings:

@@ -21,7 +21,7 @@ def test_unreachable_hub_names_model_hub_id_and_local_dir_remedy(name, offline):
     message = str(error.value)
     assert name in message
     assert spec.checkpoint.removeprefix("hf-hub:") in message
-    assert f"CHECKPOINT=DIR" in message and "hf download" in message
+    assert "CHECKPOINT=DIR" in message and "hf download" in message
 
 
 def test_gated_model_mentions_licence_and_token(offline):

@@ -1,6 +1,5 @@
 """ONNX towers: onnxruntime equals PyTorch; --fp16 keeps LayerNorm in float32 and stays close."""
 
-import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
