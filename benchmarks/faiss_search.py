@@ -52,6 +52,22 @@ def _measure(index: faiss.Index, queries: np.ndarray, truth: np.ndarray) -> dict
             "search_p95_ms": round(float(np.percentile(times, 95)), 3), f"recall_at_{K}": round(float(recall), 4)}
 
 
+# Search-time knobs swept for the approximate indexes, the product's default first.
+SWEEPS = {"ivf": ("nprobe", (IVF_NPROBE, IVF_NPROBE * 2, IVF_NPROBE // 2)),
+          "hnsw": ("efSearch", (HNSW_EF_SEARCH, HNSW_EF_SEARCH * 2, HNSW_EF_SEARCH * 4))}
+
+
+def _sweep(index: faiss.Index, index_type: str, queries: np.ndarray, truth: np.ndarray) -> dict:
+    knob, values = SWEEPS[index_type]
+    target = index.hnsw if index_type == "hnsw" else index
+    figures = {}
+    for value in values:
+        setattr(target, knob, value)
+        figures[f"{knob}={value}"] = _measure(index, queries, truth)
+    setattr(target, knob, values[0])
+    return figures
+
+
 def bench(count: int, dim: int, index_types: list[str]) -> dict:
     vectors = clustered(count, dim, seed=1)
     queries = clustered(QUERIES, dim, seed=2)
@@ -64,6 +80,8 @@ def bench(count: int, dim: int, index_types: list[str]) -> dict:
         index = exact if index_type == "flat" else make_index(vectors, index_type)
         built = time.perf_counter() - started
         results[index_type] = dict(_measure(index, queries, truth), vectors=count, build_s=round(built, 1))
+        if index_type in SWEEPS:
+            results[index_type]["sweep"] = _sweep(index, index_type, queries, truth)
         print(index_type, results[index_type], flush=True)
         if index is not exact:
             del index
