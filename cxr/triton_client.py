@@ -14,6 +14,20 @@ from cxr.towers import TowerSpec
 TRITON_DTYPES = {"uint8": "UINT8", "int64": "INT64", "float32": "FP32"}
 
 
+def infer_inputs(tower: TowerSpec, arrays: dict[str, np.ndarray]) -> list[grpcclient.InferInput]:
+    """Triton request inputs for `tower` (the sync and the asyncio clients share this class)."""
+    inputs = []
+    for tensor in tower.inputs:
+        array = np.ascontiguousarray(arrays[tensor.name], dtype=tensor.dtype)
+        if array.shape[1:] != tensor.dims:
+            raise ValueError(f"{tower.triton_name}.{tensor.name}: shape {array.shape[1:]} past the batch axis, "
+                             f"expected {tensor.dims}")
+        infer_input = grpcclient.InferInput(tensor.name, list(array.shape), TRITON_DTYPES[tensor.dtype])
+        infer_input.set_data_from_numpy(array)
+        inputs.append(infer_input)
+    return inputs
+
+
 class TowerClient:
     def __init__(self, url: str, image: TowerSpec, text: TowerSpec, max_batch_size: int):
         self._client = grpcclient.InferenceServerClient(url)
@@ -29,17 +43,8 @@ class TowerClient:
         return np.concatenate(parts) if parts else np.zeros((0, *tower.output.dims), np.float32)
 
     def _infer_batch(self, tower: TowerSpec, arrays: dict[str, np.ndarray]) -> np.ndarray:
-        inputs = []
-        for tensor in tower.inputs:
-            array = np.ascontiguousarray(arrays[tensor.name], dtype=tensor.dtype)
-            if array.shape[1:] != tensor.dims:
-                raise ValueError(f"{tower.triton_name}.{tensor.name}: shape {array.shape[1:]} past the batch axis, "
-                                 f"expected {tensor.dims}")
-            infer_input = grpcclient.InferInput(tensor.name, list(array.shape), TRITON_DTYPES[tensor.dtype])
-            infer_input.set_data_from_numpy(array)
-            inputs.append(infer_input)
         outputs = [grpcclient.InferRequestedOutput(tower.output.name)]
-        result = self._client.infer(tower.triton_name, inputs, outputs=outputs)
+        result = self._client.infer(tower.triton_name, infer_inputs(tower, arrays), outputs=outputs)
         return result.as_numpy(tower.output.name)
 
     def embed_images(self, pixels: np.ndarray) -> np.ndarray:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import numpy as np
 import tritonclient.grpc.aio as aioclient
-from tritonclient.grpc import InferInput, InferRequestedOutput
+from tritonclient.grpc import InferRequestedOutput
 from tritonclient.utils import InferenceServerException
 
 from cxr.errors import CxrError
-from cxr.triton_client import TRITON_DTYPES
+from cxr.triton_client import infer_inputs
 from cxr.towers import TowerSpec
 from gateway.catalog import ExportedModel
 
@@ -42,14 +42,8 @@ class TritonEmbedder:
         return await self._infer(model.image, {model.image.inputs[0].name: pixels}, timeout)
 
     async def _infer(self, tower: TowerSpec, arrays: dict[str, np.ndarray], timeout: float | None) -> np.ndarray:
-        inputs = []
-        for tensor in tower.inputs:
-            array = np.ascontiguousarray(arrays[tensor.name], dtype=tensor.dtype)
-            infer_input = InferInput(tensor.name, list(array.shape), TRITON_DTYPES[tensor.dtype])
-            infer_input.set_data_from_numpy(array)
-            inputs.append(infer_input)
         try:
-            result = await self._client.infer(tower.triton_name, inputs,
+            result = await self._client.infer(tower.triton_name, infer_inputs(tower, arrays),
                                               outputs=[InferRequestedOutput(tower.output.name)],
                                               client_timeout=timeout)
         except InferenceServerException as exc:

@@ -34,25 +34,17 @@ def clients(served):
 
 
 @pytest.mark.triton
+@pytest.mark.parametrize("tower", ["image", "text"])
 @pytest.mark.parametrize("name", SERVED)
-def test_image_tower_matches_pytorch(name, clients, encoders, xray_paths):
-    spec = get_model(name)
-    pixels = load_pixels(xray_paths, spec.image_size)
-    served = clients[name].embed_images(pixels)
-    reference = torch_image_embeds(encoders[name], spec, pixels)
-    assert served.shape == (len(xray_paths), spec.embed_dim)
-    np.testing.assert_allclose(np.linalg.norm(served, axis=1), 1.0, atol=1e-5)
-    assert cosine(served, reference).min() >= PARITY
-
-
-@pytest.mark.triton
-@pytest.mark.parametrize("name", SERVED)
-def test_text_tower_matches_pytorch(name, clients, encoders, report_texts):
-    spec = get_model(name)
-    tokens = encoders[name].tokenize(report_texts)
-    served = clients[name].embed_texts(tokens)
-    reference = torch_text_embeds(encoders[name], spec, tokens)
-    assert served.shape == (len(report_texts), spec.embed_dim)
+def test_served_tower_matches_pytorch(name, tower, clients, encoders, xray_paths, report_texts):
+    spec, encoder, client = get_model(name), encoders[name], clients[name]
+    if tower == "image":
+        pixels = load_pixels(xray_paths, spec.image_size)
+        served, reference = client.embed_images(pixels), torch_image_embeds(encoder, spec, pixels)
+    else:
+        tokens = encoder.tokenize(report_texts)
+        served, reference = client.embed_texts(tokens), torch_text_embeds(encoder, spec, tokens)
+    assert served.shape == (len(reference), spec.embed_dim)
     np.testing.assert_allclose(np.linalg.norm(served, axis=1), 1.0, atol=1e-5)
     assert cosine(served, reference).min() >= PARITY
 
