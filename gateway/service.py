@@ -80,10 +80,7 @@ class RetrievalService(pb_grpc.RetrievalServicer):
         if len(request.text) > MAX_TEXT_CHARS:
             raise InvalidRequestError(f"text is {len(request.text)} characters; the limit is {MAX_TEXT_CHARS} "
                                       "(the encoders read at most a few hundred tokens)")
-        model = self._model(request.model)
-        top_k = _top_k(request.top_k)
-        searcher = self.indexes.searcher(model)
-        searcher.allowed_ids(request.filters.projections, request.filters.labels)  # reject bad filters early
+        model, top_k, searcher = self._prepare(request)
         (vector,) = await self.embedder.embed_texts(model, [text], timeout)
         return self._respond(model, searcher, vector, top_k, request.filters)
 
@@ -93,14 +90,19 @@ class RetrievalService(pb_grpc.RetrievalServicer):
         if len(request.image) > MAX_IMAGE_BYTES:
             raise InvalidRequestError(f"image is {len(request.image) / 2**20:.1f} MB; the limit is "
                                       f"{MAX_IMAGE_BYTES // 2**20} MB: send the original file, not a raw dump")
-        model = self._model(request.model)
-        top_k = _top_k(request.top_k)
-        searcher = self.indexes.searcher(model)
-        searcher.allowed_ids(request.filters.projections, request.filters.labels)
+        model, top_k, searcher = self._prepare(request)
         loop = asyncio.get_running_loop()
         pixels = await loop.run_in_executor(self.executor, preprocess, bytes(request.image), model.image_size)
         (vector,) = await self.embedder.embed_images(model, pixels[np.newaxis], timeout)
         return self._respond(model, searcher, vector, top_k, request.filters)
+
+    def _prepare(self, request):
+        """Model, top_k and index of a query, with bad fields and filters refused before any embedding."""
+        model = self._model(request.model)
+        top_k = _top_k(request.top_k)
+        searcher = self.indexes.searcher(model)
+        searcher.allowed_ids(request.filters.projections, request.filters.labels)
+        return model, top_k, searcher
 
     def _respond(self, model, searcher, vector, top_k, filters) -> pb.SearchResponse:
         found = searcher.search(vector, top_k, filters.projections, filters.labels)
