@@ -7,13 +7,15 @@ MODEL ?=
 CHECKPOINT ?=
 TARGET ?= local
 FP16 ?=
-# The demo runs on a random-weight twin until the project ships a trained default model.
-DEMO_MODEL ?= medsiglip-tiny
+DEMO_MODEL ?= cxr-mini
+DATA ?= ../shared/data
+TRAIN_OUT ?= .cache/train/cxr-mini
 
 export_flags = $(if $(MODEL),--model $(MODEL)) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) \
 	--target $(TARGET) $(if $(FP16),--fp16)
 
-.PHONY: help setup protos export serve serve-detached stop models demo test bench-towers bench-gateway bench-faiss clean
+.PHONY: help setup protos export serve serve-detached stop models demo train-default test bench-towers bench-gateway \
+	bench-faiss bench-quality clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -52,6 +54,11 @@ models: setup ## list models: active, exported, ready in Triton
 demo: setup ## export, serve and query the demo model, then stop
 	$(BIN)/python -m cxr.demo --model $(DEMO_MODEL)
 
+train-default: setup ## retrain the shipped cxr-mini from scratch on $(DATA)/nih800 into weights/cxr-mini (deterministic)
+	rm -rf $(TRAIN_OUT)
+	$(CXR) train --model cxr-mini --from-scratch --labels-csv $(DATA)/nih800/labels.csv --out $(TRAIN_OUT) \
+		--publish-to weights/cxr-mini
+
 test: setup ## install and run every test
 	$(BIN)/python -m pytest
 
@@ -63,6 +70,9 @@ bench-gateway: setup ## gateway overhead over a direct Triton call, and index bu
 
 bench-faiss: setup ## FAISS search p50 and recall@10 per index type on 1M synthetic 1152-d vectors
 	$(BIN)/python -m benchmarks.faiss_search
+
+bench-quality: setup ## image->image and text->image mAP through the gateway on the NIH validation split, beside random
+	$(BIN)/python -m benchmarks.retrieval_quality
 
 clean: ## remove exported models, caches and logs (keeps .venv)
 	rm -rf model_repository/*/ .cache .run

@@ -1,8 +1,9 @@
-"""`cxr`: the command line of cxr-retrieval (models, export, serve, stop)."""
+"""`cxr`: the command line of cxr-retrieval (models, export, serve, stop, index, train, search)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 import time
@@ -12,6 +13,9 @@ from cxr import registry
 from cxr.errors import CxrError
 from cxr.manifest import read_manifest
 from cxr.settings import Settings, load_settings
+from training.config import FINE_TUNE_LR, SCRATCH_LR, TrainConfig
+
+TRAIN_DEFAULTS = TrainConfig()
 
 
 def _triton_ready(settings: Settings) -> dict[str, bool] | None:
@@ -164,6 +168,45 @@ def _archive_records(args):
                    "--labels-csv (NIH style) or --manifest (CSV or JSONL)")
 
 
+def cmd_train(args, settings: Settings) -> int:
+    from export.repository import resolve_source
+    from training.data import examples_from
+    from training.trainer import STATE_FILE, Trainer
+
+    spec = registry.get_model(args.model or settings.model)
+    if (args.out / STATE_FILE).exists() and not args.resume:
+        raise CxrError(f"{args.out} already holds a training run: add --resume to continue it, or pick a new --out")
+    records, source = _archive_records(args)
+    if args.checkpoint:
+        init = args.checkpoint
+    elif args.from_scratch:
+        from export.twins import random_checkpoint_dir
+
+        init = str(random_checkpoint_dir(spec, settings.cache_dir / "scratch", settings.data_dir))
+    else:
+        init = resolve_source(spec, settings, None)
+    lr = args.lr or (SCRATCH_LR if args.from_scratch else FINE_TUNE_LR)
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=lr, loss=args.loss,
+                         text_tuning=args.text_tuning, valid_fraction=args.valid_fraction, seed=args.seed,
+                         augment=not args.no_augment)
+    print(f"training {spec.name} from {init} on {source}")
+    trainer = Trainer(spec, init, examples_from(records), args.out, config)
+    if args.resume:
+        trainer.resume()
+    trainer.write_config(source, "scratch" if args.from_scratch else init)
+    best = trainer.fit()
+    checkpoint = args.out / "checkpoint"
+    print(f"best epoch {best['epoch']} (validation score {best['score']:.4f}) saved to {checkpoint}; "
+          f"export it with `make export MODEL={spec.name} CHECKPOINT={checkpoint}`")
+    if args.publish_to:
+        from export.embedded import publish
+
+        training = json.loads((args.out / "train_config.json").read_text())
+        path = publish(checkpoint, spec, args.publish_to, dict(training, best_epoch=best["epoch"]))
+        print(f"published the trained tensors to {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
 def cmd_search(args, settings: Settings) -> int:
     import grpc
 
@@ -204,6 +247,15 @@ def _clip(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def _add_archive_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--reports-csv", type=Path, help="IU-Xray indiana_reports.csv")
+    parser.add_argument("--projections-csv", type=Path, help="IU-Xray indiana_projections.csv")
+    parser.add_argument("--images-dir", type=Path, help="the archive's image folder")
+    parser.add_argument("--labels-csv", type=Path, help="NIH ChestX-ray14-style label CSV")
+    parser.add_argument("--manifest", type=Path,
+                        help="CSV or JSONL: image, text, labels, study_uid, projection, patient_id")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cxr", description="Chest X-ray retrieval served by NVIDIA Triton.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -233,11 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     index = sub.add_parser("index", help="build a model's FAISS index from an archive").add_subparsers(
         dest="index_command", required=True)
     build = index.add_parser("build", help="encode an archive's images through Triton into an index")
-    build.add_argument("--reports-csv", type=Path, help="IU-Xray indiana_reports.csv")
-    build.add_argument("--projections-csv", type=Path, help="IU-Xray indiana_projections.csv")
-    build.add_argument("--images-dir", type=Path, help="the archive's image folder")
-    build.add_argument("--labels-csv", type=Path, help="NIH ChestX-ray14-style label CSV")
-    build.add_argument("--manifest", type=Path, help="CSV or JSONL: image, text, labels, study_uid, projection")
+    _add_archive_arguments(build)
     build.add_argument("--output-dir", type=Path, help="default: <index_dir>/<model>")
     build.add_argument("--model", help="registry name (default: the active model)")
     build.add_argument("--index-type", choices=("flat", "ivf", "hnsw"), default="flat",
@@ -247,6 +295,32 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--use-gpu", action="store_true",
                        help="build flat/IVF indexes on the GPU (faiss-gpu); serve with CXR_USE_GPU=1 to search there")
     build.set_defaults(func=cmd_index_build)
+
+    train = sub.add_parser("train", help="train or fine-tune a model's towers on an archive's image-text pairs")
+    _add_archive_arguments(train)
+    train.add_argument("--model", help="registry name (default: the active model)")
+    train.add_argument("--out", type=Path, required=True, help="run folder: checkpoint/, state.pt, history.jsonl")
+    start = train.add_mutually_exclusive_group()
+    start.add_argument("--checkpoint", help="start from this hub id or local directory (default: the registry's)")
+    start.add_argument("--from-scratch", action="store_true",
+                       help="start from random weights (the text tower stays pretrained where the registry says so)")
+    train.add_argument("--epochs", type=int, default=TRAIN_DEFAULTS.epochs)
+    train.add_argument("--batch-size", type=int, default=TRAIN_DEFAULTS.batch_size)
+    train.add_argument("--lr", type=float,
+                       help=f"peak learning rate (default: {SCRATCH_LR:g} from scratch, {FINE_TUNE_LR:g} fine-tuning)")
+    train.add_argument("--loss", choices=("sigmoid", "infonce"), default=TRAIN_DEFAULTS.loss,
+                       help="sigmoid: SigLIP's pairwise loss (default); infonce: CLIP's softmax loss")
+    train.add_argument("--text-tuning", choices=("head", "full"), default=TRAIN_DEFAULTS.text_tuning,
+                       help="head: train only the text projection over a frozen transformer (open_clip HF "
+                            "text towers); full: train the whole text tower")
+    train.add_argument("--valid-fraction", type=float, default=TRAIN_DEFAULTS.valid_fraction,
+                       help="share of images held out for validation, split by patient")
+    train.add_argument("--seed", type=int, default=TRAIN_DEFAULTS.seed)
+    train.add_argument("--no-augment", action="store_true", help="no image augmentation")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
+    train.add_argument("--publish-to", type=Path,
+                       help="also write the trained tensors as shipped weights (e.g. weights/cxr-mini)")
+    train.set_defaults(func=cmd_train)
 
     search = sub.add_parser("search", help="query the gateway and print the ranked studies")
     search.add_argument("kind", choices=("text", "image"))

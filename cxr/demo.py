@@ -30,15 +30,19 @@ TEXT_QUERIES = ["small left pleural effusion", "cardiomegaly", "no acute cardiop
 IMAGE_QUERIES = ["00000001_000.png", "1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"]
 
 
-def _ensure_exported(spec, settings: Settings) -> None:
-    if read_manifest(settings.model_repository, spec.name) is None:
-        from export.repository import export_model
+def _ensure_exported(spec, settings: Settings) -> bool:
+    """Export unless the repository holds this model from the same weights; True if exported."""
+    from export.repository import export_model, resolve_source
 
-        export_model(spec, settings)
+    manifest = read_manifest(settings.model_repository, spec.name)
+    if manifest is not None and manifest["source"]["checkpoint"] == resolve_source(spec, settings, None):
+        return False
+    export_model(spec, settings)
+    return True
 
 
-def _ensure_indexed(spec, settings: Settings) -> None:
-    if store.read_manifest(settings.index_path(spec.name)) is not None:
+def _ensure_indexed(spec, settings: Settings, stale: bool) -> None:
+    if not stale and store.read_manifest(settings.index_path(spec.name)) is not None:
         return
     from gateway.catalog import ExportedModel
     from indexing import sources
@@ -62,6 +66,10 @@ def _ask(spec, settings: Settings) -> None:
     if spec.is_twin:
         print(f"\nNOTE: {spec.name} is a random-weight twin of {spec.twin_of}: export, serving, indexing and "
               "search are the real ones; the ranking is not.")
+    elif spec.is_embedded:
+        print(f"\nNOTE: {spec.name} is a small demo model trained here on 600 NIH images at 64 px "
+              f"({spec.embedded_weights.relative_to(registry.REPO_ROOT)}/MODEL_CARD.md): better than chance, "
+              "far from a real encoder, not for clinical use.")
     with grpc.insecure_channel(settings.gateway_address, options=[("grpc.max_send_message_length", 64 << 20)]) as ch:
         stub = pb_grpc.RetrievalStub(ch)
         for text in TEXT_QUERIES:
@@ -76,14 +84,14 @@ def _ask(spec, settings: Settings) -> None:
 def run(model: str) -> int:
     settings = replace(load_settings(), model=model)
     spec = registry.get_model(model)
-    _ensure_exported(spec, settings)
+    exported = _ensure_exported(spec, settings)
     children = []
     try:
         triton, log_file = tritonserver.start(settings)
         children.append(triton)
         tritonserver.wait_ready(settings, [spec.image_model, spec.text_model], triton, 300, log_file)
         print(f"Triton ready on {settings.triton_grpc_url}")
-        _ensure_indexed(spec, settings)
+        _ensure_indexed(spec, settings, stale=exported)
         gateway, gateway_log = gateway_process.start(settings)
         children.append(gateway)
         gateway_process.wait_answering(settings, gateway, gateway_log)

@@ -14,7 +14,11 @@ from cxr.errors import UnknownModelError
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 FAMILIES = ("hf_clip", "open_clip", "hf_siglip")
 TOKENIZERS = ("clip_bpe", "wordpiece", "sentencepiece")
+IMAGE_NORMALIZATIONS = ("dataset", "per_image")
 TWIN_PREFIX = "twin:"
+# Weights the project trained and ships in the repository (weights/<name>/): no download.
+EMBEDDED_PREFIX = "embedded:"
+REPO_ROOT = Path(__file__).resolve().parent.parent
 # Which text inputs each family's text tower takes; SigLIP was trained without a padding mask
 # and open_clip derives its mask from the pad id inside the model.
 TEXT_INPUTS = {
@@ -48,6 +52,8 @@ class ModelSpec:
     # Config kwargs of each tower at this model's size: what twins are built from, and what the
     # benchmarks build true-size random-weight copies from (weights do not change speed).
     architecture: dict = field(default_factory=dict)
+    # "dataset": (x / 255 - mean) / std; "per_image": each image to zero mean, unit variance.
+    image_normalization: str = "dataset"
     twin_of: str | None = None
     alternative_checkpoints: tuple[str, ...] = ()
     licence: str | None = None
@@ -55,6 +61,15 @@ class ModelSpec:
     @property
     def is_twin(self) -> bool:
         return self.checkpoint.startswith(TWIN_PREFIX)
+
+    @property
+    def is_embedded(self) -> bool:
+        return self.checkpoint.startswith(EMBEDDED_PREFIX)
+
+    @property
+    def embedded_weights(self) -> Path:
+        """The folder of shipped weights an `embedded:` checkpoint names, relative to the repository."""
+        return REPO_ROOT / self.checkpoint.removeprefix(EMBEDDED_PREFIX)
 
     @property
     def text_inputs(self) -> tuple[str, ...]:
@@ -78,6 +93,9 @@ def _parse(name: str, raw: dict) -> ModelSpec:
     spec = ModelSpec(**raw)
     if spec.family not in FAMILIES:
         raise ValueError(f"{name}: family {spec.family!r} is not one of {FAMILIES}")
+    if spec.image_normalization not in IMAGE_NORMALIZATIONS:
+        raise ValueError(f"{name}: image_normalization {spec.image_normalization!r} is not one of "
+                         f"{IMAGE_NORMALIZATIONS}")
     if spec.tokenizer not in TOKENIZERS:
         raise ValueError(f"{name}: tokenizer {spec.tokenizer!r} is not one of {TOKENIZERS}")
     return spec

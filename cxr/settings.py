@@ -13,7 +13,7 @@ from pathlib import Path
 
 CONFIG_FILE = "cxr.toml"
 PATH_FIELDS = ("model_repository", "cache_dir", "run_dir", "data_dir", "index_dir")
-DEFAULT_MODEL = "medsiglip"
+DEFAULT_MODEL = "cxr-mini"  # trained here, shipped in weights/: works with no download
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ torch modules, the checkpoint's own tokenizer, and the dims read from the checkp
 
 from __future__ import annotations
 
+import json
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,15 +19,20 @@ from torch import nn
 from cxr.errors import CheckpointUnavailableError
 from cxr.registry import ModelSpec
 
+OPEN_CLIP_CONFIG = "open_clip_config.json"
+OPEN_CLIP_WEIGHTS = "open_clip_model.safetensors"
+
 
 @dataclass
 class Encoder:
-    """A loaded checkpoint, reduced to what export needs."""
+    """A loaded checkpoint, reduced to what export and training need."""
 
+    model: nn.Module  # the whole checkpoint model (what training updates)
     image_features: nn.Module  # normalised float [n, 3, size, size] -> [n, dim]
     text_features: nn.Module  # the spec's text inputs, int64 [n, context] -> [n, dim]
     tokenize: Callable[[list[str]], dict[str, np.ndarray]]  # the checkpoint's own tokenisation
     save_tokenizer: Callable[[Path], None]
+    save_checkpoint: Callable[[Path], None]  # the family's own layout, loadable from a local dir again
     image_size: int
     embed_dim: int
     source: str
@@ -124,9 +130,14 @@ def _load_hf(spec: ModelSpec, source: str) -> Encoder:
                         truncation=True, return_tensors="np")
         return {name: enc[name].astype(np.int64) for name in input_names}
 
+    def save_checkpoint(out: Path) -> None:
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+
     config = model.config
     embed_dim = getattr(config, "projection_dim", None) or config.vision_config.hidden_size
-    return Encoder(_HfImageFeatures(model), _HfTextFeatures(model), tokenize, tokenizer.save_pretrained,
+    return Encoder(model, _HfImageFeatures(model), _HfTextFeatures(model), tokenize, tokenizer.save_pretrained,
+                   save_checkpoint,
                    image_size=config.vision_config.image_size, embed_dim=embed_dim,
                    source=source, revision=_hf_revision(model, source))
 
@@ -143,11 +154,32 @@ def _load_open_clip(spec: ModelSpec, source: str) -> Encoder:
     def tokenize(texts):
         return {"input_ids": tokenizer(list(texts)).numpy().astype(np.int64)}
 
+    def save_checkpoint(out: Path) -> None:
+        from safetensors.torch import save_file
+
+        out.mkdir(parents=True, exist_ok=True)
+        (out / OPEN_CLIP_CONFIG).write_text(json.dumps(_open_clip_config(source), indent=2))
+        tokenizer.save_pretrained(out)
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out / OPEN_CLIP_WEIGHTS)
+
     size = model.visual.image_size
-    return Encoder(_OpenClipImageFeatures(model), _OpenClipTextFeatures(model), tokenize,
-                   tokenizer.save_pretrained, image_size=size[0] if isinstance(size, tuple) else size,
+    return Encoder(model, _OpenClipImageFeatures(model), _OpenClipTextFeatures(model), tokenize,
+                   tokenizer.save_pretrained, save_checkpoint,
+                   image_size=size[0] if isinstance(size, tuple) else size,
                    embed_dim=model.text.output_dim, source=source,
                    revision="local" if is_local(source) else "unknown")
+
+
+def _open_clip_config(source: str) -> dict:
+    """The open_clip_config.json a checkpoint came with (local dir or Hub)."""
+    source = source.removeprefix("local-dir:").removeprefix("hf-hub:")
+    if is_local(source):
+        path = Path(source).expanduser() / OPEN_CLIP_CONFIG
+    else:
+        from huggingface_hub import hf_hub_download
+
+        path = Path(hf_hub_download(source, OPEN_CLIP_CONFIG))
+    return json.loads(path.read_text())
 
 
 LOADERS = {"hf_clip": _load_hf, "hf_siglip": _load_hf, "open_clip": _load_open_clip}
@@ -159,5 +191,16 @@ def load_encoder(spec: ModelSpec, source: str) -> Encoder:
         raise CheckpointUnavailableError(
             f"Checkpoint directory {source!r} for {spec.name} does not exist. "
             f"Pass --checkpoint an existing directory, or omit it to use {spec.checkpoint}.")
-    torch.set_grad_enabled(False)
-    return LOADERS[spec.family](spec, source)
+    _quiet_transformers()
+    encoder = LOADERS[spec.family](spec, source)
+    encoder.model.requires_grad_(False)  # loaded for inference; training unfreezes what it trains
+    return encoder
+
+
+def _quiet_transformers() -> None:
+    """Our progress and errors are enough: no per-load weight bars or "unexpected key" reports
+    (open_clip loads a BERT without its unused pooler)."""
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()

@@ -30,17 +30,32 @@ FP16_KEEP_FLOAT32 = ["LayerNormalization", "ReduceMean", "Pow", "Sqrt", "ReduceL
 
 
 class ImageTower(nn.Module):
-    """uint8 [n, size, size, 3] RGB -> L2-normalised float32 [n, dim]."""
+    """uint8 [n, size, size, 3] RGB -> L2-normalised float32 [n, dim].
 
-    def __init__(self, features: nn.Module, mean, std):
+    Pixels are normalised with the registry's dataset mean/std, or (`per_image`) each image to
+    zero mean and unit variance, which removes exposure differences between sites and devices.
+    """
+
+    def __init__(self, features: nn.Module, spec: ModelSpec):
         super().__init__()
         self.features = features
-        self.register_buffer("scale", 1.0 / (255.0 * torch.tensor(std).view(1, 3, 1, 1)))
-        self.register_buffer("offset", (torch.tensor(mean) / torch.tensor(std)).view(1, 3, 1, 1))
+        self.per_image = spec.image_normalization == "per_image"
+        self.register_buffer("scale", 1.0 / (255.0 * torch.tensor(spec.std).view(1, 3, 1, 1)))
+        self.register_buffer("offset", (torch.tensor(spec.mean) / torch.tensor(spec.std)).view(1, 3, 1, 1))
 
     def forward(self, pixels):
-        x = pixels.permute(0, 3, 1, 2).to(torch.float32) * self.scale - self.offset
+        x = pixels.permute(0, 3, 1, 2).to(torch.float32)
+        if self.per_image:
+            x = standardize_per_image(x)
+        else:
+            x = x * self.scale - self.offset
         return F.normalize(self.features(x), dim=-1)
+
+
+def standardize_per_image(x: torch.Tensor) -> torch.Tensor:
+    """Each image of [n, c, h, w] to zero mean, unit variance (flat images stay zero)."""
+    centred = x - x.mean(dim=(1, 2, 3), keepdim=True)
+    return centred / torch.sqrt(centred.pow(2).mean(dim=(1, 2, 3), keepdim=True) + 1e-2)
 
 
 class TextTower(nn.Module):
@@ -57,7 +72,7 @@ class TextTower(nn.Module):
 def export_image_tower(encoder: Encoder, spec: ModelSpec, path: Path, fp16: bool = False) -> None:
     size = spec.image_size
     pixels = torch.randint(0, 256, (2, size, size, 3), dtype=torch.uint8)
-    tower = ImageTower(encoder.image_features, spec.mean, spec.std).eval()
+    tower = ImageTower(encoder.image_features, spec).eval()
     _export(tower, (pixels,), [tensor_names.PIXELS], tensor_names.IMAGE_EMBEDS, path, fp16)
 
 

@@ -31,9 +31,13 @@ PACKAGES = ("torch", "transformers", "open_clip_torch", "onnx", "onnxruntime")
 
 
 def resolve_source(spec: ModelSpec, settings: Settings, checkpoint: str | None) -> str:
-    """Where weights come from: --checkpoint, else the registry's hub id, else a built twin."""
+    """Where weights come from: --checkpoint, else the registry's hub id, shipped weights or twin."""
     if checkpoint:
         return checkpoint
+    if spec.is_embedded:
+        from export.embedded import checkpoint_dir
+
+        return str(checkpoint_dir(spec, settings.cache_dir, settings.data_dir))
     if spec.is_twin:
         from export.twins import twin_dir
 

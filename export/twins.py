@@ -136,10 +136,12 @@ def _build_open_clip(spec: ModelSpec, out: Path, data_dir: Path, final_dir: Path
     # The config names the text folder where the twin will finally live: open_clip resolves it
     # with AutoConfig, exactly as it resolves BiomedCLIP's PubMedBERT hub id.
     text_cfg = dict(hf_model_name=str(final_dir / "text"), hf_tokenizer_name=str(final_dir / "text"),
-                    hf_proj_type="mlp", hf_pooler_type="cls_last_hidden_state_pooler",
+                    hf_proj_type=arch.get("hf_proj_type", "mlp"),
+                    hf_pooler_type=arch.get("hf_pooler_type", "cls_last_hidden_state_pooler"),
                     context_length=spec.context_length)
-    vision_cfg = dict(timm_model_name=arch["timm_model_name"], timm_model_pretrained=False, timm_pool="",
-                      timm_proj="linear", image_size=spec.image_size)
+    vision_cfg = dict(timm_model_name=arch["timm_model_name"], timm_model_pretrained=False,
+                      timm_pool=arch.get("timm_pool", ""), timm_proj=arch.get("timm_proj", "linear"),
+                      image_size=spec.image_size)
     model = CustomTextCLIP(embed_dim=spec.embed_dim, vision_cfg=vision_cfg,
                            text_cfg=dict(text_cfg, hf_model_name=str(text_dir), hf_model_pretrained=True))
     torch.save(model.state_dict(), out / "open_clip_pytorch_model.bin")

@@ -33,6 +33,7 @@ class Record:
     findings: str = ""
     impression: str = ""
     indication: str = ""
+    patient_id: str = ""  # what training splits by; the study where an archive has no patient ids
 
     def metadata(self) -> dict:
         """What the index stores beside the vector (the path as text)."""
@@ -69,7 +70,7 @@ def iu_xray(reports_csv: Path, projections_csv: Path, images_dir: Path) -> list[
             filename=row["filename"], projection=row["projection"],
             labels=tuple(NO_FINDING if label.lower() == "normal" else label for label in labels),
             findings=report.get("findings", ""), impression=report.get("impression", ""),
-            indication=report.get("indication", "")))
+            indication=report.get("indication", ""), patient_id=row["uid"]))
     return records
 
 
@@ -80,7 +81,7 @@ def nih_labels(labels_csv: Path, images_dir: Path) -> list[Record]:
         raise ArchiveError(f"{labels_csv} has no rows")
     column = _columns(rows[0], labels_csv, image=("image_index", "Image Index"),
                       labels=("finding_labels", "Finding Labels"), view=("view_position", "View Position"),
-                      path=("path",))
+                      path=("path",), patient=("patient_id", "Patient ID"))
     records = []
     for row in rows:
         image_index = row[column["image"]]
@@ -89,7 +90,8 @@ def nih_labels(labels_csv: Path, images_dir: Path) -> list[Record]:
             image_id=image_index, path=images_dir / relative, study_uid=Path(image_index).stem,
             filename=Path(relative).name,
             projection=VIEW_TO_PROJECTION.get(row.get(column["view"] or "", "").upper(), ""),
-            labels=_split_labels(row[column["labels"]])))
+            labels=_split_labels(row[column["labels"]]),
+            patient_id=row[column["patient"]] if column["patient"] else Path(image_index).stem))
     return records
 
 
@@ -103,7 +105,7 @@ def _columns(row: dict, source: Path, **choices: tuple[str, ...]) -> dict[str, s
 
 def manifest(path: Path, images_dir: Path | None = None) -> list[Record]:
     """CSV or JSONL with `image` (path, relative to images_dir or the manifest), optional `text`,
-    `labels` (list, or `|`/`;`-separated), `study_uid`, `projection`, `image_id`."""
+    `labels` (list, or `|`/`;`-separated), `study_uid`, `projection`, `image_id`, `patient_id`."""
     rows = _read_jsonl(path) if path.suffix in (".jsonl", ".ndjson") else _read_csv(path, {"image"})
     root = images_dir or path.parent
     records = []
@@ -116,7 +118,8 @@ def manifest(path: Path, images_dir: Path | None = None) -> list[Record]:
         records.append(Record(
             image_id=str(row.get("image_id") or row["image"]), path=image if image.is_absolute() else root / image,
             study_uid=str(row.get("study_uid") or image.stem), filename=image.name,
-            projection=row.get("projection") or "", labels=labels, findings=row.get("text") or ""))
+            projection=row.get("projection") or "", labels=labels, findings=row.get("text") or "",
+            patient_id=str(row.get("patient_id") or row.get("study_uid") or image.stem)))
     return records
 
 

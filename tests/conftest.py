@@ -34,13 +34,13 @@ def xray_paths() -> list[Path]:
 
 
 @pytest.fixture(scope="session")
-def encoders(cache_dir):
-    """The PyTorch side of every served twin, loaded from its twin checkpoint."""
+def encoders(tmp_path_factory, cache_dir):
+    """The PyTorch side of every served model, loaded from the checkpoint its export reads."""
     from export.checkpoints import load_encoder
-    from export.twins import twin_dir
+    from export.repository import resolve_source
 
-    return {name: load_encoder(get_model(name), str(twin_dir(get_model(name), cache_dir, DATA_DIR)))
-            for name in SERVED}
+    settings = make_settings(tmp_path_factory.mktemp("encoders"), cache_dir)
+    return {name: load_encoder(get_model(name), resolve_source(get_model(name), settings, None)) for name in SERVED}
 
 
 @pytest.fixture(scope="session")

@@ -11,8 +11,9 @@ from cxr.settings import Settings
 
 DATA_DIR = (Path(__file__).parent.parent / ".." / "shared" / "data").resolve()
 TWINS = ["pubmed_clip-tiny", "biomedclip-tiny", "siglip-tiny", "medsiglip-tiny"]
-# biomedclip-minilm: the real pretrained all-MiniLM-L6-v2 BERT as text tower (BiomedCLIP's class).
-SERVED = TWINS + ["biomedclip-minilm"]
+# biomedclip-minilm: the real pretrained all-MiniLM-L6-v2 BERT as text tower (BiomedCLIP's class);
+# cxr-mini: the trained default, from the weights shipped in weights/cxr-mini.
+SERVED = TWINS + ["biomedclip-minilm", "cxr-mini"]
 
 
 def make_settings(root: Path, cache_dir: Path, **overrides) -> Settings:

@@ -27,8 +27,16 @@ def test_every_family_has_a_tiny_twin_of_the_same_family_and_tokenizer():
 
 def test_list_models_puts_real_checkpoints_first():
     names = registry.list_models()
-    assert names[:4] == sorted(REAL)
-    assert registry.list_models(include_twins=False) == sorted(REAL)
+    assert names[:5] == sorted([*REAL, "cxr-mini"])
+    assert registry.list_models(include_twins=False) == sorted([*REAL, "cxr-mini"])
+
+
+def test_the_default_model_ships_its_weights_in_the_repository():
+    spec = registry.get_model("cxr-mini")
+    assert spec.is_embedded and not spec.is_twin
+    weights = spec.embedded_weights / "weights.safetensors"
+    assert weights.is_file() and weights.stat().st_size < 20e6
+    assert (spec.embedded_weights / "MODEL_CARD.md").is_file()
 
 
 def test_unknown_model_names_the_available_ones():

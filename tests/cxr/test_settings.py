@@ -7,7 +7,7 @@ from cxr.settings import DEFAULT_MODEL, load_settings
 
 def test_defaults_use_triton_standard_ports_on_loopback(tmp_path):
     s = load_settings(tmp_path, environ={})
-    assert s.model == DEFAULT_MODEL == "medsiglip"
+    assert s.model == DEFAULT_MODEL == "cxr-mini"
     assert (s.triton_http_port, s.triton_grpc_port, s.triton_metrics_port) == (8000, 8001, 8002)
     assert s.triton_host == "127.0.0.1"
     assert s.model_repository == tmp_path / "model_repository"

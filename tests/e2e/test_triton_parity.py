@@ -16,7 +16,11 @@ PARITY = 0.9999
 def torch_image_embeds(encoder, spec, pixels: np.ndarray) -> np.ndarray:
     """The reference: the checkpoint's own forward on normalised float pixels, as users run it."""
     x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255.0
-    x = (x - torch.tensor(spec.mean).view(1, 3, 1, 1)) / torch.tensor(spec.std).view(1, 3, 1, 1)
+    if spec.image_normalization == "per_image":
+        x = x - x.mean(dim=(1, 2, 3), keepdim=True)
+        x = x / torch.sqrt(x.pow(2).mean(dim=(1, 2, 3), keepdim=True) + 1e-2 / 255**2)
+    else:
+        x = (x - torch.tensor(spec.mean).view(1, 3, 1, 1)) / torch.tensor(spec.std).view(1, 3, 1, 1)
     return encoder.image_features(x).numpy()
 
 

@@ -23,7 +23,7 @@ def test_onnxruntime_matches_pytorch_at_batch_sizes_1_and_7(name, encoders, xray
     onnx_export.export_text_tower(encoder, spec, tmp_path / "text.onnx")
     pixels = load_pixels(xray_paths[:7], spec.image_size)
     tokens = encoder.tokenize(report_texts[:7])
-    reference_image = onnx_export.ImageTower(encoder.image_features, spec.mean, spec.std)(torch.from_numpy(pixels))
+    reference_image = onnx_export.ImageTower(encoder.image_features, spec)(torch.from_numpy(pixels))
     reference_text = onnx_export.TextTower(encoder.text_features)(*[torch.from_numpy(tokens[n]) for n in spec.text_inputs])
     for batch in (1, 7):
         image = _run(tmp_path / "image.onnx", {"pixels": pixels[:batch]})

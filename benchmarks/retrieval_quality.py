@@ -1,0 +1,154 @@
+"""Retrieval quality through the real stack: Triton + gateway + FAISS, queried over gRPC.
+
+  python -m benchmarks.retrieval_quality [--model cxr-mini ...] [--seed 0]
+
+On the NIH sample's validation split (by patient; the same split `cxr train` holds out with the
+same seed), per model:
+- image->image: every validation image queries an index of the validation images; relevant =
+  shares a finding label ("No Finding" counts as one); the query's own image is left out.
+- text->image: one label prompt per finding ("chest x-ray showing cardiomegaly"); relevant =
+  images carrying it; AP per label and their mean.
+Each figure sits beside its random-ranking baseline, computed exactly (cxr.metrics), and the 95th
+percentile of mAP over 1000 random rankings: above it, a model beats chance. Results go
+to benchmarks/results/<date>-<host>-quality.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from benchmarks.machine import describe, result_path
+from cxr import metrics, registry, tritonserver
+from cxr.processes import free_ports, stop_process
+from cxr.retrieval.v1 import retrieval_pb2 as pb
+from cxr.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
+from cxr.settings import Settings, load_settings
+from gateway import process as gateway_process
+from gateway.catalog import ExportedModel
+from indexing import sources
+from indexing.build import BuildOptions, build_index
+from indexing.sources import Record
+from training.config import TrainConfig
+from training.data import examples_from, label_prompt, split_by_patient
+
+DEFAULT_MODELS = ("cxr-mini", "medsiglip-tiny")
+
+
+def validation_records(data_dir: Path, seed: int = TrainConfig.seed,
+                       valid_fraction: float = TrainConfig.valid_fraction) -> list[Record]:
+    archive = data_dir / "nih800"
+    examples = examples_from(sources.nih_labels(archive / "labels.csv", archive))
+    return [e.record for e in split_by_patient(examples, valid_fraction, seed)[1]]
+
+
+def search_all(stub, records: list[Record]) -> dict:
+    n = len(records)
+    labels = {r.image_id: set(r.labels) for r in records}
+    image_rankings = []
+    for record in records:
+        response = stub.SearchByImage(pb.SearchByImageRequest(image=record.path.read_bytes(), top_k=n), timeout=60)
+        ids = [hit.image_id for hit in response.hits if hit.image_id != record.image_id]
+        image_rankings.append(np.array([bool(labels[record.image_id] & labels[i]) for i in ids]))
+    names = sorted(set().union(*labels.values()))
+    label_rankings = []
+    for name in names:
+        response = stub.SearchByText(pb.SearchByTextRequest(text=label_prompt(name), top_k=n), timeout=60)
+        label_rankings.append(np.array([name in labels[hit.image_id] for hit in response.hits]))
+    per_label = {name: metrics.average_precision(r) for name, r in zip(names, label_rankings)}
+    per_label_random = {name: metrics.expected_average_precision(n, int(r.sum()))
+                        for name, r in zip(names, label_rankings)}
+    return {
+        "image_to_image": {"model": metrics.summarize(image_rankings),
+                           "random": dict(metrics.random_baseline(image_rankings),
+                                          mAP_p95=metrics.random_map_quantile(image_rankings))},
+        "text_to_image": {"model": {"mAP": float(np.mean(list(per_label.values()))), "per_label_AP": per_label},
+                          "random": {"mAP": float(np.mean(list(per_label_random.values()))),
+                                     "mAP_p95": metrics.random_map_quantile(label_rankings),
+                                     "per_label_AP": per_label_random}},
+    }
+
+
+def measure(model_name: str, records: list[Record], base: Settings) -> dict:
+    spec = registry.get_model(model_name)
+    http, grpc_port, metrics_port, gateway_port = free_ports(4)
+    with tempfile.TemporaryDirectory(prefix="bench-quality-") as tmp:
+        settings = replace(base, model=model_name, model_repository=Path(tmp) / "model_repository",
+                           index_dir=Path(tmp) / "indexes", run_dir=Path(tmp) / "run", triton_http_port=http,
+                           triton_grpc_port=grpc_port, triton_metrics_port=metrics_port, gateway_port=gateway_port)
+        from export.repository import export_model
+
+        export_model(spec, settings, log=lambda *_: None)
+        triton, triton_log = tritonserver.start(settings)
+        children = [triton]
+        try:
+            tritonserver.wait_ready(settings, [spec.image_model, spec.text_model], triton, 300, triton_log)
+            build_index(records, ExportedModel.load(settings.model_repository, model_name), settings,
+                        settings.index_path(model_name), BuildOptions(progress=False))
+            gateway, gateway_log = gateway_process.start(settings)
+            children.append(gateway)
+            gateway_process.wait_answering(settings, gateway, gateway_log)
+            time.sleep(2)  # let the health task load the index
+            with grpc.insecure_channel(settings.gateway_address) as channel:
+                return search_all(pb_grpc.RetrievalStub(channel), records)
+        finally:
+            for child in reversed(children):
+                stop_process(child)
+
+
+def table(results: dict[str, dict]) -> str:
+    lines = ["| model | image→image mAP | random mean / p95 | R@10 (random) | text→image mAP | random mean / p95 |",
+             "|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        i2i, t2i = r["image_to_image"], r["text_to_image"]
+        lines.append(f"| {name} | {i2i['model']['mAP']:.3f} | {i2i['random']['mAP']:.3f} / "
+                     f"{i2i['random']['mAP_p95']:.3f} | {i2i['model']['R@10']:.3f} ({i2i['random']['R@10']:.3f}) | "
+                     f"{t2i['model']['mAP']:.3f} | {t2i['random']['mAP']:.3f} / {t2i['random']['mAP_p95']:.3f} |")
+    return "\n".join(lines)
+
+
+def per_label_table(result: dict) -> str:
+    t2i = result["text_to_image"]
+    lines = ["| finding | AP | random |", "|---|---|---|"]
+    for name, ap in t2i["model"]["per_label_AP"].items():
+        lines.append(f"| {name} | {ap:.3f} | {t2i['random']['per_label_AP'][name]:.3f} |")
+    return "\n".join(lines)
+
+
+def run(models: list[str], seed: int) -> dict:
+    base = load_settings()
+    records = validation_records(base.data_dir, seed)
+    results = {name: measure(name, records, base) for name in models}
+    out = {"machine": describe(),
+           "settings": {"archive": str(base.data_dir / "nih800"), "split": f"by patient, seed {seed}",
+                        "validation_images": len(records), "models": models},
+           "results": results}
+    path = result_path("quality")
+    path.write_text(json.dumps(out, indent=2))
+    print(table(results))
+    for name, result in results.items():
+        print(f"\n{name}: text->image AP per finding\n{per_label_table(result)}")
+    print(f"\nwrote {path}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", action="append", choices=registry.list_models(),
+                        help=f"repeatable (default: {', '.join(DEFAULT_MODELS)})")
+    parser.add_argument("--seed", type=int, default=TrainConfig.seed, help="the validation split's seed")
+    args = parser.parse_args(argv)
+    run(args.model or list(DEFAULT_MODELS), args.seed)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
