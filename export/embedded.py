@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from cxr.errors import CheckpointUnavailableError
 from cxr.registry import ModelSpec
-from export.checkpoints import OPEN_CLIP_CONFIG, OPEN_CLIP_WEIGHTS
+from export.checkpoints import OPEN_CLIP_WEIGHTS
 from export.twins import COMPLETE_MARKER, random_checkpoint_dir
 
 WEIGHTS_FILE = "weights.safetensors"

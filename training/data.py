@@ -27,7 +27,9 @@ CAPTION_TEMPLATES = (
     "findings: {}",
     "{}",
 )
-NORMAL_CAPTIONS = ("no finding", "normal chest x-ray", "no acute cardiopulmonary abnormality")
+# Normal images get the same templates as abnormal ones, so a template's wording is never a cue
+# for "abnormal" (a prompt "chest x-ray showing no finding" must find normal images).
+NORMAL_PHRASES = ("no finding", "no acute cardiopulmonary abnormality", "normal heart and lungs")
 PROMPT_TEMPLATE = "chest x-ray showing {}"
 
 
@@ -48,8 +50,9 @@ def label_prompt(label: str) -> str:
 def caption(labels: tuple[str, ...], rng: np.random.Generator) -> str:
     """A caption for a label set, template and label order drawn from `rng`."""
     if not labels or labels == (NO_FINDING,):
-        return str(rng.choice(NORMAL_CAPTIONS))
-    names = [humanise(label) for label in rng.permutation(list(labels))]
+        names = [str(rng.choice(NORMAL_PHRASES))]
+    else:
+        names = [humanise(label) for label in rng.permutation(list(labels))]
     joined = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
     return str(rng.choice(CAPTION_TEMPLATES)).format(joined)
 

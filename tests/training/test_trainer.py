@@ -6,12 +6,12 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from support import DATA_DIR
 
 from cxr.errors import CxrError
 from cxr.registry import get_model
 from export.checkpoints import load_encoder
 from indexing import sources
-from support import DATA_DIR
 from training import data
 from training.config import TrainConfig
 from training.trainer import STATE_FILE, Trainer
