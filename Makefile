@@ -8,13 +8,14 @@ CHECKPOINT ?=
 TARGET ?= local
 FP16 ?=
 DEMO_MODEL ?= cxr-mini
+MODELS ?=
 DATA ?= ../shared/data
 TRAIN_OUT ?= .cache/train/cxr-mini
 
 export_flags = $(if $(MODEL),--model $(MODEL)) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) \
 	--target $(TARGET) $(if $(FP16),--fp16)
 
-.PHONY: help setup protos export serve serve-detached stop models demo train-default test bench-towers bench-gateway \
+.PHONY: help setup protos export serve serve-detached stop models demo train-default test bench bench-quick bench-towers bench-gateway \
 	bench-faiss bench-quality clean
 
 help: ## list the targets
@@ -33,7 +34,7 @@ $(STUBS): $(PROTO) $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[serve,export,test]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[serve,export,test,bench]'
 	touch $@
 
 export: setup ## export MODEL (default: the active one) to ONNX + config.pbtxt; CHECKPOINT=dir TARGET=local|gpu FP16=1
@@ -70,6 +71,12 @@ bench-gateway: setup ## gateway overhead over a direct Triton call, and index bu
 
 bench-faiss: setup ## FAISS search p50 and recall@10 per index type on 1M synthetic 1152-d vectors
 	$(BIN)/python -m benchmarks.faiss_search
+
+bench: setup ## quality + speed per model (MODELS="cxr-mini medsiglip-tiny"): gateway vs in-process, batching on/off; JSON + Markdown report
+	$(CXR) compare --profile full $(foreach m,$(MODELS),--model $(m))
+
+bench-quick: setup ## the same, CI-sized (a few minutes)
+	$(CXR) compare --profile quick $(foreach m,$(MODELS),--model $(m))
 
 bench-quality: setup ## image->image and text->image mAP through the gateway on the NIH validation split, beside random
 	$(BIN)/python -m benchmarks.retrieval_quality

@@ -48,7 +48,8 @@ def describe() -> dict:
     }
 
 
-def result_path(name: str) -> Path:
-    """benchmarks/results/<date>-<host>-<name>.json"""
+def result_path(name: str | None) -> Path:
+    """benchmarks/results/<date>-<host>[-<name>].json"""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    return RESULTS_DIR / f"{dt.date.today().isoformat()}-{socket.gethostname()}-{name}.json"
+    suffix = f"-{name}" if name else ""
+    return RESULTS_DIR / f"{dt.date.today().isoformat()}-{socket.gethostname()}{suffix}.json"

@@ -18,27 +18,21 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
-import time
-from dataclasses import replace
 from pathlib import Path
 
 import grpc
 import numpy as np
 
 from benchmarks.machine import describe, result_path
-from cxr import metrics, registry, tritonserver
-from cxr.processes import free_ports, stop_process
+from benchmarks.stack import exported, served
+from cxr import metrics, registry
 from cxr.retrieval.v1 import retrieval_pb2 as pb
 from cxr.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
 from cxr.settings import Settings, load_settings
-from gateway import process as gateway_process
-from gateway.catalog import ExportedModel
 from indexing import sources
-from indexing.build import BuildOptions, build_index
 from indexing.sources import Record
 from training.config import TrainConfig
-from training.data import examples_from, label_prompt, split_by_patient
+from training.data import examples_from, humanise, label_prompt, split_by_patient
 
 DEFAULT_MODELS = ("cxr-mini", "medsiglip-tiny")
 
@@ -50,7 +44,8 @@ def validation_records(data_dir: Path, seed: int = TrainConfig.seed,
     return [e.record for e in split_by_patient(examples, valid_fraction, seed)[1]]
 
 
-def search_all(stub, records: list[Record]) -> dict:
+def search_all(stub, records: list[Record], bare_labels: bool = False) -> dict:
+    """Every task through the gateway; `bare_labels` adds text->image with the label alone."""
     n = len(records)
     labels = {r.image_id: set(r.labels) for r in records}
     image_rankings = []
@@ -59,49 +54,33 @@ def search_all(stub, records: list[Record]) -> dict:
         ids = [hit.image_id for hit in response.hits if hit.image_id != record.image_id]
         image_rankings.append(np.array([bool(labels[record.image_id] & labels[i]) for i in ids]))
     names = sorted(set().union(*labels.values()))
-    label_rankings = []
+    result = {"image_to_image": {"model": metrics.summarize(image_rankings),
+                                 "random": dict(metrics.random_baseline(image_rankings),
+                                                mAP_p95=metrics.random_map_quantile(image_rankings))},
+              "text_to_image": _text_task(stub, names, labels, label_prompt)}
+    if bare_labels:
+        result["bare_label_to_image"] = _text_task(stub, names, labels, humanise)
+    return result
+
+
+def _text_task(stub, names: list[str], labels: dict[str, set[str]], query) -> dict:
+    """One query per finding; relevant = images carrying it; AP per finding and their mean."""
+    n = len(labels)
+    rankings = []
     for name in names:
-        response = stub.SearchByText(pb.SearchByTextRequest(text=label_prompt(name), top_k=n), timeout=60)
-        label_rankings.append(np.array([name in labels[hit.image_id] for hit in response.hits]))
-    per_label = {name: metrics.average_precision(r) for name, r in zip(names, label_rankings)}
-    per_label_random = {name: metrics.expected_average_precision(n, int(r.sum()))
-                        for name, r in zip(names, label_rankings)}
-    return {
-        "image_to_image": {"model": metrics.summarize(image_rankings),
-                           "random": dict(metrics.random_baseline(image_rankings),
-                                          mAP_p95=metrics.random_map_quantile(image_rankings))},
-        "text_to_image": {"model": {"mAP": float(np.mean(list(per_label.values()))), "per_label_AP": per_label},
-                          "random": {"mAP": float(np.mean(list(per_label_random.values()))),
-                                     "mAP_p95": metrics.random_map_quantile(label_rankings),
-                                     "per_label_AP": per_label_random}},
-    }
+        response = stub.SearchByText(pb.SearchByTextRequest(text=query(name), top_k=n), timeout=60)
+        rankings.append(np.array([name in labels[hit.image_id] for hit in response.hits]))
+    per_label = {name: metrics.average_precision(r) for name, r in zip(names, rankings)}
+    per_label_random = {name: metrics.expected_average_precision(n, int(r.sum())) for name, r in zip(names, rankings)}
+    return {"model": {"mAP": float(np.mean(list(per_label.values()))), "per_label_AP": per_label},
+            "random": {"mAP": float(np.mean(list(per_label_random.values()))),
+                       "mAP_p95": metrics.random_map_quantile(rankings), "per_label_AP": per_label_random}}
 
 
 def measure(model_name: str, records: list[Record], base: Settings) -> dict:
-    spec = registry.get_model(model_name)
-    http, grpc_port, metrics_port, gateway_port = free_ports(4)
-    with tempfile.TemporaryDirectory(prefix="bench-quality-") as tmp:
-        settings = replace(base, model=model_name, model_repository=Path(tmp) / "model_repository",
-                           index_dir=Path(tmp) / "indexes", run_dir=Path(tmp) / "run", triton_http_port=http,
-                           triton_grpc_port=grpc_port, triton_metrics_port=metrics_port, gateway_port=gateway_port)
-        from export.repository import export_model
-
-        export_model(spec, settings, log=lambda *_: None)
-        triton, triton_log = tritonserver.start(settings)
-        children = [triton]
-        try:
-            tritonserver.wait_ready(settings, [spec.image_model, spec.text_model], triton, 300, triton_log)
-            build_index(records, ExportedModel.load(settings.model_repository, model_name), settings,
-                        settings.index_path(model_name), BuildOptions(progress=False))
-            gateway, gateway_log = gateway_process.start(settings)
-            children.append(gateway)
-            gateway_process.wait_answering(settings, gateway, gateway_log)
-            time.sleep(2)  # let the health task load the index
-            with grpc.insecure_channel(settings.gateway_address) as channel:
-                return search_all(pb_grpc.RetrievalStub(channel), records)
-        finally:
-            for child in reversed(children):
-                stop_process(child)
+    with exported(base, model_name) as settings, served(settings, records):
+        with grpc.insecure_channel(settings.gateway_address) as channel:
+            return search_all(pb_grpc.RetrievalStub(channel), records)
 
 
 def table(results: dict[str, dict]) -> str:

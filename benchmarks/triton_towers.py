@@ -27,10 +27,11 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.machine import describe, result_path
+from benchmarks.stack import process_tree_rss_mb, set_batching
 from benchmarks.timing import time_requests
 from cxr import registry, tritonserver
-from cxr.processes import stop_process
 from cxr.manifest import read_manifest, tokenizer_dir
+from cxr.processes import stop_process
 from cxr.settings import Settings, load_settings
 from cxr.tokenization import TextTokenizer
 from cxr.towers import towers
@@ -70,21 +71,6 @@ def _export_only(name: str, repository: Path, cache: Path) -> None:
                       "peak_rss_mb": round(peak_mb)}))
 
 
-def _process_tree_rss_mb(pid: int) -> float:
-    """RSS of Triton plus its python-backend stubs (one process per model instance)."""
-    total, pending = 0, [pid]
-    while pending:
-        current = pending.pop()
-        try:
-            status = Path(f"/proc/{current}/status").read_text()
-            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
-        except FileNotFoundError:
-            continue
-        total += next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS"))
-        pending += [int(c) for c in children]
-    return round(total / 1024, 1)
-
-
 def _throughput(make_client, send, budget: float) -> dict:
     """CONCURRENCY threads, each with its own client, one item per request, bounded in count and time."""
     lock, counter = threading.Lock(), {"sent": 0, "done": 0}
@@ -111,16 +97,6 @@ def _throughput(make_client, send, budget: float) -> dict:
             "seconds": round(seconds, 1)}
 
 
-def _set_batching(settings: Settings, spec, enabled: bool) -> None:
-    from export import triton_config
-
-    for tower in towers(spec):
-        config = triton_config.model_config(tower, spec.batching, "local")
-        if not enabled:
-            config.ClearField("dynamic_batching")
-        (settings.model_repository / tower.triton_name / "config.pbtxt").write_text(triton_config.to_pbtxt(config))
-
-
 def _measure_towers(settings: Settings, spec, budget: float) -> dict:
     manifest = read_manifest(settings.model_repository, spec.name)
     tokenizer = TextTokenizer(tokenizer_dir(settings.model_repository, spec.name), manifest["context_length"],
@@ -143,12 +119,12 @@ def _measure_towers(settings: Settings, spec, budget: float) -> dict:
 
 
 def _serve_and_measure(settings: Settings, spec, batching: bool, budget: float) -> dict:
-    _set_batching(settings, spec, batching)
+    set_batching(settings, spec, batching)
     process, log_file = tritonserver.start(settings)
     try:
         tritonserver.wait_ready(settings, [spec.image_model, spec.text_model], process, 900, log_file)
         figures = _measure_towers(settings, spec, budget)
-        figures["triton_rss_mb"] = _process_tree_rss_mb(process.pid)
+        figures["triton_rss_mb"] = process_tree_rss_mb(process.pid)
         return figures
     finally:
         stop_process(process)

@@ -207,6 +207,13 @@ def cmd_train(args, settings: Settings) -> int:
     return 0
 
 
+def cmd_compare(args, settings: Settings) -> int:
+    from benchmarks.compare import run
+
+    run(args.model or [settings.model], args.profile, args.seed)
+    return 0
+
+
 def cmd_search(args, settings: Settings) -> int:
     import grpc
 
@@ -321,6 +328,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--publish-to", type=Path,
                        help="also write the trained tensors as shipped weights (e.g. weights/cxr-mini)")
     train.set_defaults(func=cmd_train)
+
+    compare = sub.add_parser("compare", help="benchmark models side by side: quality, speed, batching, "
+                                             "in-process baseline; JSON + Markdown report in benchmarks/results/")
+    compare.add_argument("--model", action="append", help="repeatable (default: the active model)")
+    compare.add_argument("--profile", choices=("quick", "full"), default="full",
+                         help="quick: a few minutes; full: concurrency 1-64, longer loads")
+    compare.add_argument("--seed", type=int, default=0, help="the validation split's seed")
+    compare.set_defaults(func=cmd_compare)
 
     search = sub.add_parser("search", help="query the gateway and print the ranked studies")
     search.add_argument("kind", choices=("text", "image"))

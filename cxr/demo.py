@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from dataclasses import replace
 
 import grpc
-from grpc_health.v1 import health_pb2
 
 from cxr import processes, registry, tritonserver
 from cxr.cli import print_hits
@@ -54,14 +52,6 @@ def _ensure_indexed(spec, settings: Settings, stale: bool) -> None:
                 settings.index_path(spec.name), source=str(archive))
 
 
-def _wait_serving(settings: Settings, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while gateway_process.health(settings.gateway_address) != health_pb2.HealthCheckResponse.SERVING:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"the gateway was not SERVING after {timeout:.0f} s; see {settings.run_dir}")
-        time.sleep(0.5)
-
-
 def _ask(spec, settings: Settings) -> None:
     if spec.is_twin:
         print(f"\nNOTE: {spec.name} is a random-weight twin of {spec.twin_of}: export, serving, indexing and "
@@ -95,7 +85,7 @@ def run(model: str) -> int:
         gateway, gateway_log = gateway_process.start(settings)
         children.append(gateway)
         gateway_process.wait_answering(settings, gateway, gateway_log)
-        _wait_serving(settings)
+        gateway_process.wait_serving(settings)
         print(f"gateway SERVING on {settings.gateway_address}")
         _ask(spec, settings)
     finally:

@@ -56,3 +56,12 @@ def wait_answering(settings: Settings, process: subprocess.Popen, log_file: Path
             return status
         time.sleep(0.25)
     raise GatewayError(f"the gateway did not answer within {timeout:.0f} s; see {log_file}:\n{log_tail(log_file)}")
+
+
+def wait_serving(settings: Settings, timeout: float = 60.0) -> None:
+    """Block until the gateway reports SERVING (its model ready in Triton, its index loaded)."""
+    deadline = time.monotonic() + timeout
+    while health(settings.gateway_address) != health_pb2.HealthCheckResponse.SERVING:
+        if time.monotonic() > deadline:
+            raise GatewayError(f"the gateway was not SERVING after {timeout:.0f} s; see {settings.run_dir}")
+        time.sleep(0.25)

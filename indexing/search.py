@@ -8,6 +8,7 @@ takes no selector and at most k = 2048, so filtered GPU queries over-fetch up to
 from __future__ import annotations
 
 from collections import defaultdict
+from functools import cached_property
 
 import faiss
 import numpy as np
@@ -48,23 +49,24 @@ class IndexSearcher:
         """The metadata of every indexed image of one study."""
         return self._by_study.get(study_uid, [])
 
-    @property
+    @cached_property
     def projections(self) -> list[str]:
         return sorted({m["projection"] for m in self.loaded.metadata if m.get("projection")})
 
-    @property
+    @cached_property
     def labels(self) -> list[str]:
         return sorted({label for m in self.loaded.metadata for label in m.get("labels") or []})
 
     def allowed_ids(self, projections=(), labels=()) -> np.ndarray | None:
         """Ids passing the filters (None: no filter); unknown values raise with the known ones."""
         allowed = None
-        for values, groups, known, kind in ((projections, self._by_projection, self.projections, "projection"),
-                                            (labels, self._by_label, self.labels, "label")):
+        for values, groups, kind in ((projections, self._by_projection, "projection"),
+                                     (labels, self._by_label, "label")):
             if not values:
                 continue
             unknown = [v for v in values if v.lower() not in groups]
             if unknown:
+                known = self.projections if kind == "projection" else self.labels
                 raise UnknownFilterError(f"unknown {kind} filter {unknown}; this index has {known}")
             ids = np.unique(np.concatenate([groups[v.lower()] for v in values]))
             allowed = ids if allowed is None else np.intersect1d(allowed, ids)

@@ -1,0 +1,106 @@
+"""The served stack the benchmarks measure, started as `cxr serve` starts it, on free loopback ports.
+
+One model exported into a temporary repository, Triton (dynamic batching on or off), an index of
+the given records built through Triton, and the gateway as its own process.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from cxr import registry, tritonserver
+from cxr.processes import free_ports, stop_process
+from cxr.settings import Settings
+from cxr.towers import towers
+from gateway import process as gateway_process
+from gateway.catalog import ExportedModel
+from indexing.build import BuildOptions, build_index
+from indexing.sources import Record
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    triton_pid: int
+    gateway_pid: int | None
+    index_build: dict  # images, seconds, images_per_s
+
+
+def temporary_settings(base: Settings, model: str, root: Path) -> Settings:
+    http, grpc_port, metrics, gateway_port = free_ports(4)
+    return replace(base, model=model, model_repository=root / "model_repository", index_dir=root / "indexes",
+                   run_dir=root / "run", triton_http_port=http, triton_grpc_port=grpc_port,
+                   triton_metrics_port=metrics, gateway_port=gateway_port)
+
+
+def set_batching(settings: Settings, spec: registry.ModelSpec, enabled: bool) -> None:
+    """Rewrite both towers' config.pbtxt with Triton's dynamic batcher on or off."""
+    from export import triton_config
+
+    for tower in towers(spec):
+        config = triton_config.model_config(tower, spec.batching, "local")
+        if not enabled:
+            config.ClearField("dynamic_batching")
+        (settings.model_repository / tower.triton_name / "config.pbtxt").write_text(triton_config.to_pbtxt(config))
+
+
+@contextmanager
+def exported(base: Settings, model: str) -> Iterator[Settings]:
+    """Temporary settings with `model` exported into a temporary repository."""
+    from export.repository import export_model
+
+    with tempfile.TemporaryDirectory(prefix=f"bench-{model}-") as tmp:
+        settings = temporary_settings(base, model, Path(tmp))
+        export_model(registry.get_model(model), settings, log=lambda *_: None)
+        yield settings
+
+
+@contextmanager
+def served(settings: Settings, records: list[Record], batching: bool = True, gateway: bool = True,
+           rebuild_index: bool = True) -> Iterator[Stack]:
+    """Triton (+ index + gateway) on an exported repository; everything stopped on exit."""
+    spec = registry.get_model(settings.model)
+    set_batching(settings, spec, batching)
+    triton, triton_log = tritonserver.start(settings)
+    children = [triton]
+    try:
+        tritonserver.wait_ready(settings, [spec.image_model, spec.text_model], triton, 900, triton_log)
+        index_build = {}
+        if rebuild_index:
+            started = time.perf_counter()
+            build_index(records, ExportedModel.load(settings.model_repository, settings.model), settings,
+                        settings.index_path(settings.model), BuildOptions(progress=False))
+            seconds = time.perf_counter() - started
+            index_build = {"images": len(records), "seconds": round(seconds, 2),
+                           "images_per_s": round(len(records) / seconds, 1)}
+        gateway_pid = None
+        if gateway:
+            process, log = gateway_process.start(settings)
+            children.append(process)
+            gateway_process.wait_answering(settings, process, log)
+            gateway_process.wait_serving(settings)
+            gateway_pid = process.pid
+        yield Stack(settings, triton.pid, gateway_pid, index_build)
+    finally:
+        for child in reversed(children):
+            stop_process(child)
+
+
+def process_tree_rss_mb(pid: int) -> float:
+    """RSS of a process and its descendants (Triton's python-backend stubs are children)."""
+    total, pending = 0, [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            status = Path(f"/proc/{current}/status").read_text()
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except FileNotFoundError:
+            continue
+        total += next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS"))
+        pending += [int(c) for c in children]
+    return round(total / 1024, 1)
