@@ -60,7 +60,8 @@ class _Queries:
 
     def __init__(self, records: list[Record]):
         labels = sorted({label for r in records for label in r.labels})
-        self.texts = [label_prompt(label) for label in labels] + ["small left pleural effusion"]
+        reports = [r.report for r in records if r.report][:16]
+        self.texts = [label_prompt(label) for label in labels] + reports + ["small left pleural effusion"]
         self.images = [r.path.read_bytes() for r in records[:32]]
 
     def cycle(self, kind: str):
@@ -124,21 +125,27 @@ def measure(model: str, records: list[Record], base: Settings, profile: Profile,
         log(f"[{model}] batching off: gateway load")
         with served(settings, records, batching=False, rebuild_index=False):
             unbatched = _load_matrix(lambda kind: _gateway_sender(settings.gateway_address, kind, queries), profile)
-    return {"quality": quality, "speed": {"gateway": gateway, "gateway_no_batching": unbatched,
+    spec = registry.get_model(model)
+    return {"use": spec.use, "embed_dim": spec.embed_dim, "image_size": spec.image_size,
+            "quality": quality, "speed": {"gateway": gateway, "gateway_no_batching": unbatched,
                                           "in_process": in_process}, **figures}
 
 
 def run(models: list[str], profile_name: str, seed: int = 0, out: Path | None = None,
-        profile: Profile | None = None) -> dict:
-    """Measure `models`; write the JSON (`out`, default benchmarks/results/<date>-<host>.json) and
-    the Markdown report beside it."""
+        profile: Profile | None = None, archive: tuple[list[Record], str] | None = None) -> dict:
+    """Measure `models` on `archive` (records, source; default: the NIH sample's validation split);
+    write the JSON (`out`, default benchmarks/results/<date>-<host>.json) and the Markdown report
+    beside it."""
     base = load_settings()
     profile = profile or PROFILES[profile_name]
-    records = validation_records(base.data_dir, seed)
+    if archive is None:
+        records, source = validation_records(base.data_dir, seed), str(base.data_dir / "nih800")
+        split = f"by patient, seed {seed}"
+    else:
+        (records, source), split = archive, "all readable images"
     results = {"machine": describe(),
                "settings": {"profile": profile_name, **asdict(profile), "top_k": TOP_K, "models": models,
-                            "archive": str(base.data_dir / "nih800"), "split": f"by patient, seed {seed}",
-                            "validation_images": len(records)},
+                            "archive": source, "split": split, "validation_images": len(records)},
                "models": {}}
     path = out or result_path(None)
     for model in models:

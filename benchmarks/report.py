@@ -23,7 +23,8 @@ def write(results: dict, path: Path) -> str:
 def _header(results: dict) -> str:
     m, s = results["machine"], results["settings"]
     return (f"# cxr-retrieval benchmark, {m.get('date', '')} on {m['host']}\n\n"
-            f"{m.get('cpu', '')}, {m.get('cores', '?')} cores, {m.get('memory_gb', '?')} GB, GPU: {m.get('gpu') or 'none'}. "
+            f"{m.get('cpu', '')}, {m.get('cores', '?')} cores, {m.get('memory_gb', '?')} GB, "
+            f"GPU: {m.get('gpu') or 'none'}. "
             f"Profile `{s['profile']}`: concurrency {', '.join(map(str, s['concurrencies']))}, at most "
             f"{s['max_requests']} requests or {s['max_seconds']:.0f} s per level, top {s['top_k']}. "
             f"Archive {s['archive']}, validation split {s['split']} ({s['validation_images']} images).")
@@ -31,18 +32,23 @@ def _header(results: dict) -> str:
 
 def _quality(results: dict) -> str:
     lines = ["## Retrieval quality (through the gateway)", "",
-             "| model | image→image mAP | R@1 | R@5 | R@10 | MRR | prompt→image mAP | label→image mAP |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| model | image→image mAP | R@1 | R@5 | R@10 | MRR | prompt→image mAP | label→image mAP "
+             "| report→image mAP | report→image R@10 |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in results["models"].items():
         q = r["quality"]
-        i2i, rnd = q["image_to_image"]["model"], q["image_to_image"]["random"]
-        cells = [f"{i2i[k]:.3f} ({rnd[k]:.3f})" for k in ("mAP", "R@1", "R@5", "R@10", "MRR")]
-        for task in ("text_to_image", "bare_label_to_image"):
-            t = q.get(task)
-            cells.append(f"{t['model']['mAP']:.3f} ({t['random']['mAP']:.3f})" if t else "-")
+        cells = [_cell(q, "image_to_image", key) for key in ("mAP", "R@1", "R@5", "R@10", "MRR")]
+        cells += [_cell(q, task, "mAP") for task in ("text_to_image", "bare_label_to_image", "report_to_image")]
+        cells.append(_cell(q, "report_to_image", "R@10"))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", "Random-ranking baselines in brackets (exact expectations, cxr/metrics.py)."]
+    lines += ["", "Random-ranking baselines in brackets (exact expectations, cxr/metrics.py); - where the "
+              "archive has no labels or no reports."]
     return "\n".join(lines)
+
+
+def _cell(quality: dict, task: str, key: str) -> str:
+    if task not in quality:
+        return "-"
+    return f"{quality[task]['model'][key]:.3f} ({quality[task]['random'][key]:.3f})"
 
 
 def _speed(results: dict) -> str:
@@ -59,8 +65,8 @@ def _speed(results: dict) -> str:
 
 
 def _cost(results: dict) -> str:
-    lines = ["## Cost", "", "| model | index build img/s | index MB | ONNX MB (image / text) | Triton RSS MB | gateway RSS MB |",
-             "|---|---|---|---|---|---|"]
+    lines = ["## Cost", "", "| model | index build img/s | index MB | ONNX MB (image / text) | Triton RSS MB "
+             "| gateway RSS MB |", "|---|---|---|---|---|---|"]
     for name, r in results["models"].items():
         onnx = " / ".join(str(v) for v in r["onnx_mb"].values())
         lines.append(f"| {name} | {r['index_build'].get('images_per_s', '-')} | {r['index_mb']} | {onnx} | "
@@ -79,22 +85,25 @@ def _ratio(a: dict | None, b: dict | None) -> float | None:
 def recommendations(results: dict) -> list[str]:
     models = results["models"]
     c = 16 if 16 in results["settings"]["concurrencies"] else max(results["settings"]["concurrencies"])
-    lines = []
+    lines = [_which_model_when(name, r) for name, r in models.items()]
     for name, r in models.items():
         q = r["quality"]
-        beats = [task for task in ("image_to_image", "text_to_image")
-                 if q[task]["model"]["mAP"] > q[task]["random"].get("mAP_p95", q[task]["random"]["mAP"])]
+        beats = [task for task in ("image_to_image", "text_to_image", "report_to_image")
+                 if task in q and q[task]["model"]["mAP"] > q[task]["random"]["mAP_p95"]]
         if not beats:
-            lines.append(f"{name} ranks at chance here (mAP within random's 95th percentile on both tasks): "
+            lines.append(f"{name} ranks at chance here (mAP within random's 95th percentile on every task): "
                          "plumbing only, do not deploy it.")
         else:
             margins = ", ".join(f"{t.replace('_', ' ')} mAP {q[t]['model']['mAP']:.3f} vs random "
                                 f"{q[t]['random']['mAP']:.3f}" for t in beats)
             lines.append(f"{name} beats chance beyond random's 95th percentile ({margins}).")
-    ranked = sorted(models, key=lambda n: -models[n]["quality"]["image_to_image"]["model"]["mAP"])
-    if len(ranked) > 1:
-        lines.append(f"Best image→image retrieval: {ranked[0]}; best text→image: "
-                     f"{max(models, key=lambda n: models[n]['quality']['text_to_image']['model']['mAP'])}.")
+    if len(models) > 1:
+        for task, label in (("image_to_image", "image→image"), ("text_to_image", "text→image"),
+                            ("report_to_image", "report→image")):
+            scored = {n: r["quality"][task]["model"]["mAP"] for n, r in models.items() if task in r["quality"]}
+            if scored:
+                best = max(scored, key=scored.get)
+                lines.append(f"Best {label} retrieval: {best} (mAP {scored[best]:.3f}).")
     for name, r in models.items():
         speed = r["speed"]
         for kind in ("image", "text"):
@@ -104,13 +113,32 @@ def recommendations(results: dict) -> list[str]:
                 verdict = "keep it on" if batching >= 1.2 else "it buys little on this machine"
                 target = "meets" if batching >= TARGETS["batching_speedup"] else "misses"
                 lines.append(f"{name}, {kind} queries at concurrency {c}: dynamic batching gives {batching}x the "
-                             f"throughput without it ({target} the {TARGETS['batching_speedup']:.0f}x target); {verdict}.")
+                             f"throughput without it ({target} the {TARGETS['batching_speedup']:.0f}x target); "
+                             f"{verdict}.")
             if served is not None:
                 target = "meets" if served >= TARGETS["gateway_vs_in_process"] else "misses"
                 lines.append(f"{name}, {kind} queries at concurrency {c}: the served stack gives {served}x the "
                              f"in-process design's throughput ({target} the "
                              f"{TARGETS['gateway_vs_in_process']:.0f}x target).")
     return lines
+
+
+def _which_model_when(name: str, r: dict) -> str:
+    """The registry's "use" for the model, with what this run measured of it."""
+    single = {kind: _at(r["speed"]["gateway"][kind], 1) for kind in ("text", "image")}
+    speed = ", ".join(f"{kind} query {x['p50_ms']} ms p50" for kind, x in single.items() if x and "p50_ms" in x)
+    use = r.get("use") or _registry_use(name)
+    return f"{name} ({use}): {speed or 'no single-client figure'} alone on this machine."
+
+
+def _registry_use(name: str) -> str:
+    from cxr import registry
+    from cxr.errors import UnknownModelError
+
+    try:
+        return registry.get_model(name).use
+    except UnknownModelError:
+        return "not in this registry"
 
 
 def _plots(results: dict, path: Path) -> dict[str, Path]:
@@ -139,8 +167,8 @@ def _plots(results: dict, path: Path) -> dict[str, Path]:
     figure, axis = plt.subplots(figsize=(7, 4))
     names = list(results["models"])
     for offset, task in ((-0.2, "image_to_image"), (0.2, "text_to_image")):
-        model = [results["models"][n]["quality"][task]["model"]["mAP"] for n in names]
-        random = [results["models"][n]["quality"][task]["random"]["mAP"] for n in names]
+        model = [results["models"][n]["quality"].get(task, {}).get("model", {}).get("mAP", 0) for n in names]
+        random = [results["models"][n]["quality"].get(task, {}).get("random", {}).get("mAP", 0) for n in names]
         axis.bar([i + offset for i in range(len(names))], model, 0.38, alpha=0.8, label=task.replace("_", " "))
         axis.scatter([i + offset for i in range(len(names))], random, color="black", marker="_", s=400,
                      label="random" if offset > 0 else None, zorder=3)

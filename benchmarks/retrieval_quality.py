@@ -44,23 +44,43 @@ def validation_records(data_dir: Path, seed: int = TrainConfig.seed,
     return [e.record for e in split_by_patient(examples, valid_fraction, seed)[1]]
 
 
+MAX_TOP_K = 1000  # the gateway's cap: every ranking must cover the whole gallery for mAP
+
+
 def search_all(stub, records: list[Record], bare_labels: bool = False) -> dict:
-    """Every task through the gateway; `bare_labels` adds text->image with the label alone."""
+    """Every task the archive supports, through the gateway: image->image and label prompt->image
+    where it has labels (`bare_labels` adds the label alone as query), report->image where it has
+    reports."""
     n = len(records)
+    if n > MAX_TOP_K:
+        raise ValueError(f"{n} images: rank at most {MAX_TOP_K} (the gateway's top_k limit); pass a limit")
     labels = {r.image_id: set(r.labels) for r in records}
-    image_rankings = []
-    for record in records:
-        response = stub.SearchByImage(pb.SearchByImageRequest(image=record.path.read_bytes(), top_k=n), timeout=60)
-        ids = [hit.image_id for hit in response.hits if hit.image_id != record.image_id]
-        image_rankings.append(np.array([bool(labels[record.image_id] & labels[i]) for i in ids]))
-    names = sorted(set().union(*labels.values()))
-    result = {"image_to_image": {"model": metrics.summarize(image_rankings),
-                                 "random": dict(metrics.random_baseline(image_rankings),
-                                                mAP_p95=metrics.random_map_quantile(image_rankings))},
-              "text_to_image": _text_task(stub, names, labels, label_prompt)}
-    if bare_labels:
-        result["bare_label_to_image"] = _text_task(stub, names, labels, humanise)
+    result = {}
+    if any(labels.values()):
+        rankings = []
+        for record in records:
+            request = pb.SearchByImageRequest(image=record.path.read_bytes(), top_k=n)
+            hits = stub.SearchByImage(request, timeout=60).hits
+            ids = [hit.image_id for hit in hits if hit.image_id != record.image_id]
+            rankings.append(np.array([bool(labels[record.image_id] & labels[i]) for i in ids]))
+        result["image_to_image"] = _ranked_task(rankings)
+        names = sorted(set().union(*labels.values()))
+        result["text_to_image"] = _text_task(stub, names, labels, label_prompt)
+        if bare_labels:
+            result["bare_label_to_image"] = _text_task(stub, names, labels, humanise)
+    reports = {r.study_uid: r.report for r in records if r.report}
+    if reports:
+        rankings = []
+        for study, text in reports.items():
+            hits = stub.SearchByText(pb.SearchByTextRequest(text=text, top_k=n), timeout=60).hits
+            rankings.append(np.array([hit.study_uid == study for hit in hits]))
+        result["report_to_image"] = _ranked_task(rankings)
     return result
+
+
+def _ranked_task(rankings: list[np.ndarray]) -> dict:
+    return {"model": metrics.summarize(rankings),
+            "random": dict(metrics.random_baseline(rankings), mAP_p95=metrics.random_map_quantile(rankings))}
 
 
 def _text_task(stub, names: list[str], labels: dict[str, set[str]], query) -> dict:

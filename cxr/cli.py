@@ -210,7 +210,14 @@ def cmd_train(args, settings: Settings) -> int:
 def cmd_compare(args, settings: Settings) -> int:
     from benchmarks.compare import run
 
-    run(args.model or [settings.model], args.profile, args.seed)
+    archive = None
+    if args.reports_csv or args.projections_csv or args.labels_csv or args.manifest:
+        records, source = _archive_records(args)
+        readable = [r for r in records if r.path.is_file()]
+        if not readable:
+            raise CxrError(f"none of the {len(records)} images of {source} exist: check --images-dir")
+        archive = (readable[:args.limit], source)
+    run(args.model or [settings.model], args.profile, args.seed, archive=archive)
     return 0
 
 
@@ -330,11 +337,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=cmd_train)
 
     compare = sub.add_parser("compare", help="benchmark models side by side: quality, speed, batching, "
-                                             "in-process baseline; JSON + Markdown report in benchmarks/results/")
+                                             "in-process baseline; JSON + Markdown report in benchmarks/results/. "
+                                             "Default archive: the NIH sample's validation split; or name one")
     compare.add_argument("--model", action="append", help="repeatable (default: the active model)")
     compare.add_argument("--profile", choices=("quick", "full"), default="full",
                          help="quick: a few minutes; full: concurrency 1-64, longer loads")
     compare.add_argument("--seed", type=int, default=0, help="the validation split's seed")
+    _add_archive_arguments(compare)
+    compare.add_argument("--limit", type=int, default=1000,
+                         help="rank at most this many of the archive's images (the gateway's top_k cap is 1000)")
     compare.set_defaults(func=cmd_compare)
 
     search = sub.add_parser("search", help="query the gateway and print the ranked studies")

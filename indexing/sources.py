@@ -35,6 +35,11 @@ class Record:
     indication: str = ""
     patient_id: str = ""  # what training splits by; the study where an archive has no patient ids
 
+    @property
+    def report(self) -> str:
+        """Findings and impression as one text; empty for label-only archives."""
+        return " ".join(part.strip() for part in (self.findings, self.impression) if part.strip())
+
     def metadata(self) -> dict:
         """What the index stores beside the vector (the path as text)."""
         return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)

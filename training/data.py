@@ -65,7 +65,7 @@ class Example:
 
     @classmethod
     def from_record(cls, record: Record) -> Example:
-        report = " ".join(part.strip() for part in (record.findings, record.impression) if part.strip())
+        report = record.report
         keys = frozenset([f"study:{record.study_uid}"] if report else record.labels)
         return cls(record, report, keys)
 
