@@ -117,8 +117,9 @@ def measure(model: str, records: list[Record], base: Settings, profile: Profile,
             with grpc.insecure_channel(settings.gateway_address, options=MESSAGE_LIMIT) as channel:
                 quality = search_all(pb_grpc.RetrievalStub(channel), records, bare_labels=True)
             gateway = _load_matrix(lambda kind: _gateway_sender(settings.gateway_address, kind, queries), profile)
-            memory = {"triton_rss_mb": process_tree_rss_mb(stack.triton_pid),
-                      "gateway_rss_mb": process_tree_rss_mb(stack.gateway_pid)}
+            # Peak = each process's high-water mark after quality and load, summed over Triton's stubs.
+            memory = {"triton_rss_mb": process_tree_rss_mb(stack.triton_pid, "VmHWM"),
+                      "gateway_rss_mb": process_tree_rss_mb(stack.gateway_pid, "VmHWM")}
             figures = {"index_build": stack.index_build, **_sizes(settings, model), **memory}
         log(f"[{model}] in-process baseline (PyTorch + FAISS, Triton stopped)")
         in_process = _in_process_load(model, settings, queries, profile)
@@ -147,7 +148,7 @@ def run(models: list[str], profile_name: str, seed: int = 0, out: Path | None = 
                "settings": {"profile": profile_name, **asdict(profile), "top_k": TOP_K, "models": models,
                             "archive": source, "split": split, "validation_images": len(records)},
                "models": {}}
-    path = out or result_path(None)
+    path = out or result_path(None if profile_name == "full" else profile_name)  # quick runs keep full ones
     for model in models:
         results["models"][model] = measure(model, records, base, profile)
         path.write_text(json.dumps(results, indent=2))  # keep what is measured if a later model fails

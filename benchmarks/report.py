@@ -65,8 +65,8 @@ def _speed(results: dict) -> str:
 
 
 def _cost(results: dict) -> str:
-    lines = ["## Cost", "", "| model | index build img/s | index MB | ONNX MB (image / text) | Triton RSS MB "
-             "| gateway RSS MB |", "|---|---|---|---|---|---|"]
+    lines = ["## Cost", "", "| model | index build img/s | index MB | ONNX MB (image / text) | Triton peak RSS MB "
+             "| gateway peak RSS MB |", "|---|---|---|---|---|---|"]
     for name, r in results["models"].items():
         onnx = " / ".join(str(v) for v in r["onnx_mb"].values())
         lines.append(f"| {name} | {r['index_build'].get('images_per_s', '-')} | {r['index_mb']} | {onnx} | "

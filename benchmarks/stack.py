@@ -91,8 +91,9 @@ def served(settings: Settings, records: list[Record], batching: bool = True, gat
             stop_process(child)
 
 
-def process_tree_rss_mb(pid: int) -> float:
-    """RSS of a process and its descendants (Triton's python-backend stubs are children)."""
+def process_tree_rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """Resident memory of a process and its descendants (Triton's python-backend stubs are
+    children), in MB: now (`VmRSS`) or each process's peak (`VmHWM`), summed."""
     total, pending = 0, [pid]
     while pending:
         current = pending.pop()
@@ -101,6 +102,6 @@ def process_tree_rss_mb(pid: int) -> float:
             children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
         except FileNotFoundError:
             continue
-        total += next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS"))
+        total += next(int(line.split()[1]) for line in status.splitlines() if line.startswith(field))
         pending += [int(c) for c in children]
     return round(total / 1024, 1)
