@@ -76,6 +76,7 @@ class Trainer:
     def fit(self) -> dict:
         """Train to `config.epochs`, validating each epoch; returns the best epoch's metrics."""
         if self.epoch == 0:
+            (self.out / HISTORY_FILE).unlink(missing_ok=True)  # a run killed before its first epoch
             self._record(0, 0.0, validation.evaluate(self.model, self.valid_pixels, self.valid_examples))
         for epoch in range(self.epoch + 1, self.config.epochs + 1):
             started = time.perf_counter()
