@@ -16,8 +16,7 @@ import torch
 from tqdm import tqdm
 
 from cxr.errors import CxrError
-from cxr.images import to_pixels
-from gateway.preprocess import InvalidImageError, decode
+from gateway.preprocess import InvalidImageError, preprocess
 from indexing.sources import NO_FINDING, Record
 
 CAPTION_TEMPLATES = (
@@ -115,10 +114,9 @@ def load_images(examples: list[Example], size: int, desc: str) -> tuple[torch.Te
     pixels, kept = [], []
     for e in tqdm(examples, desc=desc, unit="img", leave=False):
         try:
-            image = decode(e.record.path.read_bytes())
+            pixels.append(preprocess(e.record.path.read_bytes(), size))
         except (OSError, InvalidImageError):
             continue
-        pixels.append(to_pixels(image, size))
         kept.append(e)
     if not kept:
         raise TrainingDataError(f"none of the {len(examples)} {desc} images could be read "
