@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import torch
 from torch import nn
 
 from cxr.errors import CheckpointUnavailableError

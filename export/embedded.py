@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import tempfile
 from importlib.metadata import version
 from pathlib import Path
 
@@ -19,9 +18,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from cxr.errors import CheckpointUnavailableError
+from cxr.files import COMPLETE_MARKER, build_once
 from cxr.registry import ModelSpec
 from export.checkpoints import OPEN_CLIP_WEIGHTS
-from export.twins import COMPLETE_MARKER, random_checkpoint_dir
+from export.twins import OPEN_CLIP_TWIN_WEIGHTS, random_checkpoint_dir
 
 WEIGHTS_FILE = "weights.safetensors"
 INFO_FILE = "weights.json"
@@ -66,21 +66,17 @@ def checkpoint_dir(spec: ModelSpec, cache_dir: Path, data_dir: Path, weights: Pa
     weights = weights or spec.embedded_weights
     info = _read_info(spec, weights)
     target = (cache_dir / "embedded" / f"{spec.name}-{info['sha256'][:12]}").resolve()
-    if (target / COMPLETE_MARKER).exists():
-        return target
-    base = random_checkpoint_dir(spec, cache_dir / "embedded-base", data_dir)
-    state = torch.load(base / "open_clip_pytorch_model.bin", map_location="cpu", weights_only=True)
-    _overlay(spec, state, load_file(weights / WEIGHTS_FILE), weights)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    building = Path(tempfile.mkdtemp(prefix=f".{spec.name}-", dir=target.parent))
-    for item in base.iterdir():
-        if item.is_file() and item.suffix not in (".bin", ".safetensors") and item.name != COMPLETE_MARKER:
-            shutil.copy2(item, building / item.name)
-    save_file(state, building / OPEN_CLIP_WEIGHTS)
-    (building / COMPLETE_MARKER).touch()
-    shutil.rmtree(target, ignore_errors=True)
-    building.rename(target)
-    return target
+
+    def build(out: Path) -> None:
+        base = random_checkpoint_dir(spec, cache_dir / "embedded-base", data_dir)
+        state = torch.load(base / OPEN_CLIP_TWIN_WEIGHTS, map_location="cpu", weights_only=True)
+        _overlay(spec, state, load_file(weights / WEIGHTS_FILE), weights)
+        for item in base.iterdir():
+            if item.is_file() and item.suffix not in (".bin", ".safetensors") and item.name != COMPLETE_MARKER:
+                shutil.copy2(item, out / item.name)
+        save_file(state, out / OPEN_CLIP_WEIGHTS)
+
+    return build_once(target, build)
 
 
 def _read_info(spec: ModelSpec, weights: Path) -> dict:

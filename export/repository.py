@@ -16,9 +16,9 @@ from dataclasses import asdict
 from importlib.metadata import version
 from pathlib import Path
 
-from cxr.manifest import MANIFEST_FILE, ONNX_FILE, SCHEMA_VERSION, TOKENIZER_DIR, VERSION_DIR, read_manifest
 from cxr.errors import ExportError
 from cxr.files import replace_directory
+from cxr.manifest import MANIFEST_FILE, ONNX_FILE, SCHEMA_VERSION, TOKENIZER_DIR, VERSION_DIR, read_manifest
 from cxr.registry import ModelSpec
 from cxr.settings import Settings
 from cxr.tokenization import CLEANING

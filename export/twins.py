@@ -11,15 +11,15 @@ import gzip
 import io
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
+from cxr.files import build_once
 from cxr.registry import ModelSpec
 
 SEED = 0
-COMPLETE_MARKER = ".complete"
+OPEN_CLIP_TWIN_WEIGHTS = "open_clip_pytorch_model.bin"
 
 
 def twin_dir(spec: ModelSpec, cache_dir: Path, data_dir: Path) -> Path:
@@ -30,16 +30,12 @@ def twin_dir(spec: ModelSpec, cache_dir: Path, data_dir: Path) -> Path:
 def random_checkpoint_dir(spec: ModelSpec, parent: Path, data_dir: Path) -> Path:
     """A random-weight checkpoint of `spec.architecture` in `parent`/`spec.name`, built once."""
     target = (parent / spec.name).resolve()
-    if (target / COMPLETE_MARKER).exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    building = Path(tempfile.mkdtemp(prefix=f".{spec.name}-", dir=target.parent))
-    torch.manual_seed(SEED)
-    BUILDERS[spec.family](spec, building, data_dir, final_dir=target)
-    (building / COMPLETE_MARKER).touch()
-    shutil.rmtree(target, ignore_errors=True)
-    building.rename(target)
-    return target
+
+    def build(out: Path) -> None:
+        torch.manual_seed(SEED)
+        BUILDERS[spec.family](spec, out, data_dir, final_dir=target)
+
+    return build_once(target, build)
 
 
 def _build_hf_clip(spec: ModelSpec, out: Path, data_dir: Path, final_dir: Path) -> None:
@@ -144,7 +140,7 @@ def _build_open_clip(spec: ModelSpec, out: Path, data_dir: Path, final_dir: Path
                       image_size=spec.image_size)
     model = CustomTextCLIP(embed_dim=spec.embed_dim, vision_cfg=vision_cfg,
                            text_cfg=dict(text_cfg, hf_model_name=str(text_dir), hf_model_pretrained=True))
-    torch.save(model.state_dict(), out / "open_clip_pytorch_model.bin")
+    torch.save(model.state_dict(), out / OPEN_CLIP_TWIN_WEIGHTS)
     # open_clip reads a local-dir checkpoint's tokenizer from the folder itself, as on the Hub.
     BertTokenizer.from_pretrained(str(text_dir)).save_pretrained(out)
     config = dict(model_cfg=dict(embed_dim=spec.embed_dim, vision_cfg=vision_cfg, text_cfg=text_cfg),
