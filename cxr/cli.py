@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import sys
 import time
@@ -171,7 +170,7 @@ def _archive_records(args):
 def cmd_train(args, settings: Settings) -> int:
     from export.repository import resolve_source
     from training.data import examples_from
-    from training.trainer import STATE_FILE, Trainer
+    from training.trainer import CHECKPOINT_DIR, STATE_FILE, Trainer
 
     spec = registry.get_model(args.model or settings.model)
     if (args.out / STATE_FILE).exists() and not args.resume:
@@ -193,15 +192,14 @@ def cmd_train(args, settings: Settings) -> int:
     trainer = Trainer(spec, init, examples_from(records), args.out, config)
     if args.resume:
         trainer.resume()
-    trainer.write_config(source, "scratch" if args.from_scratch else init)
+    training = trainer.write_config(source, "scratch" if args.from_scratch else init)
     best = trainer.fit()
-    checkpoint = args.out / "checkpoint"
+    checkpoint = args.out / CHECKPOINT_DIR
     print(f"best epoch {best['epoch']} (validation score {best['score']:.4f}) saved to {checkpoint}; "
           f"export it with `make export MODEL={spec.name} CHECKPOINT={checkpoint}`")
     if args.publish_to:
         from export.embedded import publish
 
-        training = json.loads((args.out / "train_config.json").read_text())
         path = publish(checkpoint, spec, args.publish_to, dict(training, best_epoch=best["epoch"]))
         print(f"published the trained tensors to {path} ({path.stat().st_size / 1e6:.1f} MB)")
     return 0

@@ -162,8 +162,10 @@ class Trainer:
         lines = [json.loads(line) for line in (self.out / HISTORY_FILE).read_text().splitlines()]
         return max(lines, key=lambda line: line["score"])
 
-    def write_config(self, source: str, init_source: str) -> None:
+    def write_config(self, source: str, init_source: str) -> dict:
+        """Write train_config.json (what the run was asked to do) and return it."""
         config = {"model": self.spec.name, "archive": source, "init": init_source, **asdict(self.config),
                   "train_images": len(self.train_examples), "valid_images": len(self.valid_examples),
                   "torch_threads": torch.get_num_threads()}
         (self.out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        return config
