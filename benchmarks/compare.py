@@ -31,11 +31,11 @@ from benchmarks.machine import describe, result_path
 from benchmarks.retrieval_quality import search_all, validation_records
 from benchmarks.stack import exported, process_tree_rss_mb, served
 from cxr import registry
+from cxr.archives import Record
 from cxr.manifest import read_manifest
 from cxr.retrieval.v1 import retrieval_pb2 as pb
 from cxr.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
 from cxr.settings import Settings, load_settings
-from indexing.sources import Record
 from training.data import label_prompt
 
 

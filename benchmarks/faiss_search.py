@@ -4,7 +4,7 @@
 
 Vectors are L2-normalised points around 2,000 random centres (real embeddings cluster; uniform
 noise would make every approximate index look worse than it is). Indexes are built by the
-product's own `indexing.store.make_index`; each type is timed on single queries (how the gateway
+product's own `cxr.index_store.make_index`; each type is timed on single queries (how the gateway
 searches) and its top 10 compared with exact search. Figures go to
 benchmarks/results/<date>-<host>-faiss.json.
 """
@@ -20,7 +20,7 @@ import faiss
 import numpy as np
 
 from benchmarks.machine import describe, result_path
-from indexing.store import HNSW_EF_SEARCH, HNSW_M, IVF_NPROBE, make_index
+from cxr.index_store import HNSW_EF_SEARCH, HNSW_M, IVF_NPROBE, make_index
 
 CENTRES = 2000
 SPREAD = 0.9  # noise norm relative to a centre's

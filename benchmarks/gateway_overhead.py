@@ -21,13 +21,12 @@ import grpc
 from benchmarks.machine import describe, result_path
 from benchmarks.stack import exported, served
 from benchmarks.timing import time_requests
-from cxr import registry
+from cxr import archives, registry
+from cxr.catalog import ExportedModel
 from cxr.retrieval.v1 import retrieval_pb2 as pb
 from cxr.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
 from cxr.settings import Settings, load_settings
 from cxr.triton_client import TowerClient
-from gateway.catalog import ExportedModel
-from indexing import sources
 
 QUERY = "small left pleural effusion"
 TIME_LIMIT_S = 120.0
@@ -49,7 +48,7 @@ def _latencies(model: ExportedModel, settings: Settings, requests: int) -> dict:
 
 def run(model_name: str, requests: int) -> dict:
     archive = load_settings().data_dir / "nih800"
-    records = sources.nih_labels(archive / "labels.csv", archive)
+    records = archives.nih_labels(archive / "labels.csv", archive)
     with exported(load_settings(), model_name) as settings, served(settings, records) as stack:
         model = ExportedModel.load(settings.model_repository, model_name)
         figures = {"index_build": stack.index_build, "text_query": _latencies(model, settings, requests)}

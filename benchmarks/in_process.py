@@ -10,14 +10,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cxr import index_store
+from cxr.images import preprocess
 from cxr.registry import ModelSpec
 from cxr.settings import Settings
 from export.checkpoints import load_encoder
 from export.onnx_export import ImageTower, TextTower
 from export.repository import resolve_source
-from gateway.preprocess import preprocess
-from indexing import store
-from indexing.search import IndexSearcher
+from gateway.search import IndexSearcher
 
 
 class InProcessSearch:
@@ -26,7 +26,7 @@ class InProcessSearch:
         self.encoder = load_encoder(spec, resolve_source(spec, settings, None))
         self.image_tower = ImageTower(self.encoder.image_features, spec).eval()
         self.text_tower = TextTower(self.encoder.text_features).eval()
-        self.searcher = IndexSearcher(store.load(index_dir))
+        self.searcher = IndexSearcher(index_store.load(index_dir))
 
     @torch.inference_mode()
     def search_text(self, text: str, top_k: int = 10) -> list[dict]:

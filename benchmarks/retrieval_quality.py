@@ -25,12 +25,11 @@ import numpy as np
 
 from benchmarks.machine import describe, result_path
 from benchmarks.stack import exported, served
-from cxr import metrics, registry
+from cxr import archives, metrics, registry
+from cxr.archives import Record
 from cxr.retrieval.v1 import retrieval_pb2 as pb
 from cxr.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
 from cxr.settings import Settings, load_settings
-from indexing import sources
-from indexing.sources import Record
 from training.config import TrainConfig
 from training.data import examples_from, humanise, label_prompt, split_by_patient
 
@@ -40,7 +39,7 @@ DEFAULT_MODELS = ("cxr-mini", "medsiglip-tiny")
 def validation_records(data_dir: Path, seed: int = TrainConfig.seed,
                        valid_fraction: float = TrainConfig.valid_fraction) -> list[Record]:
     archive = data_dir / "nih800"
-    examples = examples_from(sources.nih_labels(archive / "labels.csv", archive))
+    examples = examples_from(archives.nih_labels(archive / "labels.csv", archive))
     return [e.record for e in split_by_patient(examples, valid_fraction, seed)[1]]
 
 

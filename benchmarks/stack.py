@@ -14,13 +14,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cxr import registry, tritonserver
+from cxr.archives import Record
+from cxr.catalog import ExportedModel
 from cxr.processes import free_ports, stop_process
 from cxr.settings import Settings
 from cxr.towers import towers
 from gateway import process as gateway_process
-from gateway.catalog import ExportedModel
 from indexing.build import BuildOptions, build_index
-from indexing.sources import Record
 
 
 @dataclass

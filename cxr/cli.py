@@ -134,7 +134,7 @@ def cmd_stop(args, settings: Settings) -> int:
 
 
 def cmd_index_build(args, settings: Settings) -> int:
-    from gateway.catalog import ExportedModel
+    from cxr.catalog import ExportedModel
     from indexing.build import BuildOptions, build_index
 
     model_name = args.model or settings.model
@@ -153,16 +153,16 @@ def cmd_index_build(args, settings: Settings) -> int:
 
 
 def _archive_records(args):
-    from indexing import sources
+    from cxr import archives
 
     if args.reports_csv or args.projections_csv:
         if not (args.reports_csv and args.projections_csv and args.images_dir):
             raise CxrError("an IU-Xray archive needs --reports-csv, --projections-csv and --images-dir")
-        return sources.iu_xray(args.reports_csv, args.projections_csv, args.images_dir), str(args.reports_csv.parent)
+        return archives.iu_xray(args.reports_csv, args.projections_csv, args.images_dir), str(args.reports_csv.parent)
     if args.labels_csv:
-        return sources.nih_labels(args.labels_csv, args.images_dir or args.labels_csv.parent), str(args.labels_csv)
+        return archives.nih_labels(args.labels_csv, args.images_dir or args.labels_csv.parent), str(args.labels_csv)
     if args.manifest:
-        return sources.manifest(args.manifest, args.images_dir), str(args.manifest)
+        return archives.manifest(args.manifest, args.images_dir), str(args.manifest)
     raise CxrError("name an archive: --reports-csv/--projections-csv/--images-dir (IU-Xray), "
                    "--labels-csv (NIH style) or --manifest (CSV or JSONL)")
 

@@ -15,14 +15,13 @@ from dataclasses import replace
 
 import grpc
 
-from cxr import processes, registry, tritonserver
+from cxr import index_store, processes, registry, tritonserver
 from cxr.cli import print_hits
 from cxr.manifest import read_manifest
 from cxr.retrieval.v1 import retrieval_pb2 as pb
 from cxr.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
 from cxr.settings import Settings, load_settings
 from gateway import process as gateway_process
-from indexing import store
 
 TEXT_QUERIES = ["small left pleural effusion", "cardiomegaly", "no acute cardiopulmonary abnormality"]
 IMAGE_QUERIES = ["00000001_000.png", "1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"]
@@ -40,14 +39,14 @@ def _ensure_exported(spec, settings: Settings) -> bool:
 
 
 def _ensure_indexed(spec, settings: Settings, stale: bool) -> None:
-    if not stale and store.read_manifest(settings.index_path(spec.name)) is not None:
+    if not stale and index_store.read_manifest(settings.index_path(spec.name)) is not None:
         return
-    from gateway.catalog import ExportedModel
-    from indexing import sources
+    from cxr import archives
+    from cxr.catalog import ExportedModel
     from indexing.build import build_index
 
     archive = settings.data_dir / "nih800"
-    records = sources.nih_labels(archive / "labels.csv", archive)
+    records = archives.nih_labels(archive / "labels.csv", archive)
     build_index(records, ExportedModel.load(settings.model_repository, spec.name), settings,
                 settings.index_path(spec.name), source=str(archive))
 

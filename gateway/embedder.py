@@ -11,10 +11,10 @@ import tritonclient.grpc.aio as aioclient
 from tritonclient.grpc import InferRequestedOutput
 from tritonclient.utils import InferenceServerException
 
+from cxr.catalog import ExportedModel
 from cxr.errors import CxrError
-from cxr.triton_client import infer_inputs
 from cxr.towers import TowerSpec
-from gateway.catalog import ExportedModel
+from cxr.triton_client import infer_inputs
 
 # Triton's default gRPC message limit is 4 MB; a batch of 448 px uint8 images needs more.
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024

@@ -7,10 +7,10 @@ import functools
 import grpc
 
 from cxr.errors import CxrError, UnknownModelError
+from cxr.images import InvalidImageError
+from cxr.index_store import IndexMismatchError, IndexMissingError
 from gateway.embedder import TritonFailedError, TritonUnavailableError
-from gateway.preprocess import InvalidImageError
-from indexing.search import UnknownFilterError
-from indexing.store import IndexMismatchError, IndexMissingError
+from gateway.search import UnknownFilterError
 
 
 class InvalidRequestError(CxrError, ValueError):

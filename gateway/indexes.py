@@ -7,10 +7,10 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+from cxr import index_store
+from cxr.catalog import ExportedModel
 from cxr.errors import CxrError
-from gateway.catalog import ExportedModel
-from indexing import store
-from indexing.search import IndexSearcher
+from gateway.search import IndexSearcher
 
 
 class IndexSet:
@@ -26,7 +26,7 @@ class IndexSet:
 
     def _version(self, name: str) -> int | None:
         try:
-            return (self.index_dir / name / store.MANIFEST_FILE).stat().st_mtime_ns
+            return (self.index_dir / name / index_store.MANIFEST_FILE).stat().st_mtime_ns
         except FileNotFoundError:
             return None
 
@@ -37,9 +37,9 @@ class IndexSet:
             if name in self._versions and self._versions[name] == version:
                 continue
             try:
-                loaded = store.load(self.index_dir / name, model=name, dim=model.embed_dim)
+                loaded = index_store.load(self.index_dir / name, model=name, dim=model.embed_dim)
                 searcher, error = IndexSearcher(loaded, use_gpu=self.use_gpu), None
-            except (store.IndexMissingError, store.IndexMismatchError) as exc:
+            except (index_store.IndexMissingError, index_store.IndexMismatchError) as exc:
                 searcher, error = None, exc
             with self._lock:
                 self._versions[name] = version
@@ -54,9 +54,9 @@ class IndexSet:
         with self._lock:
             if model.name in self._searchers:
                 return self._searchers[model.name]
-            raise self._errors.get(model.name) or store.IndexMissingError(f"no index for {model.name}")
+            raise self._errors.get(model.name) or index_store.IndexMissingError(f"no index for {model.name}")
 
-    def get(self, name: str) -> store.LoadedIndex | None:
+    def get(self, name: str) -> index_store.LoadedIndex | None:
         with self._lock:
             searcher = self._searchers.get(name)
         return searcher.loaded if searcher else None

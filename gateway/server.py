@@ -18,10 +18,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
+from cxr.catalog import load_catalog
 from cxr.retrieval.v1 import retrieval_pb2 as pb
 from cxr.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
 from cxr.settings import Settings, load_settings
-from gateway.catalog import load_catalog
 from gateway.embedder import TritonEmbedder
 from gateway.indexes import IndexSet
 from gateway.service import RetrievalService

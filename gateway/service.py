@@ -8,13 +8,13 @@ from concurrent.futures import Executor
 import numpy as np
 
 from cxr import registry
+from cxr.catalog import ExportedModel
+from cxr.errors import CxrError, UnknownModelError
+from cxr.images import preprocess
 from cxr.retrieval.v1 import retrieval_pb2 as pb
 from cxr.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
-from gateway.catalog import ExportedModel
 from gateway.errors import InvalidRequestError, StudyNotFoundError, grpc_errors
 from gateway.indexes import IndexSet
-from gateway.preprocess import preprocess
-from cxr.errors import CxrError, UnknownModelError
 
 MAX_TOP_K = 1000
 MAX_TEXT_CHARS = 10_000

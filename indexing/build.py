@@ -20,13 +20,13 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from cxr import index_store
+from cxr.archives import Record
+from cxr.catalog import ExportedModel
 from cxr.errors import CxrError
+from cxr.images import InvalidImageError, preprocess
 from cxr.settings import Settings
 from cxr.triton_client import TowerClient
-from gateway.catalog import ExportedModel
-from gateway.preprocess import InvalidImageError, preprocess
-from indexing import store
-from indexing.sources import Record
 
 STATE_FILE = "state.json"
 
@@ -175,7 +175,7 @@ def _finish(records, model: ExportedModel, partial: _Partial, output_dir: Path, 
     skipped = [(str(records[p].path), reason) for p, reason in sorted(partial.skipped.items())]
     if not positions:
         report = output_dir.with_name(output_dir.name + ".skipped.csv")
-        store.write_skipped(report, skipped)
+        index_store.write_skipped(report, skipped)
         shutil.rmtree(partial.directory, ignore_errors=True)
         raise NothingToIndexError(f"none of the {len(records)} images could be read ({_summary(skipped)}); "
                                   f"the reasons are in {report}. Nothing was written: any existing index in "
@@ -183,7 +183,7 @@ def _finish(records, model: ExportedModel, partial: _Partial, output_dir: Path, 
     manifest = {"model": model.name, "dim": model.embed_dim, "source": source,
                 "export_sha256": model.manifest["onnx"][model.image.triton_name]["sha256"],
                 "archive_images": len(records)}
-    written = store.write(output_dir, vectors, [records[p].metadata() for p in positions], manifest, skipped,
+    written = index_store.write(output_dir, vectors, [records[p].metadata() for p in positions], manifest, skipped,
                           options.index_type, options.use_gpu)
     shutil.rmtree(partial.directory, ignore_errors=True)
     return written

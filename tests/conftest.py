@@ -69,11 +69,11 @@ GATEWAY_MODEL = "medsiglip-tiny"
 @pytest.fixture(scope="session")
 def nih_index(served):
     """The 800-image NIH sample indexed with the gateway's model through Triton."""
-    from gateway.catalog import ExportedModel
-    from indexing import sources
+    from cxr import archives
+    from cxr.catalog import ExportedModel
     from indexing.build import BuildOptions, build_index
 
-    records = sources.nih_labels(DATA_DIR / "nih800" / "labels.csv", DATA_DIR / "nih800")
+    records = archives.nih_labels(DATA_DIR / "nih800" / "labels.csv", DATA_DIR / "nih800")
     model = ExportedModel.load(served.model_repository, GATEWAY_MODEL)
     build_index(records, model, served, served.index_path(GATEWAY_MODEL), BuildOptions(progress=False))
     return served.index_path(GATEWAY_MODEL)

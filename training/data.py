@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from cxr.archives import NO_FINDING, Record
 from cxr.errors import CxrError
-from gateway.preprocess import InvalidImageError, preprocess
-from indexing.sources import NO_FINDING, Record
+from cxr.images import InvalidImageError, preprocess
 
 CAPTION_TEMPLATES = (
     "chest x-ray with {}",

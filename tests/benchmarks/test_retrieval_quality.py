@@ -7,13 +7,13 @@ from dataclasses import replace
 
 import grpc
 import pytest
-from support import DATA_DIR, BackgroundGateway
 
 from benchmarks.retrieval_quality import search_all
+from cxr import archives
+from cxr.catalog import ExportedModel
 from cxr.retrieval.v1 import retrieval_pb2_grpc
-from gateway.catalog import ExportedModel
-from indexing import sources
 from indexing.build import BuildOptions, build_index
+from support import DATA_DIR, BackgroundGateway
 
 pytestmark = pytest.mark.triton
 STUDIES = 4
@@ -37,7 +37,7 @@ def _iu_archive(root):
     stand_ins = sorted((DATA_DIR / "nih800" / "valid" / "1_abnormal").glob("*.png"))
     for row, image in zip(projections, stand_ins):
         shutil.copy(image, root / "images" / row["filename"])
-    return sources.iu_xray(root / "reports.csv", root / "projections.csv", root / "images")
+    return archives.iu_xray(root / "reports.csv", root / "projections.csv", root / "images")
 
 
 def test_report_to_image_and_label_tasks_on_an_iu_layout_archive(served, tmp_path):

@@ -5,12 +5,12 @@ from dataclasses import replace
 
 import grpc
 import pytest
-from support import DATA_DIR, BackgroundGateway
 
 from benchmarks.retrieval_quality import search_all, validation_records
+from cxr.catalog import ExportedModel
 from cxr.retrieval.v1 import retrieval_pb2_grpc
-from gateway.catalog import ExportedModel
 from indexing.build import BuildOptions, build_index
+from support import DATA_DIR, BackgroundGateway
 
 MODEL = "cxr-mini"
 

@@ -6,14 +6,13 @@ from dataclasses import replace
 import grpc
 import pytest
 
-from cxr import tritonserver
+from cxr import archives, tritonserver
+from cxr.catalog import ExportedModel
 from cxr.processes import stop_process
 from cxr.registry import get_model
 from cxr.retrieval.v1 import retrieval_pb2 as pb
 from cxr.retrieval.v1 import retrieval_pb2_grpc
 from export.repository import export_model
-from gateway.catalog import ExportedModel
-from indexing import sources
 from indexing.build import BuildOptions, build_index
 from support import DATA_DIR, BackgroundGateway, make_settings
 
@@ -32,7 +31,7 @@ def test_unavailable_while_triton_is_down_then_recovers_without_a_gateway_restar
     settings = replace(make_settings(tmp_path, cache_dir), model=MODEL)
     export_model(get_model(MODEL), settings, log=lambda *_: None)
     triton = _start_triton(settings)
-    records = sources.nih_labels(DATA_DIR / "nih800" / "labels.csv", DATA_DIR / "nih800")[:40]
+    records = archives.nih_labels(DATA_DIR / "nih800" / "labels.csv", DATA_DIR / "nih800")[:40]
     build_index(records, ExportedModel.load(settings.model_repository, MODEL), settings, settings.index_path(MODEL),
                 BuildOptions(progress=False, workers=1))
     gateway = BackgroundGateway(settings)

@@ -12,9 +12,9 @@ import time
 import numpy as np
 import pytest
 
+from cxr import archives, index_store
+from cxr.catalog import ExportedModel
 from cxr.settings import to_environment
-from gateway.catalog import ExportedModel
-from indexing import sources, store
 from indexing.build import BuildOptions, NothingToIndexError, build_index
 from support import DATA_DIR
 
@@ -30,7 +30,7 @@ def model(served):
 
 
 def test_iu_csvs_without_their_images_are_reported_not_a_traceback(served, model, tmp_path):
-    records = sources.iu_xray(IU / "indiana_reports.csv", IU / "indiana_projections.csv", tmp_path / "images")
+    records = archives.iu_xray(IU / "indiana_reports.csv", IU / "indiana_projections.csv", tmp_path / "images")
     output = tmp_path / "iu-index"
     with pytest.raises(NothingToIndexError, match=r"none of the 7466 images could be read \(7466 file not found\)"):
         build_index(records, model, served, output, BuildOptions(progress=False))
@@ -47,10 +47,10 @@ def test_unreadable_inputs_are_skipped_with_a_reason_and_the_rest_indexed(served
     (tmp_path / "cut.png").write_bytes(good[0].read_bytes()[:300])
     rows = [{"image": str(p)} for p in good] + [{"image": n} for n in ("empty.png", "notes.png", "cut.png", "gone.png")]
     (tmp_path / "manifest.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
-    manifest = build_index(sources.manifest(tmp_path / "manifest.jsonl"), model, served, tmp_path / "idx",
+    manifest = build_index(archives.manifest(tmp_path / "manifest.jsonl"), model, served, tmp_path / "idx",
                            BuildOptions(progress=False, batch_size=2))
     assert (manifest["count"], manifest["skipped"]) == (3, 4)
-    with (tmp_path / "idx" / store.SKIPPED_FILE).open() as f:
+    with (tmp_path / "idx" / index_store.SKIPPED_FILE).open() as f:
         reasons = {os.path.basename(r["path"]): r["reason"] for r in csv.DictReader(f)}
     assert reasons["empty.png"] == "empty file (0 bytes)" and reasons["gone.png"] == "file not found"
     assert reasons["notes.png"].startswith("not a readable image") and "truncated" in reasons["cut.png"]
@@ -81,7 +81,7 @@ def test_a_killed_build_resumes_to_the_same_index(served, tmp_path):
     assert resumed.returncode == 0, resumed_out
     whole = _cli_build(served, tmp_path / "whole", manifest_file)
     assert whole.wait(timeout=300) == 0
-    a, b = store.load(tmp_path / "resumed"), store.load(tmp_path / "whole")
+    a, b = index_store.load(tmp_path / "resumed"), index_store.load(tmp_path / "whole")
     assert a.metadata == b.metadata and len(a.metadata) == 120
     np.testing.assert_allclose(a.index.reconstruct_n(0, 120), b.index.reconstruct_n(0, 120), atol=1e-5)
     assert not partial.exists()

@@ -1,14 +1,14 @@
 import numpy as np
 import pytest
-from support import DATA_DIR
 
-from indexing import sources
-from indexing.sources import Record
+from cxr import archives
+from cxr.archives import Record
+from support import DATA_DIR
 from training import data
 
 
 def _nih_examples():
-    return data.examples_from(sources.nih_labels(DATA_DIR / "nih800" / "labels.csv", DATA_DIR / "nih800"))
+    return data.examples_from(archives.nih_labels(DATA_DIR / "nih800" / "labels.csv", DATA_DIR / "nih800"))
 
 
 def test_captions_name_every_label_and_normal_images_get_normal_text():
@@ -50,7 +50,7 @@ def test_records_without_text_or_labels_cannot_be_trained_on():
 
 
 def test_load_images_matches_the_gateway_preprocessing_and_drops_unreadable(tmp_path):
-    from gateway.preprocess import preprocess
+    from cxr.images import preprocess
 
     examples = _nih_examples()[:3]
     broken = tmp_path / "broken.png"

@@ -6,12 +6,12 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from support import DATA_DIR
 
+from cxr import archives
 from cxr.errors import CxrError
 from cxr.registry import get_model
 from export.checkpoints import load_encoder
-from indexing import sources
+from support import DATA_DIR
 from training import data
 from training.config import TrainConfig
 from training.trainer import STATE_FILE, Trainer
@@ -21,7 +21,7 @@ CONFIG = TrainConfig(epochs=2, batch_size=32, warmup_epochs=1, seed=3)
 
 @pytest.fixture(scope="module")
 def examples():
-    records = sources.nih_labels(DATA_DIR / "nih800" / "labels.csv", DATA_DIR / "nih800")
+    records = archives.nih_labels(DATA_DIR / "nih800" / "labels.csv", DATA_DIR / "nih800")
     return data.examples_from(records)[::8]  # 100 images, normal and abnormal
 
 

@@ -7,7 +7,7 @@ import pydicom
 import pytest
 from PIL import Image
 
-from gateway.preprocess import InvalidImageError, decode, is_dicom, preprocess
+from cxr.images import InvalidImageError, decode, is_dicom, preprocess
 from support import DATA_DIR
 
 SAMPLES = DATA_DIR / "cxr_samples"

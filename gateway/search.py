@@ -14,7 +14,7 @@ import faiss
 import numpy as np
 
 from cxr.errors import CxrError
-from indexing.store import LoadedIndex, gpu_available
+from cxr.index_store import LoadedIndex, gpu_available
 
 GPU_MAX_K = 2048
 

@@ -1,9 +1,12 @@
-"""What the gateway knows of each exported model: manifest, tower signatures, tokenizer."""
+"""What a client of the served towers knows of each exported model: manifest, tower signatures, tokenizer."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
 
 from cxr.errors import UnknownModelError
 from cxr.manifest import exported_models, read_manifest, tokenizer_dir
@@ -30,8 +33,6 @@ class ExportedModel:
 
     @classmethod
     def load(cls, model_repository: Path, name: str) -> "ExportedModel":
-        from export.triton_config import parse_pbtxt
-
         manifest = read_manifest(model_repository, name)
         if manifest is None:
             raise UnknownModelError(f"model {name!r} is not exported in {model_repository}; exported: "
@@ -40,7 +41,8 @@ class ExportedModel:
         text = tower_from_dict(manifest["towers"][manifest["text_model"]])
         tokenizer = TextTokenizer(tokenizer_dir(model_repository, name), manifest["context_length"],
                                   tuple(t.name for t in text.inputs), manifest["tokenizer"]["clean"])
-        config = parse_pbtxt((model_repository / image.triton_name / "config.pbtxt").read_text())
+        config = text_format.Parse((model_repository / image.triton_name / "config.pbtxt").read_text(),
+                                   model_config_pb2.ModelConfig())
         return cls(name, manifest, image, text, tokenizer, config.max_batch_size)
 
 
