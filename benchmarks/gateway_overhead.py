@@ -26,7 +26,7 @@ from cxr.catalog import ExportedModel
 from cxr.retrieval.v1 import retrieval_pb2 as pb
 from cxr.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
 from cxr.settings import Settings, load_settings
-from cxr.triton_client import TowerClient
+from cxr.triton_client import TowerClient, connection
 
 QUERY = "small left pleural effusion"
 TIME_LIMIT_S = 120.0
@@ -34,7 +34,7 @@ WARMUP = 10  # requests that open connections and fill caches before timing
 
 
 def _latencies(model: ExportedModel, settings: Settings, requests: int) -> dict:
-    triton = TowerClient(settings.triton_grpc_url, model.image, model.text, model.max_batch_size)
+    triton = TowerClient(connection(settings), model.image, model.text, model.max_batch_size)
     direct = time_requests(lambda: triton.embed_texts(model.tokenizer([QUERY])), requests, TIME_LIMIT_S, WARMUP)
     triton.close()
     with grpc.insecure_channel(settings.gateway_address) as channel:

@@ -35,7 +35,7 @@ from cxr.processes import stop_process
 from cxr.settings import Settings, load_settings
 from cxr.tokenization import TextTokenizer
 from cxr.towers import towers
-from cxr.triton_client import TowerClient
+from cxr.triton_client import TowerClient, connection
 
 MODELS = ["pubmed_clip", "biomedclip", "siglip", "medsiglip"]
 CONCURRENCY = 16
@@ -106,7 +106,7 @@ def _measure_towers(settings: Settings, spec, budget: float) -> dict:
     tokens = tokenizer([QUERY])
 
     def make_client():
-        return TowerClient(settings.triton_grpc_url, image, text, spec.batching.max_batch_size)
+        return TowerClient(connection(settings), image, text, spec.batching.max_batch_size)
 
     sends = {"image": lambda c: c.embed_images(pixels), "text": lambda c: c.embed_texts(tokens)}
     probe = make_client()

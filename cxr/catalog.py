@@ -31,6 +31,11 @@ class ExportedModel:
     def image_size(self) -> int:
         return self.manifest["image_size"]
 
+    @property
+    def export_sha256(self) -> str:
+        """The served image tower's checksum: an index records it and is refused by another export."""
+        return self.manifest["onnx"][self.image.triton_name]["sha256"]
+
     @classmethod
     def load(cls, model_repository: Path, name: str) -> "ExportedModel":
         manifest = read_manifest(model_repository, name)

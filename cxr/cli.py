@@ -6,9 +6,10 @@ import argparse
 import signal
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
-from cxr import registry
+from cxr import registry, security_cli
 from cxr.errors import CxrError
 from cxr.manifest import read_manifest
 from cxr.settings import Settings, load_settings
@@ -22,9 +23,12 @@ def _triton_ready(settings: Settings) -> dict[str, bool] | None:
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
 
+    from cxr.triton_client import admin_headers, connection
+
     try:
-        client = grpcclient.InferenceServerClient(settings.triton_grpc_url)
-        index = client.get_model_repository_index(as_json=True, client_timeout=2.0)
+        client = grpcclient.InferenceServerClient(**connection(settings))
+        index = client.get_model_repository_index(as_json=True, client_timeout=2.0,
+                                                  headers=admin_headers(settings.triton_admin_key_file))
     except InferenceServerException:
         return None
     return {m["name"]: m.get("state") == "READY" for m in index.get("models", [])}
@@ -222,20 +226,18 @@ def cmd_compare(args, settings: Settings) -> int:
 def cmd_search(args, settings: Settings) -> int:
     import grpc
 
-    from cxr.retrieval.v1 import retrieval_pb2 as pb
-    from cxr.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
+    from cxr.client import RetrievalClient
 
-    filters = pb.Filters(projections=args.projection or [], labels=args.label or [])
-    with grpc.insecure_channel(settings.gateway_address, options=[("grpc.max_send_message_length", 64 << 20)]) as ch:
-        stub = pb_grpc.RetrievalStub(ch)
+    settings = replace(settings, **{name: value for name in ("ca", "client_cert", "client_key", "token")
+                                    if (value := getattr(args, name)) is not None})
+    filters = dict(top_k=args.top_k, model=args.model or "", projections=args.projection or [],
+                   labels=args.label or [])
+    with RetrievalClient.from_settings(settings) as client:
         try:
             if args.kind == "text":
-                response = stub.SearchByText(pb.SearchByTextRequest(
-                    text=args.query, top_k=args.top_k, model=args.model or "", filters=filters), timeout=60)
+                response = client.search_text(args.query, **filters)
             else:
-                response = stub.SearchByImage(pb.SearchByImageRequest(
-                    image=Path(args.query).read_bytes(), top_k=args.top_k, model=args.model or "",
-                    filters=filters), timeout=60)
+                response = client.search_image(Path(args.query).read_bytes(), **filters)
         except grpc.RpcError as error:
             print(f"error: {error.code().name}: {error.details()}", file=sys.stderr)
             return 2
@@ -353,7 +355,12 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--model", help="default: the gateway's active model")
     search.add_argument("--projection", action="append", help="keep this projection (repeatable)")
     search.add_argument("--label", action="append", help="keep images with this finding label (repeatable)")
+    search.add_argument("--ca", type=Path, help="TLS: the CA of the gateway's certificate (CXR_CA)")
+    search.add_argument("--cert", dest="client_cert", type=Path, help="mutual TLS: client certificate (CXR_CLIENT_CERT)")
+    search.add_argument("--key", dest="client_key", type=Path, help="mutual TLS: its private key (CXR_CLIENT_KEY)")
+    search.add_argument("--token", help="a JWT or an API key (CXR_TOKEN; the variable keeps it out of shell history)")
     search.set_defaults(func=cmd_search)
+    security_cli.add_commands(sub)
     return parser
 
 

@@ -2,7 +2,8 @@
 
 <dir>/index.faiss      inner product on L2-normalised vectors (cosine); flat, ivf or hnsw
 <dir>/metadata.jsonl   one line per vector, in id order (Record.metadata())
-<dir>/manifest.json    model, export checksum, dim, count, index type, created
+<dir>/manifest.json    model, export checksum, dim, count, index type, created, and the size and
+                       SHA-256 of index.faiss and metadata.jsonl, verified before they are read
 <dir>/skipped.csv      inputs that could not be read, with the reason
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import hashlib
 import json
 import math
 import shutil
@@ -42,6 +44,22 @@ class IndexMismatchError(CxrError):
 
 class IndexMissingError(CxrError):
     """No index where one was expected."""
+
+
+class IndexCorruptError(CxrError):
+    """An index file is damaged, truncated or does not match its manifest's checksum."""
+
+
+CHECKSUMMED = (INDEX_FILE, METADATA_FILE)
+CHUNK_BYTES = 1 << 20
+
+
+def file_checksum(path: Path) -> dict:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(CHUNK_BYTES), b""):
+            digest.update(chunk)
+    return {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
 
 
 def gpu_available() -> bool:
@@ -96,6 +114,7 @@ def write(directory: Path, vectors: np.ndarray, metadata: list[dict], manifest: 
             for item in metadata:
                 f.write(json.dumps(item) + "\n")
         write_skipped(staging / SKIPPED_FILE, skipped)
+        manifest["files"] = {name: file_checksum(staging / name) for name in CHECKSUMMED}
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
         replace_directory(staging, directory)
     finally:
@@ -112,7 +131,12 @@ def write_skipped(path: Path, skipped: list[tuple[str, str]]) -> None:
 
 def read_manifest(directory: Path) -> dict | None:
     path = directory / MANIFEST_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise IndexCorruptError(f"{path} is not readable JSON ({exc}); rebuild the index") from exc
 
 
 @dataclass
@@ -121,25 +145,58 @@ class LoadedIndex:
     metadata: list[dict]
     manifest: dict
     directory: Path
-
-    @property
-    def size_bytes(self) -> int:
-        return sum(p.stat().st_size for p in self.directory.iterdir() if p.is_file())
+    size_bytes: int
 
 
-def load(directory: Path, model: str | None = None, dim: int | None = None) -> LoadedIndex:
-    """Load an index, refusing one built by another model or with another dimension."""
+def _check_files(directory: Path, manifest: dict) -> None:
+    files = manifest.get("files")
+    if not files:
+        raise IndexCorruptError(f"index {directory} has no checksums in its manifest (built by an older version): "
+                                "rebuild it with `cxr index build`")
+    for name in CHECKSUMMED:
+        expected = files.get(name, {})
+        try:
+            actual = file_checksum(directory / name)
+        except OSError as exc:
+            raise IndexCorruptError(f"{directory / name} cannot be read ({exc.strerror or exc}); rebuild the index") \
+                from exc
+        if actual != expected:
+            raise IndexCorruptError(f"{directory / name} is {actual['bytes']} bytes with sha256 "
+                                    f"{actual['sha256'][:12]}…; the manifest says {expected.get('bytes')} bytes, "
+                                    f"{str(expected.get('sha256'))[:12]}…: damaged or swapped, rebuild the index")
+
+
+def _check_model(directory: Path, manifest: dict, model: str | None, dim: int | None,
+                 export_sha256: str | None) -> None:
+    if (model and manifest.get("model") != model) or (dim and manifest.get("dim") != dim):
+        raise IndexMismatchError(
+            f"index {directory} was built with {manifest.get('model')} ({manifest.get('dim')}-d); the gateway serves "
+            f"{model} ({dim}-d): rebuild it with `cxr index build --model {model} --output-dir {directory} ...`")
+    built_with = manifest.get("export_sha256")
+    if export_sha256 and built_with != export_sha256:
+        raise IndexMismatchError(
+            f"index {directory} was built with another export of {model} (image tower sha256 {str(built_with)[:12]}…); "
+            f"the export served now is sha256 {export_sha256[:12]}…: rebuild it with "
+            f"`cxr index build --model {model} --output-dir {directory} ...`")
+
+
+def load(directory: Path, model: str | None = None, dim: int | None = None,
+         export_sha256: str | None = None) -> LoadedIndex:
+    """Load an index, refusing one built by another model, dimension or export, or whose files do not
+    match the checksums in its manifest."""
     manifest = read_manifest(directory)
     if manifest is None:
         raise IndexMissingError(f"no index in {directory}: build one with "
                                 f"`cxr index build --model {model or '<model>'} --output-dir {directory} ...`")
-    if (model and manifest["model"] != model) or (dim and manifest["dim"] != dim):
-        raise IndexMismatchError(
-            f"index {directory} was built with {manifest['model']} ({manifest['dim']}-d); the gateway serves "
-            f"{model} ({dim}-d): rebuild it with `cxr index build --model {model} --output-dir {directory} ...`")
-    index = faiss.read_index(str(directory / INDEX_FILE))
-    with (directory / METADATA_FILE).open(encoding="utf-8") as f:
-        metadata = [json.loads(line) for line in f]
+    _check_model(directory, manifest, model, dim, export_sha256)
+    _check_files(directory, manifest)
+    try:
+        index = faiss.read_index(str(directory / INDEX_FILE))
+        with (directory / METADATA_FILE).open(encoding="utf-8") as f:
+            metadata = [json.loads(line) for line in f]
+    except (RuntimeError, OSError, ValueError) as exc:
+        raise IndexCorruptError(f"index {directory} cannot be read ({exc}); rebuild it") from exc
     if index.ntotal != len(metadata):
-        raise IndexMismatchError(f"{directory}: {index.ntotal} vectors but {len(metadata)} metadata lines; rebuild it")
-    return LoadedIndex(index, metadata, manifest, directory)
+        raise IndexCorruptError(f"{directory}: {index.ntotal} vectors but {len(metadata)} metadata lines; rebuild it")
+    size = sum(p.stat().st_size for p in directory.iterdir() if p.is_file())
+    return LoadedIndex(index, metadata, manifest, directory, size)

@@ -1,19 +1,28 @@
 """Runtime settings in one frozen dataclass: defaults, then cxr.toml, then CXR_* variables.
 
 The active model is chosen here and nowhere else: `model = "..."` in cxr.toml or CXR_MODEL.
+Security settings (TLS, auth, audit, limits) are described in the README's security section.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import tomllib
+
+from cxr.errors import CxrError
+
 CONFIG_FILE = "cxr.toml"
-PATH_FIELDS = ("model_repository", "cache_dir", "run_dir", "data_dir", "index_dir")
 DEFAULT_MODEL = "cxr-mini"  # trained here, shipped in weights/: works with no download
+AUTH_MODES = ("none", "token")
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+class SettingsError(CxrError, ValueError):
+    """A setting is unknown, malformed or inconsistent with another."""
 
 
 @dataclass(frozen=True)
@@ -32,6 +41,53 @@ class Settings:
     gateway_port: int = 50051
     use_gpu: bool = False  # search FAISS on the GPU when faiss-gpu and a GPU are present
 
+    # Transport security of the gateway: TLS when tls_cert and tls_key are set, mutual TLS
+    # (client certificate required) when tls_client_ca is set too.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    allow_insecure: bool = False  # listen on a non-loopback address without TLS and auth anyway
+    # Identity: "token" accepts JWTs (keys from jwt_jwks, a file or URL) and API keys (api_keys_file).
+    auth: str = "none"
+    jwt_jwks: str = ""
+    jwt_issuer: str = "cxr-dev"
+    jwt_audience: str = "cxr-retrieval"
+    api_keys_file: Path | None = None
+    audit_log: Path | None = None  # one chained JSON line per RPC; calls fail when it cannot be written
+    audit_max_bytes: int = 64 * 2**20  # rotate the audit log at this size
+    metrics_port: int = 8003  # Prometheus /metrics of the gateway, on loopback; 0: off
+    metrics_host: str = "127.0.0.1"
+    # Admission control and limits.
+    max_concurrent_rpcs: int = 64
+    rate_limit_per_s: float = 50.0  # per principal (or client address without auth); 0: off
+    rate_limit_burst: int = 100
+    default_deadline_s: float = 30.0  # for calls that bring no deadline
+    max_decode_queue: int = 16  # images waiting for or in decoding; more: RESOURCE_EXHAUSTED
+    max_image_pixels: int = 50_000_000  # checked from the header before decoding (all frames of a DICOM)
+    drain_grace_s: float = 10.0  # on SIGTERM, how long calls in flight may take to finish
+    # Gateway -> Triton: TLS when triton_tls_ca is set (mutual with cert and key); the secret that
+    # unlocks Triton's model-repository, model-config and other admin APIs (written by `cxr serve`).
+    triton_tls_ca: Path | None = None
+    triton_tls_cert: Path | None = None
+    triton_tls_key: Path | None = None
+    triton_admin_key_file: Path = Path(".run/triton-admin.key")
+    # Clients (`cxr search`, the demo, benchmarks, the supervisor's health checks).
+    ca: Path | None = None  # the CA that signed the gateway's certificate
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    token: str = field(default="", repr=False)  # a JWT or an API key; never printed
+
+    def __post_init__(self):
+        if self.auth not in AUTH_MODES:
+            raise SettingsError(f"auth = {self.auth!r}: use one of {list(AUTH_MODES)}")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise SettingsError("set tls_cert and tls_key together (the gateway's certificate and its private key)")
+        if self.tls_client_ca and not self.tls_cert:
+            raise SettingsError("tls_client_ca (mutual TLS) needs tls_cert and tls_key as well")
+        if bool(self.triton_tls_cert) != bool(self.triton_tls_key):
+            raise SettingsError("set triton_tls_cert and triton_tls_key together (the gateway's client "
+                                "certificate for Triton)")
+
     @property
     def triton_grpc_url(self) -> str:
         return f"{self.triton_host}:{self.triton_grpc_port}"
@@ -39,6 +95,10 @@ class Settings:
     @property
     def gateway_address(self) -> str:
         return f"{self.gateway_host}:{self.gateway_port}"
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
 
     def index_path(self, model: str) -> Path:
         return self.index_dir / model
@@ -48,14 +108,38 @@ class Settings:
         return f"{self.triton_host}:{self.triton_http_port}"
 
 
-def _coerce(field: dataclasses.Field, value):
-    if field.type in ("bool", bool):
-        return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes", "on")
-    if field.type in ("int", int):
-        return int(value)
-    if field.type in ("Path", Path):
-        return Path(value)
+FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+PATH_FIELDS = tuple(name for name, f in FIELDS.items() if "Path" in str(f.type))
+
+
+def _coerce(name: str, value):
+    kind = str(FIELDS[name].type)
+    if value is None or (kind.endswith("| None") and str(value) == ""):
+        return None
+    try:
+        if kind == "bool":
+            return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes", "on")
+        if kind == "int":
+            return int(value)
+        if kind == "float":
+            return float(value)
+        if "Path" in kind:
+            return Path(value)
+    except ValueError as exc:
+        raise SettingsError(f"{name} = {value!r} is not a valid {kind}") from exc
     return str(value)
+
+
+def _rooted(values: dict, root: Path) -> dict:
+    """Relative paths (and a JWKS given as a file) are taken from the checkout's root."""
+    for name in PATH_FIELDS:
+        value = values.get(name, getattr(Settings, name, None))
+        if isinstance(value, Path) and not value.is_absolute():
+            values[name] = root / value
+    jwks = values.get("jwt_jwks", "")
+    if jwks and "://" not in jwks and not Path(jwks).is_absolute():
+        values["jwt_jwks"] = str(root / jwks)
+    return values
 
 
 def load_settings(root: Path | None = None, environ: dict | None = None) -> Settings:
@@ -66,25 +150,23 @@ def load_settings(root: Path | None = None, environ: dict | None = None) -> Sett
     config_path = root / CONFIG_FILE
     if config_path.is_file():
         values.update(tomllib.loads(config_path.read_text()).get("cxr", {}))
-    fields = {f.name: f for f in dataclasses.fields(Settings)}
-    unknown = set(values) - set(fields)
+    unknown = set(values) - set(FIELDS)
     if unknown:
-        raise ValueError(f"{config_path}: unknown keys {sorted(unknown)}; known: {sorted(fields)}")
-    for name in fields:
+        raise SettingsError(f"{config_path}: unknown keys {sorted(unknown)}; known: {sorted(FIELDS)}")
+    for name in FIELDS:
         env_name = "CXR_" + name.upper()
         if env_name in environ:
             values[name] = environ[env_name]
-    values = {name: _coerce(fields[name], value) for name, value in values.items()}
-    for name in PATH_FIELDS:
-        if name in values and not values[name].is_absolute():
-            values[name] = root / values[name]
-    defaults = Settings()
-    for name in PATH_FIELDS:
-        values.setdefault(name, root / getattr(defaults, name))
-    return Settings(**values)
+    values = {name: _coerce(name, value) for name, value in values.items()}
+    return Settings(**_rooted(values, root))
 
 
 def to_environment(settings: Settings) -> dict[str, str]:
-    """CXR_* variables that reproduce `settings` in a child process."""
+    """CXR_* variables that reproduce `settings` in a child process (the client token stays out)."""
     values = dataclasses.asdict(settings)
-    return {"CXR_" + name.upper(): str(value) for name, value in values.items()}
+    values.pop("token")
+    return {"CXR_" + name.upper(): "" if value is None else str(value) for name, value in values.items()}
+
+
+def is_loopback(host: str) -> bool:
+    return host in LOOPBACK_HOSTS or host.startswith("127.")

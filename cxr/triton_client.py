@@ -6,12 +6,39 @@ takes the exported tokenizer's output. Both return L2-normalised float32 [n, dim
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import tritonclient.grpc as grpcclient
 
 from cxr.towers import TowerSpec
 
 TRITON_DTYPES = {"uint8": "UINT8", "int64": "INT64", "float32": "FP32"}
+# The header that unlocks Triton's restricted APIs (--grpc-restricted-protocol / --http-restricted-api):
+# model-repository (load/unload), model-config, shared-memory, statistics, trace and logging. Health,
+# metadata and inference stay open to loopback clients such as the index builder.
+ADMIN_KEY = "cxr-triton-admin"
+GRPC_ADMIN_HEADER = "triton-grpc-protocol-" + ADMIN_KEY  # Triton's prefix for restricted gRPC headers
+RESTRICTED_APIS = ("model-repository", "model-config", "shared-memory", "statistics", "trace", "logging")
+
+
+def connection(settings) -> dict:
+    """Keyword arguments for tritonclient's InferenceServerClient (sync or asyncio): the URL, and
+    TLS when triton_tls_ca is set (with a client certificate when triton_tls_cert is)."""
+    kwargs = {"url": settings.triton_grpc_url}
+    if settings.triton_tls_ca:
+        kwargs.update(ssl=True, root_certificates=str(settings.triton_tls_ca))
+        if settings.triton_tls_cert:
+            kwargs.update(certificate_chain=str(settings.triton_tls_cert), private_key=str(settings.triton_tls_key))
+    return kwargs
+
+
+def admin_headers(key_file: Path) -> dict[str, str]:
+    """The gRPC header for Triton's restricted APIs, when this machine holds the key `cxr serve` wrote."""
+    try:
+        return {GRPC_ADMIN_HEADER: key_file.read_text().strip()}
+    except OSError:
+        return {}
 
 
 def infer_inputs(tower: TowerSpec, arrays: dict[str, np.ndarray]) -> list[grpcclient.InferInput]:
@@ -29,8 +56,8 @@ def infer_inputs(tower: TowerSpec, arrays: dict[str, np.ndarray]) -> list[grpccl
 
 
 class TowerClient:
-    def __init__(self, url: str, image: TowerSpec, text: TowerSpec, max_batch_size: int):
-        self._client = grpcclient.InferenceServerClient(url)
+    def __init__(self, connection: dict, image: TowerSpec, text: TowerSpec, max_batch_size: int):
+        self._client = grpcclient.InferenceServerClient(**connection)
         self.image = image
         self.text = text
         self.max_batch_size = max_batch_size

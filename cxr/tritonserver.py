@@ -7,15 +7,18 @@ copied beside the backend into a folder of our own, which Triton is pointed at.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from cxr.errors import TritonError
 from cxr.processes import log_tail, port_free
 from cxr.settings import Settings
+from cxr.triton_client import ADMIN_KEY, RESTRICTED_APIS, connection
 
 NAME = "triton"
 LOG_FILE = "triton.log"
@@ -90,8 +93,38 @@ def _environment() -> dict:
     return env
 
 
-def start(settings: Settings, log_file: Path | None = None) -> tuple[subprocess.Popen, Path]:
-    """Launch tritonserver on the settings' repository and ports; returns at once."""
+@dataclass(frozen=True)
+class TritonTls:
+    """Triton's own certificate (and the CA of the clients it accepts, for mutual TLS)."""
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+
+def admin_key(path: Path) -> str:
+    """The secret for Triton's restricted APIs, made (owner-only) on first use."""
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+            f.write(secrets.token_urlsafe(32))
+    return path.read_text().strip()
+
+
+def security_flags(settings: Settings, tls: TritonTls | None = None) -> list[str]:
+    """Triton's admin APIs locked behind the shared secret, and TLS on its gRPC port when asked."""
+    restricted = f"{','.join(RESTRICTED_APIS)}:{ADMIN_KEY}={admin_key(settings.triton_admin_key_file)}"
+    flags = [f"--grpc-restricted-protocol={restricted}", f"--http-restricted-api={restricted}"]
+    if tls is not None:
+        flags += ["--grpc-use-ssl=true", f"--grpc-server-cert={tls.cert}", f"--grpc-server-key={tls.key}"]
+        if tls.client_ca:
+            flags += ["--grpc-use-ssl-mutual=true", f"--grpc-root-cert={tls.client_ca}"]
+    return flags
+
+
+def start(settings: Settings, log_file: Path | None = None, tls: TritonTls | None = None
+          ) -> tuple[subprocess.Popen, Path]:
+    """Launch tritonserver on the settings' repository and ports; returns at once. Local Triton
+    listens on loopback, where TLS adds little; `tls` is for checking a TLS deployment here."""
     exe = binary()
     models = check_repository(settings.model_repository)
     check_ports(settings)
@@ -104,7 +137,7 @@ def start(settings: Settings, log_file: Path | None = None) -> tuple[subprocess.
         f"--http-address={host}", f"--http-port={settings.triton_http_port}",
         f"--grpc-address={host}", f"--grpc-port={settings.triton_grpc_port}",
         f"--metrics-address={host}", f"--metrics-port={settings.triton_metrics_port}",
-        "--exit-timeout-secs=10", "--log-verbose=0",
+        "--exit-timeout-secs=10", "--log-verbose=0", *security_flags(settings, tls),
     ]
     with log_file.open("ab") as log:
         log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} serving {', '.join(models)}\n".encode())
@@ -120,7 +153,7 @@ def wait_ready(settings: Settings, models: list[str], process: subprocess.Popen 
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
 
-    client = grpcclient.InferenceServerClient(settings.triton_grpc_url)
+    client = grpcclient.InferenceServerClient(**connection(settings))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:

@@ -15,6 +15,7 @@ from cxr.catalog import ExportedModel
 from cxr.errors import CxrError
 from cxr.towers import TowerSpec
 from cxr.triton_client import infer_inputs
+from gateway import calls
 
 # Triton's default gRPC message limit is 4 MB; a batch of 448 px uint8 images needs more.
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
@@ -29,23 +30,27 @@ class TritonFailedError(CxrError):
 
 
 class TritonEmbedder:
-    def __init__(self, url: str):
-        self.url = url
+    def __init__(self, connection: dict):
+        """`connection`: cxr.triton_client.connection(settings), the URL and TLS files."""
+        self.url = connection["url"]
         options = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
-        self._client = aioclient.InferenceServerClient(url, channel_args=options)
+        self._client = aioclient.InferenceServerClient(**connection, channel_args=options)
 
     async def embed_texts(self, model: ExportedModel, texts: list[str], timeout: float | None = None) -> np.ndarray:
-        return await self._infer(model.text, model.tokenizer(texts), timeout)
+        with calls.stage("tokenize"):
+            tokens = model.tokenizer(texts)
+        return await self._infer(model.text, tokens, timeout)
 
     async def embed_images(self, model: ExportedModel, pixels: np.ndarray, timeout: float | None = None) -> np.ndarray:
         return await self._infer(model.image, {model.image.inputs[0].name: pixels}, timeout)
 
     async def _infer(self, tower: TowerSpec, arrays: dict[str, np.ndarray], timeout: float | None) -> np.ndarray:
         try:
-            result = await self._client.infer(tower.triton_name, infer_inputs(tower, arrays),
-                                              outputs=[InferRequestedOutput(tower.output.name)],
-                                              client_timeout=timeout)
+            with calls.stage("triton"):
+                result = await self._client.infer(tower.triton_name, infer_inputs(tower, arrays),
+                                                  outputs=[InferRequestedOutput(tower.output.name)],
+                                                  client_timeout=timeout)
         except InferenceServerException as exc:
             raise _translate(exc, tower.triton_name, self.url) from exc
         return result.as_numpy(tower.output.name)

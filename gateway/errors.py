@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import functools
+import logging
+import traceback
 
 import grpc
 
 from cxr.errors import CxrError, UnknownModelError
 from cxr.images import InvalidImageError
-from cxr.index_store import IndexMismatchError, IndexMissingError
+from cxr.index_store import IndexCorruptError, IndexMismatchError, IndexMissingError
+from gateway import calls
+from gateway.admission import OverloadedError
 from gateway.embedder import TritonFailedError, TritonUnavailableError
 from gateway.search import UnknownFilterError
+
+log = logging.getLogger("cxr.gateway")
 
 
 class InvalidRequestError(CxrError, ValueError):
@@ -31,6 +37,8 @@ STATUS = {
     TritonUnavailableError: grpc.StatusCode.UNAVAILABLE,
     IndexMismatchError: grpc.StatusCode.FAILED_PRECONDITION,
     IndexMissingError: grpc.StatusCode.FAILED_PRECONDITION,
+    IndexCorruptError: grpc.StatusCode.FAILED_PRECONDITION,
+    OverloadedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     TritonFailedError: grpc.StatusCode.INTERNAL,
 }
 
@@ -43,13 +51,24 @@ def status_of(error: CxrError) -> grpc.StatusCode:
 
 
 def grpc_errors(handler):
-    """Abort the call with the mapped status and the error's own message."""
+    """Abort the call with the mapped status and the error's own message. Anything unforeseen
+    becomes INTERNAL with the request id, and its traceback goes to the log, not to the client."""
 
     @functools.wraps(handler)
     async def wrapper(self, request, context):
         try:
             return await handler(self, request, context)
         except CxrError as error:
-            await context.abort(status_of(error), str(error))
+            await calls.abort(context, status_of(error), str(error))
+        except grpc.aio.AbortError:
+            raise
+        except Exception as error:  # noqa: BLE001 - the safety net: no call may end as UNKNOWN
+            call = calls.current()
+            request_id = call.request_id if call else "-"
+            # The type and the frames, not the message: a library's message may quote the query.
+            log.error("request %s (%s): unexpected %s\n%s", request_id, handler.__name__, type(error).__name__,
+                      "".join(traceback.format_tb(error.__traceback__)))
+            await calls.abort(context, grpc.StatusCode.INTERNAL,
+                              f"internal error (request id {request_id}); the gateway logged it")
 
     return wrapper

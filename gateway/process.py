@@ -8,15 +8,16 @@ import sys
 import time
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
+from cxr import client
 from cxr.errors import CxrError
 from cxr.processes import log_tail, port_free
 from cxr.settings import Settings, to_environment
 
 NAME = "gateway"
 LOG_FILE = "gateway.log"
+WILDCARDS = ("0.0.0.0", "::", "[::]", "")
 
 
 class GatewayError(CxrError):
@@ -35,13 +36,25 @@ def start(settings: Settings) -> tuple[subprocess.Popen, Path]:
     return process, log_file
 
 
-def health(address: str, timeout: float = 2.0) -> int | None:
-    """The gateway's health status (health_pb2 enum), or None when it does not answer."""
-    with grpc.insecure_channel(address) as channel:
-        try:
-            return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout).status
-        except grpc.RpcError:
-            return None
+def local_address(settings: Settings) -> str:
+    """Where this machine reaches the gateway: a wildcard bind is asked through localhost."""
+    host = "localhost" if settings.gateway_host in WILDCARDS else settings.gateway_host
+    return f"{host}:{settings.gateway_port}"
+
+
+def health(settings: Settings, timeout: float = 2.0) -> int | None:
+    """The gateway's health status (health_pb2 enum), or None when it does not answer. With TLS on,
+    the client settings (ca, and client_cert/client_key for mutual TLS) are used."""
+    ca = settings.ca if settings.tls else None
+    return client.health(local_address(settings), ca, settings.client_cert, settings.client_key, timeout)
+
+
+def _hint(settings: Settings) -> str:
+    if settings.tls and not settings.ca:
+        return " (the gateway uses TLS: set ca, CXR_CA, to the CA that signed tls_cert, so it can be checked)"
+    if settings.tls_client_ca and not settings.client_cert:
+        return " (the gateway wants client certificates: set client_cert and client_key, CXR_CLIENT_CERT/KEY)"
+    return ""
 
 
 def wait_answering(settings: Settings, process: subprocess.Popen, log_file: Path, timeout: float = 120.0) -> int:
@@ -51,17 +64,18 @@ def wait_answering(settings: Settings, process: subprocess.Popen, log_file: Path
         if process.poll() is not None:
             raise GatewayError(f"the gateway exited with status {process.returncode}; see {log_file}:\n"
                                f"{log_tail(log_file)}")
-        status = health(settings.gateway_address)
+        status = health(settings)
         if status is not None:
             return status
         time.sleep(0.25)
-    raise GatewayError(f"the gateway did not answer within {timeout:.0f} s; see {log_file}:\n{log_tail(log_file)}")
+    raise GatewayError(f"the gateway did not answer within {timeout:.0f} s{_hint(settings)}; see {log_file}:\n"
+                       f"{log_tail(log_file)}")
 
 
 def wait_serving(settings: Settings, timeout: float = 60.0) -> None:
     """Block until the gateway reports SERVING (its model ready in Triton, its index loaded)."""
     deadline = time.monotonic() + timeout
-    while health(settings.gateway_address) != health_pb2.HealthCheckResponse.SERVING:
+    while health(settings) != health_pb2.HealthCheckResponse.SERVING:
         if time.monotonic() > deadline:
             raise GatewayError(f"the gateway was not SERVING after {timeout:.0f} s; see {settings.run_dir}")
         time.sleep(0.25)

@@ -2,6 +2,10 @@
 
 `create_server(settings, address)` builds a server bound to `address` (tests pass port 0);
 `main()` is the process entry point (`python -m gateway.server`, started by `cxr serve`).
+
+Every call passes the same interceptors, in this order: the call record (request id), metrics,
+the audit trail (when `audit_log` is set), identity and scopes (when `auth = "token"`), then
+admission control (drain, concurrency cap, rate limit, default deadline).
 """
 
 from __future__ import annotations
@@ -22,78 +26,140 @@ from cxr.catalog import load_catalog
 from cxr.retrieval.v1 import retrieval_pb2 as pb
 from cxr.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
 from cxr.settings import Settings, load_settings
+from cxr.triton_client import connection
+from gateway import tls
+from gateway.admission import AdmissionInterceptor, DecodeQueue, Limits
+from gateway.audit import AuditInterceptor, AuditLog
+from gateway.auth import AuthInterceptor, authenticator_from
+from gateway.calls import CallInterceptor
 from gateway.embedder import TritonEmbedder
 from gateway.indexes import IndexSet
+from gateway.metrics import GatewayMetrics, MetricsInterceptor
 from gateway.service import RetrievalService
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Retrieval"].full_name
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # a full-size DICOM or a 2.3 MB JPEG, with room to spare
 HEALTH_PERIOD_S = 1.0
+DECODE_THREADS = 4
 log = logging.getLogger("cxr.gateway")
 
 
 class Gateway:
-    """A built server and the task that keeps its health status true."""
+    """A built server, the task that keeps its health status true, and what it must close."""
 
-    def __init__(self, server: grpc.aio.Server, service: RetrievalService, health: health_aio.HealthServicer):
+    def __init__(self, server: grpc.aio.Server, service: RetrievalService, health: health_aio.HealthServicer,
+                 admission: AdmissionInterceptor, metrics: GatewayMetrics, audit: AuditLog | None, executor):
         self.server = server
         self.service = service
         self.health = health
+        self.admission = admission
+        self.metrics = metrics
+        self.audit = audit
+        self.executor = executor
+        self.metrics_port: int | None = None
         self._watch: asyncio.Task | None = None
 
-    async def start(self) -> None:
+    async def start(self, metrics_host: str = "127.0.0.1", metrics_port: int = 0) -> None:
+        if metrics_port:
+            self.metrics_port = self.metrics.serve(metrics_host, metrics_port)
         await self.server.start()
         self._watch = asyncio.create_task(self._watch_health())
 
     async def _watch_health(self) -> None:
-        """SERVING only while Triton has the active model's towers ready and its index is loaded."""
-        service = self.service
-        loop = asyncio.get_running_loop()
+        """Every second: reload changed indexes, then SERVING only while Triton has the active model's
+        towers ready and its index is loaded. No error ends this loop: it is logged and tried again."""
         while True:
-            await loop.run_in_executor(None, service.indexes.refresh)
-            model = service.catalog.get(service.active_model)
-            ready = bool(model) and service.indexes.has(model.name) and await service.embedder.is_ready(model)
-            status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
-            for name in ("", SERVICE_NAME):
-                await self.health.set(name, status)
+            try:
+                await self._check_health()
+            except Exception:  # noqa: BLE001 - the watcher must outlive anything one look runs into
+                log.exception("health check failed; trying again in %.0f s", HEALTH_PERIOD_S)
             await asyncio.sleep(HEALTH_PERIOD_S)
 
+    async def _check_health(self) -> None:
+        service = self.service
+        await asyncio.get_running_loop().run_in_executor(None, service.indexes.refresh)
+        model = service.catalog.get(service.active_model)
+        triton_ready = bool(model) and await service.embedder.is_ready(model)
+        ready = triton_ready and service.indexes.has(model.name)
+        self.metrics.triton_up.set(int(triton_ready))
+        self.metrics.serving.set(int(ready))
+        status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, status)
+
     async def stop(self, grace: float = 5.0) -> None:
+        """Drain: NOT_SERVING at once, new calls refused, calls in flight given `grace` seconds to finish."""
         if self._watch:
             self._watch.cancel()
-        await self.server.stop(grace)
+        await self.health.enter_graceful_shutdown()
+        self.admission.drain()
+        if not await self.admission.wait_idle(grace):
+            log.warning("%d calls still in flight after %.0f s: cancelling them", self.admission.in_flight, grace)
+        await self.server.stop(0)
         await self.service.embedder.close()
-        self.service.executor.shutdown(wait=False)
+        self.executor.shutdown(wait=False)
+        self.metrics.stop()
+        if self.audit is not None:
+            self.audit.close()
+
+
+def _limits(settings: Settings) -> Limits:
+    return Limits(max_concurrent_rpcs=settings.max_concurrent_rpcs, rate_per_s=settings.rate_limit_per_s,
+                  burst=settings.rate_limit_burst, default_deadline_s=settings.default_deadline_s)
 
 
 def create_server(settings: Settings, address: str | None = None, embedder=None) -> tuple[Gateway, int]:
     """A gateway over the settings' model repository and indexes, bound to `address`."""
+    address = address or settings.gateway_address
+    tls.check_exposure(settings, address)
+    metrics = GatewayMetrics()
+    audit = AuditLog(settings.audit_log, settings.audit_max_bytes) if settings.audit_log else None
+    if audit is not None:
+        metrics.audit_lines.set_function(lambda: audit.seq)
+    admission = AdmissionInterceptor(_limits(settings))
+    interceptors = [CallInterceptor(), MetricsInterceptor(metrics)]
+    if audit is not None:
+        interceptors.append(AuditInterceptor(audit))
+    if settings.auth == "token":
+        interceptors.append(AuthInterceptor(authenticator_from(settings)))
+    interceptors.append(admission)
+
     catalog = load_catalog(settings.model_repository)
-    indexes = IndexSet(settings.index_dir, catalog, use_gpu=settings.use_gpu)
-    service = RetrievalService(catalog, indexes, embedder or TritonEmbedder(settings.triton_grpc_url),
-                               settings.model, ThreadPoolExecutor(max_workers=4, thread_name_prefix="decode"))
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    indexes = IndexSet(settings.index_dir, catalog, use_gpu=settings.use_gpu, metrics=metrics)
+    executor = ThreadPoolExecutor(max_workers=DECODE_THREADS, thread_name_prefix="decode")
+    service = RetrievalService(catalog, indexes, embedder or TritonEmbedder(connection(settings)), settings.model,
+                               DecodeQueue(executor, settings.max_decode_queue), settings.max_image_pixels)
+    server = grpc.aio.server(interceptors=interceptors,
+                             options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                                       ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
     pb_grpc.add_RetrievalServicer_to_server(service, server)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(address or settings.gateway_address)
-    return Gateway(server, service, health), port
+    port = tls.bind(server, settings, address)
+    return Gateway(server, service, health, admission, metrics, audit, executor), port
 
 
 async def serve(settings: Settings) -> None:
     gateway, port = create_server(settings)
-    await gateway.start()
-    log.info("gateway listening on %s:%d (model %s, Triton %s)", settings.gateway_host, port, settings.model,
-             settings.triton_grpc_url)
+    await gateway.start(settings.metrics_host, settings.metrics_port)
+    log.info("gateway listening on %s:%d (%s); model %s, Triton %s", settings.gateway_host, port,
+             _security(settings, gateway), settings.model, settings.triton_grpc_url)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
-    await gateway.stop()
+    log.info("stopping: draining calls in flight (at most %.0f s)", settings.drain_grace_s)
+    await gateway.stop(settings.drain_grace_s)
+    log.info("stopped")
+
+
+def _security(settings: Settings, gateway: Gateway) -> str:
+    transport = ("mutual TLS" if settings.tls_client_ca else "TLS") if settings.tls else "plaintext"
+    metrics = f"{settings.metrics_host}:{gateway.metrics_port}" if gateway.metrics_port else "off"
+    return f"{transport}, auth {settings.auth}, audit {settings.audit_log or 'off'}, metrics {metrics}"
 
 
 def main(argv: list[str] | None = None) -> int:

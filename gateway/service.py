@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import Executor
 
 import numpy as np
 
@@ -13,6 +12,8 @@ from cxr.errors import CxrError, UnknownModelError
 from cxr.images import preprocess
 from cxr.retrieval.v1 import retrieval_pb2 as pb
 from cxr.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
+from gateway import calls
+from gateway.admission import DecodeQueue
 from gateway.errors import InvalidRequestError, StudyNotFoundError, grpc_errors
 from gateway.indexes import IndexSet
 
@@ -20,30 +21,32 @@ MAX_TOP_K = 1000
 MAX_TEXT_CHARS = 10_000
 MAX_IMAGE_BYTES = 40 * 1024 * 1024
 MAX_BATCH_QUERIES = 256
+DEFAULT_TOP_K = 10  # what top_k = 0 (unset) means
 
 
 class RetrievalService(pb_grpc.RetrievalServicer):
     def __init__(self, catalog: dict[str, ExportedModel], indexes: IndexSet, embedder, active_model: str,
-                 executor: Executor):
+                 decoder: DecodeQueue, max_image_pixels: int):
         self.catalog = catalog
         self.indexes = indexes
         self.embedder = embedder
         self.active_model = active_model
-        self.executor = executor  # image decoding is CPU work: keep it off the event loop
+        self.decoder = decoder  # image decoding is CPU work: off the event loop, in a bounded queue
+        self.max_image_pixels = max_image_pixels
 
     @grpc_errors
     async def SearchByText(self, request, context):
-        return await self._search_text(request, context.time_remaining())
+        return await self._search_text(request, calls.time_remaining(context))
 
     @grpc_errors
     async def SearchByImage(self, request, context):
-        return await self._search_image(request, context.time_remaining())
+        return await self._search_image(request, calls.time_remaining(context))
 
     @grpc_errors
     async def BatchSearch(self, request, context):
         if not 1 <= len(request.queries) <= MAX_BATCH_QUERIES:
             raise InvalidRequestError(f"a batch holds 1 to {MAX_BATCH_QUERIES} queries, not {len(request.queries)}")
-        timeout = context.time_remaining()
+        timeout = calls.time_remaining(context)
         searches = [_numbered(i, self._search_text(q.text, timeout) if q.WhichOneof("query") == "text"
                               else self._search_image(q.image, timeout)) for i, q in enumerate(request.queries)]
         return pb.BatchSearchResponse(results=await asyncio.gather(*searches))
@@ -91,8 +94,8 @@ class RetrievalService(pb_grpc.RetrievalServicer):
             raise InvalidRequestError(f"image is {len(request.image) / 2**20:.1f} MB; the limit is "
                                       f"{MAX_IMAGE_BYTES // 2**20} MB: send the original file, not a raw dump")
         model, top_k, searcher = self._prepare(request)
-        loop = asyncio.get_running_loop()
-        pixels = await loop.run_in_executor(self.executor, preprocess, bytes(request.image), model.image_size)
+        with calls.stage("decode"):
+            pixels = await self.decoder.run(preprocess, bytes(request.image), model.image_size, self.max_image_pixels)
         (vector,) = await self.embedder.embed_images(model, pixels[np.newaxis], timeout)
         return self._respond(model, searcher, vector, top_k, request.filters)
 
@@ -105,7 +108,8 @@ class RetrievalService(pb_grpc.RetrievalServicer):
         return model, top_k, searcher
 
     def _respond(self, model, searcher, vector, top_k, filters) -> pb.SearchResponse:
-        found = searcher.search(vector, top_k, filters.projections, filters.labels)
+        with calls.stage("search"):
+            found = searcher.search(vector, top_k, filters.projections, filters.labels)
         metadata = searcher.loaded.metadata
         hits = [_hit(rank, score, metadata[i]) for rank, (i, score) in enumerate(found, 1)]
         return pb.SearchResponse(model=model.name, hits=hits)
@@ -127,8 +131,11 @@ async def _numbered(position: int, search):
 
 
 def _top_k(value: int) -> int:
+    if value == 0:
+        return DEFAULT_TOP_K
     if not 1 <= value <= MAX_TOP_K:
-        raise InvalidRequestError(f"top_k must be between 1 and {MAX_TOP_K}, not {value}")
+        raise InvalidRequestError(f"top_k must be between 1 and {MAX_TOP_K} (0: the default, {DEFAULT_TOP_K}), "
+                                  f"not {value}")
     return value
 
 

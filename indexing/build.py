@@ -26,7 +26,7 @@ from cxr.catalog import ExportedModel
 from cxr.errors import CxrError
 from cxr.images import InvalidImageError, preprocess
 from cxr.settings import Settings
-from cxr.triton_client import TowerClient
+from cxr.triton_client import TowerClient, connection
 
 STATE_FILE = "state.json"
 
@@ -117,7 +117,7 @@ class _Partial:
 
 def _state(records: list[Record], model: ExportedModel, index_type: str) -> dict:
     fingerprint = hashlib.sha256("\n".join(f"{r.image_id}\t{r.path}" for r in records).encode()).hexdigest()
-    return {"model": model.name, "export_sha256": model.manifest["onnx"][model.image.triton_name]["sha256"],
+    return {"model": model.name, "export_sha256": model.export_sha256,
             "records": fingerprint, "index_type": index_type}
 
 
@@ -126,7 +126,7 @@ def build_index(records: list[Record], model: ExportedModel, settings: Settings,
     """Encode `records`' images with `model` through Triton and write the index to `output_dir`."""
     partial = _Partial(output_dir.with_name(output_dir.name + ".partial"), _state(records, model, options.index_type))
     todo = [(i, str(r.path), model.image_size) for i, r in enumerate(records) if not partial.done(i)]
-    client = TowerClient(settings.triton_grpc_url, model.image, model.text, model.max_batch_size)
+    client = TowerClient(connection(settings), model.image, model.text, model.max_batch_size)
     bar = tqdm(total=len(records), initial=len(records) - len(todo), unit="img", desc=f"indexing {model.name}",
                disable=not options.progress, dynamic_ncols=True)
     try:
@@ -181,7 +181,7 @@ def _finish(records, model: ExportedModel, partial: _Partial, output_dir: Path, 
                                   f"the reasons are in {report}. Nothing was written: any existing index in "
                                   f"{output_dir} is kept. Check --images-dir.")
     manifest = {"model": model.name, "dim": model.embed_dim, "source": source,
-                "export_sha256": model.manifest["onnx"][model.image.triton_name]["sha256"],
+                "export_sha256": model.export_sha256,
                 "archive_images": len(records)}
     written = index_store.write(output_dir, vectors, [records[p].metadata() for p in positions], manifest, skipped,
                           options.index_type, options.use_gpu)

@@ -20,7 +20,8 @@ def make_settings(root: Path, cache_dir: Path, **overrides) -> Settings:
     http, grpc, metrics, gateway = free_ports(4)
     values = dict(model_repository=root / "model_repository", cache_dir=cache_dir, run_dir=root / "run",
                   index_dir=root / "indexes", data_dir=DATA_DIR, triton_http_port=http, triton_grpc_port=grpc,
-                  triton_metrics_port=metrics, gateway_port=gateway)
+                  triton_metrics_port=metrics, gateway_port=gateway, metrics_port=0,
+                  triton_admin_key_file=root / "run" / "triton-admin.key")
     values.update(overrides)
     return Settings(**values)
 

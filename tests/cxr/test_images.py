@@ -7,7 +7,8 @@ import pydicom
 import pytest
 from PIL import Image
 
-from cxr.images import InvalidImageError, decode, is_dicom, preprocess
+from benchmarks import hostile
+from cxr.images import ImageTooLargeError, InvalidImageError, decode, is_dicom, preprocess
 from support import DATA_DIR
 
 SAMPLES = DATA_DIR / "cxr_samples"
@@ -68,3 +69,41 @@ def test_dicom_window_from_the_header_is_applied():
 def test_bad_bytes_raise_a_clear_error(data, words):
     with pytest.raises(InvalidImageError, match=words):
         preprocess(data, 224)
+
+
+def _rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda: hostile.png_header_bomb(60_000, 60_000), "decompression bomb|3600.0 megapixels"),
+    (lambda: hostile.png(14_000, 14_000), "14000 x 14000 = 196.0 megapixels"),
+    (lambda: hostile.jpeg_claiming((SAMPLES / "16747_3_1.jpg").read_bytes(), 20_000, 20_000), "400000000 pixels"),
+    (lambda: hostile.dicom_claiming(DICOM.read_bytes(), 10_000, 10_000, frames=3), "3 frame"),
+])
+def test_a_header_over_the_pixel_budget_is_refused_before_decoding(make, words):
+    data = make()
+    before = _rss_mb()
+    with pytest.raises(ImageTooLargeError, match=words) as error:
+        decode(data, max_pixels=50_000_000)
+    assert "max_image_pixels" in str(error.value)
+    assert _rss_mb() - before < 50  # the peak did not move: nothing was decoded
+
+
+def test_an_image_within_the_budget_decodes():
+    assert decode(hostile.png(3_000, 2_000), max_pixels=6_000_000).size == (3_000, 2_000)
+
+
+@pytest.mark.parametrize("format", ["TIFF", "GIF", "BMP"])
+def test_formats_other_than_png_and_jpeg_are_refused(format):
+    with pytest.raises(InvalidImageError, match="not a PNG, JPEG or DICOM"):
+        decode(hostile.encode(np.zeros((8, 8), np.uint8), format))
+
+
+def test_sixteen_bit_images_scale_as_the_float_formula_says():
+    values = np.random.default_rng(0).integers(300, 4000, size=(64, 48)).astype(np.uint16)
+    grey = np.asarray(decode(hostile.encode(values, "PNG")))
+    low, high = float(values.min()), float(values.max())
+    assert np.array_equal(grey, np.round((values - low) * (255.0 / (high - low))).astype(np.uint8))

@@ -2,18 +2,18 @@
 `cxr serve --detach` (Triton and gateway) / `cxr models` / `cxr stop` work from the command line."""
 
 import os
-from dataclasses import replace
 import socket
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 
 from cxr import tritonserver
 from cxr.errors import TritonError
 from cxr.registry import get_model
-from export.repository import export_model
 from cxr.settings import to_environment
+from export.repository import export_model
 from support import make_settings
 
 
@@ -66,3 +66,23 @@ def test_serve_detached_models_and_stop(tmp_path, cache_dir):
         stopped = _cxr(["stop"], settings)
     assert "stopped gateway and triton" in stopped.stdout
     assert "not running" in _cxr(["models"], settings).stdout
+
+
+@pytest.mark.triton
+def test_tritons_admin_apis_need_the_key_that_serve_wrote(served):
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    from cxr.triton_client import admin_headers, connection
+
+    client = grpcclient.InferenceServerClient(**connection(served))
+    try:
+        for call in (lambda **h: client.get_model_repository_index(**h), lambda **h: client.unload_model("cxr-mini_image", **h),
+                     lambda **h: client.get_inference_statistics("cxr-mini_image", **h)):
+            with pytest.raises(InferenceServerException, match="restricted"):
+                call()
+        assert client.get_model_repository_index(headers=admin_headers(served.triton_admin_key_file)).models
+        assert client.is_model_ready("cxr-mini_image")  # health and inference stay open to loopback clients
+        assert served.triton_admin_key_file.stat().st_mode & 0o077 == 0
+    finally:
+        client.close()

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from support import SERVED, cosine
 from cxr.images import load_pixels
 from cxr.registry import get_model
 from cxr.towers import towers
-from cxr.triton_client import TowerClient
+from cxr.triton_client import TowerClient, connection
+from support import SERVED, cosine
 
 PARITY = 0.9999
 
@@ -30,7 +30,7 @@ def torch_text_embeds(encoder, spec, tokens: dict) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def clients(served):
-    made = {name: TowerClient(served.triton_grpc_url, *towers(get_model(name)),
+    made = {name: TowerClient(connection(served), *towers(get_model(name)),
                               get_model(name).batching.max_batch_size) for name in SERVED}
     yield made
     for client in made.values():

@@ -1,12 +1,12 @@
 """Every generated config.pbtxt parses into Triton's ModelConfig and carries the registry's values."""
 
 import pytest
+from tritonclient.grpc import model_config_pb2 as mc
 
 from cxr import tensor_names
 from cxr.registry import get_model, list_models
 from cxr.towers import towers
 from export.triton_config import TARGETS, model_config, parse_pbtxt, to_pbtxt
-from tritonclient.grpc import model_config_pb2 as mc
 
 
 @pytest.mark.parametrize("target", TARGETS)

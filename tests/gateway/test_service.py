@@ -84,7 +84,7 @@ BAD_INPUTS = {
                    grpc.StatusCode.INVALID_ARGUMENT, "empty"),
     "100 KB text": (lambda s: s.SearchByText(pb.SearchByTextRequest(text="effusion " * 12_000, top_k=5)),
                     grpc.StatusCode.INVALID_ARGUMENT, "limit"),
-    "top_k 0": (lambda s: s.SearchByText(pb.SearchByTextRequest(text="effusion", top_k=0)),
+    "top_k -1": (lambda s: s.SearchByText(pb.SearchByTextRequest(text="effusion", top_k=-1)),
                 grpc.StatusCode.INVALID_ARGUMENT, "top_k"),
     "top_k 10^6": (lambda s: s.SearchByText(pb.SearchByTextRequest(text="effusion", top_k=10**6)),
                    grpc.StatusCode.INVALID_ARGUMENT, "top_k"),

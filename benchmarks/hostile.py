@@ -1,0 +1,145 @@
+"""Hostile inputs for the gateway: images whose headers lie, bombs, damaged files, odd texts.
+
+Everything is built from a seed and the real samples, so a failing case can be made again.
+`make fuzz` (benchmarks/fuzz.py) and tests/gateway/test_fuzz.py draw their requests from here.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from PIL import Image
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+
+def png(width: int, height: int, rows: bytes | None = None, bit_depth: int = 8, colour: int = 0) -> bytes:
+    """A PNG with the given header; `rows` (filtered scanlines) default to all black, compressed
+    as a stream so a 14000 x 14000 image costs ~200 KB and no memory to make."""
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, colour, 0, 0, 0)
+    if rows is None:
+        compressor = zlib.compressobj(9)
+        line = b"\0" * (1 + width * max(1, bit_depth // 8))
+        body = b"".join(compressor.compress(line) for _ in range(height)) + compressor.flush()
+    else:
+        body = zlib.compress(rows)
+    return PNG_SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", body) + _chunk(b"IEND", b"")
+
+
+def png_header_bomb(width: int = 60_000, height: int = 60_000) -> bytes:
+    """A tiny PNG whose header claims width x height pixels."""
+    return png(width, height, rows=b"\0" * 64)
+
+
+def jpeg_claiming(jpeg: bytes, width: int, height: int) -> bytes:
+    """A real JPEG with the frame header's size rewritten."""
+    data = bytearray(jpeg)
+    i = 2
+    while i < len(data) - 9:
+        marker, length = data[i + 1], struct.unpack(">H", data[i + 2:i + 4])[0]
+        if marker in (0xC0, 0xC1, 0xC2):
+            data[i + 5:i + 9] = struct.pack(">HH", min(height, 65535), min(width, 65535))
+            return bytes(data)
+        i += 2 + length
+    raise ValueError("no SOF marker in the JPEG")
+
+
+def dicom_claiming(dicom: bytes, rows: int, columns: int, frames: int = 1) -> bytes:
+    dataset = pydicom.dcmread(io.BytesIO(dicom))
+    dataset.Rows, dataset.Columns = rows, columns
+    if frames > 1:
+        dataset.NumberOfFrames = frames
+    buffer = io.BytesIO()
+    dataset.save_as(buffer)
+    return buffer.getvalue()
+
+
+def encode(array: np.ndarray, format: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format=format, **options)
+    return buffer.getvalue()
+
+
+class HostileImages:
+    """Image payloads, one kind per method, drawn from `rng` and the real samples."""
+
+    def __init__(self, samples: Path, seed: int = 0):
+        self.rng = random.Random(seed)
+        self.pngs = [p.read_bytes() for p in sorted(samples.glob("*.png"))]
+        self.jpegs = [p.read_bytes() for p in sorted(samples.glob("*.jpg"))]
+        self.dicoms = [p.read_bytes() for p in sorted(samples.glob("*.dcm"))]
+        self.kinds = [name for name in dir(self) if name.startswith("k_")]
+
+    def draw(self) -> tuple[str, bytes]:
+        kind = self.rng.choice(self.kinds)
+        return kind[2:], getattr(self, kind)()
+
+    def _real(self) -> bytes:
+        return self.rng.choice(self.pngs + self.jpegs + self.dicoms)
+
+    def k_random_bytes(self) -> bytes:
+        return self.rng.randbytes(self.rng.choice([1, 7, 128, 132, 4096, 100_000]))
+
+    def k_truncated(self) -> bytes:
+        data = self._real()
+        return data[:self.rng.randrange(1, len(data))]
+
+    def k_bit_flips(self) -> bytes:
+        data = bytearray(self._real())
+        for _ in range(self.rng.choice([1, 4, 64])):
+            data[self.rng.randrange(len(data))] ^= 1 << self.rng.randrange(8)
+        return bytes(data)
+
+    def k_header_bomb_png(self) -> bytes:
+        return png_header_bomb(self.rng.choice([60_000, 30_000, 100_000]), self.rng.choice([60_000, 20_000]))
+
+    def k_black_png_over_budget(self) -> bytes:
+        return png(self.rng.choice([8_000, 10_000]), 8_000)
+
+    def k_jpeg_claiming_huge(self) -> bytes:
+        return jpeg_claiming(self.rng.choice(self.jpegs), 65_000, 65_000)
+
+    def k_dicom_claiming_huge(self) -> bytes:
+        return dicom_claiming(self.rng.choice(self.dicoms), 60_000, 60_000, self.rng.choice([1, 50]))
+
+    def k_dicom_zero_size(self) -> bytes:
+        return dicom_claiming(self.rng.choice(self.dicoms), 0, self.rng.choice([0, 512]))
+
+    def k_odd_png_mode(self) -> bytes:
+        shape, mode = self.rng.choice([((33, 17), "1"), ((40, 40, 4), "RGBA"), ((16, 64, 2), "LA"), ((50, 50), "I;16"),
+                                       ((1, 1), "L"), ((3, 900), "L")])
+        array = np.random.default_rng(self.rng.randrange(1 << 30)).integers(0, 255, shape)
+        dtype = np.uint16 if mode == "I;16" else np.uint8
+        image = Image.fromarray(array.astype(dtype))
+        image = image.convert(mode) if mode in ("1", "LA", "RGBA") else image
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    def k_other_format(self) -> bytes:
+        array = np.zeros((64, 64), np.uint8)
+        return encode(array, self.rng.choice(["TIFF", "GIF", "BMP", "WEBP"]))
+
+    def k_dicom_preamble_only(self) -> bytes:
+        return b"\0" * 128 + b"DICM" + self.rng.randbytes(self.rng.choice([0, 16, 300]))
+
+    def k_empty(self) -> bytes:
+        return b""
+
+
+def hostile_texts(rng: random.Random) -> str:
+    return rng.choice([
+        "", " ", "\0" * 50, "effusion\0cardiomegaly", "x" * 9_999, "é" * 5_000, "🫁" * 2_000,
+        "".join(chr(rng.randrange(0x20, 0xD7FF)) for _ in range(300)), "\u202e\u200b" * 100, "a" * 10_001,
+        "SELECT * FROM studies; --", "{{7*7}} ${jndi:ldap://x}", "small left pleural effusion",
+    ])

@@ -1,0 +1,104 @@
+"""A small Python client of the gateway: TLS (and a client certificate for mutual TLS), a bearer
+token, a deadline per call, and retries with backoff while the gateway is UNAVAILABLE.
+
+    from cxr.client import RetrievalClient
+
+    with RetrievalClient("cxr.hospital.example:50051", ca="ca.pem", token=token) as client:
+        for hit in client.search_text("small left pleural effusion", top_k=5).hits:
+            print(hit.study_uid, hit.score)
+
+`RetrievalClient.from_settings(settings)` takes the address and the client settings (`ca`,
+`client_cert`, `client_key`, `token`: CXR_CA, CXR_CLIENT_CERT, CXR_CLIENT_KEY, CXR_TOKEN).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from cxr.retrieval.v1 import retrieval_pb2 as pb
+from cxr.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
+
+MAX_MESSAGE_BYTES = 64 << 20  # a full-size DICOM
+RETRY_BACKOFF_S = (0.1, 0.3, 1.0, 3.0)
+
+
+def channel(address: str, ca: Path | None = None, cert: Path | None = None, key: Path | None = None) -> grpc.Channel:
+    """A channel to the gateway: TLS when `ca` is given (mutual TLS with `cert` and `key`), else plaintext."""
+    options = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+               ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
+    if ca is None:
+        return grpc.insecure_channel(address, options=options)
+    credentials = grpc.ssl_channel_credentials(Path(ca).read_bytes(), Path(key).read_bytes() if key else None,
+                                               Path(cert).read_bytes() if cert else None)
+    return grpc.secure_channel(address, credentials, options=options)
+
+
+def health(address: str, ca: Path | None = None, cert: Path | None = None, key: Path | None = None,
+           timeout: float = 2.0) -> int | None:
+    """The gateway's health status (health_pb2 enum), or None when it does not answer."""
+    with channel(address, ca, cert, key) as ch:
+        try:
+            return health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=timeout).status
+        except grpc.RpcError:
+            return None
+
+
+class RetrievalClient:
+    def __init__(self, address: str, ca: Path | None = None, cert: Path | None = None, key: Path | None = None,
+                 token: str = "", deadline_s: float = 60.0, retries: int = 3):
+        self.address = address
+        self.deadline_s = deadline_s
+        self.retries = retries
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self._channel = channel(address, ca, cert, key)
+        self.stub = pb_grpc.RetrievalStub(self._channel)
+        self.last_request_id = ""  # the gateway's id of the last answered call: quote it when reporting a problem
+
+    @classmethod
+    def from_settings(cls, settings, **kwargs) -> "RetrievalClient":
+        return cls(settings.gateway_address, settings.ca, settings.client_cert, settings.client_key, settings.token,
+                   **kwargs)
+
+    def _call(self, method: Callable, request):
+        """`method(request)` with the deadline and token; UNAVAILABLE is retried with backoff."""
+        for attempt in range(self.retries + 1):
+            try:
+                response, call = method.with_call(request, timeout=self.deadline_s, metadata=self._metadata)
+                self.last_request_id = dict(call.trailing_metadata() or ()).get("x-request-id", "")
+                return response
+            except grpc.RpcError as error:
+                if error.code() != grpc.StatusCode.UNAVAILABLE or attempt == self.retries:
+                    raise
+                time.sleep(RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)])
+
+    def search_text(self, text: str, top_k: int = 10, model: str = "", projections=(), labels=()) -> pb.SearchResponse:
+        return self._call(self.stub.SearchByText, pb.SearchByTextRequest(
+            text=text, top_k=top_k, model=model, filters=pb.Filters(projections=projections, labels=labels)))
+
+    def search_image(self, image: bytes, top_k: int = 10, model: str = "", projections=(),
+                     labels=()) -> pb.SearchResponse:
+        return self._call(self.stub.SearchByImage, pb.SearchByImageRequest(
+            image=image, top_k=top_k, model=model, filters=pb.Filters(projections=projections, labels=labels)))
+
+    def batch_search(self, queries: list[pb.SearchQuery]) -> pb.BatchSearchResponse:
+        return self._call(self.stub.BatchSearch, pb.BatchSearchRequest(queries=queries))
+
+    def get_study(self, study_uid: str, model: str = "") -> pb.Study:
+        return self._call(self.stub.GetStudy, pb.GetStudyRequest(study_uid=study_uid, model=model))
+
+    def list_models(self) -> pb.ListModelsResponse:
+        return self._call(self.stub.ListModels, pb.ListModelsRequest())
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> "RetrievalClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,241 @@
+"""Identity and scopes: one interceptor checks `authorization: Bearer <token>` before any handler runs.
+
+A token is a JWT from the hospital's identity provider (RS256 or ES256, keys from a JWKS file or
+URL; issuer, audience, expiry and not-before checked with a small clock skew) or an API key of a
+service account (gateway/api_keys.py). `METHOD_SCOPES` says which scope each RPC needs; a method
+missing from it is refused, so a new RPC cannot slip in unprotected. Health stays open for load
+balancers; reflection needs a valid token.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import jwt
+
+from cxr.errors import CxrError
+from gateway import api_keys, calls
+
+log = logging.getLogger("cxr.gateway.auth")
+
+RETRIEVAL = "/cxr.retrieval.v1.Retrieval/"
+REFLECTION = "/grpc.reflection.v1alpha.ServerReflection/"
+PUBLIC = None  # no token needed
+ANY_SCOPE = ""  # a valid token, whatever its scopes
+METHOD_SCOPES: dict[str, str | None] = {
+    RETRIEVAL + "SearchByText": "search",
+    RETRIEVAL + "SearchByImage": "search",
+    RETRIEVAL + "BatchSearch": "search",
+    RETRIEVAL + "GetStudy": "studies",  # reports are patient data
+    RETRIEVAL + "ListModels": "admin",  # what is served, where, how large
+    calls.HEALTH_PREFIX + "Check": PUBLIC,
+    calls.HEALTH_PREFIX + "Watch": PUBLIC,
+    REFLECTION + "ServerReflectionInfo": ANY_SCOPE,
+}
+JWT_ALGORITHMS = ("RS256", "ES256")
+CLOCK_SKEW_S = 30
+JWKS_REFRESH_S = 300.0
+JWKS_UNKNOWN_KID_REFRESH_S = 30.0
+JWKS_FETCH_TIMEOUT_S = 5.0
+
+
+class AuthError(CxrError):
+    """The credential is missing, malformed, expired, revoked or not ours."""
+
+
+class AuthConfigError(CxrError):
+    """Auth is on but its settings are incomplete or unreadable."""
+
+
+@dataclass(frozen=True)
+class Principal:
+    id: str  # JWT subject or API key id
+    kind: str  # "jwt" or "api_key"
+    scopes: frozenset[str]
+
+
+class JwksKeys:
+    """Signing keys by key id, from a JWKS file (re-read when it changes) or URL (re-fetched every
+    JWKS_REFRESH_S, or sooner when a token names an unknown key, in the background)."""
+
+    def __init__(self, source: str):
+        self.source = source
+        self.is_url = source.startswith(("https://", "http://"))
+        self._stamp: object = None
+        self._fetched = 0.0
+        self._lock = threading.Lock()
+        self._refreshing = False
+        self._keys = self._load()
+
+    def _load(self) -> dict[str, jwt.PyJWK]:
+        try:
+            if self.is_url:
+                with urllib.request.urlopen(self.source, timeout=JWKS_FETCH_TIMEOUT_S) as answer:  # noqa: S310
+                    document = json.load(answer)
+                self._fetched = time.monotonic()
+            else:
+                path = Path(self.source)
+                self._stamp = path.stat().st_mtime_ns
+                document = json.loads(path.read_text())
+            keys = jwt.PyJWKSet.from_dict(document).keys
+        except (OSError, ValueError, jwt.PyJWTError) as exc:
+            raise AuthConfigError(f"cannot read the JWKS {self.source}: {exc}; set jwt_jwks to the identity "
+                                  "provider's JWKS file or URL (`cxr certs dev DIR` writes a development one)") from exc
+        return {key.key_id or "": key for key in keys}
+
+    def _refresh_in_background(self) -> None:
+        with self._lock:
+            if self._refreshing:
+                return
+            self._refreshing = True
+
+        def refresh():
+            try:
+                self._keys = self._load()
+            except AuthConfigError as exc:
+                self._fetched = time.monotonic()  # try again after a period, not on every call
+                log.error("%s; keeping the keys fetched before", exc)
+            finally:
+                self._refreshing = False
+
+        threading.Thread(target=refresh, daemon=True, name="jwks-refresh").start()
+
+    def get(self, key_id: str | None) -> jwt.PyJWK | None:
+        if self.is_url:
+            if time.monotonic() - self._fetched > JWKS_REFRESH_S:
+                self._refresh_in_background()
+        else:
+            try:
+                if Path(self.source).stat().st_mtime_ns != self._stamp:
+                    self._keys = self._load()
+            except (OSError, AuthConfigError) as exc:
+                log.error("cannot re-read the JWKS %s (%s); keeping the keys read before", self.source, exc)
+        keys = self._keys
+        if key_id is None and len(keys) == 1:
+            return next(iter(keys.values()))
+        key = keys.get(key_id or "")
+        if key is None and self.is_url and time.monotonic() - self._fetched > JWKS_UNKNOWN_KID_REFRESH_S:
+            self._refresh_in_background()  # the provider may have rotated its keys
+        return key
+
+
+class JwtVerifier:
+    def __init__(self, keys: JwksKeys, issuer: str, audience: str, clock_skew_s: float = CLOCK_SKEW_S):
+        self.keys = keys
+        self.issuer = issuer
+        self.audience = audience
+        self.clock_skew_s = clock_skew_s
+
+    def verify(self, token: str) -> Principal:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError as exc:
+            raise AuthError("the bearer token is neither an API key nor a well-formed JWT") from exc
+        if header.get("alg") not in JWT_ALGORITHMS:
+            raise AuthError(f"JWT algorithm {header.get('alg')!r} is not accepted; use one of {list(JWT_ALGORITHMS)}")
+        key = self.keys.get(header.get("kid"))
+        if key is None:
+            raise AuthError(f"JWT signed with an unknown key (kid {header.get('kid')!r}) for issuer {self.issuer}")
+        try:
+            claims = jwt.decode(token, key.key, algorithms=[header["alg"]], audience=self.audience, issuer=self.issuer,
+                                leeway=self.clock_skew_s, options={"require": ["exp", "iss", "aud", "sub"]})
+        except jwt.ExpiredSignatureError as exc:
+            raise AuthError("the JWT has expired: get a new token") from exc
+        except jwt.ImmatureSignatureError as exc:
+            raise AuthError("the JWT is not valid yet (nbf/iat in the future): check the client's clock") from exc
+        except jwt.InvalidAudienceError as exc:
+            raise AuthError(f"the JWT is for another audience; this gateway accepts {self.audience!r}") from exc
+        except jwt.InvalidIssuerError as exc:
+            raise AuthError(f"the JWT is from another issuer; this gateway accepts {self.issuer!r}") from exc
+        except jwt.InvalidSignatureError as exc:
+            raise AuthError("the JWT signature does not verify") from exc
+        except jwt.PyJWTError as exc:
+            raise AuthError(f"the JWT is not valid: {exc}") from exc
+        return Principal(str(claims["sub"]), "jwt", frozenset(_scopes(claims)))
+
+
+def _scopes(claims: dict) -> list[str]:
+    """OAuth 2 `scope` (space separated) or `scp` (a list or a string, as Entra ID and Okta send it)."""
+    value = claims.get("scope", claims.get("scp", ""))
+    return value.split() if isinstance(value, str) else [str(v) for v in value]
+
+
+class Authenticator:
+    """API keys and JWTs, either of which may be off."""
+
+    def __init__(self, jwts: JwtVerifier | None, keys: api_keys.ApiKeyStore | None):
+        if jwts is None and keys is None:
+            raise AuthConfigError("auth = token needs jwt_jwks (with jwt_issuer, jwt_audience) or api_keys_file")
+        self.jwts = jwts
+        self.keys = keys
+
+    def verify(self, token: str) -> Principal:
+        if api_keys.key_id(token) is not None:
+            if self.keys is None:
+                raise AuthError("API keys are not accepted by this gateway (no api_keys_file)")
+            try:
+                record = self.keys.verify(token)
+            except api_keys.ApiKeyError as exc:
+                raise AuthError(str(exc)) from exc
+            return Principal(record.id, "api_key", frozenset(record.scopes))
+        if self.jwts is None:
+            raise AuthError("JWTs are not accepted by this gateway (no jwt_jwks): use an API key")
+        return self.jwts.verify(token)
+
+
+def bearer_token(metadata) -> str:
+    for key, value in metadata or ():
+        if key == "authorization":
+            scheme, _, token = str(value).partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                raise AuthError("the authorization header must read 'Bearer <token>'")
+            return token.strip()
+    raise AuthError("no credential: send the metadata 'authorization: Bearer <token>' (a JWT or an API key)")
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    """UNAUTHENTICATED without a valid credential, PERMISSION_DENIED without the method's scope."""
+
+    def __init__(self, authenticator: Authenticator, method_scopes: dict[str, str | None] = METHOD_SCOPES):
+        self.authenticator = authenticator
+        self.method_scopes = method_scopes
+
+    async def intercept_service(self, continuation, details):
+        handler = await continuation(details)
+        if details.method not in self.method_scopes:
+            return calls.refusal(handler, grpc.StatusCode.PERMISSION_DENIED,
+                                 f"{details.method} is not in the gateway's scope table: refused", "permission_denied")
+        scope = self.method_scopes[details.method]
+        if scope is PUBLIC:
+            return handler
+        try:
+            principal = self.authenticator.verify(bearer_token(details.invocation_metadata))
+        except AuthError as exc:
+            return calls.refusal(handler, grpc.StatusCode.UNAUTHENTICATED, str(exc), "unauthenticated")
+        call = calls.current()
+        if call is not None:
+            call.principal, call.scopes = principal.id, principal.scopes
+        if scope and scope not in principal.scopes:
+            return calls.refusal(handler, grpc.StatusCode.PERMISSION_DENIED,
+                                 f"{calls.method_name(details.method)} needs the scope {scope!r}; "
+                                 f"{principal.id} has {sorted(principal.scopes)}", "permission_denied")
+        return handler
+
+
+def authenticator_from(settings) -> Authenticator:
+    """The authenticator `auth = token` asks for, from the settings' JWKS and API key file."""
+    jwts = None
+    if settings.jwt_jwks:
+        if not (settings.jwt_issuer and settings.jwt_audience):
+            raise AuthConfigError("jwt_jwks is set: set jwt_issuer and jwt_audience too (what the identity "
+                                  "provider writes in iss and aud)")
+        jwts = JwtVerifier(JwksKeys(settings.jwt_jwks), settings.jwt_issuer, settings.jwt_audience)
+    keys = api_keys.ApiKeyStore(settings.api_keys_file) if settings.api_keys_file else None
+    return Authenticator(jwts, keys)

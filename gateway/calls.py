@@ -1,0 +1,131 @@
+"""What the gateway's interceptors know of the call in flight, and how they wrap its handler.
+
+grpc.aio runs every interceptor and then the handler in one contextvars.Context, so the first
+interceptor (`CallInterceptor`) puts a `Call` there and the others fill it in: the principal
+(auth), the deadline (admission), the outcome (audit and metrics read it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import grpc
+
+REQUEST_ID_KEY = "x-request-id"
+HEALTH_PREFIX = "/grpc.health.v1.Health/"
+
+
+@dataclass
+class Call:
+    method: str
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    started: float = field(default_factory=time.monotonic)
+    principal: str = ""  # JWT subject, API key id, or "" when auth is off
+    scopes: frozenset[str] = frozenset()
+    deadline: float | None = None  # time.monotonic() by which the call must end
+    rejected: str = ""  # why the gateway refused it (a metrics label): "rate_limit", "unauthenticated", ...
+    stages: dict[str, float] = field(default_factory=dict)  # seconds spent in decode, tokenize, triton, search
+
+    def time_remaining(self) -> float | None:
+        return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
+
+
+_CURRENT: contextvars.ContextVar[Call | None] = contextvars.ContextVar("cxr_call", default=None)
+
+
+def current() -> Call | None:
+    return _CURRENT.get()
+
+
+@contextlib.contextmanager
+def stage(name: str):
+    """Add the time spent in the block to the current call's `stages[name]`."""
+    started = time.monotonic()
+    try:
+        yield
+    finally:
+        call = current()
+        if call is not None:
+            call.stages[name] = call.stages.get(name, 0.0) + time.monotonic() - started
+
+
+def time_remaining(context) -> float | None:
+    """Seconds left for this call: the client's deadline, else the gateway's default one."""
+    remaining = context.time_remaining()
+    if remaining is not None:
+        return remaining
+    call = current()
+    return call.time_remaining() if call else None
+
+
+def method_name(method: str) -> str:
+    """'/cxr.retrieval.v1.Retrieval/SearchByText' -> 'SearchByText'."""
+    return method.rsplit("/", 1)[-1]
+
+
+Around = Callable[[Callable[[], Awaitable], object, grpc.aio.ServicerContext], Awaitable]
+
+
+def wrap_unary(handler: grpc.RpcMethodHandler | None, around: Around) -> grpc.RpcMethodHandler | None:
+    """`handler` with its unary-unary behaviour run as `await around(run, request, context)`.
+
+    Streaming handlers (health Watch, reflection) are returned as they are."""
+    if handler is None or handler.unary_unary is None:
+        return handler
+    behaviour = handler.unary_unary
+
+    async def wrapped(request, context):
+        return await around(lambda: behaviour(request, context), request, context)
+
+    return grpc.unary_unary_rpc_method_handler(wrapped, request_deserializer=handler.request_deserializer,
+                                               response_serializer=handler.response_serializer)
+
+
+async def abort(context, code: grpc.StatusCode, details: str, reason: str = "", trailers: tuple = ()) -> None:
+    """End the call with `code`, counted as rejected for `reason` when given; the trailers keep the request id."""
+    call = current()
+    if call is not None and reason:
+        call.rejected = reason
+    context.set_trailing_metadata((((REQUEST_ID_KEY, call.request_id),) if call else ()) + tuple(trailers))
+    await context.abort(code, details)
+
+
+def refusal(handler: grpc.RpcMethodHandler | None, code: grpc.StatusCode, details: str, reason: str,
+            trailers: tuple = ()) -> grpc.RpcMethodHandler:
+    """A handler of the same kind as `handler` that ends the call with `code` before any work."""
+
+    async def refuse(request, context):
+        await abort(context, code, details, reason, trailers)
+
+    async def refuse_stream(request, context):
+        await refuse(request, context)
+        yield  # pragma: no cover - an async generator that never yields
+
+    kwargs = dict(request_deserializer=handler.request_deserializer if handler else None,
+                  response_serializer=handler.response_serializer if handler else None)
+    if handler is None or handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(refuse, **kwargs)
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(refuse_stream, **kwargs)
+    if handler.stream_unary is not None:
+        return grpc.stream_unary_rpc_method_handler(refuse, **kwargs)
+    return grpc.stream_stream_rpc_method_handler(refuse_stream, **kwargs)
+
+
+class CallInterceptor(grpc.aio.ServerInterceptor):
+    """First in the chain: a `Call` for every RPC, and its request id sent back to the client."""
+
+    async def intercept_service(self, continuation, details):
+        call = Call(details.method)
+        _CURRENT.set(call)
+
+        async def around(run, request, context):
+            context.set_trailing_metadata(((REQUEST_ID_KEY, call.request_id),))
+            return await run()
+
+        return wrap_unary(await continuation(details), around)

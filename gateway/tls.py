@@ -1,0 +1,61 @@
+"""Where and how the gateway listens: TLS from the settings, mutual TLS with a client CA, and no
+plaintext or unauthenticated port beyond loopback unless `allow_insecure` says so."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+
+from cxr.errors import CxrError
+from cxr.settings import Settings, is_loopback
+
+
+class ExposureError(CxrError):
+    """The gateway would listen beyond loopback without TLS or without auth."""
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise CxrError(f"cannot read the {what} {path}: {exc.strerror or exc}; `cxr certs dev DIR` writes "
+                       "development ones, production uses the hospital's PKI") from exc
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS credentials from tls_cert/tls_key (client certificates required with tls_client_ca), or None."""
+    if not settings.tls:
+        return None
+    pair = (_read(settings.tls_key, "TLS key (tls_key)"), _read(settings.tls_cert, "TLS certificate (tls_cert)"))
+    client_ca = _read(settings.tls_client_ca, "client CA (tls_client_ca)") if settings.tls_client_ca else None
+    return grpc.ssl_server_credentials([pair], root_certificates=client_ca, require_client_auth=client_ca is not None)
+
+
+def host_of(address: str) -> str:
+    """'127.0.0.1:50051' -> '127.0.0.1', '[::1]:0' -> '::1'."""
+    host = address.rsplit(":", 1)[0]
+    return host[1:-1] if host.startswith("[") else host
+
+
+def check_exposure(settings: Settings, address: str) -> None:
+    """Refuse a non-loopback address without TLS or without auth, unless allow_insecure."""
+    host = host_of(address)
+    if is_loopback(host) or settings.allow_insecure:
+        return
+    missing = [what for what, ok in (("TLS (tls_cert, tls_key)", settings.tls), ("auth = \"token\"",
+                                                                              settings.auth == "token")) if not ok]
+    if missing:
+        raise ExposureError(
+            f"refusing to listen on {address} without {' and '.join(missing)}: beyond loopback, queries and "
+            "reports would cross the network readable by anyone, or be answered to anyone. Configure them "
+            "(see the README's security section), or set allow_insecure = true to accept that risk.")
+
+
+def bind(server: grpc.aio.Server, settings: Settings, address: str) -> int:
+    """Add the gateway's port to `server`; returns the bound port."""
+    check_exposure(settings, address)
+    credentials = server_credentials(settings)
+    if credentials is None:
+        return server.add_insecure_port(address)
+    return server.add_secure_port(address, credentials)

@@ -1,0 +1,107 @@
+"""What the gateway serves: checked builds replace the index, bad ones leave the previous one serving."""
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from cxr import index_store
+from gateway.indexes import IndexSet
+from gateway.metrics import GatewayMetrics
+
+DIM = 8
+
+
+@dataclass
+class FakeModel:
+    name: str = "m"
+    embed_dim: int = DIM
+    export_sha256: str = "a" * 64
+
+
+def _build(directory, n, export_sha256="a" * 64, model="m"):
+    vectors = np.random.default_rng(n).normal(size=(n, DIM)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    metadata = [{"image_id": str(i), "study_uid": f"s{i}"} for i in range(n)]
+    index_store.write(directory, vectors, metadata, {"model": model, "export_sha256": export_sha256}, [], "flat")
+
+
+def _touch_manifest(directory):
+    manifest = directory / index_store.MANIFEST_FILE
+    stamp = manifest.stat().st_mtime_ns + 1_000_000
+    os.utime(manifest, ns=(stamp, stamp))
+
+
+@pytest.fixture
+def served(tmp_path):
+    _build(tmp_path / "m", 10)
+    metrics = GatewayMetrics()
+    indexes = IndexSet(tmp_path, {"m": FakeModel()}, metrics=metrics)
+    assert indexes.get("m").index.ntotal == 10
+    return tmp_path, indexes, metrics
+
+
+def _size(indexes):
+    return indexes.searcher(FakeModel()).loaded.index.ntotal
+
+
+def test_a_new_build_replaces_the_index_without_a_restart(served):
+    root, indexes, metrics = served
+    _build(root / "m", 12)
+    indexes.refresh()
+    assert _size(indexes) == 12 and metrics.index_vectors.labels("m")._value.get() == 12
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "metadata"])
+def test_a_damaged_build_is_refused_and_the_previous_index_keeps_serving(served, damage, caplog):
+    root, indexes, metrics = served
+    staged = root / "staged"
+    _build(staged, 12)
+    target = staged / (index_store.METADATA_FILE if damage == "metadata" else index_store.INDEX_FILE)
+    data = bytearray(target.read_bytes())
+    if damage == "truncate":
+        data = data[: len(data) // 2]
+    else:
+        data[len(data) // 2] ^= 0xFF
+    target.write_bytes(bytes(data))
+    shutil.rmtree(root / "m")
+    staged.rename(root / "m")
+    _touch_manifest(root / "m")
+    with caplog.at_level(logging.ERROR, logger="cxr.gateway.indexes"):
+        indexes.refresh()
+    assert _size(indexes) == 10
+    assert "still serving the previous one" in caplog.text and target.name in caplog.text
+    assert metrics.index_load_failures.labels("m")._value.get() == 1
+    _build(root / "m", 14)  # the next good build is taken
+    indexes.refresh()
+    assert _size(indexes) == 14
+
+
+def test_an_index_of_another_export_is_refused_naming_both(tmp_path):
+    _build(tmp_path / "m", 10, export_sha256="b" * 64)
+    indexes = IndexSet(tmp_path, {"m": FakeModel()})
+    with pytest.raises(index_store.IndexMismatchError, match=r"sha256 bbbbbbbbbbbb.*sha256 aaaaaaaaaaaa.*--model m"):
+        indexes.searcher(FakeModel())
+
+
+def test_an_index_without_checksums_is_refused(tmp_path):
+    _build(tmp_path / "m", 10)
+    manifest_path = tmp_path / "m" / index_store.MANIFEST_FILE
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["files"]
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(index_store.IndexCorruptError, match="no checksums"):
+        IndexSet(tmp_path, {"m": FakeModel()}).searcher(FakeModel())
+
+
+def test_a_removed_index_is_no_longer_served(served):
+    root, indexes, _ = served
+    shutil.rmtree(root / "m")
+    indexes.refresh()
+    assert not indexes.has("m")
+    with pytest.raises(index_store.IndexMissingError):
+        indexes.searcher(FakeModel())
