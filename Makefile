@@ -53,7 +53,7 @@ models: setup ## list models: active, exported, ready in Triton
 	$(CXR) models
 
 demo: setup ## export, serve and query the demo model, then stop
-	$(BIN)/python -m cxr.demo --model $(DEMO_MODEL)
+	$(BIN)/python -m cxr.cli.demo --model $(DEMO_MODEL)
 
 train-default: setup ## retrain the shipped cxr-mini from scratch on $(DATA)/nih800 into weights/cxr-mini (deterministic)
 	rm -rf $(TRAIN_OUT)

@@ -62,7 +62,7 @@ class Settings:
     rate_limit_per_s: float = 50.0  # per principal (or client address without auth); 0: off
     rate_limit_burst: int = 100
     default_deadline_s: float = 30.0  # for calls that bring no deadline
-    max_decode_queue: int = 16  # images waiting for or in decoding; more: RESOURCE_EXHAUSTED
+    max_decode_queue: int = 64  # images waiting for or in decoding; more: RESOURCE_EXHAUSTED
     max_image_pixels: int = 50_000_000  # checked from the header before decoding (all frames of a DICOM)
     drain_grace_s: float = 10.0  # on SIGTERM, how long calls in flight may take to finish
     # Gateway -> Triton: TLS when triton_tls_ca is set (mutual with cert and key); the secret that

@@ -24,10 +24,14 @@ class GatewayError(CxrError):
     """The gateway could not be started."""
 
 
-def start(settings: Settings) -> tuple[subprocess.Popen, Path]:
+def check_port(settings: Settings) -> None:
     if not port_free(settings.gateway_host, settings.gateway_port):
         raise GatewayError(f"the gateway port {settings.gateway_address} is already in use: stop what holds it "
                            "(`cxr stop` if it is ours) or choose another with CXR_GATEWAY_PORT.")
+
+
+def start(settings: Settings) -> tuple[subprocess.Popen, Path]:
+    check_port(settings)
     log_file = settings.run_dir / LOG_FILE
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with log_file.open("ab") as log:

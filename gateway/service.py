@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import numpy as np
 
@@ -22,6 +23,7 @@ MAX_TEXT_CHARS = 10_000
 MAX_IMAGE_BYTES = 40 * 1024 * 1024
 MAX_BATCH_QUERIES = 256
 DEFAULT_TOP_K = 10  # what top_k = 0 (unset) means
+DECODES_PER_CALL = 4  # images of one BatchSearch decoded at once (the decode pool's size)
 
 
 class RetrievalService(pb_grpc.RetrievalServicer):
@@ -47,8 +49,10 @@ class RetrievalService(pb_grpc.RetrievalServicer):
         if not 1 <= len(request.queries) <= MAX_BATCH_QUERIES:
             raise InvalidRequestError(f"a batch holds 1 to {MAX_BATCH_QUERIES} queries, not {len(request.queries)}")
         timeout = calls.time_remaining(context)
+        decoding = asyncio.Semaphore(DECODES_PER_CALL)  # one batch does not fill the decode queue alone
         searches = [_numbered(i, self._search_text(q.text, timeout) if q.WhichOneof("query") == "text"
-                              else self._search_image(q.image, timeout)) for i, q in enumerate(request.queries)]
+                              else self._search_image(q.image, timeout, decoding))
+                    for i, q in enumerate(request.queries)]
         return pb.BatchSearchResponse(results=await asyncio.gather(*searches))
 
     @grpc_errors
@@ -87,15 +91,17 @@ class RetrievalService(pb_grpc.RetrievalServicer):
         (vector,) = await self.embedder.embed_texts(model, [text], timeout)
         return self._respond(model, searcher, vector, top_k, request.filters)
 
-    async def _search_image(self, request, timeout) -> pb.SearchResponse:
+    async def _search_image(self, request, timeout, decoding: asyncio.Semaphore | None = None) -> pb.SearchResponse:
         if not request.image:
             raise InvalidRequestError("image is empty: send PNG, JPEG or DICOM bytes")
         if len(request.image) > MAX_IMAGE_BYTES:
             raise InvalidRequestError(f"image is {len(request.image) / 2**20:.1f} MB; the limit is "
                                       f"{MAX_IMAGE_BYTES // 2**20} MB: send the original file, not a raw dump")
         model, top_k, searcher = self._prepare(request)
-        with calls.stage("decode"):
-            pixels = await self.decoder.run(preprocess, bytes(request.image), model.image_size, self.max_image_pixels)
+        async with decoding or contextlib.nullcontext():
+            with calls.stage("decode"):
+                pixels = await self.decoder.run(preprocess, bytes(request.image), model.image_size,
+                                                self.max_image_pixels)
         (vector,) = await self.embedder.embed_images(model, pixels[np.newaxis], timeout)
         return self._respond(model, searcher, vector, top_k, request.filters)
 

@@ -1,4 +1,4 @@
-"""The layers point down: the ground package (cxr/, less its command line) imports nothing else of
+"""The layers point down: the ground package (cxr/, less cxr/cli/ on top) imports nothing else of
 ours, and the parts above it (export, gateway, indexing, training) do not import each other."""
 
 import ast
@@ -9,7 +9,7 @@ import pytest
 ROOT = Path(__file__).parent.parent
 OURS = {"cxr", "export", "gateway", "indexing", "training", "benchmarks"}
 PARTS = ("export", "gateway", "indexing", "training")
-ROOF = {"cxr/cli.py", "cxr/security_cli.py", "cxr/demo.py"}  # the command line and the demo: orchestration, on top of everything
+ROOF = "cxr/cli"  # the command line, the demo and the supervisor: on top of everything
 # Known debt, to be paid as files move: training builds its towers with export's checkpoint loaders.
 ALLOWED = {("training", "export")}
 
@@ -28,7 +28,7 @@ def _modules(package: str) -> list[Path]:
     return sorted(p for p in (ROOT / package).rglob("*.py") if "retrieval" not in p.parts)
 
 
-@pytest.mark.parametrize("path", [p for p in _modules("cxr") if str(p.relative_to(ROOT)) not in ROOF],
+@pytest.mark.parametrize("path", [p for p in _modules("cxr") if not str(p.relative_to(ROOT)).startswith(ROOF)],
                          ids=lambda p: str(p.relative_to(ROOT)))
 def test_the_ground_imports_nothing_of_ours(path):
     assert _imports(path) <= {"cxr"}

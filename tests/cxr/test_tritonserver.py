@@ -77,8 +77,8 @@ def test_tritons_admin_apis_need_the_key_that_serve_wrote(served):
 
     client = grpcclient.InferenceServerClient(**connection(served))
     try:
-        for call in (lambda **h: client.get_model_repository_index(**h), lambda **h: client.unload_model("cxr-mini_image", **h),
-                     lambda **h: client.get_inference_statistics("cxr-mini_image", **h)):
+        for call in (client.get_model_repository_index, lambda: client.unload_model("cxr-mini_image"),
+                     lambda: client.get_inference_statistics("cxr-mini_image")):
             with pytest.raises(InferenceServerException, match="restricted"):
                 call()
         assert client.get_model_repository_index(headers=admin_headers(served.triton_admin_key_file)).models

@@ -138,9 +138,12 @@ def test_metrics_count_calls_by_method_status_and_stage_without_patient_data(mak
         _search(server.stub)
     from prometheus_client import generate_latest
 
-    text = generate_latest(metrics.registry).decode()
+    rejected = 'cxr_gateway_rpcs_total{code="RESOURCE_EXHAUSTED",method="SearchByText"} 1.0'
+    deadline = time.monotonic() + 5
+    while rejected not in (text := generate_latest(metrics.registry).decode()) and time.monotonic() < deadline:
+        time.sleep(0.01)  # the status reaches the client before the server's wrapper has counted it
     assert 'cxr_gateway_rpcs_total{code="OK",method="SearchByText"} 1.0' in text
-    assert 'cxr_gateway_rpcs_total{code="RESOURCE_EXHAUSTED",method="SearchByText"} 1.0' in text
+    assert rejected in text
     assert 'cxr_gateway_rejected_rpcs_total{reason="rate_limit"} 1.0' in text
     assert 'cxr_gateway_stage_seconds_count{method="SearchByText",stage="triton"} 1.0' in text
     assert 'cxr_gateway_stage_seconds_count{method="SearchByText",stage="total"} 2.0' in text

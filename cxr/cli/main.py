@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
-from cxr import registry, security_cli
+from cxr import registry
+from cxr.cli import security
 from cxr.errors import CxrError
 from cxr.manifest import read_manifest
 from cxr.settings import Settings, load_settings
@@ -69,32 +68,49 @@ def cmd_export(args, settings: Settings) -> int:
 
 
 def cmd_serve(args, settings: Settings) -> int:
-    """Triton, then the gateway in front of it; both stop together."""
-    from cxr import processes, tritonserver
+    """Triton, then the gateway in front of it, supervised: a crashed child is started again."""
+    from cxr import tritonserver
+    from cxr.cli.supervisor import Supervisor
+
+    if args.detach:
+        return _serve_detached(args, settings)
+    supervisor = Supervisor(settings, args.timeout)
+    models = tritonserver.check_repository(settings.model_repository)
+    print(f"starting Triton with {len(models)} models; log: {settings.run_dir / tritonserver.LOG_FILE}", flush=True)
+    status = supervisor.start()
+    _print_gateway_status(settings, status, supervisor.gateway.log_file)
+    print("supervising Triton and the gateway; Ctrl-C or `cxr stop` stops both", flush=True)
+    return supervisor.run()
+
+
+def _serve_detached(args, settings: Settings) -> int:
+    """`cxr serve` itself in the background, with its output in <run_dir>/serve.log."""
+    import os
+    import subprocess
+
+    from cxr import tritonserver
+    from cxr.cli.supervisor import SUPERVISOR, wait_recorded
     from gateway import process as gateway_process
 
-    triton, triton_log = tritonserver.start(settings)
-    children = [triton]
+    tritonserver.check_repository(settings.model_repository)
+    tritonserver.check_ports(settings)
+    gateway_process.check_port(settings)
+    log_file = settings.run_dir / "serve.log"
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    offset = log_file.stat().st_size if log_file.exists() else 0
+    with log_file.open("ab") as log:
+        child = subprocess.Popen([sys.executable, "-m", "cxr.cli", "serve", "--timeout", str(args.timeout)],
+                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=dict(os.environ))
     try:
-        models = tritonserver.check_repository(settings.model_repository)
-        print(f"starting Triton with {len(models)} models; log: {triton_log}")
-        tritonserver.wait_ready(settings, models, triton, args.timeout, triton_log)
-        print(f"Triton ready: gRPC {settings.triton_grpc_url}, HTTP {settings.triton_http_url}, "
-              f"metrics {settings.triton_host}:{settings.triton_metrics_port}")
-        gateway, gateway_log = gateway_process.start(settings)
-        children.append(gateway)
-        status = gateway_process.wait_answering(settings, gateway, gateway_log)
-    except BaseException:
-        for child in reversed(children):
-            processes.stop_process(child)
-        raise
-    _print_gateway_status(settings, status, gateway_log)
-    if args.detach:
-        processes.record(settings.run_dir, tritonserver.NAME, triton.pid, log=str(triton_log))
-        processes.record(settings.run_dir, gateway_process.NAME, gateway.pid, log=str(gateway_log))
-        print("running in the background; stop both with `cxr stop`")
-        return 0
-    return _serve_until_signalled(children)
+        wait_recorded(settings.run_dir, SUPERVISOR, child, args.timeout + 120)
+    finally:
+        with log_file.open("rb") as log:
+            log.seek(offset)
+            print(log.read().decode(errors="replace").rstrip())
+    if child.poll() is not None:
+        raise CxrError(f"`cxr serve` exited with status {child.returncode}; see {log_file}")
+    print(f"running in the background (pid {child.pid}); stop both with `cxr stop`")
+    return 0
 
 
 def _print_gateway_status(settings: Settings, status: int, log_file) -> None:
@@ -107,33 +123,20 @@ def _print_gateway_status(settings: Settings, status: int, log_file) -> None:
               f"`cxr index build --model {settings.model} ...`)")
 
 
-def _serve_until_signalled(children) -> int:
-    from cxr import processes
-
-    def _stop(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, _stop)
-    try:
-        while all(child.poll() is None for child in children):
-            time.sleep(0.5)
-        print("a server exited; stopping the other", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("stopping the gateway and Triton")
-        return 0
-    finally:
-        for child in reversed(children):
-            processes.stop_process(child)
-
-
 def cmd_stop(args, settings: Settings) -> int:
     from cxr import processes, tritonserver
+    from cxr.cli.supervisor import SUPERVISOR
     from gateway import process as gateway_process
 
-    stopped = [name for name in (gateway_process.NAME, tritonserver.NAME)
-               if processes.stop_recorded(settings.run_dir, name)]
-    print(f"stopped {' and '.join(stopped)}" if stopped else f"nothing recorded as running in {settings.run_dir}")
+    grace = settings.drain_grace_s + 30  # the gateway drains, then Triton exits
+    stopped = processes.stop_recorded(settings.run_dir, SUPERVISOR, grace)
+    # Children left by a supervisor that was killed, or by an older `cxr serve --detach`:
+    orphans = [name for name in (gateway_process.NAME, tritonserver.NAME)
+               if processes.stop_recorded(settings.run_dir, name, grace)]
+    if stopped or orphans:
+        print("stopped gateway and triton" + (f" (and orphaned {', '.join(orphans)})" if stopped and orphans else ""))
+    else:
+        print(f"nothing recorded as running in {settings.run_dir}")
     return 0
 
 
@@ -356,11 +359,12 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--projection", action="append", help="keep this projection (repeatable)")
     search.add_argument("--label", action="append", help="keep images with this finding label (repeatable)")
     search.add_argument("--ca", type=Path, help="TLS: the CA of the gateway's certificate (CXR_CA)")
-    search.add_argument("--cert", dest="client_cert", type=Path, help="mutual TLS: client certificate (CXR_CLIENT_CERT)")
+    search.add_argument("--cert", dest="client_cert", type=Path,
+                        help="mutual TLS: client certificate (CXR_CLIENT_CERT)")
     search.add_argument("--key", dest="client_key", type=Path, help="mutual TLS: its private key (CXR_CLIENT_KEY)")
     search.add_argument("--token", help="a JWT or an API key (CXR_TOKEN; the variable keeps it out of shell history)")
     search.set_defaults(func=cmd_search)
-    security_cli.add_commands(sub)
+    security.add_commands(sub)
     return parser
 
 

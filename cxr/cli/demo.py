@@ -16,7 +16,7 @@ from dataclasses import replace
 import grpc
 
 from cxr import index_store, processes, registry, tritonserver
-from cxr.cli import print_hits
+from cxr.cli.main import print_hits
 from cxr.manifest import read_manifest
 from cxr.retrieval.v1 import retrieval_pb2 as pb
 from cxr.retrieval.v1 import retrieval_pb2_grpc as pb_grpc

@@ -1,0 +1,5 @@
+import sys
+
+from cxr.cli.main import main
+
+sys.exit(main())
