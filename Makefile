@@ -52,8 +52,8 @@ stop: ## stop the Triton and gateway started in the background
 models: setup ## list models: active, exported, ready in Triton
 	$(CXR) models
 
-demo: setup ## export, serve and query the demo model, then stop
-	$(BIN)/python -m cxr.cli.demo --model $(DEMO_MODEL)
+demo: setup ## export, serve (mutual TLS, tokens, audit) and query the demo model, then stop; INSECURE=1: plaintext
+	$(BIN)/python -m cxr.cli.demo --model $(DEMO_MODEL) $(if $(INSECURE),--insecure)
 
 train-default: setup ## retrain the shipped cxr-mini from scratch on $(DATA)/nih800 into weights/cxr-mini (deterministic)
 	rm -rf $(TRAIN_OUT)

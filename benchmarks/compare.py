@@ -23,8 +23,6 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import grpc
-
 from benchmarks import report
 from benchmarks.load import run_load
 from benchmarks.machine import describe, result_path
@@ -32,6 +30,7 @@ from benchmarks.retrieval_quality import search_all, validation_records
 from benchmarks.stack import exported, process_tree_rss_mb, served
 from cxr import registry
 from cxr.archives import Record
+from cxr.client import channel_from
 from cxr.manifest import read_manifest
 from cxr.retrieval.v1 import retrieval_pb2 as pb
 from cxr.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
@@ -52,7 +51,6 @@ PROFILES = {
 }
 DEFAULT_MODELS = ("cxr-mini",)
 TOP_K = 10
-MESSAGE_LIMIT = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
 
 
 class _Queries:
@@ -70,9 +68,9 @@ class _Queries:
         return lambda: items[next(position) % len(items)]
 
 
-def _gateway_sender(address: str, kind: str, queries: _Queries):
+def _gateway_sender(settings: Settings, kind: str, queries: _Queries):
     def make():
-        channel = grpc.insecure_channel(address, options=MESSAGE_LIMIT)
+        channel = channel_from(settings)
         stub, nxt = pb_grpc.RetrievalStub(channel), queries.cycle(kind)
         if kind == "text":
             return lambda: stub.SearchByText(pb.SearchByTextRequest(text=nxt(), top_k=TOP_K), timeout=120)
@@ -114,9 +112,9 @@ def measure(model: str, records: list[Record], base: Settings, profile: Profile,
     with exported(base, model) as settings:
         log(f"[{model}] batching on: index, quality, gateway load")
         with served(settings, records, batching=True) as stack:
-            with grpc.insecure_channel(settings.gateway_address, options=MESSAGE_LIMIT) as channel:
+            with channel_from(settings) as channel:
                 quality = search_all(pb_grpc.RetrievalStub(channel), records, bare_labels=True)
-            gateway = _load_matrix(lambda kind: _gateway_sender(settings.gateway_address, kind, queries), profile)
+            gateway = _load_matrix(lambda kind: _gateway_sender(settings, kind, queries), profile)
             # Peak = each process's high-water mark after quality and load, summed over Triton's stubs.
             memory = {"triton_rss_mb": process_tree_rss_mb(stack.triton_pid, "VmHWM"),
                       "gateway_rss_mb": process_tree_rss_mb(stack.gateway_pid, "VmHWM")}
@@ -125,7 +123,7 @@ def measure(model: str, records: list[Record], base: Settings, profile: Profile,
         in_process = _in_process_load(model, settings, queries, profile)
         log(f"[{model}] batching off: gateway load")
         with served(settings, records, batching=False, rebuild_index=False):
-            unbatched = _load_matrix(lambda kind: _gateway_sender(settings.gateway_address, kind, queries), profile)
+            unbatched = _load_matrix(lambda kind: _gateway_sender(settings, kind, queries), profile)
     spec = registry.get_model(model)
     return {"use": spec.use, "embed_dim": spec.embed_dim, "image_size": spec.image_size,
             "quality": quality, "speed": {"gateway": gateway, "gateway_no_batching": unbatched,

@@ -16,13 +16,12 @@ import argparse
 import json
 import sys
 
-import grpc
-
 from benchmarks.machine import describe, result_path
 from benchmarks.stack import exported, served
 from benchmarks.timing import time_requests
 from cxr import archives, registry
 from cxr.catalog import ExportedModel
+from cxr.client import channel_from
 from cxr.retrieval.v1 import retrieval_pb2 as pb
 from cxr.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
 from cxr.settings import Settings, load_settings
@@ -37,7 +36,7 @@ def _latencies(model: ExportedModel, settings: Settings, requests: int) -> dict:
     triton = TowerClient(connection(settings), model.image, model.text, model.max_batch_size)
     direct = time_requests(lambda: triton.embed_texts(model.tokenizer([QUERY])), requests, TIME_LIMIT_S, WARMUP)
     triton.close()
-    with grpc.insecure_channel(settings.gateway_address) as channel:
+    with channel_from(settings) as channel:
         stub = pb_grpc.RetrievalStub(channel)
         request = pb.SearchByTextRequest(text=QUERY, top_k=10)
         through = time_requests(lambda: stub.SearchByText(request), requests, TIME_LIMIT_S, WARMUP)

@@ -20,13 +20,13 @@ import json
 import sys
 from pathlib import Path
 
-import grpc
 import numpy as np
 
 from benchmarks.machine import describe, result_path
 from benchmarks.stack import exported, served
 from cxr import archives, metrics, registry
 from cxr.archives import Record
+from cxr.client import channel_from
 from cxr.retrieval.v1 import retrieval_pb2 as pb
 from cxr.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
 from cxr.settings import Settings, load_settings
@@ -98,7 +98,7 @@ def _text_task(stub, names: list[str], labels: dict[str, set[str]], query) -> di
 
 def measure(model_name: str, records: list[Record], base: Settings) -> dict:
     with exported(base, model_name) as settings, served(settings, records):
-        with grpc.insecure_channel(settings.gateway_address) as channel:
+        with channel_from(settings) as channel:
             return search_all(pb_grpc.RetrievalStub(channel), records)
 
 

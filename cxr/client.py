@@ -13,6 +13,7 @@ token, a deadline per call, and retries with backoff while the gateway is UNAVAI
 
 from __future__ import annotations
 
+import collections
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,15 +28,56 @@ MAX_MESSAGE_BYTES = 64 << 20  # a full-size DICOM
 RETRY_BACKOFF_S = (0.1, 0.3, 1.0, 3.0)
 
 
-def channel(address: str, ca: Path | None = None, cert: Path | None = None, key: Path | None = None) -> grpc.Channel:
-    """A channel to the gateway: TLS when `ca` is given (mutual TLS with `cert` and `key`), else plaintext."""
+class _CallDetails(collections.namedtuple("_CallDetails", ("method", "timeout", "metadata", "credentials",
+                                                             "wait_for_ready", "compression")),
+                   grpc.ClientCallDetails):
+    pass
+
+
+class _BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
+                   grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+    """Adds `authorization: Bearer <token>` to every call on the channel."""
+
+    def __init__(self, token: str):
+        self._header = ("authorization", f"Bearer {token}")
+
+    def _details(self, details):
+        metadata = [*(details.metadata or ()), self._header]
+        return _CallDetails(details.method, details.timeout, metadata, details.credentials,
+                            details.wait_for_ready, getattr(details, "compression", None))
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):
+        return continuation(self._details(details), request)
+
+    def intercept_stream_unary(self, continuation, details, requests):
+        return continuation(self._details(details), requests)
+
+    def intercept_stream_stream(self, continuation, details, requests):
+        return continuation(self._details(details), requests)
+
+
+def channel(address: str, ca: Path | None = None, cert: Path | None = None, key: Path | None = None,
+            token: str = "") -> grpc.Channel:
+    """A channel to the gateway: TLS when `ca` is given (mutual TLS with `cert` and `key`), else
+    plaintext; with `token`, every call carries it."""
     options = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
     if ca is None:
-        return grpc.insecure_channel(address, options=options)
-    credentials = grpc.ssl_channel_credentials(Path(ca).read_bytes(), Path(key).read_bytes() if key else None,
-                                               Path(cert).read_bytes() if cert else None)
-    return grpc.secure_channel(address, credentials, options=options)
+        made = grpc.insecure_channel(address, options=options)
+    else:
+        credentials = grpc.ssl_channel_credentials(Path(ca).read_bytes(), Path(key).read_bytes() if key else None,
+                                                   Path(cert).read_bytes() if cert else None)
+        made = grpc.secure_channel(address, credentials, options=options)
+    return grpc.intercept_channel(made, _BearerToken(token)) if token else made
+
+
+def channel_from(settings, address: str | None = None) -> grpc.Channel:
+    """A channel to the gateway of `settings`, with its client files and token."""
+    return channel(address or settings.gateway_address, settings.ca, settings.client_cert, settings.client_key,
+                   settings.token)
 
 
 def health(address: str, ca: Path | None = None, cert: Path | None = None, key: Path | None = None,
@@ -54,8 +96,7 @@ class RetrievalClient:
         self.address = address
         self.deadline_s = deadline_s
         self.retries = retries
-        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        self._channel = channel(address, ca, cert, key)
+        self._channel = channel(address, ca, cert, key, token)
         self.stub = pb_grpc.RetrievalStub(self._channel)
         self.last_request_id = ""  # the gateway's id of the last answered call: quote it when reporting a problem
 
@@ -68,7 +109,7 @@ class RetrievalClient:
         """`method(request)` with the deadline and token; UNAVAILABLE is retried with backoff."""
         for attempt in range(self.retries + 1):
             try:
-                response, call = method.with_call(request, timeout=self.deadline_s, metadata=self._metadata)
+                response, call = method.with_call(request, timeout=self.deadline_s)
                 self.last_request_id = dict(call.trailing_metadata() or ()).get("x-request-id", "")
                 return response
             except grpc.RpcError as error:

@@ -2,6 +2,8 @@
 
 Exports the demo model, starts Triton and the gateway, indexes the NIH sample archive through
 Triton, asks the gateway a few text and image questions over gRPC and prints the ranked studies.
+The gateway runs as a hospital would run it (mutual TLS, tokens, an audit log) with a development
+PKI; `--insecure` (make demo INSECURE=1) runs it in plaintext without them.
 To index your own IU-Xray download instead:
   cxr index build --reports-csv indiana_reports.csv --projections-csv indiana_projections.csv \\
       --images-dir images/ --model <model>
@@ -10,16 +12,17 @@ To index your own IU-Xray download instead:
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import time
 from dataclasses import replace
 
 import grpc
 
 from cxr import index_store, processes, registry, tritonserver
 from cxr.cli.main import print_hits
+from cxr.client import RetrievalClient
 from cxr.manifest import read_manifest
-from cxr.retrieval.v1 import retrieval_pb2 as pb
-from cxr.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
 from cxr.settings import Settings, load_settings
 from gateway import process as gateway_process
 
@@ -59,19 +62,51 @@ def _ask(spec, settings: Settings) -> None:
         print(f"\nNOTE: {spec.name} is a small demo model trained here on 600 NIH images at 64 px "
               f"({spec.embedded_weights.relative_to(registry.REPO_ROOT)}/MODEL_CARD.md): better than chance, "
               "far from a real encoder, not for clinical use.")
-    with grpc.insecure_channel(settings.gateway_address, options=[("grpc.max_send_message_length", 64 << 20)]) as ch:
-        stub = pb_grpc.RetrievalStub(ch)
+    with RetrievalClient.from_settings(settings) as client:
         for text in TEXT_QUERIES:
             print(f"\n$ cxr search text {text!r}")
-            print_hits(stub.SearchByText(pb.SearchByTextRequest(text=text, top_k=5), timeout=60))
+            print_hits(client.search_text(text, top_k=5))
         for name in IMAGE_QUERIES:
             print(f"\n$ cxr search image {name}")
-            image = (settings.data_dir / "cxr_samples" / name).read_bytes()
-            print_hits(stub.SearchByImage(pb.SearchByImageRequest(image=image, top_k=5), timeout=60))
+            print_hits(client.search_image((settings.data_dir / "cxr_samples" / name).read_bytes(), top_k=5))
+    if settings.auth == "token":
+        _show_refusal_and_audit(settings)
 
 
-def run(model: str) -> int:
+def secured(settings: Settings) -> Settings:
+    """The demo as a hospital runs it: mutual TLS with a development PKI (in <run_dir>/dev-pki),
+    tokens, and an audit log; the demo's client holds a client certificate and a 10-minute JWT."""
+    from gateway.dev_pki import issue_token, write_dev_pki
+
+    pki = settings.run_dir / "dev-pki"
+    if not (pki / "jwks.json").is_file():
+        write_dev_pki(pki, force=True)
+    token = issue_token(pki / "signing.key", "demo-clinician", ["search", "studies"], 600, settings.jwt_issuer,
+                        settings.jwt_audience)
+    return replace(settings, tls_cert=pki / "server.pem", tls_key=pki / "server.key", tls_client_ca=pki / "ca.pem",
+                   auth="token", jwt_jwks=str(pki / "jwks.json"), audit_log=settings.run_dir / "demo-audit.log",
+                   ca=pki / "ca.pem", client_cert=pki / "client.pem", client_key=pki / "client.key", token=token)
+
+
+def _show_refusal_and_audit(settings: Settings) -> None:
+    from gateway import audit
+
+    print("\n$ cxr search text 'effusion'   # the same client certificate, no token")
+    try:
+        RetrievalClient.from_settings(replace(settings, token=""), retries=0).search_text("effusion")
+    except grpc.RpcError as error:
+        print(f"error: {error.code().name}: {error.details()}")
+    time.sleep(0.2)  # the refusal's audit line is written as the call ends
+    files = [settings.audit_log]
+    problem, lines = audit.verify(files)
+    last = json.loads(settings.audit_log.read_text().splitlines()[-1])
+    print(f"\n$ cxr audit verify {settings.audit_log}\n" + ("intact" if problem is None else f"BROKEN: {problem}") +
+          f": {lines} lines. The last one (no query text, only its HMAC):\n{json.dumps(last)[:400]}")
+
+
+def run(model: str, secure: bool = True) -> int:
     settings = replace(load_settings(), model=model)
+    settings = secured(settings) if secure else settings
     spec = registry.get_model(model)
     exported = _ensure_exported(spec, settings)
     children = []
@@ -85,7 +120,8 @@ def run(model: str) -> int:
         children.append(gateway)
         gateway_process.wait_answering(settings, gateway, gateway_log)
         gateway_process.wait_serving(settings)
-        print(f"gateway SERVING on {settings.gateway_address}")
+        security = f"mutual TLS, tokens, audit log {settings.audit_log}" if secure else "plaintext, no auth"
+        print(f"gateway SERVING on {settings.gateway_address} ({security})")
         _ask(spec, settings)
     finally:
         for child in reversed(children):
@@ -97,8 +133,9 @@ def run(model: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="registry name (default: the active model)")
+    parser.add_argument("--insecure", action="store_true", help="plaintext, no tokens, no audit log")
     args = parser.parse_args(argv)
-    return run(args.model or load_settings().model)
+    return run(args.model or load_settings().model, secure=not args.insecure)
 
 
 if __name__ == "__main__":
