@@ -34,6 +34,9 @@ class IndexSet:
         self._errors: dict[str, CxrError] = {}
         self._versions: dict[str, int | None] = {}
         self._lock = threading.Lock()
+        if metrics is not None:
+            for name in catalog:
+                metrics.index_load_failures.labels(name)  # at 0 from the start
         self.refresh()
 
     def _version(self, name: str) -> int | None:

@@ -15,7 +15,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from gateway import calls
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-STAGES = ("decode", "tokenize", "triton", "search", "total")
+# Why calls are refused before any work; each series exists from the start, at 0, so alerts on
+# increase() see the first one.
+REJECTION_REASONS = ("unauthenticated", "permission_denied", "concurrency", "rate_limit", "deadline", "draining",
+                     "decode_queue", "audit")
 
 
 class GatewayMetrics:
@@ -29,6 +32,8 @@ class GatewayMetrics:
         self.in_flight = Gauge("cxr_gateway_in_flight_rpcs", "RPCs being handled now", registry=r)
         self.rejected = Counter("cxr_gateway_rejected_rpcs", "RPCs refused before any work, by reason",
                                 ["reason"], registry=r)
+        for reason in REJECTION_REASONS:
+            self.rejected.labels(reason)
         self.index_vectors = Gauge("cxr_gateway_index_vectors", "Vectors in the loaded index", ["model"], registry=r)
         self.index_created = Gauge("cxr_gateway_index_created_timestamp_seconds",
                                    "When the loaded index was built (its version)", ["model"], registry=r)

@@ -47,7 +47,7 @@ class BackgroundGateway:
 
         async def _start():
             gateway, port = create_server(settings, "127.0.0.1:0")
-            await gateway.start()
+            await gateway.start(settings.metrics_host, settings.metrics_port)
             return gateway, port
 
         self.gateway, port = asyncio.run_coroutine_threadsafe(_start(), self.loop).result(60)
