@@ -11,7 +11,7 @@ from pathlib import Path
 
 RESULTS_DIR = Path(__file__).parent / "results"
 PACKAGES = ("numpy", "torch", "transformers", "open_clip_torch", "onnx", "onnxruntime", "nvidia-pytriton",
-            "tritonclient", "faiss-cpu")
+            "tritonclient", "faiss-cpu", "grpcio", "cryptography", "PyJWT", "prometheus-client")
 
 
 def _cpu_model() -> str:

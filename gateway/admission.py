@@ -21,7 +21,7 @@ import grpc
 from cxr.errors import CxrError
 from gateway import calls
 
-GUARDED_PREFIX = "/cxr.retrieval.v1.Retrieval/"
+GUARDED_PREFIX = calls.RETRIEVAL_PREFIX
 RETRY_AFTER_KEY = "retry-after-ms"
 MAX_TRACKED_PRINCIPALS = 10_000  # buckets of the least recently seen go first
 

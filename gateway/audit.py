@@ -33,7 +33,7 @@ from gateway import calls
 log = logging.getLogger("cxr.gateway.audit")
 
 GENESIS = "0" * 64
-AUDITED_PREFIX = "/cxr.retrieval.v1.Retrieval/"
+AUDITED_PREFIX = calls.RETRIEVAL_PREFIX
 DEFAULT_MAX_BYTES = 64 * 2**20
 KEY_SUFFIX = ".key"
 
@@ -158,6 +158,8 @@ def _query(request, kind: str, data: bytes, audit: AuditLog) -> dict:
 
 def describe_request(method: str, request, audit: AuditLog) -> dict:
     """The queries of a call, without their text or image."""
+    if request is calls.MALFORMED:
+        return {"queries": [], "malformed": True}
     name = calls.method_name(method)
     if name == "SearchByText":
         return {"queries": [_query(request, "text", request.text.encode(), audit)]}

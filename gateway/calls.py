@@ -16,8 +16,19 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from cxr.retrieval.v1 import retrieval_pb2 as pb
+
 REQUEST_ID_KEY = "x-request-id"
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
+RETRIEVAL_PREFIX = f"/{pb.DESCRIPTOR.services_by_name['Retrieval'].full_name}/"
+MALFORMED = object()  # a Retrieval request whose bytes are not its message: the handler refuses it
+MAX_DETAILS_CHARS = 1000  # status details travel in the trailers, which clients cap at 8 KB
+
+
+def shown(value: str, limit: int = 64) -> str:
+    """A client-sent value as an error message may quote it: repr'd and clipped."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 4] + "...'"
 
 
 @dataclass
@@ -92,6 +103,8 @@ async def abort(context, code: grpc.StatusCode, details: str, reason: str = "", 
     if call is not None and reason:
         call.rejected = reason
     context.set_trailing_metadata((((REQUEST_ID_KEY, call.request_id),) if call else ()) + tuple(trailers))
+    if len(details) > MAX_DETAILS_CHARS:
+        details = details[: MAX_DETAILS_CHARS - 15] + " ... (clipped)"
     await context.abort(code, details)
 
 
@@ -117,6 +130,17 @@ def refusal(handler: grpc.RpcMethodHandler | None, code: grpc.StatusCode, detail
     return grpc.stream_stream_rpc_method_handler(refuse_stream, **kwargs)
 
 
+def _tolerant(deserialize):
+    """Bytes that do not parse become MALFORMED, so the handler answers INVALID_ARGUMENT (grpc's own
+    answer would be INTERNAL) and every interceptor still sees the call."""
+    def parse(data: bytes):
+        try:
+            return deserialize(data)
+        except Exception:  # noqa: BLE001 - protobuf's DecodeError and whatever a hostile payload raises
+            return MALFORMED
+    return parse
+
+
 class CallInterceptor(grpc.aio.ServerInterceptor):
     """First in the chain: a `Call` for every RPC, and its request id sent back to the client."""
 
@@ -128,4 +152,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             context.set_trailing_metadata(((REQUEST_ID_KEY, call.request_id),))
             return await run()
 
-        return wrap_unary(await continuation(details), around)
+        handler = wrap_unary(await continuation(details), around)
+        if handler is not None and details.method.startswith(RETRIEVAL_PREFIX):
+            handler = handler._replace(request_deserializer=_tolerant(handler.request_deserializer))
+        return handler

@@ -12,6 +12,7 @@ import ipaddress
 import json
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import jwt
@@ -21,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from cxr.errors import CxrError
+from cxr.settings import Settings
 
 CA_CERT, CA_KEY = "ca.pem", "ca.key"
 SERVER_CERT, SERVER_KEY = "server.pem", "server.key"
@@ -133,3 +135,16 @@ def issue_token(key_file: Path, subject: str, scopes: list[str], ttl_s: float, i
     claims = {"sub": subject, "scope": " ".join(scopes), "iss": issuer, "aud": audience, "iat": now, "nbf": now,
               "exp": now + int(ttl_s)}
     return jwt.encode(claims, key, algorithm=JWT_ALGORITHM, headers={"kid": key_id})
+
+
+def dev_security(settings: Settings, directory: Path, subject: str, scopes: list[str], audit_log: Path | None = None,
+                 ttl_s: float = 3600) -> Settings:
+    """`settings` as a hospital runs the gateway (mutual TLS, tokens, an audit log), with a development
+    PKI in `directory` (written once); the client side holds a client certificate and a JWT."""
+    if not (directory / JWKS_FILE).is_file():
+        write_dev_pki(directory, force=True)
+    token = issue_token(directory / SIGNING_KEY, subject, scopes, ttl_s, settings.jwt_issuer, settings.jwt_audience)
+    return replace(settings, tls_cert=directory / SERVER_CERT, tls_key=directory / SERVER_KEY,
+                   tls_client_ca=directory / CA_CERT, auth="token", jwt_jwks=str(directory / JWKS_FILE),
+                   audit_log=audit_log, ca=directory / CA_CERT, client_cert=directory / CLIENT_CERT,
+                   client_key=directory / CLIENT_KEY, token=token)

@@ -57,6 +57,9 @@ def grpc_errors(handler):
     @functools.wraps(handler)
     async def wrapper(self, request, context):
         try:
+            if request is calls.MALFORMED:
+                raise InvalidRequestError(f"the request is not a valid {handler.__name__} message: encode it as "
+                                          "protos/cxr/retrieval/v1/retrieval.proto defines it")
             return await handler(self, request, context)
         except CxrError as error:
             await calls.abort(context, status_of(error), str(error))

@@ -67,7 +67,9 @@ class IndexSearcher:
             unknown = [v for v in values if v.lower() not in groups]
             if unknown:
                 known = self.projections if kind == "projection" else self.labels
-                raise UnknownFilterError(f"unknown {kind} filter {unknown}; this index has {known}")
+                listed = ", ".join(repr(v[:40]) for v in unknown[:5]) + (f" and {len(unknown) - 5} more"
+                                                                         if len(unknown) > 5 else "")
+                raise UnknownFilterError(f"unknown {kind} filter {listed}; this index has {known}")
             ids = np.unique(np.concatenate([groups[v.lower()] for v in values]))
             allowed = ids if allowed is None else np.intersect1d(allowed, ids)
         return allowed

@@ -74,7 +74,7 @@ class RetrievalService(pb_grpc.RetrievalServicer):
         model = self._model(request.model)
         rows = self.indexes.searcher(model).loaded_study(request.study_uid)
         if not rows:
-            raise StudyNotFoundError(f"study {request.study_uid!r} is not in the {model.name} index")
+            raise StudyNotFoundError(f"study {calls.shown(request.study_uid)} is not in the {model.name} index")
         first = rows[0]
         return pb.Study(study_uid=request.study_uid, findings=first.get("findings", ""),
                         impression=first.get("impression", ""), indication=first.get("indication", ""),
@@ -123,8 +123,10 @@ class RetrievalService(pb_grpc.RetrievalServicer):
     def _model(self, name: str) -> ExportedModel:
         name = name or self.active_model
         if name not in self.catalog:
-            registry.get_model(name)  # an unknown name lists the registry
-            raise UnknownModelError(f"model {name!r} is not exported on this gateway; serving: {sorted(self.catalog)}")
+            known = registry.list_models()
+            where = "in the registry" if name not in known else "exported on this gateway"
+            raise UnknownModelError(f"model {calls.shown(name)} is not {where}; serving: {sorted(self.catalog)}. "
+                                    f"Available: {known}")
         return self.catalog[name]
 
 

@@ -25,6 +25,7 @@ from cxr.client import RetrievalClient
 from cxr.manifest import read_manifest
 from cxr.settings import Settings, load_settings
 from gateway import process as gateway_process
+from gateway.dev_pki import dev_security
 
 TEXT_QUERIES = ["small left pleural effusion", "cardiomegaly", "no acute cardiopulmonary abnormality"]
 IMAGE_QUERIES = ["00000001_000.png", "1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"]
@@ -73,21 +74,6 @@ def _ask(spec, settings: Settings) -> None:
         _show_refusal_and_audit(settings)
 
 
-def secured(settings: Settings) -> Settings:
-    """The demo as a hospital runs it: mutual TLS with a development PKI (in <run_dir>/dev-pki),
-    tokens, and an audit log; the demo's client holds a client certificate and a 10-minute JWT."""
-    from gateway.dev_pki import issue_token, write_dev_pki
-
-    pki = settings.run_dir / "dev-pki"
-    if not (pki / "jwks.json").is_file():
-        write_dev_pki(pki, force=True)
-    token = issue_token(pki / "signing.key", "demo-clinician", ["search", "studies"], 600, settings.jwt_issuer,
-                        settings.jwt_audience)
-    return replace(settings, tls_cert=pki / "server.pem", tls_key=pki / "server.key", tls_client_ca=pki / "ca.pem",
-                   auth="token", jwt_jwks=str(pki / "jwks.json"), audit_log=settings.run_dir / "demo-audit.log",
-                   ca=pki / "ca.pem", client_cert=pki / "client.pem", client_key=pki / "client.key", token=token)
-
-
 def _show_refusal_and_audit(settings: Settings) -> None:
     from gateway import audit
 
@@ -106,7 +92,9 @@ def _show_refusal_and_audit(settings: Settings) -> None:
 
 def run(model: str, secure: bool = True) -> int:
     settings = replace(load_settings(), model=model)
-    settings = secured(settings) if secure else settings
+    if secure:
+        settings = dev_security(settings, settings.run_dir / "dev-pki", "demo-clinician", ["search", "studies"],
+                                audit_log=settings.run_dir / "demo-audit.log")
     spec = registry.get_model(model)
     exported = _ensure_exported(spec, settings)
     children = []
