@@ -32,18 +32,20 @@ class IndexSet:
         self.metrics = metrics
         self._searchers: dict[str, IndexSearcher] = {}
         self._errors: dict[str, CxrError] = {}
-        self._versions: dict[str, int | None] = {}
+        self._versions: dict[str, tuple[int, int] | None] = {}
         self._lock = threading.Lock()
         if metrics is not None:
             for name in catalog:
                 metrics.index_load_failures.labels(name)  # at 0 from the start
         self.refresh()
 
-    def _version(self, name: str) -> int | None:
+    def _version(self, name: str) -> tuple[int, int] | None:
+        """The manifest's modification time and inode: a folder swapped in is seen even with old times."""
         try:
-            return (self.index_dir / name / index_store.MANIFEST_FILE).stat().st_mtime_ns
+            stat = (self.index_dir / name / index_store.MANIFEST_FILE).stat()
         except FileNotFoundError:
             return None
+        return stat.st_mtime_ns, stat.st_ino
 
     def refresh(self) -> None:
         """(Re)load every index whose manifest appeared, changed or went since the last look."""

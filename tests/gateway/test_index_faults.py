@@ -2,6 +2,7 @@
 previous index keeps serving, a rebuild is picked up with no failed query, a removed index stops
 being served; the reload watcher lives through all of it."""
 
+import logging
 import shutil
 import threading
 import time
@@ -60,7 +61,7 @@ def _wait(predicate, seconds=30.0):
         time.sleep(0.2)
 
 
-def test_corrupt_build_refused_rebuild_picked_up_removal_stops_serving(served, nih_index, tmp_path):
+def test_corrupt_build_refused_rebuild_picked_up_removal_stops_serving(served, nih_index, tmp_path, caplog):
     settings = replace(served, model=MODEL, index_dir=tmp_path / "indexes", rate_limit_per_s=0)
     shutil.copytree(nih_index, settings.index_path(MODEL))
     background = BackgroundGateway(settings)
@@ -72,9 +73,11 @@ def test_corrupt_build_refused_rebuild_picked_up_removal_stops_serving(served, n
         shutil.copytree(nih_index, corrupt)
         index_file = corrupt / index_store.INDEX_FILE
         index_file.write_bytes(index_file.read_bytes()[: index_file.stat().st_size // 2])
-        shutil.rmtree(settings.index_path(MODEL))
-        corrupt.rename(settings.index_path(MODEL))
-        time.sleep(2.5)  # the watcher looks every second
+        with caplog.at_level(logging.ERROR, logger="cxr.gateway.indexes"):
+            shutil.rmtree(settings.index_path(MODEL))
+            corrupt.rename(settings.index_path(MODEL))  # copied: the manifest keeps its old time
+            _wait(lambda: "refused the new index build" in caplog.text)
+        assert index_store.INDEX_FILE in caplog.text
         assert _index_size(client) == 800
         assert process.health(local) == health_pb2.HealthCheckResponse.SERVING
 
