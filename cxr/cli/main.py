@@ -71,7 +71,9 @@ def cmd_serve(args, settings: Settings) -> int:
     """Triton, then the gateway in front of it, supervised: a crashed child is started again."""
     from cxr import tritonserver
     from cxr.cli.supervisor import Supervisor
+    from gateway import tls
 
+    tls.check_exposure(settings, settings.gateway_address)  # before anything starts: say why at once
     if args.detach:
         return _serve_detached(args, settings)
     supervisor = Supervisor(settings, args.timeout)

@@ -86,3 +86,40 @@ def test_tritons_admin_apis_need_the_key_that_serve_wrote(served):
         assert served.triton_admin_key_file.stat().st_mode & 0o077 == 0
     finally:
         client.close()
+
+
+@pytest.mark.triton
+def test_the_gateway_reaches_a_triton_that_wants_mutual_tls(tmp_path, cache_dir):
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    from cxr import archives
+    from cxr.catalog import ExportedModel
+    from cxr.client import RetrievalClient
+    from cxr.processes import stop_process
+    from gateway.dev_pki import write_dev_pki
+    from indexing.build import BuildOptions, build_index
+    from support import DATA_DIR, BackgroundGateway
+
+    pki = tmp_path / "pki"
+    write_dev_pki(pki)
+    settings = replace(make_settings(tmp_path, cache_dir), model="siglip-tiny", triton_tls_ca=pki / "ca.pem",
+                       triton_tls_cert=pki / "client.pem", triton_tls_key=pki / "client.key")
+    export_model(get_model("siglip-tiny"), settings, log=lambda *_: None)
+    triton, log_file = tritonserver.start(settings, tls=tritonserver.TritonTls(pki / "server.pem", pki / "server.key",
+                                                                                pki / "ca.pem"))
+    try:
+        tritonserver.wait_ready(settings, ["siglip-tiny_image", "siglip-tiny_text"], triton, 120, log_file)
+        with pytest.raises(InferenceServerException):
+            grpcclient.InferenceServerClient(settings.triton_grpc_url).is_server_ready(client_timeout=5)
+        records = archives.nih_labels(DATA_DIR / "nih800" / "labels.csv", DATA_DIR / "nih800")[:20]
+        build_index(records, ExportedModel.load(settings.model_repository, "siglip-tiny"), settings,
+                    settings.index_path("siglip-tiny"), BuildOptions(progress=False, workers=1))
+        gateway = BackgroundGateway(settings)
+        try:
+            with RetrievalClient(gateway.address) as client:
+                assert len(client.search_text("effusion", top_k=3).hits) == 3
+        finally:
+            gateway.stop()
+    finally:
+        stop_process(triton)
