@@ -23,7 +23,8 @@ QUERY = "patient jane roe small left pleural effusion"
 
 def _dashboard_names() -> set[str]:
     dashboard = json.loads((MONITORING / "grafana-dashboard.json").read_text())
-    return {name for panel in dashboard["panels"] for target in panel["targets"] for name in NAME.findall(target["expr"])}
+    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    return {name for expr in exprs for name in NAME.findall(expr)}
 
 
 def _alert_names() -> set[str]:
