@@ -22,7 +22,7 @@ from collections import Counter
 import grpc
 from grpc_health.v1 import health_pb2
 
-from benchmarks.machine import describe, result_path
+from benchmarks.machine import describe, exit_status, save
 from benchmarks.stack import exported
 from cxr import archives, index_store
 from cxr.catalog import ExportedModel
@@ -189,14 +189,10 @@ def _problems(events: list[dict]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     results = run()
-    path = result_path("faults")
-    path.write_text(json.dumps(results, indent=2))
     for event in results["figures"]["events"]:
         print(json.dumps(event))
-    print(f"wrote {path}")
-    for problem in results["problems"]:
-        print(f"FAIL: {problem}", file=sys.stderr)
-    return 1 if results["problems"] else 0
+    save("faults", results)
+    return exit_status(results["problems"])
 
 
 if __name__ == "__main__":

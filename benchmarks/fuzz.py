@@ -26,7 +26,7 @@ import grpc
 from grpc_health.v1 import health_pb2
 
 from benchmarks import hostile
-from benchmarks.machine import describe, result_path
+from benchmarks.machine import describe, exit_status, save
 from benchmarks.stack import exported, process_tree_rss_mb, served
 from cxr import archives
 from cxr.client import channel_from
@@ -242,14 +242,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="cxr-mini")
     args = parser.parse_args(argv)
     results = run(args.requests, args.seed, args.concurrency, args.model)
-    path = result_path("fuzz")
-    path.write_text(json.dumps(results, indent=2))
     figures = results["figures"]
     print(json.dumps({k: v for k, v in figures["hostile"].items() if k != "by_kind"}, indent=2))
-    print(f"RSS {figures['rss_mb']}; big PNG {figures['big_png']}; wrote {path}")
-    for problem in results["problems"]:
-        print(f"FAIL: {problem}", file=sys.stderr)
-    return 1 if results["problems"] else 0
+    print(f"RSS {figures['rss_mb']}; big PNG {figures['big_png']}")
+    save("fuzz", results)
+    return exit_status(results["problems"])
 
 
 if __name__ == "__main__":

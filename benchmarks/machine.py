@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import platform
 import socket
+import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -53,3 +55,18 @@ def result_path(name: str | None) -> Path:
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     suffix = f"-{name}" if name else ""
     return RESULTS_DIR / f"{dt.date.today().isoformat()}-{socket.gethostname()}{suffix}.json"
+
+
+def save(name: str, results: dict) -> Path:
+    """Write `results` to benchmarks/results/<date>-<host>-<name>.json."""
+    path = result_path(name)
+    path.write_text(json.dumps(results, indent=2))
+    print(f"wrote {path}")
+    return path
+
+
+def exit_status(problems: list[str]) -> int:
+    """Print each problem as a FAIL line; 1 when there is any, so `make` stops."""
+    for problem in problems:
+        print(f"FAIL: {problem}", file=sys.stderr)
+    return 1 if problems else 0

@@ -25,7 +25,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from benchmarks.machine import describe, result_path
+from benchmarks.machine import describe, exit_status, save
 from benchmarks.stack import exported, process_tree_rss_mb, served
 from cxr import archives
 from cxr.archives import Record
@@ -204,18 +204,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="cxr-mini")
     args = parser.parse_args(argv)
     results = run(args.minutes, args.clients, args.model)
-    found = problems(results)
-    results["problems"] = found
-    path = result_path("soak")
-    path.write_text(json.dumps(results, indent=2))
+    results["problems"] = problems(results)
     figures = results["figures"]
     for name, r in figures["runs"].items():
         print(f"{name}: {r['requests']} calls, {r['errors']} errors, {r['qps']} q/s, p50 {r['p50_ms']} ms, "
               f"p99 {r['p99_ms']} ms, RSS growth {r['rss_growth_pct']} %")
-    print(f"security cost: {figures['security_cost']}\naudit: {figures['audit']}\nwrote {path}")
-    for problem in found:
-        print(f"FAIL: {problem}", file=sys.stderr)
-    return 1 if found else 0
+    print(f"security cost: {figures['security_cost']}\naudit: {figures['audit']}")
+    save("soak", results)
+    return exit_status(results["problems"])
 
 
 if __name__ == "__main__":

@@ -26,6 +26,18 @@ def make_settings(root: Path, cache_dir: Path, **overrides) -> Settings:
     return Settings(**values)
 
 
+def unit_vectors(n: int, dim: int = 24, seed: int = 0) -> np.ndarray:
+    """float32 [n, dim], L2-normalised: what the towers return."""
+    v = np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def index_metadata(n: int) -> list[dict]:
+    """Metadata rows with studies of two images, alternating projections and three labels."""
+    return [{"image_id": str(i), "study_uid": f"s{i // 2}", "projection": ("Frontal", "Lateral")[i % 2],
+             "labels": [("Effusion", "No Finding", "Mass")[i % 3]]} for i in range(n)]
+
+
 def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a = a / np.linalg.norm(a, axis=1, keepdims=True)
     b = b / np.linalg.norm(b, axis=1, keepdims=True)

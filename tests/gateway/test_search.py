@@ -1,26 +1,16 @@
 """Filtered search returns the true top k among the allowed ids."""
 
-import numpy as np
 import pytest
 
 from cxr import index_store
 from gateway.search import IndexSearcher, UnknownFilterError
-
-
-def _vectors(n=600, dim=24, seed=0):
-    v = np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
-    return v / np.linalg.norm(v, axis=1, keepdims=True)
-
-
-def _metadata(n):
-    return [{"image_id": str(i), "study_uid": f"s{i // 2}", "projection": ("Frontal", "Lateral")[i % 2],
-             "labels": [("Effusion", "No Finding", "Mass")[i % 3]]} for i in range(n)]
+from support import index_metadata, unit_vectors
 
 
 @pytest.mark.parametrize("index_type", index_store.INDEX_TYPES)
 def test_filtered_search_equals_brute_force_over_the_allowed_ids(tmp_path, index_type):
-    vectors = _vectors()
-    index_store.write(tmp_path / "idx", vectors, _metadata(len(vectors)), {"model": "m"}, [], index_type)
+    vectors = unit_vectors(600)
+    index_store.write(tmp_path / "idx", vectors, index_metadata(len(vectors)), {"model": "m"}, [], index_type)
     searcher = IndexSearcher(index_store.load(tmp_path / "idx", "m", 24))
     query = vectors[7]
     allowed = [i for i in range(len(vectors)) if i % 2 == 1 and i % 3 == 2]  # Lateral and Mass
@@ -31,12 +21,12 @@ def test_filtered_search_equals_brute_force_over_the_allowed_ids(tmp_path, index
 
 
 def test_top_k_larger_than_the_index_returns_everything(tmp_path):
-    vectors = _vectors(20)
-    index_store.write(tmp_path / "idx", vectors, _metadata(20), {"model": "m"}, [], "flat")
+    vectors = unit_vectors(20)
+    index_store.write(tmp_path / "idx", vectors, index_metadata(20), {"model": "m"}, [], "flat")
     assert len(IndexSearcher(index_store.load(tmp_path / "idx")).search(vectors[0], 1000)) == 20
 
 
 def test_unknown_filter_lists_the_known_values(tmp_path):
-    index_store.write(tmp_path / "idx", _vectors(30), _metadata(30), {"model": "m"}, [], "flat")
+    index_store.write(tmp_path / "idx", unit_vectors(30), index_metadata(30), {"model": "m"}, [], "flat")
     with pytest.raises(UnknownFilterError, match="Effusion"):
-        IndexSearcher(index_store.load(tmp_path / "idx")).search(_vectors(1)[0], 5, labels=["Pneumonia"])
+        IndexSearcher(index_store.load(tmp_path / "idx")).search(unit_vectors(1)[0], 5, labels=["Pneumonia"])
