@@ -39,6 +39,11 @@ METHOD_SCOPES: dict[str, str | None] = {
     calls.HEALTH_PREFIX + "Watch": PUBLIC,
     REFLECTION + "ServerReflectionInfo": ANY_SCOPE,
 }
+# Search answers carry the reports of their hits; reports are patient data, so only a principal with
+# the `studies` scope gets them: for the others the gateway blanks them out of the answer.
+REPORT_SCOPE = "studies"
+REPORT_FIELDS = ("findings", "impression")
+SEARCHES = {RETRIEVAL + name for name in ("SearchByText", "SearchByImage", "BatchSearch")}
 JWT_ALGORITHMS = ("RS256", "ES256")
 CLOCK_SKEW_S = 30
 JWKS_REFRESH_S = 300.0
@@ -226,7 +231,18 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             return calls.refusal(handler, grpc.StatusCode.PERMISSION_DENIED,
                                  f"{calls.method_name(details.method)} needs the scope {scope!r}; "
                                  f"{principal.id} has {sorted(principal.scopes)}", "permission_denied")
+        if details.method in SEARCHES and REPORT_SCOPE not in principal.scopes:
+            return calls.wrap_unary(handler, _without_reports)
         return handler
+
+
+async def _without_reports(run, request, context):
+    response = await run()
+    for result in response.results if hasattr(response, "results") else [response]:
+        for hit in result.hits:
+            for field in REPORT_FIELDS:
+                hit.ClearField(field)
+    return response
 
 
 def authenticator_from(settings) -> Authenticator:

@@ -17,26 +17,39 @@ from training.config import FINE_TUNE_LR, SCRATCH_LR, TrainConfig
 TRAIN_DEFAULTS = TrainConfig()
 
 
-def _triton_ready(settings: Settings) -> dict[str, bool] | None:
-    """Ready state of every model Triton knows, or None when no Triton answers."""
+def _triton_ready(settings: Settings, towers: list[str]) -> dict[str, bool] | None:
+    """Ready state of each tower in Triton, or None when no Triton answers. Asks the open health API,
+    so it needs no admin key."""
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
 
-    from cxr.triton_client import admin_headers, connection
+    from cxr.triton_client import connection
 
+    client = grpcclient.InferenceServerClient(**connection(settings))
     try:
-        client = grpcclient.InferenceServerClient(**connection(settings))
-        index = client.get_model_repository_index(as_json=True, client_timeout=2.0,
-                                                  headers=admin_headers(settings.triton_admin_key_file))
+        if not client.is_server_live(client_timeout=2.0):
+            return None
     except InferenceServerException:
         return None
-    return {m["name"]: m.get("state") == "READY" for m in index.get("models", [])}
+
+    def ready(name: str) -> bool:
+        try:
+            return client.is_model_ready(name, client_timeout=2.0)
+        except InferenceServerException:
+            return False
+
+    try:
+        return {name: ready(name) for name in towers}
+    finally:
+        client.close()
 
 
 def cmd_models(args, settings: Settings) -> int:
-    ready = _triton_ready(settings)
+    names = registry.list_models(include_twins=not args.no_twins)
+    towers = [t for name in names for t in (registry.get_model(name).image_model, registry.get_model(name).text_model)]
+    ready = _triton_ready(settings, towers)
     rows = [("", "model", "family", "image", "dim", "text", "exported", "in Triton", "when to use")]
-    for name in registry.list_models(include_twins=not args.no_twins):
+    for name in names:
         spec = registry.get_model(name)
         manifest = read_manifest(settings.model_repository, name)
         exported = f"yes ({manifest['precision']}, {manifest['target']})" if manifest else "no"

@@ -13,7 +13,7 @@ from grpc_health.v1.health import aio as health_aio
 
 from cxr.retrieval.v1 import retrieval_pb2 as pb
 from cxr.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
-from gateway import calls
+from gateway import auth, calls
 from gateway.admission import RETRY_AFTER_KEY, AdmissionInterceptor, Limits
 from gateway.errors import grpc_errors
 from gateway.metrics import GatewayMetrics, MetricsInterceptor
@@ -26,7 +26,8 @@ class SlowService(pb_grpc.RetrievalServicer):
             raise ZeroDivisionError(f"a bug that quotes the query: {request.text}")
         with calls.stage("triton"):
             await asyncio.sleep(request.top_k / 1000)
-        return pb.SearchResponse(model="fake")
+        return pb.SearchResponse(model="fake", hits=[pb.Hit(rank=1, study_uid="s1", findings="small effusion",
+                                                            impression="no acute disease")])
 
 
 class Server:
@@ -148,3 +149,19 @@ def test_metrics_count_calls_by_method_status_and_stage_without_patient_data(mak
     assert 'cxr_gateway_stage_seconds_count{method="SearchByText",stage="triton"} 1.0' in text
     assert 'cxr_gateway_stage_seconds_count{method="SearchByText",stage="total"} 2.0' in text
     assert "effusion" not in text
+
+
+class TokenPerScopes:
+    """An authenticator whose tokens are their scopes, comma-separated."""
+
+    def verify(self, token):
+        return auth.Principal("someone", "jwt", frozenset(token.split(",")))
+
+
+def test_search_answers_carry_reports_only_for_the_studies_scope(make_server):
+    server = make_server(auth.AuthInterceptor(TokenPerScopes()))
+    answers = {scopes: _search(server.stub, metadata=(("authorization", f"Bearer {scopes}"),))[0]
+               for scopes in ("search", "search,studies")}
+    assert [h.study_uid for h in answers["search"].hits] == ["s1"]
+    assert not (answers["search"].hits[0].findings or answers["search"].hits[0].impression)
+    assert answers["search,studies"].hits[0].findings == "small effusion"
