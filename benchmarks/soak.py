@@ -2,7 +2,8 @@
 a hospital (mutual TLS, tokens, audit log), then to the same gateway open (plaintext, no auth, no
 audit): errors, p50/p99 and q/s of each, their ratio (the cost of security), the gateway's RSS over
 time, and the audit log checked against what the clients were answered (every call exactly once,
-`cxr audit verify` passing, and failing once a line is edited).
+`cxr audit verify` passing, and failing once a line is edited). After each soak one client runs
+alone for a minute: at saturation latency is queueing, alone it is the per-call cost.
 
     make soak                                        # 10 minutes each
     python -m benchmarks.soak --minutes 1 --clients 8
@@ -37,6 +38,7 @@ from gateway import audit
 from gateway.dev_pki import dev_security
 
 MAX_REQUESTS_PER_CLIENT = 200_000  # a bound besides time, whatever the machine
+PROBE_S = 60.0  # one client alone after the soak: the per-call cost of security, without queueing
 RSS_PERIOD_S = 5.0
 DEADLINE_S = 30.0
 
@@ -153,7 +155,14 @@ def check_audit(log: Path, request_ids: list[str], scratch: Path) -> dict:
             "verify_after_editing_one_line": str(tampered) if tampered else "NOT DETECTED"}
 
 
-def run(minutes: float, clients: int, model: str = "cxr-mini") -> dict:
+def _phases(settings: Settings, records, clients: int, seconds: float, probe_s: float, pid: int) -> tuple[dict, dict]:
+    """The soak at `clients`, then one client alone for `probe_s`: latency per call without queueing."""
+    soak = _load(settings, records, clients, seconds, pid)
+    probe = _load(settings, records, 1, probe_s, pid)
+    return soak, probe
+
+
+def run(minutes: float, clients: int, model: str = "cxr-mini", probe_s: float = PROBE_S) -> dict:
     base = load_settings()
     archive = base.data_dir / "nih800"
     records = archives.nih_labels(archive / "labels.csv", archive)
@@ -161,23 +170,30 @@ def run(minutes: float, clients: int, model: str = "cxr-mini") -> dict:
     with exported(base, model) as plain:
         secured = dev_security(plain, plain.run_dir / "pki", "soak-viewer", ["search", "studies"],
                                audit_log=plain.run_dir / "audit" / "audit.log", ttl_s=seconds * 3 + 3600)
-        runs = {}
+        runs, probes = {}, {}
         with served(secured, records) as stack:
-            print(f"secured: {clients} clients for {minutes:g} min", flush=True)
-            runs["secured"] = _load(secured, records, clients, seconds, stack.gateway_pid)
-        audit_check = check_audit(secured.audit_log, runs["secured"].pop("_request_ids"), plain.run_dir)
+            print(f"secured: {clients} clients for {minutes:g} min, then 1 for {probe_s:g} s", flush=True)
+            runs["secured"], probes["secured"] = _phases(secured, records, clients, seconds, probe_s, stack.gateway_pid)
+        answered = runs["secured"].pop("_request_ids") + probes["secured"].pop("_request_ids")
+        audit_check = check_audit(secured.audit_log, answered, plain.run_dir)
         with served(plain, records, rebuild_index=False) as stack:
-            print(f"open: {clients} clients for {minutes:g} min", flush=True)
-            runs["open"] = _load(plain, records, clients, seconds, stack.gateway_pid)
-            runs["open"].pop("_request_ids")
-    on, off = runs["secured"], runs["open"]
-    cost = {"p50_ratio": _ratio(on["p50_ms"], off["p50_ms"]), "p99_ratio": _ratio(on["p99_ms"], off["p99_ms"]),
-            "qps_ratio": _ratio(on["qps"], off["qps"])}
+            print(f"open: {clients} clients for {minutes:g} min, then 1 for {probe_s:g} s", flush=True)
+            runs["open"], probes["open"] = _phases(plain, records, clients, seconds, probe_s, stack.gateway_pid)
+            for phase in (runs, probes):
+                phase["open"].pop("_request_ids")
+    cost = {"soak": _cost(runs), "one_client": _cost(probes)}
     return {"machine": describe(), "settings": {"model": model, "minutes": minutes, "clients": clients,
                                                 "mix": "text 40 %, image 40 %, GetStudy 10 %, batch of 2 10 %",
                                                 "secured": "mutual TLS, JWT auth, audit log (rate limit off)",
                                                 "open": "plaintext, no auth, no audit (rate limit off)"},
-            "figures": {"runs": runs, "security_cost": cost, "audit": audit_check}}
+            "figures": {"runs": runs, "one_client": probes, "security_cost": cost, "audit": audit_check}}
+
+
+def _cost(runs: dict) -> dict:
+    """secured / open for p50, p99 and q/s."""
+    on, off = runs["secured"], runs["open"]
+    return {"p50_ratio": _ratio(on["p50_ms"], off["p50_ms"]), "p99_ratio": _ratio(on["p99_ms"], off["p99_ms"]),
+            "qps_ratio": _ratio(on["qps"], off["qps"])}
 
 
 def _ratio(a: float, b: float) -> float | None:
@@ -186,7 +202,8 @@ def _ratio(a: float, b: float) -> float | None:
 
 def problems(results: dict) -> list[str]:
     figures = results["figures"]
-    found = [f"{name}: {r['errors']} errors ({r['first_error']})" for name, r in figures["runs"].items() if r["errors"]]
+    phases = [*figures["runs"].items(), *figures["one_client"].items()]
+    found = [f"{name}: {r['errors']} errors ({r['first_error']})" for name, r in phases if r["errors"]]
     found += [f"{name}: RSS grew {r['rss_growth_pct']} %" for name, r in figures["runs"].items()
               if r["rss_growth_pct"] >= 5]
     a = figures["audit"]
@@ -206,9 +223,10 @@ def main(argv: list[str] | None = None) -> int:
     results = run(args.minutes, args.clients, args.model)
     results["problems"] = problems(results)
     figures = results["figures"]
-    for name, r in figures["runs"].items():
-        print(f"{name}: {r['requests']} calls, {r['errors']} errors, {r['qps']} q/s, p50 {r['p50_ms']} ms, "
-              f"p99 {r['p99_ms']} ms, RSS growth {r['rss_growth_pct']} %")
+    for phase in ("runs", "one_client"):
+        for name, r in figures[phase].items():
+            print(f"{name} ({r['clients']} clients): {r['requests']} calls, {r['errors']} errors, {r['qps']} q/s, "
+                  f"p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, RSS growth {r['rss_growth_pct']} %")
     print(f"security cost: {figures['security_cost']}\naudit: {figures['audit']}")
     save("soak", results)
     return exit_status(results["problems"])
