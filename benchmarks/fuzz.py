@@ -58,10 +58,10 @@ class HostileRequests:
         self.images = hostile.HostileImages(samples, seed)
         self.valid_image = (samples / "00000001_000.png").read_bytes()
         pki = Path(settings.ca).parent
-        issue = lambda scopes, ttl=3600: issue_token(pki / "signing.key", "fuzz", scopes, ttl,  # noqa: E731
-                                                     settings.jwt_issuer, settings.jwt_audience)
+        scopeless = issue_token(pki / "signing.key", "fuzz", ["admin"], 3600, settings.jwt_issuer,
+                                settings.jwt_audience)
         self.token = settings.token
-        self.tokens = {"no scope": issue(["admin"]), "garbage": "x" * self.rng.choice([1, 100, 8000]),
+        self.tokens = {"no scope": scopeless, "garbage": "x" * self.rng.choice([1, 100, 8000]),
                        "api-key shaped": "cxr_deadbeef_" + "A" * 43, "not bearer": None}
         self.kinds = [name for name in dir(self) if name.startswith("k_")]
 

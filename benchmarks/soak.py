@@ -36,6 +36,7 @@ from cxr.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
 from cxr.settings import Settings, load_settings
 from gateway import audit
 from gateway.dev_pki import dev_security
+from training.data import label_prompt
 
 MAX_REQUESTS_PER_CLIENT = 200_000  # a bound besides time, whatever the machine
 PROBE_S = 60.0  # one client alone after the soak: the per-call cost of security, without queueing
@@ -49,7 +50,7 @@ class Mix:
     def __init__(self, records: list[Record], seed: int):
         self.rng = random.Random(seed)
         labels = sorted({label for r in records for label in r.labels})
-        self.texts = [f"chest x-ray with {label.lower()}" for label in labels] + ["small left pleural effusion"]
+        self.texts = [label_prompt(label) for label in labels] + ["small left pleural effusion"]
         self.images = [r.path.read_bytes() for r in records[:32]]
         self.studies = sorted({r.study_uid for r in records})
 

@@ -74,10 +74,9 @@ def channel(address: str, ca: Path | None = None, cert: Path | None = None, key:
     return grpc.intercept_channel(made, _BearerToken(token)) if token else made
 
 
-def channel_from(settings, address: str | None = None) -> grpc.Channel:
+def channel_from(settings) -> grpc.Channel:
     """A channel to the gateway of `settings`, with its client files and token."""
-    return channel(address or settings.gateway_address, settings.ca, settings.client_cert, settings.client_key,
-                   settings.token)
+    return channel(settings.gateway_address, settings.ca, settings.client_cert, settings.client_key, settings.token)
 
 
 def health(address: str, ca: Path | None = None, cert: Path | None = None, key: Path | None = None,

@@ -87,7 +87,8 @@ def _dicom_header(data: bytes):
         raise InvalidImageError(f"could not read the DICOM header: {exc}") from exc
 
 
-def _check_dicom_budget(dataset, max_pixels: int) -> None:
+def _check_dicom_budget(dataset, max_pixels: int) -> int:
+    """The number of frames, once the header's size is checked against the budget."""
     try:
         rows, columns = int(dataset.Rows), int(dataset.Columns)
         frames = int(getattr(dataset, "NumberOfFrames", 1) or 1)
@@ -98,15 +99,16 @@ def _check_dicom_budget(dataset, max_pixels: int) -> None:
         raise InvalidImageError(f"the DICOM header describes no image ({rows} x {columns} pixels, {frames} frames, "
                                 f"{bits} bits allocated)")
     check_budget(rows * columns * frames, f"{rows} x {columns} pixels x {frames} frame(s) at {bits} bits", max_pixels)
+    return frames
 
 
 def _decode_dicom(data: bytes, max_pixels: int) -> Image.Image:
     from pydicom.pixels import apply_modality_lut, apply_voi_lut, pixel_array
 
     dataset = _dicom_header(data)
-    _check_dicom_budget(dataset, max_pixels)
+    frames = _check_dicom_budget(dataset, max_pixels)
     try:
-        pixels = pixel_array(dataset, index=0 if int(getattr(dataset, "NumberOfFrames", 1) or 1) > 1 else None)
+        pixels = pixel_array(dataset, index=0 if frames > 1 else None)  # multi-frame: the first frame only
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types for bad files
         raise InvalidImageError(f"could not read the DICOM pixel data: {exc}") from exc
     if getattr(dataset, "SamplesPerPixel", 1) == 3:

@@ -14,6 +14,7 @@ import asyncio
 import math
 import time
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import grpc
@@ -21,7 +22,6 @@ import grpc
 from cxr.errors import CxrError
 from gateway import calls
 
-GUARDED_PREFIX = calls.RETRIEVAL_PREFIX
 RETRY_AFTER_KEY = "retry-after-ms"
 MAX_TRACKED_PRINCIPALS = 10_000  # buckets of the least recently seen go first
 
@@ -88,7 +88,7 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(self, continuation, details):
         handler = await continuation(details)
-        if not details.method.startswith(GUARDED_PREFIX):
+        if not details.method.startswith(calls.RETRIEVAL_PREFIX):
             return handler
         return calls.wrap_unary(handler, self._admit)
 
@@ -150,11 +150,12 @@ class OverloadedError(CxrError):
 
 
 class DecodeQueue:
-    """Image decoding in a thread pool, with at most `limit` images waiting or in decoding: a burst
-    of large images is refused (RESOURCE_EXHAUSTED) instead of piling up in memory."""
+    """Image decoding in a pool of `threads`, with at most `limit` images waiting or in decoding: a
+    burst of large images is refused (RESOURCE_EXHAUSTED) instead of piling up in memory."""
 
-    def __init__(self, executor, limit: int):
-        self.executor = executor
+    def __init__(self, threads: int, limit: int):
+        self.threads = threads
+        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
         self.limit = limit
         self.queued = 0
 
@@ -170,3 +171,6 @@ class DecodeQueue:
             return await asyncio.get_running_loop().run_in_executor(self.executor, function, *args)
         finally:
             self.queued -= 1
+
+    def shutdown(self) -> None:
+        self.executor.shutdown(wait=False)

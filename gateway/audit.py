@@ -33,7 +33,6 @@ from gateway import calls
 log = logging.getLogger("cxr.gateway.audit")
 
 GENESIS = "0" * 64
-AUDITED_PREFIX = calls.RETRIEVAL_PREFIX
 DEFAULT_MAX_BYTES = 64 * 2**20
 KEY_SUFFIX = ".key"
 
@@ -195,12 +194,6 @@ def _client_subject(context) -> str:
     return subject[0].decode(errors="replace")
 
 
-@dataclass
-class _Outcome:
-    status: grpc.StatusCode
-    response: object = None
-
-
 class AuditInterceptor(grpc.aio.ServerInterceptor):
     """Writes the line after the handler and before the answer leaves: no line, no answer."""
 
@@ -209,7 +202,7 @@ class AuditInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(self, continuation, details):
         handler = await continuation(details)
-        if not details.method.startswith(AUDITED_PREFIX):
+        if not details.method.startswith(calls.RETRIEVAL_PREFIX):
             return handler
         return calls.wrap_unary(handler, self._audited)
 
@@ -217,24 +210,24 @@ class AuditInterceptor(grpc.aio.ServerInterceptor):
         try:
             response = await run()
         except BaseException:
-            self._write(request, context, _Outcome(context.code() or grpc.StatusCode.CANCELLED), failed_call=True)
+            self._write(request, context, context.code() or grpc.StatusCode.CANCELLED, failed_call=True)
             raise
-        if not self._write(request, context, _Outcome(grpc.StatusCode.OK, response)):
+        if not self._write(request, context, grpc.StatusCode.OK, response):
             await calls.abort(context, grpc.StatusCode.UNAVAILABLE,
                               "the audit log cannot be written, so the gateway does not answer: an operator must "
                               "fix it (see the gateway log)", "audit")
         return response
 
-    def _write(self, request, context, outcome: _Outcome, failed_call: bool = False) -> bool:
+    def _write(self, request, context, status: grpc.StatusCode, response=None, failed_call: bool = False) -> bool:
         call = calls.current()
         method = call.method if call else ""
         record = {"time": _utc_now(), "request_id": call.request_id if call else "",
                   "principal": call.principal if call else "", "client_cert": _client_subject(context),
                   "peer": context.peer(), "method": calls.method_name(method),
                   **describe_request(method, request, self.audit),
-                  "status": outcome.status.name,
+                  "status": status.name,
                   "latency_ms": round((time.monotonic() - call.started) * 1000, 2) if call else None,
-                  **describe_response(method, outcome.response)}
+                  **describe_response(method, response)}
         try:
             self.audit.append(record)
             return True

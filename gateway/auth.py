@@ -25,7 +25,7 @@ from gateway import api_keys, calls
 
 log = logging.getLogger("cxr.gateway.auth")
 
-RETRIEVAL = calls.RETRIEVAL_PREFIX
+RETRIEVAL = calls.RETRIEVAL_PREFIX  # short, for the table below
 REFLECTION = "/grpc.reflection.v1alpha.ServerReflection/"
 PUBLIC = None  # no token needed
 ANY_SCOPE = ""  # a valid token, whatever its scopes

@@ -15,7 +15,6 @@ import asyncio
 import logging
 import signal
 import sys
-from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -48,14 +47,13 @@ class Gateway:
     """A built server, the task that keeps its health status true, and what it must close."""
 
     def __init__(self, server: grpc.aio.Server, service: RetrievalService, health: health_aio.HealthServicer,
-                 admission: AdmissionInterceptor, metrics: GatewayMetrics, audit: AuditLog | None, executor):
+                 admission: AdmissionInterceptor, metrics: GatewayMetrics, audit: AuditLog | None):
         self.server = server
         self.service = service
         self.health = health
         self.admission = admission
         self.metrics = metrics
         self.audit = audit
-        self.executor = executor
         self.metrics_port: int | None = None
         self._watch: asyncio.Task | None = None
         self._reported: tuple[bool, bool] | None = None  # (Triton ready, index loaded) last logged
@@ -104,7 +102,7 @@ class Gateway:
             log.warning("%d calls still in flight after %.0f s: cancelling them", self.admission.in_flight, grace)
         await self.server.stop(0)
         await self.service.embedder.close()
-        self.executor.shutdown(wait=False)
+        self.service.decoder.shutdown()
         self.metrics.stop()
         if self.audit is not None:
             self.audit.close()
@@ -133,9 +131,8 @@ def create_server(settings: Settings, address: str | None = None, embedder=None)
 
     catalog = load_catalog(settings.model_repository)
     indexes = IndexSet(settings.index_dir, catalog, use_gpu=settings.use_gpu, metrics=metrics)
-    executor = ThreadPoolExecutor(max_workers=DECODE_THREADS, thread_name_prefix="decode")
     service = RetrievalService(catalog, indexes, embedder or TritonEmbedder(connection(settings)), settings.model,
-                               DecodeQueue(executor, settings.max_decode_queue), settings.max_image_pixels)
+                               DecodeQueue(DECODE_THREADS, settings.max_decode_queue), settings.max_image_pixels)
     server = grpc.aio.server(interceptors=interceptors,
                              options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                                       ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
@@ -144,8 +141,8 @@ def create_server(settings: Settings, address: str | None = None, embedder=None)
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
-    port = tls.bind(server, settings, address)
-    return Gateway(server, service, health, admission, metrics, audit, executor), port
+    port = tls.bind(server, settings, address)  # checked above, before anything was built
+    return Gateway(server, service, health, admission, metrics, audit), port
 
 
 async def serve(settings: Settings) -> None:

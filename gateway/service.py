@@ -23,7 +23,6 @@ MAX_TEXT_CHARS = 10_000
 MAX_IMAGE_BYTES = 40 * 1024 * 1024
 MAX_BATCH_QUERIES = 256
 DEFAULT_TOP_K = 10  # what top_k = 0 (unset) means
-DECODES_PER_CALL = 4  # images of one BatchSearch decoded at once (the decode pool's size)
 
 
 class RetrievalService(pb_grpc.RetrievalServicer):
@@ -49,7 +48,7 @@ class RetrievalService(pb_grpc.RetrievalServicer):
         if not 1 <= len(request.queries) <= MAX_BATCH_QUERIES:
             raise InvalidRequestError(f"a batch holds 1 to {MAX_BATCH_QUERIES} queries, not {len(request.queries)}")
         timeout = calls.time_remaining(context)
-        decoding = asyncio.Semaphore(DECODES_PER_CALL)  # one batch does not fill the decode queue alone
+        decoding = asyncio.Semaphore(self.decoder.threads)  # one batch does not fill the decode queue alone
         searches = [_numbered(i, self._search_text(q.text, timeout) if q.WhichOneof("query") == "text"
                               else self._search_image(q.image, timeout, decoding))
                     for i, q in enumerate(request.queries)]

@@ -53,8 +53,7 @@ def check_exposure(settings: Settings, address: str) -> None:
 
 
 def bind(server: grpc.aio.Server, settings: Settings, address: str) -> int:
-    """Add the gateway's port to `server`; returns the bound port."""
-    check_exposure(settings, address)
+    """Add the gateway's port to `server` (after `check_exposure`); returns the bound port."""
     credentials = server_credentials(settings)
     if credentials is None:
         return server.add_insecure_port(address)
