@@ -34,7 +34,7 @@ $(STUBS): $(PROTO) $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[serve,export,test,bench]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[serve,milvus,export,test,bench]'
 	touch $@
 
 export: setup ## export MODEL (default: the active one) to ONNX + config.pbtxt; CHECKPOINT=dir TARGET=local|gpu FP16=1

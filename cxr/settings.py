@@ -18,6 +18,7 @@ from cxr.errors import CxrError
 CONFIG_FILE = "cxr.toml"
 DEFAULT_MODEL = "cxr-mini"  # trained here, shipped in weights/: works with no download
 AUTH_MODES = ("none", "token")
+INDEX_BACKENDS = ("faiss", "milvus")
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 
@@ -40,6 +41,18 @@ class Settings:
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 50051
     use_gpu: bool = False  # search FAISS on the GPU when faiss-gpu and a GPU are present
+    # Several Tritons: "host:port" gRPC endpoints the gateway balances across (empty: the one
+    # endpoint above). From the environment, comma-separated: CXR_TRITON_URLS=a:8001,b:8001.
+    triton_urls: tuple[str, ...] = ()
+    # The vector store: "faiss" (embedded, files under index_dir) or "milvus" (milvus_uri: a
+    # Milvus Lite file such as indexes/milvus.db, or http://host:19530 with milvus_token).
+    index_backend: str = "faiss"
+    milvus_uri: str = ""
+    milvus_token: str = field(default="", repr=False)
+    # Concurrent searches of one index are gathered into one batched search: up to this many
+    # queries, waiting at most this long for company once the first one arrives.
+    search_batch_max: int = 64
+    search_batch_wait_ms: float = 1.0
 
     # Transport security of the gateway: TLS when tls_cert and tls_key are set, mutual TLS
     # (client certificate required) when tls_client_ca is set too.
@@ -84,6 +97,11 @@ class Settings:
             raise SettingsError("set tls_cert and tls_key together (the gateway's certificate and its private key)")
         if self.tls_client_ca and not self.tls_cert:
             raise SettingsError("tls_client_ca (mutual TLS) needs tls_cert and tls_key as well")
+        if self.index_backend not in INDEX_BACKENDS:
+            raise SettingsError(f"index_backend = {self.index_backend!r}: use one of {list(INDEX_BACKENDS)}")
+        if self.index_backend == "milvus" and not self.milvus_uri:
+            raise SettingsError("index_backend = 'milvus' needs milvus_uri: a Milvus Lite file (indexes/milvus.db) "
+                                "or a cluster's http://host:19530")
         if bool(self.triton_tls_cert) != bool(self.triton_tls_key):
             raise SettingsError("set triton_tls_cert and triton_tls_key together (the gateway's client "
                                 "certificate for Triton)")
@@ -91,6 +109,11 @@ class Settings:
     @property
     def triton_grpc_url(self) -> str:
         return f"{self.triton_host}:{self.triton_grpc_port}"
+
+    @property
+    def triton_endpoints(self) -> tuple[str, ...]:
+        """Every Triton gRPC endpoint the gateway uses: triton_urls, or the single default."""
+        return self.triton_urls or (self.triton_grpc_url,)
 
     @property
     def gateway_address(self) -> str:
@@ -117,6 +140,9 @@ def _coerce(name: str, value):
     if value is None or (kind.endswith("| None") and str(value) == ""):
         return None
     try:
+        if kind.startswith("tuple"):
+            items = value.split(",") if isinstance(value, str) else value
+            return tuple(str(item).strip() for item in items if str(item).strip())
         if kind == "bool":
             return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes", "on")
         if kind == "int":
@@ -165,7 +191,15 @@ def to_environment(settings: Settings) -> dict[str, str]:
     """CXR_* variables that reproduce `settings` in a child process (the client token stays out)."""
     values = dataclasses.asdict(settings)
     values.pop("token")
-    return {"CXR_" + name.upper(): "" if value is None else str(value) for name, value in values.items()}
+    return {"CXR_" + name.upper(): _as_text(value) for name, value in values.items()}
+
+
+def _as_text(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (tuple, list)):
+        return ",".join(map(str, value))
+    return str(value)
 
 
 def is_loopback(host: str) -> bool:
