@@ -2,9 +2,8 @@
 
   python -m benchmarks.faiss_search [--vectors 1000000] [--hnsw-vectors 100000] [--dim 1152]
 
-Vectors are L2-normalised points around 2,000 random centres (real embeddings cluster; uniform
-noise would make every approximate index look worse than it is). Indexes are built by the
-product's own `cxr.index_store.make_index`; each type is timed on single queries (how the gateway
+Vectors are indexing.synthetic's clustered points (as `cxr index synth` writes). Indexes are built
+by the product's own `cxr.faiss_index.make_index`; each type is timed on single queries (how the gateway
 searches) and its top 10 compared with exact search. Figures go to
 benchmarks/results/<date>-<host>-faiss.json.
 """
@@ -20,24 +19,11 @@ import faiss
 import numpy as np
 
 from benchmarks.machine import describe, result_path
-from cxr.index_store import HNSW_EF_SEARCH, HNSW_M, IVF_NPROBE, make_index
+from cxr.faiss_index import HNSW_EF_SEARCH, HNSW_M, IVF_NPROBE, make_index
+from indexing.synthetic import CENTRES, SPREAD, clustered
 
-CENTRES = 2000
-SPREAD = 0.9  # noise norm relative to a centre's
 QUERIES = 200
 K = 10
-
-
-def clustered(count: int, dim: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    centres = np.random.default_rng(0).standard_normal((CENTRES, dim), dtype=np.float32)
-    out = np.empty((count, dim), dtype=np.float32)
-    for start in range(0, count, 100_000):
-        stop = min(count, start + 100_000)
-        chunk = centres[rng.integers(0, CENTRES, stop - start)]
-        chunk += SPREAD * rng.standard_normal(chunk.shape, dtype=np.float32)
-        out[start:stop] = chunk / np.linalg.norm(chunk, axis=1, keepdims=True)
-    return out
 
 
 def _measure(index: faiss.Index, queries: np.ndarray, truth: np.ndarray) -> dict:
@@ -69,8 +55,8 @@ def _sweep(index: faiss.Index, index_type: str, queries: np.ndarray, truth: np.n
 
 
 def bench(count: int, dim: int, index_types: list[str]) -> dict:
-    vectors = clustered(count, dim, seed=1)
-    queries = clustered(QUERIES, dim, seed=2)
+    vectors = clustered(count, dim, seed=1)[0]
+    queries = clustered(QUERIES, dim, seed=2)[0]
     started = time.perf_counter()
     exact = make_index(vectors, "flat")
     _, truth = exact.search(queries, K)

@@ -10,14 +10,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cxr import index_store
+from cxr import faiss_store
 from cxr.images import preprocess
 from cxr.registry import ModelSpec
 from cxr.settings import Settings
 from export.checkpoints import load_encoder
 from export.onnx_export import ImageTower, TextTower
 from export.repository import resolve_source
-from gateway.search import IndexSearcher
 
 
 class InProcessSearch:
@@ -26,7 +25,7 @@ class InProcessSearch:
         self.encoder = load_encoder(spec, resolve_source(spec, settings, None))
         self.image_tower = ImageTower(self.encoder.image_features, spec).eval()
         self.text_tower = TextTower(self.encoder.text_features).eval()
-        self.searcher = IndexSearcher(index_store.load(index_dir))
+        self.store = faiss_store.load(index_dir)
 
     @torch.inference_mode()
     def search_text(self, text: str, top_k: int = 10) -> list[dict]:
@@ -41,5 +40,5 @@ class InProcessSearch:
 
     def _search(self, vector: np.ndarray, top_k: int) -> list[dict]:
         """The top hits with their metadata, as the gateway answers."""
-        hits = self.searcher.search(vector[0].astype(np.float32), top_k)
-        return [dict(self.searcher.loaded.metadata[i], score=score) for i, score in hits]
+        (hits,) = self.store.search(vector.astype(np.float32), top_k)
+        return [dict(row, score=score) for row, (_, score) in zip(self.store.rows([i for i, _ in hits]), hits)]

@@ -10,11 +10,16 @@ import grpc
 
 from cxr.errors import CxrError, UnknownModelError
 from cxr.images import InvalidImageError
-from cxr.index_store import IndexCorruptError, IndexMismatchError, IndexMissingError
+from cxr.vector_store import (
+    IndexCorruptError,
+    IndexMismatchError,
+    IndexMissingError,
+    StoreUnavailableError,
+    UnknownFilterError,
+)
 from gateway import calls
 from gateway.admission import OverloadedError
 from gateway.embedder import TritonFailedError, TritonUnavailableError
-from gateway.search import UnknownFilterError
 
 log = logging.getLogger("cxr.gateway")
 
@@ -35,6 +40,7 @@ STATUS = {
     UnknownModelError: grpc.StatusCode.NOT_FOUND,
     StudyNotFoundError: grpc.StatusCode.NOT_FOUND,
     TritonUnavailableError: grpc.StatusCode.UNAVAILABLE,
+    StoreUnavailableError: grpc.StatusCode.UNAVAILABLE,
     IndexMismatchError: grpc.StatusCode.FAILED_PRECONDITION,
     IndexMissingError: grpc.StatusCode.FAILED_PRECONDITION,
     IndexCorruptError: grpc.StatusCode.FAILED_PRECONDITION,

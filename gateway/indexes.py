@@ -1,5 +1,6 @@
-"""The FAISS index of each exported model. Loaded at start-up and reloaded when `cxr index build`
-swaps in a new one (the health watcher calls `refresh`), so no restart is needed.
+"""The index of each exported model, from the configured vector store (cxr.vector_store.backend):
+opened at start-up and again when `cxr index build` swaps in a new one (the health watcher calls
+`refresh`), so no restart is needed. Each index is searched through its own SearchBatcher.
 
 A new build is checked before it replaces the index in service: its files against the checksums
 in its manifest, its model, dimension and export against what the gateway serves. A build that
@@ -13,24 +14,26 @@ import datetime as dt
 import logging
 import threading
 import time
-from pathlib import Path
 
-from cxr import index_store
 from cxr.catalog import ExportedModel
 from cxr.errors import CxrError
-from gateway.search import IndexSearcher
+from cxr.vector_store import IndexCorruptError, IndexMissingError, StoreUnavailableError, VectorStore
+from gateway.search_batcher import SearchBatcher
 
 log = logging.getLogger("cxr.gateway.indexes")
 SWAP_SETTLE_S = 0.2  # `cxr index build` swaps folders with two renames: look twice before calling it removed
 
 
 class IndexSet:
-    def __init__(self, index_dir: Path, catalog: dict[str, ExportedModel], use_gpu: bool = False, metrics=None):
-        self.index_dir = index_dir
+    def __init__(self, backend, catalog: dict[str, ExportedModel], metrics=None, batch_max: int = 64,
+                 batch_wait_s: float = 0.001):
+        """`backend`: cxr.faiss_store.FaissBackend or cxr.milvus_store.MilvusBackend."""
+        self.backend = backend
         self.catalog = catalog
-        self.use_gpu = use_gpu
         self.metrics = metrics
-        self._searchers: dict[str, IndexSearcher] = {}
+        self.batch_max = batch_max
+        self.batch_wait_s = batch_wait_s
+        self._searchers: dict[str, SearchBatcher] = {}
         self._errors: dict[str, CxrError] = {}
         self._versions: dict[str, tuple[int, int] | None] = {}
         self._lock = threading.Lock()
@@ -39,13 +42,12 @@ class IndexSet:
                 metrics.index_load_failures.labels(name)  # at 0 from the start
         self.refresh()
 
-    def _version(self, name: str) -> tuple[int, int] | None:
-        """The manifest's modification time and inode: a folder swapped in is seen even with old times."""
+    def _version(self, name: str):
         try:
-            stat = (self.index_dir / name / index_store.MANIFEST_FILE).stat()
-        except FileNotFoundError:
-            return None
-        return stat.st_mtime_ns, stat.st_ino
+            return self.backend.version(name)
+        except StoreUnavailableError as exc:
+            log.warning("cannot look for a new index of %s: %s", name, exc)
+            return self._versions.get(name)
 
     def refresh(self) -> None:
         """(Re)load every index whose manifest appeared, changed or went since the last look."""
@@ -62,20 +64,21 @@ class IndexSet:
             self._load(name, model)
 
     def _load(self, name: str, model: ExportedModel) -> None:
-        directory = self.index_dir / name
+        where = self.backend.where(name)
         try:
-            searcher = IndexSearcher(index_store.load(directory, model=name, dim=model.embed_dim,
-                                                      export_sha256=model.export_sha256), use_gpu=self.use_gpu)
-        except index_store.IndexMissingError as exc:
+            store = self.backend.open(name, dim=model.embed_dim, export_sha256=model.export_sha256)
+        except IndexMissingError as exc:
             self._set(name, None, exc)
             return
         except Exception as exc:  # noqa: BLE001 - whatever a damaged build raises, keep serving the last good one
-            error = exc if isinstance(exc, CxrError) else index_store.IndexCorruptError(f"{directory}: {exc}")
+            error = exc if isinstance(exc, CxrError) else IndexCorruptError(f"{where}: {exc}")
+            if isinstance(exc, StoreUnavailableError):
+                self._versions.pop(name, None)  # look again next time
             self._refuse(name, error)
             return
-        log.info("serving index %s: %d vectors, %s, built %s", directory, searcher.loaded.index.ntotal,
-                 searcher.loaded.manifest.get("index_type"), searcher.loaded.manifest.get("created"))
-        self._set(name, searcher, None)
+        log.info("serving index %s: %d vectors, %s, built %s", where, store.count, store.index_type,
+                 store.manifest.get("created"))
+        self._set(name, SearchBatcher(store, self.batch_max, self.batch_wait_s, self.metrics, name), None)
 
     def _refuse(self, name: str, error: CxrError) -> None:
         if self.metrics is not None:
@@ -86,37 +89,50 @@ class IndexSet:
             log.error("no index served for %s: %s", name, error)
             self._set(name, None, error)
 
-    def _set(self, name: str, searcher: IndexSearcher | None, error: CxrError | None) -> None:
+    def _set(self, name: str, searcher: SearchBatcher | None, error: CxrError | None) -> None:
         with self._lock:
-            had = name in self._searchers
-            self._searchers.pop(name, None)
+            previous = self._searchers.pop(name, None)
             self._errors.pop(name, None)
             if searcher is not None:
                 self._searchers[name] = searcher
             elif error is not None:
                 self._errors[name] = error
-        if had and searcher is None:
-            log.warning("index for %s removed: no longer served (%s)", name, error)
+        if previous is not None:
+            previous.close()  # its searches in flight finish on the old store
+            if searcher is None:
+                log.warning("index for %s removed: no longer served (%s)", name, error)
         if self.metrics is not None:
-            loaded = searcher.loaded if searcher else None
-            self.metrics.index_vectors.labels(name).set(loaded.index.ntotal if loaded else 0)
-            created = loaded.manifest.get("created") if loaded else None
+            store = searcher.store if searcher else None
+            self.metrics.index_vectors.labels(name).set(store.count if store else 0)
+            created = store.manifest.get("created") if store else None
             self.metrics.index_created.labels(name).set(_timestamp(created))
 
-    def searcher(self, model: ExportedModel) -> IndexSearcher:
+    def searcher(self, model: ExportedModel) -> SearchBatcher:
         with self._lock:
             if model.name in self._searchers:
                 return self._searchers[model.name]
-            raise self._errors.get(model.name) or index_store.IndexMissingError(f"no index for {model.name}")
+            raise self._errors.get(model.name) or IndexMissingError(f"no index for {model.name}")
 
-    def get(self, name: str) -> index_store.LoadedIndex | None:
+    def get(self, name: str) -> VectorStore | None:
         with self._lock:
             searcher = self._searchers.get(name)
-        return searcher.loaded if searcher else None
+        return searcher.store if searcher else None
+
+    def close(self) -> None:
+        with self._lock:
+            searchers, self._searchers = list(self._searchers.values()), {}
+        for searcher in searchers:
+            searcher.close()
+            searcher.store.close()
 
     def has(self, name: str) -> bool:
         with self._lock:
             return name in self._searchers
+
+    def ready(self, name: str) -> bool:
+        """Loaded, and its store answers (a Milvus cluster can be down while its index stays known)."""
+        store = self.get(name)
+        return store is not None and store.ready()
 
 
 def _timestamp(created: str | None) -> float:

@@ -37,6 +37,8 @@ class GatewayMetrics:
         self.index_vectors = Gauge("cxr_gateway_index_vectors", "Vectors in the loaded index", ["model"], registry=r)
         self.index_created = Gauge("cxr_gateway_index_created_timestamp_seconds",
                                    "When the loaded index was built (its version)", ["model"], registry=r)
+        self.search_batch_size = Histogram("cxr_gateway_search_batch_size", "Queries searched together in one batch",
+                                           ["model"], buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r)
         self.index_load_failures = Counter("cxr_gateway_index_load_failures",
                                            "Index builds refused at load (corrupt, mismatched)", ["model"], registry=r)
         self.triton_up = Gauge("cxr_gateway_triton_up", "1 when Triton has the active model's towers ready",

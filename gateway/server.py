@@ -21,6 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
+from cxr import vector_store
 from cxr.catalog import load_catalog
 from cxr.retrieval.v1 import retrieval_pb2 as pb
 from cxr.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
@@ -79,7 +80,7 @@ class Gateway:
         await asyncio.get_running_loop().run_in_executor(None, service.indexes.refresh)
         model = service.catalog.get(service.active_model)
         triton_ready = bool(model) and await service.embedder.is_ready(model)
-        indexed = bool(model) and service.indexes.has(model.name)
+        indexed = bool(model) and await asyncio.to_thread(service.indexes.ready, model.name)
         ready = triton_ready and indexed
         if (triton_ready, indexed) != self._reported:
             log.log(logging.INFO if ready else logging.WARNING, "%s: Triton %s, index %s",
@@ -103,6 +104,7 @@ class Gateway:
         await self.server.stop(0)
         await self.service.embedder.close()
         self.service.decoder.shutdown()
+        self.service.indexes.close()
         self.metrics.stop()
         if self.audit is not None:
             self.audit.close()
@@ -130,7 +132,8 @@ def create_server(settings: Settings, address: str | None = None, embedder=None)
     interceptors.append(admission)
 
     catalog = load_catalog(settings.model_repository)
-    indexes = IndexSet(settings.index_dir, catalog, use_gpu=settings.use_gpu, metrics=metrics)
+    indexes = IndexSet(vector_store.backend(settings), catalog, metrics=metrics, batch_max=settings.search_batch_max,
+                       batch_wait_s=settings.search_batch_wait_ms / 1000)
     service = RetrievalService(catalog, indexes, embedder or TritonEmbedder(connection(settings)), settings.model,
                                DecodeQueue(DECODE_THREADS, settings.max_decode_queue), settings.max_image_pixels)
     server = grpc.aio.server(interceptors=interceptors,

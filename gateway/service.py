@@ -13,6 +13,7 @@ from cxr.errors import CxrError, UnknownModelError
 from cxr.images import preprocess
 from cxr.retrieval.v1 import retrieval_pb2 as pb
 from cxr.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
+from cxr.vector_store import Filter
 from gateway import calls
 from gateway.admission import DecodeQueue
 from gateway.errors import InvalidRequestError, StudyNotFoundError, grpc_errors
@@ -59,19 +60,19 @@ class RetrievalService(pb_grpc.RetrievalServicer):
         infos = []
         for name in registry.list_models():
             spec, model = registry.get_model(name), self.catalog.get(name)
-            loaded = self.indexes.get(name) if model else None
+            store = self.indexes.get(name) if model else None
             infos.append(pb.ModelInfo(
                 name=name, family=spec.family, embed_dim=spec.embed_dim, image_size=spec.image_size,
                 context_length=spec.context_length, active=name == self.active_model, exported=model is not None,
                 ready=bool(model) and await self.embedder.is_ready(model),
-                index_size=loaded.index.ntotal if loaded else 0, index_bytes=loaded.size_bytes if loaded else 0,
-                index_type=loaded.manifest["index_type"] if loaded else "", notes=spec.notes))
+                index_size=store.count if store else 0, index_bytes=store.size_bytes if store else 0,
+                index_type=store.index_type if store else "", notes=spec.notes))
         return pb.ListModelsResponse(models=infos)
 
     @grpc_errors
     async def GetStudy(self, request, context):
         model = self._model(request.model)
-        rows = self.indexes.searcher(model).loaded_study(request.study_uid)
+        rows = await asyncio.to_thread(self.indexes.searcher(model).store.study, request.study_uid)
         if not rows:
             raise StudyNotFoundError(f"study {calls.shown(request.study_uid)} is not in the {model.name} index")
         first = rows[0]
@@ -88,7 +89,7 @@ class RetrievalService(pb_grpc.RetrievalServicer):
                                       "(the encoders read at most a few hundred tokens)")
         model, top_k, searcher = self._prepare(request)
         (vector,) = await self.embedder.embed_texts(model, [text], timeout)
-        return self._respond(model, searcher, vector, top_k, request.filters)
+        return await self._respond(model, searcher, vector, top_k, request.filters)
 
     async def _search_image(self, request, timeout, decoding: asyncio.Semaphore | None = None) -> pb.SearchResponse:
         if not request.image:
@@ -102,21 +103,20 @@ class RetrievalService(pb_grpc.RetrievalServicer):
                 pixels = await self.decoder.run(preprocess, bytes(request.image), model.image_size,
                                                 self.max_image_pixels)
         (vector,) = await self.embedder.embed_images(model, pixels[np.newaxis], timeout)
-        return self._respond(model, searcher, vector, top_k, request.filters)
+        return await self._respond(model, searcher, vector, top_k, request.filters)
 
     def _prepare(self, request):
         """Model, top_k and index of a query, with bad fields and filters refused before any embedding."""
         model = self._model(request.model)
         top_k = _top_k(request.top_k)
         searcher = self.indexes.searcher(model)
-        searcher.allowed_ids(request.filters.projections, request.filters.labels)
+        searcher.store.check_filter(_filter(request.filters))
         return model, top_k, searcher
 
-    def _respond(self, model, searcher, vector, top_k, filters) -> pb.SearchResponse:
+    async def _respond(self, model, searcher, vector, top_k, filters) -> pb.SearchResponse:
         with calls.stage("search"):
-            found = searcher.search(vector, top_k, filters.projections, filters.labels)
-        metadata = searcher.loaded.metadata
-        hits = [_hit(rank, score, metadata[i]) for rank, (i, score) in enumerate(found, 1)]
+            found = await searcher.search(vector, top_k, _filter(filters))
+        hits = [_hit(rank, score, row) for rank, (_, score, row) in enumerate(found, 1)]
         return pb.SearchResponse(model=model.name, hits=hits)
 
     def _model(self, name: str) -> ExportedModel:
@@ -135,6 +135,10 @@ async def _numbered(position: int, search):
         return await search
     except CxrError as error:
         raise type(error)(f"query {position}: {error}") from error
+
+
+def _filter(filters) -> Filter:
+    return Filter.of(filters.projections, filters.labels)
 
 
 def _top_k(value: int) -> int:

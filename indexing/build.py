@@ -1,4 +1,5 @@
-"""`cxr index build`: encode an archive's images through Triton into one model's FAISS index.
+"""`cxr index build`: encode an archive's images through Triton into one model's index (FAISS files
+or a Milvus collection, as the settings' vector store says).
 
 Decoding and resizing run in a pool of worker processes; several batched requests are in flight
 to Triton at once. Progress is kept in <output>.partial/ as each batch returns, so a killed build
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from cxr import index_store
+from cxr import faiss_store
 from cxr.archives import Record
 from cxr.catalog import ExportedModel
 from cxr.errors import CxrError
@@ -51,6 +52,7 @@ class BuildOptions:
     workers: int = max(1, min(4, (os.cpu_count() or 2)))
     in_flight: int = 4
     index_type: str = "flat"
+    rerank: bool = False  # keep full vectors beside a compressed index to re-score its candidates
     use_gpu: bool = False  # train and fill the index on the GPU (faiss-gpu)
     progress: bool = True
 
@@ -122,8 +124,10 @@ def _state(records: list[Record], model: ExportedModel, index_type: str) -> dict
 
 
 def build_index(records: list[Record], model: ExportedModel, settings: Settings, output_dir: Path,
-                options: BuildOptions = BuildOptions(), source: str = "") -> dict:
-    """Encode `records`' images with `model` through Triton and write the index to `output_dir`."""
+                options: BuildOptions = BuildOptions(), source: str = "", backend=None) -> dict:
+    """Encode `records`' images with `model` through Triton and write the index to `output_dir`, or
+    into `backend` (a cxr.vector_store backend, e.g. Milvus) when given; progress stays in
+    <output_dir>.partial either way."""
     partial = _Partial(output_dir.with_name(output_dir.name + ".partial"), _state(records, model, options.index_type))
     todo = [(i, str(r.path), model.image_size) for i, r in enumerate(records) if not partial.done(i)]
     client = TowerClient(connection(settings), model.image, model.text, model.max_batch_size)
@@ -134,7 +138,7 @@ def build_index(records: list[Record], model: ExportedModel, settings: Settings,
     finally:
         bar.close()
         client.close()
-    return _finish(records, model, partial, output_dir, options, source)
+    return _finish(records, model, partial, output_dir, options, source, backend)
 
 
 def _encode(todo, partial: _Partial, client: TowerClient, options: BuildOptions, bar: tqdm) -> None:
@@ -168,14 +172,14 @@ def _encode(todo, partial: _Partial, client: TowerClient, options: BuildOptions,
 
 
 def _finish(records, model: ExportedModel, partial: _Partial, output_dir: Path, options: BuildOptions,
-            source: str) -> dict:
+            source: str, backend) -> dict:
     positions = sorted(partial.vectors)
     vectors = (np.stack([partial.vectors[p] for p in positions]).astype(np.float32) if positions
                else np.zeros((0, model.embed_dim), np.float32))
     skipped = [(str(records[p].path), reason) for p, reason in sorted(partial.skipped.items())]
     if not positions:
         report = output_dir.with_name(output_dir.name + ".skipped.csv")
-        index_store.write_skipped(report, skipped)
+        faiss_store.write_skipped(report, skipped)
         shutil.rmtree(partial.directory, ignore_errors=True)
         raise NothingToIndexError(f"none of the {len(records)} images could be read ({_summary(skipped)}); "
                                   f"the reasons are in {report}. Nothing was written: any existing index in "
@@ -183,7 +187,11 @@ def _finish(records, model: ExportedModel, partial: _Partial, output_dir: Path, 
     manifest = {"model": model.name, "dim": model.embed_dim, "source": source,
                 "export_sha256": model.export_sha256,
                 "archive_images": len(records)}
-    written = index_store.write(output_dir, vectors, [records[p].metadata() for p in positions], manifest, skipped,
-                          options.index_type, options.use_gpu)
+    rows = [records[p].metadata() for p in positions]
+    if backend is None:
+        written = faiss_store.write(output_dir, vectors, rows, manifest, skipped, options.index_type, options.use_gpu,
+                                    options.rerank)
+    else:
+        written = backend.write(model.name, vectors, rows, manifest, skipped, options.index_type, options.rerank)
     shutil.rmtree(partial.directory, ignore_errors=True)
     return written

@@ -19,7 +19,7 @@ from dataclasses import replace
 
 import grpc
 
-from cxr import index_store, processes, registry, tritonserver
+from cxr import faiss_store, processes, registry, tritonserver
 from cxr.cli.main import print_hits
 from cxr.client import RetrievalClient
 from cxr.manifest import read_manifest
@@ -43,7 +43,7 @@ def _ensure_exported(spec, settings: Settings) -> bool:
 
 
 def _ensure_indexed(spec, settings: Settings, stale: bool) -> None:
-    if not stale and index_store.read_manifest(settings.index_path(spec.name)) is not None:
+    if not stale and faiss_store.read_manifest(settings.index_path(spec.name)) is not None:
         return
     from cxr import archives
     from cxr.catalog import ExportedModel

@@ -159,6 +159,7 @@ def cmd_index_build(args, settings: Settings) -> int:
     from cxr.catalog import ExportedModel
     from indexing.build import BuildOptions, build_index
 
+    settings = _with_store(args, settings)
     model_name = args.model or settings.model
     records, source = _archive_records(args)
     model = ExportedModel.load(settings.model_repository, model_name)
@@ -166,12 +167,53 @@ def cmd_index_build(args, settings: Settings) -> int:
     missing = sum(not r.path.exists() for r in records)
     print(f"{len(records)} images in {source}" + (f"; {missing} of {len(records)} images missing" if missing else ""))
     options = BuildOptions(batch_size=args.batch_size, workers=args.workers, index_type=args.index_type,
-                           use_gpu=args.use_gpu)
-    manifest = build_index(records, model, settings, output_dir, options, source=source)
-    print(f"indexed {manifest['count']} of {len(records)} images with {model_name} into {output_dir} "
-          f"({manifest['index_type']}, {manifest['dim']}-d); {manifest['skipped']} skipped, listed in "
-          f"{output_dir / 'skipped.csv'}")
+                           rerank=args.rerank, use_gpu=args.use_gpu)
+    backend = _store_backend(settings, output_dir) if settings.index_backend != "faiss" else None
+    manifest = build_index(records, model, settings, output_dir, options, source=source, backend=backend)
+    where = backend.where(model_name) if backend else output_dir
+    print(f"indexed {manifest['count']} of {len(records)} images with {model_name} into {where} "
+          f"({manifest['index_type']}, {manifest['dim']}-d); {manifest['skipped']} skipped"
+          + ("" if backend else f", listed in {output_dir / 'skipped.csv'}"))
     return 0
+
+
+def cmd_index_synth(args, settings: Settings) -> int:
+    import time
+
+    from cxr.catalog import ExportedModel
+    from indexing import synthetic
+
+    settings = _with_store(args, settings)
+    spec = registry.get_model(args.model or settings.model)
+    manifest = {"dim": spec.embed_dim}
+    if (settings.model_repository / spec.name).is_dir():  # a gateway serving this export accepts the index
+        manifest["export_sha256"] = ExportedModel.load(settings.model_repository, spec.name).export_sha256
+    backend = _store_backend(settings, args.output_dir)
+    started = time.perf_counter()
+    written = synthetic.write(backend, spec.name, spec.embed_dim, args.count, args.index_type, manifest, args.seed,
+                              args.rerank)
+    print(f"wrote {written['count']} synthetic {spec.embed_dim}-d vectors ({written['index_type']}"
+          f"{', re-ranked' if args.rerank else ''}) for {spec.name} into {backend.where(spec.name)} "
+          f"in {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+def _with_store(args, settings: Settings) -> Settings:
+    """--backend and --milvus-uri override the settings' vector store for one command."""
+    if args.backend:
+        settings = replace(settings, index_backend=args.backend)
+    if args.milvus_uri:
+        settings = replace(settings, milvus_uri=args.milvus_uri)
+    return replace(settings)  # validates the combination (milvus needs a URI)
+
+
+def _store_backend(settings: Settings, output_dir: Path | None):
+    from cxr import vector_store
+    from cxr.faiss_store import FaissBackend
+
+    if settings.index_backend == "faiss" and output_dir:
+        return FaissBackend(settings.index_dir, folder=output_dir)
+    return vector_store.backend(settings)
 
 
 def _archive_records(args):
@@ -279,6 +321,20 @@ def _clip(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def _add_store_arguments(parser: argparse.ArgumentParser) -> None:
+    from cxr.faiss_index import INDEX_TYPES
+
+    parser.add_argument("--index-type", choices=INDEX_TYPES, default="flat",
+                        help="flat: exact (default); ivf, hnsw: approximate; sq8, ivfpq, opq: approximate and "
+                             "compressed, for millions of images (see README: Scale)")
+    parser.add_argument("--rerank", action="store_true",
+                        help="keep the full vectors on disk to re-score a compressed index's best candidates")
+    parser.add_argument("--backend", choices=("faiss", "milvus"),
+                        help="vector store (default: the index_backend setting, faiss)")
+    parser.add_argument("--milvus-uri", help="a Milvus Lite file (indexes/milvus.db) or http://host:19530 "
+                                             "(token: CXR_MILVUS_TOKEN)")
+
+
 def _add_archive_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reports-csv", type=Path, help="IU-Xray indiana_reports.csv")
     parser.add_argument("--projections-csv", type=Path, help="IU-Xray indiana_projections.csv")
@@ -314,19 +370,25 @@ def build_parser() -> argparse.ArgumentParser:
     stop = sub.add_parser("stop", help="stop the Triton and gateway started with `cxr serve --detach`")
     stop.set_defaults(func=cmd_stop)
 
-    index = sub.add_parser("index", help="build a model's FAISS index from an archive").add_subparsers(
+    index = sub.add_parser("index", help="build a model's index from an archive").add_subparsers(
         dest="index_command", required=True)
     build = index.add_parser("build", help="encode an archive's images through Triton into an index")
     _add_archive_arguments(build)
     build.add_argument("--output-dir", type=Path, help="default: <index_dir>/<model>")
     build.add_argument("--model", help="registry name (default: the active model)")
-    build.add_argument("--index-type", choices=("flat", "ivf", "hnsw"), default="flat",
-                       help="flat: exact (default); ivf/hnsw: approximate, for large archives")
+    _add_store_arguments(build)
     build.add_argument("--batch-size", type=int, default=32)
     build.add_argument("--workers", type=int, default=2, help="decoding processes")
     build.add_argument("--use-gpu", action="store_true",
                        help="build flat/IVF indexes on the GPU (faiss-gpu); serve with CXR_USE_GPU=1 to search there")
     build.set_defaults(func=cmd_index_build)
+    synth = index.add_parser("synth", help="write an index of N synthetic clustered vectors (benchmarks, sizing)")
+    synth.add_argument("--model", help="registry name: sets the dimension (default: the active model)")
+    synth.add_argument("--count", type=int, required=True, help="images in the synthetic archive")
+    synth.add_argument("--output-dir", type=Path, help="default: <index_dir>/<model>")
+    synth.add_argument("--seed", type=int, default=0)
+    _add_store_arguments(synth)
+    synth.set_defaults(func=cmd_index_synth)
 
     train = sub.add_parser("train", help="train or fine-tune a model's towers on an archive's image-text pairs")
     _add_archive_arguments(train)

@@ -9,7 +9,9 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from cxr import index_store
+from cxr import faiss_store
+from cxr.faiss_store import FaissBackend
+from cxr.vector_store import IndexCorruptError, IndexMismatchError, IndexMissingError
 from gateway.indexes import IndexSet
 from gateway.metrics import GatewayMetrics
 
@@ -27,11 +29,11 @@ def _build(directory, n, export_sha256="a" * 64, model="m"):
     vectors = np.random.default_rng(n).normal(size=(n, DIM)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     metadata = [{"image_id": str(i), "study_uid": f"s{i}"} for i in range(n)]
-    index_store.write(directory, vectors, metadata, {"model": model, "export_sha256": export_sha256}, [], "flat")
+    faiss_store.write(directory, vectors, metadata, {"model": model, "export_sha256": export_sha256}, [], "flat")
 
 
 def _touch_manifest(directory):
-    manifest = directory / index_store.MANIFEST_FILE
+    manifest = directory / faiss_store.MANIFEST_FILE
     stamp = manifest.stat().st_mtime_ns + 1_000_000
     os.utime(manifest, ns=(stamp, stamp))
 
@@ -40,13 +42,13 @@ def _touch_manifest(directory):
 def served(tmp_path):
     _build(tmp_path / "m", 10)
     metrics = GatewayMetrics()
-    indexes = IndexSet(tmp_path, {"m": FakeModel()}, metrics=metrics)
-    assert indexes.get("m").index.ntotal == 10
+    indexes = IndexSet(FaissBackend(tmp_path), {"m": FakeModel()}, metrics=metrics)
+    assert indexes.get("m").count == 10
     return tmp_path, indexes, metrics
 
 
 def _size(indexes):
-    return indexes.searcher(FakeModel()).loaded.index.ntotal
+    return indexes.searcher(FakeModel()).store.count
 
 
 def test_a_new_build_replaces_the_index_without_a_restart(served):
@@ -61,7 +63,7 @@ def test_a_damaged_build_is_refused_and_the_previous_index_keeps_serving(served,
     root, indexes, metrics = served
     staged = root / "staged"
     _build(staged, 12)
-    target = staged / (index_store.METADATA_FILE if damage == "metadata" else index_store.INDEX_FILE)
+    target = staged / ("table/image_id.bytes" if damage == "metadata" else faiss_store.INDEX_FILE)
     data = bytearray(target.read_bytes())
     if damage == "truncate":
         data = data[: len(data) // 2]
@@ -83,19 +85,19 @@ def test_a_damaged_build_is_refused_and_the_previous_index_keeps_serving(served,
 
 def test_an_index_of_another_export_is_refused_naming_both(tmp_path):
     _build(tmp_path / "m", 10, export_sha256="b" * 64)
-    indexes = IndexSet(tmp_path, {"m": FakeModel()})
-    with pytest.raises(index_store.IndexMismatchError, match=r"sha256 bbbbbbbbbbbb.*sha256 aaaaaaaaaaaa.*--model m"):
+    indexes = IndexSet(FaissBackend(tmp_path), {"m": FakeModel()})
+    with pytest.raises(IndexMismatchError, match=r"sha256 bbbbbbbbbbbb.*sha256 aaaaaaaaaaaa.*--model m"):
         indexes.searcher(FakeModel())
 
 
 def test_an_index_without_checksums_is_refused(tmp_path):
     _build(tmp_path / "m", 10)
-    manifest_path = tmp_path / "m" / index_store.MANIFEST_FILE
+    manifest_path = tmp_path / "m" / faiss_store.MANIFEST_FILE
     manifest = json.loads(manifest_path.read_text())
     del manifest["files"]
     manifest_path.write_text(json.dumps(manifest))
-    with pytest.raises(index_store.IndexCorruptError, match="no checksums"):
-        IndexSet(tmp_path, {"m": FakeModel()}).searcher(FakeModel())
+    with pytest.raises(IndexCorruptError, match="older version"):
+        IndexSet(FaissBackend(tmp_path), {"m": FakeModel()}).searcher(FakeModel())
 
 
 def test_a_removed_index_is_no_longer_served(served):
@@ -103,5 +105,5 @@ def test_a_removed_index_is_no_longer_served(served):
     shutil.rmtree(root / "m")
     indexes.refresh()
     assert not indexes.has("m")
-    with pytest.raises(index_store.IndexMissingError):
+    with pytest.raises(IndexMissingError):
         indexes.searcher(FakeModel())

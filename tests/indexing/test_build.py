@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from cxr import archives, index_store
+from cxr import archives, faiss_store
 from cxr.catalog import ExportedModel
 from cxr.settings import to_environment
 from indexing.build import BuildOptions, NothingToIndexError, build_index
@@ -50,7 +50,7 @@ def test_unreadable_inputs_are_skipped_with_a_reason_and_the_rest_indexed(served
     manifest = build_index(archives.manifest(tmp_path / "manifest.jsonl"), model, served, tmp_path / "idx",
                            BuildOptions(progress=False, batch_size=2))
     assert (manifest["count"], manifest["skipped"]) == (3, 4)
-    with (tmp_path / "idx" / index_store.SKIPPED_FILE).open() as f:
+    with (tmp_path / "idx" / faiss_store.SKIPPED_FILE).open() as f:
         reasons = {os.path.basename(r["path"]): r["reason"] for r in csv.DictReader(f)}
     assert reasons["empty.png"] == "empty file (0 bytes)" and reasons["gone.png"] == "file not found"
     assert reasons["notes.png"].startswith("not a readable image") and "truncated" in reasons["cut.png"]
@@ -81,8 +81,8 @@ def test_a_killed_build_resumes_to_the_same_index(served, tmp_path):
     assert resumed.returncode == 0, resumed_out
     whole = _cli_build(served, tmp_path / "whole", manifest_file)
     assert whole.wait(timeout=300) == 0
-    a, b = index_store.load(tmp_path / "resumed"), index_store.load(tmp_path / "whole")
-    assert a.metadata == b.metadata and len(a.metadata) == 120
+    a, b = faiss_store.load(tmp_path / "resumed"), faiss_store.load(tmp_path / "whole")
+    assert a.rows(range(120)) == b.rows(range(120)) and a.count == 120
     np.testing.assert_allclose(a.index.reconstruct_n(0, 120), b.index.reconstruct_n(0, 120), atol=1e-5)
     assert not partial.exists()
 

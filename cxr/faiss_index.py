@@ -1,0 +1,117 @@
+"""FAISS index types: how each is built, trained and searched. Inner product on L2-normalised
+vectors (cosine) throughout.
+
+  flat    exact; 4 bytes per dimension per image
+  ivf     inverted lists of full vectors (nprobe of sqrt(n) lists searched)
+  hnsw    a graph of full vectors; fastest per query, slowest to build
+  sq8     inverted lists of 8-bit scalar-quantised vectors: 1 byte per dimension
+  ivfpq   inverted lists of product-quantised codes: 1 byte per 8 dimensions
+  opq     ivfpq after a learned rotation (OPQ), which keeps more recall at the same size
+
+The compressed types (sq8, ivfpq, opq) can keep the full vectors on disk beside them to re-rank
+their best candidates exactly (`rerank`); recall@10 against exact search per type is measured by
+`make bench-scale`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import faiss
+import numpy as np
+
+INDEX_TYPES = ("flat", "ivf", "hnsw", "sq8", "ivfpq", "opq")
+COMPRESSED = ("sq8", "ivfpq", "opq")
+HNSW_M = 32
+HNSW_EF_SEARCH = 128
+IVF_NPROBE = 32
+# k-means on a sample of 64 points per list: training on all of a million 1152-d vectors
+# would take hours on a small CPU for no measurable recall gain.
+IVF_TRAIN_POINTS_PER_LIST = 64
+# Past a million images, a flat coarse quantizer makes adding vectors cost n x nlist dot products;
+# an HNSW over the centroids finds each vector's list in a few hundred.
+HNSW_QUANTIZER_FROM = 1_000_000
+DIMS_PER_PQ_CODE = 8
+
+
+def nlist_for(count: int) -> int:
+    return max(1, min(int(math.sqrt(count)), count // 39 or 1))  # FAISS wants >= 39 points per list
+
+
+def factory_string(index_type: str, dim: int, count: int) -> str:
+    nlist = nlist_for(count)
+    coarse = f"IVF{nlist}_HNSW32" if count >= HNSW_QUANTIZER_FROM else f"IVF{nlist}"
+    pq = f"PQ{_pq_codes(dim)}x{_pq_bits(count)}"
+    return {"flat": "Flat", "hnsw": f"HNSW{HNSW_M},Flat", "ivf": f"{coarse},Flat", "sq8": f"{coarse},SQ8",
+            "ivfpq": f"{coarse},{pq}", "opq": f"OPQ{_pq_codes(dim)},{coarse},{pq}"}[index_type]
+
+
+def _pq_bits(count: int) -> int:
+    """8-bit codes (256 centroids per sub-quantizer) need ~10,000 training vectors; fewer bits below that."""
+    return int(min(8, max(4, math.floor(math.log2(max(count, 1) / 39)))))
+
+
+def _pq_codes(dim: int) -> int:
+    codes = max(1, dim // DIMS_PER_PQ_CODE)
+    while dim % codes:
+        codes -= 1
+    return codes
+
+
+def empty_index(index_type: str, dim: int, count: int) -> faiss.Index:
+    if index_type not in INDEX_TYPES:
+        raise ValueError(f"index type {index_type!r} is not one of {INDEX_TYPES}")
+    index = faiss.index_factory(dim, factory_string(index_type, dim, count), faiss.METRIC_INNER_PRODUCT)
+    ivf = ivf_of(index)
+    if ivf is not None:
+        ivf.cp.max_points_per_centroid = IVF_TRAIN_POINTS_PER_LIST
+        ivf.nprobe = min(IVF_NPROBE, ivf.nlist)
+    if isinstance(index, faiss.IndexHNSW):
+        index.hnsw.efSearch = HNSW_EF_SEARCH
+    return index
+
+
+def training_size(index: faiss.Index) -> int:
+    """How many vectors training needs (0: none)."""
+    if index.is_trained:
+        return 0
+    ivf = ivf_of(index)
+    return max(ivf.nlist * IVF_TRAIN_POINTS_PER_LIST, 65_536) if ivf is not None else 65_536
+
+
+def ivf_of(index: faiss.Index):
+    try:
+        return faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return None
+
+
+def gpu_available() -> bool:
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def make_index(vectors: np.ndarray, index_type: str, use_gpu: bool = False) -> faiss.Index:
+    """A CPU index over `vectors` (float32 [n, dim], L2-normalised) with ids 0..n-1. With `use_gpu`
+    and faiss-gpu, flat and IVF indexes are trained and filled on the GPU, then stored for the CPU."""
+    index = empty_index(index_type, vectors.shape[1], len(vectors))
+    if use_gpu and index_type in ("flat", "ivf") and gpu_available():
+        on_gpu = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+        on_gpu.train(vectors)
+        on_gpu.add(vectors)
+        return faiss.index_gpu_to_cpu(on_gpu)
+    if not index.is_trained:
+        index.train(vectors)
+    index.add(vectors)
+    return index
+
+
+def search_parameters(index: faiss.Index, selector=None, nprobe: int | None = None):
+    """Parameters carrying a filter (an IDSelector) and the index's own search knobs."""
+    ivf = ivf_of(index)
+    if isinstance(index, faiss.IndexPreTransform):
+        return faiss.SearchParametersPreTransform(index_params=search_parameters(index.index, selector, nprobe))
+    if isinstance(index, faiss.IndexHNSW):
+        return faiss.SearchParametersHNSW(sel=selector, efSearch=index.hnsw.efSearch)
+    if ivf is not None:
+        return faiss.SearchParametersIVF(sel=selector, nprobe=nprobe or ivf.nprobe)
+    return faiss.SearchParameters(sel=selector)

@@ -1,0 +1,125 @@
+"""The vector store: one model's image vectors and their metadata, searched by inner product.
+
+Two implementations share this interface: `faiss` (cxr.faiss_store: files under index_dir, embedded
+in the gateway) and `milvus` (cxr.milvus_store: a Milvus Lite file or a Milvus cluster). The gateway
+and the builders see only this interface; `open_store` picks by the `index_backend` setting.
+
+Ids are row positions 0..count-1 in build order, the same in every backend.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+
+from cxr.errors import CxrError
+from cxr.image_table import UnknownFilterError  # noqa: F401 - part of this interface
+
+Hits = list[tuple[int, float]]  # (id, score), best first
+
+
+class IndexMismatchError(CxrError):
+    """The index was built by another model, dimension or export."""
+
+
+class IndexMissingError(CxrError):
+    """No index where one was expected."""
+
+
+class IndexCorruptError(CxrError):
+    """An index is damaged, truncated or does not match its manifest's checksum."""
+
+
+class StoreUnavailableError(CxrError):
+    """The vector store cannot be reached (a Milvus cluster down); queries may succeed again later."""
+
+
+@dataclass(frozen=True)
+class Filter:
+    """Projection and label filters of one query: any of the projections, and any of the labels.
+    Values match regardless of case; they are kept as sent, so an error can quote them."""
+
+    projections: tuple[str, ...] = ()
+    labels: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, projections=(), labels=()) -> Filter:
+        """Order and repeats do not change a filter's meaning, so they do not change its key."""
+        return cls(tuple(sorted(set(projections))), tuple(sorted(set(labels))))
+
+    def __bool__(self) -> bool:
+        return bool(self.projections or self.labels)
+
+
+class VectorStore(ABC):
+    """One model's index, ready to search. `search` blocks: the gateway calls it from a worker thread."""
+
+    manifest: dict  # model, export_sha256, dim, count, index_type, created, source, ...
+
+    @property
+    def count(self) -> int:
+        return int(self.manifest["count"])
+
+    @property
+    def index_type(self) -> str:
+        return str(self.manifest.get("index_type", ""))
+
+    @property
+    @abstractmethod
+    def size_bytes(self) -> int:
+        """Bytes the index takes where it is stored."""
+
+    @abstractmethod
+    def check_filter(self, flt: Filter) -> None:
+        """Raise UnknownFilterError, naming the known values, for a value no image carries."""
+
+    @abstractmethod
+    def search(self, queries: np.ndarray, k: int, flt: Filter = Filter()) -> list[Hits]:
+        """For each query (float32 [n, dim], L2-normalised), its top k among the images passing `flt`."""
+
+    @abstractmethod
+    def rows(self, ids: list[int]) -> list[dict]:
+        """The metadata of these ids (image_id, study_uid, filename, projection, labels, report fields)."""
+
+    @abstractmethod
+    def study(self, study_uid: str) -> list[dict]:
+        """The metadata of every image of one study (empty when it is not indexed)."""
+
+    def ready(self) -> bool:
+        """Whether the store answers now: the gateway's health says NOT_SERVING while it does not."""
+        return True
+
+    def close(self) -> None:
+        """Release what the store holds (connections, mapped files)."""
+
+
+def check_model(where: str, manifest: dict, model: str | None, dim: int | None, export_sha256: str | None) -> None:
+    """Refuse an index built by another model, dimension or export, saying how to rebuild it."""
+    rebuild = f"rebuild it with `cxr index build --model {model or '<model>'} ...`"
+    if (model and manifest.get("model") != model) or (dim and manifest.get("dim") != dim):
+        raise IndexMismatchError(f"index {where} was built with {manifest.get('model')} ({manifest.get('dim')}-d); "
+                                 f"the gateway serves {model} ({dim}-d): {rebuild}")
+    built_with = manifest.get("export_sha256")
+    if export_sha256 and built_with != export_sha256:
+        raise IndexMismatchError(
+            f"index {where} was built with another export of {model} (image tower sha256 {str(built_with)[:12]}…); "
+            f"the export served now is sha256 {export_sha256[:12]}…: {rebuild}")
+
+
+def top_hits(scores: np.ndarray, ids: np.ndarray) -> list[Hits]:
+    """FAISS-style result arrays as hit lists, without the -1 padding of short results."""
+    return [[(int(i), float(s)) for i, s in zip(row_ids, row_scores) if i >= 0]
+            for row_scores, row_ids in zip(scores, ids)]
+
+
+def backend(settings):
+    """The store the settings name: FAISS files under index_dir, or Milvus at milvus_uri."""
+    if settings.index_backend == "milvus":
+        from cxr.milvus_store import MilvusBackend  # pymilvus is needed only by those who use it
+
+        return MilvusBackend(settings.milvus_uri, settings.milvus_token)
+    from cxr.faiss_store import FaissBackend
+
+    return FaissBackend(settings.index_dir, settings.use_gpu)

@@ -1,0 +1,129 @@
+"""The FAISS store: files replaced whole, foreign indexes refused, every index type searched with
+filters, batches, re-ranking and chunked writes giving what exact search gives."""
+
+import json
+
+import numpy as np
+import pytest
+
+from cxr import faiss_index, faiss_store
+from cxr.vector_store import Filter, IndexCorruptError, IndexMismatchError, UnknownFilterError
+from support import index_metadata, unit_vectors
+
+
+def _store(tmp_path, vectors, index_type="flat", rerank=False, metadata=None):
+    faiss_store.write(tmp_path / "idx", vectors, metadata or index_metadata(len(vectors)), {"model": "m"}, [],
+                      index_type, rerank=rerank)
+    return faiss_store.load(tmp_path / "idx", "m", vectors.shape[1])
+
+
+def _exact(vectors, query, allowed, k=10):
+    return sorted(allowed, key=lambda i: -float(vectors[i] @ query))[:k]
+
+
+def test_a_new_index_replaces_the_old_one_whole(tmp_path):
+    faiss_store.write(tmp_path / "idx", unit_vectors(30), index_metadata(30), {"model": "m"}, [], "flat")
+    faiss_store.write(tmp_path / "idx", unit_vectors(40, seed=1), index_metadata(40), {"model": "m"},
+                      [("x.png", "empty")], "hnsw")
+    store = faiss_store.load(tmp_path / "idx")
+    assert (store.index.ntotal, store.count, store.index_type) == (40, 40, "hnsw")
+    assert store.manifest["skipped"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["idx"]
+
+
+def test_an_index_of_another_model_or_dimension_is_refused_naming_both(tmp_path):
+    faiss_store.write(tmp_path / "idx", unit_vectors(30), index_metadata(30), {"model": "siglip"}, [], "flat")
+    with pytest.raises(IndexMismatchError, match=r"siglip \(24-d\).*medsiglip \(1152-d\).*--model medsiglip"):
+        faiss_store.load(tmp_path / "idx", model="medsiglip", dim=1152)
+
+
+def test_an_index_in_the_old_jsonl_format_is_refused_with_the_remedy(tmp_path):
+    _store(tmp_path, unit_vectors(30))
+    manifest_path = tmp_path / "idx" / faiss_store.MANIFEST_FILE
+    manifest = json.loads(manifest_path.read_text())
+    manifest["files"] = {"index.faiss": manifest["files"]["index.faiss"], "metadata.jsonl": {}}
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(IndexCorruptError, match="older version.*cxr index build"):
+        faiss_store.load(tmp_path / "idx")
+
+
+@pytest.mark.parametrize("index_type", faiss_index.INDEX_TYPES)
+def test_filtered_search_returns_only_allowed_ids_and_exact_ones_for_flat(tmp_path, index_type):
+    vectors = unit_vectors(600)
+    store = _store(tmp_path, vectors, index_type)
+    query = vectors[7]
+    allowed = [i for i in range(len(vectors)) if i % 2 == 1 and i % 3 == 2]  # Lateral and Mass
+    (hits,) = store.search(query[np.newaxis], 10, Filter.of(["lateral"], ["Mass"]))
+    ids = [i for i, _ in hits]
+    assert len(ids) == 10 and set(ids) <= set(allowed)
+    if index_type == "flat":
+        assert ids == _exact(vectors, query, allowed)
+    if index_type not in faiss_index.COMPRESSED:  # 3 bytes of PQ code for 24-d noise cannot promise that
+        assert store.search(query[np.newaxis], 1)[0][0][0] == 7
+
+
+def test_filters_or_within_a_kind_and_and_across_kinds_ignoring_case(tmp_path):
+    vectors = unit_vectors(60)
+    store = _store(tmp_path, vectors)
+    (hits,) = store.search(vectors[:1], 60, Filter.of(["FRONTAL"], ["effusion", "mass"]))
+    assert sorted(i for i, _ in hits) == [i for i in range(60) if i % 2 == 0 and i % 3 in (0, 2)]
+
+
+def test_a_narrow_filter_on_ivf_still_finds_k_matches(tmp_path):
+    vectors = unit_vectors(4000, dim=16)
+    metadata = [dict(row, labels=["Hernia"] if i % 500 == 3 else row["labels"])
+                for i, row in enumerate(index_metadata(4000))]
+    store = _store(tmp_path, vectors, "ivf", metadata=metadata)
+    rare = [i for i in range(4000) if i % 500 == 3]
+    (hits,) = store.search(vectors[:1], 8, Filter.of(labels=["Hernia"]))
+    assert sorted(i for i, _ in hits) == rare  # 8 images in a few of 63 lists; nprobe alone would miss some
+
+
+def test_a_batch_answers_as_single_queries_do(tmp_path):
+    vectors = unit_vectors(500)
+    store = _store(tmp_path, vectors, "ivf")
+    batched = store.search(vectors[:20], 5, Filter.of(labels=["Effusion"]))
+    singles = [store.search(v[np.newaxis], 5, Filter.of(labels=["Effusion"]))[0] for v in vectors[:20]]
+    assert [[i for i, _ in h] for h in batched] == [[i for i, _ in h] for h in singles]
+
+
+def test_top_k_larger_than_the_allowed_images_returns_them_all(tmp_path):
+    vectors = unit_vectors(20)
+    store = _store(tmp_path, vectors)
+    assert len(store.search(vectors[:1], 1000)[0]) == 20
+    assert len(store.search(vectors[:1], 1000, Filter.of(labels=["Mass"]))[0]) == 6
+
+
+def test_unknown_filter_lists_the_known_values(tmp_path):
+    store = _store(tmp_path, unit_vectors(30))
+    with pytest.raises(UnknownFilterError, match=r"'Pneumonia'.*\['Effusion', 'Mass', 'No Finding'\]"):
+        store.check_filter(Filter.of(labels=["Pneumonia"]))
+
+
+def test_rerank_scores_candidates_with_the_full_vectors(tmp_path):
+    vectors = unit_vectors(3000, dim=32)
+    plain, reranked = _store(tmp_path / "a", vectors, "ivfpq"), _store(tmp_path / "b", vectors, "ivfpq", rerank=True)
+    queries = unit_vectors(40, dim=32, seed=5)
+    truth = [_exact(vectors, q, range(3000)) for q in queries]
+
+    def recall(store):
+        found = store.search(queries, 10)
+        return np.mean([len({i for i, _ in f} & set(t)) / 10 for f, t in zip(found, truth)])
+
+    (hits,) = reranked.search(queries[:1], 10)
+    np.testing.assert_allclose([s for _, s in hits], [float(vectors[i] @ queries[0]) for i, _ in hits], atol=2e-3)
+    assert recall(reranked) > recall(plain)
+
+
+def test_a_chunked_write_equals_a_whole_one(tmp_path):
+    vectors, metadata = unit_vectors(900), index_metadata(900)
+    whole = _store(tmp_path / "whole", vectors, "sq8")
+    with faiss_store.IndexWriter(tmp_path / "chunked", 24, 900, "sq8", {"model": "m"}) as writer:
+        writer.train(vectors)
+        for start in range(0, 900, 250):
+            writer.add(vectors[start:start + 250], metadata[start:start + 250])
+        writer.finish()
+    chunked = faiss_store.load(tmp_path / "chunked")
+    assert chunked.rows(range(900)) == whole.rows(range(900))
+    assert [[i for i, _ in h] for h in chunked.search(vectors[:5], 5)] == \
+        [[i for i, _ in h] for h in whole.search(vectors[:5], 5)]

@@ -1,0 +1,53 @@
+"""Metadata columns: rows come back as written, a study's images are found, filters become bitmaps."""
+
+import numpy as np
+import pytest
+
+from cxr.image_table import ImageTable, TableWriter, UnknownFilterError, population, write_table
+from support import index_metadata
+
+
+def _rows(n):
+    return [dict(row, filename=f"{i}.png", findings=f"report {i} — ümlaut", labels=row["labels"] + ["Mass"] * (i == 4))
+            for i, row in enumerate(index_metadata(n))]
+
+
+def test_rows_come_back_as_written_with_every_column(tmp_path):
+    rows = _rows(9)
+    write_table(tmp_path / "t", rows)
+    table = ImageTable(tmp_path / "t")
+    back = table.rows(range(9))
+    assert [{k: r[k] for k in rows[0]} for r in back] == rows
+    assert back[0]["impression"] == "" and back[4]["labels"] == ["No Finding", "Mass"]
+
+
+def test_a_study_is_found_whatever_the_row_order(tmp_path):
+    rows = _rows(10)[::-1]  # studies s4..s0, each with two images
+    writer = TableWriter(tmp_path / "t")
+    writer.append(rows[:3])
+    writer.append(rows[3:])
+    writer.close()
+    table = ImageTable(tmp_path / "t")
+    assert [r["image_id"] for r in table.study("s2")] == ["5", "4"]
+    assert table.study("s9") == [] and table.study("") == []
+
+
+def test_bitmaps_or_within_a_kind_and_across_kinds_and_ignore_case(tmp_path):
+    write_table(tmp_path / "t", _rows(12))
+    table = ImageTable(tmp_path / "t")
+    bits = np.unpackbits(table.bitmap(["frontal"], ["EFFUSION", "mass"]), bitorder="little", count=12)
+    assert np.flatnonzero(bits).tolist() == [0, 2, 4, 6, 8]  # frontal, and effusion or mass
+    assert table.bitmap() is None and population(None, 12) == 12
+    assert population(table.bitmap(labels=["Effusion"]), 12) == 4
+
+
+def test_an_unknown_filter_value_names_the_known_ones(tmp_path):
+    write_table(tmp_path / "t", _rows(6))
+    with pytest.raises(UnknownFilterError, match=r"projection filter 'AP'; this index has \['Frontal', 'Lateral'\]"):
+        ImageTable(tmp_path / "t").check(projections=["AP"])
+
+
+def test_an_empty_table_reads(tmp_path):
+    write_table(tmp_path / "t", [])
+    table = ImageTable(tmp_path / "t")
+    assert table.count == 0 and table.rows([]) == [] and table.study("s0") == []
