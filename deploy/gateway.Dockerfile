@@ -1,0 +1,37 @@
+# The gateway image (no Triton, no torch): the `serve` and `milvus` extras at the pins of
+# constraints.txt, the gRPC stubs generated from protos/, run as an unprivileged user.
+#   docker build -f deploy/gateway.Dockerfile -t cxr-gateway:0.1.0 .
+# It reads the model repository (manifests, tokenizers) and the indexes from mounted volumes and
+# is configured with CXR_* variables: deploy/k8s/gateway-deployment.yaml shows a full set.
+
+FROM python:3.12-slim AS build
+WORKDIR /src
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+COPY pyproject.toml constraints.txt README.md ./
+COPY protos protos
+COPY cxr cxr
+COPY gateway gateway
+# The stubs are generated, never committed (Makefile `protos`); the same grpcio-tools pin.
+RUN pip install -c constraints.txt grpcio-tools \
+ && python -m grpc_tools.protoc -I protos --python_out=. --pyi_out=. --grpc_python_out=. \
+        protos/cxr/retrieval/v1/retrieval.proto \
+ && pip install -c constraints.txt '.[serve,milvus]' \
+ && if pip show torch >/dev/null 2>&1; then echo "torch was pulled in; the gateway must not need it" >&2; exit 1; fi
+
+FROM python:3.12-slim
+# Settings paths are taken from the working directory; the deployment gives absolute ones.
+WORKDIR /srv/cxr
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    HF_HOME=/tmp/huggingface \
+    HF_HUB_OFFLINE=1
+RUN groupadd --gid 10001 cxr && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin cxr
+COPY --from=build /opt/venv /opt/venv
+COPY deploy/grpc_health_probe.py /opt/cxr/grpc_health_probe.py
+# Numeric, so Kubernetes' runAsNonRoot can verify it without reading /etc/passwd.
+USER 10001:10001
+EXPOSE 50051 8003
+ENTRYPOINT ["python", "-m", "gateway.server"]
