@@ -22,10 +22,12 @@ GRPC_ADMIN_HEADER = "triton-grpc-protocol-" + ADMIN_KEY  # Triton's prefix for r
 RESTRICTED_APIS = ("model-repository", "model-config", "shared-memory", "statistics", "trace", "logging")
 
 
-def connection(settings) -> dict:
-    """Keyword arguments for tritonclient's InferenceServerClient (sync or asyncio): the URL, and
-    TLS when triton_tls_ca is set (with a client certificate when triton_tls_cert is)."""
-    kwargs = {"url": settings.triton_grpc_url}
+def connection(settings, url: str | None = None) -> dict:
+    """Keyword arguments for tritonclient's InferenceServerClient (sync or asyncio): the URL (`url`, one
+    of settings.triton_endpoints, else the default triton_host:triton_grpc_port), and TLS when
+    triton_tls_ca is set (with a client certificate when triton_tls_cert is). Every endpoint shares
+    the TLS files: replicas of one deployment, signed by one CA."""
+    kwargs = {"url": url or settings.triton_grpc_url}
     if settings.triton_tls_ca:
         kwargs.update(ssl=True, root_certificates=str(settings.triton_tls_ca))
         if settings.triton_tls_cert:

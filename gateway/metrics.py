@@ -43,6 +43,12 @@ class GatewayMetrics:
                                            "Index builds refused at load (corrupt, mismatched)", ["model"], registry=r)
         self.triton_up = Gauge("cxr_gateway_triton_up", "1 when Triton has the active model's towers ready",
                                registry=r)
+        # One series per Triton endpoint in triton_urls: its address is the label, nothing else.
+        self.triton_endpoint_up = Gauge("cxr_gateway_triton_endpoint_up", "1 while a Triton endpoint is in the "
+                                        "gateway's rotation, 0 while ejected after a failed call", ["endpoint"],
+                                        registry=r)
+        self.triton_ejections = Counter("cxr_gateway_triton_ejections", "Triton endpoints taken out of rotation "
+                                        "after a failed call", ["endpoint"], registry=r)
         self.serving = Gauge("cxr_gateway_serving", "1 when the gateway reports SERVING", registry=r)
         self.audit_lines = Gauge("cxr_gateway_audit_lines", "Lines in the audit chain since its first (the next "
                                  "line's seq): compare with the log to see a cut tail", registry=r)

@@ -66,8 +66,9 @@ class Gateway:
         self._watch = asyncio.create_task(self._watch_health())
 
     async def _watch_health(self) -> None:
-        """Every second: reload changed indexes, then SERVING only while Triton has the active model's
-        towers ready and its index is loaded. No error ends this loop: it is logged and tried again."""
+        """Every second: reload changed indexes, then SERVING only while a Triton endpoint (one is enough)
+        has the active model's towers ready and its index is loaded. No error ends this loop: it is
+        logged and tried again."""
         while True:
             try:
                 await self._check_health()
@@ -134,7 +135,7 @@ def create_server(settings: Settings, address: str | None = None, embedder=None)
     catalog = load_catalog(settings.model_repository)
     indexes = IndexSet(vector_store.backend(settings), catalog, metrics=metrics, batch_max=settings.search_batch_max,
                        batch_wait_s=settings.search_batch_wait_ms / 1000)
-    service = RetrievalService(catalog, indexes, embedder or TritonEmbedder(connection(settings)), settings.model,
+    service = RetrievalService(catalog, indexes, embedder or _embedder(settings, metrics), settings.model,
                                DecodeQueue(DECODE_THREADS, settings.max_decode_queue), settings.max_image_pixels)
     server = grpc.aio.server(interceptors=interceptors,
                              options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -148,11 +149,16 @@ def create_server(settings: Settings, address: str | None = None, embedder=None)
     return Gateway(server, service, health, admission, metrics, audit), port
 
 
+def _embedder(settings: Settings, metrics: GatewayMetrics) -> TritonEmbedder:
+    """One Triton client per endpoint in settings.triton_endpoints, balanced (gateway.triton_pool)."""
+    return TritonEmbedder([connection(settings, url) for url in settings.triton_endpoints], metrics)
+
+
 async def serve(settings: Settings) -> None:
     gateway, port = create_server(settings)
     await gateway.start(settings.metrics_host, settings.metrics_port)
     log.info("gateway listening on %s:%d (%s); model %s, Triton %s", settings.gateway_host, port,
-             _security(settings, gateway), settings.model, settings.triton_grpc_url)
+             _security(settings, gateway), settings.model, ", ".join(settings.triton_endpoints))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

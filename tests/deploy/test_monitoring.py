@@ -17,7 +17,8 @@ from support import BackgroundGateway
 
 MONITORING = Path(__file__).parent.parent.parent / "deploy" / "monitoring"
 NAME = re.compile(r"\b(cxr_gateway_\w+|nv_\w+)\b")
-ALLOWED_LABELS = {"method", "code", "stage", "reason", "model", "le", "version"}
+# endpoint: a Triton address, never patient data
+ALLOWED_LABELS = {"method", "code", "stage", "reason", "model", "le", "version", "endpoint"}
 QUERY = "patient jane roe small left pleural effusion"
 
 
