@@ -149,13 +149,7 @@ class ImageTable:
 
     def check(self, projections=(), labels=()) -> None:
         """Raise UnknownFilterError for a value no row carries, naming the known ones."""
-        for values, kind, names in ((projections, "projection", self.projection_names),
-                                    (labels, "label", self.label_names)):
-            unknown = [v for v in values if v.lower() not in self._bitmaps[kind]]
-            if unknown:
-                listed = ", ".join(repr(v[:40]) for v in unknown[:5]) + (f" and {len(unknown) - 5} more"
-                                                                         if len(unknown) > 5 else "")
-                raise UnknownFilterError(f"unknown {kind} filter {listed}; this index has {sorted(names)}")
+        check_known(projections, labels, self.projection_names, self.label_names)
 
     def bitmap(self, projections=(), labels=()) -> np.ndarray | None:
         """Rows passing the filters (any of the projections and any of the labels) as a little-endian
@@ -191,6 +185,18 @@ def _merge_case(maps: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         key = name.lower()
         merged[key] = merged[key] | bits if key in merged else bits
     return merged
+
+
+def check_known(projections, labels, projection_names: list[str], label_names: list[str]) -> None:
+    """Filters ignore case; a value no image carries is refused with the values there are (shared by
+    every vector store, so the message is the same whichever serves)."""
+    for values, kind, names in ((projections, "projection", projection_names), (labels, "label", label_names)):
+        known = {name.lower() for name in names}
+        unknown = [v for v in values if v.lower() not in known]
+        if unknown:
+            listed = ", ".join(repr(v[:40]) for v in unknown[:5]) + (f" and {len(unknown) - 5} more"
+                                                                     if len(unknown) > 5 else "")
+            raise UnknownFilterError(f"unknown {kind} filter {listed}; this index has {sorted(names)}")
 
 
 def population(bitmap: np.ndarray | None, count: int) -> int:

@@ -35,7 +35,7 @@ class IndexSet:
         self.batch_wait_s = batch_wait_s
         self._searchers: dict[str, SearchBatcher] = {}
         self._errors: dict[str, CxrError] = {}
-        self._versions: dict[str, tuple[int, int] | None] = {}
+        self._versions: dict[str, object] = {}  # whatever the backend says identifies a build
         self._lock = threading.Lock()
         if metrics is not None:
             for name in catalog:

@@ -71,3 +71,23 @@ class BackgroundGateway:
         asyncio.run_coroutine_threadsafe(self.gateway.stop(grace=1), self.loop).result(30)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
+
+
+class MilvusLiteFile:
+    """A MilvusBackend on a Milvus Lite file, whose in-process server is stopped on close (Milvus Lite
+    otherwise keeps it until the test session ends)."""
+
+    def __init__(self, path: Path, **options):
+        from cxr.milvus_store import MilvusBackend
+
+        self.path = path
+        self.backend = MilvusBackend(str(path), **options)
+
+    def __enter__(self):
+        return self.backend
+
+    def __exit__(self, *exc) -> None:
+        from milvus_lite import server_manager_instance
+
+        self.backend.close()
+        server_manager_instance.release_server(str(self.path))
