@@ -16,7 +16,7 @@ export_flags = $(if $(MODEL),--model $(MODEL)) $(if $(CHECKPOINT),--checkpoint $
 	--target $(TARGET) $(if $(FP16),--fp16)
 
 .PHONY: help setup protos export serve serve-detached stop models demo train-default test bench bench-quick bench-towers bench-gateway \
-	bench-faiss bench-quality fuzz soak faults clean
+	bench-faiss bench-scale bench-quality fuzz soak faults clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -86,6 +86,10 @@ soak: setup ## 32 clients, mixed queries, 10 min secured then 10 min open: error
 
 faults: setup ## Triton and the gateway SIGKILLed under load, a corrupt index, a rebuild: recovery seconds, client codes
 	$(BIN)/python -m benchmarks.faults
+
+bench-scale: setup ## cost of archive size per store and index type (SIZES= DIMS= TYPES= BACKENDS= PART=store|gateway); hours in full
+	$(BIN)/python -m benchmarks.scale $(if $(PART),--part $(PART)) $(if $(SIZES),--sizes $(SIZES)) \
+		$(if $(DIMS),--dims $(DIMS)) $(if $(TYPES),--types $(TYPES)) $(if $(BACKENDS),--backends $(BACKENDS))
 
 bench-quality: setup ## image->image and text->image mAP through the gateway on the NIH validation split, beside random
 	$(BIN)/python -m benchmarks.retrieval_quality

@@ -97,7 +97,7 @@ def _sizes(settings: Settings, model: str) -> dict:
     manifest = read_manifest(settings.model_repository, model)
     index_dir = settings.index_path(model)
     return {"onnx_mb": {name: round(entry["bytes"] / 1e6, 1) for name, entry in manifest["onnx"].items()},
-            "index_mb": round(sum(p.stat().st_size for p in index_dir.iterdir() if p.is_file()) / 1e6, 2)}
+            "index_mb": round(sum(p.stat().st_size for p in index_dir.rglob("*") if p.is_file()) / 1e6, 2)}
 
 
 def _in_process_load(model: str, settings: Settings, queries: _Queries, profile: Profile) -> dict:

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import bisect
 import json
+import mmap
+import os
 from pathlib import Path
 
 import numpy as np
@@ -96,17 +98,22 @@ def write_table(directory: Path, rows: list[dict]) -> None:
 class _TextColumn:
     def __init__(self, directory: Path, name: str):
         self.offsets = np.load(directory / f"{name}.offsets.npy", mmap_mode="r")
-        path = directory / f"{name}.bytes"
-        self.data = np.memmap(path, np.uint8, "r") if path.stat().st_size else np.zeros(0, np.uint8)
+        with (directory / f"{name}.bytes").open("rb") as f:  # a plain mmap: slicing it is ~10x numpy's
+            self.data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if os.fstat(f.fileno()).st_size else b""
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
 
     def __getitem__(self, row: int) -> str:
-        return self.data[int(self.offsets[row]):int(self.offsets[row + 1])].tobytes().decode()
+        return self.data[int(self.offsets[row]):int(self.offsets[row + 1])].decode()
+
+    def values(self, rows: np.ndarray) -> list[str]:
+        starts, stops = self.offsets[rows].tolist(), self.offsets[rows + 1].tolist()
+        return [self.data[a:b].decode() for a, b in zip(starts, stops)]
 
     def sort_order(self) -> np.ndarray:
-        values = np.array([self.data[int(a):int(b)].tobytes() for a, b in zip(self.offsets[:-1], self.offsets[1:])])
+        offsets = self.offsets.tolist()
+        values = np.array([self.data[a:b] for a, b in zip(offsets[:-1], offsets[1:])])
         return np.argsort(values, kind="stable").astype(np.int64) if len(values) else np.zeros(0, np.int64)
 
 
@@ -128,16 +135,17 @@ class ImageTable:
             raise ValueError(f"{directory}: columns of different lengths for {self.count} rows")
         self._bitmaps = {"projection": self._projection_bitmaps(), "label": self._label_bitmaps()}
 
-    def row(self, i: int) -> dict:
-        row = {name: column[i] for name, column in self._columns.items()}
-        code = int(self._projection_codes[i])
-        row["projection"] = self.projection_names[code] if code != NO_VALUE else ""
-        codes = self._label_codes[int(self._label_offsets[i]):int(self._label_offsets[i + 1])]
-        row["labels"] = [self.label_names[c] for c in codes]
-        return row
-
     def rows(self, ids) -> list[dict]:
-        return [self.row(int(i)) for i in ids]
+        ids = np.asarray(list(ids), np.int64)
+        if not len(ids):
+            return []
+        columns = {name: column.values(ids) for name, column in self._columns.items()}
+        rows = [dict(zip(columns, values)) for values in zip(*columns.values())]
+        starts, stops = self._label_offsets[ids].tolist(), self._label_offsets[ids + 1].tolist()
+        for row, code, start, stop in zip(rows, self._projection_codes[ids].tolist(), starts, stops):
+            row["projection"] = self.projection_names[code] if code != NO_VALUE else ""
+            row["labels"] = [self.label_names[c] for c in self._label_codes[start:stop].tolist()]
+        return rows
 
     def study(self, study_uid: str) -> list[dict]:
         """Every image of one study, in id order."""

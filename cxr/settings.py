@@ -50,9 +50,10 @@ class Settings:
     milvus_uri: str = ""
     milvus_token: str = field(default="", repr=False)
     # Concurrent searches of one index are gathered into one batched search: up to this many
-    # queries, waiting at most this long for company once the first one arrives.
+    # queries. Queries arriving while a search runs wait for it and go together; a wait for company
+    # after an idle spell (search_batch_wait_ms) costs ~1.7 ms per query at concurrency 1.
     search_batch_max: int = 64
-    search_batch_wait_ms: float = 1.0
+    search_batch_wait_ms: float = 0.0
 
     # Transport security of the gateway: TLS when tls_cert and tls_key are set, mutual TLS
     # (client certificate required) when tls_client_ca is set too.

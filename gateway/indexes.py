@@ -26,7 +26,7 @@ SWAP_SETTLE_S = 0.2  # `cxr index build` swaps folders with two renames: look tw
 
 class IndexSet:
     def __init__(self, backend, catalog: dict[str, ExportedModel], metrics=None, batch_max: int = 64,
-                 batch_wait_s: float = 0.001):
+                 batch_wait_s: float = 0.0):
         """`backend`: cxr.faiss_store.FaissBackend or cxr.milvus_store.MilvusBackend."""
         self.backend = backend
         self.catalog = catalog

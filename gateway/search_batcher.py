@@ -3,8 +3,8 @@
 A search of a million vectors takes tens of milliseconds; run on the event loop it would stall
 every other call. Each index gets one worker thread. Queries that arrive while it is busy wait
 together and go as one batched search when it is free, which FAISS answers in about the time of
-a few single ones (one pass over memory, all cores). After an idle spell the first query waits up
-to `wait_s` for company. Queries with different filters go in separate batched searches (FAISS
+a few single ones (one pass over memory, all cores). After an idle spell the first query can be
+made to wait up to `wait_s` for company (off by default: under load, company comes by itself). Queries with different filters go in separate batched searches (FAISS
 takes one filter per call); a batch serves each query's own k.
 """
 
@@ -31,7 +31,7 @@ class _Query:
 
 
 class SearchBatcher:
-    def __init__(self, store: VectorStore, max_batch: int = 64, wait_s: float = 0.001, metrics=None, name: str = ""):
+    def __init__(self, store: VectorStore, max_batch: int = 64, wait_s: float = 0.0, metrics=None, name: str = ""):
         self.store = store
         self.max_batch = max_batch
         self.wait_s = wait_s
