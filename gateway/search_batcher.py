@@ -4,8 +4,9 @@ A search of a million vectors takes tens of milliseconds; run on the event loop 
 every other call. Each index gets one worker thread. Queries that arrive while it is busy wait
 together and go as one batched search when it is free, which FAISS answers in about the time of
 a few single ones (one pass over memory, all cores). After an idle spell the first query can be
-made to wait up to `wait_s` for company (off by default: under load, company comes by itself). Queries with different filters go in separate batched searches (FAISS
-takes one filter per call); a batch serves each query's own k.
+made to wait up to `wait_s` for company (off by default: under load, company comes by itself).
+Queries with different filters go in separate batched searches (FAISS takes one filter per call);
+a batch serves each query's own k.
 """
 
 from __future__ import annotations
