@@ -96,3 +96,26 @@ def test_cli_on_iu_csvs_without_images_prints_the_missing_count_not_a_traceback(
     assert done.returncode == 2
     assert "7466 of 7466 images missing" in done.stdout
     assert "Traceback" not in done.stderr and "iu.skipped.csv" in done.stderr
+
+
+def test_the_cli_builds_into_milvus_the_vectors_it_builds_into_faiss(served, tmp_path):
+    from support import MilvusLiteFile
+
+    images = sorted((NIH / "valid" / "1_abnormal").glob("*.png"))[:24]
+    manifest_file = tmp_path / "archive.csv"
+    manifest_file.write_text("image,labels\n" + "".join(f"{p},Effusion\n" for p in images))
+    milvus_db = tmp_path / "milvus.db"
+    command = [sys.executable, "-m", "cxr.cli", "index", "build", "--manifest", str(manifest_file), "--model", MODEL,
+               "--output-dir", str(tmp_path / "faiss"), "--workers", "1"]
+    env = dict(os.environ, **to_environment(served))
+    for extra in ([], ["--backend", "milvus", "--milvus-uri", str(milvus_db)]):
+        done = subprocess.run(command + extra, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+    assert f"indexed 24 of 24 images with {MODEL} into" in done.stdout and "(collection cxr_" in done.stdout
+    flat = faiss_store.load(tmp_path / "faiss")
+    with MilvusLiteFile(milvus_db) as backend:
+        store = backend.open(MODEL)
+        queries = flat.index.reconstruct_n(0, 24)
+        assert [[i for i, _ in hits] for hits in store.search(queries, 5)] == \
+            [[i for i, _ in hits] for hits in flat.search(queries, 5)]
+        assert store.rows(range(24)) == flat.rows(range(24))
