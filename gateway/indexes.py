@@ -97,10 +97,10 @@ class IndexSet:
                 self._searchers[name] = searcher
             elif error is not None:
                 self._errors[name] = error
-        if previous is not None:
-            previous.close()  # its searches in flight finish on the old store
-            if searcher is None:
-                log.warning("index for %s removed: no longer served (%s)", name, error)
+        if previous is not None and searcher is None:
+            log.warning("index for %s removed: no longer served (%s)", name, error)
+        # The previous batcher is not closed: calls that took it before the swap still search with it
+        # (its files stay mapped); its thread ends when the last of them lets it go.
         if self.metrics is not None:
             store = searcher.store if searcher else None
             self.metrics.index_vectors.labels(name).set(store.count if store else 0)

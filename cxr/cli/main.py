@@ -200,11 +200,8 @@ def cmd_index_synth(args, settings: Settings) -> int:
 
 def _with_store(args, settings: Settings) -> Settings:
     """--backend and --milvus-uri override the settings' vector store for one command."""
-    if args.backend:
-        settings = replace(settings, index_backend=args.backend)
-    if args.milvus_uri:
-        settings = replace(settings, milvus_uri=args.milvus_uri)
-    return replace(settings)  # validates the combination (milvus needs a URI)
+    overrides = {"index_backend": args.backend, "milvus_uri": args.milvus_uri}
+    return replace(settings, **{k: v for k, v in overrides.items() if v})  # validates the two together
 
 
 def _store_backend(settings: Settings, output_dir: Path | None):

@@ -1,5 +1,6 @@
 """What the gateway serves: checked builds replace the index, bad ones leave the previous one serving."""
 
+import asyncio
 import json
 import logging
 import os
@@ -56,6 +57,15 @@ def test_a_new_build_replaces_the_index_without_a_restart(served):
     _build(root / "m", 12)
     indexes.refresh()
     assert _size(indexes) == 12 and metrics.index_vectors.labels("m")._value.get() == 12
+
+
+def test_a_call_that_took_the_index_before_a_swap_still_searches_it(served):
+    root, indexes, _ = served
+    taken = indexes.searcher(FakeModel())  # what a call in flight holds while `cxr index build` swaps
+    _build(root / "m", 12)
+    indexes.refresh()
+    hits = asyncio.run(taken.search(np.full(DIM, DIM ** -0.5, np.float32), 3))
+    assert len(hits) == 3 and _size(indexes) == 12
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "metadata"])
