@@ -16,7 +16,7 @@ export_flags = $(if $(MODEL),--model $(MODEL)) $(if $(CHECKPOINT),--checkpoint $
 	--target $(TARGET) $(if $(FP16),--fp16)
 
 .PHONY: help setup protos export serve serve-detached stop models demo train-default test bench bench-quick bench-towers bench-gateway \
-	bench-faiss bench-scale bench-quality fuzz soak faults clean
+	bench-faiss bench-scale bench-quality fuzz soak faults clean setup-pacs setup-browser
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -25,6 +25,17 @@ PROTO := protos/cxr/retrieval/v1/retrieval.proto
 STUBS := cxr/retrieval/v1/retrieval_pb2.py
 
 setup: $(VENV)/.installed $(STUBS) ## install everything (pinned) into .venv and generate the gRPC stubs
+
+# Real outside parts the tests drive (Debian packages; .ci/run installs them, tests skip with the reason without).
+APT_INSTALL = DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
+setup-pacs: ## install Orthanc and its DICOMweb plugin (Debian), the PACS the DICOMweb tests start on loopback
+	@command -v Orthanc >/dev/null && test -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so || \
+		(apt-get update -qq && $(APT_INSTALL) orthanc orthanc-dicomweb >/dev/null) || \
+		echo "warning: could not install orthanc orthanc-dicomweb: the PACS tests will skip"
+
+setup-browser: setup ## install Debian's chromium, which Playwright drives in the search-page test
+	@test -x /usr/bin/chromium || (apt-get update -qq && $(APT_INSTALL) chromium >/dev/null) || \
+		echo "warning: could not install chromium: the browser tests will skip"
 
 protos: $(STUBS) ## generate the Python gRPC stubs from protos/ (never edit them by hand)
 

@@ -34,6 +34,14 @@ class Record:
     impression: str = ""
     indication: str = ""
     patient_id: str = ""  # what training splits by; the study where an archive has no patient ids
+    # DICOM identities, for archives read from a PACS (cxr.dicom_records); empty for file archives.
+    study_instance_uid: str = ""
+    series_instance_uid: str = ""
+    sop_instance_uid: str = ""
+    accession_number: str = ""
+    study_date: str = ""  # DA: YYYYMMDD
+    view_position: str = ""
+    patient_name: str = ""  # patient data: stored for GetStudy (`studies` scope), never in a hit or a log
 
     @property
     def report(self) -> str:

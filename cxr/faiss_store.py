@@ -219,6 +219,9 @@ class FaissStore(VectorStore):
     def study(self, study_uid: str) -> list[dict]:
         return self.table.study(study_uid)
 
+    def image(self, image_id: str) -> dict | None:
+        return self.table.image(image_id)
+
     def search(self, queries: np.ndarray, k: int, flt: Filter = Filter()) -> list[Hits]:
         queries = np.ascontiguousarray(queries, np.float32).reshape(-1, self.index.d)
         bitmap, allowed = self._bitmap(flt)

@@ -7,6 +7,7 @@ bytes on disk and are paged in only where read. One folder, one row per vector, 
   labels.codes.npy + labels.offsets.npy    each row's labels, as codes into table.json's label names
   projection.codes.npy                     each row's projection, as a code into table.json's names
   study.order.npy                          row ids sorted by study_uid, for a study's images by bisection
+  image.order.npy                          row ids sorted by image_id, for one image's row (thumbnails)
   table.json                               row count, columns, label and projection names
 
 Filters become bitmaps (one bit per row, FAISS IDSelectorBitmap's bit order), built once per value
@@ -25,8 +26,11 @@ import numpy as np
 
 from cxr.errors import CxrError
 
-TEXT_COLUMNS = ("image_id", "study_uid", "filename", "path", "findings", "impression", "indication", "patient_id")
+TEXT_COLUMNS = ("image_id", "study_uid", "filename", "path", "findings", "impression", "indication", "patient_id",
+                "study_instance_uid", "series_instance_uid", "sop_instance_uid", "accession_number", "study_date",
+                "view_position", "patient_name")  # an index written before a column existed reads it as ""
 TABLE_FILE = "table.json"
+ORDER_FILES = {"study_uid": "study.order.npy", "image_id": "image.order.npy"}
 NO_VALUE = -1
 
 
@@ -77,11 +81,17 @@ class TableWriter:
         np.save(self.directory / "labels.offsets.npy", _narrow(np.concatenate(self._label_ends)))
         np.save(self.directory / "projection.codes.npy",
                 np.concatenate(self._projection_codes or [np.zeros(0, np.int16)]))
-        studies = _TextColumn(self.directory, "study_uid")
-        np.save(self.directory / "study.order.npy", studies.sort_order())
+        for column, order_file in ORDER_FILES.items():
+            np.save(self.directory / order_file, _TextColumn(self.directory, column).sort_order())
         (self.directory / TABLE_FILE).write_text(json.dumps(
             {"rows": self.count, "columns": list(TEXT_COLUMNS), "labels": list(self._labels),
              "projections": list(self._projections)}, indent=1))
+
+
+def _order(directory: Path, column: str, name: str) -> np.ndarray:
+    """A column's sort order, memory-mapped; computed here for a table written before the file existed."""
+    path = directory / name
+    return np.load(path, mmap_mode="r") if path.is_file() else _TextColumn(directory, column).sort_order()
 
 
 def _narrow(offsets: np.ndarray) -> np.ndarray:
@@ -130,7 +140,7 @@ class ImageTable:
         self._label_codes = np.load(directory / "labels.codes.npy", mmap_mode="r")
         self._label_offsets = np.load(directory / "labels.offsets.npy", mmap_mode="r")
         self._projection_codes = np.load(directory / "projection.codes.npy", mmap_mode="r")
-        self._study_order = np.load(directory / "study.order.npy", mmap_mode="r")
+        self._orders = {column: _order(directory, column, name) for column, name in ORDER_FILES.items()}
         if any(len(c) != self.count for c in self._columns.values()) or len(self._projection_codes) != self.count:
             raise ValueError(f"{directory}: columns of different lengths for {self.count} rows")
         self._bitmaps = {"projection": self._projection_bitmaps(), "label": self._label_bitmaps()}
@@ -149,11 +159,20 @@ class ImageTable:
 
     def study(self, study_uid: str) -> list[dict]:
         """Every image of one study, in id order."""
-        uids = self._columns["study_uid"]
-        key = lambda position: uids[int(self._study_order[position])]  # noqa: E731
-        start = bisect.bisect_left(range(self.count), study_uid, key=key)
-        stop = bisect.bisect_right(range(self.count), study_uid, lo=start, key=key)
-        return self.rows(sorted(int(i) for i in self._study_order[start:stop]))
+        return self.rows(self._matching("study_uid", study_uid))
+
+    def image(self, image_id: str) -> dict | None:
+        """One image's row; None when no image has this id."""
+        found = self._matching("image_id", image_id)
+        return self.rows(found[:1])[0] if found else None
+
+    def _matching(self, column: str, value: str) -> list[int]:
+        """Ids of the rows whose `column` is `value`, by bisection over the column's sort order."""
+        values, order = self._columns[column], self._orders[column]
+        key = lambda position: values[int(order[position])]  # noqa: E731
+        start = bisect.bisect_left(range(self.count), value, key=key)
+        stop = bisect.bisect_right(range(self.count), value, lo=start, key=key)
+        return sorted(int(i) for i in order[start:stop])
 
     def check(self, projections=(), labels=()) -> None:
         """Raise UnknownFilterError for a value no row carries, naming the known ones."""

@@ -61,7 +61,8 @@ METRIC = "COSINE"  # the vectors are L2-normalised: the same order and scores as
 # An identifier cut short would name another image or study, so a longer one is refused; report
 # text is cut at Milvus's VARCHAR limit (UTF-8 bytes, which Milvus counts) and the cuts are counted.
 FIELD_BYTES = {"image_id": 512, "study_uid": 512, "patient_id": 256, "filename": 1024, "path": 4096,
-               "projection": 256}
+               "projection": 256, "study_instance_uid": 64, "series_instance_uid": 64, "sop_instance_uid": 64,
+               "accession_number": 64, "study_date": 16, "view_position": 64, "patient_name": 1024}  # DICOM VR limits
 REPORT_COLUMNS = ("findings", "impression", "indication")
 REPORT_BYTES = 65_535
 LABEL_BYTES = 256
@@ -347,6 +348,12 @@ class MilvusStore(VectorStore):
             return []  # longer than any stored study uid
         records = self._query(f"study_uid == {literal(study_uid)}")
         return [_row(r) for r in sorted(records, key=lambda r: int(r[ID]))]
+
+    def image(self, image_id: str) -> dict | None:
+        if len(image_id.encode()) > FIELD_BYTES["image_id"]:
+            return None
+        records = self._query(f"image_id == {literal(image_id)}")
+        return _row(min(records, key=lambda r: int(r[ID]))) if records else None
 
     def _query(self, expr: str) -> list[dict]:
         return self._call(lambda c: c.query(self.collection, filter=expr, output_fields=ROW_FIELDS,

@@ -57,6 +57,12 @@ class ModelSpec:
     twin_of: str | None = None
     alternative_checkpoints: tuple[str, ...] = ()
     licence: str | None = None
+    demo: bool = False  # trained here to show the service working, not for clinical use
+
+    @property
+    def not_clinical(self) -> bool:
+        """A demo model or a random-weight twin: user interfaces say so."""
+        return self.demo or self.twin_of is not None
 
     @property
     def is_twin(self) -> bool:

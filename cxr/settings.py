@@ -41,6 +41,20 @@ class Settings:
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 50051
     use_gpu: bool = False  # search FAISS on the GPU when faiss-gpu and a GPU are present
+    # The HTTP/JSON API (/v1/...) and the search page (/), in the gateway process, on gateway_host;
+    # TLS with the gateway's certificate when TLS is on. 0: off.
+    http_port: int = 8080
+    # A hit's link to its study in the hospital's viewer; {study_instance_uid}, {study_uid} and
+    # {accession_number} are filled in, e.g. "https://pacs/ohif/viewer?StudyInstanceUIDs={study_instance_uid}".
+    viewer_url_template: str = ""
+    thumbnail_cache_mb: int = 64  # rendered thumbnails kept in memory
+    # A DICOMweb PACS: what `cxr index build --dicomweb` reads by default and where the gateway
+    # fetches thumbnails of images indexed from it (WADO-RS). Basic auth or a bearer token.
+    dicomweb_url: str = ""
+    dicomweb_user: str = ""
+    dicomweb_password: str = field(default="", repr=False)
+    dicomweb_token: str = field(default="", repr=False)
+    dicomweb_ca: Path | None = None
     # Several Tritons: "host:port" gRPC endpoints the gateway balances across (empty: the one
     # endpoint above). From the environment, comma-separated: CXR_TRITON_URLS=a:8001,b:8001.
     triton_urls: tuple[str, ...] = ()
@@ -103,6 +117,8 @@ class Settings:
         if self.index_backend == "milvus" and not self.milvus_uri:
             raise SettingsError("index_backend = 'milvus' needs milvus_uri: a Milvus Lite file (indexes/milvus.db) "
                                 "or a cluster's http://host:19530")
+        if self.dicomweb_token and (self.dicomweb_user or self.dicomweb_password):
+            raise SettingsError("set dicomweb_user and dicomweb_password (basic auth) or dicomweb_token, not both")
         if bool(self.triton_tls_cert) != bool(self.triton_tls_key):
             raise SettingsError("set triton_tls_cert and triton_tls_key together (the gateway's client "
                                 "certificate for Triton)")

@@ -87,6 +87,20 @@ class VectorStore(ABC):
     def study(self, study_uid: str) -> list[dict]:
         """The metadata of every image of one study (empty when it is not indexed)."""
 
+    @abstractmethod
+    def image(self, image_id: str) -> dict | None:
+        """One image's metadata (None when it is not indexed)."""
+
+    @property
+    @abstractmethod
+    def labels(self) -> list[str]:
+        """The finding labels images of this index carry: the label filter's values."""
+
+    @property
+    @abstractmethod
+    def projections(self) -> list[str]:
+        """The projections of this index: the projection filter's values."""
+
     def ready(self) -> bool:
         """Whether the store answers now: the gateway's health says NOT_SERVING while it does not."""
         return True

@@ -34,6 +34,8 @@ METHOD_SCOPES: dict[str, str | None] = {
     RETRIEVAL + "SearchByImage": "search",
     RETRIEVAL + "BatchSearch": "search",
     RETRIEVAL + "GetStudy": "studies",  # reports are patient data
+    RETRIEVAL + "GetThumbnail": "studies",  # pixels are patient data too (burned-in names, dates)
+    RETRIEVAL + "GetSearchOptions": "search",  # filter values and the model's demo flag, for search forms
     RETRIEVAL + "ListModels": "admin",  # what is served, where, how large
     calls.HEALTH_PREFIX + "Check": PUBLIC,
     calls.HEALTH_PREFIX + "Watch": PUBLIC,

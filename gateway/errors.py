@@ -20,6 +20,7 @@ from cxr.vector_store import (
 from gateway import calls
 from gateway.admission import OverloadedError
 from gateway.embedder import TritonFailedError, TritonUnavailableError
+from gateway.thumbnails import PacsUnavailableError, ThumbnailSourceError
 
 log = logging.getLogger("cxr.gateway")
 
@@ -33,12 +34,18 @@ class StudyNotFoundError(CxrError, KeyError):
         return self.args[0]
 
 
+class ImageNotFoundError(StudyNotFoundError):
+    """No indexed image has this id."""
+
+
 STATUS = {
     InvalidRequestError: grpc.StatusCode.INVALID_ARGUMENT,
     InvalidImageError: grpc.StatusCode.INVALID_ARGUMENT,
     UnknownFilterError: grpc.StatusCode.INVALID_ARGUMENT,
     UnknownModelError: grpc.StatusCode.NOT_FOUND,
     StudyNotFoundError: grpc.StatusCode.NOT_FOUND,
+    ThumbnailSourceError: grpc.StatusCode.NOT_FOUND,
+    PacsUnavailableError: grpc.StatusCode.UNAVAILABLE,
     TritonUnavailableError: grpc.StatusCode.UNAVAILABLE,
     StoreUnavailableError: grpc.StatusCode.UNAVAILABLE,
     IndexMismatchError: grpc.StatusCode.FAILED_PRECONDITION,

@@ -33,9 +33,11 @@ from gateway.audit import AuditInterceptor, AuditLog
 from gateway.auth import AuthInterceptor, authenticator_from
 from gateway.calls import CallInterceptor
 from gateway.embedder import TritonEmbedder
+from gateway.hits import ViewerLinks
 from gateway.indexes import IndexSet
 from gateway.metrics import GatewayMetrics, MetricsInterceptor
 from gateway.service import RetrievalService
+from gateway.thumbnails import Thumbnails
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Retrieval"].full_name
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # a full-size DICOM or a 2.3 MB JPEG, with room to spare
@@ -136,7 +138,8 @@ def create_server(settings: Settings, address: str | None = None, embedder=None)
     indexes = IndexSet(vector_store.backend(settings), catalog, metrics=metrics, batch_max=settings.search_batch_max,
                        batch_wait_s=settings.search_batch_wait_ms / 1000)
     service = RetrievalService(catalog, indexes, embedder or _embedder(settings, metrics), settings.model,
-                               DecodeQueue(DECODE_THREADS, settings.max_decode_queue), settings.max_image_pixels)
+                               DecodeQueue(DECODE_THREADS, settings.max_decode_queue), settings.max_image_pixels,
+                               ViewerLinks(settings.viewer_url_template), Thumbnails(settings))
     server = grpc.aio.server(interceptors=interceptors,
                              options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                                       ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])

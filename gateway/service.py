@@ -14,27 +14,34 @@ from cxr.images import preprocess
 from cxr.retrieval.v1 import retrieval_pb2 as pb
 from cxr.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
 from cxr.vector_store import Filter
-from gateway import calls
+from gateway import calls, hits
 from gateway.admission import DecodeQueue
-from gateway.errors import InvalidRequestError, StudyNotFoundError, grpc_errors
+from gateway.errors import ImageNotFoundError, InvalidRequestError, StudyNotFoundError, grpc_errors
 from gateway.indexes import IndexSet
+from gateway.thumbnails import MEDIA_TYPE, Thumbnails, size_of
 
 MAX_TOP_K = 1000
 MAX_TEXT_CHARS = 10_000
 MAX_IMAGE_BYTES = 40 * 1024 * 1024
 MAX_BATCH_QUERIES = 256
 DEFAULT_TOP_K = 10  # what top_k = 0 (unset) means
+# A study's fields GetStudy returns under the same names; patient identifiers only here (`studies` scope).
+STUDY_COLUMNS = ("findings", "impression", "indication", "study_instance_uid", "accession_number", "study_date",
+                 "patient_id", "patient_name")
 
 
 class RetrievalService(pb_grpc.RetrievalServicer):
     def __init__(self, catalog: dict[str, ExportedModel], indexes: IndexSet, embedder, active_model: str,
-                 decoder: DecodeQueue, max_image_pixels: int):
+                 decoder: DecodeQueue, max_image_pixels: int, links: hits.ViewerLinks = hits.ViewerLinks(""),
+                 thumbnails: Thumbnails | None = None):
         self.catalog = catalog
         self.indexes = indexes
         self.embedder = embedder
         self.active_model = active_model
         self.decoder = decoder  # image decoding is CPU work: off the event loop, in a bounded queue
         self.max_image_pixels = max_image_pixels
+        self.links = links
+        self.thumbnails = thumbnails
 
     @grpc_errors
     async def SearchByText(self, request, context):
@@ -76,9 +83,36 @@ class RetrievalService(pb_grpc.RetrievalServicer):
         if not rows:
             raise StudyNotFoundError(f"study {calls.shown(request.study_uid)} is not in the {model.name} index")
         first = rows[0]
-        return pb.Study(study_uid=request.study_uid, findings=first.get("findings", ""),
-                        impression=first.get("impression", ""), indication=first.get("indication", ""),
-                        labels=first.get("labels", []), image_ids=[r["image_id"] for r in rows])
+        return pb.Study(study_uid=request.study_uid, labels=first.get("labels", []),
+                        image_ids=[r["image_id"] for r in rows], viewer_url=self.links.url(first),
+                        **{name: first.get(name) or "" for name in STUDY_COLUMNS})
+
+    @grpc_errors
+    async def GetThumbnail(self, request, context):
+        model = self._model(request.model)
+        try:
+            size = size_of(request.size)
+        except ValueError as exc:
+            raise InvalidRequestError(str(exc)) from exc
+        item = self.thumbnails.cached(model.name, request.image_id, size) if self.thumbnails else None
+        if item is None:
+            row = await asyncio.to_thread(self.indexes.searcher(model).store.image, request.image_id)
+            if row is None:
+                raise ImageNotFoundError(f"image {calls.shown(request.image_id)} is not in the {model.name} index")
+            if self.thumbnails is None:
+                raise ImageNotFoundError("this gateway renders no thumbnails")
+            with calls.stage("decode"):
+                item = await self.decoder.run(self.thumbnails.make, model.name, row, size)
+        data, width, height = item
+        return pb.Thumbnail(image_id=request.image_id, media_type=MEDIA_TYPE, data=data, width=width, height=height)
+
+    @grpc_errors
+    async def GetSearchOptions(self, request, context):
+        model = self._model(request.model)
+        store = self.indexes.searcher(model).store
+        spec = registry.get_model(model.name)
+        return pb.SearchOptions(model=model.name, demo=spec.not_clinical, notes=spec.notes, labels=store.labels,
+                                projections=store.projections, index_size=store.count)
 
     async def _search_text(self, request, timeout) -> pb.SearchResponse:
         text = request.text.strip()
@@ -89,7 +123,7 @@ class RetrievalService(pb_grpc.RetrievalServicer):
                                       "(the encoders read at most a few hundred tokens)")
         model, top_k, searcher = self._prepare(request)
         (vector,) = await self.embedder.embed_texts(model, [text], timeout)
-        return await self._respond(model, searcher, vector, top_k, request.filters)
+        return await self._respond(model, searcher, vector, top_k, request)
 
     async def _search_image(self, request, timeout, decoding: asyncio.Semaphore | None = None) -> pb.SearchResponse:
         if not request.image:
@@ -103,7 +137,7 @@ class RetrievalService(pb_grpc.RetrievalServicer):
                 pixels = await self.decoder.run(preprocess, bytes(request.image), model.image_size,
                                                 self.max_image_pixels)
         (vector,) = await self.embedder.embed_images(model, pixels[np.newaxis], timeout)
-        return await self._respond(model, searcher, vector, top_k, request.filters)
+        return await self._respond(model, searcher, vector, top_k, request)
 
     def _prepare(self, request):
         """Model, top_k and index of a query, with bad fields and filters refused before any embedding."""
@@ -113,11 +147,23 @@ class RetrievalService(pb_grpc.RetrievalServicer):
         searcher.store.check_filter(_filter(request.filters))
         return model, top_k, searcher
 
-    async def _respond(self, model, searcher, vector, top_k, filters) -> pb.SearchResponse:
+    async def _respond(self, model, searcher, vector, top_k, request) -> pb.SearchResponse:
+        flt = _filter(request.filters)
         with calls.stage("search"):
-            found = await searcher.search(vector, top_k, _filter(filters))
-        hits = [_hit(rank, score, row) for rank, (_, score, row) in enumerate(found, 1)]
-        return pb.SearchResponse(model=model.name, hits=hits)
+            if not request.group_by_study:
+                return pb.SearchResponse(model=model.name, hits=hits.ranked(await searcher.search(vector, top_k, flt),
+                                                                            self.links))
+            return pb.SearchResponse(model=model.name, hits=await self._by_study(searcher, vector, top_k, flt))
+
+    async def _by_study(self, searcher, vector, top_k: int, flt: Filter) -> list[pb.Hit]:
+        """Images enough for `top_k` studies: fetched in growing rounds while studies repeat."""
+        fetch = hits.study_fetch(top_k, searcher.store.count)
+        while True:
+            found = await searcher.search(vector, fetch, flt)
+            grouped = hits.by_study(found, top_k, self.links)
+            if len(grouped) >= top_k or len(found) < fetch or fetch >= hits.GROUP_MAX_FETCH:
+                return grouped
+            fetch = min(fetch * hits.GROUP_FETCH_FACTOR, hits.GROUP_MAX_FETCH)
 
     def _model(self, name: str) -> ExportedModel:
         name = name or self.active_model
@@ -148,10 +194,3 @@ def _top_k(value: int) -> int:
         raise InvalidRequestError(f"top_k must be between 1 and {MAX_TOP_K} (0: the default, {DEFAULT_TOP_K}), "
                                   f"not {value}")
     return value
-
-
-def _hit(rank: int, score: float, item: dict) -> pb.Hit:
-    return pb.Hit(rank=rank, score=score, image_id=item["image_id"], study_uid=item.get("study_uid", ""),
-                  filename=item.get("filename", ""), projection=item.get("projection", ""),
-                  labels=item.get("labels", []), findings=item.get("findings", ""),
-                  impression=item.get("impression", ""))

@@ -1,5 +1,7 @@
 """Metadata columns: rows come back as written, a study's images are found, filters become bitmaps."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -51,3 +53,22 @@ def test_an_empty_table_reads(tmp_path):
     write_table(tmp_path / "t", [])
     table = ImageTable(tmp_path / "t")
     assert table.count == 0 and table.rows([]) == [] and table.study("s0") == []
+
+
+def test_an_image_is_found_by_its_id_also_in_a_table_written_before_the_lookup_file(tmp_path):
+    rows = _rows(10)[::-1]
+    write_table(tmp_path / "t", rows)
+    assert ImageTable(tmp_path / "t").image("7")["filename"] == "7.png"
+    (tmp_path / "t" / "image.order.npy").unlink()  # as an index from before thumbnails
+    table = ImageTable(tmp_path / "t")
+    assert table.image("3")["filename"] == "3.png" and table.image("nope") is None
+
+
+def test_an_index_from_before_the_dicom_columns_reads_them_as_absent(tmp_path):
+    write_table(tmp_path / "t", _rows(2))
+    info_file = tmp_path / "t" / "table.json"
+    info = json.loads(info_file.read_text())
+    info["columns"] = [c for c in info["columns"] if "instance" not in c]
+    info_file.write_text(json.dumps(info))
+    row = ImageTable(tmp_path / "t").rows([1])[0]
+    assert row["image_id"] == "1" and "sop_instance_uid" not in row

@@ -103,9 +103,11 @@ VALID = {
     "BatchSearch": lambda: pb.BatchSearchRequest(queries=[pb.SearchQuery(text=pb.SearchByTextRequest(text="mass"))]),
     "GetStudy": lambda: pb.GetStudyRequest(study_uid="00000002_000"),
     "ListModels": lambda: pb.ListModelsRequest(),
+    "GetThumbnail": lambda: pb.GetThumbnailRequest(image_id="00000002_000.png", size=64),
+    "GetSearchOptions": lambda: pb.GetSearchOptionsRequest(),
 }
 SCOPE_OF = {"SearchByText": "search", "SearchByImage": "search", "BatchSearch": "search", "GetStudy": "studies",
-            "ListModels": "admin"}
+            "ListModels": "admin", "GetThumbnail": "studies", "GetSearchOptions": "search"}
 
 
 @pytest.mark.parametrize("method", METHODS)
