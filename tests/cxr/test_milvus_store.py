@@ -41,7 +41,8 @@ def _metadata(n: int) -> list[dict]:
     rows = index_metadata(n)
     for i, row in enumerate(rows):
         row.update(filename=f"{i}.png", path=f"/archive/é/{i}.png", patient_id=f"p{i // 4}",
-                   findings=f"report {i} — ümlaut", impression="" if i % 5 else "no acute disease")
+                   findings=f"report {i} — ümlaut", impression="" if i % 5 else "no acute disease",
+                   sop_instance_uid=f"1.2.3.{i}", view_position="PA", patient_name="Doe^Jane")
         if i % 7 == 0:
             row["labels"] = row["labels"] + [ODD_LABEL]
         if i % 11 == 0:
@@ -89,6 +90,9 @@ def test_rows_studies_and_filter_errors_are_faiss_s(pair):
     assert milvus.rows([]) == []
     assert milvus.study("s3") == faiss.study("s3") and len(milvus.study("s3")) == 2
     assert milvus.study("nope") == [] and milvus.study('s"3') == [] and milvus.study("x" * 600) == []
+    assert milvus.image("12") == faiss.image("12") and milvus.image("12")["sop_instance_uid"] == "1.2.3.12"
+    assert milvus.image("nope") is None and milvus.image("x" * 600) is None
+    assert (milvus.labels, milvus.projections) == (faiss.labels, faiss.projections)
     for flt in (Filter.of(labels=["Effusion", "Pneumothorax"]), Filter.of(projections=["oblique"])):
         with pytest.raises(UnknownFilterError) as from_faiss:
             faiss.check_filter(flt)
