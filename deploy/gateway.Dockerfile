@@ -33,5 +33,5 @@ COPY --from=build /opt/venv /opt/venv
 COPY deploy/grpc_health_probe.py /opt/cxr/grpc_health_probe.py
 # Numeric, so Kubernetes' runAsNonRoot can verify it without reading /etc/passwd.
 USER 10001:10001
-EXPOSE 50051 8003
+EXPOSE 50051 8080 8003
 ENTRYPOINT ["python", "-m", "gateway.server"]

@@ -196,7 +196,7 @@ def test_triton_runs_as_docker_compose_runs_it():
 def test_every_service_selects_a_deployment_and_targets_its_ports():
     deployments = [d["metadata"]["name"] for d in _all("Deployment")]
     expected = {"triton": {DEFAULTS.triton_http_port, DEFAULTS.triton_grpc_port, DEFAULTS.triton_metrics_port},
-                "cxr-gateway": {DEFAULTS.gateway_port, DEFAULTS.metrics_port}}
+                "cxr-gateway": {DEFAULTS.gateway_port, DEFAULTS.http_port, DEFAULTS.metrics_port}}
     for service in _all("Service"):
         spec, name = service["spec"], service["metadata"]["name"]
         (target,) = [d for d in deployments if _selects(spec["selector"], _pod_labels(d))]
