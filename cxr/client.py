@@ -116,14 +116,17 @@ class RetrievalClient:
                     raise
                 time.sleep(RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)])
 
-    def search_text(self, text: str, top_k: int = 10, model: str = "", projections=(), labels=()) -> pb.SearchResponse:
+    def search_text(self, text: str, top_k: int = 10, model: str = "", projections=(), labels=(),
+                    group_by_study: bool = False) -> pb.SearchResponse:
         return self._call(self.stub.SearchByText, pb.SearchByTextRequest(
-            text=text, top_k=top_k, model=model, filters=pb.Filters(projections=projections, labels=labels)))
+            text=text, top_k=top_k, model=model, filters=pb.Filters(projections=projections, labels=labels),
+            group_by_study=group_by_study))
 
-    def search_image(self, image: bytes, top_k: int = 10, model: str = "", projections=(),
-                     labels=()) -> pb.SearchResponse:
+    def search_image(self, image: bytes, top_k: int = 10, model: str = "", projections=(), labels=(),
+                     group_by_study: bool = False) -> pb.SearchResponse:
         return self._call(self.stub.SearchByImage, pb.SearchByImageRequest(
-            image=image, top_k=top_k, model=model, filters=pb.Filters(projections=projections, labels=labels)))
+            image=image, top_k=top_k, model=model, filters=pb.Filters(projections=projections, labels=labels),
+            group_by_study=group_by_study))
 
     def batch_search(self, queries: list[pb.SearchQuery]) -> pb.BatchSearchResponse:
         return self._call(self.stub.BatchSearch, pb.BatchSearchRequest(queries=queries))
@@ -133,6 +136,12 @@ class RetrievalClient:
 
     def list_models(self) -> pb.ListModelsResponse:
         return self._call(self.stub.ListModels, pb.ListModelsRequest())
+
+    def thumbnail(self, image_id: str, size: int = 0, model: str = "") -> pb.Thumbnail:
+        return self._call(self.stub.GetThumbnail, pb.GetThumbnailRequest(image_id=image_id, size=size, model=model))
+
+    def search_options(self, model: str = "") -> pb.SearchOptions:
+        return self._call(self.stub.GetSearchOptions, pb.GetSearchOptionsRequest(model=model))
 
     def close(self) -> None:
         self._channel.close()

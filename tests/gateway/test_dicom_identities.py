@@ -10,6 +10,7 @@ from PIL import Image
 
 from cxr import archives
 from cxr.catalog import ExportedModel
+from cxr.client import RetrievalClient
 from cxr.retrieval.v1 import retrieval_pb2 as pb
 from cxr.retrieval.v1 import retrieval_pb2_grpc
 from gateway import hits
@@ -45,7 +46,9 @@ def pacs_gateway(served, tmp_path_factory):
     background = BackgroundGateway(settings)
     try:
         with grpc.insecure_channel(background.address) as channel:
-            yield retrieval_pb2_grpc.RetrievalStub(channel)
+            stub = retrieval_pb2_grpc.RetrievalStub(channel)
+            stub.address = background.address
+            yield stub
     finally:
         background.stop()
 
@@ -108,6 +111,9 @@ def test_a_bad_thumbnail_request_gets_its_status(pacs_gateway, request_, code):
 
 
 def test_search_options_list_the_filters_and_flag_a_random_weight_twin(pacs_gateway):
-    options = pacs_gateway.GetSearchOptions(pb.GetSearchOptionsRequest())
+    with RetrievalClient(pacs_gateway.address) as client:
+        options = client.search_options()
+        assert len(client.search_text("effusion", top_k=3, group_by_study=True).hits) == 3
+        assert client.thumbnail(_records()[1].image_id, size=32).width == 32
     assert options.model == MODEL and options.demo and options.index_size == IMAGES
     assert list(options.projections) == ["Frontal", "Lateral"] and "No Finding" in options.labels
