@@ -2,7 +2,7 @@
 
 DICOM pixel data goes through the modality and VOI LUTs (or the window in the header), and
 MONOCHROME1 is inverted so bone is bright as in every other format. More than 8 bits per pixel
-is windowed to the image's own range. The whole image is resized to size x size (no crop: a
+is windowed to the image's own range; 8-bit data without a window are kept as they are, as a PNG's. The whole image is resized to size x size (no crop: a
 crop can cut off a costophrenic angle). The gateway, the index builder and training all decode
 through here, so a query is prepared exactly as the archive was.
 """
@@ -114,11 +114,18 @@ def _decode_dicom(data: bytes, max_pixels: int) -> Image.Image:
     if getattr(dataset, "SamplesPerPixel", 1) == 3:
         return Image.fromarray(_to_uint8(pixels)).convert("RGB")
     values = apply_modality_lut(pixels, dataset)
-    values = apply_voi_lut(values, dataset) if "WindowCenter" in dataset or "VOILUTSequence" in dataset else values
-    grey = _to_uint8(np.asarray(values))
+    windowed = "WindowCenter" in dataset or "VOILUTSequence" in dataset
+    values = np.asarray(apply_voi_lut(values, dataset) if windowed else values)
+    grey = values.astype(np.uint8) if not windowed and _display_ready(values, dataset) else _to_uint8(values)
     if getattr(dataset, "PhotometricInterpretation", "") == "MONOCHROME1":
         grey = 255 - grey
     return Image.fromarray(grey)
+
+
+def _display_ready(values: np.ndarray, dataset) -> bool:
+    """8-bit data with no window are display values already, as in a PNG: stretching them would make
+    a DICOM of a PNG's pixels (a secondary capture) decode to another image than the PNG."""
+    return int(getattr(dataset, "BitsStored", 16)) <= 8 and values.min() >= 0 and values.max() <= 255
 
 
 def _to_uint8(values: np.ndarray) -> np.ndarray:

@@ -53,6 +53,19 @@ def test_monochrome1_is_inverted_so_bone_stays_bright():
     assert np.array_equal(inverted, 255 - normal)
 
 
+def test_an_eight_bit_dicom_of_a_png_s_pixels_decodes_to_the_png_s_pixels():
+    png = DATA_DIR / "nih800" / "train" / "0_normal" / "00000032_010.png"  # grey 3..228: not full range
+    grey = np.asarray(Image.open(png).convert("L"))
+    dataset = pydicom.dcmread(DICOM)
+    dataset.Rows, dataset.Columns = grey.shape
+    dataset.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    dataset.PixelData = grey.tobytes()
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    assert np.array_equal(np.asarray(decode(buffer.getvalue())), grey)
+    assert np.array_equal(preprocess(buffer.getvalue(), 64), preprocess(png.read_bytes(), 64))
+
+
 def test_dicom_window_from_the_header_is_applied():
     pixels = pydicom.dcmread(DICOM).pixel_array
     centre = float(np.percentile(pixels, 50))
