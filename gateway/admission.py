@@ -70,11 +70,12 @@ class RateLimiter:
 
 
 def _client_key(context) -> str:
-    """The principal, or without auth the client's address (without its port)."""
+    """The principal, or without auth the client's address (without its port; the HTTP client's for
+    calls from the gateway's HTTP side)."""
     call = calls.current()
     if call is not None and call.principal:
         return call.principal
-    return context.peer().rsplit(":", 1)[0]
+    return calls.client_peer(context).rsplit(":", 1)[0]
 
 
 class AdmissionInterceptor(grpc.aio.ServerInterceptor):

@@ -1,9 +1,9 @@
 """The audit trail: one JSON line per Retrieval RPC, each carrying the SHA-256 of the line before it.
 
-A line says who (principal, client certificate subject, peer), what (method, model, top_k,
-filters, the kind of query and an HMAC of it, never the text or the image itself), when, the
-status, the latency and which studies were returned. Editing, inserting or deleting a line breaks
-the chain at that line; `cxr audit verify FILE…` names it. Files rotate by size and the chain runs
+A line says who (principal, client certificate subject, peer: the HTTP client's for calls through
+the HTTP API), what (method, model, top_k, filters, the kind of query and an HMAC of it, never the
+text or the image itself), when, the status, the latency and which studies were returned. Editing,
+inserting or deleting a line breaks the chain at that line; `cxr audit verify FILE…` names it. Files rotate by size and the chain runs
 on across them (`seq` numbers every line since the first). When the log cannot be written, the
 call fails with UNAVAILABLE instead of going unrecorded.
 
@@ -189,11 +189,6 @@ def describe_response(method: str, response) -> dict:
     return {"models": sorted({r.model for r in results}), "hits": len(uids), "study_uids": list(dict.fromkeys(uids))}
 
 
-def _client_subject(context) -> str:
-    subject = context.auth_context().get("x509_subject") or [b""]
-    return subject[0].decode(errors="replace")
-
-
 class AuditInterceptor(grpc.aio.ServerInterceptor):
     """Writes the line after the handler and before the answer leaves: no line, no answer."""
 
@@ -222,8 +217,8 @@ class AuditInterceptor(grpc.aio.ServerInterceptor):
         call = calls.current()
         method = call.method if call else ""
         record = {"time": _utc_now(), "request_id": call.request_id if call else "",
-                  "principal": call.principal if call else "", "client_cert": _client_subject(context),
-                  "peer": context.peer(), "method": calls.method_name(method),
+                  "principal": call.principal if call else "", "client_cert": calls.client_subject(context),
+                  "peer": calls.client_peer(context), "method": calls.method_name(method),
                   **describe_request(method, request, self.audit),
                   "status": status.name,
                   "latency_ms": round((time.monotonic() - call.started) * 1000, 2) if call else None,

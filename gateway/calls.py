@@ -23,6 +23,12 @@ HEALTH_PREFIX = "/grpc.health.v1.Health/"
 RETRIEVAL_PREFIX = f"/{pb.DESCRIPTOR.services_by_name['Retrieval'].full_name}/"
 MALFORMED = object()  # a Retrieval request whose bytes are not its message: the handler refuses it
 MAX_DETAILS_CHARS = 1000  # status details travel in the trailers, which clients cap at 8 KB
+# The gateway's HTTP side (gateway.http_api) calls this server over a Unix socket in a folder only
+# this process's user can open, and says there who its own client is. Only calls on that socket
+# are believed: the same keys from any other caller are ignored.
+FORWARDED_PEER_KEY = "x-cxr-forwarded-peer"  # the HTTP client's address, as grpc writes a peer
+FORWARDED_CERT_KEY = "x-cxr-forwarded-cert"  # the HTTP client's certificate subject (RFC 4514), or ""
+INTERNAL_PEER_PREFIX = "unix:"
 
 
 def shown(value: str, limit: int = 64) -> str:
@@ -72,6 +78,26 @@ def time_remaining(context) -> float | None:
         return remaining
     call = current()
     return call.time_remaining() if call else None
+
+
+def _forwarded(context, key: str) -> str | None:
+    """`key` from the call's metadata when the call came in on the internal socket; else None."""
+    if not context.peer().startswith(INTERNAL_PEER_PREFIX):
+        return None
+    return next((str(value) for name, value in context.invocation_metadata() or () if name == key), None)
+
+
+def client_peer(context) -> str:
+    """The client's address: the HTTP client's for calls from the gateway's HTTP side."""
+    return _forwarded(context, FORWARDED_PEER_KEY) or context.peer()
+
+
+def client_subject(context) -> str:
+    """The client certificate's subject ("" without one): the HTTP client's for calls from the HTTP side."""
+    if context.peer().startswith(INTERNAL_PEER_PREFIX):
+        return _forwarded(context, FORWARDED_CERT_KEY) or ""
+    subject = context.auth_context().get("x509_subject") or [b""]
+    return subject[0].decode(errors="replace")
 
 
 def method_name(method: str) -> str:

@@ -2,6 +2,8 @@
 
 `create_server(settings, address)` builds a server bound to `address` (tests pass port 0);
 `main()` is the process entry point (`python -m gateway.server`, started by `cxr serve`).
+With `http_port` set (or an `http_address`), the same process serves the HTTP/JSON API and the
+search page (gateway.http_server), which calls this gRPC server over an internal Unix socket.
 
 Every call passes the same interceptors, in this order: the call record (request id), metrics,
 the audit trail (when `audit_log` is set), identity and scopes (when `auth = "token"`), then
@@ -34,6 +36,7 @@ from gateway.auth import AuthInterceptor, authenticator_from
 from gateway.calls import CallInterceptor
 from gateway.embedder import TritonEmbedder
 from gateway.hits import ViewerLinks
+from gateway.http_server import HttpServer, InternalSocket
 from gateway.indexes import IndexSet
 from gateway.metrics import GatewayMetrics, MetricsInterceptor
 from gateway.service import RetrievalService
@@ -50,14 +53,17 @@ class Gateway:
     """A built server, the task that keeps its health status true, and what it must close."""
 
     def __init__(self, server: grpc.aio.Server, service: RetrievalService, health: health_aio.HealthServicer,
-                 admission: AdmissionInterceptor, metrics: GatewayMetrics, audit: AuditLog | None):
+                 admission: AdmissionInterceptor, metrics: GatewayMetrics, audit: AuditLog | None,
+                 http: HttpServer | None = None):
         self.server = server
+        self.http = http
         self.service = service
         self.health = health
         self.admission = admission
         self.metrics = metrics
         self.audit = audit
         self.metrics_port: int | None = None
+        self.http_port: int | None = http.port if http else None
         self._watch: asyncio.Task | None = None
         self._reported: tuple[bool, bool] | None = None  # (Triton ready, index loaded) last logged
 
@@ -65,6 +71,8 @@ class Gateway:
         if metrics_port:
             self.metrics_port = self.metrics.serve(metrics_host, metrics_port)
         await self.server.start()
+        if self.http is not None:
+            await self.http.start()
         self._watch = asyncio.create_task(self._watch_health())
 
     async def _watch_health(self) -> None:
@@ -104,6 +112,8 @@ class Gateway:
         self.admission.drain()
         if not await self.admission.wait_idle(grace):
             log.warning("%d calls still in flight after %.0f s: cancelling them", self.admission.in_flight, grace)
+        if self.http is not None:
+            await self.http.stop(grace)
         await self.server.stop(0)
         await self.service.embedder.close()
         self.service.decoder.shutdown()
@@ -118,10 +128,15 @@ def _limits(settings: Settings) -> Limits:
                   burst=settings.rate_limit_burst, default_deadline_s=settings.default_deadline_s)
 
 
-def create_server(settings: Settings, address: str | None = None, embedder=None) -> tuple[Gateway, int]:
-    """A gateway over the settings' model repository and indexes, bound to `address`."""
+def create_server(settings: Settings, address: str | None = None, embedder=None,
+                  http_address: str | None = None) -> tuple[Gateway, int]:
+    """A gateway over the settings' model repository and indexes, bound to `address`; with the HTTP
+    API on `http_address` (default: gateway_host:http_port, none when http_port is 0)."""
     address = address or settings.gateway_address
+    http_address = http_address or (f"{settings.gateway_host}:{settings.http_port}" if settings.http_port else None)
     tls.check_exposure(settings, address)
+    if http_address:
+        tls.check_exposure(settings, http_address)
     metrics = GatewayMetrics()
     audit = AuditLog(settings.audit_log, settings.audit_max_bytes) if settings.audit_log else None
     if audit is not None:
@@ -149,7 +164,19 @@ def create_server(settings: Settings, address: str | None = None, embedder=None)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
     port = tls.bind(server, settings, address)  # checked above, before anything was built
-    return Gateway(server, service, health, admission, metrics, audit), port
+    http = _http(server, settings, http_address) if http_address else None
+    return Gateway(server, service, health, admission, metrics, audit, http), port
+
+
+def _http(server: grpc.aio.Server, settings: Settings, address: str) -> HttpServer:
+    """The HTTP API on `address`, and the internal socket it reaches `server` on."""
+    internal = InternalSocket()
+    try:
+        server.add_insecure_port(internal.target)  # plaintext, but in a folder only this user can open
+        return HttpServer(settings, address, internal, MAX_MESSAGE_BYTES)
+    except BaseException:
+        internal.remove()
+        raise
 
 
 def _embedder(settings: Settings, metrics: GatewayMetrics) -> TritonEmbedder:
@@ -175,7 +202,9 @@ async def serve(settings: Settings) -> None:
 def _security(settings: Settings, gateway: Gateway) -> str:
     transport = ("mutual TLS" if settings.tls_client_ca else "TLS") if settings.tls else "plaintext"
     metrics = f"{settings.metrics_host}:{gateway.metrics_port}" if gateway.metrics_port else "off"
-    return f"{transport}, auth {settings.auth}, audit {settings.audit_log or 'off'}, metrics {metrics}"
+    scheme = "https" if settings.tls else "http"
+    http = f"{scheme}://{settings.gateway_host}:{gateway.http_port}" if gateway.http else "off"
+    return f"{transport}, auth {settings.auth}, audit {settings.audit_log or 'off'}, metrics {metrics}, HTTP {http}"
 
 
 def main(argv: list[str] | None = None) -> int:

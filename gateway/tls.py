@@ -1,8 +1,10 @@
 """Where and how the gateway listens: TLS from the settings, mutual TLS with a client CA, and no
-plaintext or unauthenticated port beyond loopback unless `allow_insecure` says so."""
+plaintext or unauthenticated port beyond loopback unless `allow_insecure` says so. The same rules
+and the same files serve the gRPC port and the HTTP one."""
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 
 import grpc
@@ -58,3 +60,22 @@ def bind(server: grpc.aio.Server, settings: Settings, address: str) -> int:
     if credentials is None:
         return server.add_insecure_port(address)
     return server.add_secure_port(address, credentials)
+
+
+def http_ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    """The HTTP side's TLS, as the gRPC side's: the gateway's certificate, and client certificates
+    required (signed by tls_client_ca) when it is set; None without TLS."""
+    if not settings.tls:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(settings.tls_cert, settings.tls_key)
+        if settings.tls_client_ca:
+            context.load_verify_locations(cafile=settings.tls_client_ca)
+            context.verify_mode = ssl.CERT_REQUIRED
+    except (OSError, ssl.SSLError) as exc:
+        raise CxrError(f"cannot load the TLS files for the HTTP port ({settings.tls_cert}, {settings.tls_key}"
+                       f"{', ' + str(settings.tls_client_ca) if settings.tls_client_ca else ''}): {exc}; "
+                       "`cxr certs dev DIR` writes development ones") from exc
+    return context

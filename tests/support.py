@@ -20,7 +20,7 @@ def make_settings(root: Path, cache_dir: Path, **overrides) -> Settings:
     http, grpc, metrics, gateway = free_ports(4)
     values = dict(model_repository=root / "model_repository", cache_dir=cache_dir, run_dir=root / "run",
                   index_dir=root / "indexes", data_dir=DATA_DIR, triton_http_port=http, triton_grpc_port=grpc,
-                  triton_metrics_port=metrics, gateway_port=gateway, metrics_port=0,
+                  triton_metrics_port=metrics, gateway_port=gateway, metrics_port=0, http_port=0,
                   triton_admin_key_file=root / "run" / "triton-admin.key")
     values.update(overrides)
     return Settings(**values)
@@ -45,9 +45,10 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 class BackgroundGateway:
-    """The real gateway (create_server) on an asyncio loop in a thread, bound to a free loopback port."""
+    """The real gateway (create_server) on an asyncio loop in a thread, bound to a free loopback port;
+    with `http`, its HTTP API too, on another (`http_url`: https:// when the settings have TLS)."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, http: bool = False):
         import asyncio
         import threading
 
@@ -58,12 +59,14 @@ class BackgroundGateway:
         self._thread.start()
 
         async def _start():
-            gateway, port = create_server(settings, "127.0.0.1:0")
+            gateway, port = create_server(settings, "127.0.0.1:0", http_address="127.0.0.1:0" if http else None)
             await gateway.start(settings.metrics_host, settings.metrics_port)
             return gateway, port
 
         self.gateway, port = asyncio.run_coroutine_threadsafe(_start(), self.loop).result(60)
         self.address = f"127.0.0.1:{port}"
+        scheme = "https" if settings.tls else "http"
+        self.http_url = f"{scheme}://127.0.0.1:{self.gateway.http_port}" if http else None
 
     def stop(self) -> None:
         import asyncio

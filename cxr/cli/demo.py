@@ -20,7 +20,7 @@ from dataclasses import replace
 import grpc
 
 from cxr import faiss_store, processes, registry, tritonserver
-from cxr.cli.main import print_hits
+from cxr.cli.main import page_url, print_hits
 from cxr.client import RetrievalClient
 from cxr.manifest import read_manifest
 from cxr.settings import Settings, load_settings
@@ -115,6 +115,7 @@ def run(model: str, secure: bool = True) -> int:
         for child in reversed(children):
             processes.stop_process(child)
     print("\ngateway and Triton stopped.")
+    print(f"Search page: `make serve`, then open {page_url(load_settings())}")
     return 0
 
 

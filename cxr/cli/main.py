@@ -128,11 +128,19 @@ def _serve_detached(args, settings: Settings) -> int:
     return 0
 
 
+def page_url(settings: Settings) -> str:
+    """Where a browser opens the search page (the gateway's HTTP port)."""
+    host = f"[{settings.gateway_host}]" if ":" in settings.gateway_host else settings.gateway_host
+    return f"{'https' if settings.tls else 'http'}://{host}:{settings.http_port}/"
+
+
 def _print_gateway_status(settings: Settings, status: int, log_file) -> None:
     from grpc_health.v1 import health_pb2
 
     state = health_pb2.HealthCheckResponse.ServingStatus.Name(status)
     print(f"gateway on {settings.gateway_address}: {state}; log: {log_file}")
+    if settings.http_port:
+        print(f"search page: {page_url(settings)}")
     if status != health_pb2.HealthCheckResponse.SERVING:
         print(f"  (SERVING once {settings.model} is exported and indexed: "
               f"`cxr index build --model {settings.model} ...`)")

@@ -1,0 +1,70 @@
+"""HTTP answers for errors: gRPC status codes as google.rpc maps them to HTTP, in one JSON shape.
+
+Every error body reads {"error": {"code": <HTTP status>, "status": "INVALID_ARGUMENT", "message":
+..., "requestId": ...}}; the request id (when the call reached the gRPC service) is also the
+X-Request-Id header, and is what the gateway log and the audit trail know the call by.
+"""
+
+from __future__ import annotations
+
+import math
+from http import HTTPStatus
+
+import grpc
+from starlette.responses import JSONResponse
+
+from gateway.admission import RETRY_AFTER_KEY
+from gateway.calls import REQUEST_ID_KEY
+
+Code = grpc.StatusCode
+# https://github.com/googleapis/googleapis/blob/master/google/rpc/code.proto: each code's HTTP mapping.
+HTTP_STATUS = {
+    Code.INVALID_ARGUMENT: 400, Code.FAILED_PRECONDITION: 400, Code.OUT_OF_RANGE: 400,
+    Code.UNAUTHENTICATED: 401, Code.PERMISSION_DENIED: 403, Code.NOT_FOUND: 404,
+    Code.ALREADY_EXISTS: 409, Code.ABORTED: 409, Code.RESOURCE_EXHAUSTED: 429, Code.CANCELLED: 499,
+    Code.UNIMPLEMENTED: 501, Code.UNAVAILABLE: 503, Code.DEADLINE_EXCEEDED: 504,
+}
+API_HEADERS = {"Cache-Control": "no-store"}  # answers carry patient data: no cache keeps them
+
+
+class Problem(Exception):
+    """A request the HTTP side refuses before any gRPC call: bad JSON, a body too large, ..."""
+
+    def __init__(self, http: int, message: str, status: str = "", headers: dict | None = None):
+        super().__init__(message)
+        self.http = http
+        self.status = status or ("INVALID_ARGUMENT" if http == 400 else HTTPStatus(http).name)
+        self.headers = headers or {}
+
+
+def error_response(http: int, status: str, message: str, request_id: str = "",
+                   headers: dict | None = None) -> JSONResponse:
+    error = {"code": http, "status": status, "message": message}
+    extra = dict(API_HEADERS, **(headers or {}))
+    if request_id:
+        error["requestId"] = request_id
+        extra["X-Request-Id"] = request_id
+    return JSONResponse({"error": error}, status_code=http, headers=extra)
+
+
+def problem_response(problem: Problem) -> JSONResponse:
+    return error_response(problem.http, problem.status, str(problem), headers=problem.headers)
+
+
+def trailer(metadata, key: str) -> str:
+    return next((str(value) for name, value in metadata or () if name == key), "")
+
+
+def rpc_error_response(error: grpc.aio.AioRpcError) -> JSONResponse:
+    """The HTTP answer to a failed gRPC call: mapped status, its details, request id, and the
+    headers HTTP clients look for (WWW-Authenticate on 401, Retry-After on a rate limit)."""
+    code = error.code()
+    http = HTTP_STATUS.get(code, 500)
+    trailers = error.trailing_metadata()
+    headers = {}
+    if http == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    retry_ms = trailer(trailers, RETRY_AFTER_KEY)
+    if http == 429 and retry_ms.isdigit():
+        headers["Retry-After"] = str(max(1, math.ceil(int(retry_ms) / 1000)))
+    return error_response(http, code.name, error.details() or "", trailer(trailers, REQUEST_ID_KEY), headers)
