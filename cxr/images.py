@@ -2,8 +2,9 @@
 
 DICOM pixel data goes through the modality and VOI LUTs (or the window in the header), and
 MONOCHROME1 is inverted so bone is bright as in every other format. More than 8 bits per pixel
-is windowed to the image's own range; 8-bit data without a window are kept as they are, as a PNG's. The whole image is resized to size x size (no crop: a
-crop can cut off a costophrenic angle). The gateway, the index builder and training all decode
+is windowed to the image's own range; 8-bit data without a window are kept as they are (as a
+PNG's). The whole image is resized to size x size (no crop: a crop can cut off a costophrenic
+angle). The gateway, the index builder and training all decode
 through here, so a query is prepared exactly as the archive was.
 """
 

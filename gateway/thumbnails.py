@@ -97,20 +97,22 @@ class ImageSource:
                                    "gateway: mount the archive where it was indexed from")
 
     def _wado(self, row: dict) -> bytes:
+        from cxr import dicomweb  # requests and dicomweb-client: only for images from a PACS
+
         try:
             return self._client().instance_bytes(row["study_instance_uid"], row["series_instance_uid"],
                                                  row["sop_instance_uid"])
-        except CxrError as exc:  # cxr.dicomweb's errors: unreachable, refused, not found
+        except dicomweb.InstanceFetchError as exc:
+            raise ThumbnailSourceError(f"the PACS no longer has image {row['image_id']!r}: {exc}") from exc
+        except CxrError as exc:  # unreachable, credentials refused, TLS
             raise PacsUnavailableError(f"the PACS could not send image {row['image_id']!r}: {exc}") from exc
 
     def _client(self):
         with self._lock:
             if self._pacs is None:
-                from cxr import dicomweb  # requests and dicomweb-client, only for PACS images
+                from cxr import dicomweb
 
-                s = self.settings
-                self._pacs = dicomweb.connect(s.dicomweb_url, s.dicomweb_user, s.dicomweb_password,
-                                              s.dicomweb_token, s.dicomweb_ca)
+                self._pacs = dicomweb.from_settings(self.settings)
             return self._pacs
 
 

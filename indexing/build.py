@@ -68,10 +68,20 @@ def _decode(job: tuple[int, str, int]) -> tuple[int, np.ndarray | None, str]:
         return position, None, f"unreadable: {exc.strerror or exc}"
     if not data:
         return position, None, "empty file (0 bytes)"
+    return decode_bytes(position, data, size)
+
+
+def decode_bytes(key, data: bytes, size: int) -> tuple[object, np.ndarray | None, str]:
+    """(key, pixels or None, reason) for image bytes from any source: runs in a worker process."""
     try:
-        return position, preprocess(data, size), ""
+        return key, preprocess(data, size), ""
     except InvalidImageError as exc:
-        return position, None, f"not a readable image: {exc}"
+        return key, None, f"not a readable image: {exc}"
+
+
+def decoder_pool(workers: int):
+    """The worker processes that decode and resize (spawned: no fork of a process holding gRPC channels)."""
+    return multiprocessing.get_context("spawn").Pool(workers)
 
 
 class _Partial:
@@ -142,28 +152,39 @@ def build_index(records: list[Record], model: ExportedModel, settings: Settings,
 
 
 def _encode(todo, partial: _Partial, client: TowerClient, options: BuildOptions, bar: tqdm) -> None:
+    with decoder_pool(options.workers) as pool:
+        encode_stream(pool.imap(_decode, todo, chunksize=8), client, options, bar, partial.add_batch,
+                      partial.add_skipped, skipped_before=len(partial.skipped))
+
+
+def encode_stream(decoded, client: TowerClient, options: BuildOptions, bar: tqdm, on_batch, on_skipped,
+                  skipped_before: int = 0) -> None:
+    """Batch decoded images ((key, pixels or None, reason), from any source) to Triton, `in_flight`
+    requests at once; `on_batch(keys, vectors)` runs on a sender thread as each batch returns,
+    `on_skipped(key, reason)` for each image that could not be read."""
     pending: list[Future] = []
-    batch_positions: list[int] = []
+    batch_keys: list = []
     batch_pixels: list[np.ndarray] = []
-    context = multiprocessing.get_context("spawn")  # no fork of a process holding gRPC channels
-    with context.Pool(options.workers) as pool, ThreadPoolExecutor(options.in_flight) as senders:
+    skipped = skipped_before
+    with ThreadPoolExecutor(options.in_flight) as senders:
         def flush():
-            if batch_positions:
-                positions, pixels = list(batch_positions), np.stack(batch_pixels)
-                pending.append(senders.submit(lambda: partial.add_batch(positions, client.embed_images(pixels))))
-                batch_positions.clear()
+            if batch_keys:
+                keys, pixels = list(batch_keys), np.stack(batch_pixels)
+                pending.append(senders.submit(lambda: on_batch(keys, client.embed_images(pixels))))
+                batch_keys.clear()
                 batch_pixels.clear()
             while len(pending) >= options.in_flight or (pending and pending[0].done()):
                 pending.pop(0).result()
 
-        for position, pixels, reason in pool.imap(_decode, todo, chunksize=8):
+        for key, pixels, reason in decoded:
             if pixels is None:
-                partial.add_skipped(position, reason)
-                bar.set_postfix(skipped=len(partial.skipped), refresh=False)
+                on_skipped(key, reason)
+                skipped += 1
+                bar.set_postfix(skipped=skipped, refresh=False)
             else:
-                batch_positions.append(position)
+                batch_keys.append(key)
                 batch_pixels.append(pixels)
-                if len(batch_positions) == options.batch_size:
+                if len(batch_keys) == options.batch_size:
                     flush()
             bar.update(1)
         flush()
@@ -188,10 +209,16 @@ def _finish(records, model: ExportedModel, partial: _Partial, output_dir: Path, 
                 "export_sha256": model.export_sha256,
                 "archive_images": len(records)}
     rows = [records[p].metadata() for p in positions]
-    if backend is None:
-        written = faiss_store.write(output_dir, vectors, rows, manifest, skipped, options.index_type, options.use_gpu,
-                                    options.rerank)
-    else:
-        written = backend.write(model.name, vectors, rows, manifest, skipped, options.index_type, options.rerank)
+    written = write_index(vectors, rows, skipped, manifest, output_dir, options, backend)
     shutil.rmtree(partial.directory, ignore_errors=True)
     return written
+
+
+def write_index(vectors: np.ndarray, rows: list[dict], skipped: list[tuple[str, str]], manifest: dict,
+                output_dir: Path, options: BuildOptions, backend=None) -> dict:
+    """The whole index, swapped in at once: FAISS files in `output_dir`, or `backend` (e.g. Milvus)."""
+    model = manifest["model"]
+    if backend is None:
+        return faiss_store.write(output_dir, vectors, rows, manifest, skipped, options.index_type, options.use_gpu,
+                                 options.rerank)
+    return backend.write(model, vectors, rows, manifest, skipped, options.index_type, options.rerank)

@@ -168,6 +168,8 @@ def cmd_index_build(args, settings: Settings) -> int:
     from indexing.build import BuildOptions, build_index
 
     settings = _with_store(args, settings)
+    if args.dicomweb is not None:
+        return _index_build_pacs(args, settings)
     model_name = args.model or settings.model
     records, source = _archive_records(args)
     model = ExportedModel.load(settings.model_repository, model_name)
@@ -183,6 +185,83 @@ def cmd_index_build(args, settings: Settings) -> int:
           f"({manifest['index_type']}, {manifest['dim']}-d); {manifest['skipped']} skipped"
           + ("" if backend else f", listed in {output_dir / 'skipped.csv'}"))
     return 0
+
+
+def _index_build_pacs(args, settings: Settings) -> int:
+    """`cxr index build --dicomweb`: the PACS's matching instances, only those not encoded yet fetched."""
+    from cxr.catalog import ExportedModel
+    from indexing.dicomweb_build import build_from_pacs, cache_dir
+
+    if args.reports_csv or args.projections_csv or args.labels_csv or args.manifest or args.images_dir:
+        raise CxrError("--dicomweb reads the archive from the PACS: leave out --reports-csv, --projections-csv, "
+                       "--labels-csv, --manifest and --images-dir")
+    model_name = args.model or settings.model
+    model = ExportedModel.load(settings.model_repository, model_name)
+    output_dir = args.output_dir or settings.index_path(model_name)
+    backend = _store_backend(settings, output_dir) if settings.index_backend != "faiss" else None
+    with _pacs(args, settings) as pacs:
+        query = _pacs_query(args)
+        print(f"listing {query.describe()} on {pacs.shown}" + (f" (at most {args.limit})" if args.limit else ""))
+        manifest = build_from_pacs(pacs, query, model, settings, output_dir, _build_options(args), backend)
+    where = backend.where(model_name) if backend else output_dir
+    print(f"indexed {manifest['count']} of {manifest['archive_images']} instances with {model_name} into {where} "
+          f"({manifest['index_type']}, {manifest['dim']}-d): {manifest['new']} new, {manifest['kept']} kept, "
+          f"{manifest['skipped']} skipped" + ("" if backend else f", listed in {output_dir / 'skipped.csv'}")
+          + f"; vectors cached in {cache_dir(output_dir)}")
+    return 0
+
+
+def cmd_index_follow(args, settings: Settings) -> int:
+    """Follow a PACS: new instances are encoded and swapped into the index in batches."""
+    from cxr.catalog import ExportedModel
+    from indexing.dicomweb_build import Follower, FollowOptions
+
+    settings = _with_store(args, settings)
+    model_name = args.model or settings.model
+    model = ExportedModel.load(settings.model_repository, model_name)
+    output_dir = args.output_dir or settings.index_path(model_name)
+    backend = _store_backend(settings, output_dir) if settings.index_backend != "faiss" else None
+    follow = FollowOptions(interval_s=args.interval, batch=args.batch, once=args.once,
+                           orthanc_url=args.orthanc_url or "")
+    with _pacs(args, settings) as pacs:
+        follower = Follower(pacs, _pacs_query(args), model, settings, output_dir, _build_options(args), follow, backend,
+                            log=lambda line: print(line, flush=True))
+        how = "Orthanc's change feed" if follower.feed else f"QIDO-RS every {args.interval:g} s"
+        print(f"following {pacs.shown} through {how} into {output_dir}" + ("" if args.once else "; Ctrl-C stops"),
+              flush=True)
+        try:
+            follower.run()
+        except KeyboardInterrupt:
+            print("stopped; the next `cxr index follow` goes on from the last saved change", flush=True)
+    return 0
+
+
+def _pacs(args, settings: Settings):
+    """The PACS of --dicomweb (or dicomweb_url) with the command line's credentials over the settings'."""
+    from cxr import dicomweb
+
+    user = args.dicomweb_user if args.dicomweb_user is not None else settings.dicomweb_user
+    password = args.dicomweb_password if args.dicomweb_password is not None else settings.dicomweb_password
+    token = args.dicomweb_token if args.dicomweb_token is not None else settings.dicomweb_token
+    if args.dicomweb_token:  # a token on the command line wins over basic auth in the settings, and back
+        user = password = ""
+    elif args.dicomweb_user:
+        token = ""
+    return dicomweb.connect(args.dicomweb or settings.dicomweb_url, user, password, token,
+                            args.dicomweb_ca or settings.dicomweb_ca)
+
+
+def _pacs_query(args):
+    from cxr.dicomweb import Query
+
+    return Query.parse(args.modality, args.since or "", args.limit or 0)
+
+
+def _build_options(args):
+    from indexing.build import BuildOptions
+
+    return BuildOptions(batch_size=args.batch_size, workers=args.workers, index_type=args.index_type,
+                        rerank=args.rerank, use_gpu=args.use_gpu)
 
 
 def cmd_index_synth(args, settings: Settings) -> int:
@@ -349,6 +428,20 @@ def _add_archive_arguments(parser: argparse.ArgumentParser) -> None:
                         help="CSV or JSONL: image, text, labels, study_uid, projection, patient_id")
 
 
+def _add_pacs_arguments(parser: argparse.ArgumentParser, optional_url: bool) -> None:
+    parser.add_argument("--dicomweb", metavar="URL", nargs="?", const="", default=None if optional_url else "",
+                        help="read the archive from a DICOMweb PACS, e.g. http://pacs:8042/dicom-web "
+                             "(no URL: the dicomweb_url setting)")
+    parser.add_argument("--dicomweb-user", help="basic auth user (default: dicomweb_user)")
+    parser.add_argument("--dicomweb-password",
+                        help="basic auth password; better CXR_DICOMWEB_PASSWORD, which keeps it out of shell history")
+    parser.add_argument("--dicomweb-token",
+                        help="bearer token instead of basic auth; better CXR_DICOMWEB_TOKEN (out of shell history)")
+    parser.add_argument("--dicomweb-ca", type=Path, help="PEM CA that signed the PACS's TLS certificate (dicomweb_ca)")
+    parser.add_argument("--modality", default="", help="series of these modalities only, e.g. CR,DX (default: all)")
+    parser.add_argument("--since", help="studies on or after this date, YYYYMMDD")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cxr", description="Chest X-ray retrieval served by NVIDIA Triton.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -386,7 +479,26 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--workers", type=int, default=2, help="decoding processes")
     build.add_argument("--use-gpu", action="store_true",
                        help="build flat/IVF indexes on the GPU (faiss-gpu); serve with CXR_USE_GPU=1 to search there")
+    _add_pacs_arguments(build, optional_url=True)
+    build.add_argument("--limit", type=int, default=0, help="--dicomweb: index at most N instances (0: all)")
     build.set_defaults(func=cmd_index_build)
+    follow = index.add_parser(
+        "follow", help="keep an index up to date with a DICOMweb PACS: new instances are encoded and swapped in "
+                       "by batches (Orthanc's change feed, else QIDO-RS polling); Ctrl-C stops, a restart goes on")
+    _add_pacs_arguments(follow, optional_url=False)
+    follow.add_argument("--limit", type=int, default=0, help="the first build: at most N instances (0: all)")
+    follow.add_argument("--interval", type=float, default=60.0, help="seconds between two looks at the PACS")
+    follow.add_argument("--batch", type=int, default=256, help="new instances per index swap")
+    follow.add_argument("--once", action="store_true", help="one pass, then exit (cron, tests)")
+    follow.add_argument("--orthanc-url", help="Orthanc's REST root for its change feed (default: the DICOMweb URL "
+                                              "without /dicom-web); a PACS that is not Orthanc is polled by QIDO-RS")
+    follow.add_argument("--output-dir", type=Path, help="default: <index_dir>/<model>")
+    follow.add_argument("--model", help="registry name (default: the active model)")
+    _add_store_arguments(follow)
+    follow.add_argument("--batch-size", type=int, default=32)
+    follow.add_argument("--workers", type=int, default=2, help="decoding processes")
+    follow.add_argument("--use-gpu", action="store_true", help="build flat/IVF indexes on the GPU (faiss-gpu)")
+    follow.set_defaults(func=cmd_index_follow)
     synth = index.add_parser("synth", help="write an index of N synthetic clustered vectors (benchmarks, sizing)")
     synth.add_argument("--model", help="registry name: sets the dimension (default: the active model)")
     synth.add_argument("--count", type=int, required=True, help="images in the synthetic archive")

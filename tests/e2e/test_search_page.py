@@ -83,7 +83,7 @@ def dicom_of_indexed_png(tmp_path_factory):
     two decode alike only for a PNG whose range is (nearly) full: 00000061_008.png spans 1..253. The
     random-weight twin scores most images above 0.99 against each other, and a PNG with a narrow
     range (00000032_010.png: 27 grey levels apart once stretched) does not find itself first."""
-    from orthanc import nih_images, write_files
+    from benchmarks.orthanc import nih_images, write_files
 
     image = replace(nih_images(DATA_DIR, 1, first=DICOM_ROW)[0], monochrome1=False)
     (path,) = write_files([image], tmp_path_factory.mktemp("dicom"))

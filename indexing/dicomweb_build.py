@@ -1,0 +1,367 @@
+"""`cxr index build --dicomweb` and `cxr index follow`: index a PACS's chest X-rays over DICOMweb.
+
+Incremental: every encoded vector is kept, with its index row, in a cache beside the index
+(<output_dir>.dicomweb/, append-only chunks keyed by SOPInstanceUID), so a rebuild fetches only
+instances not encoded yet and a killed build resumes where it stopped. The index itself is then
+written from the cache through the same writer as a build from disk (FAISS files or Milvus) and
+replaces the old one at once; a running gateway picks it up by itself.
+
+Fetching is I/O: a few WADO-RS requests are in flight on threads while worker processes decode
+(cxr.images, as for files) and batches go to Triton through indexing.build's pipeline.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from cxr import faiss_store
+from cxr.catalog import ExportedModel
+from cxr.dicomweb import (
+    DicomWeb,
+    Instance,
+    InstanceFetchError,
+    NoMatchingInstancesError,
+    OrthancChanges,
+    Query,
+    part10,
+    record,
+)
+from cxr.settings import Settings
+from cxr.triton_client import TowerClient, connection
+from indexing.build import BuildOptions, NothingToIndexError, decode_bytes, decoder_pool, encode_stream, write_index
+
+CACHE_SUFFIX = ".dicomweb"
+STATE_FILE = "state.json"
+LISTED_FILE = "listed.jsonl"
+SKIPPED_FILE = "skipped.jsonl"
+FOLLOW_FILE = "follow.json"
+MAX_CHUNKS = 64  # more chunk files than this (a long follow): merged into one when the cache opens
+FETCH_THREADS = 4  # WADO-RS requests in flight
+QIDO_OVERLAP_DAYS = 1  # a QIDO follower lists studies from the day before its last pass (time zones, late stores)
+
+
+def cache_dir(output_dir: Path) -> Path:
+    return output_dir.with_name(output_dir.name + CACHE_SUFFIX)
+
+
+class VectorCache:
+    """Encoded vectors and index rows keyed by SOPInstanceUID, the instances the index holds (in
+    order), and what could not be read. Thrown away when the model or its export changes."""
+
+    def __init__(self, directory: Path, model: ExportedModel):
+        self.directory = directory
+        state = {"model": model.name, "export_sha256": model.export_sha256}
+        existing = directory / STATE_FILE
+        self.reset = existing.is_file() and json.loads(existing.read_text()) != state
+        if self.reset:
+            shutil.rmtree(directory)  # vectors of another model or export are worthless here
+        directory.mkdir(parents=True, exist_ok=True)
+        existing.write_text(json.dumps(state))
+        for leftover in directory.glob("writing-*"):  # a chunk a killed build did not finish
+            leftover.unlink()
+        self.vectors: dict[str, np.ndarray] = {}
+        self.rows: dict[str, dict] = {}
+        self._chunks = self._load_chunks()
+        self.skipped = self._load_skipped()
+        self.listed = [Instance(*json.loads(line)) for line in self._lines(LISTED_FILE)]
+        self._fetched_rows: dict[str, dict] = {}  # rows of fetched instances, waiting for their vector
+        self._lock = threading.Lock()  # batches return on several sender threads
+        self.added = 0
+
+    def _lines(self, name: str) -> list[str]:
+        path = self.directory / name
+        return [line for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+    def _load_chunks(self) -> int:
+        chunks = sorted(self.directory.glob("chunk-*.npz"))
+        for chunk in chunks:
+            with np.load(chunk) as data:
+                for sop, vector, row in zip(data["sops"].tolist(), data["vectors"], data["rows"].tolist()):
+                    self.vectors[sop] = vector
+                    self.rows[sop] = json.loads(row)
+        number = int(chunks[-1].stem.split("-")[1]) + 1 if chunks else 0
+        if len(chunks) > MAX_CHUNKS:
+            self._write_chunk(number, list(self.vectors), np.stack(list(self.vectors.values())))
+            for chunk in chunks:  # only once the merged chunk is in place: a kill here loses nothing
+                chunk.unlink()
+            number += 1
+        return number
+
+    def _load_skipped(self) -> dict[str, str]:
+        skipped = {}
+        for line in self._lines(SKIPPED_FILE):
+            item = json.loads(line)
+            skipped[item["sop"]] = item["reason"]
+        return {sop: reason for sop, reason in skipped.items() if sop not in self.vectors}
+
+    def _write_chunk(self, number: int, sops: list[str], vectors: np.ndarray) -> None:
+        final = self.directory / f"chunk-{number:06d}.npz"
+        temporary = final.with_name("writing-" + final.name)
+        rows = [json.dumps(self.rows[sop]) for sop in sops]
+        with temporary.open("wb") as f:
+            np.savez(f, sops=np.asarray(sops, dtype=str), vectors=vectors, rows=np.asarray(rows, dtype=str))
+        temporary.rename(final)
+
+    def add_row(self, sop: str, row: dict) -> None:
+        with self._lock:
+            self._fetched_rows[sop] = row
+
+    def add_batch(self, sops: list[str], vectors: np.ndarray) -> None:
+        with self._lock:
+            number, self._chunks = self._chunks, self._chunks + 1
+            for sop in sops:
+                self.rows[sop] = self._fetched_rows.pop(sop)
+        self._write_chunk(number, sops, vectors)
+        with self._lock:
+            self.vectors.update(zip(sops, vectors))
+            for sop in sops:
+                self.skipped.pop(sop, None)
+            self.added += len(sops)
+
+    def add_skipped(self, sop: str, reason: str) -> None:
+        with self._lock:
+            self._fetched_rows.pop(sop, None)
+            with (self.directory / SKIPPED_FILE).open("a") as f:
+                f.write(json.dumps({"sop": sop, "reason": reason}) + "\n")
+            self.skipped[sop] = reason
+
+    def set_listed(self, instances: list[Instance]) -> None:
+        """What the index holds from now on: a build's listing (written whole, then renamed)."""
+        temporary = self.directory / ("writing-" + LISTED_FILE)
+        temporary.write_text("".join(json.dumps([i.study_uid, i.series_uid, i.sop_uid]) + "\n" for i in instances))
+        temporary.rename(self.directory / LISTED_FILE)
+        self.listed = list(instances)
+
+    def extend_listed(self, instances: list[Instance]) -> list[Instance]:
+        """Add instances a follower found; returns those not listed before."""
+        known = {i.sop_uid for i in self.listed}
+        new = [i for i in dict.fromkeys(instances) if i.sop_uid not in known]
+        with (self.directory / LISTED_FILE).open("a") as f:
+            f.write("".join(json.dumps([i.study_uid, i.series_uid, i.sop_uid]) + "\n" for i in new))
+        self.listed += new
+        return new
+
+    def follow_state(self) -> dict:
+        path = self.directory / FOLLOW_FILE
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    def save_follow_state(self, state: dict) -> None:
+        temporary = self.directory / ("writing-" + FOLLOW_FILE)
+        temporary.write_text(json.dumps(state))
+        temporary.rename(self.directory / FOLLOW_FILE)
+
+
+@dataclass(frozen=True)
+class Counts:
+    """One pass: instances encoded now, found encoded already, and that could not be read."""
+    new: int
+    kept: int
+    skipped: int
+
+    def __str__(self) -> str:
+        return f"{self.new} new, {self.kept} kept, {self.skipped} skipped"
+
+
+def build_from_pacs(pacs: DicomWeb, query: Query, model: ExportedModel, settings: Settings, output_dir: Path,
+                    options: BuildOptions = BuildOptions(), backend=None) -> dict:
+    """Index the instances `query` lists on the PACS; only those not in the cache are fetched. Returns
+    the written manifest with `new`, `kept` and `skipped` counts of this build."""
+    pacs.check()
+    cache = VectorCache(cache_dir(output_dir), model)
+    listed = pacs.instances(query)
+    if not listed:
+        raise NoMatchingInstancesError(f"no instance on {pacs.shown} matches {query.describe()}: widen --modality or "
+                                       "--since, or check that the PACS holds the studies. Nothing was written.")
+    cache.set_listed(listed)
+    counts = encode_new(pacs, cache, listed, model, settings, options)
+    return dict(write_from_cache(cache, model, output_dir, options, backend, pacs.shown), **vars(counts))
+
+
+def encode_new(pacs: DicomWeb, cache: VectorCache, instances: list[Instance], model: ExportedModel,
+               settings: Settings, options: BuildOptions) -> Counts:
+    """Fetch, decode and encode the instances the cache lacks."""
+    todo = [i for i in dict.fromkeys(instances) if i.sop_uid not in cache.vectors]
+    kept, added_before = len(instances) - len(todo), cache.added
+    client = TowerClient(connection(settings), model.image, model.text, model.max_batch_size)
+    bar = tqdm(total=len(instances), initial=kept, unit="img", desc=f"indexing {model.name} from the PACS",
+               disable=not options.progress or not todo, dynamic_ncols=True)
+    bar.set_postfix(kept=kept, refresh=False)
+    try:
+        if todo:
+            with decoder_pool(options.workers) as pool:
+                decoded = _fetched_and_decoded(pacs, cache, todo, pool, model.image_size, options.workers)
+                encode_stream(decoded, client, options, bar, cache.add_batch, cache.add_skipped)
+    finally:
+        bar.close()
+        client.close()
+    new = cache.added - added_before
+    return Counts(new, kept, len(todo) - new)
+
+
+def _fetch(pacs: DicomWeb, cache: VectorCache, instance: Instance) -> tuple[bytes | None, str]:
+    """(Part-10 bytes, '') or (None, reason); the instance's index row goes to the cache. A PACS that
+    is down or refuses us raises: that is not one bad instance, and the build stops (and resumes)."""
+    try:
+        dataset = pacs.dataset(instance)
+        data = part10(dataset)
+        cache.add_row(instance.sop_uid, record(dataset).metadata())
+        return data, ""
+    except InstanceFetchError as exc:
+        return None, f"fetch failed: {exc}"
+
+
+def _fetched_and_decoded(pacs, cache, todo: list[Instance], pool, size: int, workers: int) -> Iterator[tuple]:
+    """(sop, pixels or None, reason) in `todo`'s order: FETCH_THREADS fetches in flight, decodes in the
+    worker pool, a bounded number of each so memory holds a few images, not the archive."""
+    work = iter(todo)
+    fetching: deque[tuple[Instance, Future]] = deque()
+    decoding: deque = deque()
+    fetchers = ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix="wado")
+    try:
+        while True:
+            while len(fetching) < 2 * FETCH_THREADS and (instance := next(work, None)) is not None:
+                fetching.append((instance, fetchers.submit(_fetch, pacs, cache, instance)))
+            while fetching and len(decoding) < 2 * workers and (fetching[0][1].done() or not decoding):
+                instance, future = fetching.popleft()
+                data, reason = future.result()
+                decoding.append(pool.apply_async(decode_bytes, (instance.sop_uid, data, size)) if data is not None
+                                else _Ready((instance.sop_uid, None, reason)))
+            if not decoding:
+                return
+            yield decoding.popleft().get()
+    finally:
+        fetchers.shutdown(wait=True, cancel_futures=True)
+
+
+class _Ready:
+    """A result already known, beside the pool's AsyncResults."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def get(self):
+        return self.value
+
+
+def write_from_cache(cache: VectorCache, model: ExportedModel, output_dir: Path, options: BuildOptions, backend,
+                     source: str) -> dict:
+    """The index of the listed instances that have vectors, swapped in at once."""
+    held = [i.sop_uid for i in cache.listed if i.sop_uid in cache.vectors]
+    skipped = [(i.wado_path, cache.skipped[i.sop_uid]) for i in cache.listed
+               if i.sop_uid not in cache.vectors and i.sop_uid in cache.skipped]
+    if not held:
+        report = output_dir.with_name(output_dir.name + ".skipped.csv")
+        faiss_store.write_skipped(report, skipped)
+        raise NothingToIndexError(f"none of the {len(cache.listed)} instances listed on {source} could be read; the "
+                                  f"reasons are in {report}. Nothing was written: any existing index in {output_dir} "
+                                  "is kept.")
+    vectors = np.stack([cache.vectors[sop] for sop in held]).astype(np.float32)
+    manifest = {"model": model.name, "dim": model.embed_dim, "source": source, "export_sha256": model.export_sha256,
+                "archive_images": len(cache.listed)}
+    return write_index(vectors, [cache.rows[sop] for sop in held], skipped, manifest, output_dir, options, backend)
+
+
+@dataclass(frozen=True)
+class FollowOptions:
+    interval_s: float = 60.0
+    batch: int = 256  # new instances per index swap
+    once: bool = False  # one pass (tests, cron)
+    orthanc_url: str = ""  # Orthanc's REST root; default: the DICOMweb URL without /dicom-web
+
+
+class Follower:
+    """Keeps an index up to date with a PACS: Orthanc's change feed where there is one, else QIDO
+    listings of recent studies. Each batch of new instances goes through the incremental build and
+    the index is swapped; the feed position is saved after each swap, so a restart goes on from there."""
+
+    def __init__(self, pacs: DicomWeb, query: Query, model: ExportedModel, settings: Settings, output_dir: Path,
+                 options: BuildOptions = BuildOptions(), follow: FollowOptions = FollowOptions(), backend=None,
+                 log: Callable[[str], None] = print):
+        self.pacs, self.query, self.model, self.settings = pacs, query, model, settings
+        self.output_dir, self.options, self.follow, self.backend, self.log = output_dir, options, follow, backend, log
+        pacs.check()
+        self.cache = VectorCache(cache_dir(output_dir), model)
+        changes = OrthancChanges(follow.orthanc_url or OrthancChanges.root_of(pacs.url), pacs.session)
+        self.feed = changes if changes.is_orthanc() else None
+
+    def run(self, stop: threading.Event | None = None) -> None:
+        """Pass after pass until `stop` is set (or once); Ctrl-C stops it between two saved states."""
+        stop = stop or threading.Event()
+        state = self.cache.follow_state()
+        if not state:
+            state = self._start()
+        while True:
+            self._pass(state)
+            if self.follow.once or stop.wait(self.follow.interval_s):
+                return
+
+    def _start(self) -> dict:
+        """A full build first; the feed position is read before it, so nothing stored meanwhile is missed."""
+        state = {"orthanc_seq": self.feed.last()} if self.feed else {}
+        state["qido_since"] = _today()
+        listed = self.pacs.instances(self.query)
+        self.cache.set_listed(listed)
+        self._swap(listed, "initial build")
+        self.cache.save_follow_state(state)
+        return state
+
+    def _pass(self, state: dict) -> None:
+        if self.feed:
+            self._orthanc_pass(state)
+        else:
+            self._qido_pass(state)
+
+    def _orthanc_pass(self, state: dict) -> None:
+        while True:
+            changes, seq = self.feed.new_instances(state["orthanc_seq"], self.follow.batch)
+            wanted = [c.instance for c in changes if c.instance and c.instance.sop_uid
+                      and self.query.matches(c.modality, c.study_date)]
+            self._swap(self.cache.extend_listed(wanted), f"changes up to {seq}")
+            state["orthanc_seq"] = seq
+            self.cache.save_follow_state(state)
+            if len(changes) < self.follow.batch:
+                return
+
+    def _qido_pass(self, state: dict) -> None:
+        started = _today()
+        since = max(self.query.since, _days_before(state.get("qido_since", ""), QIDO_OVERLAP_DAYS))
+        listed = self.pacs.instances(replace(self.query, since=since, limit=0))
+        known = {i.sop_uid for i in self.cache.listed}
+        new = [i for i in listed if i.sop_uid not in known]
+        for start in range(0, len(new), self.follow.batch):
+            self._swap(self.cache.extend_listed(new[start:start + self.follow.batch]), f"studies since {since}")
+        state["qido_since"] = started
+        self.cache.save_follow_state(state)
+
+    def _swap(self, instances: list[Instance], what: str) -> None:
+        """Encode the new instances and write the index again: the gateway reloads it by itself."""
+        if not instances:
+            return
+        counts = encode_new(self.pacs, self.cache, instances, self.model, self.settings, self.options)
+        if not any(sop in self.cache.vectors for sop in (i.sop_uid for i in self.cache.listed)):
+            self.log(f"{what}: {counts}; nothing readable to index yet")
+            return
+        written = write_from_cache(self.cache, self.model, self.output_dir, self.options, self.backend,
+                                   self.pacs.shown)
+        self.log(f"{what}: {counts}; the index holds {written['count']} images")
+
+
+def _today() -> str:
+    return dt.date.today().strftime("%Y%m%d")
+
+
+def _days_before(date: str, days: int) -> str:
+    if not date:
+        return ""
+    return (dt.datetime.strptime(date, "%Y%m%d").date() - dt.timedelta(days=days)).strftime("%Y%m%d")

@@ -1,0 +1,189 @@
+"""Index builds from a real Orthanc over DICOMweb through the real Triton: the same vectors as the
+same files read from disk, incremental rebuilds that fetch only new instances, interrupted builds
+resumed, filters, the command line, and `cxr index follow`."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from benchmarks import orthanc
+from cxr import archives, dicomweb, faiss_store
+from cxr.catalog import ExportedModel
+from cxr.settings import to_environment
+from indexing.build import BuildOptions, build_index
+from indexing.dicomweb_build import Follower, FollowOptions, build_from_pacs, cache_dir
+from support import DATA_DIR, cosine
+
+pytestmark = pytest.mark.triton
+MODEL = "medsiglip-tiny"
+OPTIONS = BuildOptions(progress=False, batch_size=8, workers=1)
+
+
+@pytest.fixture(scope="module")
+def model(served):
+    return ExportedModel.load(served.model_repository, MODEL)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """30 NIH images as DICOM files (studies of up to 3, DX/CR, some MONOCHROME1) and 10 more for later."""
+    if reason := orthanc.missing():
+        pytest.skip(reason)
+    folder = tmp_path_factory.mktemp("dicom")
+    first, later = orthanc.nih_images(DATA_DIR, 30), orthanc.nih_images(DATA_DIR, 10, first=30)
+    return first, orthanc.write_files(first, folder / "first"), later, orthanc.write_files(later, folder / "later")
+
+
+@pytest.fixture
+def pacs(tmp_path, files):
+    """A fresh Orthanc holding the 30 images and the real SIIM DICOM."""
+    _, paths, _, _ = files
+    with orthanc.Orthanc(tmp_path / "orthanc") as server:
+        orthanc.stow(server.url, paths + [DATA_DIR / "cxr_samples" / orthanc.SAMPLE_DICOM])
+        yield server
+
+
+class Counting:
+    """A DicomWeb whose WADO-RS fetches are counted, and that can fail after `fail_after` of them."""
+
+    def __init__(self, server, fail_after=None):
+        self.client = dicomweb.connect(server.url, orthanc.USER, orthanc.PASSWORD)
+        self.fetched, self.fail_after = [], fail_after
+        fetch = self.client.dataset
+
+        def counted(instance):
+            if self.fail_after is not None and len(self.fetched) >= self.fail_after:
+                raise KeyboardInterrupt("simulated kill")
+            self.fetched.append(instance.sop_uid)
+            return fetch(instance)
+
+        self.client.dataset = counted
+
+
+def _vectors(index_dir):
+    store = faiss_store.load(index_dir)
+    rows = store.rows(range(store.count))
+    vectors = store.index.reconstruct_n(0, store.count)
+    return {r["sop_instance_uid"] or r["image_id"]: v for r, v in zip(rows, vectors)}, rows
+
+
+def test_the_pacs_index_holds_the_vectors_of_the_same_files_read_from_disk(served, model, pacs, files, tmp_path):
+    images, paths, _, _ = files
+    sample = DATA_DIR / "cxr_samples" / orthanc.SAMPLE_DICOM
+    manifest = tmp_path / "disk.jsonl"
+    manifest.write_text("".join(json.dumps({"image": str(p), "image_id": p.stem}) + "\n" for p in paths + [sample]))
+    build_index(archives.manifest(manifest), model, served, tmp_path / "disk", OPTIONS)
+    written = build_from_pacs(Counting(pacs).client, dicomweb.Query(), model, served, tmp_path / "pacs", OPTIONS)
+    assert (written["count"], written["new"], written["kept"], written["skipped"]) == (31, 31, 0, 0)
+    disk, _ = _vectors(tmp_path / "disk")
+    remote, rows = _vectors(tmp_path / "pacs")
+    assert set(disk) == set(remote)
+    sops = sorted(disk)
+    assert cosine(np.stack([disk[s] for s in sops]), np.stack([remote[s] for s in sops])).min() >= 0.9999
+    by_sop = {r["sop_instance_uid"]: r for r in rows}
+    for image in images:
+        row = by_sop[image.sop_uid]
+        assert row["projection"] == archives.VIEW_TO_PROJECTION[image.view_position]
+        assert (row["study_uid"], row["accession_number"], row["path"]) == (image.study_uid, image.accession, "")
+    assert written["source"] == pacs.url and "indexer" not in json.dumps(written)
+
+
+def test_a_rebuild_fetches_only_new_instances_and_keeps_the_old_vectors(served, model, pacs, files, tmp_path):
+    _, _, later, later_paths = files
+    output = tmp_path / "index"
+    build_from_pacs(Counting(pacs).client, dicomweb.Query(), model, served, output, OPTIONS)
+    before, _ = _vectors(output)
+    orthanc.stow(pacs.url, later_paths)
+    counting = Counting(pacs)
+    written = build_from_pacs(counting.client, dicomweb.Query(), model, served, output, OPTIONS)
+    assert sorted(counting.fetched) == sorted(im.sop_uid for im in later)
+    assert (written["count"], written["new"], written["kept"]) == (41, 10, 31)
+    after, _ = _vectors(output)
+    for sop, vector in before.items():
+        np.testing.assert_array_equal(after[sop], vector)
+    again = Counting(pacs)
+    assert build_from_pacs(again.client, dicomweb.Query(), model, served, output, OPTIONS)["new"] == 0
+    assert again.fetched == []
+
+
+def test_an_interrupted_build_resumes_without_fetching_again(served, model, pacs, tmp_path):
+    output = tmp_path / "index"
+    killed = Counting(pacs, fail_after=20)
+    with pytest.raises(KeyboardInterrupt):
+        build_from_pacs(killed.client, dicomweb.Query(), model, served, output, OPTIONS)
+    assert not output.exists() and len(list(cache_dir(output).glob("chunk-*.npz"))) >= 1
+    resumed = Counting(pacs)
+    written = build_from_pacs(resumed.client, dicomweb.Query(), model, served, output, OPTIONS)
+    assert written["count"] == 31 and written["kept"] >= 8
+    assert len(resumed.fetched) == 31 - written["kept"] and not set(resumed.fetched) & set(killed.fetched[:8])
+
+
+def test_filters_limit_and_projection_reach_the_index(served, model, pacs, files, tmp_path):
+    images, _, _, _ = files
+    query = dicomweb.Query.parse("DX", since=images[10].study_date)
+    written = build_from_pacs(Counting(pacs).client, query, model, served, tmp_path / "dx", OPTIONS)
+    expected = {im.sop_uid for im in images if im.modality == "DX" and im.study_date >= images[10].study_date}
+    assert set(_vectors(tmp_path / "dx")[0]) == expected and written["count"] == len(expected)
+    limited = build_from_pacs(Counting(pacs).client, dicomweb.Query(limit=7), model, served, tmp_path / "seven",
+                              OPTIONS)
+    assert limited["count"] == 7
+    with pytest.raises(dicomweb.NoMatchingInstancesError, match="modality MR"):
+        build_from_pacs(Counting(pacs).client, dicomweb.Query.parse("MR"), model, served, tmp_path / "mr", OPTIONS)
+
+
+def test_an_unreadable_instance_is_skipped_with_its_reason(served, model, pacs, files, tmp_path):
+    import pydicom
+
+    images, paths, _, _ = files
+    broken = pydicom.dcmread(paths[0])
+    broken.SOPInstanceUID = broken.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    broken.PixelData = broken.PixelData[:100]  # the header promises 64 x 64
+    (tmp_path / "broken.dcm").write_bytes(b"")
+    broken.save_as(tmp_path / "broken.dcm", enforce_file_format=True)
+    orthanc.stow(pacs.url, [tmp_path / "broken.dcm"])
+    written = build_from_pacs(Counting(pacs).client, dicomweb.Query(), model, served, tmp_path / "index", OPTIONS)
+    assert (written["count"], written["skipped"]) == (31, 1)
+    report = (tmp_path / "index" / faiss_store.SKIPPED_FILE).read_text()
+    assert broken.SOPInstanceUID in report and "not a readable image" in report
+
+
+def test_follow_once_adds_a_newly_stored_instance(served, model, pacs, files, tmp_path):
+    _, _, later, later_paths = files
+    output = tmp_path / "index"
+    lines = []
+    follow = FollowOptions(once=True)
+    Follower(Counting(pacs).client, dicomweb.Query(), model, served, output, OPTIONS, follow, log=lines.append).run()
+    assert faiss_store.load(output).count == 31
+    orthanc.stow(pacs.url, later_paths[:2])
+    counting = Counting(pacs)
+    Follower(counting.client, dicomweb.Query(), model, served, output, OPTIONS, follow, log=lines.append).run()
+    assert sorted(counting.fetched) == sorted(im.sop_uid for im in later[:2])
+    assert faiss_store.load(output).count == 33 and "2 new, 0 kept, 0 skipped" in lines[-1]
+    again = Counting(pacs)
+    Follower(again.client, dicomweb.Query(), model, served, output, OPTIONS, follow, log=lines.append).run()
+    assert again.fetched == []  # the feed position was saved: nothing is fetched twice
+
+
+def _cli(settings, *args, password=orthanc.PASSWORD):
+    env = dict(os.environ, **to_environment(settings))
+    env["CXR_DICOMWEB_PASSWORD"] = password  # from the environment: out of the command line
+    command = [sys.executable, "-m", "cxr.cli", "index", *args, "--model", MODEL, "--workers", "1"]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_the_cli_builds_from_the_pacs_and_explains_a_wrong_password(served, pacs, tmp_path):
+    output = tmp_path / "index"
+    common = ["--dicomweb", pacs.url, "--dicomweb-user", orthanc.USER, "--output-dir", str(output)]
+    done = _cli(served, "build", *common, "--modality", "CR,DX", "--limit", "12")
+    assert done.returncode == 0, done.stderr
+    assert "12 new, 0 kept, 0 skipped" in done.stdout and faiss_store.load(output).count == 12
+    denied = _cli(served, "build", *common, password="wrong")
+    assert denied.returncode == 2 and "Traceback" not in denied.stderr
+    assert "HTTP 401" in denied.stderr and "CXR_DICOMWEB_PASSWORD" in denied.stderr and "wrong" not in denied.stderr
+    followed = _cli(served, "follow", *common, "--once")
+    assert followed.returncode == 0, followed.stderr
+    assert "Orthanc's change feed" in followed.stdout and faiss_store.load(output).count == 31
