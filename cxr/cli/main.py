@@ -375,7 +375,7 @@ def cmd_search(args, settings: Settings) -> int:
     settings = replace(settings, **{name: value for name in ("ca", "client_cert", "client_key", "token")
                                     if (value := getattr(args, name)) is not None})
     filters = dict(top_k=args.top_k, model=args.model or "", projections=args.projection or [],
-                   labels=args.label or [])
+                   labels=args.label or [], group_by_study=args.group_by_study)
     with RetrievalClient.from_settings(settings) as client:
         try:
             if args.kind == "text":
@@ -390,10 +390,16 @@ def cmd_search(args, settings: Settings) -> int:
 
 
 def print_hits(response) -> None:
+    """A table of hits; accession and date when the archive came from a PACS, image counts when grouped."""
     print(f"model: {response.model}")
-    rows = [("rank", "score", "study", "projection", "labels", "impression")]
+    dicom = any(hit.accession_number or hit.study_date for hit in response.hits)
+    grouped = any(hit.image_ids for hit in response.hits)
+    rows = [("rank", "score", "study", *(("accession", "date") if dicom else ()), *(("images",) if grouped else ()),
+             "projection", "labels", "impression")]
     for hit in response.hits:
-        rows.append((str(hit.rank), f"{hit.score:.3f}", hit.study_uid, hit.projection or "-",
+        rows.append((str(hit.rank), f"{hit.score:.3f}", hit.study_uid,
+                     *((hit.accession_number or "-", hit.study_date or "-") if dicom else ()),
+                     *((str(len(hit.image_ids)),) if grouped else ()), hit.projection or "-",
                      ", ".join(hit.labels) or "-", _clip(hit.impression or hit.findings or "-", 60)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
@@ -552,6 +558,8 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--model", help="default: the gateway's active model")
     search.add_argument("--projection", action="append", help="keep this projection (repeatable)")
     search.add_argument("--label", action="append", help="keep images with this finding label (repeatable)")
+    search.add_argument("--group-by-study", action="store_true",
+                        help="one line per study, at its best image (a frontal and a lateral count once)")
     search.add_argument("--ca", type=Path, help="TLS: the CA of the gateway's certificate (CXR_CA)")
     search.add_argument("--cert", dest="client_cert", type=Path,
                         help="mutual TLS: client certificate (CXR_CLIENT_CERT)")
