@@ -33,12 +33,13 @@ class Stack:
 
 def temporary_settings(base: Settings, model: str, root: Path) -> Settings:
     """Settings for a stack of its own under `root`. The gateway's rate limit and concurrency cap are
-    lifted: the benchmarks measure capacity, not the limiter."""
+    lifted and its text-embedding cache is off: the benchmarks measure capacity, not the limiter, and
+    the text tower, not repeats of their few query texts."""
     http, grpc_port, metrics, gateway_port = free_ports(4)
     return replace(base, model=model, model_repository=root / "model_repository", index_dir=root / "indexes",
                    run_dir=root / "run", triton_http_port=http, triton_grpc_port=grpc_port,
                    triton_metrics_port=metrics, gateway_port=gateway_port, metrics_port=0, http_port=0,
-                   triton_admin_key_file=root / "run" / "triton-admin.key", rate_limit_per_s=0,
+                   text_cache_entries=0, triton_admin_key_file=root / "run" / "triton-admin.key", rate_limit_per_s=0,
                    max_concurrent_rpcs=1024)
 
 

@@ -68,6 +68,9 @@ class Settings:
     # after an idle spell (search_batch_wait_ms) costs ~1.7 ms per query at concurrency 1.
     search_batch_max: int = 64
     search_batch_wait_ms: float = 0.0
+    # Text embeddings kept for repeated queries (an LRU keyed by export and text digest, never the
+    # text itself); 0: off.
+    text_cache_entries: int = 4096
 
     # Transport security of the gateway: TLS when tls_cert and tls_key are set, mutual TLS
     # (client certificate required) when tls_client_ca is set too.

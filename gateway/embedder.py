@@ -22,6 +22,7 @@ from cxr.towers import TowerSpec
 from cxr.triton_client import infer_inputs
 from gateway import calls
 from gateway.metrics import GatewayMetrics
+from gateway.text_cache import TextEmbeddingCache
 from gateway.triton_pool import Endpoint, EndpointPool
 
 # Triton's default gRPC message limit is 4 MB; a batch of 448 px uint8 images needs more.
@@ -49,17 +50,26 @@ class TritonFailedError(CxrError):
 
 
 class TritonEmbedder:
-    def __init__(self, connections: Sequence[dict], metrics: GatewayMetrics | None = None):
+    def __init__(self, connections: Sequence[dict], metrics: GatewayMetrics | None = None,
+                 text_cache_entries: int = 0):
         """`connections`: cxr.triton_client.connection(settings, url) for each of settings.triton_endpoints."""
         endpoints = [Endpoint(c["url"], aioclient.InferenceServerClient(**c, channel_args=CHANNEL_OPTIONS))
                      for c in connections]
         self.url = ", ".join(e.url for e in endpoints)
         self.pool = EndpointPool(endpoints, _server_ready, TritonEndpointDownError, metrics)
+        self.text_cache = TextEmbeddingCache(text_cache_entries, metrics)
 
     async def embed_texts(self, model: ExportedModel, texts: list[str], timeout: float | None = None) -> np.ndarray:
-        with calls.stage("tokenize"):
-            tokens = model.tokenizer(texts)
-        return await self._infer(model.text, tokens, timeout)
+        """One vector per text; texts embedded before (by this export) come from the cache."""
+        vectors = [self.text_cache.get(model, text) for text in texts]
+        missing = [i for i, vector in enumerate(vectors) if vector is None]
+        if missing:
+            with calls.stage("tokenize"):
+                tokens = model.tokenizer([texts[i] for i in missing])
+            for i, vector in zip(missing, await self._infer(model.text, tokens, timeout)):
+                self.text_cache.put(model, texts[i], vector)
+                vectors[i] = vector
+        return np.stack(vectors)
 
     async def embed_images(self, model: ExportedModel, pixels: np.ndarray, timeout: float | None = None) -> np.ndarray:
         return await self._infer(model.image, {model.image.inputs[0].name: pixels}, timeout)

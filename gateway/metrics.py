@@ -49,6 +49,10 @@ class GatewayMetrics:
                                         registry=r)
         self.triton_ejections = Counter("cxr_gateway_triton_ejections", "Triton endpoints taken out of rotation "
                                         "after a failed call", ["endpoint"], registry=r)
+        self.text_cache_hits = Counter("cxr_gateway_text_cache_hits", "Text queries answered from the embedding "
+                                       "cache (hit rate: hits / (hits + misses))", ["model"], registry=r)
+        self.text_cache_misses = Counter("cxr_gateway_text_cache_misses", "Text queries the text tower embedded",
+                                         ["model"], registry=r)
         self.serving = Gauge("cxr_gateway_serving", "1 when the gateway reports SERVING", registry=r)
         self.audit_lines = Gauge("cxr_gateway_audit_lines", "Lines in the audit chain since its first (the next "
                                  "line's seq): compare with the log to see a cut tail", registry=r)

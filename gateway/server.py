@@ -181,7 +181,8 @@ def _http(server: grpc.aio.Server, settings: Settings, address: str) -> HttpServ
 
 def _embedder(settings: Settings, metrics: GatewayMetrics) -> TritonEmbedder:
     """One Triton client per endpoint in settings.triton_endpoints, balanced (gateway.triton_pool)."""
-    return TritonEmbedder([connection(settings, url) for url in settings.triton_endpoints], metrics)
+    return TritonEmbedder([connection(settings, url) for url in settings.triton_endpoints], metrics,
+                          settings.text_cache_entries)
 
 
 async def serve(settings: Settings) -> None:

@@ -17,11 +17,13 @@ SERVED = TWINS + ["biomedclip-minilm", "cxr-mini"]
 
 
 def make_settings(root: Path, cache_dir: Path, **overrides) -> Settings:
+    """Settings of a stack under `root` on free ports. The text-embedding cache is off: tests of Triton
+    faults need every text query to reach Triton (tests/gateway/test_text_cache.py turns it on)."""
     http, grpc, metrics, gateway = free_ports(4)
     values = dict(model_repository=root / "model_repository", cache_dir=cache_dir, run_dir=root / "run",
                   index_dir=root / "indexes", data_dir=DATA_DIR, triton_http_port=http, triton_grpc_port=grpc,
                   triton_metrics_port=metrics, gateway_port=gateway, metrics_port=0, http_port=0,
-                  triton_admin_key_file=root / "run" / "triton-admin.key")
+                  text_cache_entries=0, triton_admin_key_file=root / "run" / "triton-admin.key")
     values.update(overrides)
     return Settings(**values)
 
