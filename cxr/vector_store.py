@@ -101,6 +101,12 @@ class VectorStore(ABC):
     def projections(self) -> list[str]:
         """The projections of this index: the projection filter's values."""
 
+    @property
+    def inline_search(self) -> bool:
+        """Whether one search costs less than handing it to a worker thread (a few hundred microseconds
+        on a busy host): then the gateway runs it where it is asked."""
+        return False
+
     def ready(self) -> bool:
         """Whether the store answers now: the gateway's health says NOT_SERVING while it does not."""
         return True

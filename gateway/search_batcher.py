@@ -5,6 +5,8 @@ every other call. Each index gets one worker thread. Queries that arrive while i
 together and go as one batched search when it is free, which FAISS answers in about the time of
 a few single ones (one pass over memory, all cores). After an idle spell the first query can be
 made to wait up to `wait_s` for company (off by default: under load, company comes by itself).
+A store too small to be worth a thread hop (`inline_search`, e.g. a few thousand exact vectors) is
+searched right on the event loop.
 Queries with different filters go in separate batched searches (FAISS takes one filter per call);
 a batch serves each query's own k.
 """
@@ -28,7 +30,7 @@ class _Query:
     vector: np.ndarray
     k: int
     flt: Filter
-    answer: asyncio.Future
+    answer: asyncio.Future | None  # None: searched inline, nobody waits
 
 
 class SearchBatcher:
@@ -43,6 +45,11 @@ class SearchBatcher:
         self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"search-{name}")
 
     async def search(self, vector: np.ndarray, k: int, flt: Filter = Filter()) -> Found:
+        if self.store.inline_search:
+            if self.metrics is not None:
+                self.metrics.search_batch_size.labels(self.name).observe(1)
+            (found,) = _search_groups(self.store, [_Query(vector, k, flt, None)])
+            return found
         query = _Query(vector, k, flt, asyncio.get_running_loop().create_future())
         self._waiting.append(query)
         if self._worker is None or self._worker.done():

@@ -127,3 +127,9 @@ def test_a_chunked_write_equals_a_whole_one(tmp_path):
     assert chunked.rows(range(900)) == whole.rows(range(900))
     assert [[i for i, _ in h] for h in chunked.search(vectors[:5], 5)] == \
         [[i for i, _ in h] for h in whole.search(vectors[:5], 5)]
+
+
+def test_only_small_indexes_are_searched_inline(tmp_path):
+    for n, inline in ((4096, True), (4097, False)):  # 256-d: 2^20 floats is the line
+        faiss_store.write(tmp_path / str(n), unit_vectors(n, 256), index_metadata(n), {"model": "m"}, [], "flat")
+        assert faiss_store.load(tmp_path / str(n)).inline_search is inline

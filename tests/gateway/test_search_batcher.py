@@ -16,6 +16,8 @@ from support import index_metadata, unit_vectors
 class SlowStore:
     """Wraps a real store; records each batched call and takes `delay` seconds, on the calling thread."""
 
+    inline_search = False  # slow on purpose: it must go to the search thread
+
     def __init__(self, store, delay=0.05):
         self.store = store
         self.delay = delay
@@ -131,3 +133,18 @@ def test_batched_answers_equal_direct_searches(store):
     direct = real.search(queries, 10)
     assert [[i for i, _, _ in a] for a in answers] == [[i for i, _ in d] for d in direct]
     np.testing.assert_allclose([s for a in answers for _, s, _ in a], [s for d in direct for _, s in d], rtol=1e-6)
+
+
+def test_a_small_exact_index_is_searched_on_the_loop_without_a_thread_hop(store):
+    vectors, real = store
+    assert real.inline_search
+    batcher = SearchBatcher(real)
+    queries = unit_vectors(5, seed=4)
+
+    async def main():
+        return [await batcher.search(q, 7) for q in queries]
+
+    answers = asyncio.run(main())
+    assert [[i for i, _, _ in a] for a in answers] == [[i for i, _ in d] for d in real.search(queries, 7)]
+    assert answers[0][0][2] == real.rows([answers[0][0][0]])[0]
+    assert not batcher._thread._threads  # the search thread was never started
