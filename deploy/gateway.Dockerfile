@@ -1,4 +1,4 @@
-# The gateway image (no Triton, no torch): the `serve` and `milvus` extras at the pins of
+# The gateway image (no Triton, no torch, no transformers): the `serve` and `milvus` extras at the pins of
 # constraints.txt, the gRPC stubs generated from protos/, run as an unprivileged user.
 #   docker build -f deploy/gateway.Dockerfile -t cxr-gateway:0.1.0 .
 # It reads the model repository (manifests, tokenizers) and the indexes from mounted volumes and
@@ -17,7 +17,8 @@ RUN pip install -c constraints.txt grpcio-tools \
  && python -m grpc_tools.protoc -I protos --python_out=. --pyi_out=. --grpc_python_out=. \
         protos/cxr/retrieval/v1/retrieval.proto \
  && pip install -c constraints.txt '.[serve,milvus]' \
- && if pip show torch >/dev/null 2>&1; then echo "torch was pulled in; the gateway must not need it" >&2; exit 1; fi
+ && for heavy in torch transformers; do if pip show "$heavy" >/dev/null 2>&1; then \
+        echo "$heavy was pulled in; the gateway must not need it (it belongs in the export extra)" >&2; exit 1; fi; done
 
 FROM python:3.12-slim
 # Settings paths are taken from the working directory; the deployment gives absolute ones.
