@@ -7,16 +7,18 @@ MODEL ?=
 CHECKPOINT ?=
 TARGET ?= local
 FP16 ?=
+INT8 ?=
+FP32 ?=
 DEMO_MODEL ?= cxr-mini
 MODELS ?=
 DATA ?= ../shared/data
 TRAIN_OUT ?= .cache/train/cxr-mini
 
 export_flags = $(if $(MODEL),--model $(MODEL)) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) \
-	--target $(TARGET) $(if $(FP16),--fp16)
+	--target $(TARGET) $(if $(FP16),--fp16) $(if $(INT8),--int8) $(if $(FP32),--fp32)
 
 .PHONY: help setup protos export serve serve-detached stop models demo train-default test bench bench-quick bench-towers bench-gateway \
-	bench-faiss bench-scale bench-quality fuzz soak faults clean setup-pacs setup-browser
+	bench-faiss bench-scale bench-quality bench-quantization bench-gpu tune fuzz soak faults clean setup-pacs setup-browser
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -48,7 +50,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[serve,milvus,export,test,bench]'
 	touch $@
 
-export: setup ## export MODEL (default: the active one) to ONNX + config.pbtxt; CHECKPOINT=dir TARGET=local|gpu FP16=1
+export: setup ## export MODEL (default: the active one) to ONNX + config.pbtxt; CHECKPOINT=dir TARGET=local|gpu FP16=1|INT8=1|FP32=1
 	$(CXR) export $(export_flags)
 
 serve: setup ## start Triton and the gateway (port 50051); Ctrl-C stops both
@@ -102,8 +104,17 @@ bench-scale: setup ## cost of archive size per store and index type (SIZES= DIMS
 	$(BIN)/python -m benchmarks.scale $(if $(PART),--part $(PART)) $(if $(SIZES),--sizes $(SIZES)) \
 		$(if $(DIMS),--dims $(DIMS)) $(if $(TYPES),--types $(TYPES)) $(if $(BACKENDS),--backends $(BACKENDS))
 
+bench-gpu: setup ## on a GPU host: the four families at true size, ORT CUDA/TensorRT, Triton, FAISS GPU, 7,500-image index (never in CI)
+	$(BIN)/python -m benchmarks.gpu $(if $(MODELS),--models $(MODELS))
+
 bench-quality: setup ## image->image and text->image mAP through the gateway on the NIH validation split, beside random
 	$(BIN)/python -m benchmarks.retrieval_quality
+
+bench-quantization: setup ## int8 and fp16 against fp32 (MODEL, default cxr-mini): parity, mAP with bootstrap noise, speed, size, ORT session options
+	$(BIN)/python -m benchmarks.quantization $(if $(MODEL),--model $(MODEL))
+
+tune: setup ## sweep Triton instances, queue delay, preferred batch sizes for MODEL's towers (default cxr-mini); WRITE=1 stores the best in the registry
+	$(BIN)/python -m benchmarks.tune $(if $(MODEL),--model $(MODEL)) $(if $(WRITE),--write)
 
 clean: ## remove exported models, caches and logs (keeps .venv)
 	rm -rf model_repository/*/ .cache .run

@@ -56,13 +56,7 @@ def search_all(stub, records: list[Record], bare_labels: bool = False) -> dict:
     labels = {r.image_id: set(r.labels) for r in records}
     result = {}
     if any(labels.values()):
-        rankings = []
-        for record in records:
-            request = pb.SearchByImageRequest(image=record.path.read_bytes(), top_k=n)
-            hits = stub.SearchByImage(request, timeout=60).hits
-            ids = [hit.image_id for hit in hits if hit.image_id != record.image_id]
-            rankings.append(np.array([bool(labels[record.image_id] & labels[i]) for i in ids]))
-        result["image_to_image"] = _ranked_task(rankings)
+        result["image_to_image"] = _ranked_task(image_rankings(stub, records))
         names = sorted(set().union(*labels.values()))
         result["text_to_image"] = _text_task(stub, names, labels, label_prompt)
         if bare_labels:
@@ -77,6 +71,27 @@ def search_all(stub, records: list[Record], bare_labels: bool = False) -> dict:
     return result
 
 
+def image_rankings(stub, records: list[Record]) -> list[np.ndarray]:
+    """Per image query: the relevance (shares a label) of every other image, in the gateway's order."""
+    labels = {r.image_id: set(r.labels) for r in records}
+    rankings = []
+    for record in records:
+        request = pb.SearchByImageRequest(image=record.path.read_bytes(), top_k=len(records))
+        hits = stub.SearchByImage(request, timeout=60).hits
+        ids = [hit.image_id for hit in hits if hit.image_id != record.image_id]
+        rankings.append(np.array([bool(labels[record.image_id] & labels[i]) for i in ids]))
+    return rankings
+
+
+def text_rankings(stub, names: list[str], labels: dict[str, set[str]], query) -> list[np.ndarray]:
+    """Per finding, queried as `query(name)`: which images in the gateway's order carry it."""
+    rankings = []
+    for name in names:
+        response = stub.SearchByText(pb.SearchByTextRequest(text=query(name), top_k=len(labels)), timeout=60)
+        rankings.append(np.array([name in labels[hit.image_id] for hit in response.hits]))
+    return rankings
+
+
 def _ranked_task(rankings: list[np.ndarray]) -> dict:
     return {"model": metrics.summarize(rankings),
             "random": dict(metrics.random_baseline(rankings), mAP_p95=metrics.random_map_quantile(rankings))}
@@ -85,10 +100,7 @@ def _ranked_task(rankings: list[np.ndarray]) -> dict:
 def _text_task(stub, names: list[str], labels: dict[str, set[str]], query) -> dict:
     """One query per finding; relevant = images carrying it; AP per finding and their mean."""
     n = len(labels)
-    rankings = []
-    for name in names:
-        response = stub.SearchByText(pb.SearchByTextRequest(text=query(name), top_k=n), timeout=60)
-        rankings.append(np.array([name in labels[hit.image_id] for hit in response.hits]))
+    rankings = text_rankings(stub, names, labels, query)
     per_label = {name: metrics.average_precision(r) for name, r in zip(names, rankings)}
     per_label_random = {name: metrics.expected_average_precision(n, int(r.sum())) for name, r in zip(names, rankings)}
     return {"model": {"mAP": float(np.mean(list(per_label.values()))), "per_label_AP": per_label},

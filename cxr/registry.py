@@ -4,7 +4,7 @@ a model's checkpoint, sizes, tokenizer and batching (open_clip's model_configs p
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
 
@@ -15,6 +15,7 @@ CONFIG_DIR = Path(__file__).parent / "model_configs"
 FAMILIES = ("hf_clip", "open_clip", "hf_siglip")
 TOKENIZERS = ("clip_bpe", "wordpiece", "sentencepiece")
 IMAGE_NORMALIZATIONS = ("dataset", "per_image")
+PRECISIONS = ("fp32", "fp16", "int8")  # of the exported ONNX weights
 TWIN_PREFIX = "twin:"
 # Weights the project trained and ships in the repository (weights/<name>/): no download.
 EMBEDDED_PREFIX = "embedded:"
@@ -26,6 +27,13 @@ TEXT_INPUTS = {
     "open_clip": (tensor_names.INPUT_IDS,),
     "hf_siglip": (tensor_names.INPUT_IDS,),
 }
+# How texts are padded before the text tower. "longest": to the longest text of a call, so a query
+# pays for its ~10 tokens rather than the context length; right for towers whose embedding does not
+# change with padding: CLIP pools at end-of-text behind a causal and padding mask, open_clip's HF
+# BERT (BiomedCLIP, cxr-mini) masks the pad id and pools CLS or the masked mean. "max_length":
+# SigLIP pools the last position and was trained with padding="max_length", so a text padded to its
+# own length embeds elsewhere (measured on the twins: cos 0.08 to the max_length embedding).
+TEXT_PADDING = {"hf_clip": "longest", "open_clip": "longest", "hf_siglip": "max_length"}
 
 
 @dataclass(frozen=True)
@@ -33,6 +41,25 @@ class Batching:
     max_batch_size: int
     max_queue_delay_us: int
     instance_count: int
+    preferred_batch_sizes: tuple[int, ...] = ()
+    # The text tower's settings where its measured best differs from the image tower's (`make tune`).
+    text: Batching | None = None
+
+    def for_tower(self, kind: str) -> Batching:
+        """The settings of the "image" or "text" tower."""
+        return self.text if kind == "text" and self.text is not None else self
+
+
+def _batching(raw: dict) -> Batching:
+    """A "batching" object: shared fields, and a "text" object of the text tower's own values."""
+    raw = dict(raw)
+    text = raw.pop("text", None)
+    raw["preferred_batch_sizes"] = tuple(raw.get("preferred_batch_sizes", ()))
+    base = Batching(**raw)
+    if text is None:
+        return base
+    text = dict(text, preferred_batch_sizes=tuple(text.get("preferred_batch_sizes", ())))
+    return replace(base, text=replace(base, **text))
 
 
 @dataclass(frozen=True)
@@ -58,6 +85,9 @@ class ModelSpec:
     alternative_checkpoints: tuple[str, ...] = ()
     licence: str | None = None
     demo: bool = False  # trained here to show the service working, not for clinical use
+    # What `cxr export` writes per target when no precision flag is given, e.g. {"local": "int8"}
+    # (chosen by benchmarks/quantization.py); unnamed targets get fp32.
+    precision: dict = field(default_factory=dict)
 
     @property
     def not_clinical(self) -> bool:
@@ -82,6 +112,11 @@ class ModelSpec:
         return TEXT_INPUTS[self.family]
 
     @property
+    def text_padding(self) -> str:
+        """"longest" (the text tower has a dynamic sequence axis) or "max_length" (fixed)."""
+        return TEXT_PADDING[self.family]
+
+    @property
     def image_model(self) -> str:
         return tensor_names.image_model(self.name)
 
@@ -92,7 +127,7 @@ class ModelSpec:
 
 def _parse(name: str, raw: dict) -> ModelSpec:
     raw = dict(raw, name=name)
-    raw["batching"] = Batching(**raw["batching"])
+    raw["batching"] = _batching(raw["batching"])
     for key in ("mean", "std", "alternative_checkpoints"):
         if key in raw:
             raw[key] = tuple(raw[key])
@@ -104,6 +139,9 @@ def _parse(name: str, raw: dict) -> ModelSpec:
                          f"{IMAGE_NORMALIZATIONS}")
     if spec.tokenizer not in TOKENIZERS:
         raise ValueError(f"{name}: tokenizer {spec.tokenizer!r} is not one of {TOKENIZERS}")
+    bad = {target: p for target, p in spec.precision.items() if p not in PRECISIONS}
+    if bad:
+        raise ValueError(f"{name}: precision {bad} is not one of {PRECISIONS}")
     return spec
 
 

@@ -48,7 +48,7 @@ def infer_inputs(tower: TowerSpec, arrays: dict[str, np.ndarray]) -> list[grpccl
     inputs = []
     for tensor in tower.inputs:
         array = np.ascontiguousarray(arrays[tensor.name], dtype=tensor.dtype)
-        if array.shape[1:] != tensor.dims:
+        if not tensor.accepts(array.shape[1:]):
             raise ValueError(f"{tower.triton_name}.{tensor.name}: shape {array.shape[1:]} past the batch axis, "
                              f"expected {tensor.dims}")
         infer_input = grpcclient.InferInput(tensor.name, list(array.shape), TRITON_DTYPES[tensor.dtype])

@@ -16,17 +16,21 @@ from dataclasses import asdict
 from importlib.metadata import version
 from pathlib import Path
 
-from cxr.errors import ExportError
+import numpy as np
+
+from cxr.errors import CxrError, ExportError
 from cxr.files import replace_directory
 from cxr.manifest import MANIFEST_FILE, ONNX_FILE, SCHEMA_VERSION, TOKENIZER_DIR, VERSION_DIR, read_manifest
 from cxr.registry import ModelSpec
 from cxr.settings import Settings
-from cxr.tokenization import CLEANING
-from cxr.towers import TowerSpec, towers
+from cxr.tokenization import CLEANING, TextTokenizer
+from cxr.towers import TowerSpec, tower_from_dict, towers
 from export import onnx_export, triton_config
 from export.checkpoints import Encoder, load_encoder
+from export.quantization import check_precision, quantize_int8
 
 PYTHON_MODEL = Path(__file__).with_name("triton_python_model.py")
+FP32_DIR = "fp32"  # in staging, beside the tower folders: never moved into the repository
 PACKAGES = ("torch", "transformers", "open_clip_torch", "onnx", "onnxruntime")
 
 
@@ -46,9 +50,12 @@ def resolve_source(spec: ModelSpec, settings: Settings, checkpoint: str | None) 
 
 
 def export_model(spec: ModelSpec, settings: Settings, checkpoint: str | None = None, target: str = "local",
-                 fp16: bool = False, tensorrt: bool = False, log=print) -> dict:
-    """Export both towers of `spec` into the model repository; returns the manifest."""
+                 precision: str | None = None, tensorrt: bool = False, log=print) -> dict:
+    """Export both towers of `spec` into the model repository; returns the manifest. `precision`:
+    fp32, fp16 or int8 (None: the registry's choice for `target`)."""
     started = time.perf_counter()
+    precision = precision or default_precision(spec, target)
+    check_precision(precision, target)
     source = resolve_source(spec, settings, checkpoint)
     log(f"loading {spec.name} from {source}")
     encoder = load_encoder(spec, source)
@@ -58,16 +65,17 @@ def export_model(spec: ModelSpec, settings: Settings, checkpoint: str | None = N
     with tempfile.TemporaryDirectory(prefix=f".staging-{spec.name}-", dir=repo) as staging:
         staging = Path(staging)
         image, text = towers(spec)
+        pad_id = onnx_export.text_pad_id(encoder)
         exporters = {image: onnx_export.export_image_tower, text: onnx_export.export_text_tower}
         for tower, export in exporters.items():
-            log(f"exporting {tower.triton_name}" + (" (fp16)" if fp16 else ""))
+            log(f"exporting {tower.triton_name} ({precision})")
             onnx_path = staging / tower.triton_name / VERSION_DIR / ONNX_FILE
-            export(encoder, spec, onnx_path, fp16=fp16)
+            _export_tower(export, encoder, spec, onnx_path, precision, staging / FP32_DIR / tower.triton_name)
             onnx_export.check_exported(onnx_path, {t.name: t.dims for t in tower.inputs}, tower.output.name,
                                        spec.embed_dim)
-            _write_config(staging / tower.triton_name, tower, spec, target, tensorrt)
-        encoder.save_tokenizer(staging / text.triton_name / TOKENIZER_DIR)
-        manifest_text = json.dumps(_manifest(spec, encoder, staging, target, fp16, time.perf_counter() - started),
+            _write_config(staging / tower.triton_name, tower, spec, target, tensorrt, pad_id)
+        _save_tokenizer(spec, encoder, staging / text.triton_name / TOKENIZER_DIR)
+        manifest_text = json.dumps(_manifest(spec, encoder, staging, target, precision, time.perf_counter() - started),
                                    indent=2)
         (staging / text.triton_name / MANIFEST_FILE).write_text(manifest_text)
         for tower in (image, text):
@@ -77,6 +85,22 @@ def export_model(spec: ModelSpec, settings: Settings, checkpoint: str | None = N
     return manifest
 
 
+def default_precision(spec: ModelSpec, target: str) -> str:
+    """The registry's precision for `target` (`"precision": {"local": "int8"}`), else fp32."""
+    return spec.precision.get(target, "fp32")
+
+
+def _export_tower(export, encoder: Encoder, spec: ModelSpec, onnx_path: Path, precision: str,
+                  fp32_dir: Path) -> None:
+    """int8 quantises an fp32 export kept outside the tower's folder, so only int8 is served."""
+    if precision != "int8":
+        export(encoder, spec, onnx_path, fp16=precision == "fp16")
+        return
+    fp32_path = fp32_dir / ONNX_FILE
+    export(encoder, spec, fp32_path)
+    quantize_int8(fp32_path, onnx_path)
+
+
 def write_configs(spec: ModelSpec, settings: Settings, target: str, tensorrt: bool = False) -> None:
     """Rewrite only the config.pbtxt files of an exported model, e.g. to switch local <-> gpu."""
     manifest = read_manifest(settings.model_repository, spec.name)
@@ -84,7 +108,12 @@ def write_configs(spec: ModelSpec, settings: Settings, target: str, tensorrt: bo
         raise ExportError(f"{spec.name} is not exported in {settings.model_repository}: "
                           f"run `make export MODEL={spec.name}` first.")
     for tower in towers(spec):
-        _write_config(settings.model_repository / tower.triton_name, tower, spec, target, tensorrt)
+        if tower_from_dict(manifest["towers"][tower.triton_name]) != tower:
+            raise ExportError(f"{tower.triton_name} was exported with another signature than the registry's "
+                              f"(e.g. a fixed text length): run `make export MODEL={spec.name}` again.")
+    pad_id = manifest["tokenizer"].get("pad_id")
+    for tower in towers(spec):
+        _write_config(settings.model_repository / tower.triton_name, tower, spec, target, tensorrt, pad_id)
 
 
 def _check_dims(spec: ModelSpec, encoder: Encoder) -> None:
@@ -95,8 +124,30 @@ def _check_dims(spec: ModelSpec, encoder: Encoder) -> None:
                           f"{wanted}: register this checkpoint as a model of its own (cxr/model_configs/).")
 
 
-def _write_config(model_dir: Path, tower: TowerSpec, spec: ModelSpec, target: str, tensorrt: bool) -> None:
-    config = triton_config.model_config(tower, spec.batching, target, tensorrt)
+# Texts on which the served tokenizer must give the checkpoint's own ids, checked at every export:
+# case, HTML entities, punctuation, non-ASCII, literal special tokens, empty, longer than any context.
+TOKENIZER_PROBES = ("Small LEFT pleural effusion &amp; cardiomegaly.", "", "T2-weighted, 3.5 cm; (R) > (L)?",
+                    "Café naïve 中文 😀", "</s> <unk> [SEP] <|endoftext|>", "no acute disease. " * 200)
+
+
+def _save_tokenizer(spec: ModelSpec, encoder: Encoder, directory: Path) -> None:
+    """Save the checkpoint's tokenizer and prove the serving side (no transformers) reads it back exactly."""
+    encoder.save_tokenizer(directory)
+    try:
+        served = TextTokenizer(directory, spec.context_length, spec.text_inputs, CLEANING[spec.family])
+    except CxrError as exc:
+        raise ExportError(f"the tokenizer of {encoder.source} cannot be served: {exc}") from exc
+    ours, theirs = served(list(TOKENIZER_PROBES)), encoder.tokenize(list(TOKENIZER_PROBES))
+    for name in spec.text_inputs:
+        if not np.array_equal(ours[name], theirs[name]):
+            raise ExportError(f"the served tokenizer of {spec.name} (from {encoder.source}) "
+                              f"gives other {name} than the checkpoint's own: cxr/tokenization.py does not "
+                              "reproduce this tokenizer yet; extend it before exporting this checkpoint.")
+
+
+def _write_config(model_dir: Path, tower: TowerSpec, spec: ModelSpec, target: str, tensorrt: bool,
+                  pad_id: int | None) -> None:
+    config = triton_config.model_config(tower, spec.batching, target, tensorrt, pad_id)
     (model_dir / "config.pbtxt").write_text(triton_config.to_pbtxt(config))
     if target == "local":
         shutil.copyfile(PYTHON_MODEL, model_dir / VERSION_DIR / "model.py")
@@ -104,7 +155,7 @@ def _write_config(model_dir: Path, tower: TowerSpec, spec: ModelSpec, target: st
         (model_dir / VERSION_DIR / "model.py").unlink(missing_ok=True)
 
 
-def _manifest(spec: ModelSpec, encoder: Encoder, staging: Path, target: str, fp16: bool, seconds: float) -> dict:
+def _manifest(spec: ModelSpec, encoder: Encoder, staging: Path, target: str, precision: str, seconds: float) -> dict:
     image, text = towers(spec)
     onnx = {}
     for tower in (image, text):
@@ -121,12 +172,13 @@ def _manifest(spec: ModelSpec, encoder: Encoder, staging: Path, target: str, fp1
         "embed_dim": spec.embed_dim,
         "image_size": spec.image_size,
         "context_length": spec.context_length,
-        "tokenizer": {"kind": spec.tokenizer, "dir": TOKENIZER_DIR, "clean": CLEANING[spec.family]},
+        "tokenizer": {"kind": spec.tokenizer, "dir": TOKENIZER_DIR, "clean": CLEANING[spec.family],
+                      "padding": spec.text_padding, "pad_id": onnx_export.text_pad_id(encoder)},
         "towers": {tower.triton_name: asdict(tower) for tower in (image, text)},
         "image_model": image.triton_name,
         "text_model": text.triton_name,
         "onnx": onnx,
-        "precision": "fp16" if fp16 else "fp32",
+        "precision": precision,
         "target": target,
         "source": {"checkpoint": encoder.source, "revision": encoder.revision},
         "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

@@ -3,36 +3,72 @@
 `local`: the python backend running onnxruntime (the PyPI tritonserver has no other backend).
 `gpu`: NVIDIA's container with `platform: "onnxruntime_onnx"`, GPU instances and, optionally,
 the TensorRT execution accelerator in FP16 with an engine cache.
+
+Text towers with a dynamic sequence axis (the "longest" families of cxr.registry.TEXT_PADDING), so
+that a query pays for its own tokens rather than the context length:
+- `local`: the text inputs are `allow_ragged_batch`, so the dynamic batcher gathers requests of
+  different lengths; the python model pads each gathered batch to its longest request with the
+  `pad_values` parameter (the tokenizer's pad id; 0 in the attention mask) and runs it once.
+- `gpu`: onnxruntime_onnx has no python to pad with, and ragged batching would need a model that
+  takes flattened inputs. Instead clients pad to a bucket (16, 32, 64, ..., the context length:
+  cxr.towers.sequence_buckets, applied by cxr.catalog), so requests of one bucket have one shape and
+  the dynamic batcher gathers them as it gathers fixed-length ones; warm-up runs every bucket so
+  neither CUDA nor TensorRT meets a new shape under load.
 """
 
 from __future__ import annotations
 
+import json
+
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from cxr import tensor_names
 from cxr.registry import Batching
-from cxr.towers import TowerSpec
+from cxr.towers import DYNAMIC, TowerSpec, pad_values, sequence_buckets
 
 TARGETS = ("local", "gpu")
 TRITON_TYPES = {"uint8": mc.TYPE_UINT8, "int64": mc.TYPE_INT64, "float32": mc.TYPE_FP32}
 TRT_CACHE_DIR = "/models/.trt_cache"  # inside the container, on the mounted model repository
 TRT_WORKSPACE_BYTES = str(4 << 30)
+# onnxruntime session options of the local python model (export/triton_python_model.py reads them),
+# measured on cxr-mini by benchmarks/quantization.py (results/2026-11-29-vm-quantization.md):
+# - graph_optimization_level "all": image tower 263 embeddings/s at batch 32 vs 207 "extended", 181 "basic".
+# - intra_op_threads "0": the usable cores divided by the tower's instance count, worked out where
+#   Triton runs rather than where the export ran (on the busy 2-core VM 1 and 2 threads measured alike).
+# - inter_op_threads "1": the graphs run sequentially; more only adds idle threads.
+# Not adopted: a saved optimised model (optimized_model_filepath) loads <= 0.15 s faster per tower, a
+# fraction of Triton's start, and at level "all" it is tied to the CPU it was made on.
+# Which onnxruntime provider the python model uses (read in export/triton_python_model.py, which runs
+# inside Triton and imports nothing of ours): "cpu" unless `make bench-gpu` sets "cuda" or "tensorrt".
+PROVIDER_PARAMETER = "execution_provider"
+ORT_PARAMETERS = {"intra_op_threads": "0", "inter_op_threads": "1", "graph_optimization_level": "all"}
 
 
-def model_config(tower: TowerSpec, batching: Batching, target: str, tensorrt: bool = False) -> mc.ModelConfig:
+def model_config(tower: TowerSpec, batching: Batching, target: str, tensorrt: bool = False,
+                 pad_id: int | None = None) -> mc.ModelConfig:
+    """`pad_id`: the tokenizer's, needed by a local text tower with a dynamic sequence axis."""
     if target not in TARGETS:
         raise ValueError(f"target {target!r} is not one of {TARGETS}")
+    batching = batching.for_tower("text" if tower.output.name == tensor_names.TEXT_EMBEDS else "image")
     config = mc.ModelConfig(name=tower.triton_name, max_batch_size=batching.max_batch_size)
+    ragged = target == "local" and tower.dynamic_sequence
     for tensor in tower.inputs:
-        config.input.add(name=tensor.name, data_type=TRITON_TYPES[tensor.dtype], dims=tensor.dims)
+        config.input.add(name=tensor.name, data_type=TRITON_TYPES[tensor.dtype], dims=tensor.dims,
+                         allow_ragged_batch=ragged)
+    if ragged:
+        _add_padding(config, tower, pad_id)
     out = tower.output
     config.output.add(name=out.name, data_type=TRITON_TYPES[out.dtype], dims=out.dims)
     config.dynamic_batching.max_queue_delay_microseconds = batching.max_queue_delay_us
+    config.dynamic_batching.preferred_batch_size.extend(batching.preferred_batch_sizes)
     kind = mc.ModelInstanceGroup.KIND_GPU if target == "gpu" else mc.ModelInstanceGroup.KIND_CPU
     config.instance_group.add(count=batching.instance_count, kind=kind)
     _add_warmup(config, tower)
     if target == "local":
         config.backend = "python"
+        for key, value in ORT_PARAMETERS.items():
+            config.parameters[key].string_value = value
     else:
         config.platform = "onnxruntime_onnx"
         if tensorrt:
@@ -40,11 +76,26 @@ def model_config(tower: TowerSpec, batching: Batching, target: str, tensorrt: bo
     return config
 
 
+def _add_padding(config: mc.ModelConfig, tower: TowerSpec, pad_id: int | None) -> None:
+    """What the python model pads a ragged batch with, and the longest request it takes."""
+    if pad_id is None:
+        raise ValueError(f"{tower.triton_name} takes texts of any length: its local config needs the tokenizer's "
+                         "pad id (the export manifest's tokenizer.pad_id)")
+    values = pad_values(tuple(t.name for t in tower.inputs), pad_id)
+    config.parameters["pad_values"].string_value = json.dumps(values)
+    config.parameters["max_sequence_length"].string_value = str(tower.max_sequence)
+
+
 def _add_warmup(config: mc.ModelConfig, tower: TowerSpec) -> None:
-    warmup = config.model_warmup.add(name=f"{tower.triton_name}_warmup", batch_size=1)
-    for tensor in tower.inputs:
-        warmup.inputs[tensor.name].CopyFrom(
-            mc.ModelWarmup.Input(data_type=TRITON_TYPES[tensor.dtype], dims=tensor.dims, zero_data=True))
+    """One warm-up request; for a dynamic sequence axis, one per bucket length (warm-up needs concrete dims)."""
+    lengths = sequence_buckets(tower.max_sequence) if tower.dynamic_sequence else (None,)
+    for length in lengths:
+        suffix = "" if length is None else f"_{length}"
+        warmup = config.model_warmup.add(name=f"{tower.triton_name}_warmup{suffix}", batch_size=1)
+        for tensor in tower.inputs:
+            dims = [length if d == DYNAMIC else d for d in tensor.dims]
+            warmup.inputs[tensor.name].CopyFrom(
+                mc.ModelWarmup.Input(data_type=TRITON_TYPES[tensor.dtype], dims=dims, zero_data=True))
 
 
 def _add_tensorrt(config: mc.ModelConfig) -> None:

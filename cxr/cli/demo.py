@@ -33,10 +33,11 @@ IMAGE_QUERIES = ["00000001_000.png", "1.2.276.0.7230010.3.1.4.8323329.6904.15178
 
 def _ensure_exported(spec, settings: Settings) -> bool:
     """Export unless the repository holds this model from the same weights; True if exported."""
-    from export.repository import export_model, resolve_source
+    from export.repository import default_precision, export_model, resolve_source
 
     manifest = read_manifest(settings.model_repository, spec.name)
-    if manifest is not None and manifest["source"]["checkpoint"] == resolve_source(spec, settings, None):
+    if manifest is not None and manifest["source"]["checkpoint"] == resolve_source(spec, settings, None) \
+            and manifest["precision"] == default_precision(spec, "local"):
         return False
     export_model(spec, settings)
     return True

@@ -75,7 +75,7 @@ def cmd_export(args, settings: Settings) -> int:
         write_configs(spec, settings, args.target, args.tensorrt)
         print(f"wrote {args.target} config.pbtxt for {spec.name}")
         return 0
-    export_model(spec, settings, checkpoint=args.checkpoint, target=args.target, fp16=args.fp16,
+    export_model(spec, settings, checkpoint=args.checkpoint, target=args.target, precision=args.precision,
                  tensorrt=args.tensorrt)
     return 0
 
@@ -461,7 +461,13 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--checkpoint", help="hub id or local directory (default: the registry's checkpoint)")
     export.add_argument("--target", choices=("local", "gpu"), default="local",
                         help="local: python backend + onnxruntime (PyPI tritonserver); gpu: NVIDIA's container")
-    export.add_argument("--fp16", action="store_true", help="half-precision weights, LayerNorm kept in fp32")
+    precision = export.add_mutually_exclusive_group()
+    precision.add_argument("--fp32", dest="precision", action="store_const", const="fp32",
+                           help="float32 weights (overrides a registry default of int8 or fp16)")
+    precision.add_argument("--fp16", dest="precision", action="store_const", const="fp16",
+                           help="half-precision weights, LayerNorm kept in fp32")
+    precision.add_argument("--int8", dest="precision", action="store_const", const="int8",
+                           help="local target: int8 MatMul/Gemm weights (onnxruntime dynamic quantisation)")
     export.add_argument("--tensorrt", action="store_true", help="gpu target: add the TensorRT FP16 accelerator")
     export.add_argument("--config-only", action="store_true", help="only rewrite config.pbtxt (e.g. switch target)")
     export.set_defaults(func=cmd_export)

@@ -1,13 +1,23 @@
-"""Embeddings served by a real Triton over gRPC equal the PyTorch model's on the same inputs."""
+"""Embeddings served by a real Triton over gRPC equal the PyTorch model's on the same inputs.
+
+Texts go through the served tokenizer as the gateway sends them: padded to the longest text of the
+call where the family allows it (cxr.registry.TEXT_PADDING), and padded again by the python model to
+the longest request of each batch Triton gathers; the reference is the checkpoint's own tokenisation
+(padded to the context length) through PyTorch.
+"""
+
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 import torch
+import tritonclient.grpc as grpcclient
 
+from cxr.catalog import ExportedModel
 from cxr.images import load_pixels
 from cxr.registry import get_model
 from cxr.towers import towers
-from cxr.triton_client import TowerClient, connection
+from cxr.triton_client import TowerClient, admin_headers, connection
 from support import SERVED, cosine
 
 PARITY = 0.9999
@@ -59,3 +69,76 @@ def test_different_texts_give_different_embeddings(clients, encoders, report_tex
     for name in SERVED:
         served = clients[name].embed_texts(encoders[name].tokenize(report_texts[:3]))
         assert cosine(served[:1], served[1:2])[0] < 0.9999, name
+
+
+@pytest.fixture(scope="module")
+def served_tokenizers(served):
+    return {name: ExportedModel.load(served.model_repository, name).tokenizer for name in SERVED}
+
+
+def _served_text_parity(name, texts, clients, encoders, served_tokenizers) -> np.ndarray:
+    spec, encoder = get_model(name), encoders[name]
+    tokens = served_tokenizers[name](texts)
+    served = clients[name].embed_texts(tokens)
+    reference = torch_text_embeds(encoder, spec, encoder.tokenize(texts))
+    assert served.shape == (len(texts), spec.embed_dim)
+    return cosine(served, reference)
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("name", SERVED)
+def test_a_short_text_is_sent_at_its_own_length_and_matches_pytorch(name, clients, encoders, served_tokenizers):
+    spec = get_model(name)
+    width = served_tokenizers[name](["effusion"])[spec.text_inputs[0]].shape[1]
+    assert width < 16 if spec.text_padding == "longest" else width == spec.context_length
+    assert _served_text_parity(name, ["effusion"], clients, encoders, served_tokenizers).min() >= PARITY
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("name", SERVED)
+def test_a_report_longer_than_the_context_is_truncated_and_matches_pytorch(name, clients, encoders,
+                                                                           served_tokenizers, report_texts):
+    spec = get_model(name)
+    assert served_tokenizers[name](report_texts[-1:])[spec.text_inputs[0]].shape[1] == spec.context_length
+    assert _served_text_parity(name, report_texts[-1:], clients, encoders, served_tokenizers).min() >= PARITY
+
+
+def _stats(settings, triton_name: str) -> tuple[int, int]:
+    """Triton's inference and execution counts of a model (executions < inferences: batched)."""
+    client = grpcclient.InferenceServerClient(**connection(settings))
+    stats = client.get_inference_statistics(triton_name, as_json=True,
+                                            headers=admin_headers(settings.triton_admin_key_file))["model_stats"][0]
+    client.close()
+    return int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0))
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("name", SERVED)
+def test_texts_of_every_length_sent_at_once_are_batched_together_and_match_pytorch(name, served, encoders,
+                                                                                 served_tokenizers, report_texts):
+    """One text per request from 16 threads, each text of another token length (the first 1, 2, ... words
+    of a report, and the whole report): fewer executions than requests means the dynamic batcher
+    gathered requests of different lengths, padded together by the python model; each still matches
+    PyTorch."""
+    spec, encoder = get_model(name), encoders[name]
+    words = report_texts[-1].split()
+    texts = [" ".join(words[:count]) for count in range(1, 32)] + [report_texts[-1]]
+    if spec.text_padding == "longest":
+        widths = [served_tokenizers[name]([t])[spec.text_inputs[0]].shape[1] for t in texts]
+        assert len(set(widths)) == len(texts)
+    reference = torch_text_embeds(encoder, spec, encoder.tokenize(texts))
+    before = _stats(served, spec.text_model)
+
+    def embed(text):  # a client per thread, as the gateway's callers are
+        client = TowerClient(connection(served), *towers(spec), spec.batching.max_batch_size)
+        try:
+            return client.embed_texts(served_tokenizers[name]([text]))
+        finally:
+            client.close()
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        embeds = np.concatenate(list(pool.map(embed, texts)))
+    inferences, executions = (now - then for now, then in zip(_stats(served, spec.text_model), before))
+    assert inferences == len(texts)
+    assert executions < len(texts), f"{len(texts)} requests ran in {executions} executions: no batching"
+    assert cosine(embeds, reference).min() >= PARITY

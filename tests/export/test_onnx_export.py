@@ -5,10 +5,12 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from cxr.errors import ExportError
 from cxr.images import load_pixels
-from cxr.registry import get_model
+from cxr.registry import TEXT_PADDING, get_model
+from cxr.towers import pad_values
 from export import onnx_export
-from support import TWINS, cosine
+from support import SERVED, TWINS, cosine
 
 
 def _run(path, feeds):
@@ -49,3 +51,46 @@ def test_fp16_keeps_layernorm_in_float32_and_stays_close(encoders, xray_paths, t
     pixels = load_pixels(xray_paths, spec.image_size)
     assert cosine(_run(tmp_path / "fp16.onnx", {"pixels": pixels}),
                   _run(tmp_path / "fp32.onnx", {"pixels": pixels})).min() >= 0.999
+
+
+@pytest.mark.parametrize("name", SERVED)
+def test_pytorch_embeds_a_text_at_its_own_length_as_at_the_context_length_only_in_longest_families(name, encoders):
+    """The experiment behind cxr.registry.TEXT_PADDING, kept as a test: a short text padded to its own
+    length embeds as when padded to the context length in "longest" families, and not in SigLIP's."""
+    spec, encoder = get_model(name), encoders[name]
+    tokens = encoder.tokenize(["effusion"])
+    values = pad_values(spec.text_inputs, onnx_export.text_pad_id(encoder))
+    length = int(onnx_export.sequence_lengths(tokens, values)[0])
+    embed = lambda t: encoder.text_features(*[torch.from_numpy(t[n]) for n in spec.text_inputs]).numpy()  # noqa: E731
+    parity = cosine(embed(tokens), embed({n: a[:, :length] for n, a in tokens.items()}))[0]
+    if spec.text_padding == "longest":
+        assert parity >= onnx_export.PADDING_PARITY
+    else:
+        assert parity < 0.99
+
+
+@pytest.mark.parametrize("name", [n for n in SERVED if get_model(n).text_padding == "longest"])
+def test_longest_families_export_a_sequence_axis_that_matches_pytorch_at_any_length(name, encoders, report_texts,
+                                                                                    tmp_path):
+    spec, encoder = get_model(name), encoders[name]
+    onnx_export.export_text_tower(encoder, spec, tmp_path / "text.onnx")
+    graph = onnx.load(str(tmp_path / "text.onnx")).graph
+    assert all(i.type.tensor_type.shape.dim[1].dim_param == onnx_export.SEQUENCE for i in graph.input)
+    tokens = encoder.tokenize(["effusion", report_texts[-1], report_texts[0]])  # short, over-long, medium
+    values = pad_values(spec.text_inputs, onnx_export.text_pad_id(encoder))
+    lengths = onnx_export.sequence_lengths(tokens, values)
+    assert lengths[0] < lengths[2] < lengths[1] == spec.context_length
+    reference = onnx_export.TextTower(encoder.text_features)(*[torch.from_numpy(tokens[n]) for n in spec.text_inputs])
+    reference = reference.numpy()
+    for width in (lengths[2], spec.context_length):  # the medium text pads the short one; the long one, both
+        rows = lengths <= width
+        text = _run(tmp_path / "text.onnx", {n: a[rows, :width] for n, a in tokens.items()})
+        assert cosine(text, reference[rows]).min() >= 0.9999
+
+
+def test_a_family_whose_embedding_changes_with_padding_is_refused_a_sequence_axis(encoders, tmp_path, monkeypatch):
+    """SigLIP pools the last position: exported with a dynamic length, the export check catches it."""
+    spec, encoder = get_model("siglip-tiny"), encoders["siglip-tiny"]
+    monkeypatch.setitem(TEXT_PADDING, "hf_siglip", "longest")
+    with pytest.raises(ExportError, match="TEXT_PADDING"):
+        onnx_export.export_text_tower(encoder, spec, tmp_path / "text.onnx")

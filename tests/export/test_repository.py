@@ -3,13 +3,16 @@
 import dataclasses
 import json
 
+import numpy as np
 import onnx
 import pytest
 
 from cxr import tensor_names
+from cxr.catalog import ExportedModel
 from cxr.errors import ExportError
 from cxr.manifest import MANIFEST_FILE, exported_models, read_manifest
 from cxr.registry import get_model
+from cxr.towers import DYNAMIC, pad_values
 from export import onnx_export
 from export.repository import export_model, write_configs
 from export.triton_config import parse_pbtxt
@@ -98,3 +101,39 @@ def test_large_weights_go_to_an_external_data_file(settings, monkeypatch):
     assert (version_dir / "model.onnx.data").stat().st_size > (version_dir / "model.onnx").stat().st_size
     assert manifest["onnx"][spec.image_model]["files"] == ["model.onnx", "model.onnx.data"]
     json.loads((settings.model_repository / spec.text_model / MANIFEST_FILE).read_text())
+
+
+def test_a_fixed_length_family_records_max_length_padding(exported):
+    spec = get_model(MODEL)
+    assert exported["tokenizer"]["padding"] == "max_length"
+    assert exported["towers"][spec.text_model]["inputs"][0]["dims"] == [spec.context_length]
+    assert exported["towers"][spec.text_model]["max_sequence"] is None
+
+
+def test_a_longest_family_pads_texts_to_the_longest_locally_and_to_a_bucket_on_gpu(settings):
+    spec = get_model("pubmed_clip-tiny")  # CLIP: input_ids and attention_mask, pad id = end-of-text
+    manifest = export_model(spec, settings, log=lambda *_: None)
+    assert manifest["tokenizer"]["padding"] == "longest"
+    assert manifest["towers"][spec.text_model]["inputs"][0]["dims"] == [DYNAMIC]
+    texts = ["effusion", "small left pleural effusion"]
+    local = ExportedModel.load(settings.model_repository, spec.name)
+    assert local.tokenizer.pad_id == manifest["tokenizer"]["pad_id"]
+    tokens = local.tokenizer(texts)
+    width = tokens[tensor_names.INPUT_IDS].shape[1]
+    assert width == tokens[tensor_names.ATTENTION_MASK].sum(1).max() < 16
+    write_configs(spec, settings, "gpu")
+    bucketed = ExportedModel.load(settings.model_repository, spec.name).tokenizer(texts)
+    for name, pad in pad_values(spec.text_inputs, manifest["tokenizer"]["pad_id"]).items():
+        assert bucketed[name].shape == (2, 16)
+        np.testing.assert_array_equal(bucketed[name][:, :width], tokens[name])
+        assert (bucketed[name][:, width:] == pad).all()
+
+
+def test_config_only_refuses_an_export_made_with_another_text_signature(settings, exported):
+    spec = get_model(MODEL)
+    manifest_file = settings.model_repository / spec.text_model / MANIFEST_FILE
+    manifest = json.loads(manifest_file.read_text())
+    manifest["towers"][spec.text_model]["inputs"][0]["dims"] = [DYNAMIC]
+    manifest_file.write_text(json.dumps(manifest))
+    with pytest.raises(ExportError, match="another signature"):
+        write_configs(spec, settings, "gpu")

@@ -1,29 +1,38 @@
 """Every generated config.pbtxt parses into Triton's ModelConfig and carries the registry's values."""
 
+import json
+
 import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
 from cxr import tensor_names
 from cxr.registry import get_model, list_models
-from cxr.towers import towers
+from cxr.towers import DYNAMIC, sequence_buckets, towers
 from export.triton_config import TARGETS, model_config, parse_pbtxt, to_pbtxt
+
+PAD_ID = 7
+LONGEST = [n for n in list_models() if get_model(n).text_padding == "longest"]
+FIXED = [n for n in list_models() if get_model(n).text_padding == "max_length"]
 
 
 @pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("name", list_models())
 def test_config_parses_and_carries_registry_values(name, target):
     spec = get_model(name)
-    for tower in towers(spec):
-        config = parse_pbtxt(to_pbtxt(model_config(tower, spec.batching, target)))
+    for kind, tower in zip(("image", "text"), towers(spec)):
+        config = parse_pbtxt(to_pbtxt(model_config(tower, spec.batching, target, pad_id=PAD_ID)))
+        batching = spec.batching.for_tower(kind)  # a tower's own values where `make tune` found them to differ
         assert config.name == tower.triton_name
-        assert config.max_batch_size == spec.batching.max_batch_size
-        assert config.dynamic_batching.max_queue_delay_microseconds == spec.batching.max_queue_delay_us
-        assert [g.count for g in config.instance_group] == [spec.batching.instance_count]
+        assert config.max_batch_size == batching.max_batch_size
+        assert config.dynamic_batching.max_queue_delay_microseconds == batching.max_queue_delay_us
+        assert list(config.dynamic_batching.preferred_batch_size) == list(batching.preferred_batch_sizes)
+        assert [g.count for g in config.instance_group] == [batching.instance_count]
         assert [i.name for i in config.input] == [t.name for t in tower.inputs]
         assert [tuple(i.dims) for i in config.input] == [t.dims for t in tower.inputs]
         assert [o.name for o in config.output] == [tower.output.name]
         assert tuple(config.output[0].dims) == (spec.embed_dim,)
         assert set(config.model_warmup[0].inputs) == {t.name for t in tower.inputs}
+        assert all(d > 0 for w in config.model_warmup for i in w.inputs.values() for d in i.dims)
 
 
 def test_image_config_takes_uint8_pixels_at_the_model_size():
@@ -62,3 +71,51 @@ def test_unknown_target_is_refused():
     spec = get_model("siglip")
     with pytest.raises(ValueError, match="target"):
         model_config(towers(spec)[0], spec.batching, "tpu")
+
+
+def test_every_family_has_a_padding_and_siglip_stays_fixed_length():
+    assert {get_model(n).family for n in LONGEST} == {"hf_clip", "open_clip"}
+    assert {get_model(n).family for n in FIXED} == {"hf_siglip"}
+    assert "cxr-mini" in LONGEST and "medsiglip" in FIXED
+
+
+@pytest.mark.parametrize("name", LONGEST)
+def test_longest_families_take_ragged_texts_of_any_length_locally(name):
+    spec = get_model(name)
+    _, text = towers(spec)
+    config = parse_pbtxt(to_pbtxt(model_config(text, spec.batching, "local", pad_id=PAD_ID)))
+    assert [tuple(i.dims) for i in config.input] == [(DYNAMIC,)] * len(spec.text_inputs)
+    assert all(i.allow_ragged_batch for i in config.input)
+    pad_values = json.loads(config.parameters["pad_values"].string_value)
+    assert pad_values == {name: PAD_ID if name == tensor_names.INPUT_IDS else 0 for name in spec.text_inputs}
+    assert int(config.parameters["max_sequence_length"].string_value) == spec.context_length
+
+
+@pytest.mark.parametrize("name", LONGEST)
+def test_on_gpu_longest_families_are_dynamic_but_not_ragged_and_warm_every_bucket(name):
+    spec = get_model(name)
+    _, text = towers(spec)
+    config = parse_pbtxt(to_pbtxt(model_config(text, spec.batching, "gpu")))
+    assert [tuple(i.dims) for i in config.input] == [(DYNAMIC,)] * len(spec.text_inputs)
+    assert not any(i.allow_ragged_batch for i in config.input)
+    assert "pad_values" not in config.parameters
+    warmed = {tuple(i.dims) for w in config.model_warmup for i in w.inputs.values()}
+    assert warmed == {(b,) for b in sequence_buckets(spec.context_length)}
+    assert max(sequence_buckets(spec.context_length)) == spec.context_length
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("name", FIXED)
+def test_siglip_families_keep_the_context_length_and_no_ragged_batch(name, target):
+    spec = get_model(name)
+    _, text = towers(spec)
+    config = model_config(text, spec.batching, target)
+    assert [tuple(i.dims) for i in config.input] == [(spec.context_length,)]
+    assert not any(i.allow_ragged_batch for i in config.input)
+    assert "pad_values" not in config.parameters
+
+
+def test_a_local_dynamic_text_tower_needs_the_pad_id():
+    spec = get_model("cxr-mini")
+    with pytest.raises(ValueError, match="pad id"):
+        model_config(towers(spec)[1], spec.batching, "local")
