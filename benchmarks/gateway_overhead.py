@@ -16,7 +16,7 @@ import argparse
 import json
 import sys
 
-from benchmarks.machine import describe, result_path
+from benchmarks.machine import describe, save
 from benchmarks.stack import exported, served
 from benchmarks.timing import time_requests
 from cxr import archives, registry
@@ -53,10 +53,8 @@ def run(model_name: str, requests: int) -> dict:
         figures = {"index_build": stack.index_build, "text_query": _latencies(model, settings, requests)}
     results = {"machine": describe(), "settings": {"model": model_name, "query": QUERY, "requests": requests,
                                                    "top_k": 10}, "figures": figures}
-    path = result_path("gateway")
-    path.write_text(json.dumps(results, indent=2))
     print(json.dumps(figures, indent=2))
-    print(f"wrote {path}")
+    save("gateway", results)
     return results
 
 

@@ -19,7 +19,7 @@ from dataclasses import replace
 
 import httpx
 
-from benchmarks.machine import describe, result_path
+from benchmarks.machine import describe, save
 from benchmarks.stack import exported, served
 from benchmarks.timing import time_requests
 from cxr import archives, registry
@@ -79,10 +79,8 @@ def run(model_name: str, requests: int) -> dict:
     results = {"machine": describe(), "settings": {"model": model_name, "query": QUERY, "image": IMAGE,
                                                    "image_bytes": len(image), "requests": requests, "top_k": TOP_K,
                                                    "warmup": WARMUP}, "figures": figures}
-    path = result_path("http")
-    path.write_text(json.dumps(results, indent=2))
     print(json.dumps(figures, indent=2))
-    print(f"wrote {path}")
+    save("http", results)
     return results
 
 

@@ -96,3 +96,16 @@ class MilvusLiteFile:
 
         self.backend.close()
         server_manager_instance.release_server(str(self.path))
+
+
+def triton_counts(settings: Settings, triton_name: str) -> tuple[int, int]:
+    """Triton's inference and execution counts of a model (executions < inferences: batched)."""
+    import tritonclient.grpc as grpcclient
+
+    from cxr.triton_client import admin_headers, connection
+
+    client = grpcclient.InferenceServerClient(**connection(settings))
+    stats = client.get_inference_statistics(triton_name, as_json=True,
+                                            headers=admin_headers(settings.triton_admin_key_file))["model_stats"][0]
+    client.close()
+    return int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0))

@@ -4,23 +4,16 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-import tritonclient.grpc as grpcclient
 
 from cxr.images import load_pixels
 from cxr.registry import get_model
 from cxr.towers import towers
-from cxr.triton_client import TowerClient, admin_headers, connection
+from cxr.triton_client import TowerClient, connection
+from support import triton_counts
 
 MODEL = "siglip-tiny"
 REQUESTS = 48
 
-
-def _stats(settings, triton_name: str) -> tuple[int, int]:
-    client = grpcclient.InferenceServerClient(**connection(settings))
-    stats = client.get_inference_statistics(triton_name, as_json=True,
-                                            headers=admin_headers(settings.triton_admin_key_file))["model_stats"][0]
-    client.close()
-    return int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0))
 
 
 @pytest.mark.triton
@@ -29,7 +22,7 @@ def test_concurrent_requests_run_in_batches_and_match_unbatched(served, xray_pat
     pixels = load_pixels((xray_paths * 8)[:REQUESTS], spec.image_size)
     one = TowerClient(connection(served), *towers(spec), max_batch_size=1)
     unbatched = np.concatenate([one.embed_images(pixels[i:i + 1]) for i in range(REQUESTS)])
-    inferences_before, executions_before = _stats(served, spec.image_model)
+    inferences_before, executions_before = triton_counts(served, spec.image_model)
 
     def embed(i):  # one client per thread, one image per request, all at once
         client = TowerClient(connection(served), *towers(spec), max_batch_size=1)
@@ -40,7 +33,7 @@ def test_concurrent_requests_run_in_batches_and_match_unbatched(served, xray_pat
 
     with ThreadPoolExecutor(max_workers=16) as pool:
         batched = np.concatenate(list(pool.map(embed, range(REQUESTS))))
-    inferences, executions = _stats(served, spec.image_model)
+    inferences, executions = triton_counts(served, spec.image_model)
     inferences -= inferences_before
     executions -= executions_before
     assert inferences == REQUESTS

@@ -11,14 +11,13 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import torch
-import tritonclient.grpc as grpcclient
 
 from cxr.catalog import ExportedModel
 from cxr.images import load_pixels
 from cxr.registry import get_model
 from cxr.towers import towers
-from cxr.triton_client import TowerClient, admin_headers, connection
-from support import SERVED, cosine
+from cxr.triton_client import TowerClient, connection
+from support import SERVED, cosine, triton_counts
 
 PARITY = 0.9999
 
@@ -103,14 +102,6 @@ def test_a_report_longer_than_the_context_is_truncated_and_matches_pytorch(name,
     assert _served_text_parity(name, report_texts[-1:], clients, encoders, served_tokenizers).min() >= PARITY
 
 
-def _stats(settings, triton_name: str) -> tuple[int, int]:
-    """Triton's inference and execution counts of a model (executions < inferences: batched)."""
-    client = grpcclient.InferenceServerClient(**connection(settings))
-    stats = client.get_inference_statistics(triton_name, as_json=True,
-                                            headers=admin_headers(settings.triton_admin_key_file))["model_stats"][0]
-    client.close()
-    return int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0))
-
 
 @pytest.mark.triton
 @pytest.mark.parametrize("name", SERVED)
@@ -127,7 +118,7 @@ def test_texts_of_every_length_sent_at_once_are_batched_together_and_match_pytor
         widths = [served_tokenizers[name]([t])[spec.text_inputs[0]].shape[1] for t in texts]
         assert len(set(widths)) == len(texts)
     reference = torch_text_embeds(encoder, spec, encoder.tokenize(texts))
-    before = _stats(served, spec.text_model)
+    before = triton_counts(served, spec.text_model)
 
     def embed(text):  # a client per thread, as the gateway's callers are
         client = TowerClient(connection(served), *towers(spec), spec.batching.max_batch_size)
@@ -138,7 +129,7 @@ def test_texts_of_every_length_sent_at_once_are_batched_together_and_match_pytor
 
     with ThreadPoolExecutor(max_workers=16) as pool:
         embeds = np.concatenate(list(pool.map(embed, texts)))
-    inferences, executions = (now - then for now, then in zip(_stats(served, spec.text_model), before))
+    inferences, executions = (now - then for now, then in zip(triton_counts(served, spec.text_model), before))
     assert inferences == len(texts)
     assert executions < len(texts), f"{len(texts)} requests ran in {executions} executions: no batching"
     assert cosine(embeds, reference).min() >= PARITY
