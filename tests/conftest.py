@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from cxr.registry import get_model
-from support import DATA_DIR, SERVED, make_settings
+from support import DATA_DIR, GATEWAY_MODEL, SERVED, make_settings
 
 
 @pytest.fixture(scope="session")
@@ -63,9 +63,6 @@ def served(tmp_path_factory, cache_dir):
     finally:
         stop_process(process)
 
-
-
-GATEWAY_MODEL = "medsiglip-tiny"
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,7 @@ TWINS = ["pubmed_clip-tiny", "biomedclip-tiny", "siglip-tiny", "medsiglip-tiny"]
 # biomedclip-minilm: the real pretrained all-MiniLM-L6-v2 BERT as text tower (BiomedCLIP's class);
 # cxr-mini: the trained default, from the weights shipped in weights/cxr-mini.
 SERVED = TWINS + ["biomedclip-minilm", "cxr-mini"]
+GATEWAY_MODEL = "medsiglip-tiny"  # the model of the session's nih_index and gateway fixtures
 
 
 def make_settings(root: Path, cache_dir: Path, **overrides) -> Settings:
