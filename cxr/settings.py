@@ -7,6 +7,7 @@ Security settings (TLS, auth, audit, limits) are described in the README's secur
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,6 @@ CONFIG_FILE = "cxr.toml"
 DEFAULT_MODEL = "cxr-mini"  # trained here, shipped in weights/: works with no download
 AUTH_MODES = ("none", "token")
 INDEX_BACKENDS = ("faiss", "milvus")
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 
 class SettingsError(CxrError, ValueError):
@@ -83,6 +83,7 @@ class Settings:
     jwt_jwks: str = ""
     jwt_issuer: str = "cxr-dev"
     jwt_audience: str = "cxr-retrieval"
+    jwt_max_ttl_s: float = 24 * 3600.0  # a JWT valid longer (exp - iat) is refused
     api_keys_file: Path | None = None
     audit_log: Path | None = None  # one chained JSON line per RPC; calls fail when it cannot be written
     audit_max_bytes: int = 64 * 2**20  # rotate the audit log at this size
@@ -90,7 +91,10 @@ class Settings:
     metrics_host: str = "127.0.0.1"
     # Admission control and limits.
     max_concurrent_rpcs: int = 64
-    rate_limit_per_s: float = 50.0  # per principal (or client address without auth); 0: off
+    max_concurrent_rpcs_per_client: int = 16  # per principal (per address without auth): no client holds every slot
+    # Queries per second per principal (or client address without auth), a batch costing one per query;
+    # the same bucket, per address, throttles callers whose calls keep being refused. 0: off.
+    rate_limit_per_s: float = 50.0
     rate_limit_burst: int = 100
     default_deadline_s: float = 30.0  # for calls that bring no deadline
     max_decode_queue: int = 64  # images waiting for or in decoding; more: RESOURCE_EXHAUSTED
@@ -109,6 +113,7 @@ class Settings:
     token: str = field(default="", repr=False)  # a JWT or an API key; never printed
 
     def __post_init__(self):
+        _check_ranges(self)
         if self.auth not in AUTH_MODES:
             raise SettingsError(f"auth = {self.auth!r}: use one of {list(AUTH_MODES)}")
         if bool(self.tls_cert) != bool(self.tls_key):
@@ -149,6 +154,33 @@ class Settings:
     @property
     def triton_http_url(self) -> str:
         return f"{self.triton_host}:{self.triton_http_port}"
+
+
+# Numbers a setting may take (inclusive). A value outside would start a gateway that refuses every
+# call (max_concurrent_rpcs = 0, default_deadline_s = -1) or silently turns a protection off
+# (rate_limit_per_s = -5), so it is refused at start with the setting's name.
+PORT = (0, 65535)
+RANGES: dict[str, tuple[float, float]] = {
+    "triton_http_port": (1, 65535), "triton_grpc_port": (1, 65535), "triton_metrics_port": (1, 65535),
+    "gateway_port": PORT, "http_port": PORT, "metrics_port": PORT,
+    "thumbnail_cache_mb": (0, 1 << 20), "search_batch_max": (1, 4096), "search_batch_wait_ms": (0, 1000),
+    "text_cache_entries": (0, 10**8), "audit_max_bytes": (1 << 16, 1 << 40),
+    "max_concurrent_rpcs": (1, 100_000), "max_concurrent_rpcs_per_client": (1, 100_000), "rate_limit_per_s": (0, 10**6), "rate_limit_burst": (1, 10**6),
+    "default_deadline_s": (0.001, 86_400), "max_decode_queue": (1, 100_000), "max_image_pixels": (1, 10**9),
+    "drain_grace_s": (0, 3600), "jwt_max_ttl_s": (60, 366 * 86_400),
+}
+
+
+def _check_ranges(settings) -> None:
+    for name, (low, high) in RANGES.items():
+        value = getattr(settings, name)
+        if not low <= value <= high:  # also refuses NaN
+            raise SettingsError(f"{name} = {value!r} is out of range: set it (in cxr.toml or CXR_{name.upper()}) "
+                                f"to a number from {_number(low)} to {_number(high)}")
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
@@ -223,4 +255,12 @@ def _as_text(value) -> str:
 
 
 def is_loopback(host: str) -> bool:
-    return host in LOOPBACK_HOSTS or host.startswith("127.")
+    """`localhost` or a loopback IP address (127.0.0.0/8, ::1). A name that merely starts with "127."
+    (127.0.0.1.nip.io, 127.evil.example) is any host a DNS server says it is."""
+    name = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if name.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False

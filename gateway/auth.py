@@ -51,6 +51,7 @@ CLOCK_SKEW_S = 30
 JWKS_REFRESH_S = 300.0
 JWKS_UNKNOWN_KID_REFRESH_S = 30.0
 JWKS_FETCH_TIMEOUT_S = 5.0
+DEFAULT_MAX_TTL_S = 24 * 3600.0
 
 
 class AuthError(CxrError):
@@ -134,11 +135,13 @@ class JwksKeys:
 
 
 class JwtVerifier:
-    def __init__(self, keys: JwksKeys, issuer: str, audience: str, clock_skew_s: float = CLOCK_SKEW_S):
+    def __init__(self, keys: JwksKeys, issuer: str, audience: str, clock_skew_s: float = CLOCK_SKEW_S,
+                 max_ttl_s: float = DEFAULT_MAX_TTL_S):
         self.keys = keys
         self.issuer = issuer
         self.audience = audience
         self.clock_skew_s = clock_skew_s
+        self.max_ttl_s = max_ttl_s
 
     def verify(self, token: str) -> Principal:
         try:
@@ -146,13 +149,22 @@ class JwtVerifier:
         except jwt.PyJWTError as exc:
             raise AuthError("the bearer token is neither an API key nor a well-formed JWT") from exc
         if header.get("alg") not in JWT_ALGORITHMS:
-            raise AuthError(f"JWT algorithm {header.get('alg')!r} is not accepted; use one of {list(JWT_ALGORITHMS)}")
+            raise AuthError(f"the JWT's algorithm (alg) is not accepted; use one of {list(JWT_ALGORITHMS)}")
         key = self.keys.get(header.get("kid"))
         if key is None:
-            raise AuthError(f"JWT signed with an unknown key (kid {header.get('kid')!r}) for issuer {self.issuer}")
+            raise AuthError(f"JWT signed with an unknown key: the JWKS of {self.issuer} holds no key with its kid")
+        if key.algorithm_name != header["alg"]:
+            # Checked here, not left to the library: given a key of the other family it raises TypeError.
+            raise AuthError(f"the JWT says {header['alg']} but its key (kid {key.key_id!r}) is a {key.algorithm_name} "
+                            "key: the token was not signed by this identity provider's key")
+        claims = self._claims(token, key)
+        self._check_lifetime(claims)
+        return Principal(str(claims["sub"]), "jwt", frozenset(_scopes(claims)))
+
+    def _claims(self, token: str, key: jwt.PyJWK) -> dict:
         try:
-            claims = jwt.decode(token, key.key, algorithms=[header["alg"]], audience=self.audience, issuer=self.issuer,
-                                leeway=self.clock_skew_s, options={"require": ["exp", "iss", "aud", "sub"]})
+            return jwt.decode(token, key, algorithms=[key.algorithm_name], audience=self.audience, issuer=self.issuer,
+                              leeway=self.clock_skew_s, options={"require": ["exp", "iss", "aud", "sub"]})
         except jwt.ExpiredSignatureError as exc:
             raise AuthError("the JWT has expired: get a new token") from exc
         except jwt.ImmatureSignatureError as exc:
@@ -165,7 +177,20 @@ class JwtVerifier:
             raise AuthError("the JWT signature does not verify") from exc
         except jwt.PyJWTError as exc:
             raise AuthError(f"the JWT is not valid: {exc}") from exc
-        return Principal(str(claims["sub"]), "jwt", frozenset(_scopes(claims)))
+        except (TypeError, ValueError) as exc:  # a claim or key the library did not expect: no traceback per call
+            raise AuthError("the JWT cannot be verified (malformed claims or key)") from exc
+
+    def _check_lifetime(self, claims: dict) -> None:
+        """A token valid for years is a stolen credential that never ends: refuse lifetimes above max_ttl_s."""
+        try:
+            start = float(claims.get("iat", time.time()))
+            lifetime = float(claims["exp"]) - start
+        except (TypeError, ValueError) as exc:
+            raise AuthError("the JWT's exp or iat is not a number (seconds since 1970)") from exc
+        if lifetime > self.max_ttl_s + self.clock_skew_s:
+            raise AuthError(f"the JWT is valid for {lifetime / 3600:.1f} h, longer than this gateway accepts "
+                            f"({self.max_ttl_s / 3600:g} h, jwt_max_ttl_s): ask the identity provider for "
+                            "shorter-lived tokens")
 
 
 def _scopes(claims: dict) -> list[str]:
@@ -226,6 +251,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             principal = self.authenticator.verify(bearer_token(details.invocation_metadata))
         except AuthError as exc:
             return calls.refusal(handler, grpc.StatusCode.UNAUTHENTICATED, str(exc), "unauthenticated")
+        except Exception as exc:  # noqa: BLE001 - a credential no check foresaw is refused, never UNKNOWN
+            log.error("credential check failed unexpectedly (%s); refused", type(exc).__name__)
+            return calls.refusal(handler, grpc.StatusCode.UNAUTHENTICATED, "the credential could not be verified",
+                                 "unauthenticated")
         call = calls.current()
         if call is not None:
             call.principal, call.scopes = principal.id, principal.scopes
@@ -254,6 +283,7 @@ def authenticator_from(settings) -> Authenticator:
         if not (settings.jwt_issuer and settings.jwt_audience):
             raise AuthConfigError("jwt_jwks is set: set jwt_issuer and jwt_audience too (what the identity "
                                   "provider writes in iss and aud)")
-        jwts = JwtVerifier(JwksKeys(settings.jwt_jwks), settings.jwt_issuer, settings.jwt_audience)
+        jwts = JwtVerifier(JwksKeys(settings.jwt_jwks), settings.jwt_issuer, settings.jwt_audience,
+                           max_ttl_s=settings.jwt_max_ttl_s)
     keys = api_keys.ApiKeyStore(settings.api_keys_file) if settings.api_keys_file else None
     return Authenticator(jwts, keys)

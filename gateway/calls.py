@@ -92,6 +92,11 @@ def client_peer(context) -> str:
     return _forwarded(context, FORWARDED_PEER_KEY) or context.peer()
 
 
+def client_address(context) -> str:
+    """The client's address without its port: what limits per client key on when there is no principal."""
+    return client_peer(context).rsplit(":", 1)[0]
+
+
 def client_subject(context) -> str:
     """The client certificate's subject ("" without one): the HTTP client's for calls from the HTTP side."""
     if context.peer().startswith(INTERNAL_PEER_PREFIX):

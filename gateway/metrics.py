@@ -12,13 +12,14 @@ import time
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from cxr.errors import CxrError
 from gateway import calls
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 # Why calls are refused before any work; each series exists from the start, at 0, so alerts on
 # increase() see the first one.
-REJECTION_REASONS = ("unauthenticated", "permission_denied", "concurrency", "rate_limit", "deadline", "draining",
-                     "decode_queue", "audit")
+REJECTION_REASONS = ("unauthenticated", "permission_denied", "refused_rate", "concurrency", "rate_limit", "deadline",
+                     "draining", "decode_queue", "audit")
 
 
 class GatewayMetrics:
@@ -69,7 +70,12 @@ class GatewayMetrics:
 
     def serve(self, host: str, port: int) -> int:
         """Expose /metrics on host:port (0 picks a free port); returns the port."""
-        self._server, _ = start_http_server(port, addr=host, registry=self.registry)
+        try:
+            self._server, _ = start_http_server(port, addr=host, registry=self.registry)
+        except OSError as exc:
+            raise CxrError(f"the metrics port {host}:{port} cannot be opened ({exc.strerror or exc}): stop what holds "
+                           "it, or set metrics_port (CXR_METRICS_PORT) to another port, or to 0 to turn metrics off") \
+                from exc
         return self._server.server_address[1]
 
     def stop(self) -> None:

@@ -6,8 +6,9 @@ With `http_port` set (or an `http_address`), the same process serves the HTTP/JS
 search page (gateway.http_server), which calls this gRPC server over an internal Unix socket.
 
 Every call passes the same interceptors, in this order: the call record (request id), metrics,
-the audit trail (when `audit_log` is set), identity and scopes (when `auth = "token"`), then
-admission control (drain, concurrency cap, rate limit, default deadline).
+the audit trail (when `audit_log` is set), with `auth = "token"` the throttle of addresses whose calls
+keep being refused and then identity and scopes, then admission control (drain, concurrency caps,
+rate limit per query, default deadline).
 """
 
 from __future__ import annotations
@@ -25,12 +26,13 @@ from grpc_reflection.v1alpha import reflection
 
 from cxr import vector_store
 from cxr.catalog import load_catalog
+from cxr.errors import CxrError
 from cxr.retrieval.v1 import retrieval_pb2 as pb
 from cxr.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
 from cxr.settings import Settings, load_settings
 from cxr.triton_client import connection
 from gateway import tls
-from gateway.admission import AdmissionInterceptor, DecodeQueue, Limits
+from gateway.admission import AdmissionInterceptor, DecodeQueue, Limits, RateLimiter, RefusalLimiter
 from gateway.audit import AuditInterceptor, AuditLog
 from gateway.auth import AuthInterceptor, authenticator_from
 from gateway.calls import CallInterceptor
@@ -124,7 +126,8 @@ class Gateway:
 
 
 def _limits(settings: Settings) -> Limits:
-    return Limits(max_concurrent_rpcs=settings.max_concurrent_rpcs, rate_per_s=settings.rate_limit_per_s,
+    return Limits(max_concurrent_rpcs=settings.max_concurrent_rpcs,
+                  max_concurrent_per_client=settings.max_concurrent_rpcs_per_client, rate_per_s=settings.rate_limit_per_s,
                   burst=settings.rate_limit_burst, default_deadline_s=settings.default_deadline_s)
 
 
@@ -146,7 +149,8 @@ def create_server(settings: Settings, address: str | None = None, embedder=None,
     if audit is not None:
         interceptors.append(AuditInterceptor(audit))
     if settings.auth == "token":
-        interceptors.append(AuthInterceptor(authenticator_from(settings)))
+        refusals = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
+        interceptors += [RefusalLimiter(refusals), AuthInterceptor(authenticator_from(settings))]
     interceptors.append(admission)
 
     catalog = load_catalog(settings.model_repository)
@@ -157,7 +161,8 @@ def create_server(settings: Settings, address: str | None = None, embedder=None,
                                ViewerLinks(settings.viewer_url_template), Thumbnails(settings))
     server = grpc.aio.server(interceptors=interceptors,
                              options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                                      ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
+                                      ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                                      ("grpc.so_reuseport", 0)])  # a second gateway on this port fails to start
     pb_grpc.add_RetrievalServicer_to_server(service, server)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
@@ -211,7 +216,11 @@ def _security(settings: Settings, gateway: Gateway) -> str:
 def main(argv: list[str] | None = None) -> int:
     argparse.ArgumentParser(description=__doc__).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    asyncio.run(serve(load_settings()))
+    try:
+        asyncio.run(serve(load_settings()))
+    except CxrError as error:  # a setting, a port, a file: the message says which and what to do
+        log.error("cannot start: %s", error)
+        return 2
     return 0
 
 

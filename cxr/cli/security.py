@@ -44,6 +44,9 @@ def cmd_certs_dev(args, settings: Settings) -> int:
 def cmd_token_issue(args, settings: Settings) -> int:
     from gateway.dev_pki import issue_token
 
+    if args.ttl > settings.jwt_max_ttl_s:
+        raise CxrError(f"--ttl {args.ttl} s is longer than the gateway accepts (jwt_max_ttl_s = "
+                       f"{settings.jwt_max_ttl_s:g} s): issue a shorter-lived token")
     print(issue_token(args.key, args.subject, args.scope, args.ttl, settings.jwt_issuer, settings.jwt_audience))
     return 0
 
@@ -111,7 +114,8 @@ def add_commands(sub) -> None:
     issue.add_argument("--key", type=Path, required=True, help="the signing key, e.g. DIR/signing.key")
     issue.add_argument("--subject", required=True, help="who the token is for (the audit log's principal)")
     issue.add_argument("--scope", action="append", choices=SCOPES, required=True, help="repeatable")
-    issue.add_argument("--ttl", type=parse_ttl, default=3600, help="lifetime: 90s, 30m, 1h (default), 7d")
+    issue.add_argument("--ttl", type=parse_ttl, default=3600, help="lifetime: 90s, 30m, 1h (default), 12h; "
+                       "at most jwt_max_ttl_s (24h by default), which the gateway enforces")
     issue.set_defaults(func=cmd_token_issue)
 
     keys = sub.add_parser("keys", help="API keys of service accounts (api_keys_file)").add_subparsers(

@@ -77,6 +77,21 @@ def test_a_token_signed_by_another_key_is_refused(verifier):
         verifier.verify(_token(stranger, "other", "ES256"))
 
 
+@pytest.mark.parametrize("kid, alg, signer", [("ec", "RS256", "rsa"), ("rsa", "ES256", "ec")])
+def test_a_token_whose_algorithm_is_not_its_keys_family_is_refused_not_crashed(verifier, keys, kid, alg, signer):
+    with pytest.raises(auth.AuthError, match="not signed by this identity provider"):
+        verifier.verify(_token(keys[signer], kid, alg))
+
+
+@pytest.mark.parametrize("lifetime_s, iat", [(25 * 3600, True), (100 * 365 * 86400, True), (2 * 86400, False)])
+def test_tokens_valid_longer_than_the_maximum_are_refused(verifier, keys, lifetime_s, iat):
+    now = int(time.time())
+    token = _token(keys["ec"], "ec", "ES256", exp=now + lifetime_s, iat=now if iat else None)
+    with pytest.raises(auth.AuthError, match="jwt_max_ttl_s"):
+        verifier.verify(token)
+    assert verifier.verify(_token(keys["ec"], "ec", "ES256", exp=now + 23 * 3600)).id == "dr.house"
+
+
 def test_symmetric_and_unsigned_tokens_are_refused(verifier):
     with pytest.raises(auth.AuthError, match="not accepted"):
         verifier.verify(_token("a shared secret long enough for HS256 x", "ec", "HS256"))

@@ -14,7 +14,7 @@ from grpc_health.v1.health import aio as health_aio
 from cxr.retrieval.v1 import retrieval_pb2 as pb
 from cxr.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
 from gateway import auth, calls
-from gateway.admission import RETRY_AFTER_KEY, AdmissionInterceptor, Limits
+from gateway.admission import RETRY_AFTER_KEY, AdmissionInterceptor, Limits, RateLimiter, RefusalLimiter
 from gateway.errors import grpc_errors
 from gateway.metrics import GatewayMetrics, MetricsInterceptor
 
@@ -165,3 +165,55 @@ def test_search_answers_carry_reports_only_for_the_studies_scope(make_server):
     assert [h.study_uid for h in answers["search"].hits] == ["s1"]
     assert not (answers["search"].hits[0].findings or answers["search"].hits[0].impression)
     assert answers["search,studies"].hits[0].findings == "small effusion"
+
+
+class PrincipalFromMetadata(grpc.aio.ServerInterceptor):
+    """Stands in for auth: the caller's principal is its `x-principal` metadata."""
+
+    async def intercept_service(self, continuation, details):
+        call = calls.current()
+        call.principal = dict(details.invocation_metadata or ()).get("x-principal", "")
+        return await continuation(details)
+
+
+def test_one_client_cannot_hold_every_slot(make_server):
+    server = make_server(PrincipalFromMetadata(),
+                         AdmissionInterceptor(Limits(max_concurrent_rpcs=10, max_concurrent_per_client=2, rate_per_s=0)))
+    alice = (("x-principal", "alice"),)
+    slow = [server.stub.SearchByText.future(pb.SearchByTextRequest(text="x", top_k=800), metadata=alice)
+            for _ in range(2)]
+    time.sleep(0.3)
+    with pytest.raises(grpc.RpcError) as error:
+        _search(server.stub, metadata=alice)
+    assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "per client" in error.value.details()
+    assert _search(server.stub, metadata=(("x-principal", "bob"),))[0].model == "fake"
+    assert all(f.result().model == "fake" for f in slow)
+    assert _search(server.stub, metadata=alice)[0].model == "fake"  # alice's slots are free again
+
+
+class RefuseAllButGood:
+    def verify(self, token):
+        if token != "good":
+            raise auth.AuthError("not a credential this test accepts")
+        return auth.Principal("good", "api_key", frozenset({"search"}))
+
+
+def test_an_address_whose_calls_keep_being_refused_is_throttled_before_auth(make_server):
+    server = make_server(RefusalLimiter(RateLimiter(rate_per_s=0.5, burst=3)), auth.AuthInterceptor(RefuseAllButGood()))
+    bad = (("authorization", "Bearer forged"),)
+    codes = []
+    for _ in range(5):
+        with pytest.raises(grpc.RpcError) as error:
+            _search(server.stub, metadata=bad)
+        codes.append(error.value.code())
+    assert codes == [grpc.StatusCode.UNAUTHENTICATED] * 3 + [grpc.StatusCode.RESOURCE_EXHAUSTED] * 2
+    assert "refused calls" in error.value.details() and int(dict(error.value.trailing_metadata())[RETRY_AFTER_KEY]) > 0
+    with pytest.raises(grpc.RpcError) as error:  # the address is throttled whatever it sends now
+        _search(server.stub, metadata=(("authorization", "Bearer good"),))
+    assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_accepted_calls_cost_an_address_nothing(make_server):
+    server = make_server(RefusalLimiter(RateLimiter(rate_per_s=0.5, burst=1)), auth.AuthInterceptor(RefuseAllButGood()))
+    for _ in range(5):
+        assert _search(server.stub, metadata=(("authorization", "Bearer good"),))[0].model == "fake"
