@@ -221,9 +221,11 @@ def check_known(projections, labels, projection_names: list[str], label_names: l
         known = {name.lower() for name in names}
         unknown = [v for v in values if v.lower() not in known]
         if unknown:
-            listed = ", ".join(repr(v[:40]) for v in unknown[:5]) + (f" and {len(unknown) - 5} more"
-                                                                     if len(unknown) > 5 else "")
-            raise UnknownFilterError(f"unknown {kind} filter {listed}; this index has {sorted(names)}")
+            # Positions, not values: a value typed into a filter may be anything, a patient's name included.
+            places = [i + 1 for i, v in enumerate(values) if v.lower() not in known]
+            where = ", ".join(map(str, places[:5])) + (f" and {len(places) - 5} more" if len(places) > 5 else "")
+            raise UnknownFilterError(f"{kind} filter value(s) at position {where} are not in this index; "
+                                     f"it has {sorted(names)}")
 
 
 def population(bitmap: np.ndarray | None, count: int) -> int:

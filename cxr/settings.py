@@ -44,6 +44,15 @@ class Settings:
     # The HTTP/JSON API (/v1/...) and the search page (/), in the gateway process, on gateway_host;
     # TLS with the gateway's certificate when TLS is on. 0: off.
     http_port: int = 8080
+    # What a slow or idle HTTP client may hold: its TLS handshake and each request's headers must arrive
+    # within http_header_timeout_s, its body within http_body_timeout_s; an idle connection is closed
+    # after http_keepalive_s; beyond http_max_connections, new connections are closed at once. Bodies
+    # of uploads (an image, a batch) are held at most max_concurrent_uploads at a time.
+    http_header_timeout_s: float = 10.0
+    http_body_timeout_s: float = 60.0
+    http_keepalive_s: float = 5.0
+    http_max_connections: int = 256
+    max_concurrent_uploads: int = 8
     # A hit's link to its study in the hospital's viewer; {study_instance_uid}, {study_uid} and
     # {accession_number} are filled in, e.g. "https://pacs/ohif/viewer?StudyInstanceUIDs={study_instance_uid}".
     viewer_url_template: str = ""
@@ -168,6 +177,8 @@ RANGES: dict[str, tuple[float, float]] = {
     "max_concurrent_rpcs": (1, 100_000), "max_concurrent_rpcs_per_client": (1, 100_000), "rate_limit_per_s": (0, 10**6), "rate_limit_burst": (1, 10**6),
     "default_deadline_s": (0.001, 86_400), "max_decode_queue": (1, 100_000), "max_image_pixels": (1, 10**9),
     "drain_grace_s": (0, 3600), "jwt_max_ttl_s": (60, 366 * 86_400),
+    "http_header_timeout_s": (0.1, 600), "http_body_timeout_s": (0.1, 3600), "http_keepalive_s": (0.1, 600),
+    "http_max_connections": (1, 100_000), "max_concurrent_uploads": (1, 10_000),
 }
 
 

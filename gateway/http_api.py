@@ -8,6 +8,7 @@ client's; the HTTP client's address and certificate subject travel with it (gate
 from __future__ import annotations
 
 import logging
+import time
 import traceback
 from pathlib import Path
 
@@ -16,13 +17,14 @@ from google.protobuf import json_format, message_factory
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from cxr.settings import is_loopback
 from gateway import calls, openapi
+from gateway.http_admission import CLIENT_CERT_STATE, Caller, FrontDoor
 from gateway.http_errors import API_HEADERS, Problem, error_response, problem_response, rpc_error_response, trailer
 from gateway.http_messages import request_message
 from gateway.http_routes import ENDPOINTS, SERVICE, Endpoint
@@ -30,13 +32,15 @@ from gateway.http_routes import ENDPOINTS, SERVICE, Endpoint
 log = logging.getLogger("cxr.gateway.http")
 
 STATIC_DIR = Path(__file__).parent / "static"
-CLIENT_CERT_STATE = "client_cert"  # per-connection state set by gateway.http_server's protocol
 THUMBNAIL_CACHE = "private, max-age=3600"  # patient data: the browser may keep it, shared caches never
 HEALTH_TIMEOUT_S = 5.0
 CSP = ("default-src 'self'; img-src 'self' blob: data:; script-src 'self'; style-src 'self'; connect-src 'self'; "
        "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+# Cross-Origin-Resource-Policy: another site's page cannot embed the answers (a thumbnail in an <img>).
 SECURITY_HEADERS = ((b"x-content-type-options", b"nosniff"), (b"content-security-policy", CSP.encode()),
-                    (b"referrer-policy", b"no-referrer"), (b"x-frame-options", b"DENY"))
+                    (b"referrer-policy", b"no-referrer"), (b"x-frame-options", b"DENY"),
+                    (b"cross-origin-resource-policy", b"same-origin"))
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 
 
 class Upstream:
@@ -81,17 +85,9 @@ class Upstream:
         return health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
 
 
-def _peer(request: Request) -> str:
-    """The HTTP client's address as grpc writes a peer ('ipv4:127.0.0.1:5555'), for audit and rate limits."""
-    if request.client is None:
-        return "unknown"
-    host, port = request.client
-    return f"ipv6:[{host}]:{port}" if ":" in host else f"ipv4:{host}:{port}"
-
-
-def _metadata(request: Request) -> tuple:
-    subject = request.scope.get("state", {}).get(CLIENT_CERT_STATE, "")
-    metadata = [(calls.FORWARDED_PEER_KEY, _peer(request)), (calls.FORWARDED_CERT_KEY, subject)]
+def _metadata(request: Request, caller: Caller) -> tuple:
+    """The HTTP client's address, certificate subject and credential, for the gRPC side's interceptors."""
+    metadata = [(calls.FORWARDED_PEER_KEY, caller.peer), (calls.FORWARDED_CERT_KEY, caller.subject)]
     credential = request.headers.get("authorization")
     if credential is not None:
         if not (credential.isascii() and credential.isprintable()):
@@ -109,13 +105,22 @@ def _answer(endpoint: Endpoint, response, trailers) -> Response:
     return JSONResponse(json_format.MessageToDict(response), headers=dict(API_HEADERS, **{"X-Request-Id": request_id}))
 
 
-def _handler(endpoint: Endpoint, upstream: Upstream):
+def _handler(endpoint: Endpoint, upstream: Upstream, door: FrontDoor, body_timeout_s: float):
     async def handle(request: Request) -> Response:
+        started, caller = time.monotonic(), Caller.of(request.scope)
         try:
-            message = await request_message(request, endpoint, upstream.max_message_bytes)
-            response, trailers = await upstream.call(endpoint.rpc, message, _metadata(request))
+            door.admit(request, endpoint.rpc, caller)  # before any byte of the body is read
+            async with door.upload_slot(endpoint.uploads):
+                message = await request_message(request, endpoint, upstream.max_message_bytes, body_timeout_s)
+                response, trailers = await upstream.call(endpoint.rpc, message, _metadata(request, caller))
             return _answer(endpoint, response, trailers)
-        except (Problem, HTTPException, grpc.aio.AioRpcError):
+        except Problem as problem:
+            door.refused(caller, endpoint.rpc, problem, started)
+            raise  # answered by the app's exception handler
+        except ClientDisconnect:  # nobody to answer: one line, no traceback
+            log.info("HTTP %s %s: the client went away before its request was read", request.method, endpoint.rpc)
+            return Response(status_code=400)
+        except (HTTPException, grpc.aio.AioRpcError):
             raise  # answered by the app's exception handlers
         except Exception as error:  # noqa: BLE001 - the safety net: logged here, never by uvicorn with its message
             return _unexpected(request, error)
@@ -138,9 +143,16 @@ def _openapi_route(document: dict):
     return serve
 
 
-async def _http_exception(request: Request, exc: HTTPException) -> Response:
-    """Starlette's own refusals (no route, wrong method, unreadable form) in the API's error shape."""
-    return problem_response(Problem(exc.status_code, exc.detail, headers=dict(exc.headers or {})))
+def _http_exception(door: FrontDoor):
+    async def answer(request: Request, exc: HTTPException) -> Response:
+        """Starlette's own refusals (no route, wrong method, unreadable form) in the API's error shape; those
+        of the API (not of the page's static files) are recorded like the HTTP side's own."""
+        problem = Problem(exc.status_code, exc.detail, headers=dict(exc.headers or {}))
+        if request.url.path.startswith("/v1/"):
+            door.refused(Caller.of(request.scope), "", problem, time.monotonic())
+        return problem_response(problem)
+
+    return answer
 
 
 async def _rpc_error(request: Request, exc: grpc.aio.AioRpcError) -> Response:
@@ -158,13 +170,19 @@ def _unexpected(request: Request, error: Exception) -> Response:
     return error_response(500, "INTERNAL", "internal error; the gateway logged it")
 
 
-class SecurityHeaders:
-    """Every answer says: do not sniff types, run only this origin's scripts, send no referrer, no framing.
-    Without auth (loopback only) requests must name a loopback host, so a web page whose name an attacker
-    points at 127.0.0.1 (DNS rebinding) cannot read the answers."""
+class HttpGuard:
+    """Every answer says: do not sniff types, run only this origin's scripts, send no referrer, no framing,
+    no embedding by other sites. Before any route, it refuses (and records, through the front door):
+    - a request with both Content-Length and Transfer-Encoding (RFC 9112 6.3: a smuggling attempt or a
+      broken proxy), closing the connection;
+    - a request that changes state (POST) from another web origin: a page elsewhere could otherwise make a
+      clinician's browser run searches with its credentials or, without auth, on loopback;
+    - without auth (loopback only), a request addressed to a name other than a loopback one, so a web page
+      whose name an attacker points at 127.0.0.1 (DNS rebinding) cannot read the answers."""
 
-    def __init__(self, app, loopback_names_only: bool):
+    def __init__(self, app, door: FrontDoor, loopback_names_only: bool):
         self.app = app
+        self.door = door
         self.loopback_names_only = loopback_names_only
 
     async def __call__(self, scope, receive, send):
@@ -178,25 +196,52 @@ class SecurityHeaders:
                                       *((name, value) for name, value in SECURITY_HEADERS if name not in present)]
             await send(message)
 
-        if self.loopback_names_only and not _loopback_host(scope):
-            response = error_response(421, "PERMISSION_DENIED", "this gateway runs without auth, so it answers only "
-                                      "requests addressed to localhost or a loopback address: open it that way, "
-                                      "or turn auth on to serve it under another name")
-            return await response(scope, receive, send_secured)
+        problem = self._fault(scope)
+        if problem is not None:
+            self.door.refused(Caller.of(scope), "", problem, time.monotonic())
+            return await problem_response(problem)(scope, receive, send_secured)
         await self.app(scope, receive, send_secured)
 
+    def _fault(self, scope) -> Problem | None:
+        headers = _headers(scope)
+        if b"content-length" in headers and b"transfer-encoding" in headers:
+            return Problem(400, "a request may carry Content-Length or Transfer-Encoding, not both",
+                           headers={"Connection": "close"})
+        if scope["method"] not in SAFE_METHODS and not _same_origin(scope, headers):
+            return Problem(403, "a request from another web origin is refused: open the search page from this "
+                                "gateway, or call the API without a browser", "PERMISSION_DENIED")
+        if self.loopback_names_only and not is_loopback(_host_name(headers)):
+            return Problem(421, "this gateway runs without auth, so it answers only requests addressed to localhost "
+                                "or a loopback address: open it that way, or turn auth on to serve it under another "
+                                "name", "PERMISSION_DENIED")
+        return None
 
-def _loopback_host(scope) -> bool:
-    host = dict(scope.get("headers", [])).get(b"host", b"").decode("latin-1").strip().lower()
-    name = host[1:].split("]", 1)[0] if host.startswith("[") else host.rsplit(":", 1)[0]
-    return is_loopback(name)
+
+def _headers(scope) -> dict[bytes, bytes]:
+    return {name.lower(): value for name, value in scope.get("headers", [])}
 
 
-def create_app(upstream: Upstream, loopback_names_only: bool = False) -> Starlette:
-    api = [Route(e.path.removeprefix("/v1"), _handler(e, upstream), methods=[e.method]) for e in ENDPOINTS]
+def _host_name(headers: dict[bytes, bytes]) -> str:
+    host = headers.get(b"host", b"").decode("latin-1").strip().lower()
+    return host[1:].split("]", 1)[0] if host.startswith("[") else host.rsplit(":", 1)[0]
+
+
+def _same_origin(scope, headers: dict[bytes, bytes]) -> bool:
+    """No Origin (not a browser, or a same-origin request of an older one), or this gateway's own."""
+    origin = headers.get(b"origin")
+    if origin is None:
+        return True
+    host = headers.get(b"host", b"").decode("latin-1").strip().lower()
+    return origin.decode("latin-1").strip().lower() == f"{scope.get('scheme', 'http')}://{host}"
+
+
+def create_app(upstream: Upstream, door: FrontDoor, loopback_names_only: bool = False,
+               body_timeout_s: float = 60.0) -> HttpGuard:
+    api = [Route(e.path.removeprefix("/v1"), _handler(e, upstream, door, body_timeout_s), methods=[e.method])
+           for e in ENDPOINTS]
     api.append(Route("/openapi.json", _openapi_route(openapi.document()), methods=["GET"]))
     app = Starlette(routes=[Mount("/v1", routes=api), Route("/healthz", _health(upstream), methods=["GET"]),
                             Mount("/", StaticFiles(directory=STATIC_DIR, html=True, check_dir=False))],
-                    exception_handlers={HTTPException: _http_exception, grpc.aio.AioRpcError: _rpc_error,
+                    exception_handlers={HTTPException: _http_exception(door), grpc.aio.AioRpcError: _rpc_error,
                                         Problem: _problem})
-    return SecurityHeaders(app, loopback_names_only)
+    return HttpGuard(app, door, loopback_names_only)

@@ -25,16 +25,27 @@ HTTP_STATUS = {
     Code.UNIMPLEMENTED: 501, Code.UNAVAILABLE: 503, Code.DEADLINE_EXCEEDED: 504,
 }
 API_HEADERS = {"Cache-Control": "no-store"}  # answers carry patient data: no cache keeps them
+# The gRPC code the audit trail and the metrics record for a refusal made on the HTTP side itself.
+GRPC_OF_HTTP = {400: Code.INVALID_ARGUMENT, 401: Code.UNAUTHENTICATED, 403: Code.PERMISSION_DENIED,
+                404: Code.NOT_FOUND, 405: Code.UNIMPLEMENTED, 408: Code.DEADLINE_EXCEEDED, 413: Code.RESOURCE_EXHAUSTED,
+                415: Code.INVALID_ARGUMENT, 421: Code.PERMISSION_DENIED, 429: Code.RESOURCE_EXHAUSTED,
+                431: Code.INVALID_ARGUMENT, 503: Code.UNAVAILABLE}
 
 
 class Problem(Exception):
     """A request the HTTP side refuses before any gRPC call: bad JSON, a body too large, ..."""
 
-    def __init__(self, http: int, message: str, status: str = "", headers: dict | None = None):
+    def __init__(self, http: int, message: str, status: str = "", headers: dict | None = None, reason: str = ""):
         super().__init__(message)
         self.http = http
         self.status = status or ("INVALID_ARGUMENT" if http == 400 else HTTPStatus(http).name)
         self.headers = headers or {}
+        self.reason = reason  # the metrics' refusal reason, when the status alone does not say it
+        self.request_id = ""  # set once the refusal is recorded
+
+    @property
+    def code(self) -> grpc.StatusCode:
+        return GRPC_OF_HTTP.get(self.http, Code.INTERNAL)
 
 
 def error_response(http: int, status: str, message: str, request_id: str = "",
@@ -48,7 +59,7 @@ def error_response(http: int, status: str, message: str, request_id: str = "",
 
 
 def problem_response(problem: Problem) -> JSONResponse:
-    return error_response(problem.http, problem.status, str(problem), headers=problem.headers)
+    return error_response(problem.http, problem.status, str(problem), problem.request_id, problem.headers)
 
 
 def trailer(metadata, key: str) -> str:

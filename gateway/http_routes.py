@@ -25,6 +25,11 @@ class Endpoint:
     body: str = ""  # "json": the request message in the proto3 JSON mapping; "image": a file upload
     params: tuple[tuple[str, str], ...] = ()  # query parameter (or form field) -> request field path
     raw_response: bool = False  # the answer is the response's `data` bytes, typed by its `media_type`
+    uploads: bool = False  # the body carries image bytes: it may be as large as a gRPC message
+
+    @property
+    def grpc_method(self) -> str:
+        return f"/{SERVICE.full_name}/{self.rpc}"
 
     @property
     def path_fields(self) -> list[str]:
@@ -44,8 +49,9 @@ ENDPOINTS = (
     Endpoint("POST", "/v1/search/image", "SearchByImage",
              "Studies whose images best match an image (PNG, JPEG or DICOM), as the raw body or a multipart "
              "part named `image`; the other fields as query parameters or form fields",
-             body="image", params=SEARCH_PARAMS),
-    Endpoint("POST", "/v1/search/batch", "BatchSearch", "Many queries in one call, answered in order", body="json"),
+             body="image", params=SEARCH_PARAMS, uploads=True),
+    Endpoint("POST", "/v1/search/batch", "BatchSearch", "Many queries in one call, answered in order", body="json",
+             uploads=True),
     Endpoint("GET", "/v1/models", "ListModels", "The models the gateway knows, their readiness and index"),
     Endpoint("GET", "/v1/search/options", "GetSearchOptions", "What a search form offers for a model",
              params=(("model", "model"),)),

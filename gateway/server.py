@@ -38,6 +38,7 @@ from gateway.auth import AuthInterceptor, authenticator_from
 from gateway.calls import CallInterceptor
 from gateway.embedder import TritonEmbedder
 from gateway.hits import ViewerLinks
+from gateway.http_admission import FrontDoor
 from gateway.http_server import HttpServer, InternalSocket
 from gateway.indexes import IndexSet
 from gateway.metrics import GatewayMetrics, MetricsInterceptor
@@ -144,14 +145,19 @@ def create_server(settings: Settings, address: str | None = None, embedder=None,
     audit = AuditLog(settings.audit_log, settings.audit_max_bytes) if settings.audit_log else None
     if audit is not None:
         metrics.audit_lines.set_function(lambda: audit.seq)
-    admission = AdmissionInterceptor(_limits(settings))
+    # One rate bucket per client, and one per address for refused calls, whichever side a call comes in on.
+    rates = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
+    admission = AdmissionInterceptor(_limits(settings), rates)
     interceptors = [CallInterceptor(), MetricsInterceptor(metrics)]
     if audit is not None:
         interceptors.append(AuditInterceptor(audit))
+    authenticator = refusals = None
     if settings.auth == "token":
+        authenticator = authenticator_from(settings)
         refusals = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
-        interceptors += [RefusalLimiter(refusals), AuthInterceptor(authenticator_from(settings))]
+        interceptors += [RefusalLimiter(refusals), AuthInterceptor(authenticator)]
     interceptors.append(admission)
+    door = FrontDoor(authenticator, rates, refusals, audit, metrics, settings.max_concurrent_uploads)
 
     catalog = load_catalog(settings.model_repository)
     indexes = IndexSet(vector_store.backend(settings), catalog, metrics=metrics, batch_max=settings.search_batch_max,
@@ -169,16 +175,16 @@ def create_server(settings: Settings, address: str | None = None, embedder=None,
     reflection.enable_server_reflection(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
     port = tls.bind(server, settings, address)  # checked above, before anything was built
-    http = _http(server, settings, http_address) if http_address else None
+    http = _http(server, settings, http_address, door) if http_address else None
     return Gateway(server, service, health, admission, metrics, audit, http), port
 
 
-def _http(server: grpc.aio.Server, settings: Settings, address: str) -> HttpServer:
+def _http(server: grpc.aio.Server, settings: Settings, address: str, door: FrontDoor) -> HttpServer:
     """The HTTP API on `address`, and the internal socket it reaches `server` on."""
     internal = InternalSocket()
     try:
         server.add_insecure_port(internal.target)  # plaintext, but in a folder only this user can open
-        return HttpServer(settings, address, internal, MAX_MESSAGE_BYTES)
+        return HttpServer(settings, address, internal, MAX_MESSAGE_BYTES, door)
     except BaseException:
         internal.remove()
         raise

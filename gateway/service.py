@@ -81,7 +81,7 @@ class RetrievalService(pb_grpc.RetrievalServicer):
         model = self._model(request.model)
         rows = await asyncio.to_thread(self.indexes.searcher(model).store.study, request.study_uid)
         if not rows:
-            raise StudyNotFoundError(f"study {calls.shown(request.study_uid)} is not in the {model.name} index")
+            raise StudyNotFoundError(f"the study named in study_uid is not in the {model.name} index")
         first = rows[0]
         return pb.Study(study_uid=request.study_uid, labels=first.get("labels", []),
                         image_ids=[r["image_id"] for r in rows], viewer_url=self.links.url(first),
@@ -98,7 +98,7 @@ class RetrievalService(pb_grpc.RetrievalServicer):
         if item is None:
             row = await asyncio.to_thread(self.indexes.searcher(model).store.image, request.image_id)
             if row is None:
-                raise ImageNotFoundError(f"image {calls.shown(request.image_id)} is not in the {model.name} index")
+                raise ImageNotFoundError(f"the image named in image_id is not in the {model.name} index")
             if self.thumbnails is None:
                 raise ImageNotFoundError("this gateway renders no thumbnails")
             with calls.stage("decode"):
@@ -170,7 +170,7 @@ class RetrievalService(pb_grpc.RetrievalServicer):
         if name not in self.catalog:
             known = registry.list_models()
             where = "in the registry" if name not in known else "exported on this gateway"
-            raise UnknownModelError(f"model {calls.shown(name)} is not {where}; serving: {sorted(self.catalog)}. "
+            raise UnknownModelError(f"the model named in `model` is not {where}; serving: {sorted(self.catalog)}. "
                                     f"Available: {known}")
         return self.catalog[name]
 

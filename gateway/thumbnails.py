@@ -91,9 +91,9 @@ class ImageSource:
         if row.get("sop_instance_uid"):
             if self.settings.dicomweb_url:
                 return self._wado(row)
-            raise ThumbnailSourceError(f"image {row['image_id']!r} came from a PACS: set dicomweb_url (and its "
+            raise ThumbnailSourceError(f"the image came from a PACS: set dicomweb_url (and its "
                                        "credentials) so the gateway can fetch it over WADO-RS")
-        raise ThumbnailSourceError(f"image {row['image_id']!r} is indexed but its file is not readable from the "
+        raise ThumbnailSourceError(f"the image is indexed but its file is not readable from the "
                                    "gateway: mount the archive where it was indexed from")
 
     def _wado(self, row: dict) -> bytes:
@@ -103,9 +103,9 @@ class ImageSource:
             return self._client().instance_bytes(row["study_instance_uid"], row["series_instance_uid"],
                                                  row["sop_instance_uid"])
         except dicomweb.InstanceFetchError as exc:
-            raise ThumbnailSourceError(f"the PACS no longer has image {row['image_id']!r}: {exc}") from exc
+            raise ThumbnailSourceError(f"the PACS no longer has the image: {exc}") from exc
         except CxrError as exc:  # unreachable, credentials refused, TLS
-            raise PacsUnavailableError(f"the PACS could not send image {row['image_id']!r}: {exc}") from exc
+            raise PacsUnavailableError(f"the PACS could not send the image: {exc}") from exc
 
     def _client(self):
         with self._lock:

@@ -136,7 +136,7 @@ ERRORS = {
     "malformed JSON": (dict(method="POST", url="/v1/search/text", content=b'{"text": "x"',
                             headers={"content-type": "application/json"}), 400, "INVALID_ARGUMENT", "not valid JSON"),
     "unknown field": (dict(method="POST", url="/v1/search/text", json={"txt": "x"}), 400, "INVALID_ARGUMENT",
-                      'no field named "txt"'),
+                      "no field named 'txt'"),
     "not JSON": (dict(method="POST", url="/v1/search/text", content=b"text=x",
                       headers={"content-type": "application/x-www-form-urlencoded"}), 415, "UNSUPPORTED_MEDIA_TYPE",
                  "application/json"),
@@ -147,7 +147,7 @@ ERRORS = {
     "unknown parameter": (dict(method="GET", url="/v1/search/options?modle=x"), 400, "INVALID_ARGUMENT", "modle"),
     "form without image": (dict(method="POST", url="/v1/search/image", data={"top_k": "3"},
                                 files={"other": ("a.png", b"x", "image/png")}), 400, "INVALID_ARGUMENT", "image"),
-    "unknown study": (dict(method="GET", url="/v1/studies/no-such-study"), 404, "NOT_FOUND", "no-such-study"),
+    "unknown study": (dict(method="GET", url="/v1/studies/no-such-study"), 404, "NOT_FOUND", "study_uid"),
     "unknown route": (dict(method="GET", url="/v1/searches"), 404, "NOT_FOUND", ""),
     "wrong method": (dict(method="GET", url="/v1/search/text"), 405, "METHOD_NOT_ALLOWED", ""),
 }

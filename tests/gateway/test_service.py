@@ -99,7 +99,8 @@ BAD_INPUTS = {
     "unknown filter": (lambda s: s.SearchByText(pb.SearchByTextRequest(
         text="effusion", top_k=5, filters=pb.Filters(labels=["Broken bone"]))), grpc.StatusCode.INVALID_ARGUMENT,
         "Cardiomegaly"),
-    "unknown study": (lambda s: s.GetStudy(pb.GetStudyRequest(study_uid="nope")), grpc.StatusCode.NOT_FOUND, "nope"),
+    "unknown study": (lambda s: s.GetStudy(pb.GetStudyRequest(study_uid="nope")), grpc.StatusCode.NOT_FOUND,
+                      "study_uid"),
 }
 
 

@@ -10,33 +10,13 @@ gateways with the limits it tries.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import replace
 
 import pytest
 
 from gateway.dev_pki import dev_security
+from redteam.targets import Target
 from support import GATEWAY_MODEL, BackgroundGateway
-
-
-@dataclass
-class Target:
-    """A running gateway and what a client needs to reach it."""
-
-    gateway: BackgroundGateway
-    settings: object  # cxr.settings.Settings, with the client side (CA, certificate, token) when secured
-
-    @property
-    def address(self) -> str:
-        return self.gateway.address
-
-    @property
-    def http_url(self) -> str:
-        return self.gateway.http_url
-
-    @property
-    def audit_log(self) -> Path | None:
-        return self.settings.audit_log
 
 
 @pytest.fixture(scope="session")
