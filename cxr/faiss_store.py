@@ -29,12 +29,14 @@ from cxr import faiss_index
 from cxr.files import replace_directory
 from cxr.image_table import ImageTable, TableWriter, population
 from cxr.vector_store import (
+    ID_KEY,
     Filter,
     Hits,
     IndexCorruptError,
     IndexMissingError,
     VectorStore,
     check_model,
+    id_key_for,
     top_hits,
 )
 
@@ -75,7 +77,8 @@ class IndexWriter:
         directory.parent.mkdir(parents=True, exist_ok=True)
         self.staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-staging-", dir=directory.parent))
         self.index = faiss_index.empty_index(index_type, dim, count)
-        self.manifest = dict(manifest, dim=dim, index_type=index_type, rerank=rerank)
+        self.manifest = dict(manifest, dim=dim, index_type=index_type, rerank=rerank,
+                             **{ID_KEY: id_key_for(_previous_manifest(directory))})
         self.table = TableWriter(self.staging / TABLE_DIR)
         self.vectors = (np.lib.format.open_memmap(self.staging / VECTORS_FILE, "w+", np.float16, (count, dim))
                         if rerank else None)
@@ -138,6 +141,13 @@ def write_skipped(path: Path, skipped) -> None:
         writer = csv.writer(f)
         writer.writerow(["path", "reason"])
         writer.writerows(skipped)
+
+
+def _previous_manifest(directory: Path) -> dict | None:
+    try:
+        return read_manifest(directory)
+    except IndexCorruptError:
+        return None
 
 
 def read_manifest(directory: Path) -> dict | None:

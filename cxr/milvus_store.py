@@ -42,6 +42,7 @@ from cxr.errors import CxrError
 from cxr.image_table import TEXT_COLUMNS, check_known
 from cxr.settings import SettingsError
 from cxr.vector_store import (
+    ID_KEY,
     Filter,
     Hits,
     IndexCorruptError,
@@ -49,6 +50,7 @@ from cxr.vector_store import (
     StoreUnavailableError,
     VectorStore,
     check_model,
+    id_key_for,
 )
 
 log = logging.getLogger("cxr.milvus_store")
@@ -444,7 +446,8 @@ class MilvusIndexWriter:
         self.alias = alias_of(model)
         self.dim = dim
         self.spec = index_spec(index_type, dim, count, lite)
-        self.manifest = dict(manifest, dim=dim, index_type=index_type, rerank=False)
+        self.manifest = dict(manifest, dim=dim, index_type=index_type, rerank=False,
+                             **{ID_KEY: id_key_for(_serving_manifest(connection, self.alias))})
         self.drop_grace_s = drop_grace_s
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
         self.collection = f"{self.alias}__{stamp}_{secrets.token_hex(3)}"
@@ -589,6 +592,23 @@ class MilvusIndexWriter:
             log.warning("could not drop the unfinished collection %s: %s", self.collection, exc)
 
 
+def collection_manifest(connection: _Connection, collection: str) -> dict:
+    """A collection's manifest property; KeyError, TypeError or ValueError when it has none readable."""
+    described = connection.call(lambda c: c.describe_collection(collection, timeout=CALL_TIMEOUT_S))
+    manifest = json.loads(described.get("properties", {})[MANIFEST_PROPERTY])
+    manifest["milvus_index"]["search"]
+    return manifest
+
+
+def _serving_manifest(connection: _Connection, alias: str) -> dict | None:
+    """The manifest of the build in service under `alias`, if it has a readable one."""
+    collection = serving_collection(connection, alias)
+    try:
+        return collection_manifest(connection, collection) if collection else None
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def serving_collection(connection: _Connection, alias: str) -> str | None:
     """The collection an alias names, or None. Listing first: pymilvus logs every failed call as an error."""
     aliases = connection.call(lambda c: c.list_aliases(timeout=CALL_TIMEOUT_S))["aliases"]
@@ -635,14 +655,11 @@ class MilvusBackend:
         return MilvusStore(self.connection, collection, manifest, where)
 
     def _manifest(self, where: str, collection: str, model: str) -> dict:
-        described = self.connection.call(lambda c: c.describe_collection(collection, timeout=CALL_TIMEOUT_S))
         try:
-            manifest = json.loads(described.get("properties", {})[MANIFEST_PROPERTY])
-            manifest["milvus_index"]["search"]
+            return collection_manifest(self.connection, collection)
         except (KeyError, TypeError, ValueError) as exc:
             raise IndexCorruptError(f"{where}: collection {collection} has no readable manifest ({exc!r}); rebuild "
                                     f"it with `cxr index build --model {model} ...`") from exc
-        return manifest
 
     def writer(self, model: str, dim: int, count: int, index_type: str, manifest: dict,
                rerank: bool = False) -> MilvusIndexWriter:

@@ -5,10 +5,19 @@ in the gateway) and `milvus` (cxr.milvus_store: a Milvus Lite file or a Milvus c
 and the builders see only this interface; `open_store` picks by the `index_backend` setting.
 
 Ids are row positions 0..count-1 in build order, the same in every backend.
+
+Every build keeps a secret in its manifest (`id_key`, carried over from the build it replaces) from
+which a store derives opaque stand-ins for image and study ids (`opaque_id`): what callers who may not
+see patient data get instead of ids that archives derive from file names or patient numbers.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import hmac
+import logging
+import secrets
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
@@ -18,6 +27,14 @@ from cxr.errors import CxrError
 from cxr.image_table import UnknownFilterError  # noqa: F401 - part of this interface
 
 Hits = list[tuple[int, float]]  # (id, score), best first
+ID_KEY = "id_key"  # the manifest's secret for opaque ids
+OPAQUE_ID_HEX = 24  # 96 bits: no collision among billions of images
+log = logging.getLogger("cxr.vector_store")
+
+
+def id_key_for(previous_manifest: dict | None) -> str:
+    """A new build's id key: the one of the build it replaces, so opaque ids stay the same, else a new one."""
+    return (previous_manifest or {}).get(ID_KEY) or secrets.token_hex(32)
 
 
 class IndexMismatchError(CxrError):
@@ -110,6 +127,21 @@ class VectorStore(ABC):
     def ready(self) -> bool:
         """Whether the store answers now: the gateway's health says NOT_SERVING while it does not."""
         return True
+
+    def opaque_id(self, value: str) -> str:
+        """A stand-in for an image or study id, the same for every query of this index and its rebuilds,
+        that reveals nothing of the id without the index's key ("" stays "")."""
+        if not value:
+            return ""
+        return hmac.new(self._id_key, value.encode(), hashlib.sha256).hexdigest()[:OPAQUE_ID_HEX]
+
+    @functools.cached_property
+    def _id_key(self) -> bytes:
+        key = self.manifest.get(ID_KEY)
+        if key:
+            return bytes.fromhex(key)
+        log.warning("this index was built before opaque ids: each gateway makes up its own until it is rebuilt")
+        return secrets.token_bytes(32)
 
     def close(self) -> None:
         """Release what the store holds (connections, mapped files)."""

@@ -41,11 +41,10 @@ METHOD_SCOPES: dict[str, str | None] = {
     calls.HEALTH_PREFIX + "Watch": PUBLIC,
     REFLECTION + "ServerReflectionInfo": ANY_SCOPE,
 }
-# Search answers carry the reports of their hits; reports are patient data, so only a principal with
-# the `studies` scope gets them: for the others the gateway blanks them out of the answer.
-REPORT_SCOPE = "studies"
-REPORT_FIELDS = ("findings", "impression")
-SEARCHES = {RETRIEVAL + name for name in ("SearchByText", "SearchByImage", "BatchSearch")}
+# Search answers carry the reports of their hits and ids that can name a patient (file names, accession
+# numbers, UIDs); only a principal with the `studies` scope gets them: for the others the service answers
+# with opaque ids and no report (gateway.hits.redact).
+PATIENT_DATA_SCOPE = "studies"
 JWT_ALGORITHMS = ("RS256", "ES256")
 CLOCK_SKEW_S = 30
 JWKS_REFRESH_S = 300.0
@@ -258,22 +257,12 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         call = calls.current()
         if call is not None:
             call.principal, call.scopes = principal.id, principal.scopes
+            call.sees_patient_data = PATIENT_DATA_SCOPE in principal.scopes
         if scope and scope not in principal.scopes:
             return calls.refusal(handler, grpc.StatusCode.PERMISSION_DENIED,
                                  f"{calls.method_name(details.method)} needs the scope {scope!r}; "
                                  f"{principal.id} has {sorted(principal.scopes)}", "permission_denied")
-        if details.method in SEARCHES and REPORT_SCOPE not in principal.scopes:
-            return calls.wrap_unary(handler, _without_reports)
         return handler
-
-
-async def _without_reports(run, request, context):
-    response = await run()
-    for result in response.results if hasattr(response, "results") else [response]:
-        for hit in result.hits:
-            for field in REPORT_FIELDS:
-                hit.ClearField(field)
-    return response
 
 
 def authenticator_from(settings) -> Authenticator:

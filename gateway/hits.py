@@ -1,7 +1,9 @@
 """Index rows as the Hits a search returns: DICOM identities, the viewer link, one hit per study.
 
 Patient identifiers (patient_id, patient_name) are stored in the index for GetStudy but are never
-copied into a hit.
+copied into a hit. A caller who may not see patient data (no `studies` scope) gets hits `redact`ed:
+no report, no file name, no DICOM identity or date, no viewer link, and opaque stand-ins for the
+image and study ids (archives name images after patient numbers: NIH's 00000001_000.png is patient 1).
 """
 
 from __future__ import annotations
@@ -15,6 +17,10 @@ from cxr.retrieval.v1 import retrieval_pb2 as pb
 HIT_COLUMNS = ("image_id", "study_uid", "filename", "projection", "findings", "impression", "study_instance_uid",
                "series_instance_uid", "sop_instance_uid", "accession_number", "study_date", "view_position")
 VIEWER_FIELDS = ("study_instance_uid", "study_uid", "accession_number")  # what a viewer URL may name
+# What a hit says of a patient beyond the image's findings labels and view: reports, file names,
+# identifiers another system resolves to a patient (HIPAA counts accession numbers, UIDs and dates).
+PATIENT_FIELDS = ("findings", "impression", "filename", "study_instance_uid", "series_instance_uid",
+                  "sop_instance_uid", "accession_number", "study_date", "viewer_url")
 GROUP_FETCH_FACTOR = 4  # images fetched per study wanted: frontal and lateral, and room for more
 GROUP_MAX_FETCH = 4000
 
@@ -59,6 +65,16 @@ def by_study(found: list[tuple[int, float, dict]], top_k: int, links: ViewerLink
     best = list(studies.values())[:top_k]
     return [hit(rank, images[0][0], images[0][1], links, [row["image_id"] for _, row in images])
             for rank, images in enumerate(best, 1)]
+
+
+def redact(hits: list[pb.Hit], opaque_id) -> list[pb.Hit]:
+    """`hits` for a caller who may not see patient data; `opaque_id` is the index's (VectorStore.opaque_id)."""
+    for found in hits:
+        for name in PATIENT_FIELDS:
+            found.ClearField(name)
+        found.image_id, found.study_uid = opaque_id(found.image_id), opaque_id(found.study_uid)
+        found.image_ids[:] = [opaque_id(image_id) for image_id in found.image_ids]
+    return hits
 
 
 def study_fetch(top_k: int, count: int) -> int:

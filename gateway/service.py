@@ -150,10 +150,14 @@ class RetrievalService(pb_grpc.RetrievalServicer):
     async def _respond(self, model, searcher, vector, top_k, request) -> pb.SearchResponse:
         flt = _filter(request.filters)
         with calls.stage("search"):
-            if not request.group_by_study:
-                return pb.SearchResponse(model=model.name, hits=hits.ranked(await searcher.search(vector, top_k, flt),
-                                                                            self.links))
-            return pb.SearchResponse(model=model.name, hits=await self._by_study(searcher, vector, top_k, flt))
+            if request.group_by_study:
+                found = await self._by_study(searcher, vector, top_k, flt)
+            else:
+                found = hits.ranked(await searcher.search(vector, top_k, flt), self.links)
+        call = calls.current()
+        if call is not None and not call.sees_patient_data:
+            hits.redact(found, searcher.store.opaque_id)
+        return pb.SearchResponse(model=model.name, hits=found)
 
     async def _by_study(self, searcher, vector, top_k: int, flt: Filter) -> list[pb.Hit]:
         """Images enough for `top_k` studies: fetched in growing rounds while studies repeat."""

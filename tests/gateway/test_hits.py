@@ -46,3 +46,12 @@ def test_study_fetch_asks_for_more_images_than_studies_within_bounds():
     assert hits.study_fetch(10, 1_000_000) == 10 * hits.GROUP_FETCH_FACTOR
     assert hits.study_fetch(1000, 1_000_000) == hits.GROUP_MAX_FETCH
     assert hits.study_fetch(10, 7) == 7
+
+
+def test_a_redacted_hit_says_nothing_of_the_patient_and_keeps_what_is_searched_for():
+    found = [hits.hit(1, 0.5, ROW, hits.ViewerLinks("https://pacs/v?uid={study_instance_uid}"), ["1.2.3.4", "1.2.3.5"])]
+    (hit,) = hits.redact(found, lambda value: f"opaque({value})")
+    assert hit.image_id == "opaque(1.2.3.4)" and hit.study_uid == "opaque(1.2.3)"
+    assert list(hit.image_ids) == ["opaque(1.2.3.4)", "opaque(1.2.3.5)"]
+    assert all(not getattr(hit, name) for name in hits.PATIENT_FIELDS)
+    assert (hit.projection, list(hit.labels), hit.view_position, hit.score) == ("Frontal", ["Effusion"], "PA", 0.5)

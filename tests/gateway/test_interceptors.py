@@ -158,13 +158,26 @@ class TokenPerScopes:
         return auth.Principal("someone", "jwt", frozenset(token.split(",")))
 
 
-def test_search_answers_carry_reports_only_for_the_studies_scope(make_server):
-    server = make_server(auth.AuthInterceptor(TokenPerScopes()))
-    answers = {scopes: _search(server.stub, metadata=(("authorization", f"Bearer {scopes}"),))[0]
-               for scopes in ("search", "search,studies")}
-    assert [h.study_uid for h in answers["search"].hits] == ["s1"]
-    assert not (answers["search"].hits[0].findings or answers["search"].hits[0].impression)
-    assert answers["search,studies"].hits[0].findings == "small effusion"
+class SeenByTheService(grpc.aio.ServerInterceptor):
+    """After auth: what the service will read of the call."""
+
+    def __init__(self):
+        self.seen = []
+
+    async def intercept_service(self, continuation, details):
+        async def around(run, request, context):
+            self.seen.append(calls.current().sees_patient_data)
+            return await run()
+
+        return calls.wrap_unary(await continuation(details), around)
+
+
+def test_only_the_studies_scope_may_see_patient_data(make_server):
+    seen = SeenByTheService()
+    server = make_server(auth.AuthInterceptor(TokenPerScopes()), seen)
+    for scopes in ("search", "search,studies", "search,admin"):
+        _search(server.stub, metadata=(("authorization", f"Bearer {scopes}"),))
+    assert seen.seen == [False, True, False]
 
 
 class PrincipalFromMetadata(grpc.aio.ServerInterceptor):
