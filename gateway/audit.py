@@ -1,14 +1,13 @@
-"""The audit trail: one JSON line per Retrieval RPC, each carrying the SHA-256 of the line before it.
+"""The audit trail: one JSON line per Retrieval RPC, chained with the log's key.
 
 A line says who (principal, client certificate subject, peer: the HTTP client's for calls through
 the HTTP API), what (method, model, top_k, filters, the kind of query and an HMAC of it, never the
-text or the image itself), when, the status, the latency and which studies were returned. Editing,
-inserting or deleting a line breaks the chain at that line; `cxr audit verify FILE…` names it. Files rotate by size and the chain runs
-on across them (`seq` numbers every line since the first). When the log cannot be written, the
-call fails with UNAVAILABLE instead of going unrecorded.
+text or the image itself), when, the status, the latency and which studies were returned. When the
+log cannot be written, the call fails with UNAVAILABLE instead of going unrecorded. How lines chain
+(HMAC with `<audit_log>.key`), how files rotate and how `cxr audit verify` checks them: gateway.audit_chain.
 
-The HMAC key lives beside the log (`<audit_log>.key`, owner-only): with it an investigator can
-check whether a given text or image was asked, which the log alone does not reveal.
+The key (owner-only) also lets an investigator check whether a given text or image was asked, which
+the log alone does not reveal: a query's `hmac` is HMAC-SHA256 of its UTF-8 text or its image bytes.
 """
 
 from __future__ import annotations
@@ -20,29 +19,18 @@ import hmac
 import json
 import logging
 import os
-import secrets
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
-from cxr.errors import CxrError
 from gateway import calls
+from gateway.audit_chain import (FILE_FIELD, GENESIS, AuditError, first_line, last_line, link, load_key,
+                                 rotated)
 
 log = logging.getLogger("cxr.gateway.audit")
 
-GENESIS = "0" * 64
 DEFAULT_MAX_BYTES = 64 * 2**20
-KEY_SUFFIX = ".key"
-
-
-class AuditError(CxrError):
-    """The audit log cannot be opened, continued or written."""
-
-
-def line_hash(line: bytes) -> str:
-    return hashlib.sha256(line).hexdigest()
 
 
 def query_hmac(key: bytes, data: bytes) -> str:
@@ -54,33 +42,6 @@ def _utc_now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _rotated(path: Path) -> list[Path]:
-    """Rotated files of `path`, oldest first (`audit.log.000001`, `audit.log.000002`, ...)."""
-    return sorted(p for p in path.parent.glob(f"{path.name}.*") if p.suffix[1:].isdigit())
-
-
-def _last_line(path: Path) -> bytes | None:
-    with path.open("rb") as f:
-        f.seek(0, os.SEEK_END)
-        end = f.tell()
-        if end == 0:
-            return None
-        block = min(end, 1 << 16)
-        f.seek(end - block)
-        lines = f.read(block).rstrip(b"\n").rsplit(b"\n", 1)
-    return lines[-1]
-
-
-def load_key(path: Path) -> bytes:
-    """The HMAC key beside the log, made (owner-only) on first use."""
-    key_file = path.with_name(path.name + KEY_SUFFIX)
-    if not key_file.exists():
-        descriptor = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "w") as f:
-            f.write(secrets.token_hex(32))
-    return bytes.fromhex(key_file.read_text().strip())
-
-
 class AuditLog:
     """Appends chained lines to `path`; one writer per file (an exclusive lock says so)."""
 
@@ -90,24 +51,27 @@ class AuditLog:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self.key = load_key(path)
-            self.seq, self.prev = self._chain_state()
+            self.seq, self.prev, self.file_number = self._chain_state()
             self._open()
         except OSError as exc:
             raise AuditError(f"cannot open the audit log {path}: {exc}; fix its folder's permissions or set "
                              "audit_log to a writable path") from exc
 
-    def _chain_state(self) -> tuple[int, str]:
-        """The next line's seq and prev, from the newest line written before (this file or the last rotated)."""
-        for candidate in [self.path, *reversed(_rotated(self.path))]:
-            last = _last_line(candidate) if candidate.is_file() else None
+    def _chain_state(self) -> tuple[int, str, int]:
+        """The next line's seq, prev and file number, from the newest file written before (this one or the
+        last rotated)."""
+        for candidate in [self.path, *reversed(rotated(self.path))]:
+            last = last_line(candidate) if candidate.is_file() else None
             if last is None:
                 continue
             try:
-                return json.loads(last)["seq"] + 1, line_hash(last)
+                seq = json.loads(last)["seq"] + 1
             except (ValueError, KeyError, TypeError) as exc:
                 raise AuditError(f"the audit log {candidate} ends with a damaged line; keep the file as evidence, "
                                  "move it aside and start the gateway again") from exc
-        return 0, GENESIS
+            number = _file_number(candidate)
+            return seq, link(self.key, last), number if candidate == self.path else number + 1
+        return 0, GENESIS, 1
 
     def _open(self) -> None:
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
@@ -123,23 +87,43 @@ class AuditLog:
         return query_hmac(self.key, data)
 
     def append(self, record: dict) -> int:
-        """Write one line (seq and prev added); returns its seq. Raises OSError when it cannot."""
-        line = json.dumps(dict(seq=self.seq, **record, prev=self.prev), separators=(",", ":")).encode()
+        """Write one line (seq, prev, and on a file's first line its number, added); returns its seq.
+        Raises OSError when it cannot."""
+        head = {"seq": self.seq, FILE_FIELD: self.file_number} if self._size == 0 else {"seq": self.seq}
+        line = json.dumps({**head, **record, "prev": self.prev}, separators=(",", ":")).encode()
         os.write(self._fd, line + b"\n")  # one write on an O_APPEND file: the line lands whole
-        seq, self.seq, self.prev = self.seq, self.seq + 1, line_hash(line)
+        seq, self.seq, self.prev = self.seq, self.seq + 1, link(self.key, line)
         self._size += len(line) + 1
         if self._size >= self.max_bytes:
             self._rotate()
         return seq
 
     def _rotate(self) -> None:
-        number = int(_rotated(self.path)[-1].suffix[1:]) + 1 if _rotated(self.path) else 1
-        self.path.rename(self.path.with_name(f"{self.path.name}.{number:06d}"))
+        # The number comes from the file's own first line, not from the rotated files still beside it:
+        # an operator who archives those elsewhere must not make the next file reuse a number.
+        target = self.path.with_name(f"{self.path.name}.{self.file_number:06d}")
+        if target.exists():
+            raise FileExistsError(f"{target} exists: the audit log cannot rotate onto it")
+        self.path.rename(target)
         os.close(self._fd)
+        self.file_number += 1
         self._open()
 
     def close(self) -> None:
         os.close(self._fd)
+
+
+def _file_number(path: Path) -> int:
+    """The number the first line of `path` gives the file; a log without one cannot be continued."""
+    try:
+        number = json.loads(first_line(path) or b"")[FILE_FIELD]
+        if isinstance(number, int) and not isinstance(number, bool):
+            return number
+    except (ValueError, KeyError, TypeError):
+        pass
+    raise AuditError(f"the audit log {path} has no file number in its first line: an earlier version wrote it "
+                     "(an unkeyed chain), or lines were cut from its start. Keep it and its rotated files as "
+                     "evidence, move them aside (or set audit_log to a new path) and start the gateway again")
 
 
 # --- what a line says about a call -----------------------------------------------------------
@@ -230,61 +214,3 @@ class AuditInterceptor(grpc.aio.ServerInterceptor):
             log.error("audit log %s not written (%s): request %s %s", self.audit.path, exc,
                       record["request_id"], "already failed" if failed_call else "refused (UNAVAILABLE)")
             return False
-
-
-# --- verification ------------------------------------------------------------------------------
-
-@dataclass
-class Problem:
-    file: Path
-    line: int  # 1-based, within `file`
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.file}:{self.line}: {self.reason}"
-
-
-def _lines(files: list[Path]) -> list[tuple[Path, int, bytes]]:
-    def first_seq(path: Path) -> int:
-        with path.open("rb") as f:
-            try:
-                return json.loads(f.readline())["seq"]
-            except (ValueError, KeyError, TypeError):
-                return -1
-    ordered = sorted(files, key=first_seq)
-    return [(path, number, line) for path in ordered
-            for number, line in enumerate(path.read_bytes().splitlines(), 1)]
-
-
-def verify(files: list[Path]) -> tuple[Problem | None, int]:
-    """(the first bad line or None, the number of lines checked), over files in chain order."""
-    lines = _lines(files)
-    parsed = []
-    for path, number, line in lines:
-        try:
-            item = json.loads(line)
-            parsed.append((int(item["seq"]), str(item["prev"])))
-        except (ValueError, KeyError, TypeError):
-            return Problem(path, number, "not an audit line (damaged JSON or missing seq/prev)"), len(parsed)
-    for i, ((path, number, _), (seq, prev)) in enumerate(zip(lines, parsed)):
-        if i == 0:
-            if seq == 0 and prev != GENESIS:
-                return Problem(path, number, "the first line's prev is not the genesis value"), i
-            continue
-        expected_seq = parsed[i - 1][0] + 1
-        if seq != expected_seq:
-            what = "deleted before it" if seq > expected_seq else "inserted, or lines reordered"
-            return Problem(path, number, f"seq {seq} where {expected_seq} was due: a line was {what}"), i
-        if prev != line_hash(lines[i - 1][2]):
-            return _edited(lines, parsed, i), i
-    return None, len(lines)
-
-
-def _edited(lines, parsed, i: int) -> Problem:
-    """Line i's prev does not match line i-1. If line i+1 does not match line i either, line i itself
-    was changed (its prev among its fields); otherwise line i-1 was."""
-    path, number, line = lines[i]
-    if i + 1 < len(lines) and parsed[i + 1][1] != line_hash(line):
-        return Problem(path, number, "this line was edited")
-    before_path, before_number, _ = lines[i - 1]
-    return Problem(before_path, before_number, "this line was edited (the next line's prev does not match it)")
