@@ -34,7 +34,7 @@ from cxr.client import channel_from
 from cxr.retrieval.v1 import retrieval_pb2 as pb
 from cxr.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
 from cxr.settings import Settings, load_settings
-from gateway import audit
+from gateway import audit_chain
 from gateway.dev_pki import dev_security
 from training.data import label_prompt
 
@@ -135,11 +135,12 @@ def _rss_growth(samples: list[tuple[float, float]]) -> float:
 
 def check_audit(log: Path, request_ids: list[str], scratch: Path) -> dict:
     """Every answered call in the log exactly once; the chain verifies; an edited copy does not."""
-    files = [*audit._rotated(log), log]
+    files = audit_chain.log_files([log])
+    key = audit_chain.read_key(audit_chain.key_file(log))
     lines = [json.loads(line) for path in files for line in path.read_text().splitlines()]
     logged = Counter(line["request_id"] for line in lines)
     sent = Counter(request_ids)
-    problem, checked = audit.verify(files)
+    problem, checked = audit_chain.verify(files, key)
     edited = scratch / "edited"
     edited.mkdir(exist_ok=True)
     copies = [Path(shutil.copy(path, edited / path.name)) for path in files]
@@ -147,7 +148,7 @@ def check_audit(log: Path, request_ids: list[str], scratch: Path) -> dict:
     middle = len(text) // 2
     text[middle] = text[middle].replace('"status":"OK"', '"status":"NOT_FOUND"', 1)
     copies[-1].write_text("".join(text))
-    tampered, _ = audit.verify(copies)
+    tampered, _ = audit_chain.verify(copies, key)
     return {"lines": len(lines), "files": len(files), "calls_answered": len(request_ids),
             "calls_missing_from_log": sum(1 for rid in sent if logged[rid] == 0),
             "calls_logged_more_than_once": sum(1 for rid in sent if logged[rid] > 1),

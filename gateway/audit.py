@@ -1,14 +1,32 @@
-"""The audit trail: one JSON line per Retrieval RPC, each carrying the SHA-256 of the line before it.
+"""The audit trail: one JSON line per Retrieval RPC, bounded in size, chained with the log's key.
 
 A line says who (principal, client certificate subject, peer: the HTTP client's for calls through
 the HTTP API), what (method, model, top_k, filters, the kind of query and an HMAC of it, never the
-text or the image itself), when, the status, the latency and which studies were returned. Editing,
-inserting or deleting a line breaks the chain at that line; `cxr audit verify FILE…` names it. Files rotate by size and the chain runs
-on across them (`seq` numbers every line since the first). When the log cannot be written, the
-call fails with UNAVAILABLE instead of going unrecorded.
+text or the image itself), when, the status, the latency and which studies were returned. When the
+log cannot be written, the call fails with UNAVAILABLE instead of going unrecorded. How lines chain
+(HMAC with `<audit_log>.key`), how files rotate and how `cxr audit verify` checks them: gateway.audit_chain.
 
-The HMAC key lives beside the log (`<audit_log>.key`, owner-only): with it an investigator can
-check whether a given text or image was asked, which the log alone does not reveal.
+The key (owner-only) also lets an investigator check whether a given text or image was asked, which
+the log alone does not reveal: a query's `hmac` is HMAC-SHA256 of its UTF-8 text or its image bytes.
+
+What a line copies from the request is bounded whatever the request holds: a client-sent string is
+written only when it is short and from a known vocabulary, else as `<field>_hmac` (HMAC of its UTF-8)
+and `<field>_chars` (its length). "Short" counts bytes as the line writes them, JSON escapes included.
+- `model`: when empty (the active model) or a registered model name (cxr.registry);
+- filter values: only when the call was answered (the service refuses values the index does not hold,
+  so they are then the index's vocabulary): the distinct ones of at most VERBATIM_MAX_BYTES, at most
+  FILTER_VALUES_LISTED per kind, with `<kind>_count` (the number sent) when any were left out. A call
+  not answered records `<kind>_hmac` (HMAC of the JSON array as sent, `separators=(",", ":")`) and
+  `<kind>_count` instead: a label typed by a user (a patient's name) is not written;
+- GetStudy's `study_uid`: at most VERBATIM_MAX_BYTES characters of [0-9A-Za-z._-] (a DICOM UID is at
+  most 64 digits and dots);
+- `principal`, `client_cert` and `peer` are vouched for (identity provider, certificate authority,
+  the socket), but a careless issuer is no reason for an unbounded line: at most IDENTITY_MAX_BYTES;
+- a BatchSearch: its first MAX_BATCH_QUERIES queries (as many as a valid batch holds) and `query_count`.
+The largest line a call not answered can write (whatever it sent, within the 64 MB message limit) is
+under MAX_REFUSED_LINE_BYTES (128 KiB); an answered call's is under MAX_LINE_BYTES (640 KiB) plus its
+`study_uids`, the studies its answer named (at most MAX_BATCH_QUERIES x MAX_TOP_K, as long as the index
+holds them): that list is what the line is for, and only a caller allowed to search gets it.
 """
 
 from __future__ import annotations
@@ -20,29 +38,28 @@ import hmac
 import json
 import logging
 import os
-import secrets
+import re
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
-from cxr.errors import CxrError
+from cxr import registry
 from gateway import calls
+from gateway.audit_chain import (FILE_FIELD, GENESIS, AuditError, first_line, last_line, link, load_key,
+                                 rotated)
+from gateway.service import MAX_BATCH_QUERIES
 
 log = logging.getLogger("cxr.gateway.audit")
 
-GENESIS = "0" * 64
 DEFAULT_MAX_BYTES = 64 * 2**20
-KEY_SUFFIX = ".key"
-
-
-class AuditError(CxrError):
-    """The audit log cannot be opened, continued or written."""
-
-
-def line_hash(line: bytes) -> str:
-    return hashlib.sha256(line).hexdigest()
+VERBATIM_MAX_BYTES = 64  # as written in the line, JSON escapes included
+IDENTITY_MAX_BYTES = 256
+FILTER_VALUES_LISTED = 16
+# The largest lines, less the study UIDs of an answer (tests/gateway/test_audit.py builds the worst):
+MAX_LINE_BYTES = 640 * 1024  # an answered BatchSearch of 256 queries, each with 2 x 16 filter values listed
+MAX_REFUSED_LINE_BYTES = 128 * 1024  # a call not answered: 256 queries of HMACs and counts
+_IDENTIFIER = re.compile(r"[0-9A-Za-z._-]*")
 
 
 def query_hmac(key: bytes, data: bytes) -> str:
@@ -54,33 +71,6 @@ def _utc_now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _rotated(path: Path) -> list[Path]:
-    """Rotated files of `path`, oldest first (`audit.log.000001`, `audit.log.000002`, ...)."""
-    return sorted(p for p in path.parent.glob(f"{path.name}.*") if p.suffix[1:].isdigit())
-
-
-def _last_line(path: Path) -> bytes | None:
-    with path.open("rb") as f:
-        f.seek(0, os.SEEK_END)
-        end = f.tell()
-        if end == 0:
-            return None
-        block = min(end, 1 << 16)
-        f.seek(end - block)
-        lines = f.read(block).rstrip(b"\n").rsplit(b"\n", 1)
-    return lines[-1]
-
-
-def load_key(path: Path) -> bytes:
-    """The HMAC key beside the log, made (owner-only) on first use."""
-    key_file = path.with_name(path.name + KEY_SUFFIX)
-    if not key_file.exists():
-        descriptor = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "w") as f:
-            f.write(secrets.token_hex(32))
-    return bytes.fromhex(key_file.read_text().strip())
-
-
 class AuditLog:
     """Appends chained lines to `path`; one writer per file (an exclusive lock says so)."""
 
@@ -90,24 +80,27 @@ class AuditLog:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self.key = load_key(path)
-            self.seq, self.prev = self._chain_state()
+            self.seq, self.prev, self.file_number = self._chain_state()
             self._open()
         except OSError as exc:
             raise AuditError(f"cannot open the audit log {path}: {exc}; fix its folder's permissions or set "
                              "audit_log to a writable path") from exc
 
-    def _chain_state(self) -> tuple[int, str]:
-        """The next line's seq and prev, from the newest line written before (this file or the last rotated)."""
-        for candidate in [self.path, *reversed(_rotated(self.path))]:
-            last = _last_line(candidate) if candidate.is_file() else None
+    def _chain_state(self) -> tuple[int, str, int]:
+        """The next line's seq, prev and file number, from the newest file written before (this one or the
+        last rotated)."""
+        for candidate in [self.path, *reversed(rotated(self.path))]:
+            last = last_line(candidate) if candidate.is_file() else None
             if last is None:
                 continue
             try:
-                return json.loads(last)["seq"] + 1, line_hash(last)
+                seq = json.loads(last)["seq"] + 1
             except (ValueError, KeyError, TypeError) as exc:
                 raise AuditError(f"the audit log {candidate} ends with a damaged line; keep the file as evidence, "
                                  "move it aside and start the gateway again") from exc
-        return 0, GENESIS
+            number = _file_number(candidate)
+            return seq, link(self.key, last), number if candidate == self.path else number + 1
+        return 0, GENESIS, 1
 
     def _open(self) -> None:
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
@@ -123,52 +116,117 @@ class AuditLog:
         return query_hmac(self.key, data)
 
     def append(self, record: dict) -> int:
-        """Write one line (seq and prev added); returns its seq. Raises OSError when it cannot."""
-        line = json.dumps(dict(seq=self.seq, **record, prev=self.prev), separators=(",", ":")).encode()
+        """Write one line (seq, prev, and on a file's first line its number, added); returns its seq.
+        Raises OSError when it cannot."""
+        head = {"seq": self.seq, FILE_FIELD: self.file_number} if self._size == 0 else {"seq": self.seq}
+        line = json.dumps({**head, **record, "prev": self.prev}, separators=(",", ":")).encode()
         os.write(self._fd, line + b"\n")  # one write on an O_APPEND file: the line lands whole
-        seq, self.seq, self.prev = self.seq, self.seq + 1, line_hash(line)
+        seq, self.seq, self.prev = self.seq, self.seq + 1, link(self.key, line)
         self._size += len(line) + 1
         if self._size >= self.max_bytes:
             self._rotate()
         return seq
 
     def _rotate(self) -> None:
-        number = int(_rotated(self.path)[-1].suffix[1:]) + 1 if _rotated(self.path) else 1
-        self.path.rename(self.path.with_name(f"{self.path.name}.{number:06d}"))
+        # The number comes from the file's own first line, not from the rotated files still beside it:
+        # an operator who archives those elsewhere must not make the next file reuse a number.
+        target = self.path.with_name(f"{self.path.name}.{self.file_number:06d}")
+        if target.exists():
+            raise FileExistsError(f"{target} exists: the audit log cannot rotate onto it")
+        self.path.rename(target)
         os.close(self._fd)
+        self.file_number += 1
         self._open()
 
     def close(self) -> None:
         os.close(self._fd)
 
 
+def _file_number(path: Path) -> int:
+    """The number the first line of `path` gives the file; a log without one cannot be continued."""
+    try:
+        number = json.loads(first_line(path) or b"")[FILE_FIELD]
+        if isinstance(number, int) and not isinstance(number, bool):
+            return number
+    except (ValueError, KeyError, TypeError):
+        pass
+    raise AuditError(f"the audit log {path} has no file number in its first line: an earlier version wrote it "
+                     "(an unkeyed chain), or lines were cut from its start. Keep it and its rotated files as "
+                     "evidence, move them aside (or set audit_log to a new path) and start the gateway again")
+
+
 # --- what a line says about a call -----------------------------------------------------------
 
-def _filters(filters) -> dict:
-    return {key: list(values) for key, values in
-            (("projections", filters.projections), ("labels", filters.labels)) if values}
+def _opaque(name: str, value: str, audit: AuditLog) -> dict:
+    """A client-sent string the line does not show: its HMAC and its length."""
+    return {f"{name}_hmac": audit.hmac(value.encode("utf-8", "surrogatepass")), f"{name}_chars": len(value)}
 
 
-def _query(request, kind: str, data: bytes, audit: AuditLog) -> dict:
-    entry = {"kind": kind, "model": request.model, "top_k": request.top_k, "hmac": audit.hmac(data)}
-    filters = _filters(request.filters)
+def _shown_if(known: bool, name: str, value: str, audit: AuditLog) -> dict:
+    return {name: value} if known else _opaque(name, value, audit)
+
+
+def _fits(value: str, limit: int) -> bool:
+    """Whether `value` takes at most `limit` bytes as the line writes it (JSON escapes included)."""
+    return len(value) <= limit and len(json.dumps(value)) - 2 <= limit
+
+
+def _model(name: str, audit: AuditLog) -> dict:
+    return _shown_if(name == "" or name in registry.list_models(), "model", name, audit)
+
+
+def _study_uid(uid: str, audit: AuditLog) -> dict:
+    known = len(uid) <= VERBATIM_MAX_BYTES and _IDENTIFIER.fullmatch(uid) is not None
+    return _shown_if(known, "study_uid", uid, audit)
+
+
+def _identity(name: str, value: str, audit: AuditLog) -> dict:
+    return _shown_if(_fits(value, IDENTITY_MAX_BYTES), name, value, audit)
+
+
+def _filter_values(kind: str, values, answered: bool, audit: AuditLog) -> dict:
+    if not answered:
+        sent = json.dumps(list(values), separators=(",", ":")).encode()
+        return {f"{kind}_hmac": audit.hmac(sent), f"{kind}_count": len(values)}
+    listed = list(dict.fromkeys(v for v in values if _fits(v, VERBATIM_MAX_BYTES)))[:FILTER_VALUES_LISTED]
+    return {kind: listed, f"{kind}_count": len(values)} if len(listed) < len(values) else {kind: listed}
+
+
+def _filters(filters, answered: bool, audit: AuditLog) -> dict:
+    described = {}
+    for kind, values in (("projections", filters.projections), ("labels", filters.labels)):
+        if values:
+            described.update(_filter_values(kind, values, answered, audit))
+    return described
+
+
+def _query(request, kind: str, data: bytes, answered: bool, audit: AuditLog) -> dict:
+    entry = {"kind": kind, **_model(request.model, audit), "top_k": request.top_k, "hmac": audit.hmac(data)}
+    filters = _filters(request.filters, answered, audit)
     return dict(entry, filters=filters) if filters else entry
 
 
-def describe_request(method: str, request, audit: AuditLog) -> dict:
-    """The queries of a call, without their text or image."""
+def _batch_query(query, answered: bool, audit: AuditLog) -> dict:
+    if query.WhichOneof("query") == "text":
+        return _query(query.text, "text", query.text.text.encode(), answered, audit)
+    return _query(query.image, "image", bytes(query.image.image), answered, audit)
+
+
+def describe_request(method: str, request, audit: AuditLog, answered: bool = False) -> dict:
+    """The queries of a call, without their text or image; `answered`: the call ended OK."""
     if request is calls.MALFORMED:
         return {"queries": [], "malformed": True}
     name = calls.method_name(method)
     if name == "SearchByText":
-        return {"queries": [_query(request, "text", request.text.encode(), audit)]}
+        return {"queries": [_query(request, "text", request.text.encode(), answered, audit)]}
     if name == "SearchByImage":
-        return {"queries": [_query(request, "image", bytes(request.image), audit)]}
+        return {"queries": [_query(request, "image", bytes(request.image), answered, audit)]}
     if name == "BatchSearch":
-        return {"queries": [_query(q.text, "text", q.text.text.encode(), audit) if q.WhichOneof("query") == "text"
-                            else _query(q.image, "image", bytes(q.image.image), audit) for q in request.queries]}
+        queries = request.queries
+        return {"queries": [_batch_query(q, answered, audit) for q in queries[:MAX_BATCH_QUERIES]],
+                "query_count": len(queries)}
     if name == "GetStudy":
-        return {"queries": [{"kind": "study", "model": request.model, "study_uid": request.study_uid}]}
+        return {"queries": [{"kind": "study", **_model(request.model, audit), **_study_uid(request.study_uid, audit)}]}
     return {}
 
 
@@ -187,6 +245,25 @@ def describe_response(method: str, response) -> dict:
         return {"hits": 0, "study_uids": []}
     uids = [hit.study_uid for result in results for hit in result.hits]
     return {"models": sorted({r.model for r in results}), "hits": len(uids), "study_uids": list(dict.fromkeys(uids))}
+
+
+def describe_caller(call: calls.Call | None, context, audit: AuditLog) -> dict:
+    """Who called, each field bounded."""
+    return {**_identity("principal", call.principal if call else "", audit),
+            **_identity("client_cert", calls.client_subject(context), audit),
+            **_identity("peer", calls.client_peer(context), audit)}
+
+
+def describe_call(call: calls.Call | None, context, request, status: grpc.StatusCode, response,
+                  audit: AuditLog) -> dict:
+    """The line of a call (less seq, file and prev, which AuditLog.append adds)."""
+    method = call.method if call else ""
+    return {"time": _utc_now(), "request_id": call.request_id if call else "",
+            **describe_caller(call, context, audit), "method": calls.method_name(method),
+            **describe_request(method, request, audit, answered=status == grpc.StatusCode.OK),
+            "status": status.name,
+            "latency_ms": round((time.monotonic() - call.started) * 1000, 2) if call else None,
+            **describe_response(method, response)}
 
 
 class AuditInterceptor(grpc.aio.ServerInterceptor):
@@ -214,77 +291,11 @@ class AuditInterceptor(grpc.aio.ServerInterceptor):
         return response
 
     def _write(self, request, context, status: grpc.StatusCode, response=None, failed_call: bool = False) -> bool:
-        call = calls.current()
-        method = call.method if call else ""
-        record = {"time": _utc_now(), "request_id": call.request_id if call else "",
-                  "principal": call.principal if call else "", "client_cert": calls.client_subject(context),
-                  "peer": calls.client_peer(context), "method": calls.method_name(method),
-                  **describe_request(method, request, self.audit),
-                  "status": status.name,
-                  "latency_ms": round((time.monotonic() - call.started) * 1000, 2) if call else None,
-                  **describe_response(method, response)}
+        line = describe_call(calls.current(), context, request, status, response, self.audit)
         try:
-            self.audit.append(record)
+            self.audit.append(line)
             return True
         except OSError as exc:
             log.error("audit log %s not written (%s): request %s %s", self.audit.path, exc,
-                      record["request_id"], "already failed" if failed_call else "refused (UNAVAILABLE)")
+                      line["request_id"], "already failed" if failed_call else "refused (UNAVAILABLE)")
             return False
-
-
-# --- verification ------------------------------------------------------------------------------
-
-@dataclass
-class Problem:
-    file: Path
-    line: int  # 1-based, within `file`
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.file}:{self.line}: {self.reason}"
-
-
-def _lines(files: list[Path]) -> list[tuple[Path, int, bytes]]:
-    def first_seq(path: Path) -> int:
-        with path.open("rb") as f:
-            try:
-                return json.loads(f.readline())["seq"]
-            except (ValueError, KeyError, TypeError):
-                return -1
-    ordered = sorted(files, key=first_seq)
-    return [(path, number, line) for path in ordered
-            for number, line in enumerate(path.read_bytes().splitlines(), 1)]
-
-
-def verify(files: list[Path]) -> tuple[Problem | None, int]:
-    """(the first bad line or None, the number of lines checked), over files in chain order."""
-    lines = _lines(files)
-    parsed = []
-    for path, number, line in lines:
-        try:
-            item = json.loads(line)
-            parsed.append((int(item["seq"]), str(item["prev"])))
-        except (ValueError, KeyError, TypeError):
-            return Problem(path, number, "not an audit line (damaged JSON or missing seq/prev)"), len(parsed)
-    for i, ((path, number, _), (seq, prev)) in enumerate(zip(lines, parsed)):
-        if i == 0:
-            if seq == 0 and prev != GENESIS:
-                return Problem(path, number, "the first line's prev is not the genesis value"), i
-            continue
-        expected_seq = parsed[i - 1][0] + 1
-        if seq != expected_seq:
-            what = "deleted before it" if seq > expected_seq else "inserted, or lines reordered"
-            return Problem(path, number, f"seq {seq} where {expected_seq} was due: a line was {what}"), i
-        if prev != line_hash(lines[i - 1][2]):
-            return _edited(lines, parsed, i), i
-    return None, len(lines)
-
-
-def _edited(lines, parsed, i: int) -> Problem:
-    """Line i's prev does not match line i-1. If line i+1 does not match line i either, line i itself
-    was changed (its prev among its fields); otherwise line i-1 was."""
-    path, number, line = lines[i]
-    if i + 1 < len(lines) and parsed[i + 1][1] != line_hash(line):
-        return Problem(path, number, "this line was edited")
-    before_path, before_number, _ = lines[i - 1]
-    return Problem(before_path, before_number, "this line was edited (the next line's prev does not match it)")

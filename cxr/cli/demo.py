@@ -76,7 +76,7 @@ def _ask(spec, settings: Settings) -> None:
 
 
 def _show_refusal_and_audit(settings: Settings) -> None:
-    from gateway import audit
+    from gateway import audit_chain
 
     print("\n$ cxr search text 'effusion'   # the same client certificate, no token")
     try:
@@ -84,8 +84,7 @@ def _show_refusal_and_audit(settings: Settings) -> None:
     except grpc.RpcError as error:
         print(f"error: {error.code().name}: {error.details()}")
     time.sleep(0.2)  # the refusal's audit line is written as the call ends
-    files = [settings.audit_log]
-    problem, lines = audit.verify(files)
+    problem, lines = audit_chain.verify_log(settings.audit_log)
     last = json.loads(settings.audit_log.read_text().splitlines()[-1])
     print(f"\n$ cxr audit verify {settings.audit_log}\n" + ("intact" if problem is None else f"BROKEN: {problem}") +
           f": {lines} lines. The last one (no query text, only its HMAC):\n{json.dumps(last)[:400]}")

@@ -3,7 +3,7 @@
     cxr certs dev DIR                      a CA, server + client certificates, a JWT signing key + JWKS
     cxr token issue --key DIR/signing.key --subject S --scope search --ttl 1h
     cxr keys add --owner pacs-router --scope search      (list, revoke ID)
-    cxr audit verify FILE...
+    cxr audit verify FILE... [--key FILE]
 """
 
 from __future__ import annotations
@@ -87,16 +87,18 @@ def cmd_keys_revoke(args, settings: Settings) -> int:
 
 
 def cmd_audit_verify(args, settings: Settings) -> int:
-    from gateway.audit import verify
+    from gateway.audit_chain import key_file, log_files, read_key, verify
 
     missing = [str(p) for p in args.files if not p.is_file()]
     if missing:
         raise CxrError(f"no such audit file: {', '.join(missing)}")
-    problem, checked = verify(args.files)
+    key = read_key(args.key or key_file(args.files[0]))
+    files = log_files(args.files)
+    problem, checked = verify(files, key)
     if problem is not None:
         print(f"BROKEN after {checked} good lines: {problem}", file=sys.stderr)
         return 1
-    print(f"intact: {checked} lines in {len(args.files)} file(s), each linked to the one before")
+    print(f"intact: {checked} lines in {len(files)} file(s), from the first line on, each linked to the one before")
     return 0
 
 
@@ -130,6 +132,9 @@ def add_commands(sub) -> None:
     revoke.set_defaults(func=cmd_keys_revoke)
 
     audit = sub.add_parser("audit", help="the audit trail").add_subparsers(dest="audit_command", required=True)
-    verify = audit.add_parser("verify", help="check the hash chain; exit 1 naming the first bad line")
-    verify.add_argument("files", type=Path, nargs="+", help="the log and its rotated files, in any order")
+    verify = audit.add_parser("verify", help="check the keyed chain of the whole log; exit 1 naming the first bad "
+                                             "line or the missing file")
+    verify.add_argument("files", type=Path, nargs="+", help="the log (its rotated files beside it are found) "
+                                                            "and any rotated files kept elsewhere, in any order")
+    verify.add_argument("--key", type=Path, help="the log's key (default: <log>.key beside the first file)")
     verify.set_defaults(func=cmd_audit_verify)

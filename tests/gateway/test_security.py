@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cxr.client import RetrievalClient, channel
 from cxr.retrieval.v1 import retrieval_pb2 as pb
-from gateway import api_keys, audit, dev_pki
+from gateway import api_keys, audit, audit_chain, dev_pki
 from support import DATA_DIR, BackgroundGateway
 
 pytestmark = pytest.mark.triton
@@ -180,7 +180,7 @@ def test_the_audit_log_records_who_saw_which_studies_and_never_the_query(secured
     nosy = next(item for item in lines if item["principal"] == "dr.nosy")
     assert nosy["status"] == "PERMISSION_DENIED" and nosy["queries"] == [{"kind": "study", "model": "",
                                                                           "study_uid": "x1"}]
-    assert audit.verify([settings.audit_log]) == (None, len(lines))
+    assert audit_chain.verify_log(settings.audit_log) == (None, len(lines))
 
 
 def test_cxr_search_works_with_tls_and_a_token_and_says_why_without(secured):
