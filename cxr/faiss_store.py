@@ -353,6 +353,14 @@ class FaissStore(VectorStore):
         return [hits[:k] for hits in top_hits(scores, ids)]
 
 
+def _identity(path: Path) -> tuple[int, int, int, int] | None:
+    try:
+        stat = path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino
+
+
 class FaissBackend:
     """Where each model's FAISS index lives: <index_dir>/<model>/, or one given folder (`folder`)."""
 
@@ -364,6 +372,7 @@ class FaissBackend:
         self.use_gpu = use_gpu
         self.folder = folder
         self.copy_dir = copy_dir  # where served copies go (cxr.private_copy); None: beside the index
+        self._listings: dict[Path, tuple[tuple, list[str]]] = {}  # manifest identity -> the files it lists
 
     def path(self, model: str) -> Path:
         return self.folder or self.index_dir / model
@@ -371,13 +380,26 @@ class FaissBackend:
     def where(self, model: str) -> str:
         return str(self.path(model))
 
-    def version(self, model: str) -> tuple[int, int] | None:
-        """The manifest's modification time and inode: a folder swapped in is seen even with old times."""
-        try:
-            stat = (self.path(model) / MANIFEST_FILE).stat()
-        except FileNotFoundError:
+    def version(self, model: str) -> tuple | None:
+        """The size, modification and change times and inode of the manifest and of every file it lists:
+        a folder swapped in is seen even with old times, and so is a file truncated, rewritten or
+        restored in place (one stat per file per look)."""
+        directory = self.path(model)
+        manifest = _identity(directory / MANIFEST_FILE)
+        if manifest is None:
             return None
-        return stat.st_mtime_ns, stat.st_ino
+        return (manifest, *(_identity(directory / name) for name in self._listing(directory, manifest)))
+
+    def _listing(self, directory: Path, manifest: tuple) -> list[str]:
+        """The files the manifest lists, read again only when the manifest changes (none if unreadable)."""
+        known = self._listings.get(directory)
+        if known is None or known[0] != manifest:
+            try:
+                names = listed_files(directory, read_manifest(directory) or {})
+            except IndexCorruptError:
+                names = []  # loading it will say why
+            known = self._listings[directory] = (manifest, names)
+        return known[1]
 
     def open(self, model: str, dim: int | None = None, export_sha256: str | None = None) -> FaissStore:
         return load(self.path(model), model=model, dim=dim, export_sha256=export_sha256, use_gpu=self.use_gpu,

@@ -6,7 +6,11 @@ A new build is checked before it replaces the index in service: its files agains
 in its manifest, its model, dimension and export against what the gateway serves. A build that
 fails the check is refused with one log line and the previous index keeps serving; without a
 previous one, queries for that model get the reason (FAILED_PRECONDITION). A removed index stops
-being served."""
+being served.
+
+A build is identified by what the backend's `version` says (for FAISS: a stat of the manifest and of
+every file it lists), so a file truncated in place is refused like a bad build, and the good file
+copied back is served again, with no need to touch the manifest."""
 
 from __future__ import annotations
 
@@ -50,7 +54,7 @@ class IndexSet:
             return self._versions.get(name)
 
     def refresh(self) -> None:
-        """(Re)load every index whose manifest appeared, changed or went since the last look."""
+        """(Re)load every index whose files appeared, changed or went since the last look."""
         for name, model in self.catalog.items():
             version = self._version(name)
             if name in self._versions and self._versions[name] == version:
