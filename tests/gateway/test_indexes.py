@@ -153,3 +153,20 @@ def test_the_version_covers_every_file_the_manifest_lists(tmp_path):
     stamp = column.stat().st_mtime_ns + 1_000_000
     os.utime(column, ns=(stamp, stamp))
     assert backend.version("m") != first
+
+
+@pytest.mark.parametrize("damage, says", [
+    ("none", None),
+    ("removed", "missing"),
+    ("manifest", "corrupt (" ),
+    ("export", "mismatched ("),
+])
+def test_problem_says_why_an_index_is_not_served(tmp_path, damage, says):
+    _build(tmp_path / "m", 10, export_sha256="b" * 64 if damage == "export" else "a" * 64)
+    if damage == "removed":
+        shutil.rmtree(tmp_path / "m")
+    if damage == "manifest":
+        (tmp_path / "m" / faiss_store.MANIFEST_FILE).write_text("{not json")
+    problem = IndexSet(FaissBackend(tmp_path), {"m": FakeModel()}).problem("m")
+    assert problem == says if says in (None, "missing") else problem.startswith(says), problem
+    assert problem is None or len(problem) <= 120
