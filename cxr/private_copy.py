@@ -101,21 +101,23 @@ def places(directory: Path, copy_dir: Path | None) -> list[Path]:
 def make_folder(directory: Path, copy_dir: Path | None = None) -> Path:
     """A new 0700 folder for a copy of `directory`, in the first of `places` that takes one."""
     prefix = f"{PREFIX}{socket.gethostname()}-{os.getpid()}-{directory.name}-"
-    candidates = places(directory, copy_dir)
-    for place in candidates:
-        try:
-            place.mkdir(parents=True, exist_ok=True)
-            folder = Path(tempfile.mkdtemp(prefix=prefix, dir=place))
-        except OSError as exc:
-            if place == candidates[-1]:
-                raise
-            log.info("%s cannot hold a private copy of the index (%s): copying it to %s instead; set "
-                     "index_copy_dir (CXR_INDEX_COPY_DIR) to a folder with room for the whole index",
-                     place, exc.strerror or type(exc).__name__, candidates[-1])
-            continue
-        remove_leftovers(place)
-        return folder
-    raise AssertionError("unreachable: the last place raises")
+    first, *fallback = places(directory, copy_dir)
+    try:
+        return _new_folder(first, prefix)
+    except OSError as exc:
+        if not fallback:
+            raise
+        log.info("%s cannot hold a private copy of the index (%s): copying it to %s instead; set "
+                 "index_copy_dir (CXR_INDEX_COPY_DIR) to a folder with room for the whole index",
+                 first, exc.strerror or type(exc).__name__, fallback[0])
+        return _new_folder(fallback[0], prefix)
+
+
+def _new_folder(place: Path, prefix: str) -> Path:
+    place.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=prefix, dir=place))
+    remove_leftovers(place)
+    return folder
 
 
 def remove_leftovers(place: Path) -> None:
