@@ -1,4 +1,4 @@
-"""The `faiss` vector store: one model's index as files, memory-mapped at load, replaced atomically.
+"""The `faiss` vector store: one model's index as files, replaced atomically; served from a private copy.
 
 <dir>/index.faiss       the FAISS index (cxr.faiss_index types), ids 0..n-1
 <dir>/table/            per-image metadata as memory-mapped columns (cxr.image_table)
@@ -6,12 +6,15 @@
 <dir>/manifest.json     model, export checksum, dim, count, index type, created, and the size and
                         SHA-256 of every file above, verified before any is read
 <dir>/skipped.csv       inputs that could not be read, with the reason
+
+`load` copies the listed files into a folder only this process can open (cxr.private_copy), checks
+the copy against the manifest and memory-maps the copy: truncating or rewriting a file in <dir>
+afterwards changes nothing that is served (a mapped file cut short kills its reader with SIGBUS).
 """
 
 from __future__ import annotations
 
 import contextlib
-
 import csv
 import datetime as dt
 import hashlib
@@ -25,7 +28,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from cxr import faiss_index
+from cxr import faiss_index, private_copy
 from cxr.files import replace_directory
 from cxr.image_table import ImageTable, TableWriter, population
 from cxr.vector_store import (
@@ -34,6 +37,7 @@ from cxr.vector_store import (
     Hits,
     IndexCorruptError,
     IndexMissingError,
+    IndexUnreadableError,
     VectorStore,
     check_model,
     id_key_for,
@@ -155,22 +159,36 @@ def read_manifest(directory: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
+        manifest = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise IndexCorruptError(f"{path} is not readable JSON ({exc}); rebuild the index") from exc
+        raise IndexCorruptError(f"{path} is not readable JSON; rebuild the index") from exc
+    if not isinstance(manifest, dict):
+        raise IndexCorruptError(f"{path} is not a manifest (a JSON object); rebuild the index")
+    return manifest
 
 
-def _check_files(directory: Path, manifest: dict) -> None:
+def listed_files(directory: Path, manifest: dict) -> list[str]:
+    """The files the manifest lists, each a path inside the index folder."""
     files = manifest.get("files")
-    if not files or (TABLE_DIR + "/" + "table.json") not in files:
+    if not isinstance(files, dict) or (TABLE_DIR + "/" + "table.json") not in files:
         raise IndexCorruptError(f"index {directory} was built by an older version (no checksummed metadata "
                                 "table): rebuild it with `cxr index build`")
-    for name, expected in files.items():
+    for name in files:
+        parts = Path(name).parts
+        if not parts or Path(name).is_absolute() or ".." in parts:
+            raise IndexCorruptError(f"{directory / MANIFEST_FILE} lists a file outside the index folder; "
+                                    "rebuild the index")
+    return list(files)
+
+
+def _check_files(copy: Path, manifest: dict, directory: Path) -> None:
+    """The copy's files against the manifest; messages name the originals, which the operator can see."""
+    for name, expected in manifest["files"].items():
         try:
-            actual = file_checksum(directory / name)
+            actual = file_checksum(copy / name)
         except OSError as exc:
-            raise IndexCorruptError(f"{directory / name} cannot be read ({exc.strerror or exc}); rebuild the index") \
-                from exc
+            raise IndexCorruptError(f"{directory / name} cannot be read ({exc.strerror or type(exc).__name__}); "
+                                    "rebuild the index") from exc
         if actual != expected:
             raise IndexCorruptError(f"{directory / name} is {actual['bytes']} bytes with sha256 "
                                     f"{actual['sha256'][:12]}…; the manifest says {expected.get('bytes')} bytes, "
@@ -178,24 +196,46 @@ def _check_files(directory: Path, manifest: dict) -> None:
 
 
 def load(directory: Path, model: str | None = None, dim: int | None = None, export_sha256: str | None = None,
-         use_gpu: bool = False) -> FaissStore:
+         use_gpu: bool = False, copy_dir: Path | None = None) -> FaissStore:
     """Open an index, refusing one built by another model, dimension or export, or whose files do
-    not match the checksums in its manifest. The index and its table are memory-mapped."""
+    not match the checksums in its manifest. Its files are copied into a private folder (in
+    `copy_dir`, else beside `directory`, else the temp dir), checked and memory-mapped there."""
     manifest = read_manifest(directory)
     if manifest is None:
         raise IndexMissingError(f"no index in {directory}: build one with "
                                 f"`cxr index build --model {model or '<model>'} --output-dir {directory} ...`")
     check_model(str(directory), manifest, model, dim, export_sha256)
-    _check_files(directory, manifest)
     try:
-        index = faiss.read_index(str(directory / INDEX_FILE), faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY)
-        table = ImageTable(directory / TABLE_DIR)
-        vectors = np.load(directory / VECTORS_FILE, mmap_mode="r") if manifest.get("rerank") else None
-    except (RuntimeError, OSError, ValueError, KeyError) as exc:
-        raise IndexCorruptError(f"index {directory} cannot be read ({exc}); rebuild it") from exc
+        with private_copy.copied(directory, listed_files(directory, manifest), copy_dir) as copy:
+            _check_files(copy, manifest, directory)
+            index, table, vectors = _map(copy, manifest, directory)
+    except private_copy.NoRoomError as exc:
+        raise IndexUnreadableError(f"{exc}; it is tried again when the index changes or the gateway restarts") \
+            from exc
+    except OSError as exc:
+        raise _copy_failed(directory, exc) from exc
     if not index.ntotal == table.count == manifest.get("count"):
         raise IndexCorruptError(f"{directory}: {index.ntotal} vectors but {table.count} metadata rows; rebuild it")
     return FaissStore(directory, manifest, index, table, vectors, use_gpu)
+
+
+def _copy_failed(directory: Path, exc: OSError) -> IndexCorruptError | IndexUnreadableError:
+    if isinstance(exc, FileNotFoundError) and str(exc.filename).startswith(str(directory)):
+        return IndexCorruptError(f"{exc.filename} is listed in the manifest but missing; rebuild the index")
+    reason = exc.strerror or type(exc).__name__
+    return IndexUnreadableError(f"index {directory} cannot be copied for serving ({reason}): the gateway's user "
+                                "must be able to read it and to write where index_copy_dir says")
+
+
+def _map(copy: Path, manifest: dict, directory: Path):
+    """The index, its table and its re-rank vectors, memory-mapped from the private copy."""
+    try:
+        index = faiss.read_index(str(copy / INDEX_FILE), faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY)
+        table = ImageTable(copy / TABLE_DIR)
+        vectors = np.load(copy / VECTORS_FILE, mmap_mode="r") if manifest.get("rerank") else None
+    except (RuntimeError, OSError, ValueError, KeyError) as exc:
+        raise IndexCorruptError(f"index {directory} cannot be read ({type(exc).__name__}); rebuild it") from exc
+    return index, table, vectors
 
 
 @contextlib.contextmanager
@@ -323,15 +363,26 @@ class FaissStore(VectorStore):
         return [hits[:k] for hits in top_hits(scores, ids)]
 
 
+def _identity(path: Path) -> tuple[int, int, int, int] | None:
+    try:
+        stat = path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino
+
+
 class FaissBackend:
     """Where each model's FAISS index lives: <index_dir>/<model>/, or one given folder (`folder`)."""
 
     name = "faiss"
 
-    def __init__(self, index_dir: Path, use_gpu: bool = False, folder: Path | None = None):
+    def __init__(self, index_dir: Path, use_gpu: bool = False, folder: Path | None = None,
+                 copy_dir: Path | None = None):
         self.index_dir = index_dir
         self.use_gpu = use_gpu
         self.folder = folder
+        self.copy_dir = copy_dir  # where served copies go (cxr.private_copy); None: beside the index
+        self._listings: dict[Path, tuple[tuple, list[str]]] = {}  # manifest identity -> the files it lists
 
     def path(self, model: str) -> Path:
         return self.folder or self.index_dir / model
@@ -339,16 +390,30 @@ class FaissBackend:
     def where(self, model: str) -> str:
         return str(self.path(model))
 
-    def version(self, model: str) -> tuple[int, int] | None:
-        """The manifest's modification time and inode: a folder swapped in is seen even with old times."""
-        try:
-            stat = (self.path(model) / MANIFEST_FILE).stat()
-        except FileNotFoundError:
+    def version(self, model: str) -> tuple | None:
+        """The size, modification and change times and inode of the manifest and of every file it lists:
+        a folder swapped in is seen even with old times, and so is a file truncated, rewritten or
+        restored in place (one stat per file per look)."""
+        directory = self.path(model)
+        manifest = _identity(directory / MANIFEST_FILE)
+        if manifest is None:
             return None
-        return stat.st_mtime_ns, stat.st_ino
+        return (manifest, *(_identity(directory / name) for name in self._listing(directory, manifest)))
+
+    def _listing(self, directory: Path, manifest: tuple) -> list[str]:
+        """The files the manifest lists, read again only when the manifest changes (none if unreadable)."""
+        known = self._listings.get(directory)
+        if known is None or known[0] != manifest:
+            try:
+                names = listed_files(directory, read_manifest(directory) or {})
+            except IndexCorruptError:
+                names = []  # loading it will say why
+            known = self._listings[directory] = (manifest, names)
+        return known[1]
 
     def open(self, model: str, dim: int | None = None, export_sha256: str | None = None) -> FaissStore:
-        return load(self.path(model), model=model, dim=dim, export_sha256=export_sha256, use_gpu=self.use_gpu)
+        return load(self.path(model), model=model, dim=dim, export_sha256=export_sha256, use_gpu=self.use_gpu,
+                    copy_dir=self.copy_dir)
 
     def writer(self, model: str, dim: int, count: int, index_type: str, manifest: dict,
                rerank: bool = False) -> IndexWriter:

@@ -34,6 +34,9 @@ class Settings:
     run_dir: Path = Path(".run")  # pid files and logs of detached servers
     data_dir: Path = Path("../shared/data")  # sample archives; twins train their tokenizer here
     index_dir: Path = Path("indexes")  # one FAISS index per model: <index_dir>/<model>/
+    # Where the gateway puts the private copy of each FAISS index it serves (cxr.private_copy), as
+    # large as the index; unset: beside the index, or the temp dir where index_dir is read-only.
+    index_copy_dir: Path | None = None
     triton_host: str = "127.0.0.1"  # loopback unless a deployment says otherwise
     triton_http_port: int = 8000
     triton_grpc_port: int = 8001

@@ -49,6 +49,11 @@ class IndexCorruptError(CxrError):
     """An index is damaged, truncated or does not match its manifest's checksum."""
 
 
+class IndexUnreadableError(CxrError):
+    """The index's files cannot be read or copied where they are served from (permissions, no room):
+    the build may be sound, the machine needs an operator."""
+
+
 class StoreUnavailableError(CxrError):
     """The vector store cannot be reached (a Milvus cluster down); queries may succeed again later."""
 
@@ -174,4 +179,4 @@ def backend(settings):
         return MilvusBackend(settings.milvus_uri, settings.milvus_token)
     from cxr.faiss_store import FaissBackend
 
-    return FaissBackend(settings.index_dir, settings.use_gpu)
+    return FaissBackend(settings.index_dir, settings.use_gpu, copy_dir=settings.index_copy_dir)

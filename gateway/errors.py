@@ -14,6 +14,7 @@ from cxr.vector_store import (
     IndexCorruptError,
     IndexMismatchError,
     IndexMissingError,
+    IndexUnreadableError,
     StoreUnavailableError,
     UnknownFilterError,
 )
@@ -51,6 +52,7 @@ STATUS = {
     IndexMismatchError: grpc.StatusCode.FAILED_PRECONDITION,
     IndexMissingError: grpc.StatusCode.FAILED_PRECONDITION,
     IndexCorruptError: grpc.StatusCode.FAILED_PRECONDITION,
+    IndexUnreadableError: grpc.StatusCode.FAILED_PRECONDITION,
     OverloadedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     TritonFailedError: grpc.StatusCode.INTERNAL,
 }

@@ -6,7 +6,13 @@ A new build is checked before it replaces the index in service: its files agains
 in its manifest, its model, dimension and export against what the gateway serves. A build that
 fails the check is refused with one log line and the previous index keeps serving; without a
 previous one, queries for that model get the reason (FAILED_PRECONDITION). A removed index stops
-being served."""
+being served.
+
+A build is identified by what the backend's `version` says (for FAISS: a stat of the manifest and of
+every file it lists), so a file truncated in place is refused like a bad build, and the good file
+copied back is served again, with no need to touch the manifest. `problem` says in a few words why
+a model's index is not served (missing, corrupt, mismatched, unreadable, unreachable), for the
+health log."""
 
 from __future__ import annotations
 
@@ -17,11 +23,21 @@ import time
 
 from cxr.catalog import ExportedModel
 from cxr.errors import CxrError
-from cxr.vector_store import IndexCorruptError, IndexMissingError, StoreUnavailableError, VectorStore
+from cxr.vector_store import (
+    IndexCorruptError,
+    IndexMismatchError,
+    IndexMissingError,
+    IndexUnreadableError,
+    StoreUnavailableError,
+    VectorStore,
+)
 from gateway.search_batcher import SearchBatcher
 
 log = logging.getLogger("cxr.gateway.indexes")
 SWAP_SETTLE_S = 0.2  # `cxr index build` swaps folders with two renames: look twice before calling it removed
+PROBLEMS = ((IndexMissingError, "missing"), (IndexMismatchError, "mismatched"), (IndexCorruptError, "corrupt"),
+            (IndexUnreadableError, "unreadable"), (StoreUnavailableError, "unreachable"))
+REASON_CHARS = 80  # of the error's message in `problem`: the whole of it is in the log line of the refusal
 
 
 class IndexSet:
@@ -50,7 +66,7 @@ class IndexSet:
             return self._versions.get(name)
 
     def refresh(self) -> None:
-        """(Re)load every index whose manifest appeared, changed or went since the last look."""
+        """(Re)load every index whose files appeared, changed or went since the last look."""
         for name, model in self.catalog.items():
             version = self._version(name)
             if name in self._versions and self._versions[name] == version:
@@ -129,10 +145,23 @@ class IndexSet:
         with self._lock:
             return name in self._searchers
 
-    def ready(self, name: str) -> bool:
-        """Loaded, and its store answers (a Milvus cluster can be down while its index stays known)."""
-        store = self.get(name)
-        return store is not None and store.ready()
+    def problem(self, name: str) -> str | None:
+        """Why the model's index is not served, in a few words: "missing", or "corrupt", "mismatched",
+        "unreadable", "unreachable" or "refused" with the first words of the reason; None while it is
+        loaded and its store answers (a Milvus cluster can be down while its index stays known). May
+        ask the store: call it off the event loop."""
+        with self._lock:
+            searcher, error = self._searchers.get(name), self._errors.get(name)
+        if searcher is not None:
+            return None if searcher.store.ready() else "unreachable (its store does not answer)"
+        if error is None or isinstance(error, IndexMissingError):
+            return "missing"
+        kind = next((word for error_type, word in PROBLEMS if isinstance(error, error_type)), "refused")
+        return f"{kind} ({_first_words(str(error).replace(self.backend.where(name), name))})"
+
+
+def _first_words(text: str) -> str:
+    return text if len(text) <= REASON_CHARS else text[:REASON_CHARS].rsplit(" ", 1)[0] + " …"
 
 
 def _timestamp(created: str | None) -> float:

@@ -68,7 +68,7 @@ class Gateway:
         self.metrics_port: int | None = None
         self.http_port: int | None = http.port if http else None
         self._watch: asyncio.Task | None = None
-        self._reported: tuple[bool, bool] | None = None  # (Triton ready, index loaded) last logged
+        self._reported: tuple[bool, str | None] | None = None  # (Triton ready, index problem) last logged
 
     async def start(self, metrics_host: str = "127.0.0.1", metrics_port: int = 0) -> None:
         if metrics_port:
@@ -94,13 +94,13 @@ class Gateway:
         await asyncio.get_running_loop().run_in_executor(None, service.indexes.refresh)
         model = service.catalog.get(service.active_model)
         triton_ready = bool(model) and await service.embedder.is_ready(model)
-        indexed = bool(model) and await asyncio.to_thread(service.indexes.ready, model.name)
-        ready = triton_ready and indexed
-        if (triton_ready, indexed) != self._reported:
+        problem = await asyncio.to_thread(service.indexes.problem, model.name) if model else "missing"
+        ready = triton_ready and problem is None
+        if (triton_ready, problem) != self._reported:
             log.log(logging.INFO if ready else logging.WARNING, "%s: Triton %s, index %s",
                     "SERVING" if ready else "NOT_SERVING", "ready" if triton_ready else "not ready",
-                    "loaded" if indexed else "missing")
-            self._reported = (triton_ready, indexed)
+                    problem or "loaded")
+            self._reported = (triton_ready, problem)
         self.metrics.triton_up.set(int(triton_ready))
         self.metrics.serving.set(int(ready))
         status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING

@@ -1,14 +1,25 @@
 """The FAISS store: files replaced whole, foreign indexes refused, every index type searched with
 filters, batches, re-ranking and chunked writes giving what exact search gives."""
 
+import errno
 import json
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from cxr import faiss_index, faiss_store
-from cxr.vector_store import Filter, IndexCorruptError, IndexMismatchError, UnknownFilterError
+from cxr import faiss_index, faiss_store, private_copy
+from cxr.vector_store import Filter, IndexCorruptError, IndexMismatchError, IndexUnreadableError, UnknownFilterError
 from support import index_metadata, unit_vectors
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _store(tmp_path, vectors, index_type="flat", rerank=False, metadata=None):
@@ -146,3 +157,108 @@ def test_opaque_ids_are_stable_across_loads_and_rebuilds_and_differ_between_inde
     faiss_store.write(tmp_path / "other", unit_vectors(30), index_metadata(30), {"model": "m"}, [], "flat")
     assert faiss_store.load(tmp_path / "other").opaque_id("00000001_000.png") != first
     assert faiss_store.load(tmp_path / "other").opaque_id("") == ""
+
+
+# A child process loads an index, has one of its files truncated in place (what `truncate -s` or a
+# careless copy does to a served index) and searches: a mapped file that shrank kills it with SIGBUS.
+TRUNCATED_READER = """
+import os, sys
+from pathlib import Path
+import numpy as np
+from cxr import faiss_store
+directory, name = Path(sys.argv[1]), sys.argv[2]
+store = faiss_store.load(directory)
+os.truncate(directory / name, 0)
+(hits,) = store.search(np.full((1, 24), 24 ** -0.5, np.float32), 20)
+rows = store.rows([i for i, _ in hits]) + store.rows(range(store.count))
+print(len(hits), len(rows), rows[-1]["image_id"])
+"""
+
+
+@pytest.mark.parametrize("name", [faiss_store.INDEX_FILE, "table/image_id.bytes", "table/image_id.offsets.npy",
+                                  faiss_store.VECTORS_FILE])
+def test_a_file_truncated_under_a_loaded_store_does_not_crash_its_reader(tmp_path, name):
+    faiss_store.write(tmp_path / "idx", unit_vectors(3000), index_metadata(3000), {"model": "m"}, [], "flat",
+                      rerank=True)
+    child = subprocess.run([sys.executable, "-c", TRUNCATED_READER, str(tmp_path / "idx"), name],
+                           cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert child.returncode == 0, (child.returncode, child.stderr[-2000:])
+    assert child.stdout.split() == ["20", "3020", "2999"]
+
+
+def _mapped_paths() -> set[str]:
+    with open("/proc/self/maps") as maps:
+        return {line.split(maxsplit=5)[5].strip() for line in maps if len(line.split(maxsplit=5)) == 6}
+
+
+def test_a_loaded_store_maps_a_private_copy_removed_from_disk(tmp_path):
+    store = _store(tmp_path, unit_vectors(300), rerank=True)
+    mapped = _mapped_paths()
+    assert not [path for path in mapped if path.startswith(str(tmp_path / "idx"))]
+    copies = [path for path in mapped if "cxr-serving" in path]
+    assert copies and all(path.endswith("(deleted)") for path in copies)  # unlinked: nothing left to clean up
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["idx"]
+    assert len(store.search(unit_vectors(1, seed=3), 5)[0]) == 5
+
+
+def test_what_is_verified_is_the_copy_that_is_served(tmp_path, monkeypatch):
+    faiss_store.write(tmp_path / "idx", unit_vectors(30), index_metadata(30), {"model": "m"}, [], "flat")
+    copy_file = private_copy.copy_file
+
+    def damaging(source, target):  # the original changes between its copy and the check: too late
+        copy_file(source, target)
+        if target.name == faiss_store.INDEX_FILE:
+            with target.open("r+b") as f:
+                f.seek(-1, 2)
+                f.write(b"\x00" if f.read(1) != b"\x00" else b"\x01")
+    monkeypatch.setattr(private_copy, "copy_file", damaging)
+    with pytest.raises(IndexCorruptError, match="index.faiss is .* the manifest says"):
+        faiss_store.load(tmp_path / "idx")
+
+
+def test_leftover_copies_of_dead_processes_are_removed_and_live_ones_kept(tmp_path):
+    faiss_store.write(tmp_path / "idx", unit_vectors(30), index_metadata(30), {"model": "m"}, [], "flat")
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = socket.gethostname()
+    dead = tmp_path / f".cxr-serving-{host}-{ended.stdout.strip()}-idx-abc123"
+    live = tmp_path / f".cxr-serving-{host}-{os.getppid()}-idx-def456"
+    other_host = tmp_path / f".cxr-serving-elsewhere.example-{ended.stdout.strip()}-idx-ghi789"
+    for folder in (dead, live, other_host):
+        (folder / "table").mkdir(parents=True)
+        (folder / faiss_store.INDEX_FILE).write_bytes(b"x")
+    faiss_store.load(tmp_path / "idx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["idx", live.name, other_host.name])
+
+
+def test_a_read_only_index_folder_is_copied_to_the_temp_dir_saying_so(tmp_path, monkeypatch, caplog):
+    faiss_store.write(tmp_path / "idx", unit_vectors(30), index_metadata(30), {"model": "m"}, [], "flat")
+    mkdtemp = tempfile.mkdtemp
+
+    def read_only(prefix, dir):  # noqa: A002 - tempfile's own name
+        if Path(dir) == tmp_path:
+            raise OSError(errno.EROFS, "Read-only file system")
+        return mkdtemp(prefix=prefix, dir=dir)
+    monkeypatch.setattr(private_copy.tempfile, "mkdtemp", read_only)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "temp"))
+    (tmp_path / "temp").mkdir()
+    with caplog.at_level(logging.INFO, logger="cxr.private_copy"):
+        store = faiss_store.load(tmp_path / "idx")
+    assert store.count == 30 and list((tmp_path / "temp").iterdir()) == []
+    assert any(path.startswith(str(tmp_path / "temp" / ".cxr-serving")) for path in _mapped_paths())
+    lines = [r.getMessage() for r in caplog.records if r.name == "cxr.private_copy"]
+    assert len(lines) == 1 and str(tmp_path / "temp") in lines[0] and "index_copy_dir" in lines[0], lines
+
+
+def test_index_copy_dir_says_where_copies_go(tmp_path):
+    faiss_store.write(tmp_path / "idx", unit_vectors(30), index_metadata(30), {"model": "m"}, [], "flat")
+    store = faiss_store.load(tmp_path / "idx", copy_dir=tmp_path / "copies")
+    assert any(path.startswith(str(tmp_path / "copies" / ".cxr-serving")) for path in _mapped_paths())
+    assert list((tmp_path / "copies").iterdir()) == [] and store.count == 30
+
+
+def test_no_room_for_the_copy_is_refused_before_copying_naming_the_setting(tmp_path, monkeypatch):
+    faiss_store.write(tmp_path / "idx", unit_vectors(30), index_metadata(30), {"model": "m"}, [], "flat")
+    monkeypatch.setattr(private_copy.shutil, "disk_usage", lambda _: shutil._ntuple_diskusage(10**9, 10**9, 10**6))
+    with pytest.raises(IndexUnreadableError, match=r"has 1 MB free.*index_copy_dir \(CXR_INDEX_COPY_DIR\)"):
+        faiss_store.load(tmp_path / "idx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["idx"]

@@ -255,6 +255,12 @@ def test_the_gateway_environment_is_settings_it_would_start_with(tmp_path):
     for path in (settings.model_repository, settings.index_dir):
         assert path in mounts and mounts[path]["readOnly"], path
     assert not mounts[settings.audit_log.parent].get("readOnly"), "the audit log must be writable"
+    copies = mounts[settings.index_copy_dir]  # served indexes are copied here: not /tmp's 256 Mi
+    assert not copies.get("readOnly")
+    volume = next(v for v in _one("Deployment", "cxr-gateway")["spec"]["template"]["spec"]["volumes"]
+                  if v["name"] == copies["name"])
+    assert "emptyDir" in volume and volume["emptyDir"]["sizeLimit"] == \
+        _one("PersistentVolumeClaim", "cxr-indexes")["spec"]["resources"]["requests"]["storage"]
 
 
 def test_the_gateway_image_has_no_torch_and_a_non_root_user():

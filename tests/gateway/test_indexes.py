@@ -117,3 +117,56 @@ def test_a_removed_index_is_no_longer_served(served):
     assert not indexes.has("m")
     with pytest.raises(IndexMissingError):
         indexes.searcher(FakeModel())
+
+
+@pytest.mark.parametrize("name", [faiss_store.INDEX_FILE, "table/image_id.bytes"])
+def test_a_file_truncated_in_place_is_refused_and_its_restoration_served_without_touching_the_manifest(
+        served, name, caplog):
+    root, indexes, metrics = served
+    manifest = (root / "m" / faiss_store.MANIFEST_FILE).stat()
+    target = root / "m" / name
+    good = target.read_bytes()
+    os.truncate(target, len(good) // 2)
+    with caplog.at_level(logging.ERROR, logger="cxr.gateway.indexes"):
+        indexes.refresh()
+    assert "still serving the previous one" in caplog.text and target.name in caplog.text
+    assert metrics.index_load_failures.labels("m")._value.get() == 1
+    previous = indexes.get("m")
+    found = asyncio.run(indexes.searcher(FakeModel()).search(np.full(DIM, DIM ** -0.5, np.float32), 10))
+    assert sorted(row["image_id"] for _, _, row in found) == [str(i) for i in range(10)]  # its private copy, whole
+    indexes.refresh()
+    assert metrics.index_load_failures.labels("m")._value.get() == 1  # refused once, not every second
+
+    target.write_bytes(good)  # `cp good index.faiss`: the same inode, rewritten
+    indexes.refresh()
+    assert indexes.get("m") is not previous and _size(indexes) == 10
+    after = (root / "m" / faiss_store.MANIFEST_FILE).stat()
+    assert (after.st_mtime_ns, after.st_ino) == (manifest.st_mtime_ns, manifest.st_ino)
+
+
+def test_the_version_covers_every_file_the_manifest_lists(tmp_path):
+    _build(tmp_path / "m", 10)
+    backend = FaissBackend(tmp_path)
+    first = backend.version("m")
+    assert backend.version("m") == first
+    column = tmp_path / "m" / "table" / "labels.codes.npy"
+    stamp = column.stat().st_mtime_ns + 1_000_000
+    os.utime(column, ns=(stamp, stamp))
+    assert backend.version("m") != first
+
+
+@pytest.mark.parametrize("damage, says", [
+    ("none", None),
+    ("removed", "missing"),
+    ("manifest", "corrupt (" ),
+    ("export", "mismatched ("),
+])
+def test_problem_says_why_an_index_is_not_served(tmp_path, damage, says):
+    _build(tmp_path / "m", 10, export_sha256="b" * 64 if damage == "export" else "a" * 64)
+    if damage == "removed":
+        shutil.rmtree(tmp_path / "m")
+    if damage == "manifest":
+        (tmp_path / "m" / faiss_store.MANIFEST_FILE).write_text("{not json")
+    problem = IndexSet(FaissBackend(tmp_path), {"m": FakeModel()}).problem("m")
+    assert problem == says if says in (None, "missing") else problem.startswith(says), problem
+    assert problem is None or len(problem) <= 120
