@@ -27,6 +27,8 @@ from cxr.errors import CxrError
 from gateway import calls
 
 RETRY_AFTER_KEY = "retry-after-ms"
+MAX_BATCH_QUERIES = 256  # queries in one BatchSearch
+THROTTLED = "refused_rate"  # the refusal reason of RefusalLimiter (the audit trail summarises these)
 MAX_TRACKED_PRINCIPALS = 10_000  # buckets of the least recently seen go first
 REFUSED = ("unauthenticated", "permission_denied")  # outcomes a RefusalLimiter charges the address for
 
@@ -216,7 +218,7 @@ class RefusalLimiter(grpc.aio.ServerInterceptor):
         if wait:
             await calls.abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
                               f"too many refused calls from this address: retry in {math.ceil(wait * 1000)} ms with a "
-                              "valid credential", "refused_rate", retry_trailers(wait))
+                              "valid credential", THROTTLED, retry_trailers(wait))
         try:
             return await run()
         finally:

@@ -23,6 +23,10 @@ and `<field>_chars` (its length). "Short" counts bytes as the line writes them, 
 - `principal`, `client_cert` and `peer` are vouched for (identity provider, certificate authority,
   the socket), but a careless issuer is no reason for an unbounded line: at most IDENTITY_MAX_BYTES;
 - a BatchSearch: its first MAX_BATCH_QUERIES queries (as many as a valid batch holds) and `query_count`.
+Calls refused because their address keeps being refused (admission.RefusalLimiter: a flood) are
+written at most one line per address per THROTTLED_PERIOD_S; a line's `suppressed` counts the calls
+like it from that address since its previous line that got none (the gateway writes the last of them
+within a period or so, `flush_throttled`): the flood is on record, and cannot fill the disk.
 The largest line a call not answered can write (whatever it sent, within the 64 MB message limit) is
 under MAX_REFUSED_LINE_BYTES (128 KiB); an answered call's is under MAX_LINE_BYTES (640 KiB) plus its
 `study_uids`, the studies its answer named (at most MAX_BATCH_QUERIES x MAX_TOP_K, as long as the index
@@ -40,6 +44,8 @@ import logging
 import os
 import re
 import time
+from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -48,11 +54,13 @@ from cxr import registry
 from gateway import calls
 from gateway.audit_chain import (FILE_FIELD, GENESIS, AuditError, first_line, last_line, link, load_key,
                                  rotated)
-from gateway.service import MAX_BATCH_QUERIES
+from gateway.admission import MAX_BATCH_QUERIES, THROTTLED
 
 log = logging.getLogger("cxr.gateway.audit")
 
 DEFAULT_MAX_BYTES = 64 * 2**20
+THROTTLED_PERIOD_S = 1.0
+THROTTLED_KEYS = 10_000  # addresses tracked; the least recently seen go first
 VERBATIM_MAX_BYTES = 64  # as written in the line, JSON escapes included
 IDENTITY_MAX_BYTES = 256
 FILTER_VALUES_LISTED = 16
@@ -77,6 +85,7 @@ class AuditLog:
     def __init__(self, path: Path, max_bytes: int = DEFAULT_MAX_BYTES):
         self.path = path
         self.max_bytes = max_bytes
+        self._throttled: OrderedDict[str, _Throttled] = OrderedDict()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self.key = load_key(path)
@@ -127,6 +136,40 @@ class AuditLog:
             self._rotate()
         return seq
 
+    def append_throttled(self, key: str, record: dict, now: float | None = None) -> int | None:
+        """`append` at most once per THROTTLED_PERIOD_S for `key`; a record left out is kept (the last one) and
+        counted. Returns the seq written, or None when the record was left out."""
+        now = time.monotonic() if now is None else now
+        entry = self._throttled.pop(key, None) or _Throttled()
+        self._throttled[key] = entry
+        if len(self._throttled) > THROTTLED_KEYS:
+            self._flush(*self._throttled.popitem(last=False))
+        if now - entry.written < THROTTLED_PERIOD_S:
+            entry.left_out, entry.last = entry.left_out + 1, record
+            return None
+        return self._flush(key, entry, record, now)
+
+    def flush_throttled(self, now: float | None = None) -> None:
+        """Write the last record left out of each key whose period has passed (the gateway calls this every
+        second, and on stopping with `now` = inf), so a flood that stops is on record whole."""
+        now = time.monotonic() if now is None else now
+        try:
+            for key, entry in list(self._throttled.items()):
+                if entry.left_out and now - entry.written >= THROTTLED_PERIOD_S:
+                    self._flush(key, entry, None, now)
+        except OSError as exc:  # the calls were refused already: nothing waits on these lines
+            log.error("audit log %s: summary of refused calls not written (%s)", self.path, exc)
+
+    def _flush(self, key: str, entry: _Throttled, record: dict | None = None, now: float = 0.0) -> int | None:
+        """Write `record` (or the last one left out) with the count of those left out before it."""
+        if record is None:
+            record, entry.left_out = entry.last, entry.left_out - 1
+        if record is None:
+            return None
+        seq = self.append(dict(record, suppressed=entry.left_out) if entry.left_out else record)
+        entry.written, entry.left_out, entry.last = now, 0, None
+        return seq
+
     def _rotate(self) -> None:
         # The number comes from the file's own first line, not from the rotated files still beside it:
         # an operator who archives those elsewhere must not make the next file reuse a number.
@@ -140,6 +183,13 @@ class AuditLog:
 
     def close(self) -> None:
         os.close(self._fd)
+
+
+@dataclass
+class _Throttled:
+    written: float = float("-inf")  # when the key's last line was written
+    left_out: int = 0  # records left out since
+    last: dict | None = None  # the last of them
 
 
 def _file_number(path: Path) -> int:
@@ -230,8 +280,9 @@ def describe_request(method: str, request, audit: AuditLog, answered: bool = Fal
     return {}
 
 
-def describe_response(method: str, response) -> dict:
-    """How many hits and which studies the call returned."""
+def describe_response(method: str, response, call: calls.Call | None = None) -> dict:
+    """How many hits and which studies the call returned: as the index names them (the service notes them
+    in the call before it answers a caller who may not see patient data with opaque ids)."""
     name = calls.method_name(method)
     if response is None:
         return {"hits": 0, "study_uids": []}
@@ -243,8 +294,9 @@ def describe_response(method: str, response) -> dict:
         return {"hits": 1, "study_uids": [response.study_uid]}
     else:
         return {"hits": 0, "study_uids": []}
-    uids = [hit.study_uid for result in results for hit in result.hits]
-    return {"models": sorted({r.model for r in results}), "hits": len(uids), "study_uids": list(dict.fromkeys(uids))}
+    uids = call.study_uids if call is not None else [hit.study_uid for result in results for hit in result.hits]
+    return {"models": sorted({r.model for r in results}), "hits": sum(len(r.hits) for r in results),
+            "study_uids": list(dict.fromkeys(uids))}
 
 
 def describe_caller(call: calls.Call | None, context, audit: AuditLog) -> dict:
@@ -263,7 +315,17 @@ def describe_call(call: calls.Call | None, context, request, status: grpc.Status
             **describe_request(method, request, audit, answered=status == grpc.StatusCode.OK),
             "status": status.name,
             "latency_ms": round((time.monotonic() - call.started) * 1000, 2) if call else None,
-            **describe_response(method, response)}
+            **describe_response(method, response, call)}
+
+
+def describe_http_refusal(request_id: str, principal: str, client_cert: str, peer: str, method: str,
+                          status: grpc.StatusCode, http_status: int, started: float, audit: AuditLog) -> dict:
+    """The line of a call the HTTP side refused before any gRPC call (gateway.http_admission): nothing of
+    its body was read, so nothing of it is described."""
+    return {"time": _utc_now(), "request_id": request_id, **_identity("principal", principal, audit),
+            **_identity("client_cert", client_cert, audit), **_identity("peer", peer, audit),
+            "method": method or "HTTP", "queries": [], "status": status.name, "http_status": http_status,
+            "latency_ms": round((time.monotonic() - started) * 1000, 2), "hits": 0, "study_uids": []}
 
 
 class AuditInterceptor(grpc.aio.ServerInterceptor):
@@ -291,9 +353,13 @@ class AuditInterceptor(grpc.aio.ServerInterceptor):
         return response
 
     def _write(self, request, context, status: grpc.StatusCode, response=None, failed_call: bool = False) -> bool:
-        line = describe_call(calls.current(), context, request, status, response, self.audit)
+        call = calls.current()
+        line = describe_call(call, context, request, status, response, self.audit)
         try:
-            self.audit.append(line)
+            if call is not None and call.rejected == THROTTLED:
+                self.audit.append_throttled(calls.client_address(context), line)
+            else:
+                self.audit.append(line)
             return True
         except OSError as exc:
             log.error("audit log %s not written (%s): request %s %s", self.audit.path, exc,

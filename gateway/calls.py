@@ -45,6 +45,7 @@ class Call:
     principal: str = ""  # JWT subject, API key id, or "" when auth is off
     scopes: frozenset[str] = frozenset()
     sees_patient_data: bool = True  # False: answers carry no report and no id that could name a patient (auth)
+    study_uids: list[str] = field(default_factory=list)  # the studies answered, as the index names them (audit)
     deadline: float | None = None  # time.monotonic() by which the call must end
     rejected: str = ""  # why the gateway refused it (a metrics label): "rate_limit", "unauthenticated", ...
     stages: dict[str, float] = field(default_factory=dict)  # seconds spent in decode, tokenize, triton, search

@@ -21,15 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import logging
 import math
-import time
 import uuid
 from dataclasses import dataclass
 
-from gateway import auth
-from gateway.admission import RateLimiter
+from gateway import audit, auth
+from gateway.admission import THROTTLED, RateLimiter
 from gateway.http_errors import Problem
 
 log = logging.getLogger("cxr.gateway.http")
@@ -66,11 +64,11 @@ class Caller:
 
 class FrontDoor:
     def __init__(self, authenticator: auth.Authenticator | None, rates: RateLimiter, refusals: RateLimiter | None,
-                 audit=None, metrics=None, max_uploads: int = 8):
+                 audit_log: audit.AuditLog | None = None, metrics=None, max_uploads: int = 8):
         self.authenticator = authenticator
         self.rates = rates
         self.refusals = refusals
-        self.audit = audit  # gateway.audit.AuditLog, or None
+        self.audit = audit_log  # gateway.audit.AuditLog, or None
         self.metrics = metrics  # gateway.metrics.GatewayMetrics, or None
         self.max_uploads = max_uploads
         self._uploads = asyncio.Semaphore(max_uploads)
@@ -82,7 +80,7 @@ class FrontDoor:
             raise Problem(431, f"the Authorization header is over {MAX_CREDENTIAL_BYTES} bytes: send one bearer token",
                           headers={"Connection": "close"})
         if self.refusals is not None:
-            _within(self.refusals.wait(caller.address), "too many refused calls from this address", "refused_rate")
+            _within(self.refusals.wait(caller.address), "too many refused calls from this address", THROTTLED)
         if self.authenticator is not None:
             caller.principal = self._principal(credential, rpc)
         _within(self.rates.wait(caller.key), "rate limit reached", "rate_limit")
@@ -138,13 +136,13 @@ class FrontDoor:
             self._audit(caller, rpc, problem, started)
 
     def _audit(self, caller: Caller, rpc: str, problem: Problem, started: float) -> None:
-        record = {"time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-                  "request_id": problem.request_id, "principal": caller.principal, "client_cert": caller.subject,
-                  "peer": caller.peer, "method": rpc or "HTTP", "queries": [], "status": problem.code.name,
-                  "http_status": problem.http, "latency_ms": round((time.monotonic() - started) * 1000, 2),
-                  "hits": 0, "study_uids": []}
+        line = audit.describe_http_refusal(problem.request_id, caller.principal, caller.subject, caller.peer, rpc,
+                                           problem.code, problem.http, started, self.audit)
         try:
-            self.audit.append(record)
+            if problem.reason == THROTTLED:
+                self.audit.append_throttled(caller.address, line)
+            else:
+                self.audit.append(line)
         except OSError as exc:  # the refusal is answered anyway: it gives nothing away
             log.error("audit log %s not written (%s): HTTP refusal %s", self.audit.path, exc, problem.request_id)
 

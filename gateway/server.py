@@ -101,6 +101,8 @@ class Gateway:
                     "SERVING" if ready else "NOT_SERVING", "ready" if triton_ready else "not ready",
                     problem or "loaded")
             self._reported = (triton_ready, problem)
+        if self.audit is not None:
+            self.audit.flush_throttled()
         self.metrics.triton_up.set(int(triton_ready))
         self.metrics.serving.set(int(ready))
         status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
@@ -123,6 +125,7 @@ class Gateway:
         self.service.indexes.close()
         self.metrics.stop()
         if self.audit is not None:
+            self.audit.flush_throttled(now=float("inf"))
             self.audit.close()
 
 

@@ -15,7 +15,7 @@ from cxr.retrieval.v1 import retrieval_pb2 as pb
 from cxr.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
 from cxr.vector_store import Filter
 from gateway import calls, hits
-from gateway.admission import DecodeQueue
+from gateway.admission import MAX_BATCH_QUERIES, DecodeQueue
 from gateway.errors import ImageNotFoundError, InvalidRequestError, StudyNotFoundError, grpc_errors
 from gateway.indexes import IndexSet
 from gateway.thumbnails import MEDIA_TYPE, Thumbnails, size_of
@@ -23,7 +23,6 @@ from gateway.thumbnails import MEDIA_TYPE, Thumbnails, size_of
 MAX_TOP_K = 1000
 MAX_TEXT_CHARS = 10_000
 MAX_IMAGE_BYTES = 40 * 1024 * 1024
-MAX_BATCH_QUERIES = 256
 DEFAULT_TOP_K = 10  # what top_k = 0 (unset) means
 # A study's fields GetStudy returns under the same names; patient identifiers only here (`studies` scope).
 STUDY_COLUMNS = ("findings", "impression", "indication", "study_instance_uid", "accession_number", "study_date",
@@ -155,8 +154,10 @@ class RetrievalService(pb_grpc.RetrievalServicer):
             else:
                 found = hits.ranked(await searcher.search(vector, top_k, flt), self.links)
         call = calls.current()
-        if call is not None and not call.sees_patient_data:
-            hits.redact(found, searcher.store.opaque_id)
+        if call is not None:
+            call.study_uids.extend(hit.study_uid for hit in found)
+            if not call.sees_patient_data:
+                hits.redact(found, searcher.store.opaque_id)
         return pb.SearchResponse(model=model.name, hits=found)
 
     async def _by_study(self, searcher, vector, top_k: int, flt: Filter) -> list[pb.Hit]:
