@@ -91,7 +91,7 @@ bench: setup ## quality + speed per model (MODELS="cxr-mini medsiglip-tiny"): ga
 bench-quick: setup ## the same, CI-sized (a few minutes)
 	$(CXR) compare --profile quick $(foreach m,$(MODELS),--model $(m))
 
-fuzz: setup ## 10,000 hostile requests at the secured gateway: 0 UNKNOWN/INTERNAL, 0 hangs, RSS growth < 200 MB
+fuzz: setup ## 10,000 hostile gRPC and 10,000 hostile HTTP requests (and slow clients) at the secured gateway: 0 UNKNOWN/INTERNAL/5xx, 0 hangs, RSS bounded, a bystander's p99
 	$(BIN)/python -m benchmarks.fuzz
 
 soak: setup ## 32 clients, mixed queries, 10 min secured then 10 min open: errors, latency ratio, RSS, audit check

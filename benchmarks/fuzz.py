@@ -1,12 +1,16 @@
 """`make fuzz`: hostile requests against the real gateway (mutual TLS, tokens and the audit log on),
-in front of the real Triton, with its status codes, latencies and memory recorded.
+in front of the real Triton, with its status codes, latencies and memory recorded, over gRPC and then
+over HTTP (benchmarks.hostile_http: bodies, JSON, multipart, headers, tokens, paths, malformed HTTP)
+while slow clients (slowloris) hold connections and a bystander searches every 100 ms.
 
-The gateway passes when no call ends UNKNOWN or INTERNAL, none runs past its deadline, health is
-still SERVING at the end and its RSS grew less than 200 MB. A 14000 x 14000 PNG is then sent alone,
-to time its refusal and the peak memory it costs. Results: benchmarks/results/<date>-<host>-fuzz.json.
+The gateway passes when no gRPC call ends UNKNOWN or INTERNAL and no HTTP request gets a 5xx, none runs
+past its deadline, no slow client outlives the header or body deadline by more than a second, health is
+still SERVING at the end, its RSS grew less than RSS_LIMIT_MB over the gRPC run and peaked less than
+HTTP_PEAK_LIMIT_MB above its start during the HTTP run. A 14000 x 14000 PNG is then sent alone, to time
+its refusal and the peak memory it costs. Results: benchmarks/results/<date>-<host>-fuzz.json.
 
-    make fuzz                                   # 10,000 requests
-    python -m benchmarks.fuzz --requests 1000   # smaller
+    make fuzz                                                  # 10,000 gRPC and 10,000 HTTP requests
+    python -m benchmarks.fuzz --requests 1000 --http-requests 1000   # smaller
 """
 
 from __future__ import annotations
@@ -14,22 +18,24 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import ssl
 import sys
 import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2
 
-from benchmarks import hostile
+from benchmarks import hostile, hostile_http
 from benchmarks.machine import describe, exit_status, save
 from benchmarks.stack import exported, process_tree_rss_mb, served
 from cxr import archives
 from cxr.client import channel_from
+from cxr.processes import free_ports
 from cxr.retrieval.v1 import retrieval_pb2 as pb
 from cxr.settings import Settings, load_settings
 from gateway import process as gateway_process
@@ -39,6 +45,15 @@ SERVICE = pb.DESCRIPTOR.services_by_name["Retrieval"].full_name
 DEADLINE_S = 20.0
 FAILED = {"UNKNOWN", "INTERNAL"}
 RSS_LIMIT_MB = 200
+# The HTTP run's peak above the gateway's RSS before it: every upload slot (max_concurrent_uploads, 8) full
+# of the largest body the mix sends (a ~5 MB batch of base64 images, ~4 copies on its way: body, JSON,
+# message, gRPC frame) plus 4 decodes at once of the largest image the limits let through (~50 MP).
+HTTP_PEAK_LIMIT_MB = 1024
+SLOW_CLIENTS = 20
+# A request that declares a body it never sends waits for the body deadline: 5 s here, so that it ends
+# well within DEADLINE_S (the default, 60 s, is for slow links).
+HTTP_TIMEOUTS = {"http_header_timeout_s": 5.0, "http_body_timeout_s": 5.0}
+BYSTANDER_PERIOD_S = 0.1
 BIG_PNG_SIDE = 14_000
 
 
@@ -173,6 +188,104 @@ def summarize(outcomes: list[tuple[str, str, float]]) -> dict:
             "by_kind": {kind: dict(counter) for kind, counter in sorted(by_kind.items())}}
 
 
+def _percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(share * len(ordered)))] * 1000, 1) if ordered else 0.0
+
+
+def fire_http(target: hostile_http.Target, requests: list[hostile_http.HttpRequest],
+              concurrency: int = 8) -> list[tuple[str, int, float]]:
+    """(kind, HTTP status (0: closed without an answer), seconds) of each request, `concurrency` at a time."""
+    with ThreadPoolExecutor(concurrency) as pool:
+        answers = pool.map(lambda r: (r.kind, *hostile_http.send(target, r.data, DEADLINE_S)), requests)
+        return list(answers)
+
+
+def summarize_http(outcomes: list[tuple[str, int, float]]) -> dict:
+    codes = Counter(str(status) for _, status, _ in outcomes)
+    by_kind: dict[str, Counter] = {}
+    for kind, status, _ in outcomes:
+        by_kind.setdefault(kind, Counter())[str(status)] += 1
+    return {"requests": len(outcomes), "codes": dict(sorted(codes.items())),
+            "failed": sum(n for code, n in codes.items() if int(code) >= 500),
+            "closed_without_answer": codes.get("0", 0),
+            "hangs": sum(seconds >= DEADLINE_S for *_, seconds in outcomes),
+            "slowest_s": round(max((s for *_, s in outcomes), default=0.0), 3),
+            "by_kind": {kind: dict(counter) for kind, counter in sorted(by_kind.items())}}
+
+
+class Background:
+    """While the HTTP run lasts: slow clients holding connections, a bystander searching, RSS sampled."""
+
+    def __init__(self, settings: Settings, target: hostile_http.Target, gateway_pid: int):
+        self.settings, self.target, self.pid = settings, target, gateway_pid
+        self.stop = threading.Event()
+        self.lifetimes: list[float] = []
+        self.latencies: list[float] = []
+        self.peak_mb = 0.0
+        self.threads = [threading.Thread(target=self._slow, args=(i,), daemon=True) for i in range(SLOW_CLIENTS)]
+        self.threads += [threading.Thread(target=self._bystander, daemon=True),
+                         threading.Thread(target=self._sample, daemon=True)]
+
+    def __enter__(self) -> Background:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(DEADLINE_S + 60)
+
+    def _slow(self, i: int) -> None:
+        limit_s = self.settings.http_body_timeout_s + 30
+        while not self.stop.is_set():
+            kind = hostile_http.SLOW_KINDS[i % len(hostile_http.SLOW_KINDS)]
+            self.lifetimes.append(hostile_http.slow_client(self.target, kind, 0.5, limit_s))
+
+    def _bystander(self) -> None:
+        while not self.stop.wait(BYSTANDER_PERIOD_S):
+            self.latencies.append(bystander_search(self.target))
+
+    def _sample(self) -> None:
+        while not self.stop.wait(0.05):
+            self.peak_mb = max(self.peak_mb, process_tree_rss_mb(self.pid))
+
+
+def bystander_search(target: hostile_http.Target) -> float:
+    """Seconds for one valid text search (a new TLS connection, as a browser's first call)."""
+    data = hostile_http.request("POST", "/v1/search/text", {"Content-Type": "application/json",
+                                                            "Authorization": f"Bearer {target.token}"},
+                                b'{"text": "small left pleural effusion", "topK": 5}', target.host)
+    status, seconds = hostile_http.send(target, data, DEADLINE_S)
+    return seconds if status == 200 else DEADLINE_S
+
+
+def http_run(settings: Settings, gateway_pid: int, requests: int, seed: int, concurrency: int) -> dict:
+    """The HTTP half: the bystander's latency at rest, then the hostile mix with slow clients beside it."""
+    context = ssl.create_default_context(cafile=settings.ca)
+    context.load_cert_chain(settings.client_cert, settings.client_key)
+    target = hostile_http.Target(settings.http_port, context, settings.token)
+    made = hostile_http.HostileHttpRequests(target, settings.data_dir / "cxr_samples", Path(settings.ca).parent,
+                                            settings.jwt_issuer, settings.jwt_audience, seed)
+    batch = [made.draw() for _ in range(requests)]
+    at_rest = [bystander_search(target) for _ in range(50)]
+    rss_before = process_tree_rss_mb(gateway_pid)
+    started = time.monotonic()
+    with Background(settings, target, gateway_pid) as background:
+        outcomes = fire_http(target, batch, concurrency)
+    seconds = time.monotonic() - started
+    return dict(summarize_http(outcomes), seconds=round(seconds, 1),
+                rss_mb={"before": rss_before, "peak": background.peak_mb,
+                        "peak_growth": round(background.peak_mb - rss_before, 1)},
+                bystander_ms={"at_rest_p50": _percentile(at_rest, 0.5), "at_rest_p99": _percentile(at_rest, 0.99),
+                              "during_p50": _percentile(background.latencies, 0.5),
+                              "during_p99": _percentile(background.latencies, 0.99),
+                              "during_queries": len(background.latencies)},
+                slow_clients={"connections": len(background.lifetimes),
+                              "longest_s": round(max(background.lifetimes, default=0.0), 1)})
+
+
 def big_png(settings: Settings, gateway_pid: int, repeats: int = 20) -> dict:
     """A 14000 x 14000 black PNG (~190 KB), sent alone: time to refusal, and the gateway's peak RSS."""
     data = hostile.png(BIG_PNG_SIDE, BIG_PNG_SIDE)
@@ -205,15 +318,27 @@ def verdict(figures: dict) -> list[str]:
     growth = figures["rss_mb"]["after"] - figures["rss_mb"]["before"]
     problems += [f"gateway RSS grew {growth:.0f} MB (limit {RSS_LIMIT_MB})"] if growth >= RSS_LIMIT_MB else []
     problems += [f"the {BIG_PNG_SIDE}² PNG got {png['codes']}"] if set(png["codes"]) != {"INVALID_ARGUMENT"} else []
+    return problems + http_verdict(figures["http"], figures["slow_limit_s"]) if "http" in figures else problems
+
+
+def http_verdict(http: dict, slow_limit_s: float) -> list[str]:
+    problems = [f"{http['failed']} HTTP requests got a 5xx"] if http["failed"] else []
+    problems += [f"{http['hangs']} HTTP requests ran past the {DEADLINE_S:.0f} s deadline"] if http["hangs"] else []
+    growth = http["rss_mb"]["peak_growth"]
+    problems += [f"gateway RSS peaked {growth:.0f} MB above its start (limit {HTTP_PEAK_LIMIT_MB})"] \
+        if growth >= HTTP_PEAK_LIMIT_MB else []
+    longest = http["slow_clients"]["longest_s"]
+    problems += [f"a slow client held its connection {longest:.0f} s (limit {slow_limit_s:.0f})"] \
+        if longest > slow_limit_s else []
     return problems
 
 
-def run(requests: int, seed: int, concurrency: int, model: str = "cxr-mini") -> dict:
+def run(requests: int, seed: int, concurrency: int, model: str = "cxr-mini", http_requests: int = 0) -> dict:
     base = load_settings()
     records = archives.nih_labels(base.data_dir / "nih800" / "labels.csv", base.data_dir / "nih800")[:200]
     with exported(base, model) as plain:
-        settings = dev_security(plain, plain.run_dir / "pki", "fuzz", ["search", "studies", "admin"],
-                                audit_log=plain.run_dir / "audit.log")
+        settings = dev_security(replace(plain, http_port=free_ports(1)[0], **HTTP_TIMEOUTS), plain.run_dir / "pki", "fuzz",
+                                ["search", "studies", "admin"], audit_log=plain.run_dir / "audit.log")
         with served(settings, records) as stack:
             made = HostileRequests(settings, base.data_dir / "cxr_samples", seed)
             batch = [made.draw() for _ in range(requests)]
@@ -222,12 +347,15 @@ def run(requests: int, seed: int, concurrency: int, model: str = "cxr-mini") -> 
             outcomes = fire(settings, batch, concurrency)
             seconds = time.monotonic() - started
             rss_after = process_tree_rss_mb(stack.gateway_pid)
+            http = http_run(settings, stack.gateway_pid, http_requests, seed, concurrency) if http_requests else None
             serving = gateway_process.health(settings) == health_pb2.HealthCheckResponse.SERVING
             png = big_png(settings, stack.gateway_pid)
             audit_lines = len(settings.audit_log.read_text().splitlines())
     figures = {"hostile": dict(summarize(outcomes), seconds=round(seconds, 1)),
                "rss_mb": {"before": rss_before, "after": rss_after}, "serving_after": serving, "big_png": png,
                "audit_lines": audit_lines}
+    if http is not None:
+        figures.update(http=http, slow_limit_s=max(settings.http_header_timeout_s, settings.http_body_timeout_s) + 1)
     return {"machine": describe(), "settings": {"model": model, "requests": requests, "seed": seed,
                                                 "concurrency": concurrency, "deadline_s": DEADLINE_S,
                                                 "security": "mutual TLS, JWT auth, audit log"},
@@ -240,10 +368,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--model", default="cxr-mini")
+    parser.add_argument("--http-requests", type=int, default=10_000, help="hostile HTTP requests (0: gRPC only)")
     args = parser.parse_args(argv)
-    results = run(args.requests, args.seed, args.concurrency, args.model)
+    results = run(args.requests, args.seed, args.concurrency, args.model, args.http_requests)
     figures = results["figures"]
     print(json.dumps({k: v for k, v in figures["hostile"].items() if k != "by_kind"}, indent=2))
+    if "http" in figures:
+        print(json.dumps({k: v for k, v in figures["http"].items() if k != "by_kind"}, indent=2))
     print(f"RSS {figures['rss_mb']}; big PNG {figures['big_png']}")
     save("fuzz", results)
     return exit_status(results["problems"])

@@ -88,6 +88,7 @@ class _Protocol(H11Protocol):
         super().__init__(*args, **kwargs)
         self.limits = limits
         self._header_deadline: asyncio.TimerHandle | None = None
+        self._waiting = False  # for a request's headers, since the deadline was set: bytes do not reset it
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
@@ -109,23 +110,30 @@ class _Protocol(H11Protocol):
         super().data_received(data)
         if self.cycle is not cycle:
             self._stop_waiting()  # a request's headers are in
-        elif self._between_requests() and self._header_deadline is None:
+        elif self._between_requests() and not self._waiting:
             self._await_headers()  # the first bytes of a next request: its headers have the same deadline
 
     def _between_requests(self) -> bool:
         return self.cycle is None or self.cycle.response_complete
 
     def _await_headers(self) -> None:
+        self._waiting = True
         self._header_deadline = self.loop.call_later(self.limits.header_timeout_s, self._headers_late)
 
     def _stop_waiting(self) -> None:
+        self._waiting = False
         if self._header_deadline is not None:
             self._header_deadline.cancel()
             self._header_deadline = None
 
     def _headers_late(self) -> None:
+        # Looked at once more after what is ready to run: on a loop that was busy, the bytes that complete
+        # the headers may be waiting their turn behind this timer.
         self._header_deadline = None
-        if self._between_requests() and not self.transport.is_closing():
+        self.loop.call_soon(self._close_if_still_waiting)
+
+    def _close_if_still_waiting(self) -> None:
+        if self._waiting and self._between_requests() and not self.transport.is_closing():
             self.transport.write(TIMED_OUT)
             self.transport.close()
 
