@@ -96,14 +96,15 @@ def _memory_kb(field: str) -> int:
 
 def measure(path: Path, size: int) -> dict:
     """Runs in the child: one preprocess, its peak memory above what reading the file cost."""
-    from cxr.images import InvalidImageError, preprocess
+    from cxr.images import ImageLimits, InvalidImageError, preprocess
+    from cxr.settings import Settings
 
     data = path.read_bytes()
     Path("/proc/self/clear_refs").write_text("5")  # the peak restarts from here (ru_maxrss outlives exec)
     before = _memory_kb("VmHWM")
     started = time.perf_counter()
     try:
-        preprocess(data, size, 50_000_000)  # the gateway's max_image_pixels
+        preprocess(data, size, ImageLimits.of(Settings()))  # the gateway's default limits
         outcome = "decoded"
     except InvalidImageError as error:
         outcome = f"refused: {type(error).__name__}"

@@ -95,6 +95,10 @@ class Settings:
     default_deadline_s: float = 30.0  # for calls that bring no deadline
     max_decode_queue: int = 64  # images waiting for or in decoding; more: RESOURCE_EXHAUSTED
     max_image_pixels: int = 50_000_000  # checked from the header before decoding (all frames of a DICOM)
+    # Also from the header, before decoding (cxr.images.ImageLimits): the longest side, and the longer
+    # side over the shorter (chest films ~1.25, stitched spine and long-leg images ~4; 8 leaves margin).
+    max_image_side: int = 20_000
+    max_image_aspect: float = 8.0
     drain_grace_s: float = 10.0  # on SIGTERM, how long calls in flight may take to finish
     # Gateway -> Triton: TLS when triton_tls_ca is set (mutual with cert and key); the secret that
     # unlocks Triton's model-repository, model-config and other admin APIs (written by `cxr serve`).
