@@ -11,14 +11,17 @@ Uploads are hostile until shown otherwise. Before any pixel is decoded, the size
 is checked against ImageLimits (pixels, longest side, aspect), and so is what the decoder will really
 decode: a DICOM's compressed frame must declare the header's Rows x Columns, a JPEG must hold at least
 the coded bytes its declared size needs, and a deflated DICOM must not inflate past what the pixel
-limit allows. Error messages
+limit allows. A PixelBudget bounds the pixels being decoded at once across threads. Error messages
 name the limit or field and the remedy, never bytes of the upload or a library's message (the cause
 stays chained for the log).
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
+import threading
+import time
 import warnings
 import zlib
 from collections.abc import Callable
@@ -56,6 +59,10 @@ class InvalidImageError(CxrError, ValueError):
 
 class ImageTooLargeError(InvalidImageError):
     """The header declares more than the limits allow; nothing was decoded."""
+
+
+class DecodeBusyError(CxrError):
+    """Other images being decoded hold the pixel budget; retry later."""
 
 
 @dataclass(frozen=True)
@@ -96,6 +103,34 @@ class ImageLimits:
 ARCHIVE_LIMITS = ImageLimits()
 
 
+class PixelBudget:
+    """Pixels being decoded at once, across the decoding threads, so that several large images at
+    once cannot add up to more memory than `max_pixels` worth. A decode that would pass it waits for
+    others to finish (an image larger than the budget waits until it is alone), until `deadline`
+    (time.monotonic()); then it is refused with DecodeBusyError."""
+
+    def __init__(self, max_pixels: int):
+        self.max_pixels = max_pixels
+        self.in_use = 0
+        self._changed = threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self, pixels: int, deadline: float | None = None):
+        with self._changed:
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not self._changed.wait_for(lambda: not self.in_use or self.in_use + pixels <= self.max_pixels, wait):
+                raise DecodeBusyError(f"other images held the gateway's decoding budget (max_decoding_pixels, "
+                                      f"{self.max_pixels / 1e6:.1f} megapixels) until this call's deadline: retry "
+                                      "with backoff")
+            self.in_use += pixels
+        try:
+            yield
+        finally:
+            with self._changed:
+                self.in_use -= pixels
+                self._changed.notify_all()
+
+
 @dataclass(frozen=True)
 class _Opened:
     """An image whose header passed the limits: how many pixels it declares, and how to decode it."""
@@ -117,9 +152,13 @@ def decode(data: bytes, limits: ImageLimits = ARCHIVE_LIMITS) -> Image.Image:
     return _open(data, limits).decode()
 
 
-def preprocess(data: bytes, size: int, limits: ImageLimits = ARCHIVE_LIMITS) -> np.ndarray:
-    """uint8 [size, size, 3], ready for the image tower."""
-    return to_pixels(decode(data, limits), size)
+def preprocess(data: bytes, size: int, limits: ImageLimits = ARCHIVE_LIMITS, budget: PixelBudget | None = None,
+               deadline: float | None = None) -> np.ndarray:
+    """uint8 [size, size, 3], ready for the image tower; the decode holds its pixels in `budget`, waiting
+    for them until `deadline` (time.monotonic()) at most."""
+    opened = _open(data, limits)
+    with budget.hold(opened.pixels, deadline) if budget else contextlib.nullcontext():
+        return to_pixels(opened.decode(), size)
 
 
 def _open(data: bytes, limits: ImageLimits) -> _Opened:

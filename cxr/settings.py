@@ -99,6 +99,9 @@ class Settings:
     # side over the shorter (chest films ~1.25, stitched spine and long-leg images ~4; 8 leaves margin).
     max_image_side: int = 20_000
     max_image_aspect: float = 8.0
+    # Pixels being decoded at once across the decode threads (two of the largest images): a decode
+    # that would pass it waits for others to finish; still waiting at its deadline: RESOURCE_EXHAUSTED.
+    max_decoding_pixels: int = 100_000_000
     drain_grace_s: float = 10.0  # on SIGTERM, how long calls in flight may take to finish
     # Gateway -> Triton: TLS when triton_tls_ca is set (mutual with cert and key); the secret that
     # unlocks Triton's model-repository, model-config and other admin APIs (written by `cxr serve`).

@@ -9,7 +9,7 @@ import traceback
 import grpc
 
 from cxr.errors import CxrError, UnknownModelError
-from cxr.images import InvalidImageError
+from cxr.images import DecodeBusyError, InvalidImageError
 from cxr.vector_store import (
     IndexCorruptError,
     IndexMismatchError,
@@ -52,6 +52,7 @@ STATUS = {
     IndexMissingError: grpc.StatusCode.FAILED_PRECONDITION,
     IndexCorruptError: grpc.StatusCode.FAILED_PRECONDITION,
     OverloadedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    DecodeBusyError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     TritonFailedError: grpc.StatusCode.INTERNAL,
 }
 

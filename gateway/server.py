@@ -154,7 +154,7 @@ def create_server(settings: Settings, address: str | None = None, embedder=None,
     indexes = IndexSet(vector_store.backend(settings), catalog, metrics=metrics, batch_max=settings.search_batch_max,
                        batch_wait_s=settings.search_batch_wait_ms / 1000)
     service = RetrievalService(catalog, indexes, embedder or _embedder(settings, metrics), settings.model,
-                               DecodeQueue(DECODE_THREADS, settings.max_decode_queue),
+                               DecodeQueue(DECODE_THREADS, settings.max_decode_queue, settings.max_decoding_pixels),
                                ImageLimits.of(settings),
                                ViewerLinks(settings.viewer_url_template), Thumbnails(settings))
     server = grpc.aio.server(interceptors=interceptors,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 
 import numpy as np
 
@@ -132,10 +133,11 @@ class RetrievalService(pb_grpc.RetrievalServicer):
             raise InvalidRequestError(f"image is {len(request.image) / 2**20:.1f} MB; the limit is "
                                       f"{MAX_IMAGE_BYTES // 2**20} MB: send the original file, not a raw dump")
         model, top_k, searcher = self._prepare(request)
+        deadline = None if timeout is None else time.monotonic() + timeout
         async with decoding or contextlib.nullcontext():
             with calls.stage("decode"):
                 pixels = await self.decoder.run(preprocess, bytes(request.image), model.image_size,
-                                                self.image_limits)
+                                                self.image_limits, self.decoder.pixels, deadline)
         (vector,) = await self.embedder.embed_images(model, pixels[np.newaxis], timeout)
         return await self._respond(model, searcher, vector, top_k, request)
 

@@ -2,6 +2,8 @@
 what hostile clients send: headers that lie, shapes no radiograph has, bombs (issue 17)."""
 
 import io
+import threading
+import time
 
 import numpy as np
 import pydicom
@@ -11,9 +13,11 @@ from PIL import Image, ImageFile
 from benchmarks import hostile
 from cxr import codestreams, images
 from cxr.images import (
+    DecodeBusyError,
     ImageLimits,
     ImageTooLargeError,
     InvalidImageError,
+    PixelBudget,
     decode,
     is_dicom,
     preprocess,
@@ -307,3 +311,59 @@ def test_image_errors_quote_neither_the_upload_nor_the_library(make):
     assert UPLOAD_MARKER.decode() not in message and repr(data[:8]) not in message, message
     assert cause is not None and str(cause) not in message, message  # chained for the log, not shown
     assert "send" in message  # and it says what to do
+
+
+def test_a_pixel_budget_makes_a_decode_wait_for_room_until_its_deadline():
+    budget, holding, release, waited = PixelBudget(max_pixels=100), threading.Event(), threading.Event(), []
+
+    def large():
+        with budget.hold(80):
+            holding.set()
+            release.wait(10)
+
+    def waiting():
+        with budget.hold(30, deadline=time.monotonic() + 10):
+            waited.append(budget.in_use)
+
+    first = threading.Thread(target=large)
+    first.start()
+    holding.wait(10)
+    with pytest.raises(DecodeBusyError, match="max_decoding_pixels"):
+        with budget.hold(30, deadline=time.monotonic()):
+            pass
+    with budget.hold(20, deadline=time.monotonic()):  # what fits goes at once
+        pass
+    second = threading.Thread(target=waiting)
+    second.start()
+    release.set()
+    first.join(10)
+    second.join(10)
+    assert waited == [30] and budget.in_use == 0
+    with budget.hold(500, deadline=time.monotonic()):  # alone, any image the limits let through is decoded
+        pass
+
+
+def test_a_preprocess_holds_its_pixels_in_the_budget_while_it_decodes(monkeypatch):
+    budget, seen = PixelBudget(max_pixels=10**9), []
+    resize = images.to_pixels
+
+    def spying(image, size):
+        seen.append(budget.in_use)
+        return resize(image, size)
+
+    monkeypatch.setattr(images, "to_pixels", spying)
+    preprocess((SAMPLES / "16747_3_1.jpg").read_bytes(), 64, GATEWAY, budget)
+    assert seen == [1036 * 885] and budget.in_use == 0
+
+
+@pytest.mark.parametrize("format", ["TIFF", "GIF", "BMP"])
+def test_formats_other_than_png_and_jpeg_are_refused(format):
+    with pytest.raises(InvalidImageError, match="not a PNG, JPEG or DICOM"):
+        decode(hostile.encode(np.zeros((8, 8), np.uint8), format))
+
+
+def test_sixteen_bit_images_scale_as_the_float_formula_says():
+    values = np.random.default_rng(0).integers(300, 4000, size=(64, 48)).astype(np.uint16)
+    grey = np.asarray(decode(hostile.encode(values, "PNG")))
+    low, high = float(values.min()), float(values.max())
+    assert np.array_equal(grey, np.round((values - low) * (255.0 / (high - low))).astype(np.uint8))
