@@ -165,6 +165,29 @@ class HostileImages:
     def k_dicom_claiming_huge(self) -> bytes:
         return dicom_claiming(self.rng.choice(self.dicoms), 60_000, 60_000, self.rng.choice([1, 50]))
 
+    def k_extreme_aspect_png(self) -> bytes:
+        """Within the pixel budget, not within the aspect limit: 1 x 49,000,000 cost 2-4 GB to resize."""
+        return self.rng.choice([lambda: png(1, 49_000_000), lambda: png(12_000, 1_000)])()
+
+    def k_jpeg_lying_about_its_size(self) -> bytes:
+        """16 x 16 pixels of data under a 7000 x 7000 header: libjpeg fills the rest and says nothing."""
+        return jpeg_claiming(encode(np.full((16, 16), 128, np.uint8), "JPEG"), 7_000, 7_000)
+
+    def k_dicom_lying_jpeg_frame(self) -> bytes:
+        """A 64 x 64 DICOM header around a frame that says 14000 x 14000, or a 7000 x 7000 header around a
+        frame that says so too but holds 16 x 16 pixels of data."""
+        side = self.rng.choice([14_000, 7_000])
+        frame = jpeg_claiming(encode(np.full((16, 16), 128, np.uint8), "JPEG"), side, side)
+        header = 64 if side == 14_000 else side
+        return dicom_around_frame(self.rng.choice(self.dicoms), frame, header, header)
+
+    def k_png_with_dicm_at_128(self) -> bytes:
+        """A valid PNG whose tEXt chunk puts DICM where a DICOM file has it."""
+        return png_with_text_at(self.rng.choice(self.pngs), 128, b"DICM")
+
+    def k_deflated_dicom_bomb(self) -> bytes:
+        return deflated_dicom_bomb(self.rng.choice(self.dicoms), self.rng.choice([256, 1024]) * 2**20)
+
     def k_dicom_zero_size(self) -> bytes:
         return dicom_claiming(self.rng.choice(self.dicoms), 0, self.rng.choice([0, 512]))
 
