@@ -1,12 +1,14 @@
 """What decoding one upload costs: peak memory and seconds of cxr.images.preprocess per image, each in
 a fresh process (so the peak is that image's alone), for the samples and for the largest images the
 gateway's limits let through (50 megapixels at the widest allowed aspect, 8-bit grey and RGB, 16-bit,
-JPEG, DICOM), plus the hostile shapes the limits exist for.
+JPEG, DICOM), plus the hostile shapes the limits exist for. `--together N` also decodes N copies of
+the worst cases at once on the gateway's 4 decode threads, with and without its pixel budget
+(max_decoding_pixels), and times a 512 px radiograph sent right after them (the bystander).
 
 The large images are real radiographs stretched to size (so they compress as radiographs do), made
 once under .cache/image-decode/. Results: benchmarks/results/<date>-<host>-image-decode.json.
 
-    python -m benchmarks.image_decode [--cases png_grey8_50mp jpeg_rgb_50mp ...] [--size 448]
+    python -m benchmarks.image_decode [--cases png_rgb8_50mp_1x8 ...] [--size 448] [--together 4] [--label after]
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import json
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +36,10 @@ GREY_SAMPLE = SAMPLES / "00000001_000.png"
 RGB_SAMPLE = SAMPLES / "h0001.png"
 WIDE = (2_500, 20_000)  # 50 MP at 1:8, the widest aspect the gateway takes
 SQUARE = (7_071, 7_071)  # 50 MP
+# The largest peaks per decode (see the figures): a DICOM's parsed dataset is held before the budget is
+# (its pixel count is in it), a PNG's header costs nothing.
+TOGETHER = ("dicom_deflated16_50mp_windowed", "png_rgb8_50mp_1x8")
+DECODE_THREADS = 4  # gateway.server.DECODE_THREADS
 
 
 def _stretched(path: Path, size: tuple[int, int], mode: str) -> np.ndarray:
@@ -114,14 +121,52 @@ def measure(path: Path, size: int) -> dict:
             "peak_mb": round((peak - before) / 1024, 1)}
 
 
+def measure_together(path: Path, size: int, copies: int, budget: bool) -> dict:
+    """Runs in the child: `copies` of one image and then a bystander, on the gateway's decode threads."""
+    from cxr.images import ImageLimits, PixelBudget, preprocess
+    from cxr.settings import Settings
+
+    data, bystander = path.read_bytes(), GREY_SAMPLE.read_bytes()
+    settings = Settings()
+    pixels = PixelBudget(settings.max_decoding_pixels) if budget else None
+    Path("/proc/self/clear_refs").write_text("5")
+    before, started = _memory_kb("VmHWM"), time.perf_counter()
+    with ThreadPoolExecutor(DECODE_THREADS) as pool:
+        large = [pool.submit(preprocess, data, size, ImageLimits.of(settings), pixels, time.monotonic() + 30)
+                 for _ in range(copies)]
+        small = pool.submit(preprocess, bystander, size, ImageLimits.of(settings), pixels, time.monotonic() + 30)
+        small.result()
+        bystander_s = time.perf_counter() - started
+        for future in large:
+            future.result()
+    return {"copies": copies, "budget_mp": settings.max_decoding_pixels / 1e6 if budget else None,
+            "seconds": round(time.perf_counter() - started, 2), "bystander_s": round(bystander_s, 2),
+            "peak_mb": round((_memory_kb("VmHWM") - before) / 1024, 1)}
+
+
+def _child(*arguments: str) -> dict:
+    child = subprocess.run([sys.executable, "-m", "benchmarks.image_decode", *arguments], cwd=ROOT,
+                           capture_output=True, text=True, check=True)
+    return json.loads(child.stdout)
+
+
 def run(names: list[str], size: int) -> dict:
     files = cases()
     results = {}
     for name in names or files:
-        child = subprocess.run([sys.executable, "-m", "benchmarks.image_decode", "--child", str(files[name]),
-                                "--size", str(size)], cwd=ROOT, capture_output=True, text=True, check=True)
-        results[name] = json.loads(child.stdout)
+        results[name] = _child("--child", str(files[name]), "--size", str(size))
         print(name, results[name], flush=True)
+    return results
+
+
+def run_together(copies: int, size: int) -> dict:
+    results = {}
+    for name in TOGETHER:
+        for budget in ("budget", "no-budget"):
+            key = f"{copies} x {name}, {budget}"
+            results[key] = _child("--child", str(cases()[name]), "--size", str(size), "--together", str(copies),
+                                  f"--{budget}")
+            print(key, results[key], flush=True)
     return results
 
 
@@ -130,12 +175,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", nargs="*", default=[])
     parser.add_argument("--size", type=int, default=448)
     parser.add_argument("--label", default="", help="appended to the result's name, e.g. before/after")
+    parser.add_argument("--together", type=int, default=0, help="also decode this many worst cases at once")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--budget", action=argparse.BooleanOptionalAction, default=True, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(measure(args.child, args.size)))
+        figures = (measure_together(args.child, args.size, args.together, args.budget) if args.together
+                   else measure(args.child, args.size))
+        print(json.dumps(figures))
         return 0
     results = run(args.cases, args.size)
+    if args.together:
+        results.update(run_together(args.together, args.size))
     save("image-decode" + (f"-{args.label}" if args.label else ""),
          {"machine": describe(), "settings": {"size": args.size}, "figures": results})
     return 0
