@@ -28,12 +28,32 @@ def png(width: int, height: int, rows: bytes | None = None, bit_depth: int = 8, 
     as a stream so a 14000 x 14000 image costs ~200 KB and no memory to make."""
     header = struct.pack(">IIBBBBB", width, height, bit_depth, colour, 0, 0, 0)
     if rows is None:
-        compressor = zlib.compressobj(9)
         line = b"\0" * (1 + width * max(1, bit_depth // 8))
-        body = b"".join(compressor.compress(line) for _ in range(height)) + compressor.flush()
+        body = _deflate_repeated(line, height, zlib.compressobj(9))
     else:
         body = zlib.compress(rows)
     return PNG_SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", body) + _chunk(b"IEND", b"")
+
+
+def _deflate_repeated(piece: bytes, times: int, compressor) -> bytes:
+    """`piece` * `times` through `compressor`, a megabyte at a time (1 x 49,000,000 lines in ~1 s)."""
+    per_block = max(1, 2**20 // len(piece))
+    blocks, rest = divmod(times, per_block)
+    block = piece * per_block
+    return b"".join(compressor.compress(block) for _ in range(blocks)) + compressor.compress(piece * rest) + \
+        compressor.flush()
+
+
+def png_with_text_at(data: bytes, offset: int, text: bytes) -> bytes:
+    """A real PNG with a tEXt chunk after IHDR that puts `text` at byte `offset` of the file (a PNG
+    with b"DICM" at byte 128 is still a PNG)."""
+    ihdr_end = len(PNG_SIGNATURE) + 25
+    keyword = b"Comment\0"
+    padding = offset - (ihdr_end + 8 + len(keyword))
+    if padding < 0:
+        raise ValueError(f"byte {offset} is inside the PNG's header")
+    chunk = _chunk(b"tEXt", keyword + b" " * padding + text)
+    return data[:ihdr_end] + chunk + data[ihdr_end:]
 
 
 def png_header_bomb(width: int = 60_000, height: int = 60_000) -> bytes:
@@ -52,6 +72,39 @@ def jpeg_claiming(jpeg: bytes, width: int, height: int) -> bytes:
             return bytes(data)
         i += 2 + length
     raise ValueError("no SOF marker in the JPEG")
+
+
+def dicom_around_frame(dicom: bytes, frame: bytes, rows: int, columns: int,
+                       syntax: str = pydicom.uid.JPEGBaseline8Bit) -> bytes:
+    """A real DICOM whose pixel data is replaced by one encapsulated `frame`, with Rows x Columns as given:
+    the header may say one size while the frame says another."""
+    dataset = pydicom.dcmread(io.BytesIO(dicom))
+    dataset.Rows, dataset.Columns = rows, columns
+    dataset.PixelData = pydicom.encaps.encapsulate([frame])
+    dataset.file_meta.TransferSyntaxUID = syntax
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def deflated_dicom_bomb(dicom: bytes, inflated_bytes: int) -> bytes:
+    """A Deflated Explicit VR Little Endian DICOM of a real header whose pixel data inflates to
+    `inflated_bytes` of zeros (~1 KB sent per MB inflated); its Rows x Columns stay small."""
+    dataset = pydicom.dcmread(io.BytesIO(dicom))
+    del dataset.PixelData
+    dataset.file_meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
+    meta, body = pydicom.filebase.DicomBytesIO(), pydicom.filebase.DicomBytesIO()
+    for buffer in (meta, body):
+        buffer.is_little_endian, buffer.is_implicit_VR = True, False
+    pydicom.filewriter.write_file_meta_info(meta, dataset.file_meta)
+    pydicom.filewriter.write_dataset(body, dataset)
+    pixel_header = struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OB", 0, inflated_bytes)
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)  # raw deflate: no checksum to keep
+    head = compressor.compress(body.getvalue() + pixel_header) + compressor.flush(zlib.Z_FULL_FLUSH)
+    # After a full flush a block depends on nothing before it: one megabyte of zeros, compressed once, repeated.
+    megabyte = compressor.compress(b"\0" * 2**20) + compressor.flush(zlib.Z_FULL_FLUSH)
+    return (b"\0" * 128 + b"DICM" + meta.getvalue() + head + megabyte * (inflated_bytes // 2**20) +
+            compressor.flush())
 
 
 def dicom_claiming(dicom: bytes, rows: int, columns: int, frames: int = 1) -> bytes:
@@ -111,6 +164,29 @@ class HostileImages:
 
     def k_dicom_claiming_huge(self) -> bytes:
         return dicom_claiming(self.rng.choice(self.dicoms), 60_000, 60_000, self.rng.choice([1, 50]))
+
+    def k_extreme_aspect_png(self) -> bytes:
+        """Within the pixel budget, not within the aspect limit: 1 x 49,000,000 cost 2-4 GB to resize."""
+        return self.rng.choice([lambda: png(1, 49_000_000), lambda: png(12_000, 1_000)])()
+
+    def k_jpeg_lying_about_its_size(self) -> bytes:
+        """16 x 16 pixels of data under a 7000 x 7000 header: libjpeg fills the rest and says nothing."""
+        return jpeg_claiming(encode(np.full((16, 16), 128, np.uint8), "JPEG"), 7_000, 7_000)
+
+    def k_dicom_lying_jpeg_frame(self) -> bytes:
+        """A 64 x 64 DICOM header around a frame that says 14000 x 14000, or a 7000 x 7000 header around a
+        frame that says so too but holds 16 x 16 pixels of data."""
+        side = self.rng.choice([14_000, 7_000])
+        frame = jpeg_claiming(encode(np.full((16, 16), 128, np.uint8), "JPEG"), side, side)
+        header = 64 if side == 14_000 else side
+        return dicom_around_frame(self.rng.choice(self.dicoms), frame, header, header)
+
+    def k_png_with_dicm_at_128(self) -> bytes:
+        """A valid PNG whose tEXt chunk puts DICM where a DICOM file has it."""
+        return png_with_text_at(self.rng.choice(self.pngs), 128, b"DICM")
+
+    def k_deflated_dicom_bomb(self) -> bytes:
+        return deflated_dicom_bomb(self.rng.choice(self.dicoms), self.rng.choice([256, 1024]) * 2**20)
 
     def k_dicom_zero_size(self) -> bytes:
         return dicom_claiming(self.rng.choice(self.dicoms), 0, self.rng.choice([0, 512]))

@@ -111,6 +111,13 @@ class Settings:
     default_deadline_s: float = 30.0  # for calls that bring no deadline
     max_decode_queue: int = 64  # images waiting for or in decoding; more: RESOURCE_EXHAUSTED
     max_image_pixels: int = 50_000_000  # checked from the header before decoding (all frames of a DICOM)
+    # Also from the header, before decoding (cxr.images.ImageLimits): the longest side, and the longer
+    # side over the shorter (chest films ~1.25, stitched spine and long-leg images ~4; 8 leaves margin).
+    max_image_side: int = 20_000
+    max_image_aspect: float = 8.0
+    # Pixels being decoded at once across the decode threads (two of the largest images): a decode
+    # that would pass it waits for others to finish; still waiting at its deadline: RESOURCE_EXHAUSTED.
+    max_decoding_pixels: int = 100_000_000
     drain_grace_s: float = 10.0  # on SIGTERM, how long calls in flight may take to finish
     # Gateway -> Triton: TLS when triton_tls_ca is set (mutual with cert and key); the secret that
     # unlocks Triton's model-repository, model-config and other admin APIs (written by `cxr serve`).
@@ -132,6 +139,9 @@ class Settings:
             raise SettingsError("set tls_cert and tls_key together (the gateway's certificate and its private key)")
         if self.tls_client_ca and not self.tls_cert:
             raise SettingsError("tls_client_ca (mutual TLS) needs tls_cert and tls_key as well")
+        if self.max_decoding_pixels < self.max_image_pixels:
+            raise SettingsError(f"max_decoding_pixels ({self.max_decoding_pixels}) must be at least max_image_pixels "
+                                f"({self.max_image_pixels}): an image of the largest size allowed could never decode")
         if self.index_backend not in INDEX_BACKENDS:
             raise SettingsError(f"index_backend = {self.index_backend!r}: use one of {list(INDEX_BACKENDS)}")
         if self.index_backend == "milvus" and not self.milvus_uri:
@@ -182,6 +192,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "drain_grace_s": (0, 3600), "jwt_max_ttl_s": (60, 366 * 86_400),
     "http_header_timeout_s": (0.1, 600), "http_body_timeout_s": (0.1, 3600), "http_keepalive_s": (0.1, 600),
     "http_max_connections": (1, 100_000), "max_concurrent_uploads": (1, 10_000),
+    "max_image_side": (1, 1 << 20), "max_image_aspect": (1, 1000), "max_decoding_pixels": (1, 10**10),
 }
 
 

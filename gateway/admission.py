@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import grpc
 
 from cxr.errors import CxrError
+from cxr.images import DecodeBusyError, PixelBudget
 from gateway import calls
 
 RETRY_AFTER_KEY = "retry-after-ms"
@@ -227,30 +228,40 @@ class RefusalLimiter(grpc.aio.ServerInterceptor):
                 self.refusals.take(address)
 
 
+def _rejected(reason: str) -> None:
+    call = calls.current()
+    if call is not None:
+        call.rejected = reason
+
+
 class OverloadedError(CxrError):
     """The gateway has more of this work queued than it takes on."""
 
 
 class DecodeQueue:
-    """Image decoding in a pool of `threads`, with at most `limit` images waiting or in decoding: a
-    burst of large images is refused (RESOURCE_EXHAUSTED) instead of piling up in memory."""
+    """Image decoding in a pool of `threads`, with at most `limit` images waiting or in decoding, and
+    at most `max_pixels` being decoded at once (the decoder holds them in `pixels`, a PixelBudget, and
+    waits for them until the call's deadline): a burst of large images waits or is refused
+    (RESOURCE_EXHAUSTED) instead of piling up in memory."""
 
-    def __init__(self, threads: int, limit: int):
+    def __init__(self, threads: int, limit: int, max_pixels: int):
         self.threads = threads
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
         self.limit = limit
         self.queued = 0
+        self.pixels = PixelBudget(max_pixels)
 
     async def run(self, function, *args):
         if self.queued >= self.limit:
-            call = calls.current()
-            if call is not None:
-                call.rejected = "decode_queue"
+            _rejected("decode_queue")
             raise OverloadedError(f"{self.queued} images are being decoded, the gateway's limit (max_decode_queue): "
                                   "retry with backoff")
         self.queued += 1
         try:
             return await asyncio.get_running_loop().run_in_executor(self.executor, function, *args)
+        except DecodeBusyError:
+            _rejected("decode_pixels")
+            raise
         finally:
             self.queued -= 1
 

@@ -9,7 +9,7 @@ import traceback
 import grpc
 
 from cxr.errors import CxrError, UnknownModelError
-from cxr.images import InvalidImageError
+from cxr.images import DecodeBusyError, InvalidImageError
 from cxr.vector_store import (
     IndexCorruptError,
     IndexMismatchError,
@@ -54,6 +54,7 @@ STATUS = {
     IndexCorruptError: grpc.StatusCode.FAILED_PRECONDITION,
     IndexUnreadableError: grpc.StatusCode.FAILED_PRECONDITION,
     OverloadedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    DecodeBusyError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     TritonFailedError: grpc.StatusCode.INTERNAL,
 }
 

@@ -19,7 +19,7 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 # Why calls are refused before any work; each series exists from the start, at 0, so alerts on
 # increase() see the first one.
 REJECTION_REASONS = ("unauthenticated", "permission_denied", "refused_rate", "concurrency", "rate_limit", "deadline",
-                     "draining", "decode_queue", "audit")
+                     "draining", "decode_queue", "decode_pixels", "audit")
 
 
 class GatewayMetrics:

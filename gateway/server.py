@@ -27,6 +27,7 @@ from grpc_reflection.v1alpha import reflection
 from cxr import vector_store
 from cxr.catalog import load_catalog
 from cxr.errors import CxrError
+from cxr.images import ImageLimits
 from cxr.retrieval.v1 import retrieval_pb2 as pb
 from cxr.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
 from cxr.settings import Settings, load_settings
@@ -166,7 +167,8 @@ def create_server(settings: Settings, address: str | None = None, embedder=None,
     indexes = IndexSet(vector_store.backend(settings), catalog, metrics=metrics, batch_max=settings.search_batch_max,
                        batch_wait_s=settings.search_batch_wait_ms / 1000)
     service = RetrievalService(catalog, indexes, embedder or _embedder(settings, metrics), settings.model,
-                               DecodeQueue(DECODE_THREADS, settings.max_decode_queue), settings.max_image_pixels,
+                               DecodeQueue(DECODE_THREADS, settings.max_decode_queue, settings.max_decoding_pixels),
+                               ImageLimits.of(settings),
                                ViewerLinks(settings.viewer_url_template), Thumbnails(settings))
     server = grpc.aio.server(interceptors=interceptors,
                              options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),

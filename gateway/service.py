@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 
 import numpy as np
 
 from cxr import registry
 from cxr.catalog import ExportedModel
 from cxr.errors import CxrError, UnknownModelError
-from cxr.images import preprocess
+from cxr.images import ImageLimits, preprocess
 from cxr.retrieval.v1 import retrieval_pb2 as pb
 from cxr.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
 from cxr.vector_store import Filter
@@ -31,14 +32,14 @@ STUDY_COLUMNS = ("findings", "impression", "indication", "study_instance_uid", "
 
 class RetrievalService(pb_grpc.RetrievalServicer):
     def __init__(self, catalog: dict[str, ExportedModel], indexes: IndexSet, embedder, active_model: str,
-                 decoder: DecodeQueue, max_image_pixels: int, links: hits.ViewerLinks = hits.ViewerLinks(""),
+                 decoder: DecodeQueue, image_limits: ImageLimits, links: hits.ViewerLinks = hits.ViewerLinks(""),
                  thumbnails: Thumbnails | None = None):
         self.catalog = catalog
         self.indexes = indexes
         self.embedder = embedder
         self.active_model = active_model
         self.decoder = decoder  # image decoding is CPU work: off the event loop, in a bounded queue
-        self.max_image_pixels = max_image_pixels
+        self.image_limits = image_limits  # checked from each upload's header before decoding
         self.links = links
         self.thumbnails = thumbnails
 
@@ -131,10 +132,11 @@ class RetrievalService(pb_grpc.RetrievalServicer):
             raise InvalidRequestError(f"image is {len(request.image) / 2**20:.1f} MB; the limit is "
                                       f"{MAX_IMAGE_BYTES // 2**20} MB: send the original file, not a raw dump")
         model, top_k, searcher = self._prepare(request)
+        deadline = None if timeout is None else time.monotonic() + timeout
         async with decoding or contextlib.nullcontext():
             with calls.stage("decode"):
                 pixels = await self.decoder.run(preprocess, bytes(request.image), model.image_size,
-                                                self.max_image_pixels)
+                                                self.image_limits, self.decoder.pixels, deadline)
         (vector,) = await self.embedder.embed_images(model, pixels[np.newaxis], timeout)
         return await self._respond(model, searcher, vector, top_k, request)
 

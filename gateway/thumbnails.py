@@ -13,7 +13,7 @@ from pathlib import Path
 from PIL import Image
 
 from cxr.errors import CxrError
-from cxr.images import decode
+from cxr.images import ImageLimits, decode
 
 DEFAULT_SIZE = 256
 MIN_SIZE, MAX_SIZE = 32, 512
@@ -38,9 +38,9 @@ def size_of(requested: int) -> int:
     return requested
 
 
-def render(data: bytes, size: int, max_pixels: int) -> tuple[bytes, int, int]:
+def render(data: bytes, size: int, limits: ImageLimits) -> tuple[bytes, int, int]:
     """PNG bytes, width and height of the image in `data` with its longer side at most `size`."""
-    image = decode(data, max_pixels)
+    image = decode(data, limits)
     image.thumbnail((size, size), Image.Resampling.LANCZOS)
     out = io.BytesIO()
     image.save(out, format="PNG", optimize=False)
@@ -122,13 +122,13 @@ class Thumbnails:
     def __init__(self, settings):
         self.source = ImageSource(settings)
         self.cache = ThumbnailCache(settings.thumbnail_cache_mb * 2**20)
-        self.max_pixels = settings.max_image_pixels
+        self.limits = ImageLimits.of(settings)
 
     def cached(self, model: str, image_id: str, size: int) -> tuple[bytes, int, int] | None:
         return self.cache.get((model, image_id, size))
 
     def make(self, model: str, row: dict, size: int) -> tuple[bytes, int, int]:
         """Read, render and cache one thumbnail (blocking: the gateway runs it in its decode pool)."""
-        item = render(self.source.read(row), size, self.max_pixels)
+        item = render(self.source.read(row), size, self.limits)
         self.cache.put((model, row["image_id"], size), item)
         return item

@@ -1,9 +1,17 @@
-"""Token buckets per principal: a burst, then the refill rate, how long to wait, and what a call costs."""
+"""Token buckets per principal: a burst, then the refill rate, how long to wait, and what a call costs;
+the decode queue's pixel budget."""
 
+import asyncio
+import threading
+import time
+
+import grpc
 import pytest
 
+from cxr.images import DecodeBusyError
 from cxr.retrieval.v1 import retrieval_pb2 as pb
-from gateway.admission import RateLimiter, TokenBucket, query_count
+from gateway.admission import DecodeQueue, RateLimiter, TokenBucket, query_count
+from gateway.errors import status_of
 
 
 def test_a_bucket_allows_its_burst_then_says_when_to_retry():
@@ -50,3 +58,28 @@ def test_wait_takes_nothing():
 ])
 def test_a_batch_costs_one_token_per_query(message, cost):
     assert query_count(message) == cost
+
+
+def test_the_decode_queue_refuses_pixels_past_its_budget_at_the_deadline():
+    queue = DecodeQueue(threads=2, limit=8, max_pixels=100)
+    holding, release = threading.Event(), threading.Event()
+
+    def decode(pixels: int, deadline: float) -> int:
+        with queue.pixels.hold(pixels, deadline):
+            holding.set()
+            release.wait(10)
+            return pixels
+
+    async def main():
+        first = asyncio.ensure_future(queue.run(decode, 80, time.monotonic() + 10))
+        await asyncio.to_thread(holding.wait, 10)
+        with pytest.raises(DecodeBusyError, match="max_decoding_pixels"):
+            await queue.run(decode, 30, time.monotonic() + 0.05)
+        release.set()
+        return await first, await queue.run(decode, 30, time.monotonic() + 10)
+
+    try:
+        assert asyncio.run(main()) == (80, 30)
+    finally:
+        queue.shutdown()
+    assert status_of(DecodeBusyError("busy")) == grpc.StatusCode.RESOURCE_EXHAUSTED

@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from cxr.errors import CxrError
+from cxr.images import ImageLimits
 from cxr.settings import Settings
 from gateway import thumbnails
 from support import DATA_DIR
@@ -17,13 +18,13 @@ DICOM = next(SAMPLES.glob("*.dcm"))
 
 
 def test_a_dicom_becomes_a_png_no_larger_than_asked():
-    data, width, height = thumbnails.render(DICOM.read_bytes(), 128, 10**8)
+    data, width, height = thumbnails.render(DICOM.read_bytes(), 128, ImageLimits())
     image = Image.open(io.BytesIO(data))
     assert image.format == "PNG" and image.size == (width, height) and max(width, height) == 128
 
 
 def test_an_oblong_jpeg_keeps_its_aspect():
-    data, width, height = thumbnails.render((SAMPLES / "16747_3_1.jpg").read_bytes(), 256, 10**8)
+    data, width, height = thumbnails.render((SAMPLES / "16747_3_1.jpg").read_bytes(), 256, ImageLimits())
     assert width == 256 and height == round(885 * 256 / 1036)
 
 
