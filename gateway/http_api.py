@@ -24,7 +24,7 @@ from starlette.staticfiles import StaticFiles
 
 from cxr.settings import is_loopback
 from gateway import calls, openapi
-from gateway.http_admission import CLIENT_CERT_STATE, Caller, FrontDoor
+from gateway.http_admission import Caller, FrontDoor
 from gateway.http_errors import API_HEADERS, Problem, error_response, problem_response, rpc_error_response, trailer
 from gateway.http_messages import request_message
 from gateway.http_routes import ENDPOINTS, SERVICE, Endpoint

@@ -17,7 +17,7 @@ import re
 from google.protobuf import json_format, message_factory
 from google.protobuf.descriptor import FieldDescriptor
 from starlette.datastructures import UploadFile
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 
 from gateway.http_errors import Problem
 from gateway.http_routes import IMAGE_FIELD, IMAGE_TYPES, Endpoint, field_at

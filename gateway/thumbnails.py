@@ -91,9 +91,9 @@ class ImageSource:
         if row.get("sop_instance_uid"):
             if self.settings.dicomweb_url:
                 return self._wado(row)
-            raise ThumbnailSourceError(f"the image came from a PACS: set dicomweb_url (and its "
+            raise ThumbnailSourceError("the image came from a PACS: set dicomweb_url (and its "
                                        "credentials) so the gateway can fetch it over WADO-RS")
-        raise ThumbnailSourceError(f"the image is indexed but its file is not readable from the "
+        raise ThumbnailSourceError("the image is indexed but its file is not readable from the "
                                    "gateway: mount the archive where it was indexed from")
 
     def _wado(self, row: dict) -> bytes:

@@ -15,19 +15,16 @@ from dataclasses import replace
 import pytest
 
 from gateway.dev_pki import dev_security
-from redteam.targets import Target
-from support import GATEWAY_MODEL, BackgroundGateway
+from redteam.targets import running
+from support import GATEWAY_MODEL
 
 
 @pytest.fixture(scope="session")
 def open_gateway(served, nih_index):
     """Configuration A: defaults, plaintext, auth none, the HTTP API on."""
     settings = replace(served, model=GATEWAY_MODEL, rate_limit_per_s=0)
-    background = BackgroundGateway(settings, http=True)
-    try:
-        yield Target(background, settings)
-    finally:
-        background.stop()
+    with running(settings) as target:
+        yield target
 
 
 @pytest.fixture(scope="session")
@@ -36,8 +33,5 @@ def secured_gateway(served, nih_index, tmp_path_factory):
     root = tmp_path_factory.mktemp("redteam-secured")
     settings = dev_security(replace(served, model=GATEWAY_MODEL, rate_limit_per_s=0), root / "pki", "red-team",
                             ["search", "studies", "admin"], audit_log=root / "audit" / "audit.log")
-    background = BackgroundGateway(settings, http=True)
-    try:
-        yield Target(background, settings)
-    finally:
-        background.stop()
+    with running(settings) as target:
+        yield target

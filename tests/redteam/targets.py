@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 from dataclasses import dataclass
@@ -54,3 +55,13 @@ class Target:
         port = int(self.http_url.rsplit(":", 1)[1])
         sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         return self.ssl_context().wrap_socket(sock, server_hostname="localhost") if self.secured else sock
+
+
+@contextlib.contextmanager
+def running(settings, http: bool = True):
+    """A gateway of `settings` in this process, with its HTTP side on, as a Target; stopped on exit."""
+    background = BackgroundGateway(settings, http=http)
+    try:
+        yield Target(background, settings)
+    finally:
+        background.stop()

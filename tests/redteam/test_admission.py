@@ -18,8 +18,8 @@ from cxr.retrieval.v1 import retrieval_pb2 as pb
 from cxr.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
 from gateway import audit
 from gateway.dev_pki import dev_security, issue_token
-from redteam.targets import Target
-from support import DATA_DIR, GATEWAY_MODEL, BackgroundGateway
+from redteam.targets import running
+from support import DATA_DIR, GATEWAY_MODEL
 
 pytestmark = pytest.mark.triton
 LARGE_JPEG = (DATA_DIR / "cxr_samples" / "covid-19-pneumonia-58-prior.jpg").read_bytes()  # 2373 px, 2.3 MB
@@ -32,11 +32,8 @@ def guarded(served, nih_index, tmp_path_factory):
     root = tmp_path_factory.mktemp("guarded")
     settings = dev_security(replace(served, model=GATEWAY_MODEL, rate_limit_per_s=50.0, rate_limit_burst=100),
                             root / "pki", "red-team", ["search"], audit_log=root / "audit.log")
-    background = BackgroundGateway(settings, http=True)
-    try:
-        yield Target(background, settings)
-    finally:
-        background.stop()
+    with running(settings) as target:
+        yield target
 
 
 def _stub(target, ch):
@@ -101,11 +98,8 @@ def metered(served, nih_index, tmp_path_factory):
     root = tmp_path_factory.mktemp("metered")
     settings = dev_security(replace(served, model=GATEWAY_MODEL, rate_limit_per_s=1.0, rate_limit_burst=100,
                                     max_concurrent_rpcs_per_client=2), root / "pki", "alice", ["search"])
-    background = BackgroundGateway(settings)
-    try:
-        yield Target(background, settings)
-    finally:
-        background.stop()
+    with running(settings, http=False) as target:
+        yield target
 
 
 def _token(target, subject: str) -> str:

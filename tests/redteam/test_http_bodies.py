@@ -16,8 +16,8 @@ import pytest
 
 from gateway.dev_pki import dev_security
 from gateway.http_messages import MAX_JSON_VALUES
-from redteam.targets import Target
-from support import DATA_DIR, GATEWAY_MODEL, BackgroundGateway
+from redteam.targets import running
+from support import DATA_DIR, GATEWAY_MODEL
 
 pytestmark = pytest.mark.triton
 PNG = (DATA_DIR / "cxr_samples" / "00000001_000.png").read_bytes()
@@ -102,11 +102,8 @@ def strict(served, nih_index):
     """Configuration A with small HTTP limits, so that slow clients and upload bursts meet them quickly."""
     settings = replace(served, model=GATEWAY_MODEL, rate_limit_per_s=0, http_header_timeout_s=1.0,
                        http_body_timeout_s=2.0, http_keepalive_s=1.0, http_max_connections=6, max_concurrent_uploads=2)
-    background = BackgroundGateway(settings, http=True)
-    try:
-        yield Target(background, settings)
-    finally:
-        background.stop()
+    with running(settings) as target:
+        yield target
 
 
 @pytest.fixture(scope="module")
@@ -114,11 +111,8 @@ def two_uploads(served, nih_index):
     """Configuration A holding at most two upload bodies at once, each given 30 s to arrive."""
     settings = replace(served, model=GATEWAY_MODEL, rate_limit_per_s=0, max_concurrent_uploads=2,
                        http_body_timeout_s=30.0)
-    background = BackgroundGateway(settings, http=True)
-    try:
-        yield Target(background, settings)
-    finally:
-        background.stop()
+    with running(settings) as target:
+        yield target
 
 
 def test_bodies_held_at_once_are_capped_and_the_next_upload_waits_then_is_refused(two_uploads):
@@ -228,11 +222,8 @@ def strict_tls(served, nih_index, tmp_path_factory):
     root = tmp_path_factory.mktemp("strict-tls")
     settings = dev_security(replace(served, model=GATEWAY_MODEL, rate_limit_per_s=0, http_header_timeout_s=1.0),
                             root / "pki", "red-team", ["search"])
-    background = BackgroundGateway(settings, http=True)
-    try:
-        yield Target(background, settings)
-    finally:
-        background.stop()
+    with running(settings) as target:
+        yield target
 
 
 def test_a_tls_client_that_never_finishes_its_handshake_is_dropped(strict_tls):
@@ -316,11 +307,8 @@ def limited(served, nih_index, tmp_path_factory):
     root = tmp_path_factory.mktemp("limited")
     settings = dev_security(replace(served, model=GATEWAY_MODEL, rate_limit_per_s=0.05, rate_limit_burst=2),
                             root / "pki", "red-team", ["search"], audit_log=root / "audit.log")
-    background = BackgroundGateway(settings, http=True)
-    try:
-        yield Target(background, settings)
-    finally:
-        background.stop()
+    with running(settings) as target:
+        yield target
 
 
 def test_bad_requests_of_a_known_caller_cost_its_rate_tokens(limited):
