@@ -337,7 +337,8 @@ def run(requests: int, seed: int, concurrency: int, model: str = "cxr-mini", htt
     base = load_settings()
     records = archives.nih_labels(base.data_dir / "nih800" / "labels.csv", base.data_dir / "nih800")[:200]
     with exported(base, model) as plain:
-        settings = dev_security(replace(plain, http_port=free_ports(1)[0], **HTTP_TIMEOUTS), plain.run_dir / "pki", "fuzz",
+        plain = replace(plain, http_port=free_ports(1)[0], **HTTP_TIMEOUTS)
+        settings = dev_security(plain, plain.run_dir / "pki", "fuzz",
                                 ["search", "studies", "admin"], audit_log=plain.run_dir / "audit.log")
         with served(settings, records) as stack:
             made = HostileRequests(settings, base.data_dir / "cxr_samples", seed)

@@ -247,7 +247,8 @@ class HostileHttpRequests:
     def k_paths(self) -> HttpRequest:
         path = self.rng.choice([
             "/v1/../../etc/passwd", "/%2e%2e/%2e%2e/etc/passwd", "/v1/" + "a" * 6000, "/v1/studies/" + "%00" * 50,
-            "/v1/thumbnails/..%2f..%2fetc%2fpasswd?size=64", "/v1/thumbnails/x?size=99999", "/v1/search/options?modle=x",
+            "/v1/thumbnails/..%2f..%2fetc%2fpasswd?size=64", "/v1/thumbnails/x?size=99999",
+            "/v1/search/options?modle=x",
             "/v1/search/options?model=" + "m" * 3000, "/v1/search/image?top_k=ten", "/v1/studies/' OR 1=1 --",
             "/static/../../README.md", "/v1/searches", "/index.html", "/v1/openapi.json",
         ])

@@ -199,9 +199,9 @@ def _damaged() -> InvalidImageError:
 
 def _check_coded_bytes(coded: int, pixels: int, what: str) -> None:
     if coded * JPEG_PIXELS_PER_CODED_BYTE < pixels:
-        raise InvalidImageError(f"{what} holds less coded data than the size its header declares needs (a byte "
-                                f"per {JPEG_PIXELS_PER_CODED_BYTE} pixels at least): the file is truncated or its header "
-                                "is false; send the original file")
+        raise InvalidImageError(f"{what} holds less coded data than the size its header declares needs (a "
+                                f"byte per {JPEG_PIXELS_PER_CODED_BYTE} pixels at least): the file is truncated or its "
+                                "header is false; send the original file")
 
 
 def _load(image: Image.Image) -> Image.Image:

@@ -164,7 +164,8 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
         wait = self.rates.take(client, query_count(request))
         if wait:
             await calls.abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                              f"rate limit of {self.limits.rate_per_s:g} queries/s (burst {self.limits.burst}) reached: "
+                              f"rate limit of {self.limits.rate_per_s:g} queries/s (burst {self.limits.burst}) "
+                              "reached: "
                               f"retry in {math.ceil(wait * 1000)} ms", "rate_limit", retry_trailers(wait))
 
     async def _within_deadline(self, run, context):

@@ -102,7 +102,8 @@ class _Protocol(H11Protocol):
         now = time.monotonic()
         if now - _Protocol.refused_logged > REFUSED_LOG_PERIOD_S:
             _Protocol.refused_logged = now
-            log.warning("HTTP connections refused: %d open, the limit (http_max_connections)", self.limits.max_connections)
+            log.warning("HTTP connections refused: %d open, the limit (http_max_connections)",
+                        self.limits.max_connections)
         transport.abort()
 
     def data_received(self, data: bytes) -> None:

@@ -132,8 +132,9 @@ class Gateway:
 
 def _limits(settings: Settings) -> Limits:
     return Limits(max_concurrent_rpcs=settings.max_concurrent_rpcs,
-                  max_concurrent_per_client=settings.max_concurrent_rpcs_per_client, rate_per_s=settings.rate_limit_per_s,
-                  burst=settings.rate_limit_burst, default_deadline_s=settings.default_deadline_s)
+                  max_concurrent_per_client=settings.max_concurrent_rpcs_per_client,
+                  rate_per_s=settings.rate_limit_per_s, burst=settings.rate_limit_burst,
+                  default_deadline_s=settings.default_deadline_s)
 
 
 def create_server(settings: Settings, address: str | None = None, embedder=None,

@@ -191,7 +191,8 @@ class PrincipalFromMetadata(grpc.aio.ServerInterceptor):
 
 def test_one_client_cannot_hold_every_slot(make_server):
     server = make_server(PrincipalFromMetadata(),
-                         AdmissionInterceptor(Limits(max_concurrent_rpcs=10, max_concurrent_per_client=2, rate_per_s=0)))
+                         AdmissionInterceptor(Limits(max_concurrent_rpcs=10, max_concurrent_per_client=2,
+                                                     rate_per_s=0)))
     alice = (("x-principal", "alice"),)
     slow = [server.stub.SearchByText.future(pb.SearchByTextRequest(text="x", top_k=800), metadata=alice)
             for _ in range(2)]

@@ -121,7 +121,8 @@ def test_a_batch_costs_a_token_per_query(metered):
 
 
 def test_one_client_holds_at_most_its_share_of_slots(metered):
-    heavy = pb.BatchSearchRequest(queries=[pb.SearchQuery(image=pb.SearchByImageRequest(image=LARGE_JPEG, top_k=1))] * 20)
+    query = pb.SearchQuery(image=pb.SearchByImageRequest(image=LARGE_JPEG, top_k=1))
+    heavy = pb.BatchSearchRequest(queries=[query] * 20)
     alice = (("authorization", f"Bearer {_token(metered, 'alice-' + str(time.time()))}"),)
     bob = (("authorization", f"Bearer {_token(metered, 'bob-' + str(time.time()))}"),)
     with _channel(metered) as ch, ThreadPoolExecutor(2) as pool:
