@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import ssl
 import sys
 import threading
@@ -50,6 +51,7 @@ RSS_LIMIT_MB = 200
 # message, gRPC frame) plus 4 decodes at once of the largest image the limits let through (~50 MP).
 HTTP_PEAK_LIMIT_MB = 1024
 SLOW_CLIENTS = 20
+RECORD_START = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")  # a gateway log record's first line
 # A request that declares a body it never sends waits for the body deadline: 5 s here, so that it ends
 # well within DEADLINE_S (the default, 60 s, is for slow links).
 HTTP_TIMEOUTS = {"http_header_timeout_s": 5.0, "http_body_timeout_s": 5.0}
@@ -321,6 +323,21 @@ def verdict(figures: dict) -> list[str]:
     return problems + http_verdict(figures["http"], figures["slow_limit_s"]) if "http" in figures else problems
 
 
+def gateway_errors(log_file: Path, limit: int = 40) -> list[str]:
+    """The gateway log's ERROR records with their stack frames (the log holds types and frames, never a
+    query), so that a failure found here can be traced after the run's folder is gone."""
+    lines = log_file.read_text(errors="replace").splitlines() if log_file.is_file() else []
+    records, current = [], None
+    for line in lines:
+        if RECORD_START.match(line):
+            current = [line] if " ERROR " in line else None
+            if current is not None:
+                records.append(current)
+        elif current is not None:
+            current.append(line)
+    return ["\n".join(record) for record in records[-limit:]]
+
+
 def http_verdict(http: dict, slow_limit_s: float) -> list[str]:
     problems = [f"{http['failed']} HTTP requests got a 5xx"] if http["failed"] else []
     problems += [f"{http['hangs']} HTTP requests ran past the {DEADLINE_S:.0f} s deadline"] if http["hangs"] else []
@@ -352,9 +369,10 @@ def run(requests: int, seed: int, concurrency: int, model: str = "cxr-mini", htt
             serving = gateway_process.health(settings) == health_pb2.HealthCheckResponse.SERVING
             png = big_png(settings, stack.gateway_pid)
             audit_lines = len(settings.audit_log.read_text().splitlines())
+            errors = gateway_errors(settings.run_dir / gateway_process.LOG_FILE)
     figures = {"hostile": dict(summarize(outcomes), seconds=round(seconds, 1)),
                "rss_mb": {"before": rss_before, "after": rss_after}, "serving_after": serving, "big_png": png,
-               "audit_lines": audit_lines}
+               "audit_lines": audit_lines, "gateway_errors": errors}
     if http is not None:
         figures.update(http=http, slow_limit_s=max(settings.http_header_timeout_s, settings.http_body_timeout_s) + 1)
     return {"machine": describe(), "settings": {"model": model, "requests": requests, "seed": seed,

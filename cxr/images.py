@@ -214,7 +214,22 @@ def _load(image: Image.Image) -> Image.Image:
     return image
 
 
+_PYDICOM_IMPORT = threading.Lock()
+
+
+def _import_pydicom() -> None:
+    """pydicom, imported whole once: it is needed only for DICOM (and installed only with the `serve`
+    extra), and decode threads importing its modules at the same moment meet a half-initialised
+    package (ImportError, seen under `make fuzz`). Later imports in this module are lookups."""
+    with _PYDICOM_IMPORT:
+        import pydicom.encaps  # noqa: F401
+        import pydicom.filereader  # noqa: F401
+        import pydicom.pixels  # noqa: F401
+        import pydicom.uid  # noqa: F401
+
+
 def _open_dicom(data: bytes, limits: ImageLimits) -> _Opened:
+    _import_pydicom()
     _check_inflation(data, limits)
     dataset = _read_dicom(data)
     rows, columns, frames, samples = _dicom_geometry(dataset)

@@ -138,6 +138,19 @@ class _Protocol(H11Protocol):
             self.transport.write(TIMED_OUT)
             self.transport.close()
 
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to bytes that break HTTP framing (a bad chunk size in a body, say). A request
+        of this connection may be in the app already: its own answer now has nowhere to go, so it is
+        dropped quietly (uvicorn would log it as an exception in the application)."""
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            cycle.disconnected = True
+            cycle.message_event.set()
+            if cycle.response_started:
+                self.transport.close()
+                return
+        super().send_400_response(msg)
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_waiting()
         super().connection_lost(exc)

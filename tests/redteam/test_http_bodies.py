@@ -277,6 +277,22 @@ def test_a_client_leaving_mid_upload_logs_no_error(open_gateway, caplog):
     _still_answers(open_gateway)
 
 
+def test_a_body_whose_framing_breaks_mid_request_gets_400_and_logs_no_error(secured_gateway, caplog):
+    """Found by `make fuzz`: uvicorn answered 400 while the request was handed to the app, whose own answer
+    then raised in h11 (an ERROR and a traceback per request)."""
+    caplog.set_level(logging.INFO)
+    for _ in range(5):  # headers and a broken chunk in one packet, no token: the app refuses at once
+        with secured_gateway.raw() as sock:
+            sock.sendall(_head("POST", "/v1/search/text", {"Content-Type": "application/json",
+                                                            "Transfer-Encoding": "chunked"}, "localhost") + b"zz\r\n")
+            answer = _answer(sock, limit_s=10)
+        assert _status(answer) == 400
+    time.sleep(0.3)
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors, [r.getMessage() for r in errors]
+    _still_answers(secured_gateway)
+
+
 # --- 23: the HTTP side's own refusals are audited and rate-limited ------------------------------------
 
 def _audit_lines(target) -> list[dict]:
