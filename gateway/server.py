@@ -228,6 +228,9 @@ def _security(settings: Settings, gateway: Gateway) -> str:
 def main(argv: list[str] | None = None) -> int:
     argparse.ArgumentParser(description=__doc__).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # pydicom logs a traceback for every corrupt frame it is given; the client gets INVALID_ARGUMENT for it,
+    # and a hostile one must not be able to fill the gateway's log with them.
+    logging.getLogger("pydicom").setLevel(logging.CRITICAL)
     try:
         asyncio.run(serve(load_settings()))
     except CxrError as error:  # a setting, a port, a file: the message says which and what to do
