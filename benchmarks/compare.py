@@ -30,7 +30,7 @@ from benchmarks.retrieval_quality import search_all, validation_records
 from benchmarks.stack import exported, process_tree_rss_mb, served
 from cxr import registry
 from cxr.archives import Record
-from cxr.client import channel_from
+from cxr.client import RetrievalClient, channel_from
 from cxr.manifest import read_manifest
 from cxr.retrieval.v1 import retrieval_pb2 as pb
 from cxr.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
@@ -112,8 +112,8 @@ def measure(model: str, records: list[Record], base: Settings, profile: Profile,
     with exported(base, model) as settings:
         log(f"[{model}] batching on: index, quality, gateway load")
         with served(settings, records, batching=True) as stack:
-            with channel_from(settings) as channel:
-                quality = search_all(pb_grpc.RetrievalStub(channel), records, bare_labels=True)
+            with RetrievalClient.from_settings(settings) as client:
+                quality = search_all(client, records, bare_labels=True)
             gateway = _load_matrix(lambda kind: _gateway_sender(settings, kind, queries), profile)
             # Peak = each process's high-water mark after quality and load, summed over Triton's stubs.
             memory = {"triton_rss_mb": process_tree_rss_mb(stack.triton_pid, "VmHWM"),

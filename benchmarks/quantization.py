@@ -40,10 +40,9 @@ from benchmarks.stack import served, temporary_settings
 from cxr import registry
 from cxr.archives import Record
 from cxr.catalog import ExportedModel
-from cxr.client import channel_from
+from cxr.client import RetrievalClient
 from cxr.images import load_pixels
 from cxr.manifest import ONNX_FILE, VERSION_DIR
-from cxr.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
 from cxr.settings import Settings, load_settings
 from export import quantization
 from export.repository import PYTHON_MODEL, export_model
@@ -250,10 +249,9 @@ def gateway_quality(settings: Settings, records: list[Record]) -> dict[str, dict
     """Per-query AP and R@K through Triton + index + gateway, as benchmarks/retrieval_quality does."""
     labels = {r.image_id: set(r.labels) for r in records}
     names = sorted(set().union(*labels.values()))
-    with served(settings, records), channel_from(settings) as channel:
-        stub = pb_grpc.RetrievalStub(channel)
-        return {"image_to_image": per_query(image_rankings(stub, records)),
-                "text_to_image": per_query(text_rankings(stub, names, labels, label_prompt))}
+    with served(settings, records), RetrievalClient.from_settings(settings) as client:
+        return {"image_to_image": per_query(image_rankings(client, records)),
+                "text_to_image": per_query(text_rankings(client, names, labels, label_prompt))}
 
 
 def bootstrap(per_precision: dict[str, np.ndarray], seed: int = 0, resamples: int = BOOTSTRAP) -> dict:

@@ -26,9 +26,7 @@ from benchmarks.machine import describe, result_path
 from benchmarks.stack import exported, served
 from cxr import archives, metrics, registry
 from cxr.archives import Record
-from cxr.client import channel_from
-from cxr.retrieval.v1 import retrieval_pb2 as pb
-from cxr.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
+from cxr.client import RetrievalClient
 from cxr.settings import Settings, load_settings
 from training.config import TrainConfig
 from training.data import examples_from, humanise, label_prompt, split_by_patient
@@ -46,7 +44,7 @@ def validation_records(data_dir: Path, seed: int = TrainConfig.seed,
 MAX_TOP_K = 1000  # the gateway's cap: every ranking must cover the whole gallery for mAP
 
 
-def search_all(stub, records: list[Record], bare_labels: bool = False) -> dict:
+def search_all(client: RetrievalClient, records: list[Record], bare_labels: bool = False) -> dict:
     """Every task the archive supports, through the gateway: image->image and label prompt->image
     where it has labels (`bare_labels` adds the label alone as query), report->image where it has
     reports."""
@@ -56,38 +54,37 @@ def search_all(stub, records: list[Record], bare_labels: bool = False) -> dict:
     labels = {r.image_id: set(r.labels) for r in records}
     result = {}
     if any(labels.values()):
-        result["image_to_image"] = _ranked_task(image_rankings(stub, records))
+        result["image_to_image"] = _ranked_task(image_rankings(client, records))
         names = sorted(set().union(*labels.values()))
-        result["text_to_image"] = _text_task(stub, names, labels, label_prompt)
+        result["text_to_image"] = _text_task(client, names, labels, label_prompt)
         if bare_labels:
-            result["bare_label_to_image"] = _text_task(stub, names, labels, humanise)
+            result["bare_label_to_image"] = _text_task(client, names, labels, humanise)
     reports = {r.study_uid: r.report for r in records if r.report}
     if reports:
         rankings = []
         for study, text in reports.items():
-            hits = stub.SearchByText(pb.SearchByTextRequest(text=text, top_k=n), timeout=60).hits
+            hits = client.search_text(text, top_k=n).hits
             rankings.append(np.array([hit.study_uid == study for hit in hits]))
         result["report_to_image"] = _ranked_task(rankings)
     return result
 
 
-def image_rankings(stub, records: list[Record]) -> list[np.ndarray]:
+def image_rankings(client: RetrievalClient, records: list[Record]) -> list[np.ndarray]:
     """Per image query: the relevance (shares a label) of every other image, in the gateway's order."""
     labels = {r.image_id: set(r.labels) for r in records}
     rankings = []
     for record in records:
-        request = pb.SearchByImageRequest(image=record.path.read_bytes(), top_k=len(records))
-        hits = stub.SearchByImage(request, timeout=60).hits
+        hits = client.search_image(record.path.read_bytes(), top_k=len(records)).hits
         ids = [hit.image_id for hit in hits if hit.image_id != record.image_id]
         rankings.append(np.array([bool(labels[record.image_id] & labels[i]) for i in ids]))
     return rankings
 
 
-def text_rankings(stub, names: list[str], labels: dict[str, set[str]], query) -> list[np.ndarray]:
+def text_rankings(client: RetrievalClient, names: list[str], labels: dict[str, set[str]], query) -> list[np.ndarray]:
     """Per finding, queried as `query(name)`: which images in the gateway's order carry it."""
     rankings = []
     for name in names:
-        response = stub.SearchByText(pb.SearchByTextRequest(text=query(name), top_k=len(labels)), timeout=60)
+        response = client.search_text(query(name), top_k=len(labels))
         rankings.append(np.array([name in labels[hit.image_id] for hit in response.hits]))
     return rankings
 
@@ -97,10 +94,10 @@ def _ranked_task(rankings: list[np.ndarray]) -> dict:
             "random": dict(metrics.random_baseline(rankings), mAP_p95=metrics.random_map_quantile(rankings))}
 
 
-def _text_task(stub, names: list[str], labels: dict[str, set[str]], query) -> dict:
+def _text_task(client, names: list[str], labels: dict[str, set[str]], query) -> dict:
     """One query per finding; relevant = images carrying it; AP per finding and their mean."""
     n = len(labels)
-    rankings = text_rankings(stub, names, labels, query)
+    rankings = text_rankings(client, names, labels, query)
     per_label = {name: metrics.average_precision(r) for name, r in zip(names, rankings)}
     per_label_random = {name: metrics.expected_average_precision(n, int(r.sum())) for name, r in zip(names, rankings)}
     return {"model": {"mAP": float(np.mean(list(per_label.values()))), "per_label_AP": per_label},
@@ -110,8 +107,8 @@ def _text_task(stub, names: list[str], labels: dict[str, set[str]], query) -> di
 
 def measure(model_name: str, records: list[Record], base: Settings) -> dict:
     with exported(base, model_name) as settings, served(settings, records):
-        with channel_from(settings) as channel:
-            return search_all(pb_grpc.RetrievalStub(channel), records)
+        with RetrievalClient.from_settings(settings) as client:
+            return search_all(client, records)
 
 
 def table(results: dict[str, dict]) -> str:

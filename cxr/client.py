@@ -1,5 +1,6 @@
 """A small Python client of the gateway: TLS (and a client certificate for mutual TLS), a bearer
-token, a deadline per call, and retries with backoff while the gateway is UNAVAILABLE.
+token, a deadline per call, retries with backoff while the gateway is UNAVAILABLE, and waits as long as
+the gateway asks when it throttles (RESOURCE_EXHAUSTED with a `retry-after-ms` trailer).
 
     from cxr.client import RetrievalClient
 
@@ -21,6 +22,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from cxr.metadata_keys import REQUEST_ID_KEY, RETRY_AFTER_KEY
 from cxr.retrieval.v1 import retrieval_pb2 as pb
 from cxr.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
 
@@ -89,6 +91,14 @@ def health(address: str, ca: Path | None = None, cert: Path | None = None, key: 
             return None
 
 
+def _throttle_wait(error: grpc.RpcError) -> float | None:
+    """The seconds a rate-limited call is told to wait, or None when `error` is no such refusal."""
+    if error.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return None
+    hint = dict(error.trailing_metadata() or ()).get(RETRY_AFTER_KEY, "")
+    return int(hint) / 1000 if hint.isdigit() else None
+
+
 class RetrievalClient:
     def __init__(self, address: str, ca: Path | None = None, cert: Path | None = None, key: Path | None = None,
                  token: str = "", deadline_s: float = 60.0, retries: int = 3):
@@ -105,16 +115,25 @@ class RetrievalClient:
                    **kwargs)
 
     def _call(self, method: Callable, request):
-        """`method(request)` with the deadline and token; UNAVAILABLE is retried with backoff."""
-        for attempt in range(self.retries + 1):
+        """`method(request)` with the deadline and token. UNAVAILABLE is retried with backoff,
+        `retries` times; a rate-limit refusal is retried after the wait the gateway names, for at
+        most `deadline_s` of waiting in all."""
+        attempt, throttled_s = 0, 0.0
+        while True:
             try:
                 response, call = method.with_call(request, timeout=self.deadline_s)
-                self.last_request_id = dict(call.trailing_metadata() or ()).get("x-request-id", "")
+                self.last_request_id = dict(call.trailing_metadata() or ()).get(REQUEST_ID_KEY, "")
                 return response
             except grpc.RpcError as error:
-                if error.code() != grpc.StatusCode.UNAVAILABLE or attempt == self.retries:
+                wait = _throttle_wait(error)
+                if wait is not None and throttled_s + wait <= self.deadline_s:
+                    throttled_s += wait
+                elif error.code() == grpc.StatusCode.UNAVAILABLE and attempt < self.retries:
+                    wait = RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)]
+                    attempt += 1
+                else:
                     raise
-                time.sleep(RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)])
+                time.sleep(wait)
 
     def search_text(self, text: str, top_k: int = 10, model: str = "", projections=(), labels=(),
                     group_by_study: bool = False) -> pb.SearchResponse:

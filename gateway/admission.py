@@ -25,9 +25,9 @@ import grpc
 
 from cxr.errors import CxrError
 from cxr.images import DecodeBusyError, PixelBudget
+from cxr.metadata_keys import RETRY_AFTER_KEY
 from gateway import calls
 
-RETRY_AFTER_KEY = "retry-after-ms"
 MAX_BATCH_QUERIES = 256  # queries in one BatchSearch
 THROTTLED = "refused_rate"  # the refusal reason of RefusalLimiter (the audit trail summarises these)
 MAX_TRACKED_PRINCIPALS = 10_000  # buckets of the least recently seen go first

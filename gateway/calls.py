@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from cxr.metadata_keys import REQUEST_ID_KEY
 from cxr.retrieval.v1 import retrieval_pb2 as pb
 
-REQUEST_ID_KEY = "x-request-id"
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 RETRIEVAL_PREFIX = f"/{pb.DESCRIPTOR.services_by_name['Retrieval'].full_name}/"
 MALFORMED = object()  # a Retrieval request whose bytes are not its message: the handler refuses it

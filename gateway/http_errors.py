@@ -13,8 +13,7 @@ from http import HTTPStatus
 import grpc
 from starlette.responses import JSONResponse
 
-from gateway.admission import RETRY_AFTER_KEY
-from gateway.calls import REQUEST_ID_KEY
+from cxr.metadata_keys import REQUEST_ID_KEY, RETRY_AFTER_KEY
 
 Code = grpc.StatusCode
 # https://github.com/googleapis/googleapis/blob/master/google/rpc/code.proto: each code's HTTP mapping.

@@ -5,13 +5,12 @@ import csv
 import shutil
 from dataclasses import replace
 
-import grpc
 import pytest
 
 from benchmarks.retrieval_quality import search_all
 from cxr import archives
 from cxr.catalog import ExportedModel
-from cxr.retrieval.v1 import retrieval_pb2_grpc
+from cxr.client import RetrievalClient
 from indexing.build import BuildOptions, build_index
 from support import DATA_DIR, BackgroundGateway
 
@@ -47,8 +46,8 @@ def test_report_to_image_and_label_tasks_on_an_iu_layout_archive(served, tmp_pat
                 settings.index_path("cxr-mini"), BuildOptions(progress=False))
     gateway = BackgroundGateway(settings)
     try:
-        with grpc.insecure_channel(gateway.address) as channel:
-            result = search_all(retrieval_pb2_grpc.RetrievalStub(channel), records)
+        with RetrievalClient(gateway.address) as client:
+            result = search_all(client, records)
     finally:
         gateway.stop()
     with_reports = {r.study_uid for r in records if r.report}

@@ -3,12 +3,11 @@ FAISS, gRPC), on validation images it was not trained on (split by patient)."""
 
 from dataclasses import replace
 
-import grpc
 import pytest
 
 from benchmarks.retrieval_quality import search_all, validation_records
 from cxr.catalog import ExportedModel
-from cxr.retrieval.v1 import retrieval_pb2_grpc
+from cxr.client import RetrievalClient
 from indexing.build import BuildOptions, build_index
 from support import DATA_DIR, BackgroundGateway
 
@@ -23,8 +22,8 @@ def quality(served):
                 settings.index_path(MODEL), BuildOptions(progress=False))
     background = BackgroundGateway(settings)
     try:
-        with grpc.insecure_channel(background.address) as channel:
-            yield search_all(retrieval_pb2_grpc.RetrievalStub(channel), records)
+        with RetrievalClient(background.address) as client:
+            yield search_all(client, records)
     finally:
         background.stop()
 

@@ -11,10 +11,11 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
+from cxr.metadata_keys import RETRY_AFTER_KEY
 from cxr.retrieval.v1 import retrieval_pb2 as pb
 from cxr.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
 from gateway import auth, calls
-from gateway.admission import RETRY_AFTER_KEY, AdmissionInterceptor, Limits, RateLimiter, RefusalLimiter
+from gateway.admission import AdmissionInterceptor, Limits, RateLimiter, RefusalLimiter
 from gateway.errors import grpc_errors
 from gateway.metrics import GatewayMetrics, MetricsInterceptor
 
