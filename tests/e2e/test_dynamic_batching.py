@@ -36,7 +36,9 @@ def test_concurrent_requests_run_in_batches_and_match_unbatched(served, xray_pat
     inferences, executions = triton_counts(served, spec.image_model)
     inferences -= inferences_before
     executions -= executions_before
-    assert inferences == REQUESTS
-    assert executions < REQUESTS, f"{REQUESTS} requests ran in {executions} executions: no batching"
+    # At least ours: the served Triton is shared with the session's gateways, and a call a test gave up on
+    # can still reach it while this one runs.
+    assert inferences >= REQUESTS
+    assert executions < inferences, f"{inferences} inferences ran in {executions} executions: no batching"
     np.testing.assert_allclose(batched, unbatched, atol=1e-5)
     one.close()
