@@ -8,7 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from cxr import registry
-from cxr.cli import security
+from cxr_cli import security
 from cxr.errors import CxrError
 from cxr.manifest import read_manifest
 from cxr.settings import Settings, load_settings
@@ -83,7 +83,7 @@ def cmd_export(args, settings: Settings) -> int:
 def cmd_serve(args, settings: Settings) -> int:
     """Triton, then the gateway in front of it, supervised: a crashed child is started again."""
     from cxr import tritonserver
-    from cxr.cli.supervisor import Supervisor
+    from cxr_cli.supervisor import Supervisor
     from gateway import tls
 
     tls.check_exposure(settings, settings.gateway_address)  # before anything starts: say why at once
@@ -104,7 +104,7 @@ def _serve_detached(args, settings: Settings) -> int:
     import subprocess
 
     from cxr import tritonserver
-    from cxr.cli.supervisor import SUPERVISOR, wait_recorded
+    from cxr_cli.supervisor import SUPERVISOR, wait_recorded
     from gateway import process as gateway_process
 
     tritonserver.check_repository(settings.model_repository)
@@ -114,7 +114,7 @@ def _serve_detached(args, settings: Settings) -> int:
     log_file.parent.mkdir(parents=True, exist_ok=True)
     offset = log_file.stat().st_size if log_file.exists() else 0
     with log_file.open("ab") as log:
-        child = subprocess.Popen([sys.executable, "-m", "cxr.cli", "serve", "--timeout", str(args.timeout)],
+        child = subprocess.Popen([sys.executable, "-m", "cxr_cli", "serve", "--timeout", str(args.timeout)],
                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=dict(os.environ))
     try:
         wait_recorded(settings.run_dir, SUPERVISOR, child, args.timeout + 120)
@@ -148,7 +148,7 @@ def _print_gateway_status(settings: Settings, status: int, log_file) -> None:
 
 def cmd_stop(args, settings: Settings) -> int:
     from cxr import processes, tritonserver
-    from cxr.cli.supervisor import SUPERVISOR
+    from cxr_cli.supervisor import SUPERVISOR
     from gateway import process as gateway_process
 
     grace = settings.drain_grace_s + 30  # the gateway drains, then Triton exits
