@@ -66,7 +66,7 @@ models: setup ## list models: active, exported, ready in Triton
 	$(CXR) models
 
 demo: setup ## export, serve (mutual TLS, tokens, audit) and query the demo model, then stop; INSECURE=1: plaintext
-	$(BIN)/python -m cxr.cli.demo --model $(DEMO_MODEL) $(if $(INSECURE),--insecure)
+	$(BIN)/python -m cxr_cli.demo --model $(DEMO_MODEL) $(if $(INSECURE),--insecure)
 
 train-default: setup ## retrain the shipped cxr-mini from scratch on $(DATA)/nih800 into weights/cxr-mini (deterministic)
 	rm -rf $(TRAIN_OUT)

@@ -141,7 +141,7 @@ def _serve(settings: Settings) -> subprocess.Popen:
     env = dict(os.environ, **to_environment(settings))
     settings.run_dir.mkdir(parents=True, exist_ok=True)
     log = (settings.run_dir / "serve.log").open("ab")
-    return subprocess.Popen([sys.executable, "-m", "cxr.cli", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT,
+    return subprocess.Popen([sys.executable, "-m", "cxr_cli", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
 
 

@@ -21,13 +21,11 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib.util
 import json
 import os
 import sys
 import tempfile
 import time
-import types
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -35,6 +33,7 @@ import numpy as np
 import onnxruntime as ort
 
 from benchmarks.machine import describe, result_path
+from benchmarks.onnx_sessions import SERVED, embeddings_per_s, session
 from benchmarks.retrieval_quality import image_rankings, text_rankings, validation_records
 from benchmarks.stack import served, temporary_settings
 from cxr import registry
@@ -45,7 +44,7 @@ from cxr.images import load_pixels
 from cxr.manifest import ONNX_FILE, VERSION_DIR
 from cxr.settings import Settings, load_settings
 from export import quantization
-from export.repository import PYTHON_MODEL, export_model
+from export.repository import export_model
 from training.data import label_prompt
 
 PRECISIONS = ("fp32", "int8", "fp16")
@@ -61,32 +60,6 @@ LEVELS = ("basic", "extended", "all")
 BOOTSTRAP = 1000
 REPORT_TEXTS = 512
 K = 10
-
-
-def served_model_module() -> types.ModuleType:
-    """export/triton_python_model.py outside Triton (its pb_utils import stubbed): the benchmark
-    builds sessions with the very session_options() Triton's model uses."""
-    name = "triton_python_backend_utils"
-    previous = sys.modules.get(name)
-    sys.modules[name] = types.ModuleType(name)
-    try:
-        spec = importlib.util.spec_from_file_location("cxr_served_model", PYTHON_MODEL)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        if previous is None:
-            del sys.modules[name]
-        else:
-            sys.modules[name] = previous
-    return module
-
-
-SERVED = served_model_module()
-
-
-def session(path: Path, **parameters: str) -> ort.InferenceSession:
-    options = SERVED.session_options({k: {"string_value": str(v)} for k, v in parameters.items()}, 1)
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 # --- exports -------------------------------------------------------------------------------------
@@ -164,19 +137,6 @@ def parity(files: dict[str, dict[str, Path]], inputs: dict[str, dict[str, np.nda
 
 
 # --- speed ---------------------------------------------------------------------------------------
-
-def embeddings_per_s(sess: ort.InferenceSession, inputs: dict[str, np.ndarray], batch: int, seconds: float,
-                     min_runs: int = 3) -> float:
-    """Back-to-back runs of one batch for `seconds` (at least `min_runs`) after one warm-up run."""
-    part = {k: v[:batch] for k, v in inputs.items()}
-    assert len(next(iter(part.values()))) == batch, "fewer inputs than the batch size"
-    sess.run(None, part)
-    runs, started = 0, time.perf_counter()
-    while runs < min_runs or time.perf_counter() - started < seconds:
-        sess.run(None, part)
-        runs += 1
-    return runs * batch / (time.perf_counter() - started)
-
 
 def interleaved(sessions: dict[str, dict[str, ort.InferenceSession]], inputs: dict, rounds: int,
                 seconds: float) -> dict:

@@ -170,7 +170,7 @@ def serve_and_measure(settings: Settings, spec: registry.ModelSpec, setting: Set
 def onnxruntime_calls(settings: Settings, spec: registry.ModelSpec, inputs: dict, seconds: float) -> dict:
     """ms per onnxruntime call at batch 1 and 16 outside Triton, with the served session options: the
     floor under Triton's compute time, and what batching can save per item."""
-    from benchmarks.quantization import embeddings_per_s, session
+    from benchmarks.onnx_sessions import embeddings_per_s, session
 
     out = {}
     for kind, tower in zip(KINDS, towers(spec)):

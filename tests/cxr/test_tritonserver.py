@@ -42,7 +42,7 @@ def test_a_missing_binary_says_how_to_install_it(monkeypatch, tmp_path):
 
 def _cxr(args, settings, **kwargs):
     env = dict(os.environ, **to_environment(replace(settings, model="siglip-tiny")))
-    return subprocess.run([sys.executable, "-m", "cxr.cli", *args], env=env, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "cxr_cli", *args], env=env, capture_output=True, text=True,
                           timeout=300, **kwargs)
 
 

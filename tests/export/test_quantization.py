@@ -13,7 +13,7 @@ import onnxruntime as ort
 import pytest
 
 from cxr import registry
-from cxr.cli.main import build_parser
+from cxr_cli.main import build_parser
 from cxr.errors import ExportError
 from cxr.images import load_pixels
 from cxr.manifest import read_manifest

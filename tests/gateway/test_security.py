@@ -192,7 +192,7 @@ def test_cxr_search_works_with_tls_and_a_token_and_says_why_without(secured):
     env = dict(os.environ, CXR_GATEWAY_HOST="localhost", CXR_GATEWAY_PORT=background.address.split(":")[1],
                CXR_CA=str(pki / "ca.pem"), CXR_CLIENT_CERT=str(pki / "client.pem"),
                CXR_CLIENT_KEY=str(pki / "client.key"))
-    command = [sys.executable, "-m", "cxr.cli", "search", "text", "cardiomegaly", "--top-k", "2"]
+    command = [sys.executable, "-m", "cxr_cli", "search", "text", "cardiomegaly", "--top-k", "2"]
     refused = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
     assert refused.returncode == 2 and "UNAUTHENTICATED" in refused.stderr
     answered = subprocess.run([*command, "--token", _token(pki, scopes=["search"])], env=env, capture_output=True,

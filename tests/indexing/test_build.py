@@ -57,7 +57,7 @@ def test_unreadable_inputs_are_skipped_with_a_reason_and_the_rest_indexed(served
 
 
 def _cli_build(settings, output, manifest_file):
-    command = [sys.executable, "-m", "cxr.cli", "index", "build", "--manifest", str(manifest_file), "--model", MODEL,
+    command = [sys.executable, "-m", "cxr_cli", "index", "build", "--manifest", str(manifest_file), "--model", MODEL,
                "--output-dir", str(output), "--batch-size", "4", "--workers", "1"]
     return subprocess.Popen(command, env=dict(os.environ, **to_environment(settings)), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
@@ -88,7 +88,7 @@ def test_a_killed_build_resumes_to_the_same_index(served, tmp_path):
 
 
 def test_cli_on_iu_csvs_without_images_prints_the_missing_count_not_a_traceback(served, tmp_path):
-    command = [sys.executable, "-m", "cxr.cli", "index", "build", "--reports-csv", str(IU / "indiana_reports.csv"),
+    command = [sys.executable, "-m", "cxr_cli", "index", "build", "--reports-csv", str(IU / "indiana_reports.csv"),
                "--projections-csv", str(IU / "indiana_projections.csv"), "--images-dir", str(tmp_path / "images"),
                "--model", MODEL, "--output-dir", str(tmp_path / "iu")]
     done = subprocess.run(command, env=dict(os.environ, **to_environment(served)), capture_output=True, text=True,
@@ -105,7 +105,7 @@ def test_the_cli_builds_into_milvus_the_vectors_it_builds_into_faiss(served, tmp
     manifest_file = tmp_path / "archive.csv"
     manifest_file.write_text("image,labels\n" + "".join(f"{p},Effusion\n" for p in images))
     milvus_db = tmp_path / "milvus.db"
-    command = [sys.executable, "-m", "cxr.cli", "index", "build", "--manifest", str(manifest_file), "--model", MODEL,
+    command = [sys.executable, "-m", "cxr_cli", "index", "build", "--manifest", str(manifest_file), "--model", MODEL,
                "--output-dir", str(tmp_path / "faiss"), "--workers", "1"]
     env = dict(os.environ, **to_environment(served))
     for extra in ([], ["--backend", "milvus", "--milvus-uri", str(milvus_db)]):

@@ -171,7 +171,7 @@ def test_follow_once_adds_a_newly_stored_instance(served, model, pacs, files, tm
 def _cli(settings, *args, password=orthanc.PASSWORD):
     env = dict(os.environ, **to_environment(settings))
     env["CXR_DICOMWEB_PASSWORD"] = password  # from the environment: out of the command line
-    command = [sys.executable, "-m", "cxr.cli", "index", *args, "--model", MODEL, "--workers", "1"]
+    command = [sys.executable, "-m", "cxr_cli", "index", *args, "--model", MODEL, "--workers", "1"]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
 
 

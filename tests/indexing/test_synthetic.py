@@ -56,7 +56,7 @@ def test_a_synthetic_ivf_index_finds_the_exact_neighbours(tmp_path):
 
 def test_the_cli_writes_an_index_the_store_opens(tmp_path):
     env = dict(os.environ, CXR_MODEL_REPOSITORY=str(tmp_path / "no-exports"))
-    done = subprocess.run([sys.executable, "-m", "cxr.cli", "index", "synth", "--model", "cxr-mini", "--count", "3000",
+    done = subprocess.run([sys.executable, "-m", "cxr_cli", "index", "synth", "--model", "cxr-mini", "--count", "3000",
                            "--index-type", "sq8", "--output-dir", str(tmp_path / "idx"), "--seed", "5"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

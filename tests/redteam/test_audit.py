@@ -21,7 +21,7 @@ import grpc
 import httpx
 import pytest
 
-from cxr.cli.main import main as cxr
+from cxr_cli.main import main as cxr
 from cxr.client import channel
 from cxr.retrieval.v1 import retrieval_pb2 as pb
 from cxr.retrieval.v1 import retrieval_pb2_grpc as pb_grpc

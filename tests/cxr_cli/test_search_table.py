@@ -1,15 +1,14 @@
 """`cxr search`'s result table: PACS columns when hits have them, image counts when grouped.
 
-Run in a child process from the checkout: inside pytest, `cxr.cli` names this test folder (tests/
-is on sys.path for the shared helpers), as in the other tests of the command line."""
+Run in a child process from the checkout, as the other tests of the command line run `cxr`."""
 
 import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[2]
 PRINT = """
-from cxr.cli.main import build_parser, print_hits
+from cxr_cli.main import build_parser, print_hits
 from cxr.retrieval.v1 import retrieval_pb2 as pb
 hits = {hits}
 print_hits(pb.SearchResponse(model="m", hits=[pb.Hit(**h) for h in hits]))

@@ -8,7 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from cxr import registry
-from cxr.cli import security
+from cxr_cli import security
 from cxr.errors import CxrError
 from cxr.manifest import read_manifest
 from cxr.settings import Settings, load_settings
@@ -83,7 +83,7 @@ def cmd_export(args, settings: Settings) -> int:
 def cmd_serve(args, settings: Settings) -> int:
     """Triton, then the gateway in front of it, supervised: a crashed child is started again."""
     from cxr import tritonserver
-    from cxr.cli.supervisor import Supervisor
+    from cxr_cli.supervisor import Supervisor
     from gateway import tls
 
     tls.check_exposure(settings, settings.gateway_address)  # before anything starts: say why at once
@@ -104,7 +104,7 @@ def _serve_detached(args, settings: Settings) -> int:
     import subprocess
 
     from cxr import tritonserver
-    from cxr.cli.supervisor import SUPERVISOR, wait_recorded
+    from cxr_cli.supervisor import SUPERVISOR, wait_recorded
     from gateway import process as gateway_process
 
     tritonserver.check_repository(settings.model_repository)
@@ -114,7 +114,7 @@ def _serve_detached(args, settings: Settings) -> int:
     log_file.parent.mkdir(parents=True, exist_ok=True)
     offset = log_file.stat().st_size if log_file.exists() else 0
     with log_file.open("ab") as log:
-        child = subprocess.Popen([sys.executable, "-m", "cxr.cli", "serve", "--timeout", str(args.timeout)],
+        child = subprocess.Popen([sys.executable, "-m", "cxr_cli", "serve", "--timeout", str(args.timeout)],
                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=dict(os.environ))
     try:
         wait_recorded(settings.run_dir, SUPERVISOR, child, args.timeout + 120)
@@ -148,7 +148,7 @@ def _print_gateway_status(settings: Settings, status: int, log_file) -> None:
 
 def cmd_stop(args, settings: Settings) -> int:
     from cxr import processes, tritonserver
-    from cxr.cli.supervisor import SUPERVISOR
+    from cxr_cli.supervisor import SUPERVISOR
     from gateway import process as gateway_process
 
     grace = settings.drain_grace_s + 30  # the gateway drains, then Triton exits
@@ -448,14 +448,13 @@ def _add_pacs_arguments(parser: argparse.ArgumentParser, optional_url: bool) -> 
     parser.add_argument("--since", help="studies on or after this date, YYYYMMDD")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cxr", description="Chest X-ray retrieval served by NVIDIA Triton.")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _add_models(sub) -> None:
     models = sub.add_parser("models", help="list registered models: active, exported, ready in Triton")
     models.add_argument("--no-twins", action="store_true", help="hide the random-weight test twins")
     models.set_defaults(func=cmd_models)
 
+
+def _add_export(sub) -> None:
     export = sub.add_parser("export", help="export a model's towers to ONNX into the Triton model repository")
     export.add_argument("--model", help="registry name (default: the active model)")
     export.add_argument("--checkpoint", help="hub id or local directory (default: the registry's checkpoint)")
@@ -472,6 +471,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--config-only", action="store_true", help="only rewrite config.pbtxt (e.g. switch target)")
     export.set_defaults(func=cmd_export)
 
+
+def _add_serve_and_stop(sub) -> None:
     serve = sub.add_parser("serve", help="start Triton on the model repository and wait until it is ready")
     serve.add_argument("--detach", action="store_true", help="leave Triton running in the background")
     serve.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for readiness")
@@ -480,8 +481,8 @@ def build_parser() -> argparse.ArgumentParser:
     stop = sub.add_parser("stop", help="stop the Triton and gateway started with `cxr serve --detach`")
     stop.set_defaults(func=cmd_stop)
 
-    index = sub.add_parser("index", help="build a model's index from an archive").add_subparsers(
-        dest="index_command", required=True)
+
+def _add_index_build(index) -> None:
     build = index.add_parser("build", help="encode an archive's images through Triton into an index")
     _add_archive_arguments(build)
     build.add_argument("--output-dir", type=Path, help="default: <index_dir>/<model>")
@@ -494,6 +495,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pacs_arguments(build, optional_url=True)
     build.add_argument("--limit", type=int, default=0, help="--dicomweb: index at most N instances (0: all)")
     build.set_defaults(func=cmd_index_build)
+
+
+def _add_index_follow(index) -> None:
     follow = index.add_parser(
         "follow", help="keep an index up to date with a DICOMweb PACS: new instances are encoded and swapped in "
                        "by batches (Orthanc's change feed, else QIDO-RS polling); Ctrl-C stops, a restart goes on")
@@ -511,6 +515,9 @@ def build_parser() -> argparse.ArgumentParser:
     follow.add_argument("--workers", type=int, default=2, help="decoding processes")
     follow.add_argument("--use-gpu", action="store_true", help="build flat/IVF indexes on the GPU (faiss-gpu)")
     follow.set_defaults(func=cmd_index_follow)
+
+
+def _add_index_synth(index) -> None:
     synth = index.add_parser("synth", help="write an index of N synthetic clustered vectors (benchmarks, sizing)")
     synth.add_argument("--model", help="registry name: sets the dimension (default: the active model)")
     synth.add_argument("--count", type=int, required=True, help="images in the synthetic archive")
@@ -519,6 +526,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_store_arguments(synth)
     synth.set_defaults(func=cmd_index_synth)
 
+
+def _add_index(sub) -> None:
+    index = sub.add_parser("index", help="build a model's index from an archive").add_subparsers(
+        dest="index_command", required=True)
+    _add_index_build(index)
+    _add_index_follow(index)
+    _add_index_synth(index)
+
+
+def _add_train(sub) -> None:
     train = sub.add_parser("train", help="train or fine-tune a model's towers on an archive's image-text pairs")
     _add_archive_arguments(train)
     train.add_argument("--model", help="registry name (default: the active model)")
@@ -545,6 +562,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also write the trained tensors as shipped weights (e.g. weights/cxr-mini)")
     train.set_defaults(func=cmd_train)
 
+
+def _add_compare(sub) -> None:
     compare = sub.add_parser("compare", help="benchmark models side by side: quality, speed, batching, "
                                              "in-process baseline; JSON + Markdown report in benchmarks/results/. "
                                              "Default archive: the NIH sample's validation split; or name one")
@@ -557,6 +576,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="rank at most this many of the archive's images (the gateway's top_k cap is 1000)")
     compare.set_defaults(func=cmd_compare)
 
+
+def _add_search(sub) -> None:
     search = sub.add_parser("search", help="query the gateway and print the ranked studies")
     search.add_argument("kind", choices=("text", "image"))
     search.add_argument("query", help="free text, or an image file (PNG, JPEG, DICOM)")
@@ -572,7 +593,14 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--key", dest="client_key", type=Path, help="mutual TLS: its private key (CXR_CLIENT_KEY)")
     search.add_argument("--token", help="a JWT or an API key (CXR_TOKEN; the variable keeps it out of shell history)")
     search.set_defaults(func=cmd_search)
-    security.add_commands(sub)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cxr", description="Chest X-ray retrieval served by NVIDIA Triton.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add_commands in (_add_models, _add_export, _add_serve_and_stop, _add_index, _add_train, _add_compare,
+                         _add_search, security.add_commands):
+        add_commands(sub)
     return parser
 
 

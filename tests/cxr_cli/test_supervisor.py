@@ -30,7 +30,7 @@ MODEL = "siglip-tiny"
 
 def _cxr(args, settings):
     env = dict(os.environ, **to_environment(settings))
-    return subprocess.run([sys.executable, "-m", "cxr.cli", *args], env=env, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "cxr_cli", *args], env=env, capture_output=True, text=True,
                           timeout=300)
 
 

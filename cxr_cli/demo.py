@@ -20,7 +20,7 @@ from dataclasses import replace
 import grpc
 
 from cxr import faiss_store, processes, registry, tritonserver
-from cxr.cli.main import page_url, print_hits
+from cxr_cli.main import page_url, print_hits
 from cxr.client import RetrievalClient
 from cxr.manifest import read_manifest
 from cxr.settings import Settings, load_settings
