@@ -92,7 +92,7 @@ def _load_failure_message(spec: ModelSpec, source: str, exc: Exception) -> str:
     cause = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(".")
     if is_local(source):
         return (f"Could not load {spec.name} from the local directory {source!r}: {cause}. "
-                f"Pass --checkpoint a directory holding the full {spec.family} checkpoint "
+                f"Pass --checkpoint a directory holding the full {spec.family.name} checkpoint "
                 f"(as saved by save_pretrained or downloaded from {spec.checkpoint}).")
     names = " ".join(type(e).__name__ for e in _causes(exc))
     gated = "GatedRepo" in names or "401" in cause or "403" in cause

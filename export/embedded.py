@@ -31,7 +31,7 @@ FROZEN_PREFIX = "text.transformer."
 
 def _text_package(spec: ModelSpec) -> str:
     package = spec.architecture.get("pretrained_text")
-    if spec.family != "open_clip" or not package:
+    if spec.family.name != "open_clip" or not package:
         raise ValueError(f"{spec.name}: embedded weights need an open_clip model with a pretrained_text package")
     return package
 
