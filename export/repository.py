@@ -26,7 +26,8 @@ from cxr.settings import Settings
 from cxr.tokenization import TextTokenizer
 from cxr.towers import TowerSpec, tower_from_dict, towers
 from export import onnx_export, triton_config
-from export.checkpoints import Encoder, load_encoder
+from export.checkpoints import Encoder
+from export.families import load_encoder
 from export.quantization import check_precision, quantize_int8
 
 PYTHON_MODEL = Path(__file__).with_name("triton_python_model.py")
@@ -43,7 +44,7 @@ def resolve_source(spec: ModelSpec, settings: Settings, checkpoint: str | None) 
 
         return str(checkpoint_dir(spec, settings.cache_dir, settings.data_dir))
     if spec.is_twin:
-        from export.twins import twin_dir
+        from export.families import twin_dir
 
         return str(twin_dir(spec, settings.cache_dir, settings.data_dir))
     return spec.checkpoint

@@ -327,7 +327,7 @@ def cmd_train(args, settings: Settings) -> int:
     if args.checkpoint:
         init = args.checkpoint
     elif args.from_scratch:
-        from export.twins import random_checkpoint_dir
+        from export.families import random_checkpoint_dir
 
         init = str(random_checkpoint_dir(spec, settings.cache_dir / "scratch", settings.data_dir))
     else:
