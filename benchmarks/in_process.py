@@ -14,7 +14,7 @@ from cxr import faiss_store
 from cxr.images import preprocess
 from cxr.registry import ModelSpec
 from cxr.settings import Settings
-from export.checkpoints import load_encoder
+from export.families import load_encoder
 from export.onnx_export import ImageTower, TextTower
 from export.repository import resolve_source
 

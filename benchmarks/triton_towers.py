@@ -56,7 +56,7 @@ def export_in_child(name: str, settings: Settings) -> dict:
 
 def _export_only(name: str, repository: Path, cache: Path) -> None:
     from export.repository import export_model
-    from export.twins import random_checkpoint_dir
+    from export.families import random_checkpoint_dir
 
     spec = registry.get_model(name)
     settings = replace(load_settings(), model_repository=repository, cache_dir=cache)

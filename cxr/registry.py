@@ -10,9 +10,9 @@ from pathlib import Path
 
 from cxr import tensor_names
 from cxr.errors import UnknownModelError
+from cxr.families import Family, get_family
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
-FAMILIES = ("hf_clip", "open_clip", "hf_siglip")
 TOKENIZERS = ("clip_bpe", "wordpiece", "sentencepiece")
 IMAGE_NORMALIZATIONS = ("dataset", "per_image")
 PRECISIONS = ("fp32", "fp16", "int8")  # of the exported ONNX weights
@@ -20,20 +20,6 @@ TWIN_PREFIX = "twin:"
 # Weights the project trained and ships in the repository (weights/<name>/): no download.
 EMBEDDED_PREFIX = "embedded:"
 REPO_ROOT = Path(__file__).resolve().parent.parent
-# Which text inputs each family's text tower takes; SigLIP was trained without a padding mask
-# and open_clip derives its mask from the pad id inside the model.
-TEXT_INPUTS = {
-    "hf_clip": (tensor_names.INPUT_IDS, tensor_names.ATTENTION_MASK),
-    "open_clip": (tensor_names.INPUT_IDS,),
-    "hf_siglip": (tensor_names.INPUT_IDS,),
-}
-# How texts are padded before the text tower. "longest": to the longest text of a call, so a query
-# pays for its ~10 tokens rather than the context length; right for towers whose embedding does not
-# change with padding: CLIP pools at end-of-text behind a causal and padding mask, open_clip's HF
-# BERT (BiomedCLIP, cxr-mini) masks the pad id and pools CLS or the masked mean. "max_length":
-# SigLIP pools the last position and was trained with padding="max_length", so a text padded to its
-# own length embeds elsewhere (measured on the twins: cos 0.08 to the max_length embedding).
-TEXT_PADDING = {"hf_clip": "longest", "open_clip": "longest", "hf_siglip": "max_length"}
 
 
 @dataclass(frozen=True)
@@ -65,7 +51,7 @@ def _batching(raw: dict) -> Batching:
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
-    family: str
+    family: Family  # named in the JSON, resolved by cxr.families.get_family
     checkpoint: str
     image_size: int
     mean: tuple[float, float, float]
@@ -109,12 +95,12 @@ class ModelSpec:
 
     @property
     def text_inputs(self) -> tuple[str, ...]:
-        return TEXT_INPUTS[self.family]
+        return self.family.text_inputs
 
     @property
     def text_padding(self) -> str:
         """"longest" (the text tower has a dynamic sequence axis) or "max_length" (fixed)."""
-        return TEXT_PADDING[self.family]
+        return self.family.text_padding
 
     @property
     def image_model(self) -> str:
@@ -127,13 +113,15 @@ class ModelSpec:
 
 def _parse(name: str, raw: dict) -> ModelSpec:
     raw = dict(raw, name=name)
+    try:
+        raw["family"] = get_family(raw["family"])
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
     raw["batching"] = _batching(raw["batching"])
     for key in ("mean", "std", "alternative_checkpoints"):
         if key in raw:
             raw[key] = tuple(raw[key])
     spec = ModelSpec(**raw)
-    if spec.family not in FAMILIES:
-        raise ValueError(f"{name}: family {spec.family!r} is not one of {FAMILIES}")
     if spec.image_normalization not in IMAGE_NORMALIZATIONS:
         raise ValueError(f"{name}: image_normalization {spec.image_normalization!r} is not one of "
                          f"{IMAGE_NORMALIZATIONS}")

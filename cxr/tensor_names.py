@@ -5,7 +5,7 @@ tests check that the three agree.
 """
 
 PIXELS = "pixels"  # uint8 [batch, size, size, 3], RGB; normalisation is inside the graph
-INPUT_IDS = "input_ids"  # int64 [batch, length]: the context length, or up to it (cxr.registry.TEXT_PADDING)
+INPUT_IDS = "input_ids"  # int64 [batch, length]: the context length, or up to it (cxr.families)
 ATTENTION_MASK = "attention_mask"  # int64, as input_ids; only for families that use one
 IMAGE_EMBEDS = "image_embeds"  # float32 [batch, embed_dim], L2-normalised
 TEXT_EMBEDS = "text_embeds"  # float32 [batch, embed_dim], L2-normalised

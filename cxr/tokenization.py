@@ -23,8 +23,6 @@ import numpy as np
 from cxr import tensor_names
 from cxr.errors import ExportError
 
-# open_clip's HFTokenizer cleans text before tokenising; HF tokenizers do their own cleaning.
-CLEANING = {"hf_clip": None, "hf_siglip": None, "open_clip": "whitespace"}
 PADDINGS = ("max_length", "longest")
 TOKENIZER_JSON = "tokenizer.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
@@ -39,6 +37,10 @@ def _clean_whitespace(text: str) -> str:
 
     text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
     return " ".join(text.split())
+
+
+# What a family (cxr.families) and a manifest name the cleaning done before tokenising; None: none.
+CLEANINGS = {None: None, "whitespace": _clean_whitespace}
 
 
 class TextTokenizer:
@@ -58,7 +60,7 @@ class TextTokenizer:
         self.context_length = context_length
         self.input_names = tuple(input_names)
         self.padding = padding
-        self._clean = _clean_whitespace if clean == "whitespace" else None
+        self._clean = CLEANINGS.get(clean)
         self._encode, self.pad_id = load_encoder(Path(directory), context_length)
 
     def __call__(self, texts: list[str]) -> dict[str, np.ndarray]:

@@ -55,7 +55,7 @@ def cmd_models(args, settings: Settings) -> int:
         exported = f"yes ({manifest['precision']}, {manifest['target']})" if manifest else "no"
         serving = "-" if ready is None else (
             "ready" if ready.get(spec.image_model) and ready.get(spec.text_model) else "not loaded")
-        rows.append(("*" if name == settings.model else "", name, spec.family, str(spec.image_size),
+        rows.append(("*" if name == settings.model else "", name, spec.family.name, str(spec.image_size),
                      str(spec.embed_dim), f"{spec.context_length} {spec.tokenizer}", exported, serving,
                      spec.use))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -327,7 +327,7 @@ def cmd_train(args, settings: Settings) -> int:
     if args.checkpoint:
         init = args.checkpoint
     elif args.from_scratch:
-        from export.twins import random_checkpoint_dir
+        from export.families import random_checkpoint_dir
 
         init = str(random_checkpoint_dir(spec, settings.cache_dir / "scratch", settings.data_dir))
     else:

@@ -1,7 +1,8 @@
-"""Load a registry model's checkpoint (hub id or local directory) into two feature modules.
+"""Load a checkpoint (hub id or local directory) into two feature modules.
 
-One loader per family; each returns an `Encoder`: the image and text feature functions as
-torch modules, the checkpoint's own tokenizer, and the dims read from the checkpoint.
+One loader per checkpoint layout (Hugging Face, open_clip; export/families.py says which family
+uses which); each returns an `Encoder`: the image and text feature functions as torch modules,
+the checkpoint's own tokenizer, and the dims read from the checkpoint.
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ def _load_failure_message(spec: ModelSpec, source: str, exc: Exception) -> str:
     cause = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(".")
     if is_local(source):
         return (f"Could not load {spec.name} from the local directory {source!r}: {cause}. "
-                f"Pass --checkpoint a directory holding the full {spec.family} checkpoint "
+                f"Pass --checkpoint a directory holding the full {spec.family.name} checkpoint "
                 f"(as saved by save_pretrained or downloaded from {spec.checkpoint}).")
     names = " ".join(type(e).__name__ for e in _causes(exc))
     gated = "GatedRepo" in names or "401" in cause or "403" in cause
@@ -116,7 +117,8 @@ def _hf_revision(model, source: str) -> str:
     return "local" if is_local(source) else (getattr(model.config, "_commit_hash", None) or "unknown")
 
 
-def _load_hf(spec: ModelSpec, source: str) -> Encoder:
+def load_hf(spec: ModelSpec, source: str) -> Encoder:
+    """A transformers checkpoint (CLIPModel, SiglipModel) and its tokenizer."""
     from transformers import AutoModel, AutoTokenizer
 
     with _explain_load_failure(spec, source):
@@ -141,7 +143,8 @@ def _load_hf(spec: ModelSpec, source: str) -> Encoder:
                    source=source, revision=_hf_revision(model, source))
 
 
-def _load_open_clip(spec: ModelSpec, source: str) -> Encoder:
+def load_open_clip(spec: ModelSpec, source: str) -> Encoder:
+    """An open_clip checkpoint (hf-hub: or local-dir:) and its tokenizer."""
     import open_clip
 
     name = source if source.startswith(("hf-hub:", "local-dir:")) else (
@@ -180,26 +183,3 @@ def _open_clip_config(source: str) -> dict:
         path = Path(hf_hub_download(source, OPEN_CLIP_CONFIG))
     return json.loads(path.read_text())
 
-
-LOADERS = {"hf_clip": _load_hf, "hf_siglip": _load_hf, "open_clip": _load_open_clip}
-
-
-def load_encoder(spec: ModelSpec, source: str) -> Encoder:
-    """Load `spec`'s checkpoint from `source` (a hub id or a local directory) for export."""
-    if is_local(source) and not Path(source.removeprefix("local-dir:")).expanduser().is_dir():
-        raise CheckpointUnavailableError(
-            f"Checkpoint directory {source!r} for {spec.name} does not exist. "
-            f"Pass --checkpoint an existing directory, or omit it to use {spec.checkpoint}.")
-    _quiet_transformers()
-    encoder = LOADERS[spec.family](spec, source)
-    encoder.model.requires_grad_(False)  # loaded for inference; training unfreezes what it trains
-    return encoder
-
-
-def _quiet_transformers() -> None:
-    """Our progress and errors are enough: no per-load weight bars or "unexpected key" reports
-    (open_clip loads a BERT without its unused pooler)."""
-    from transformers.utils import logging
-
-    logging.set_verbosity_error()
-    logging.disable_progress_bar()

@@ -21,19 +21,13 @@ from cxr.errors import CheckpointUnavailableError
 from cxr.files import COMPLETE_MARKER, build_once
 from cxr.registry import ModelSpec
 from export.checkpoints import OPEN_CLIP_WEIGHTS
-from export.twins import OPEN_CLIP_TWIN_WEIGHTS, random_checkpoint_dir
+from export.families import exporter_for, random_checkpoint_dir
+from export.twins import OPEN_CLIP_TWIN_WEIGHTS
 
 WEIGHTS_FILE = "weights.safetensors"
 INFO_FILE = "weights.json"
 # Tensors taken from the pretrained text package rather than shipped.
 FROZEN_PREFIX = "text.transformer."
-
-
-def _text_package(spec: ModelSpec) -> str:
-    package = spec.architecture.get("pretrained_text")
-    if spec.family != "open_clip" or not package:
-        raise ValueError(f"{spec.name}: embedded weights need an open_clip model with a pretrained_text package")
-    return package
 
 
 def _shipped(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -43,7 +37,7 @@ def _shipped(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def publish(checkpoint: Path, spec: ModelSpec, dest: Path, training: dict | None = None) -> Path:
     """Write `checkpoint`'s trained tensors (fp16) and a provenance file into `dest`."""
-    package = _text_package(spec)
+    package = exporter_for(spec.family).embedded_text_package(spec)
     state = load_file(checkpoint / OPEN_CLIP_WEIGHTS)
     shipped = _shipped(state)
     dest.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,7 @@
 
 Image normalisation is folded into the graph so clients send uint8 (4x less on the wire than
 float32); inputs and outputs carry the names in cxr.tensor_names and a dynamic batch axis. Text
-towers of "longest" families (cxr.registry.TEXT_PADDING) also take any sequence length, checked at
+towers of "longest" families (cxr.families.Family.text_padding) also take any sequence length, checked at
 export to embed a text padded to its own length as they embed it padded to the context length.
 """
 
@@ -109,8 +109,8 @@ def check_padding_invariant(path: Path, sample: dict[str, np.ndarray], pad_id: i
     if worst < PADDING_PARITY:
         raise ExportError(f"{path}: {model}'s text tower embeds a text padded to the longest text or to its own "
                           f"length differently from the same text padded to {context} (cosine {worst:.6f}): "
-                          "its family must stay fixed-length; set it to \"max_length\" in "
-                          "cxr.registry.TEXT_PADDING.")
+                          "its family must stay fixed-length; set its text_padding to \"max_length\" in "
+                          "cxr/families.py.")
     padded_again = pad_sequences({n: a[:, :lengths.max()] for n, a in sample.items()}, context, values)
     if any(not np.array_equal(padded_again[n], sample[n]) for n in sample):
         raise ExportError(f"{path}: padding with pad id {pad_id} does not reproduce the tokenizer's padding of "

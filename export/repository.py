@@ -23,10 +23,11 @@ from cxr.files import replace_directory
 from cxr.manifest import MANIFEST_FILE, ONNX_FILE, SCHEMA_VERSION, TOKENIZER_DIR, VERSION_DIR, read_manifest
 from cxr.registry import ModelSpec
 from cxr.settings import Settings
-from cxr.tokenization import CLEANING, TextTokenizer
+from cxr.tokenization import TextTokenizer
 from cxr.towers import TowerSpec, tower_from_dict, towers
 from export import onnx_export, triton_config
-from export.checkpoints import Encoder, load_encoder
+from export.checkpoints import Encoder
+from export.families import load_encoder
 from export.quantization import check_precision, quantize_int8
 
 PYTHON_MODEL = Path(__file__).with_name("triton_python_model.py")
@@ -43,7 +44,7 @@ def resolve_source(spec: ModelSpec, settings: Settings, checkpoint: str | None) 
 
         return str(checkpoint_dir(spec, settings.cache_dir, settings.data_dir))
     if spec.is_twin:
-        from export.twins import twin_dir
+        from export.families import twin_dir
 
         return str(twin_dir(spec, settings.cache_dir, settings.data_dir))
     return spec.checkpoint
@@ -134,7 +135,7 @@ def _save_tokenizer(spec: ModelSpec, encoder: Encoder, directory: Path) -> None:
     """Save the checkpoint's tokenizer and prove the serving side (no transformers) reads it back exactly."""
     encoder.save_tokenizer(directory)
     try:
-        served = TextTokenizer(directory, spec.context_length, spec.text_inputs, CLEANING[spec.family])
+        served = TextTokenizer(directory, spec.context_length, spec.text_inputs, spec.family.text_cleaning)
     except CxrError as exc:
         raise ExportError(f"the tokenizer of {encoder.source} cannot be served: {exc}") from exc
     ours, theirs = served(list(TOKENIZER_PROBES)), encoder.tokenize(list(TOKENIZER_PROBES))
@@ -168,11 +169,11 @@ def _manifest(spec: ModelSpec, encoder: Encoder, staging: Path, target: str, pre
     return {
         "schema_version": SCHEMA_VERSION,
         "model": spec.name,
-        "family": spec.family,
+        "family": spec.family.name,
         "embed_dim": spec.embed_dim,
         "image_size": spec.image_size,
         "context_length": spec.context_length,
-        "tokenizer": {"kind": spec.tokenizer, "dir": TOKENIZER_DIR, "clean": CLEANING[spec.family],
+        "tokenizer": {"kind": spec.tokenizer, "dir": TOKENIZER_DIR, "clean": spec.family.text_cleaning,
                       "padding": spec.text_padding, "pad_id": onnx_export.text_pad_id(encoder)},
         "towers": {tower.triton_name: asdict(tower) for tower in (image, text)},
         "image_model": image.triton_name,

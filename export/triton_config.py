@@ -4,7 +4,7 @@
 `gpu`: NVIDIA's container with `platform: "onnxruntime_onnx"`, GPU instances and, optionally,
 the TensorRT execution accelerator in FP16 with an engine cache.
 
-Text towers with a dynamic sequence axis (the "longest" families of cxr.registry.TEXT_PADDING), so
+Text towers with a dynamic sequence axis (the "longest" families of cxr.families), so
 that a query pays for its own tokens rather than the context length:
 - `local`: the text inputs are `allow_ragged_batch`, so the dynamic batcher gathers requests of
   different lengths; the python model pads each gathered batch to its longest request with the

@@ -1,4 +1,5 @@
-"""Tiny random-weight twins of the registry's families, written as real local checkpoints.
+"""Random-weight checkpoints of a registry model's architecture (tiny twins, true-size copies), one builder
+per family (export/families.py picks it), written as real local checkpoints.
 
 A twin directory has exactly the layout a user's downloaded checkpoint has (HF save_pretrained,
 or open_clip's open_clip_config.json + weights), so export loads it through the same code.
@@ -15,30 +16,12 @@ from pathlib import Path
 
 import torch
 
-from cxr.files import build_once
 from cxr.registry import ModelSpec
 
-SEED = 0
 OPEN_CLIP_TWIN_WEIGHTS = "open_clip_pytorch_model.bin"
 
 
-def twin_dir(spec: ModelSpec, cache_dir: Path, data_dir: Path) -> Path:
-    """The twin's checkpoint directory, built on first use (atomically) and reused after."""
-    return random_checkpoint_dir(spec, cache_dir / "twins", data_dir)
-
-
-def random_checkpoint_dir(spec: ModelSpec, parent: Path, data_dir: Path) -> Path:
-    """A random-weight checkpoint of `spec.architecture` in `parent`/`spec.name`, built once."""
-    target = (parent / spec.name).resolve()
-
-    def build(out: Path) -> None:
-        torch.manual_seed(SEED)
-        BUILDERS[spec.family](spec, out, data_dir, final_dir=target)
-
-    return build_once(target, build)
-
-
-def _build_hf_clip(spec: ModelSpec, out: Path, data_dir: Path, final_dir: Path) -> None:
+def build_hf_clip(spec: ModelSpec, out: Path, data_dir: Path, final_dir: Path) -> None:
     from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
     tokenizer = _clip_bpe_tokenizer(out / "bpe", CLIPTokenizer, spec.context_length)
@@ -71,7 +54,7 @@ def _clip_bpe_tokenizer(workdir: Path, tokenizer_cls, context_length: int):
                          pad_token="<|endoftext|>", model_max_length=context_length)
 
 
-def _build_hf_siglip(spec: ModelSpec, out: Path, data_dir: Path, final_dir: Path) -> None:
+def build_hf_siglip(spec: ModelSpec, out: Path, data_dir: Path, final_dir: Path) -> None:
     from transformers import SiglipConfig, SiglipModel, SiglipTokenizer
 
     arch = spec.architecture
@@ -114,7 +97,7 @@ def _train_sentencepiece(sentences: list[str], path: Path, vocab_size: int) -> N
     path.write_bytes(model.getvalue())
 
 
-def _build_open_clip(spec: ModelSpec, out: Path, data_dir: Path, final_dir: Path) -> None:
+def build_open_clip(spec: ModelSpec, out: Path, data_dir: Path, final_dir: Path) -> None:
     from open_clip import CustomTextCLIP
     from transformers import BertConfig, BertModel, BertTokenizer
 
@@ -155,5 +138,3 @@ def _packaged_bert_dir(package: str) -> Path:
     module = importlib.import_module(package.replace("-", "_"))
     return Path(module.__file__).parent / "model"
 
-
-BUILDERS = {"hf_clip": _build_hf_clip, "hf_siglip": _build_hf_siglip, "open_clip": _build_open_clip}

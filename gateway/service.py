@@ -69,7 +69,7 @@ class RetrievalService(pb_grpc.RetrievalServicer):
             spec, model = registry.get_model(name), self.catalog.get(name)
             store = self.indexes.get(name) if model else None
             infos.append(pb.ModelInfo(
-                name=name, family=spec.family, embed_dim=spec.embed_dim, image_size=spec.image_size,
+                name=name, family=spec.family.name, embed_dim=spec.embed_dim, image_size=spec.image_size,
                 context_length=spec.context_length, active=name == self.active_model, exported=model is not None,
                 ready=bool(model) and await self.embedder.is_ready(model),
                 index_size=store.count if store else 0, index_bytes=store.size_bytes if store else 0,

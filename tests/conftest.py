@@ -36,7 +36,7 @@ def xray_paths() -> list[Path]:
 @pytest.fixture(scope="session")
 def encoders(tmp_path_factory, cache_dir):
     """The PyTorch side of every served model, loaded from the checkpoint its export reads."""
-    from export.checkpoints import load_encoder
+    from export.families import load_encoder
     from export.repository import resolve_source
 
     settings = make_settings(tmp_path_factory.mktemp("encoders"), cache_dir)

@@ -32,7 +32,7 @@ class DualEncoder(nn.Module):
             text = getattr(encoder.model, "text", None)
             if not all(hasattr(text, name) for name in ("transformer", "pooler", "proj")):
                 raise CxrError(f"--text-tuning head needs an open_clip model with a Hugging Face text tower; "
-                               f"{spec.name} ({spec.family}) has none: use --text-tuning full")
+                               f"{spec.name} ({spec.family.name}) has none: use --text-tuning full")
             text.transformer.requires_grad_(False)
             self.text = text
 

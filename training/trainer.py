@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from cxr.errors import CxrError
 from cxr.registry import ModelSpec
-from export.checkpoints import load_encoder
+from export.families import load_encoder
 from training import data, validation
 from training.config import TrainConfig
 from training.dual_encoder import DualEncoder

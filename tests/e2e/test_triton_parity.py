@@ -1,7 +1,7 @@
 """Embeddings served by a real Triton over gRPC equal the PyTorch model's on the same inputs.
 
 Texts go through the served tokenizer as the gateway sends them: padded to the longest text of the
-call where the family allows it (cxr.registry.TEXT_PADDING), and padded again by the python model to
+call where the family allows it (cxr.families), and padded again by the python model to
 the longest request of each batch Triton gathers; the reference is the checkpoint's own tokenisation
 (padded to the context length) through PyTorch.
 """

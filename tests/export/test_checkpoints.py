@@ -4,7 +4,7 @@ import pytest
 
 from cxr.errors import CheckpointUnavailableError
 from cxr.registry import get_model
-from export.checkpoints import load_encoder
+from export.families import load_encoder
 
 
 @pytest.fixture

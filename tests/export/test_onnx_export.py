@@ -1,5 +1,7 @@
 """ONNX towers: onnxruntime equals PyTorch; --fp16 keeps LayerNorm in float32 and stays close."""
 
+from dataclasses import replace
+
 import onnx
 import onnxruntime as ort
 import pytest
@@ -7,7 +9,7 @@ import torch
 
 from cxr.errors import ExportError
 from cxr.images import load_pixels
-from cxr.registry import TEXT_PADDING, get_model
+from cxr.registry import get_model
 from cxr.towers import pad_values
 from export import onnx_export
 from support import SERVED, TWINS, cosine
@@ -55,7 +57,7 @@ def test_fp16_keeps_layernorm_in_float32_and_stays_close(encoders, xray_paths, t
 
 @pytest.mark.parametrize("name", SERVED)
 def test_pytorch_embeds_a_text_at_its_own_length_as_at_the_context_length_only_in_longest_families(name, encoders):
-    """The experiment behind cxr.registry.TEXT_PADDING, kept as a test: a short text padded to its own
+    """The experiment behind cxr.families' text_padding, kept as a test: a short text padded to its own
     length embeds as when padded to the context length in "longest" families, and not in SigLIP's."""
     spec, encoder = get_model(name), encoders[name]
     tokens = encoder.tokenize(["effusion"])
@@ -88,9 +90,9 @@ def test_longest_families_export_a_sequence_axis_that_matches_pytorch_at_any_len
         assert cosine(text, reference[rows]).min() >= 0.9999
 
 
-def test_a_family_whose_embedding_changes_with_padding_is_refused_a_sequence_axis(encoders, tmp_path, monkeypatch):
+def test_a_family_whose_embedding_changes_with_padding_is_refused_a_sequence_axis(encoders, tmp_path):
     """SigLIP pools the last position: exported with a dynamic length, the export check catches it."""
     spec, encoder = get_model("siglip-tiny"), encoders["siglip-tiny"]
-    monkeypatch.setitem(TEXT_PADDING, "hf_siglip", "longest")
-    with pytest.raises(ExportError, match="TEXT_PADDING"):
+    spec = replace(spec, family=replace(spec.family, text_padding="longest"))
+    with pytest.raises(ExportError, match="text_padding"):
         onnx_export.export_text_tower(encoder, spec, tmp_path / "text.onnx")

@@ -46,7 +46,7 @@ def test_int8_export_serves_only_the_quantised_towers(tmp_path, cache_dir):
 
 def test_int8_stays_close_to_fp32_on_real_images_and_reports(xray_paths, report_texts, tmp_path, cache_dir):
     """cxr-mini, the trained model: its text tower is where the int8 weights are."""
-    from export.checkpoints import load_encoder
+    from export.families import load_encoder
     from export.repository import resolve_source
 
     spec = get_model("cxr-mini")

@@ -74,8 +74,8 @@ def test_unknown_target_is_refused():
 
 
 def test_every_family_has_a_padding_and_siglip_stays_fixed_length():
-    assert {get_model(n).family for n in LONGEST} == {"hf_clip", "open_clip"}
-    assert {get_model(n).family for n in FIXED} == {"hf_siglip"}
+    assert {get_model(n).family.name for n in LONGEST} == {"hf_clip", "open_clip"}
+    assert {get_model(n).family.name for n in FIXED} == {"hf_siglip"}
     assert "cxr-mini" in LONGEST and "medsiglip" in FIXED
 
 

@@ -10,7 +10,7 @@ import torch
 from cxr import archives
 from cxr.errors import CxrError
 from cxr.registry import get_model
-from export.checkpoints import load_encoder
+from export.families import load_encoder
 from support import DATA_DIR
 from training import data
 from training.config import TrainConfig
@@ -27,7 +27,7 @@ def examples():
 
 @pytest.fixture(scope="module")
 def scratch(cache_dir):
-    from export.twins import random_checkpoint_dir
+    from export.families import random_checkpoint_dir
 
     return str(random_checkpoint_dir(get_model("cxr-mini"), cache_dir / "scratch", DATA_DIR))
 
@@ -133,7 +133,7 @@ def test_state_file_is_written_each_epoch(uninterrupted):
 
 
 def test_hf_siglip_twin_fine_tunes_its_whole_text_tower(examples, cache_dir, tmp_path):
-    from export.twins import twin_dir
+    from export.families import twin_dir
 
     spec = get_model("siglip-tiny")
     init = str(twin_dir(spec, cache_dir, DATA_DIR))
