@@ -135,11 +135,13 @@ class IndexSet:
         return searcher.store if searcher else None
 
     def close(self) -> None:
+        """Stop every searcher and its store, then the backend (Milvus: the connection the stores share)."""
         with self._lock:
             searchers, self._searchers = list(self._searchers.values()), {}
         for searcher in searchers:
             searcher.close()
             searcher.store.close()
+        self.backend.close()
 
     def has(self, name: str) -> bool:
         with self._lock:

@@ -93,6 +93,22 @@ def test_a_damaged_build_is_refused_and_the_previous_index_keeps_serving(served,
     assert _size(indexes) == 14
 
 
+class _RecordingBackend(FaissBackend):
+    closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_closing_the_index_set_closes_its_backend(tmp_path):
+    """The Milvus backend holds the connection every store shares: the gateway's stop must close it."""
+    _build(tmp_path / "m", 10)
+    backend = _RecordingBackend(tmp_path)
+    indexes = IndexSet(backend, {"m": FakeModel()})
+    indexes.close()
+    assert backend.closed and indexes.get("m") is None
+
+
 def test_an_index_of_another_export_is_refused_naming_both(tmp_path):
     _build(tmp_path / "m", 10, export_sha256="b" * 64)
     indexes = IndexSet(FaissBackend(tmp_path), {"m": FakeModel()})
