@@ -31,7 +31,7 @@ from cxr.store.builds import ID_KEY
 
 Hits = list[tuple[int, float]]  # (id, score), best first
 OPAQUE_ID_HEX = 24  # 96 bits: no collision among billions of images
-log = logging.getLogger("cxr.vector_store")
+log = logging.getLogger("cxr.vector_store")  # the name before the package: log settings may name it
 
 
 @dataclass(frozen=True)

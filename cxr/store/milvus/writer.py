@@ -34,7 +34,7 @@ from cxr.store.milvus.schema import (
     index_spec,
 )
 
-log = logging.getLogger("cxr.milvus_store")
+log = logging.getLogger("cxr.milvus_store")  # the name before the package: log settings may name it
 
 INDEX_WAIT_S = 1800.0
 DROP_GRACE_S = 5.0  # gateways look for a new build every second: this long to move off the old collection
@@ -77,7 +77,8 @@ class MilvusWriter(StoreWriter):
         self._bytes = 0
         self._truncated = 0
         self._finished = False
-        connection.call(lambda c: c.create_collection(self.collection, schema=collection_schema(dim), timeout=BUILD_TIMEOUT_S))
+        connection.call(lambda c: c.create_collection(self.collection, schema=collection_schema(dim),
+                                                      timeout=BUILD_TIMEOUT_S))
         try:
             connection.call(lambda c: c.create_index(self.collection, index_params(self.spec, lite),
                                                      timeout=BUILD_TIMEOUT_S))
