@@ -3,7 +3,7 @@
   python -m benchmarks.faiss_search [--vectors 1000000] [--hnsw-vectors 100000] [--dim 1152]
 
 Vectors are indexing.synthetic's clustered points (as `cxr index synth` writes). Indexes are built
-by the product's own `cxr.faiss_index.make_index`; each type is timed on single queries (how the gateway
+by the product's own `cxr.store.faiss_index.make_index`; each type is timed on single queries (how the gateway
 searches) and its top 10 compared with exact search. Figures go to
 benchmarks/results/<date>-<host>-faiss.json.
 """
@@ -19,7 +19,8 @@ import faiss
 import numpy as np
 
 from benchmarks.machine import describe, result_path
-from cxr.faiss_index import HNSW_EF_SEARCH, HNSW_M, IVF_NPROBE, make_index
+from cxr.store.faiss_index import make_index
+from cxr.store.index_types import HNSW_EF_SEARCH, HNSW_M, IVF_NPROBE
 from indexing.synthetic import CENTRES, SPREAD, clustered
 
 QUERIES = 200

@@ -24,10 +24,11 @@ from grpc_health.v1 import health_pb2
 
 from benchmarks.machine import describe, exit_status, save
 from benchmarks.stack import exported
-from cxr import archives, faiss_store
+from cxr import archives
 from cxr.catalog import ExportedModel
 from cxr.client import RetrievalClient
 from cxr.settings import Settings, load_settings, to_environment
+from cxr.store import faiss_files
 from gateway import process as gateway_process
 from gateway.dev_pki import dev_security
 from indexing.build import BuildOptions, build_index
@@ -112,7 +113,7 @@ def _swap_corrupt(settings: Settings, model: str, load: Load) -> dict:
     index = settings.index_path(model)
     corrupt = index.with_name(index.name + ".corrupt")
     shutil.copytree(index, corrupt)
-    target = corrupt / faiss_store.INDEX_FILE
+    target = corrupt / faiss_files.INDEX_FILE
     target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])
     retired = index.with_name(index.name + ".good")
     index.rename(retired)

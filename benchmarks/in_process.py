@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cxr import faiss_store
 from cxr.images import preprocess
 from cxr.registry import ModelSpec
 from cxr.settings import Settings
+from cxr.store import faiss_store
 from export.families import load_encoder
 from export.onnx_export import ImageTower, TextTower
 from export.repository import resolve_source

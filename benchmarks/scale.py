@@ -51,10 +51,10 @@ def _rss_mb() -> float:
 
 def _backend(name: str, folder: Path):
     if name == "milvus":
-        from cxr.milvus_store import MilvusBackend
+        from cxr.store.milvus.backend import MilvusBackend
 
         return MilvusBackend(str(folder / "milvus.db"), "")
-    from cxr.faiss_store import FaissBackend
+    from cxr.store.faiss_backend import FaissBackend
 
     return FaissBackend(folder)
 

@@ -19,11 +19,12 @@ from dataclasses import replace
 
 import grpc
 
-from cxr import faiss_store, processes, registry, tritonserver
-from cxr_cli.main import page_url, print_hits
+from cxr import processes, registry, tritonserver
 from cxr.client import RetrievalClient
 from cxr.manifest import read_manifest
 from cxr.settings import Settings, load_settings
+from cxr.store import faiss_files
+from cxr_cli.main import page_url, print_hits
 from gateway import process as gateway_process
 from gateway.dev_pki import dev_security
 
@@ -44,7 +45,7 @@ def _ensure_exported(spec, settings: Settings) -> bool:
 
 
 def _ensure_indexed(spec, settings: Settings, stale: bool) -> None:
-    if not stale and faiss_store.read_manifest(settings.index_path(spec.name)) is not None:
+    if not stale and faiss_files.read_manifest(settings.index_path(spec.name)) is not None:
         return
     from cxr import archives
     from cxr.catalog import ExportedModel

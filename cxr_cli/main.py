@@ -292,12 +292,12 @@ def _with_store(args, settings: Settings) -> Settings:
 
 
 def _store_backend(settings: Settings, output_dir: Path | None):
-    from cxr import vector_store
-    from cxr.faiss_store import FaissBackend
+    from cxr.store import factory
+    from cxr.store.faiss_backend import FaissBackend
 
     if settings.index_backend == "faiss" and output_dir:
         return FaissBackend(settings.index_dir, folder=output_dir)
-    return vector_store.backend(settings)
+    return factory.backend(settings)
 
 
 def _archive_records(args):
@@ -412,7 +412,7 @@ def _clip(text: str, width: int) -> str:
 
 
 def _add_store_arguments(parser: argparse.ArgumentParser) -> None:
-    from cxr.faiss_index import INDEX_TYPES
+    from cxr.store.index_types import INDEX_TYPES
 
     parser.add_argument("--index-type", choices=INDEX_TYPES, default="flat",
                         help="flat: exact (default); ivf, hnsw: approximate; sq8, ivfpq, opq: approximate and "

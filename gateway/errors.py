@@ -10,7 +10,7 @@ import grpc
 
 from cxr.errors import CxrError, UnknownModelError
 from cxr.images import DecodeBusyError, InvalidImageError
-from cxr.vector_store import (
+from cxr.store.errors import (
     IndexCorruptError,
     IndexMismatchError,
     IndexMissingError,

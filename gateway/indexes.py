@@ -1,4 +1,4 @@
-"""The index of each exported model, from the configured vector store (cxr.vector_store.backend):
+"""The index of each exported model, from the configured vector store (cxr.store.factory.backend):
 opened at start-up and again when `cxr index build` swaps in a new one (the health watcher calls
 `refresh`), so no restart is needed. Each index is searched through its own SearchBatcher.
 
@@ -23,14 +23,14 @@ import time
 
 from cxr.catalog import ExportedModel
 from cxr.errors import CxrError
-from cxr.vector_store import (
+from cxr.store.errors import (
     IndexCorruptError,
     IndexMismatchError,
     IndexMissingError,
     IndexUnreadableError,
     StoreUnavailableError,
-    VectorStore,
 )
+from cxr.store.interface import StoreBackend, VectorStore
 from gateway.search_batcher import SearchBatcher
 
 log = logging.getLogger("cxr.gateway.indexes")
@@ -41,9 +41,9 @@ REASON_CHARS = 80  # of the error's message in `problem`: the whole of it is in 
 
 
 class IndexSet:
-    def __init__(self, backend, catalog: dict[str, ExportedModel], metrics=None, batch_max: int = 64,
+    def __init__(self, backend: StoreBackend, catalog: dict[str, ExportedModel], metrics=None, batch_max: int = 64,
                  batch_wait_s: float = 0.0):
-        """`backend`: cxr.faiss_store.FaissBackend or cxr.milvus_store.MilvusBackend."""
+        """`backend`: the FAISS or Milvus backend (cxr.store.factory), or a fake in tests."""
         self.backend = backend
         self.catalog = catalog
         self.metrics = metrics
@@ -135,11 +135,13 @@ class IndexSet:
         return searcher.store if searcher else None
 
     def close(self) -> None:
+        """Stop every searcher and its store, then the backend (Milvus: the connection the stores share)."""
         with self._lock:
             searchers, self._searchers = list(self._searchers.values()), {}
         for searcher in searchers:
             searcher.close()
             searcher.store.close()
+        self.backend.close()
 
     def has(self, name: str) -> bool:
         with self._lock:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cxr.vector_store import Filter, Hits, VectorStore
+from cxr.store.interface import Filter, Hits, VectorStore
 
 Found = list[tuple[int, float, dict]]  # (id, score, metadata row), best first
 

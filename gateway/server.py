@@ -24,13 +24,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from cxr import vector_store
 from cxr.catalog import load_catalog
 from cxr.errors import CxrError
 from cxr.images import ImageLimits
 from cxr.retrieval.v1 import retrieval_pb2 as pb
 from cxr.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
 from cxr.settings import Settings, load_settings
+from cxr.store import factory
 from cxr.triton_client import connection
 from gateway import tls
 from gateway.admission import AdmissionInterceptor, DecodeQueue, Limits, RateLimiter, RefusalLimiter
@@ -165,7 +165,7 @@ def create_server(settings: Settings, address: str | None = None, embedder=None,
     door = FrontDoor(authenticator, rates, refusals, audit, metrics, settings.max_concurrent_uploads)
 
     catalog = load_catalog(settings.model_repository)
-    indexes = IndexSet(vector_store.backend(settings), catalog, metrics=metrics, batch_max=settings.search_batch_max,
+    indexes = IndexSet(factory.backend(settings), catalog, metrics=metrics, batch_max=settings.search_batch_max,
                        batch_wait_s=settings.search_batch_wait_ms / 1000)
     service = RetrievalService(catalog, indexes, embedder or _embedder(settings, metrics), settings.model,
                                DecodeQueue(DECODE_THREADS, settings.max_decode_queue, settings.max_decoding_pixels),

@@ -14,7 +14,7 @@ from cxr.errors import CxrError, UnknownModelError
 from cxr.images import ImageLimits, preprocess
 from cxr.retrieval.v1 import retrieval_pb2 as pb
 from cxr.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
-from cxr.vector_store import Filter
+from cxr.store.interface import Filter
 from gateway import calls, hits
 from gateway.admission import MAX_BATCH_QUERIES, DecodeQueue
 from gateway.errors import ImageNotFoundError, InvalidRequestError, StudyNotFoundError, grpc_errors

@@ -21,12 +21,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from cxr import faiss_store
 from cxr.archives import Record
 from cxr.catalog import ExportedModel
 from cxr.errors import CxrError
 from cxr.images import InvalidImageError, preprocess
 from cxr.settings import Settings
+from cxr.store import faiss_files, faiss_writer
 from cxr.triton_client import TowerClient, connection
 
 STATE_FILE = "state.json"
@@ -136,7 +136,7 @@ def _state(records: list[Record], model: ExportedModel, index_type: str) -> dict
 def build_index(records: list[Record], model: ExportedModel, settings: Settings, output_dir: Path,
                 options: BuildOptions = BuildOptions(), source: str = "", backend=None) -> dict:
     """Encode `records`' images with `model` through Triton and write the index to `output_dir`, or
-    into `backend` (a cxr.vector_store backend, e.g. Milvus) when given; progress stays in
+    into `backend` (a cxr.store.interface.StoreBackend, e.g. Milvus) when given; progress stays in
     <output_dir>.partial either way."""
     partial = _Partial(output_dir.with_name(output_dir.name + ".partial"), _state(records, model, options.index_type))
     todo = [(i, str(r.path), model.image_size) for i, r in enumerate(records) if not partial.done(i)]
@@ -200,7 +200,7 @@ def _finish(records, model: ExportedModel, partial: _Partial, output_dir: Path, 
     skipped = [(str(records[p].path), reason) for p, reason in sorted(partial.skipped.items())]
     if not positions:
         report = output_dir.with_name(output_dir.name + ".skipped.csv")
-        faiss_store.write_skipped(report, skipped)
+        faiss_files.write_skipped(report, skipped)
         shutil.rmtree(partial.directory, ignore_errors=True)
         raise NothingToIndexError(f"none of the {len(records)} images could be read ({_summary(skipped)}); "
                                   f"the reasons are in {report}. Nothing was written: any existing index in "
@@ -219,6 +219,6 @@ def write_index(vectors: np.ndarray, rows: list[dict], skipped: list[tuple[str, 
     """The whole index, swapped in at once: FAISS files in `output_dir`, or `backend` (e.g. Milvus)."""
     model = manifest["model"]
     if backend is None:
-        return faiss_store.write(output_dir, vectors, rows, manifest, skipped, options.index_type, options.use_gpu,
+        return faiss_writer.write(output_dir, vectors, rows, manifest, skipped, options.index_type, options.use_gpu,
                                  options.rerank)
     return backend.write(model, vectors, rows, manifest, skipped, options.index_type, options.rerank)

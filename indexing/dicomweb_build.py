@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from cxr import faiss_store
 from cxr.catalog import ExportedModel
 from cxr.dicomweb import (
     DicomWeb,
@@ -38,6 +37,7 @@ from cxr.dicomweb import (
     record,
 )
 from cxr.settings import Settings
+from cxr.store import faiss_files
 from cxr.triton_client import TowerClient, connection
 from indexing.build import BuildOptions, NothingToIndexError, decode_bytes, decoder_pool, encode_stream, write_index
 
@@ -262,7 +262,7 @@ def write_from_cache(cache: VectorCache, model: ExportedModel, output_dir: Path,
                if i.sop_uid not in cache.vectors and i.sop_uid in cache.skipped]
     if not held:
         report = output_dir.with_name(output_dir.name + ".skipped.csv")
-        faiss_store.write_skipped(report, skipped)
+        faiss_files.write_skipped(report, skipped)
         raise NothingToIndexError(f"none of the {len(cache.listed)} instances listed on {source} could be read; the "
                                   f"reasons are in {report}. Nothing was written: any existing index in {output_dir} "
                                   "is kept.")

@@ -68,7 +68,7 @@ def training_sample(count: int, dim: int, seed: int, size: int) -> np.ndarray:
 
 def write(backend, model: str, dim: int, count: int, index_type: str, manifest: dict, seed: int = 0,
           rerank: bool = False, progress: bool = True) -> dict:
-    """Write the synthetic index through `backend`'s writer (cxr.vector_store backends)."""
+    """Write the synthetic index through `backend`'s writer (a cxr.store.interface.StoreBackend)."""
     manifest = dict(manifest, model=model, synthetic={"seed": seed, "centres": CENTRES, "spread": SPREAD},
                     source=f"synthetic ({count} clustered vectors, seed {seed})")
     with backend.writer(model, dim, count, index_type, manifest, rerank) as writer:

@@ -84,7 +84,7 @@ class MilvusLiteFile:
     otherwise keeps it until the test session ends)."""
 
     def __init__(self, path: Path, **options):
-        from cxr.milvus_store import MilvusBackend
+        from cxr.store.milvus.backend import MilvusBackend
 
         self.path = path
         self.backend = MilvusBackend(str(path), **options)

@@ -12,9 +12,10 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 
-from cxr import archives, faiss_store
+from cxr import archives
 from cxr.catalog import ExportedModel
 from cxr.client import RetrievalClient
+from cxr.store import faiss_files
 from gateway import process
 from indexing.build import BuildOptions, build_index
 from support import DATA_DIR, BackgroundGateway
@@ -71,13 +72,13 @@ def test_corrupt_build_refused_rebuild_picked_up_removal_stops_serving(served, n
         load = Load(background.address)
         corrupt = tmp_path / "corrupt"
         shutil.copytree(nih_index, corrupt)
-        index_file = corrupt / faiss_store.INDEX_FILE
+        index_file = corrupt / faiss_files.INDEX_FILE
         index_file.write_bytes(index_file.read_bytes()[: index_file.stat().st_size // 2])
         with caplog.at_level(logging.ERROR, logger="cxr.gateway.indexes"):
             shutil.rmtree(settings.index_path(MODEL))
             corrupt.rename(settings.index_path(MODEL))  # copied: the manifest keeps its old time
             _wait(lambda: "refused the new index build" in caplog.text)
-        assert faiss_store.INDEX_FILE in caplog.text
+        assert faiss_files.INDEX_FILE in caplog.text
         assert _index_size(client) == 800
         assert process.health(local) == health_pb2.HealthCheckResponse.SERVING
 

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from cxr import faiss_store
-from cxr.faiss_store import FaissBackend
-from cxr.vector_store import IndexCorruptError, IndexMismatchError, IndexMissingError
+from cxr.store import faiss_files, faiss_writer
+from cxr.store.errors import IndexCorruptError, IndexMismatchError, IndexMissingError
+from cxr.store.faiss_backend import FaissBackend
 from gateway.indexes import IndexSet
 from gateway.metrics import GatewayMetrics
 
@@ -30,11 +30,11 @@ def _build(directory, n, export_sha256="a" * 64, model="m"):
     vectors = np.random.default_rng(n).normal(size=(n, DIM)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     metadata = [{"image_id": str(i), "study_uid": f"s{i}"} for i in range(n)]
-    faiss_store.write(directory, vectors, metadata, {"model": model, "export_sha256": export_sha256}, [], "flat")
+    faiss_writer.write(directory, vectors, metadata, {"model": model, "export_sha256": export_sha256}, [], "flat")
 
 
 def _touch_manifest(directory):
-    manifest = directory / faiss_store.MANIFEST_FILE
+    manifest = directory / faiss_files.MANIFEST_FILE
     stamp = manifest.stat().st_mtime_ns + 1_000_000
     os.utime(manifest, ns=(stamp, stamp))
 
@@ -73,7 +73,7 @@ def test_a_damaged_build_is_refused_and_the_previous_index_keeps_serving(served,
     root, indexes, metrics = served
     staged = root / "staged"
     _build(staged, 12)
-    target = staged / ("table/image_id.bytes" if damage == "metadata" else faiss_store.INDEX_FILE)
+    target = staged / ("table/image_id.bytes" if damage == "metadata" else faiss_files.INDEX_FILE)
     data = bytearray(target.read_bytes())
     if damage == "truncate":
         data = data[: len(data) // 2]
@@ -93,6 +93,22 @@ def test_a_damaged_build_is_refused_and_the_previous_index_keeps_serving(served,
     assert _size(indexes) == 14
 
 
+class _RecordingBackend(FaissBackend):
+    closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_closing_the_index_set_closes_its_backend(tmp_path):
+    """The Milvus backend holds the connection every store shares: the gateway's stop must close it."""
+    _build(tmp_path / "m", 10)
+    backend = _RecordingBackend(tmp_path)
+    indexes = IndexSet(backend, {"m": FakeModel()})
+    indexes.close()
+    assert backend.closed and indexes.get("m") is None
+
+
 def test_an_index_of_another_export_is_refused_naming_both(tmp_path):
     _build(tmp_path / "m", 10, export_sha256="b" * 64)
     indexes = IndexSet(FaissBackend(tmp_path), {"m": FakeModel()})
@@ -102,7 +118,7 @@ def test_an_index_of_another_export_is_refused_naming_both(tmp_path):
 
 def test_an_index_without_checksums_is_refused(tmp_path):
     _build(tmp_path / "m", 10)
-    manifest_path = tmp_path / "m" / faiss_store.MANIFEST_FILE
+    manifest_path = tmp_path / "m" / faiss_files.MANIFEST_FILE
     manifest = json.loads(manifest_path.read_text())
     del manifest["files"]
     manifest_path.write_text(json.dumps(manifest))
@@ -119,11 +135,11 @@ def test_a_removed_index_is_no_longer_served(served):
         indexes.searcher(FakeModel())
 
 
-@pytest.mark.parametrize("name", [faiss_store.INDEX_FILE, "table/image_id.bytes"])
+@pytest.mark.parametrize("name", [faiss_files.INDEX_FILE, "table/image_id.bytes"])
 def test_a_file_truncated_in_place_is_refused_and_its_restoration_served_without_touching_the_manifest(
         served, name, caplog):
     root, indexes, metrics = served
-    manifest = (root / "m" / faiss_store.MANIFEST_FILE).stat()
+    manifest = (root / "m" / faiss_files.MANIFEST_FILE).stat()
     target = root / "m" / name
     good = target.read_bytes()
     os.truncate(target, len(good) // 2)
@@ -140,7 +156,7 @@ def test_a_file_truncated_in_place_is_refused_and_its_restoration_served_without
     target.write_bytes(good)  # `cp good index.faiss`: the same inode, rewritten
     indexes.refresh()
     assert indexes.get("m") is not previous and _size(indexes) == 10
-    after = (root / "m" / faiss_store.MANIFEST_FILE).stat()
+    after = (root / "m" / faiss_files.MANIFEST_FILE).stat()
     assert (after.st_mtime_ns, after.st_ino) == (manifest.st_mtime_ns, manifest.st_ino)
 
 
@@ -166,7 +182,7 @@ def test_problem_says_why_an_index_is_not_served(tmp_path, damage, says):
     if damage == "removed":
         shutil.rmtree(tmp_path / "m")
     if damage == "manifest":
-        (tmp_path / "m" / faiss_store.MANIFEST_FILE).write_text("{not json")
+        (tmp_path / "m" / faiss_files.MANIFEST_FILE).write_text("{not json")
     problem = IndexSet(FaissBackend(tmp_path), {"m": FakeModel()}).problem("m")
     assert problem == says if says in (None, "missing") else problem.startswith(says), problem
     assert problem is None or len(problem) <= 120

@@ -12,9 +12,9 @@ pytest.importorskip("pymilvus", reason="the milvus backend needs pymilvus (pip i
 pytest.importorskip("milvus_lite", reason="these tests run Milvus Lite (pip install milvus-lite)")
 
 from benchmarks.retrieval_quality import validation_records  # noqa: E402
-from cxr import faiss_store  # noqa: E402
 from cxr.retrieval.v1 import retrieval_pb2 as pb  # noqa: E402
 from cxr.retrieval.v1 import retrieval_pb2_grpc  # noqa: E402
+from cxr.store import faiss_store  # noqa: E402
 from support import DATA_DIR, BackgroundGateway, MilvusLiteFile  # noqa: E402
 from training.data import humanise, label_prompt  # noqa: E402
 

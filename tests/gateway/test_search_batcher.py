@@ -7,8 +7,8 @@ import time
 import numpy as np
 import pytest
 
-from cxr import faiss_store
-from cxr.vector_store import Filter
+from cxr.store import faiss_store, faiss_writer
+from cxr.store.interface import Filter
 from gateway.search_batcher import SearchBatcher
 from support import index_metadata, unit_vectors
 
@@ -35,7 +35,7 @@ class SlowStore:
 @pytest.fixture
 def store(tmp_path):
     vectors = unit_vectors(300)
-    faiss_store.write(tmp_path / "idx", vectors, index_metadata(300), {"model": "m"}, [], "flat")
+    faiss_writer.write(tmp_path / "idx", vectors, index_metadata(300), {"model": "m"}, [], "flat")
     return vectors, faiss_store.load(tmp_path / "idx")
 
 

@@ -12,9 +12,10 @@ import time
 import numpy as np
 import pytest
 
-from cxr import archives, faiss_store
+from cxr import archives
 from cxr.catalog import ExportedModel
 from cxr.settings import to_environment
+from cxr.store import faiss_files, faiss_store
 from indexing.build import BuildOptions, NothingToIndexError, build_index
 from support import DATA_DIR
 
@@ -50,7 +51,7 @@ def test_unreadable_inputs_are_skipped_with_a_reason_and_the_rest_indexed(served
     manifest = build_index(archives.manifest(tmp_path / "manifest.jsonl"), model, served, tmp_path / "idx",
                            BuildOptions(progress=False, batch_size=2))
     assert (manifest["count"], manifest["skipped"]) == (3, 4)
-    with (tmp_path / "idx" / faiss_store.SKIPPED_FILE).open() as f:
+    with (tmp_path / "idx" / faiss_files.SKIPPED_FILE).open() as f:
         reasons = {os.path.basename(r["path"]): r["reason"] for r in csv.DictReader(f)}
     assert reasons["empty.png"] == "empty file (0 bytes)" and reasons["gone.png"] == "file not found"
     assert reasons["notes.png"].startswith("not a readable image") and "truncated" in reasons["cut.png"]

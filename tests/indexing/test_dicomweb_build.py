@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from benchmarks import orthanc
-from cxr import archives, dicomweb, faiss_store
+from cxr import archives, dicomweb
 from cxr.catalog import ExportedModel
 from cxr.settings import to_environment
+from cxr.store import faiss_files, faiss_store
 from indexing.build import BuildOptions, build_index
 from indexing.dicomweb_build import Follower, FollowOptions, build_from_pacs, cache_dir
 from support import DATA_DIR, cosine
@@ -147,7 +148,7 @@ def test_an_unreadable_instance_is_skipped_with_its_reason(served, model, pacs, 
     orthanc.stow(pacs.url, [tmp_path / "broken.dcm"])
     written = build_from_pacs(Counting(pacs).client, dicomweb.Query(), model, served, tmp_path / "index", OPTIONS)
     assert (written["count"], written["skipped"]) == (31, 1)
-    report = (tmp_path / "index" / faiss_store.SKIPPED_FILE).read_text()
+    report = (tmp_path / "index" / faiss_files.SKIPPED_FILE).read_text()
     assert broken.SOPInstanceUID in report and "not a readable image" in report
 
 

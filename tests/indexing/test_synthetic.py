@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cxr import faiss_store
-from cxr.faiss_store import FaissBackend
-from cxr.vector_store import Filter
+from cxr.store import faiss_store
+from cxr.store.faiss_backend import FaissBackend
+from cxr.store.interface import Filter
 from indexing import synthetic
 
 ROOT = Path(__file__).parents[2]

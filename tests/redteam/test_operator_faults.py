@@ -22,10 +22,10 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 
-from cxr import faiss_store
 from cxr.client import RetrievalClient
 from cxr.processes import free_ports, log_tail, stop_process
 from cxr.settings import to_environment
+from cxr.store import faiss_files
 from gateway import process as gateway_process
 from support import GATEWAY_MODEL
 
@@ -101,12 +101,12 @@ def _round(address: str, during=None) -> list[str]:
     return codes
 
 
-@pytest.mark.parametrize("name", [faiss_store.INDEX_FILE, "table/image_id.bytes"])
+@pytest.mark.parametrize("name", [faiss_files.INDEX_FILE, "table/image_id.bytes"])
 def test_a_served_file_truncated_in_place_is_refused_and_its_restoration_served(settings, name, tmp_path):
     index = settings.index_path(GATEWAY_MODEL)
     target, good = index / name, tmp_path / "good"
     shutil.copyfile(target, good)
-    manifest = (index / faiss_store.MANIFEST_FILE).stat()
+    manifest = (index / faiss_files.MANIFEST_FILE).stat()
     gateway = ChildGateway(settings)
     try:
         gateway.wait_log(SERVING)
@@ -121,7 +121,7 @@ def test_a_served_file_truncated_in_place_is_refused_and_its_restoration_served(
         shutil.copyfile(good, target)  # the good file back, in place, the manifest left alone
         gateway.wait_log(SERVING, count=2)
         assert _round(gateway.address) == ["OK"] * THREADS * SEARCHES
-        after = (index / faiss_store.MANIFEST_FILE).stat()
+        after = (index / faiss_files.MANIFEST_FILE).stat()
         assert (after.st_mtime_ns, after.st_ino) == (manifest.st_mtime_ns, manifest.st_ino)
         assert gateway.health() == health_pb2.HealthCheckResponse.SERVING
     finally:
@@ -130,7 +130,7 @@ def test_a_served_file_truncated_in_place_is_refused_and_its_restoration_served(
 
 
 def test_a_manifest_that_is_not_json_is_reported_corrupt_not_missing(settings):
-    (settings.index_path(GATEWAY_MODEL) / faiss_store.MANIFEST_FILE).write_text("{not json")
+    (settings.index_path(GATEWAY_MODEL) / faiss_files.MANIFEST_FILE).write_text("{not json")
     gateway = ChildGateway(settings)
     try:
         gateway.wait_log("NOT_SERVING")

@@ -14,22 +14,20 @@ import pytest
 pytest.importorskip("pymilvus", reason="the milvus backend needs pymilvus (pip install pymilvus milvus-lite)")
 pytest.importorskip("milvus_lite", reason="these tests run Milvus Lite (pip install milvus-lite)")
 
-from cxr import faiss_store  # noqa: E402
-from cxr.milvus_store import (  # noqa: E402
-    RECONNECT_AFTER_S,
-    MilvusBackend,
-    MilvusLimitError,
-    alias_of,
-    literal,
-)
 from cxr.processes import free_ports  # noqa: E402
-from cxr.vector_store import (  # noqa: E402
-    Filter,
+from cxr.store import faiss_store, faiss_writer  # noqa: E402
+from cxr.store.errors import (  # noqa: E402
     IndexMismatchError,
     IndexMissingError,
     StoreUnavailableError,
     UnknownFilterError,
 )
+from cxr.store.interface import Filter  # noqa: E402
+from cxr.store.milvus.aliases import alias_of  # noqa: E402
+from cxr.store.milvus.backend import MilvusBackend  # noqa: E402
+from cxr.store.milvus.connection import RECONNECT_AFTER_S  # noqa: E402
+from cxr.store.milvus.filters import literal  # noqa: E402
+from cxr.store.milvus.writer import MilvusLimitError  # noqa: E402
 from support import MilvusLiteFile, index_metadata, unit_vectors  # noqa: E402
 
 MODEL = "m-1"
@@ -62,7 +60,7 @@ def pair(tmp_path, lite):
     """The same vectors and rows as a FAISS flat index and a Milvus FLAT collection."""
     vectors, rows = unit_vectors(N, DIM), _metadata(N)
     manifest = {"model": MODEL, "export_sha256": "abc"}
-    faiss_store.write(tmp_path / "faiss", vectors, rows, manifest, [], "flat")
+    faiss_writer.write(tmp_path / "faiss", vectors, rows, manifest, [], "flat")
     lite.write(MODEL, vectors, rows, manifest, [("bad.png", "empty")], "flat")
     return faiss_store.load(tmp_path / "faiss"), lite.open(MODEL, dim=DIM, export_sha256="abc")
 

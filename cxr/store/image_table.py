@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cxr.errors import CxrError
+from cxr.store.errors import UnknownFilterError
 
 TEXT_COLUMNS = ("image_id", "study_uid", "filename", "path", "findings", "impression", "indication", "patient_id",
                 "study_instance_uid", "series_instance_uid", "sop_instance_uid", "accession_number", "study_date",
@@ -32,10 +32,6 @@ TEXT_COLUMNS = ("image_id", "study_uid", "filename", "path", "findings", "impres
 TABLE_FILE = "table.json"
 ORDER_FILES = {"study_uid": "study.order.npy", "image_id": "image.order.npy"}
 NO_VALUE = -1
-
-
-class UnknownFilterError(CxrError, ValueError):
-    """A filter value that no image in the index carries."""
 
 
 class TableWriter:

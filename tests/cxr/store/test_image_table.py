@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from cxr.image_table import ImageTable, TableWriter, UnknownFilterError, population, write_table
+from cxr.store.errors import UnknownFilterError
+from cxr.store.image_table import ImageTable, TableWriter, population, write_table
 from support import index_metadata
 
 

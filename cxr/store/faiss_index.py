@@ -1,35 +1,13 @@
-"""FAISS index types: how each is built, trained and searched. Inner product on L2-normalised
-vectors (cosine) throughout.
-
-  flat    exact; 4 bytes per dimension per image
-  ivf     inverted lists of full vectors (nprobe of sqrt(n) lists searched)
-  hnsw    a graph of full vectors; fastest per query, slowest to build
-  sq8     inverted lists of 8-bit scalar-quantised vectors: 1 byte per dimension
-  ivfpq   inverted lists of product-quantised codes: 1 byte per 8 dimensions
-  opq     ivfpq after a learned rotation (OPQ), which keeps more recall at the same size
-
-The compressed types (sq8, ivfpq, opq) can keep the full vectors on disk beside them to re-rank
-their best candidates exactly (`rerank`); recall@10 against exact search per type is measured by
-`make bench-scale`.
-"""
+"""The FAISS index of each index type (cxr.store.index_types): how it is built, trained and searched.
+Importing it sets FAISS's batch-search thresholds for the whole process (see below)."""
 
 from __future__ import annotations
-
-import math
 
 import faiss
 import numpy as np
 
-INDEX_TYPES = ("flat", "ivf", "hnsw", "sq8", "ivfpq", "opq")
-COMPRESSED = ("sq8", "ivfpq", "opq")
-HNSW_M = 32
-HNSW_EF_SEARCH = 128
-# 4 sqrt(n) lists (FAISS's guidance is 4 to 16 sqrt(n)), 16 of them searched: on 1M synthetic
-# 256-d vectors, 0.4 ms a query at recall@10 1.0, against 2.8 ms with sqrt(n) lists and nprobe 32
-# (make bench-scale). Capped so that training stays minutes, not hours, at ten million.
-IVF_LISTS_PER_SQRT_N = 4
-IVF_MAX_LISTS = 4096
-IVF_NPROBE = 16
+from cxr.store.index_types import HNSW_EF_SEARCH, HNSW_M, INDEX_TYPES, IVF_NPROBE, nlist_for, pq_bits, pq_codes
+
 # k-means on a sample of 64 points per list, 10 iterations: training on all of a million 1152-d
 # vectors, or FAISS's 25 iterations, would take hours on a small CPU for no measurable recall gain.
 IVF_TRAIN_POINTS_PER_LIST = 64
@@ -38,17 +16,11 @@ IVF_TRAIN_ITERATIONS = 10
 # products; an HNSW over the centroids finds each vector's list in a few hundred (recall@10 ~0.02
 # lower at 1M, measured).
 HNSW_QUANTIZER_FROM = 2_000_000
-DIMS_PER_PQ_CODE = 8
 # Exact search of a batch: FAISS switches to matrix products (reading the vectors once for the
 # whole batch) only from 128,000 queries by default, in blocks of 1,024 vectors. From 4 queries, in
 # blocks of 65,536: a batch of 64 queries over 1M 256-d vectors in 0.43 s instead of ~5 s here.
 faiss.cvar.distance_compute_blas_threshold = 4
 faiss.cvar.distance_compute_blas_database_bs = 65_536
-
-
-def nlist_for(count: int) -> int:
-    lists = min(IVF_LISTS_PER_SQRT_N * int(math.sqrt(count)), IVF_MAX_LISTS)
-    return max(1, min(lists, count // 39 or 1))  # FAISS wants >= 39 points per list
 
 
 def factory_string(index_type: str, dim: int, count: int) -> str:
@@ -57,18 +29,6 @@ def factory_string(index_type: str, dim: int, count: int) -> str:
     pq = f"PQ{pq_codes(dim)}x{pq_bits(count)}"
     return {"flat": "Flat", "hnsw": f"HNSW{HNSW_M},Flat", "ivf": f"{coarse},Flat", "sq8": f"{coarse},SQ8",
             "ivfpq": f"{coarse},{pq}", "opq": f"OPQ{pq_codes(dim)},{coarse},{pq}"}[index_type]
-
-
-def pq_bits(count: int) -> int:
-    """8-bit codes (256 centroids per sub-quantizer) need ~10,000 training vectors; fewer bits below that."""
-    return int(min(8, max(4, math.floor(math.log2(max(count, 1) / 39)))))
-
-
-def pq_codes(dim: int) -> int:
-    codes = max(1, dim // DIMS_PER_PQ_CODE)
-    while dim % codes:
-        codes -= 1
-    return codes
 
 
 def empty_index(index_type: str, dim: int, count: int) -> faiss.Index:

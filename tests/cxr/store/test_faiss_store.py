@@ -15,15 +15,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cxr import faiss_index, faiss_store, private_copy
-from cxr.vector_store import Filter, IndexCorruptError, IndexMismatchError, IndexUnreadableError, UnknownFilterError
+from cxr import private_copy
+from cxr.store import faiss_files, faiss_store, faiss_writer, index_types
+from cxr.store.errors import IndexCorruptError, IndexMismatchError, IndexUnreadableError, UnknownFilterError
+from cxr.store.interface import Filter
 from support import index_metadata, unit_vectors
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def _store(tmp_path, vectors, index_type="flat", rerank=False, metadata=None):
-    faiss_store.write(tmp_path / "idx", vectors, metadata or index_metadata(len(vectors)), {"model": "m"}, [],
+    faiss_writer.write(tmp_path / "idx", vectors, metadata or index_metadata(len(vectors)), {"model": "m"}, [],
                       index_type, rerank=rerank)
     return faiss_store.load(tmp_path / "idx", "m", vectors.shape[1])
 
@@ -33,8 +35,8 @@ def _exact(vectors, query, allowed, k=10):
 
 
 def test_a_new_index_replaces_the_old_one_whole(tmp_path):
-    faiss_store.write(tmp_path / "idx", unit_vectors(30), index_metadata(30), {"model": "m"}, [], "flat")
-    faiss_store.write(tmp_path / "idx", unit_vectors(40, seed=1), index_metadata(40), {"model": "m"},
+    faiss_writer.write(tmp_path / "idx", unit_vectors(30), index_metadata(30), {"model": "m"}, [], "flat")
+    faiss_writer.write(tmp_path / "idx", unit_vectors(40, seed=1), index_metadata(40), {"model": "m"},
                       [("x.png", "empty")], "hnsw")
     store = faiss_store.load(tmp_path / "idx")
     assert (store.index.ntotal, store.count, store.index_type) == (40, 40, "hnsw")
@@ -43,14 +45,14 @@ def test_a_new_index_replaces_the_old_one_whole(tmp_path):
 
 
 def test_an_index_of_another_model_or_dimension_is_refused_naming_both(tmp_path):
-    faiss_store.write(tmp_path / "idx", unit_vectors(30), index_metadata(30), {"model": "siglip"}, [], "flat")
+    faiss_writer.write(tmp_path / "idx", unit_vectors(30), index_metadata(30), {"model": "siglip"}, [], "flat")
     with pytest.raises(IndexMismatchError, match=r"siglip \(24-d\).*medsiglip \(1152-d\).*--model medsiglip"):
         faiss_store.load(tmp_path / "idx", model="medsiglip", dim=1152)
 
 
 def test_an_index_in_the_old_jsonl_format_is_refused_with_the_remedy(tmp_path):
     _store(tmp_path, unit_vectors(30))
-    manifest_path = tmp_path / "idx" / faiss_store.MANIFEST_FILE
+    manifest_path = tmp_path / "idx" / faiss_files.MANIFEST_FILE
     manifest = json.loads(manifest_path.read_text())
     manifest["files"] = {"index.faiss": manifest["files"]["index.faiss"], "metadata.jsonl": {}}
     manifest_path.write_text(json.dumps(manifest))
@@ -58,7 +60,7 @@ def test_an_index_in_the_old_jsonl_format_is_refused_with_the_remedy(tmp_path):
         faiss_store.load(tmp_path / "idx")
 
 
-@pytest.mark.parametrize("index_type", faiss_index.INDEX_TYPES)
+@pytest.mark.parametrize("index_type", index_types.INDEX_TYPES)
 def test_filtered_search_returns_only_allowed_ids_and_exact_ones_for_flat(tmp_path, index_type):
     vectors = unit_vectors(600)
     store = _store(tmp_path, vectors, index_type)
@@ -69,7 +71,7 @@ def test_filtered_search_returns_only_allowed_ids_and_exact_ones_for_flat(tmp_pa
     assert len(ids) == 10 and set(ids) <= set(allowed)
     if index_type == "flat":
         assert ids == _exact(vectors, query, allowed)
-    if index_type not in faiss_index.COMPRESSED:  # 3 bytes of PQ code for 24-d noise cannot promise that
+    if index_type not in index_types.COMPRESSED:  # 3 bytes of PQ code for 24-d noise cannot promise that
         assert store.search(query[np.newaxis], 1)[0][0][0] == 7
 
 
@@ -130,7 +132,7 @@ def test_rerank_scores_candidates_with_the_full_vectors(tmp_path):
 def test_a_chunked_write_equals_a_whole_one(tmp_path):
     vectors, metadata = unit_vectors(900), index_metadata(900)
     whole = _store(tmp_path / "whole", vectors, "sq8")
-    with faiss_store.IndexWriter(tmp_path / "chunked", 24, 900, "sq8", {"model": "m"}) as writer:
+    with faiss_writer.FaissWriter(tmp_path / "chunked", 24, 900, "sq8", {"model": "m"}) as writer:
         writer.train(vectors)
         for start in range(0, 900, 250):
             writer.add(vectors[start:start + 250], metadata[start:start + 250])
@@ -143,7 +145,7 @@ def test_a_chunked_write_equals_a_whole_one(tmp_path):
 
 def test_only_small_indexes_are_searched_inline(tmp_path):
     for n, inline in ((4096, True), (4097, False)):  # 256-d: 2^20 floats is the line
-        faiss_store.write(tmp_path / str(n), unit_vectors(n, 256), index_metadata(n), {"model": "m"}, [], "flat")
+        faiss_writer.write(tmp_path / str(n), unit_vectors(n, 256), index_metadata(n), {"model": "m"}, [], "flat")
         assert faiss_store.load(tmp_path / str(n)).inline_search is inline
 
 
@@ -152,9 +154,9 @@ def test_opaque_ids_are_stable_across_loads_and_rebuilds_and_differ_between_inde
     first = faiss_store.load(tmp_path / "idx").opaque_id("00000001_000.png")
     assert len(first) == 24 and "00000001" not in first
     assert faiss_store.load(tmp_path / "idx").opaque_id("00000001_000.png") == first
-    faiss_store.write(tmp_path / "idx", unit_vectors(40, seed=1), index_metadata(40), {"model": "m"}, [], "flat")
+    faiss_writer.write(tmp_path / "idx", unit_vectors(40, seed=1), index_metadata(40), {"model": "m"}, [], "flat")
     assert faiss_store.load(tmp_path / "idx").opaque_id("00000001_000.png") == first  # the key is carried over
-    faiss_store.write(tmp_path / "other", unit_vectors(30), index_metadata(30), {"model": "m"}, [], "flat")
+    faiss_writer.write(tmp_path / "other", unit_vectors(30), index_metadata(30), {"model": "m"}, [], "flat")
     assert faiss_store.load(tmp_path / "other").opaque_id("00000001_000.png") != first
     assert faiss_store.load(tmp_path / "other").opaque_id("") == ""
 
@@ -165,7 +167,7 @@ TRUNCATED_READER = """
 import os, sys
 from pathlib import Path
 import numpy as np
-from cxr import faiss_store
+from cxr.store import faiss_store
 directory, name = Path(sys.argv[1]), sys.argv[2]
 store = faiss_store.load(directory)
 os.truncate(directory / name, 0)
@@ -175,10 +177,10 @@ print(len(hits), len(rows), rows[-1]["image_id"])
 """
 
 
-@pytest.mark.parametrize("name", [faiss_store.INDEX_FILE, "table/image_id.bytes", "table/image_id.offsets.npy",
-                                  faiss_store.VECTORS_FILE])
+@pytest.mark.parametrize("name", [faiss_files.INDEX_FILE, "table/image_id.bytes", "table/image_id.offsets.npy",
+                                  faiss_files.VECTORS_FILE])
 def test_a_file_truncated_under_a_loaded_store_does_not_crash_its_reader(tmp_path, name):
-    faiss_store.write(tmp_path / "idx", unit_vectors(3000), index_metadata(3000), {"model": "m"}, [], "flat",
+    faiss_writer.write(tmp_path / "idx", unit_vectors(3000), index_metadata(3000), {"model": "m"}, [], "flat",
                       rerank=True)
     child = subprocess.run([sys.executable, "-c", TRUNCATED_READER, str(tmp_path / "idx"), name],
                            cwd=REPO, capture_output=True, text=True, timeout=120)
@@ -202,12 +204,12 @@ def test_a_loaded_store_maps_a_private_copy_removed_from_disk(tmp_path):
 
 
 def test_what_is_verified_is_the_copy_that_is_served(tmp_path, monkeypatch):
-    faiss_store.write(tmp_path / "idx", unit_vectors(30), index_metadata(30), {"model": "m"}, [], "flat")
+    faiss_writer.write(tmp_path / "idx", unit_vectors(30), index_metadata(30), {"model": "m"}, [], "flat")
     copy_file = private_copy.copy_file
 
     def damaging(source, target):  # the original changes between its copy and the check: too late
         copy_file(source, target)
-        if target.name == faiss_store.INDEX_FILE:
+        if target.name == faiss_files.INDEX_FILE:
             with target.open("r+b") as f:
                 f.seek(-1, 2)
                 f.write(b"\x00" if f.read(1) != b"\x00" else b"\x01")
@@ -217,7 +219,7 @@ def test_what_is_verified_is_the_copy_that_is_served(tmp_path, monkeypatch):
 
 
 def test_leftover_copies_of_dead_processes_are_removed_and_live_ones_kept(tmp_path):
-    faiss_store.write(tmp_path / "idx", unit_vectors(30), index_metadata(30), {"model": "m"}, [], "flat")
+    faiss_writer.write(tmp_path / "idx", unit_vectors(30), index_metadata(30), {"model": "m"}, [], "flat")
     ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     host = socket.gethostname()
     dead = tmp_path / f".cxr-serving-{host}-{ended.stdout.strip()}-idx-abc123"
@@ -225,13 +227,13 @@ def test_leftover_copies_of_dead_processes_are_removed_and_live_ones_kept(tmp_pa
     other_host = tmp_path / f".cxr-serving-elsewhere.example-{ended.stdout.strip()}-idx-ghi789"
     for folder in (dead, live, other_host):
         (folder / "table").mkdir(parents=True)
-        (folder / faiss_store.INDEX_FILE).write_bytes(b"x")
+        (folder / faiss_files.INDEX_FILE).write_bytes(b"x")
     faiss_store.load(tmp_path / "idx")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["idx", live.name, other_host.name])
 
 
 def test_a_read_only_index_folder_is_copied_to_the_temp_dir_saying_so(tmp_path, monkeypatch, caplog):
-    faiss_store.write(tmp_path / "idx", unit_vectors(30), index_metadata(30), {"model": "m"}, [], "flat")
+    faiss_writer.write(tmp_path / "idx", unit_vectors(30), index_metadata(30), {"model": "m"}, [], "flat")
     mkdtemp = tempfile.mkdtemp
 
     def read_only(prefix, dir):  # noqa: A002 - tempfile's own name
@@ -250,14 +252,14 @@ def test_a_read_only_index_folder_is_copied_to_the_temp_dir_saying_so(tmp_path, 
 
 
 def test_index_copy_dir_says_where_copies_go(tmp_path):
-    faiss_store.write(tmp_path / "idx", unit_vectors(30), index_metadata(30), {"model": "m"}, [], "flat")
+    faiss_writer.write(tmp_path / "idx", unit_vectors(30), index_metadata(30), {"model": "m"}, [], "flat")
     store = faiss_store.load(tmp_path / "idx", copy_dir=tmp_path / "copies")
     assert any(path.startswith(str(tmp_path / "copies" / ".cxr-serving")) for path in _mapped_paths())
     assert list((tmp_path / "copies").iterdir()) == [] and store.count == 30
 
 
 def test_no_room_for_the_copy_is_refused_before_copying_naming_the_setting(tmp_path, monkeypatch):
-    faiss_store.write(tmp_path / "idx", unit_vectors(30), index_metadata(30), {"model": "m"}, [], "flat")
+    faiss_writer.write(tmp_path / "idx", unit_vectors(30), index_metadata(30), {"model": "m"}, [], "flat")
     monkeypatch.setattr(private_copy.shutil, "disk_usage", lambda _: shutil._ntuple_diskusage(10**9, 10**9, 10**6))
     with pytest.raises(IndexUnreadableError, match=r"has 1 MB free.*index_copy_dir \(CXR_INDEX_COPY_DIR\)"):
         faiss_store.load(tmp_path / "idx")

@@ -1,0 +1,33 @@
+"""What every build's manifest carries, whatever the backend: the model, dimension and export that
+built it, checked before it is served, and a secret for opaque ids.
+
+Every build keeps a secret in its manifest (`id_key`, carried over from the build it replaces) from
+which a store derives opaque stand-ins for image and study ids (VectorStore.opaque_id): what callers
+who may not see patient data get instead of ids that archives derive from file names or patient numbers.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+from cxr.store.errors import IndexMismatchError
+
+ID_KEY = "id_key"  # the manifest's secret for opaque ids
+
+
+def id_key_for(previous_manifest: dict | None) -> str:
+    """A new build's id key: the one of the build it replaces, so opaque ids stay the same, else a new one."""
+    return (previous_manifest or {}).get(ID_KEY) or secrets.token_hex(32)
+
+
+def check_model(where: str, manifest: dict, model: str | None, dim: int | None, export_sha256: str | None) -> None:
+    """Refuse an index built by another model, dimension or export, saying how to rebuild it."""
+    rebuild = f"rebuild it with `cxr index build --model {model or '<model>'} ...`"
+    if (model and manifest.get("model") != model) or (dim and manifest.get("dim") != dim):
+        raise IndexMismatchError(f"index {where} was built with {manifest.get('model')} ({manifest.get('dim')}-d); "
+                                 f"the gateway serves {model} ({dim}-d): {rebuild}")
+    built_with = manifest.get("export_sha256")
+    if export_sha256 and built_with != export_sha256:
+        raise IndexMismatchError(
+            f"index {where} was built with another export of {model} (image tower sha256 {str(built_with)[:12]}…); "
+            f"the export served now is sha256 {export_sha256[:12]}…: {rebuild}")

@@ -1,0 +1,198 @@
+"""The vector store's contract: what the gateway and the builders see, whatever the backend.
+
+  StoreBackend   where each model's builds live: says which build is in service, opens it, writes a new one
+  VectorStore    one build of one model's index, opened for searching and reading its rows
+  StoreWriter    fills a new build in chunks; nothing is served from it before `finish` swaps it in
+
+Two backends implement it: `faiss` (cxr.store.faiss_backend: files under index_dir, searched in the
+gateway's process) and `milvus` (cxr.store.milvus: a Milvus Lite file or a Milvus cluster);
+cxr.store.factory picks one by the `index_backend` setting. Tests pass fakes of these classes.
+
+Ids are row positions 0..count-1 in build order, the same in every backend.
+
+A build is written whole and swapped in at once. Changing a build in service (add, upsert, delete of
+single images while it is searched) is for a later issue: it will extend StoreWriter or add a writer of
+its own here, implemented by both backends.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import hmac
+import logging
+import secrets
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+
+from cxr.store.builds import ID_KEY
+
+Hits = list[tuple[int, float]]  # (id, score), best first
+OPAQUE_ID_HEX = 24  # 96 bits: no collision among billions of images
+log = logging.getLogger("cxr.vector_store")  # the name before the package: log settings may name it
+
+
+@dataclass(frozen=True)
+class Filter:
+    """Projection and label filters of one query: any of the projections, and any of the labels.
+    Values match regardless of case; they are kept as sent, so an error can quote them."""
+
+    projections: tuple[str, ...] = ()
+    labels: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, projections=(), labels=()) -> Filter:
+        """Order and repeats do not change a filter's meaning, so they do not change its key."""
+        return cls(tuple(sorted(set(projections))), tuple(sorted(set(labels))))
+
+    def __bool__(self) -> bool:
+        return bool(self.projections or self.labels)
+
+
+class VectorStore(ABC):
+    """One model's index, ready to search. `search` blocks: the gateway calls it from a worker thread."""
+
+    manifest: dict  # model, export_sha256, dim, count, index_type, created, source, ...
+
+    @property
+    def count(self) -> int:
+        return int(self.manifest["count"])
+
+    @property
+    def index_type(self) -> str:
+        return str(self.manifest.get("index_type", ""))
+
+    @property
+    @abstractmethod
+    def size_bytes(self) -> int:
+        """Bytes the index takes where it is stored."""
+
+    @abstractmethod
+    def check_filter(self, flt: Filter) -> None:
+        """Raise UnknownFilterError, naming the known values, for a value no image carries."""
+
+    @abstractmethod
+    def search(self, queries: np.ndarray, k: int, flt: Filter = Filter()) -> list[Hits]:
+        """For each query (float32 [n, dim], L2-normalised), its top k among the images passing `flt`."""
+
+    @abstractmethod
+    def rows(self, ids: list[int]) -> list[dict]:
+        """The metadata of these ids (image_id, study_uid, filename, projection, labels, report fields)."""
+
+    @abstractmethod
+    def study(self, study_uid: str) -> list[dict]:
+        """The metadata of every image of one study (empty when it is not indexed)."""
+
+    @abstractmethod
+    def image(self, image_id: str) -> dict | None:
+        """One image's metadata (None when it is not indexed)."""
+
+    @property
+    @abstractmethod
+    def labels(self) -> list[str]:
+        """The finding labels images of this index carry: the label filter's values."""
+
+    @property
+    @abstractmethod
+    def projections(self) -> list[str]:
+        """The projections of this index: the projection filter's values."""
+
+    @property
+    def inline_search(self) -> bool:
+        """Whether one search costs less than handing it to a worker thread (a few hundred microseconds
+        on a busy host): then the gateway runs it where it is asked."""
+        return False
+
+    def ready(self) -> bool:
+        """Whether the store answers now: the gateway's health says NOT_SERVING while it does not."""
+        return True
+
+    def opaque_id(self, value: str) -> str:
+        """A stand-in for an image or study id, the same for every query of this index and its rebuilds,
+        that reveals nothing of the id without the index's key ("" stays "")."""
+        if not value:
+            return ""
+        return hmac.new(self._id_key, value.encode(), hashlib.sha256).hexdigest()[:OPAQUE_ID_HEX]
+
+    @functools.cached_property
+    def _id_key(self) -> bytes:
+        key = self.manifest.get(ID_KEY)
+        if key:
+            return bytes.fromhex(key)
+        log.warning("this index was built before opaque ids: each gateway makes up its own until it is rebuilt")
+        return secrets.token_bytes(32)
+
+    def close(self) -> None:
+        """Release what the store holds (connections, mapped files)."""
+
+
+class StoreWriter(ABC):
+    """One new build, filled in chunks: train on a sample first (when `training_size` asks for one),
+    then `add` vectors and their rows in id order, then `finish`. Used as a context manager: leaving
+    it unfinished discards what was written, and the build in service stays as it was."""
+
+    def __enter__(self) -> StoreWriter:
+        return self
+
+    @abstractmethod
+    def __exit__(self, *exc) -> None:
+        """Discard the staged build unless `finish` swapped it in."""
+
+    @abstractmethod
+    def training_size(self) -> int:
+        """How many vectors `train` wants before the first `add` (0: none)."""
+
+    @abstractmethod
+    def train(self, sample: np.ndarray) -> None:
+        """Train the index on a sample of the vectors (float32 [n, dim]) to be added."""
+
+    @abstractmethod
+    def add(self, vectors: np.ndarray, rows: list[dict]) -> None:
+        """Append vectors (float32 [n, dim], L2-normalised) and their metadata rows; ids follow on."""
+
+    @abstractmethod
+    def finish(self, skipped: list[tuple[str, str]] = ()) -> dict:
+        """Seal the build, with the inputs that could not be read (path, reason), swap it in place of
+        the one in service and return its manifest."""
+
+
+class StoreBackend(ABC):
+    """Where each model's builds live. The gateway asks it which build is in service (`version`) and
+    opens a new one when that changes; `cxr index build` writes through it."""
+
+    name: str  # the index_backend setting that picks it
+
+    @abstractmethod
+    def where(self, model: str) -> str:
+        """Where the model's index lives, for messages (a folder, or a Milvus address and collection)."""
+
+    @abstractmethod
+    def version(self, model: str):
+        """What identifies the build in service (compared for equality), or None when there is none.
+        A store that cannot be reached raises StoreUnavailableError."""
+
+    @abstractmethod
+    def open(self, model: str, dim: int | None = None, export_sha256: str | None = None) -> VectorStore:
+        """The build in service, refusing one built by another model, dimension or export
+        (IndexMissingError, IndexMismatchError, IndexCorruptError, ...)."""
+
+    @abstractmethod
+    def writer(self, model: str, dim: int, count: int, index_type: str, manifest: dict,
+               rerank: bool = False) -> StoreWriter:
+        """A writer of a new build of `count` vectors, swapped in when it finishes."""
+
+    def write(self, model: str, vectors: np.ndarray, metadata: list[dict], manifest: dict,
+              skipped: list[tuple[str, str]], index_type: str, rerank: bool = False) -> dict:
+        """A whole build of vectors held in memory (what `cxr index build` has at its end)."""
+        assert vectors.shape[0] == len(metadata), (vectors.shape, len(metadata))
+        dim = int(vectors.shape[1]) if len(vectors) else int(manifest["dim"])
+        with self.writer(model, dim, len(vectors), index_type, manifest, rerank) as writer:
+            if writer.training_size():
+                writer.train(vectors)
+            writer.add(vectors, metadata)
+            return writer.finish(skipped)
+
+    def close(self) -> None:
+        """Release what the backend holds (a connection); its stores are not used after."""

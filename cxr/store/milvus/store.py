@@ -1,0 +1,151 @@
+"""MilvusStore: searches and reads the one build's collection it was opened on."""
+
+from __future__ import annotations
+
+import numpy as np
+from pymilvus import MilvusException
+from pymilvus.client.types import LoadState
+
+from cxr.store.errors import IndexCorruptError, StoreUnavailableError
+from cxr.store.image_table import TEXT_COLUMNS, check_known
+from cxr.store.interface import Filter, Hits, VectorStore
+from cxr.store.milvus.connection import (
+    CALL_TIMEOUT_S,
+    COLLECTION_NOT_FOUND,
+    COLLECTION_NOT_LOADED,
+    LOAD_TIMEOUT_S,
+    PING_TIMEOUT_S,
+    Connection,
+    error_code,
+)
+from cxr.store.milvus.filters import filter_expression, literal
+from cxr.store.milvus.schema import FIELD_BYTES, ID, ROW_FIELDS, VECTOR, search_params
+
+MAX_NQ = 1024  # queries per search request
+MAX_TOP_K = 16_384  # Milvus's limit
+IDS_PER_QUERY = 4096
+
+
+class MilvusStore(VectorStore):
+    """One build's collection. Safe to share between threads: the client's channel is."""
+
+    def __init__(self, connection: Connection, collection: str, manifest: dict, where: str):
+        self.connection = connection
+        self.collection = collection
+        self.manifest = manifest
+        self.where = where
+        self.dim = int(manifest["dim"])
+        self.spec = manifest["milvus_index"]
+
+    @property
+    def size_bytes(self) -> int:
+        """Vectors and metadata as inserted; Milvus's index and replicas come on top."""
+        return int(self.manifest.get("data_bytes", 0))
+
+    @property
+    def projections(self) -> list[str]:
+        return sorted(self.manifest["projections"])
+
+    @property
+    def labels(self) -> list[str]:
+        return sorted(self.manifest["labels"])
+
+    def check_filter(self, flt: Filter) -> None:
+        check_known(flt.projections, flt.labels, self.manifest["projections"], self.manifest["labels"])
+
+    def search(self, queries: np.ndarray, k: int, flt: Filter = Filter()) -> list[Hits]:
+        queries = np.ascontiguousarray(queries, np.float32).reshape(-1, self.dim)
+        self.check_filter(flt)
+        k = min(k, self.count, MAX_TOP_K)
+        if k <= 0:
+            return [[] for _ in queries]
+        expr = filter_expression(flt)
+        found = [hits for start in range(0, len(queries), MAX_NQ)
+                 for hits in self._search(queries[start:start + MAX_NQ], k, expr, self.spec["search"])]
+        self._widen_short(queries, k, expr, found)
+        assert len(found) == len(queries), (len(found), len(queries))
+        return found
+
+    def _search(self, queries: np.ndarray, k: int, expr: str, params: dict) -> list[Hits]:
+        answer = self._call(lambda c: c.search(
+            self.collection, data=queries, limit=k, filter=expr, output_fields=[ID], anns_field=VECTOR,
+            search_params=search_params(params, k), timeout=CALL_TIMEOUT_S))
+        return [[(int(hit[ID]), float(hit["distance"])) for hit in hits] for hits in answer]
+
+    def _widen_short(self, queries, k, expr, found) -> None:
+        """An IVF search reads nprobe lists, an HNSW search ef candidates; a narrow filter can leave
+        fewer than k of its images there. Those queries go again over every list (IVF, as FaissStore
+        does) or a far wider beam (HNSW; a cluster's HNSW turns to exact search by itself)."""
+        short = [i for i, hits in enumerate(found) if len(hits) < k]
+        if not short or self.spec["exhaustive"] is None:
+            return
+        for i, hits in zip(short, self._search(queries[short], k, expr, self.spec["exhaustive"])):
+            found[i] = hits
+
+    def rows(self, ids) -> list[dict]:
+        ids = [int(i) for i in ids]
+        wanted = sorted(set(ids))
+        found: dict[int, dict] = {}
+        for start in range(0, len(wanted), IDS_PER_QUERY):
+            chunk = wanted[start:start + IDS_PER_QUERY]
+            for record in self._query(f"{ID} in {chunk}"):
+                found[int(record[ID])] = _row(record)
+        missing = [i for i in wanted if i not in found]
+        if missing:
+            raise IndexCorruptError(f"{self.where}: collection {self.collection} has no rows for ids {missing[:5]} "
+                                    f"of its {self.count}: rebuild the index")
+        return [dict(found[i]) for i in ids]
+
+    def study(self, study_uid: str) -> list[dict]:
+        if len(study_uid.encode()) > FIELD_BYTES["study_uid"]:
+            return []  # longer than any stored study uid
+        records = self._query(f"study_uid == {literal(study_uid)}")
+        return [_row(r) for r in sorted(records, key=lambda r: int(r[ID]))]
+
+    def image(self, image_id: str) -> dict | None:
+        if len(image_id.encode()) > FIELD_BYTES["image_id"]:
+            return None
+        records = self._query(f"image_id == {literal(image_id)}")
+        return _row(min(records, key=lambda r: int(r[ID]))) if records else None
+
+    def _query(self, expr: str) -> list[dict]:
+        return self._call(lambda c: c.query(self.collection, filter=expr, output_fields=ROW_FIELDS,
+                                            timeout=CALL_TIMEOUT_S))
+
+    def ready(self) -> bool:
+        """Answers, with the collection loaded. A collection found released (a Milvus Lite server
+        restarted) is loaded again here, so health recovers without a query."""
+        try:
+            state = self.connection.call(lambda c: c.get_load_state(self.collection, timeout=PING_TIMEOUT_S))
+            if state["state"] == LoadState.NotLoad:
+                self._load(PING_TIMEOUT_S)
+                return True
+        except (StoreUnavailableError, MilvusException):
+            return False
+        return state["state"] == LoadState.Loaded
+
+    def close(self) -> None:
+        """Nothing of its own: the connection is the backend's, shared by every model's store."""
+
+    def _call(self, fn):
+        try:
+            return self.connection.call(fn)
+        except MilvusException as exc:
+            if error_code(exc) == COLLECTION_NOT_LOADED:
+                self._load(LOAD_TIMEOUT_S)
+                return self.connection.call(fn)
+            if error_code(exc) == COLLECTION_NOT_FOUND:
+                raise StoreUnavailableError(
+                    f"{self.where}: collection {self.collection} is gone (replaced by a newer build, or dropped); "
+                    "the gateway loads the one in service within seconds: retry") from exc
+            raise
+
+    def _load(self, timeout: float) -> None:
+        self.connection.call(lambda c: c.load_collection(self.collection, timeout=timeout))
+
+
+def _row(record: dict) -> dict:
+    row = {name: record.get(name) or "" for name in TEXT_COLUMNS}
+    row["projection"] = record.get("projection") or ""
+    row["labels"] = list(record.get("labels") or ())
+    return row
