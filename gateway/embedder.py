@@ -21,6 +21,7 @@ from cxr.errors import CxrError
 from cxr.towers import TowerSpec
 from cxr.triton_client import infer_inputs
 from gateway import calls
+from gateway.embedding import Embedder
 from gateway.metrics import GatewayMetrics
 from gateway.text_cache import TextEmbeddingCache
 from gateway.triton_pool import Endpoint, EndpointPool
@@ -49,7 +50,7 @@ class TritonFailedError(CxrError):
     """Triton answered with an error other than unavailability."""
 
 
-class TritonEmbedder:
+class TritonEmbedder(Embedder):
     def __init__(self, connections: Sequence[dict], metrics: GatewayMetrics | None = None,
                  text_cache_entries: int = 0):
         """`connections`: cxr.triton_client.connection(settings, url) for each of settings.triton_endpoints."""

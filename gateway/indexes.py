@@ -30,7 +30,7 @@ from cxr.store.errors import (
     IndexUnreadableError,
     StoreUnavailableError,
 )
-from cxr.store.interface import StoreBackend, VectorStore
+from cxr.store.interface import StoreBackend
 from gateway.search_batcher import SearchBatcher
 
 log = logging.getLogger("cxr.gateway.indexes")
@@ -123,16 +123,12 @@ class IndexSet:
             created = store.manifest.get("created") if store else None
             self.metrics.index_created.labels(name).set(_timestamp(created))
 
-    def searcher(self, model: ExportedModel) -> SearchBatcher:
+    def index(self, name: str) -> SearchBatcher:
+        """The model's index in service (its store is `.store`), or the reason there is none, raised."""
         with self._lock:
-            if model.name in self._searchers:
-                return self._searchers[model.name]
-            raise self._errors.get(model.name) or IndexMissingError(f"no index for {model.name}")
-
-    def get(self, name: str) -> VectorStore | None:
-        with self._lock:
-            searcher = self._searchers.get(name)
-        return searcher.store if searcher else None
+            if name in self._searchers:
+                return self._searchers[name]
+            raise self._errors.get(name) or IndexMissingError(f"no index for {name}")
 
     def close(self) -> None:
         """Stop every searcher and its store, then the backend (Milvus: the connection the stores share)."""

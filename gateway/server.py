@@ -18,13 +18,14 @@ import asyncio
 import logging
 import signal
 import sys
+from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from cxr.catalog import load_catalog
+from cxr.catalog import ExportedModel, load_catalog
 from cxr.errors import CxrError
 from cxr.images import ImageLimits
 from cxr.retrieval.v1 import retrieval_pb2 as pb
@@ -38,6 +39,7 @@ from gateway.audit import AuditInterceptor, AuditLog
 from gateway.auth import AuthInterceptor, authenticator_from
 from gateway.calls import CallInterceptor
 from gateway.embedder import TritonEmbedder
+from gateway.embedding import Embedder
 from gateway.hits import ViewerLinks
 from gateway.http_admission import FrontDoor
 from gateway.http_server import HttpServer, InternalSocket
@@ -53,15 +55,31 @@ DECODE_THREADS = 4
 log = logging.getLogger("cxr.gateway")
 
 
+@dataclass(frozen=True)
+class Resources:
+    """What the gateway opens at start and closes at stop; the service is handed them and only uses them."""
+
+    catalog: dict[str, ExportedModel]
+    active_model: str
+    indexes: IndexSet
+    embedder: Embedder
+    decoder: DecodeQueue
+
+    async def close(self) -> None:
+        await self.embedder.close()
+        self.decoder.shutdown()
+        self.indexes.close()
+
+
 class Gateway:
     """A built server, the task that keeps its health status true, and what it must close."""
 
-    def __init__(self, server: grpc.aio.Server, service: RetrievalService, health: health_aio.HealthServicer,
+    def __init__(self, server: grpc.aio.Server, resources: Resources, health: health_aio.HealthServicer,
                  admission: AdmissionInterceptor, metrics: GatewayMetrics, audit: AuditLog | None,
                  http: HttpServer | None = None):
         self.server = server
         self.http = http
-        self.service = service
+        self.resources = resources
         self.health = health
         self.admission = admission
         self.metrics = metrics
@@ -91,11 +109,11 @@ class Gateway:
             await asyncio.sleep(HEALTH_PERIOD_S)
 
     async def _check_health(self) -> None:
-        service = self.service
-        await asyncio.get_running_loop().run_in_executor(None, service.indexes.refresh)
-        model = service.catalog.get(service.active_model)
-        triton_ready = bool(model) and await service.embedder.is_ready(model)
-        problem = await asyncio.to_thread(service.indexes.problem, model.name) if model else "missing"
+        owned = self.resources
+        await asyncio.get_running_loop().run_in_executor(None, owned.indexes.refresh)
+        model = owned.catalog.get(owned.active_model)
+        triton_ready = bool(model) and await owned.embedder.is_ready(model)
+        problem = await asyncio.to_thread(owned.indexes.problem, model.name) if model else "missing"
         ready = triton_ready and problem is None
         if (triton_ready, problem) != self._reported:
             log.log(logging.INFO if ready else logging.WARNING, "%s: Triton %s, index %s",
@@ -121,9 +139,7 @@ class Gateway:
         if self.http is not None:
             await self.http.stop(grace)
         await self.server.stop(0)
-        await self.service.embedder.close()
-        self.service.decoder.shutdown()
-        self.service.indexes.close()
+        await self.resources.close()
         self.metrics.stop()
         if self.audit is not None:
             self.audit.flush_throttled(now=float("inf"))
@@ -137,10 +153,11 @@ def _limits(settings: Settings) -> Limits:
                   default_deadline_s=settings.default_deadline_s)
 
 
-def create_server(settings: Settings, address: str | None = None, embedder=None,
+def create_server(settings: Settings, address: str | None = None, embedder: Embedder | None = None,
                   http_address: str | None = None) -> tuple[Gateway, int]:
     """A gateway over the settings' model repository and indexes, bound to `address`; with the HTTP
-    API on `http_address` (default: gateway_host:http_port, none when http_port is 0)."""
+    API on `http_address` (default: gateway_host:http_port, none when http_port is 0). `embedder`
+    replaces Triton (tests pass a fake)."""
     address = address or settings.gateway_address
     http_address = http_address or (f"{settings.gateway_host}:{settings.http_port}" if settings.http_port else None)
     tls.check_exposure(settings, address)
@@ -164,13 +181,9 @@ def create_server(settings: Settings, address: str | None = None, embedder=None,
     interceptors.append(admission)
     door = FrontDoor(authenticator, rates, refusals, audit, metrics, settings.max_concurrent_uploads)
 
-    catalog = load_catalog(settings.model_repository)
-    indexes = IndexSet(factory.backend(settings), catalog, metrics=metrics, batch_max=settings.search_batch_max,
-                       batch_wait_s=settings.search_batch_wait_ms / 1000)
-    service = RetrievalService(catalog, indexes, embedder or _embedder(settings, metrics), settings.model,
-                               DecodeQueue(DECODE_THREADS, settings.max_decode_queue, settings.max_decoding_pixels),
-                               ImageLimits.of(settings),
-                               ViewerLinks(settings.viewer_url_template), Thumbnails(settings))
+    owned = _resources(settings, metrics, embedder)
+    service = RetrievalService(owned.catalog, owned.indexes, owned.embedder, owned.active_model, owned.decoder,
+                               ImageLimits.of(settings), ViewerLinks(settings.viewer_url_template), Thumbnails(settings))
     server = grpc.aio.server(interceptors=interceptors,
                              options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                                       ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -182,7 +195,16 @@ def create_server(settings: Settings, address: str | None = None, embedder=None,
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
     port = tls.bind(server, settings, address)  # checked above, before anything was built
     http = _http(server, settings, http_address, door) if http_address else None
-    return Gateway(server, service, health, admission, metrics, audit, http), port
+    return Gateway(server, owned, health, admission, metrics, audit, http), port
+
+
+def _resources(settings: Settings, metrics: GatewayMetrics, embedder: Embedder | None) -> Resources:
+    """The catalog, its indexes, the embedder (`embedder`, else Triton's) and the decode threads."""
+    catalog = load_catalog(settings.model_repository)
+    indexes = IndexSet(factory.backend(settings), catalog, metrics=metrics, batch_max=settings.search_batch_max,
+                       batch_wait_s=settings.search_batch_wait_ms / 1000)
+    decoder = DecodeQueue(DECODE_THREADS, settings.max_decode_queue, settings.max_decoding_pixels)
+    return Resources(catalog, settings.model, indexes, embedder or _embedder(settings, metrics), decoder)
 
 
 def _http(server: grpc.aio.Server, settings: Settings, address: str, door: FrontDoor) -> HttpServer:

@@ -14,7 +14,7 @@ from cxr.errors import CxrError, UnknownModelError
 from cxr.images import ImageLimits, preprocess
 from cxr.retrieval.v1 import retrieval_pb2 as pb
 from cxr.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
-from cxr.store.interface import Filter
+from cxr.store.interface import Filter, VectorStore
 from gateway import calls, hits
 from gateway.admission import MAX_BATCH_QUERIES, DecodeQueue
 from gateway.errors import ImageNotFoundError, InvalidRequestError, StudyNotFoundError, grpc_errors
@@ -67,7 +67,7 @@ class RetrievalService(pb_grpc.RetrievalServicer):
         infos = []
         for name in registry.list_models():
             spec, model = registry.get_model(name), self.catalog.get(name)
-            store = self.indexes.get(name) if model else None
+            store = self._served_store(name) if model else None
             infos.append(pb.ModelInfo(
                 name=name, family=spec.family.name, embed_dim=spec.embed_dim, image_size=spec.image_size,
                 context_length=spec.context_length, active=name == self.active_model, exported=model is not None,
@@ -79,7 +79,7 @@ class RetrievalService(pb_grpc.RetrievalServicer):
     @grpc_errors
     async def GetStudy(self, request, context):
         model = self._model(request.model)
-        rows = await asyncio.to_thread(self.indexes.searcher(model).store.study, request.study_uid)
+        rows = await asyncio.to_thread(self.indexes.index(model.name).store.study, request.study_uid)
         if not rows:
             raise StudyNotFoundError(f"the study named in study_uid is not in the {model.name} index")
         first = rows[0]
@@ -96,7 +96,7 @@ class RetrievalService(pb_grpc.RetrievalServicer):
             raise InvalidRequestError(str(exc)) from exc
         item = self.thumbnails.cached(model.name, request.image_id, size) if self.thumbnails else None
         if item is None:
-            row = await asyncio.to_thread(self.indexes.searcher(model).store.image, request.image_id)
+            row = await asyncio.to_thread(self.indexes.index(model.name).store.image, request.image_id)
             if row is None:
                 raise ImageNotFoundError(f"the image named in image_id is not in the {model.name} index")
             if self.thumbnails is None:
@@ -109,7 +109,7 @@ class RetrievalService(pb_grpc.RetrievalServicer):
     @grpc_errors
     async def GetSearchOptions(self, request, context):
         model = self._model(request.model)
-        store = self.indexes.searcher(model).store
+        store = self.indexes.index(model.name).store
         spec = registry.get_model(model.name)
         return pb.SearchOptions(model=model.name, demo=spec.not_clinical, notes=spec.notes, labels=store.labels,
                                 projections=store.projections, index_size=store.count)
@@ -144,7 +144,7 @@ class RetrievalService(pb_grpc.RetrievalServicer):
         """Model, top_k and index of a query, with bad fields and filters refused before any embedding."""
         model = self._model(request.model)
         top_k = _top_k(request.top_k)
-        searcher = self.indexes.searcher(model)
+        searcher = self.indexes.index(model.name)
         searcher.store.check_filter(_filter(request.filters))
         return model, top_k, searcher
 
@@ -171,6 +171,12 @@ class RetrievalService(pb_grpc.RetrievalServicer):
             if len(grouped) >= top_k or len(found) < fetch or fetch >= hits.GROUP_MAX_FETCH:
                 return grouped
             fetch = min(fetch * hits.GROUP_FETCH_FACTOR, hits.GROUP_MAX_FETCH)
+
+    def _served_store(self, name: str) -> VectorStore | None:
+        try:
+            return self.indexes.index(name).store
+        except CxrError:  # no index, or a refused one: ListModels shows it as empty
+            return None
 
     def _model(self, name: str) -> ExportedModel:
         name = name or self.active_model

@@ -44,12 +44,12 @@ def served(tmp_path):
     _build(tmp_path / "m", 10)
     metrics = GatewayMetrics()
     indexes = IndexSet(FaissBackend(tmp_path), {"m": FakeModel()}, metrics=metrics)
-    assert indexes.get("m").count == 10
+    assert indexes.index("m").store.count == 10
     return tmp_path, indexes, metrics
 
 
 def _size(indexes):
-    return indexes.searcher(FakeModel()).store.count
+    return indexes.index("m").store.count
 
 
 def test_a_new_build_replaces_the_index_without_a_restart(served):
@@ -61,7 +61,7 @@ def test_a_new_build_replaces_the_index_without_a_restart(served):
 
 def test_a_call_that_took_the_index_before_a_swap_still_searches_it(served):
     root, indexes, _ = served
-    taken = indexes.searcher(FakeModel())  # what a call in flight holds while `cxr index build` swaps
+    taken = indexes.index("m")  # what a call in flight holds while `cxr index build` swaps
     _build(root / "m", 12)
     indexes.refresh()
     hits = asyncio.run(taken.search(np.full(DIM, DIM ** -0.5, np.float32), 3))
@@ -106,14 +106,14 @@ def test_closing_the_index_set_closes_its_backend(tmp_path):
     backend = _RecordingBackend(tmp_path)
     indexes = IndexSet(backend, {"m": FakeModel()})
     indexes.close()
-    assert backend.closed and indexes.get("m") is None
+    assert backend.closed and not indexes.has("m")
 
 
 def test_an_index_of_another_export_is_refused_naming_both(tmp_path):
     _build(tmp_path / "m", 10, export_sha256="b" * 64)
     indexes = IndexSet(FaissBackend(tmp_path), {"m": FakeModel()})
     with pytest.raises(IndexMismatchError, match=r"sha256 bbbbbbbbbbbb.*sha256 aaaaaaaaaaaa.*--model m"):
-        indexes.searcher(FakeModel())
+        indexes.index("m")
 
 
 def test_an_index_without_checksums_is_refused(tmp_path):
@@ -123,7 +123,7 @@ def test_an_index_without_checksums_is_refused(tmp_path):
     del manifest["files"]
     manifest_path.write_text(json.dumps(manifest))
     with pytest.raises(IndexCorruptError, match="older version"):
-        IndexSet(FaissBackend(tmp_path), {"m": FakeModel()}).searcher(FakeModel())
+        IndexSet(FaissBackend(tmp_path), {"m": FakeModel()}).index("m")
 
 
 def test_a_removed_index_is_no_longer_served(served):
@@ -132,7 +132,7 @@ def test_a_removed_index_is_no_longer_served(served):
     indexes.refresh()
     assert not indexes.has("m")
     with pytest.raises(IndexMissingError):
-        indexes.searcher(FakeModel())
+        indexes.index("m")
 
 
 @pytest.mark.parametrize("name", [faiss_files.INDEX_FILE, "table/image_id.bytes"])
@@ -147,15 +147,15 @@ def test_a_file_truncated_in_place_is_refused_and_its_restoration_served_without
         indexes.refresh()
     assert "still serving the previous one" in caplog.text and target.name in caplog.text
     assert metrics.index_load_failures.labels("m")._value.get() == 1
-    previous = indexes.get("m")
-    found = asyncio.run(indexes.searcher(FakeModel()).search(np.full(DIM, DIM ** -0.5, np.float32), 10))
+    previous = indexes.index("m").store
+    found = asyncio.run(indexes.index("m").search(np.full(DIM, DIM ** -0.5, np.float32), 10))
     assert sorted(row["image_id"] for _, _, row in found) == [str(i) for i in range(10)]  # its private copy, whole
     indexes.refresh()
     assert metrics.index_load_failures.labels("m")._value.get() == 1  # refused once, not every second
 
     target.write_bytes(good)  # `cp good index.faiss`: the same inode, rewritten
     indexes.refresh()
-    assert indexes.get("m") is not previous and _size(indexes) == 10
+    assert indexes.index("m").store is not previous and _size(indexes) == 10
     after = (root / "m" / faiss_files.MANIFEST_FILE).stat()
     assert (after.st_mtime_ns, after.st_ino) == (manifest.st_mtime_ns, manifest.st_ino)
 

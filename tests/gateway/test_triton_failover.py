@@ -109,7 +109,7 @@ def _sample(background: BackgroundGateway, name: str, url: str) -> float:
 
 
 def _in_flight(background: BackgroundGateway, url: str) -> int:
-    return next(e.in_flight for e in background.gateway.service.embedder.pool.endpoints if e.url == url)
+    return next(e.in_flight for e in background.gateway.resources.embedder.pool.endpoints if e.url == url)
 
 
 def _wait(condition, seconds: float, what: str) -> float:
