@@ -10,6 +10,7 @@ import grpc
 
 from cxr.errors import CxrError, UnknownModelError
 from cxr.images import DecodeBusyError, InvalidImageError
+from cxr.triton.errors import TritonFailedError, TritonUnavailableError
 from cxr.vector_store import (
     IndexCorruptError,
     IndexMismatchError,
@@ -20,7 +21,6 @@ from cxr.vector_store import (
 )
 from gateway import calls
 from gateway.admission import OverloadedError
-from gateway.embedder import TritonFailedError, TritonUnavailableError
 from gateway.thumbnails import PacsUnavailableError, ThumbnailSourceError
 
 log = logging.getLogger("cxr.gateway")
