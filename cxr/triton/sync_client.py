@@ -40,6 +40,9 @@ class TowerClient:
         return self._infer(self.text, tokens)
 
     def close(self) -> None:
+        """A second close does nothing."""
+        if self._loop.is_closed():
+            return
         try:
             self._run(self._client.close())
         finally:

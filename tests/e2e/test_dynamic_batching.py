@@ -23,7 +23,6 @@ def test_concurrent_requests_run_in_batches_and_match_unbatched(served, xray_pat
     pixels = load_pixels((xray_paths * 8)[:REQUESTS], spec.image_size)
     one = TowerClient(connections(served), *towers(spec), max_batch_size=1)
     unbatched = np.concatenate([one.embed_images(pixels[i:i + 1]) for i in range(REQUESTS)])
-    one.close()
     inferences_before, executions_before = triton_counts(served, spec.image_model)
 
     def embed(i):  # one client per thread, one image per request, all at once
