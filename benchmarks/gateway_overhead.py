@@ -25,7 +25,8 @@ from cxr.client import channel_from
 from cxr.retrieval.v1 import retrieval_pb2 as pb
 from cxr.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
 from cxr.settings import Settings, load_settings
-from cxr.triton_client import TowerClient, connection
+from cxr.triton.request import connections
+from cxr.triton.sync_client import TowerClient
 
 QUERY = "small left pleural effusion"
 TIME_LIMIT_S = 120.0
@@ -33,7 +34,7 @@ WARMUP = 10  # requests that open connections and fill caches before timing
 
 
 def _latencies(model: ExportedModel, settings: Settings, requests: int) -> dict:
-    triton = TowerClient(connection(settings), model.image, model.text, model.max_batch_size)
+    triton = TowerClient(connections(settings), model.image, model.text, model.max_batch_size)
     direct = time_requests(lambda: triton.embed_texts(model.tokenizer([QUERY])), requests, TIME_LIMIT_S, WARMUP)
     triton.close()
     with channel_from(settings) as channel:

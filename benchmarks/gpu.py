@@ -194,21 +194,22 @@ def set_provider(settings: Settings, spec: registry.ModelSpec, provider: str) ->
 def served_load(settings: Settings, spec: registry.ModelSpec, plan: Plan, batching: bool, budget: float) -> dict:
     """Both towers in the local Triton on `plan.provider`: latency and q/s per concurrency, GPU memory."""
     from benchmarks.stack import set_batching
-    from cxr import tritonserver
     from cxr.catalog import ExportedModel
     from cxr.processes import stop_process
-    from cxr.triton_client import TowerClient, connection
+    from cxr.triton import server_process
+    from cxr.triton.request import connections
+    from cxr.triton.sync_client import TowerClient
 
     set_batching(settings, spec, batching)
     set_provider(settings, spec, plan.provider)
-    process, log_file = tritonserver.start(settings)
+    process, log_file = server_process.start(settings)
     try:
-        tritonserver.wait_ready(settings, [spec.image_model, spec.text_model], process, 900, log_file)
+        server_process.wait_ready(settings, [spec.image_model, spec.text_model], process, 900, log_file)
         model = ExportedModel.load(settings.model_repository, spec.name)
         pixels, tokens = _image_feeds(model)(1), _text_feeds(model)(1)
 
         def sender(tower: str):
-            client = TowerClient(connection(settings), model.image, model.text, model.max_batch_size)
+            client = TowerClient(connections(settings), model.image, model.text, model.max_batch_size)
             if tower == "image":
                 return lambda: client.embed_images(pixels[model.image.inputs[0].name])
             return lambda: client.embed_texts(tokens)
@@ -248,18 +249,19 @@ def faiss_search(plan: Plan, budget: float) -> dict:
 
 def index_run(settings: Settings, spec: registry.ModelSpec, plan: Plan) -> dict:
     """`plan.index_images` images (the NIH sample, repeated) indexed through Triton on `plan.provider`."""
-    from cxr import archives, tritonserver
+    from cxr import archives
     from cxr.catalog import ExportedModel
     from cxr.processes import stop_process
+    from cxr.triton import server_process
     from indexing.build import BuildOptions, build_index
 
     nih = archives.nih_labels(settings.data_dir / "nih800" / "labels.csv", settings.data_dir / "nih800")
     records = [replace(nih[i % len(nih)], image_id=f"{i:05d}-{nih[i % len(nih)].image_id}")
                for i in range(plan.index_images)]
     set_provider(settings, spec, plan.provider)
-    process, log_file = tritonserver.start(settings)
+    process, log_file = server_process.start(settings)
     try:
-        tritonserver.wait_ready(settings, [spec.image_model, spec.text_model], process, 900, log_file)
+        server_process.wait_ready(settings, [spec.image_model, spec.text_model], process, 900, log_file)
         started = time.perf_counter()
         build_index(records, ExportedModel.load(settings.model_repository, spec.name), settings,
                     settings.index_path(spec.name), BuildOptions(progress=False, batch_size=64,

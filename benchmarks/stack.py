@@ -13,13 +13,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from cxr import registry, tritonserver
+from cxr import registry
 from cxr.archives import Record
 from cxr.catalog import ExportedModel
 from cxr.manifest import read_manifest
 from cxr.processes import free_ports, stop_process
 from cxr.settings import Settings
 from cxr.towers import towers
+from cxr.triton import server_process
 from gateway import process as gateway_process
 from indexing.build import BuildOptions, build_index
 
@@ -73,10 +74,10 @@ def served(settings: Settings, records: list[Record], batching: bool = True, gat
     """Triton (+ index + gateway) on an exported repository; everything stopped on exit."""
     spec = registry.get_model(settings.model)
     set_batching(settings, spec, batching)
-    triton, triton_log = tritonserver.start(settings)
+    triton, triton_log = server_process.start(settings)
     children = [triton]
     try:
-        tritonserver.wait_ready(settings, [spec.image_model, spec.text_model], triton, 900, triton_log)
+        server_process.wait_ready(settings, [spec.image_model, spec.text_model], triton, 900, triton_log)
         index_build = {}
         if rebuild_index:
             started = time.perf_counter()

@@ -29,13 +29,15 @@ import numpy as np
 from benchmarks.machine import describe, result_path
 from benchmarks.stack import process_tree_rss_mb, set_batching
 from benchmarks.timing import time_requests
-from cxr import registry, tritonserver
+from cxr import registry
 from cxr.manifest import read_manifest, tokenizer_dir
 from cxr.processes import stop_process
 from cxr.settings import Settings, load_settings
 from cxr.tokenization import TextTokenizer
 from cxr.towers import towers
-from cxr.triton_client import TowerClient, connection
+from cxr.triton import server_process
+from cxr.triton.request import connections
+from cxr.triton.sync_client import TowerClient
 
 MODELS = ["pubmed_clip", "biomedclip", "siglip", "medsiglip"]
 CONCURRENCY = 16
@@ -106,7 +108,7 @@ def _measure_towers(settings: Settings, spec, budget: float) -> dict:
     tokens = tokenizer([QUERY])
 
     def make_client():
-        return TowerClient(connection(settings), image, text, spec.batching.max_batch_size)
+        return TowerClient(connections(settings), image, text, spec.batching.max_batch_size)
 
     sends = {"image": lambda c: c.embed_images(pixels), "text": lambda c: c.embed_texts(tokens)}
     probe = make_client()
@@ -120,9 +122,9 @@ def _measure_towers(settings: Settings, spec, budget: float) -> dict:
 
 def _serve_and_measure(settings: Settings, spec, batching: bool, budget: float) -> dict:
     set_batching(settings, spec, batching)
-    process, log_file = tritonserver.start(settings)
+    process, log_file = server_process.start(settings)
     try:
-        tritonserver.wait_ready(settings, [spec.image_model, spec.text_model], process, 900, log_file)
+        server_process.wait_ready(settings, [spec.image_model, spec.text_model], process, 900, log_file)
         figures = _measure_towers(settings, spec, budget)
         figures["triton_rss_mb"] = process_tree_rss_mb(process.pid)
         return figures

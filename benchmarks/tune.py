@@ -32,7 +32,7 @@ import tritonclient.grpc as grpcclient
 from benchmarks.load import run_load
 from benchmarks.machine import describe, result_path
 from benchmarks.stack import temporary_settings
-from cxr import registry, tritonserver
+from cxr import registry
 from cxr.catalog import ExportedModel
 from cxr.images import load_pixels
 from cxr.manifest import ONNX_FILE, VERSION_DIR, read_manifest
@@ -40,7 +40,9 @@ from cxr.processes import stop_process
 from cxr.registry import Batching
 from cxr.settings import Settings, load_settings
 from cxr.towers import towers
-from cxr.triton_client import TowerClient, admin_headers, connection
+from cxr.triton import server_process
+from cxr.triton.request import admin_headers, connection, connections
+from cxr.triton.sync_client import TowerClient
 from export import triton_config
 
 KINDS = ("image", "text")
@@ -138,7 +140,7 @@ def load_tower(settings: Settings, spec: registry.ModelSpec, kind: str, payload,
     clients = []
 
     def make_sender():
-        client = TowerClient(connection(settings), image, text, spec.batching.max_batch_size)
+        client = TowerClient(connections(settings), image, text, spec.batching.max_batch_size)
         clients.append(client)
         return (lambda: client.embed_images(payload)) if kind == "image" else (lambda: client.embed_texts(payload))
 
@@ -158,9 +160,9 @@ def load_tower(settings: Settings, spec: registry.ModelSpec, kind: str, payload,
 def serve_and_measure(settings: Settings, spec: registry.ModelSpec, setting: Setting, inputs: dict,
                       concurrencies, seconds: float) -> dict:
     write_configs(settings, spec, setting)
-    process, log_file = tritonserver.start(settings)
+    process, log_file = server_process.start(settings)
     try:
-        tritonserver.wait_ready(settings, [spec.image_model, spec.text_model], process, 300, log_file)
+        server_process.wait_ready(settings, [spec.image_model, spec.text_model], process, 300, log_file)
         return {kind: {f"c{c}": load_tower(settings, spec, kind, inputs[kind], c, seconds) for c in concurrencies}
                 for kind in KINDS}
     finally:

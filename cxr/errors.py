@@ -16,7 +16,3 @@ class CheckpointUnavailableError(CxrError):
 
 class ExportError(CxrError):
     """The exported graph disagrees with the registry, or export itself failed."""
-
-
-class TritonError(CxrError):
-    """Triton could not be started, reached or stopped."""

@@ -67,8 +67,8 @@ class Settings:
     dicomweb_password: str = field(default="", repr=False)
     dicomweb_token: str = field(default="", repr=False)
     dicomweb_ca: Path | None = None
-    # Several Tritons: "host:port" gRPC endpoints the gateway balances across (empty: the one
-    # endpoint above). From the environment, comma-separated: CXR_TRITON_URLS=a:8001,b:8001.
+    # Several Tritons: "host:port" gRPC endpoints the gateway and index builds balance across (empty:
+    # the one endpoint above). From the environment, comma-separated: CXR_TRITON_URLS=a:8001,b:8001.
     triton_urls: tuple[str, ...] = ()
     # The vector store: "faiss" (embedded, files under index_dir) or "milvus" (milvus_uri: a
     # Milvus Lite file such as indexes/milvus.db, or http://host:19530 with milvus_token).
@@ -159,7 +159,7 @@ class Settings:
 
     @property
     def triton_endpoints(self) -> tuple[str, ...]:
-        """Every Triton gRPC endpoint the gateway uses: triton_urls, or the single default."""
+        """Every Triton gRPC endpoint the gateway and index builds use: triton_urls, or the single default."""
         return self.triton_urls or (self.triton_grpc_url,)
 
     @property

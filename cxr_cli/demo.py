@@ -19,11 +19,12 @@ from dataclasses import replace
 
 import grpc
 
-from cxr import processes, registry, tritonserver
+from cxr import processes, registry
 from cxr.client import RetrievalClient
 from cxr.manifest import read_manifest
 from cxr.settings import Settings, load_settings
 from cxr.store import faiss_files
+from cxr.triton import server_process
 from cxr_cli.main import page_url, print_hits
 from gateway import process as gateway_process
 from gateway.dev_pki import dev_security
@@ -100,9 +101,9 @@ def run(model: str, secure: bool = True) -> int:
     exported = _ensure_exported(spec, settings)
     children = []
     try:
-        triton, log_file = tritonserver.start(settings)
+        triton, log_file = server_process.start(settings)
         children.append(triton)
-        tritonserver.wait_ready(settings, [spec.image_model, spec.text_model], triton, 300, log_file)
+        server_process.wait_ready(settings, [spec.image_model, spec.text_model], triton, 300, log_file)
         print(f"Triton ready on {settings.triton_grpc_url}")
         _ensure_indexed(spec, settings, stale=exported)
         gateway, gateway_log = gateway_process.start(settings)

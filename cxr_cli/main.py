@@ -23,7 +23,7 @@ def _triton_ready(settings: Settings, towers: list[str]) -> dict[str, bool] | No
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
 
-    from cxr.triton_client import connection
+    from cxr.triton.request import connection
 
     client = grpcclient.InferenceServerClient(**connection(settings))
     try:
@@ -82,16 +82,16 @@ def cmd_export(args, settings: Settings) -> int:
 
 def cmd_serve(args, settings: Settings) -> int:
     """Triton, then the gateway in front of it, supervised: a crashed child is started again."""
-    from cxr import tritonserver
     from cxr_cli.supervisor import Supervisor
+    from cxr.triton import server_process
     from gateway import tls
 
     tls.check_exposure(settings, settings.gateway_address)  # before anything starts: say why at once
     if args.detach:
         return _serve_detached(args, settings)
     supervisor = Supervisor(settings, args.timeout)
-    models = tritonserver.check_repository(settings.model_repository)
-    print(f"starting Triton with {len(models)} models; log: {settings.run_dir / tritonserver.LOG_FILE}", flush=True)
+    models = server_process.check_repository(settings.model_repository)
+    print(f"starting Triton with {len(models)} models; log: {settings.run_dir / server_process.LOG_FILE}", flush=True)
     status = supervisor.start()
     _print_gateway_status(settings, status, supervisor.gateway.log_file)
     print("supervising Triton and the gateway; Ctrl-C or `cxr stop` stops both", flush=True)
@@ -103,12 +103,12 @@ def _serve_detached(args, settings: Settings) -> int:
     import os
     import subprocess
 
-    from cxr import tritonserver
     from cxr_cli.supervisor import SUPERVISOR, wait_recorded
+    from cxr.triton import server_process
     from gateway import process as gateway_process
 
-    tritonserver.check_repository(settings.model_repository)
-    tritonserver.check_ports(settings)
+    server_process.check_repository(settings.model_repository)
+    server_process.check_ports(settings)
     gateway_process.check_port(settings)
     log_file = settings.run_dir / "serve.log"
     log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -147,14 +147,15 @@ def _print_gateway_status(settings: Settings, status: int, log_file) -> None:
 
 
 def cmd_stop(args, settings: Settings) -> int:
-    from cxr import processes, tritonserver
+    from cxr import processes
     from cxr_cli.supervisor import SUPERVISOR
+    from cxr.triton import server_process
     from gateway import process as gateway_process
 
     grace = settings.drain_grace_s + 30  # the gateway drains, then Triton exits
     stopped = processes.stop_recorded(settings.run_dir, SUPERVISOR, grace)
     # Children left by a supervisor that was killed, or by an older `cxr serve --detach`:
-    orphans = [name for name in (gateway_process.NAME, tritonserver.NAME)
+    orphans = [name for name in (gateway_process.NAME, server_process.NAME)
                if processes.stop_recorded(settings.run_dir, name, grace)]
     if stopped or orphans:
         print("stopped gateway and triton" + (f" (and orphaned {', '.join(orphans)})" if stopped and orphans else ""))

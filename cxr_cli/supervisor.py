@@ -16,9 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cxr import processes, tritonserver
+from cxr import processes
 from cxr.errors import CxrError
 from cxr.settings import Settings
+from cxr.triton import server_process
 from gateway import process as gateway_process
 
 BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0)
@@ -74,9 +75,9 @@ class Supervisor:
     def __init__(self, settings: Settings, timeout: float, log: Callable[[str], None] = _say):
         self.settings = settings
         self.log = log
-        models = tritonserver.check_repository(settings.model_repository)
-        self.triton = Child("triton", lambda: tritonserver.start(settings),
-                            lambda p, f: tritonserver.wait_ready(settings, models, p, timeout, f))
+        models = server_process.check_repository(settings.model_repository)
+        self.triton = Child("triton", lambda: server_process.start(settings),
+                            lambda p, f: server_process.wait_ready(settings, models, p, timeout, f))
         self.gateway = Child("gateway", lambda: gateway_process.start(settings),
                              lambda p, f: gateway_process.wait_answering(settings, p, f))
         self._stopping = False

@@ -1,63 +1,53 @@
 """The thing that embeds: text and images to L2-normalised vectors through Triton (gRPC, asyncio).
 
-One Triton or several (settings.triton_endpoints): gateway.triton_pool balances the calls, ejects
-an endpoint that cannot be reached and tries the call on another. Each channel reconnects by
-itself, so when a Triton comes back after a restart, queries succeed again without restarting
-the gateway.
+Triton itself, its endpoints and their failover are cxr.triton.client's; this adds what the gateway
+needs on top: the text cache, the "tokenize" and "triton" stages of each call's timing, and the
+endpoints' up/ejected series in the gateway's metrics.
 """
 
 from __future__ import annotations
 
-import asyncio
+import logging
 from collections.abc import Sequence
 
 import numpy as np
-import tritonclient.grpc.aio as aioclient
-from tritonclient.grpc import InferRequestedOutput
-from tritonclient.utils import InferenceServerException
 
 from cxr.catalog import ExportedModel
-from cxr.errors import CxrError
-from cxr.towers import TowerSpec
-from cxr.triton_client import infer_inputs
+from cxr.triton.client import AsyncTowerClient
+from cxr.triton.pool import PoolObserver
 from gateway import calls
 from gateway.embedding import Embedder
 from gateway.metrics import GatewayMetrics
 from gateway.text_cache import TextEmbeddingCache
-from gateway.triton_pool import Endpoint, EndpointPool
 
-# Triton's default gRPC message limit is 4 MB; a batch of 448 px uint8 images needs more.
-MAX_MESSAGE_BYTES = 256 * 1024 * 1024
-# gRPC waits up to 120 s between reconnection attempts to a Triton that was down: capped, so a
-# Triton back from a restart is seen (and re-admitted) within seconds.
-MAX_RECONNECT_BACKOFF_MS = 2000
-CHANNEL_OPTIONS = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                   ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                   ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS)]
-# Health looks are bounded so that one endpoint that stopped answering cannot stall the health loop.
-READY_TIMEOUT_S = 2.0
+log = logging.getLogger("cxr.gateway")
 
 
-class TritonUnavailableError(CxrError):
-    """Triton cannot be reached or its model is not ready."""
+class EndpointMetrics(PoolObserver):
+    """The pool's news as two series per endpoint: up (1 in rotation, 0 ejected) and ejections."""
 
+    def __init__(self, metrics: GatewayMetrics):
+        self._metrics = metrics
 
-class TritonEndpointDownError(TritonUnavailableError):
-    """One endpoint cannot be reached or lacks the model: another endpoint may answer."""
+    def joined(self, url: str) -> None:
+        self._metrics.triton_endpoint_up.labels(url).set(1)
+        self._metrics.triton_ejections.labels(url)  # at 0 from the start, for increase()
 
+    def ejected(self, url: str) -> None:
+        self._metrics.triton_endpoint_up.labels(url).set(0)
+        self._metrics.triton_ejections.labels(url).inc()
 
-class TritonFailedError(CxrError):
-    """Triton answered with an error other than unavailability."""
+    def readmitted(self, url: str) -> None:
+        self._metrics.triton_endpoint_up.labels(url).set(1)
 
 
 class TritonEmbedder(Embedder):
     def __init__(self, connections: Sequence[dict], metrics: GatewayMetrics | None = None,
                  text_cache_entries: int = 0):
-        """`connections`: cxr.triton_client.connection(settings, url) for each of settings.triton_endpoints."""
-        endpoints = [Endpoint(c["url"], aioclient.InferenceServerClient(**c, channel_args=CHANNEL_OPTIONS))
-                     for c in connections]
-        self.url = ", ".join(e.url for e in endpoints)
-        self.pool = EndpointPool(endpoints, _server_ready, TritonEndpointDownError, metrics)
+        """`connections`: cxr.triton.request.connections(settings), one per endpoint."""
+        observer = EndpointMetrics(metrics) if metrics is not None else None
+        self.client = AsyncTowerClient(connections, observer, logger=log)
+        self.url = self.client.url
         self.text_cache = TextEmbeddingCache(text_cache_entries, metrics)
 
     async def embed_texts(self, model: ExportedModel, texts: list[str], timeout: float | None = None) -> np.ndarray:
@@ -67,58 +57,20 @@ class TritonEmbedder(Embedder):
         if missing:
             with calls.stage("tokenize"):
                 tokens = model.tokenizer([texts[i] for i in missing])
-            for i, vector in zip(missing, await self._infer(model.text, tokens, timeout)):
+            with calls.stage("triton"):
+                embedded = await self.client.embed_tokens(model.text, tokens, timeout)
+            for i, vector in zip(missing, embedded):
                 self.text_cache.put(model, texts[i], vector)
                 vectors[i] = vector
         return np.stack(vectors)
 
     async def embed_images(self, model: ExportedModel, pixels: np.ndarray, timeout: float | None = None) -> np.ndarray:
-        return await self._infer(model.image, {model.image.inputs[0].name: pixels}, timeout)
-
-    async def _infer(self, tower: TowerSpec, arrays: dict[str, np.ndarray], timeout: float | None) -> np.ndarray:
-        inputs = infer_inputs(tower, arrays)  # built once, whichever endpoint answers
-        outputs = [InferRequestedOutput(tower.output.name)]
-
-        async def attempt(endpoint: Endpoint, seconds_left: float | None):
-            try:
-                return await endpoint.client.infer(tower.triton_name, inputs, outputs=outputs,
-                                                   client_timeout=seconds_left)
-            except InferenceServerException as exc:
-                raise _translate(exc, tower.triton_name, endpoint.url) from exc
-
         with calls.stage("triton"):
-            result = await self.pool.call(attempt, timeout)
-        return result.as_numpy(tower.output.name)
+            return await self.client.embed_images(model.image, pixels, timeout)
 
     async def is_ready(self, model: ExportedModel) -> bool:
         """True when at least one endpoint has both of the model's towers ready."""
-        return any(await asyncio.gather(*(_model_ready(e, model) for e in self.pool.endpoints)))
+        return await self.client.is_ready(model.image, model.text)
 
     async def close(self) -> None:
-        await self.pool.close()
-        for endpoint in self.pool.endpoints:
-            await endpoint.client.close()
-
-
-async def _model_ready(endpoint: Endpoint, model: ExportedModel) -> bool:
-    try:
-        return all([await endpoint.client.is_model_ready(model.image.triton_name, client_timeout=READY_TIMEOUT_S),
-                    await endpoint.client.is_model_ready(model.text.triton_name, client_timeout=READY_TIMEOUT_S)])
-    except InferenceServerException:
-        return False
-
-
-async def _server_ready(endpoint: Endpoint) -> bool:
-    """Re-admission asks Triton's server readiness: with Triton's default --strict-readiness it holds
-    only while every model of the repository is ready, whichever model the failed call wanted."""
-    return await endpoint.client.is_server_ready(client_timeout=READY_TIMEOUT_S)
-
-
-def _translate(exc: InferenceServerException, triton_name: str, url: str) -> CxrError:
-    status = str(exc.status() or "")
-    if "UNAVAILABLE" in status or "not ready" in str(exc.message()) or "unknown model" in str(exc.message()):
-        return TritonEndpointDownError(f"Triton at {url} cannot serve {triton_name} right now ({exc.message()}); "
-                                       "retry shortly, or start it with `make serve`")
-    if "DEADLINE_EXCEEDED" in status:
-        return TritonUnavailableError(f"Triton did not answer for {triton_name} within the deadline")
-    return TritonFailedError(f"Triton failed on {triton_name}: {exc.message()}")
+        await self.client.close()

@@ -18,9 +18,9 @@ from cxr.store.errors import (
     StoreUnavailableError,
     UnknownFilterError,
 )
+from cxr.triton.errors import TritonFailedError, TritonUnavailableError
 from gateway import calls
 from gateway.admission import OverloadedError
-from gateway.embedder import TritonFailedError, TritonUnavailableError
 from gateway.thumbnails import PacsUnavailableError, ThumbnailSourceError
 
 log = logging.getLogger("cxr.gateway")

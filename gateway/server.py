@@ -32,7 +32,7 @@ from cxr.retrieval.v1 import retrieval_pb2 as pb
 from cxr.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
 from cxr.settings import Settings, load_settings
 from cxr.store import factory
-from cxr.triton_client import connection
+from cxr.triton.request import connections
 from gateway import tls
 from gateway.admission import AdmissionInterceptor, DecodeQueue, Limits, RateLimiter, RefusalLimiter
 from gateway.audit import AuditInterceptor, AuditLog
@@ -219,9 +219,8 @@ def _http(server: grpc.aio.Server, settings: Settings, address: str, door: Front
 
 
 def _embedder(settings: Settings, metrics: GatewayMetrics) -> TritonEmbedder:
-    """One Triton client per endpoint in settings.triton_endpoints, balanced (gateway.triton_pool)."""
-    return TritonEmbedder([connection(settings, url) for url in settings.triton_endpoints], metrics,
-                          settings.text_cache_entries)
+    """One Triton client per endpoint in settings.triton_endpoints, balanced (cxr.triton.pool)."""
+    return TritonEmbedder(connections(settings), metrics, settings.text_cache_entries)
 
 
 async def serve(settings: Settings) -> None:

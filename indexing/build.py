@@ -2,8 +2,10 @@
 or a Milvus collection, as the settings' vector store says).
 
 Decoding and resizing run in a pool of worker processes; several batched requests are in flight
-to Triton at once. Progress is kept in <output>.partial/ as each batch returns, so a killed build
-resumes where it stopped; the finished index replaces the old one in one rename.
+to Triton at once, over every endpoint of settings.triton_endpoints (cxr.triton.sync_client: one
+that cannot be reached is ejected and its batches go to another). Progress is kept in
+<output>.partial/ as each batch returns, so a killed build resumes where it stopped; the finished
+index replaces the old one in one rename.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from cxr.errors import CxrError
 from cxr.images import InvalidImageError, preprocess
 from cxr.settings import Settings
 from cxr.store import faiss_files, faiss_writer
-from cxr.triton_client import TowerClient, connection
+from cxr.triton.request import connections
+from cxr.triton.sync_client import TowerClient
 
 STATE_FILE = "state.json"
 
@@ -140,7 +143,7 @@ def build_index(records: list[Record], model: ExportedModel, settings: Settings,
     <output_dir>.partial either way."""
     partial = _Partial(output_dir.with_name(output_dir.name + ".partial"), _state(records, model, options.index_type))
     todo = [(i, str(r.path), model.image_size) for i, r in enumerate(records) if not partial.done(i)]
-    client = TowerClient(connection(settings), model.image, model.text, model.max_batch_size)
+    client = TowerClient(connections(settings), model.image, model.text, model.max_batch_size)
     bar = tqdm(total=len(records), initial=len(records) - len(todo), unit="img", desc=f"indexing {model.name}",
                disable=not options.progress, dynamic_ncols=True)
     try:

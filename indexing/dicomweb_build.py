@@ -38,7 +38,8 @@ from cxr.dicomweb import (
 )
 from cxr.settings import Settings
 from cxr.store import faiss_files
-from cxr.triton_client import TowerClient, connection
+from cxr.triton.request import connections
+from cxr.triton.sync_client import TowerClient
 from indexing.build import BuildOptions, NothingToIndexError, decode_bytes, decoder_pool, encode_stream, write_index
 
 CACHE_SUFFIX = ".dicomweb"
@@ -193,7 +194,7 @@ def encode_new(pacs: DicomWeb, cache: VectorCache, instances: list[Instance], mo
     """Fetch, decode and encode the instances the cache lacks."""
     todo = [i for i in dict.fromkeys(instances) if i.sop_uid not in cache.vectors]
     kept, added_before = len(instances) - len(todo), cache.added
-    client = TowerClient(connection(settings), model.image, model.text, model.max_batch_size)
+    client = TowerClient(connections(settings), model.image, model.text, model.max_batch_size)
     bar = tqdm(total=len(instances), initial=kept, unit="img", desc=f"indexing {model.name} from the PACS",
                disable=not options.progress or not todo, dynamic_ncols=True)
     bar.set_postfix(kept=kept, refresh=False)

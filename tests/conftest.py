@@ -46,8 +46,8 @@ def encoders(tmp_path_factory, cache_dir):
 @pytest.fixture(scope="session")
 def served(tmp_path_factory, cache_dir):
     """Every twin exported into one repository and served by a real tritonserver."""
-    from cxr import tritonserver
     from cxr.processes import stop_process
+    from cxr.triton import server_process
     from export.repository import export_model
 
     settings = make_settings(tmp_path_factory.mktemp("served"), cache_dir)
@@ -55,10 +55,10 @@ def served(tmp_path_factory, cache_dir):
         # fp32 whatever the registry ships (cxr-mini: int8), so the e2e parity tests hold every export
         # to PyTorch at 0.9999; int8's own tolerance is tested in tests/export/test_quantization.py.
         export_model(get_model(name), settings, precision="fp32", log=lambda *_: None)
-    process, log_file = tritonserver.start(settings)
+    process, log_file = server_process.start(settings)
     try:
         models = [m for name in SERVED for m in (get_model(name).image_model, get_model(name).text_model)]
-        tritonserver.wait_ready(settings, models, process, timeout=180, log_file=log_file)
+        server_process.wait_ready(settings, models, process, timeout=180, log_file=log_file)
         yield settings
     finally:
         stop_process(process)

@@ -103,7 +103,7 @@ def triton_counts(settings: Settings, triton_name: str) -> tuple[int, int]:
     """Triton's inference and execution counts of a model (executions < inferences: batched)."""
     import tritonclient.grpc as grpcclient
 
-    from cxr.triton_client import admin_headers, connection
+    from cxr.triton.request import admin_headers, connection
 
     client = grpcclient.InferenceServerClient(**connection(settings))
     stats = client.get_inference_statistics(triton_name, as_json=True,

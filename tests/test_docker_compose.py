@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cxr.triton_client import ADMIN_KEY, RESTRICTED_APIS
+from cxr.triton.request import ADMIN_KEY, RESTRICTED_APIS
 
 ROOT = Path(__file__).parent.parent
 COMPOSE = ROOT / "docker-compose.yml"

@@ -8,7 +8,8 @@ import pytest
 from cxr.images import load_pixels
 from cxr.registry import get_model
 from cxr.towers import towers
-from cxr.triton_client import TowerClient, connection
+from cxr.triton.request import connections
+from cxr.triton.sync_client import TowerClient
 from support import triton_counts
 
 MODEL = "siglip-tiny"
@@ -20,12 +21,12 @@ REQUESTS = 48
 def test_concurrent_requests_run_in_batches_and_match_unbatched(served, xray_paths):
     spec = get_model(MODEL)
     pixels = load_pixels((xray_paths * 8)[:REQUESTS], spec.image_size)
-    one = TowerClient(connection(served), *towers(spec), max_batch_size=1)
+    one = TowerClient(connections(served), *towers(spec), max_batch_size=1)
     unbatched = np.concatenate([one.embed_images(pixels[i:i + 1]) for i in range(REQUESTS)])
     inferences_before, executions_before = triton_counts(served, spec.image_model)
 
     def embed(i):  # one client per thread, one image per request, all at once
-        client = TowerClient(connection(served), *towers(spec), max_batch_size=1)
+        client = TowerClient(connections(served), *towers(spec), max_batch_size=1)
         try:
             return client.embed_images(pixels[i:i + 1])
         finally:

@@ -16,7 +16,8 @@ from cxr.catalog import ExportedModel
 from cxr.images import load_pixels
 from cxr.registry import get_model
 from cxr.towers import towers
-from cxr.triton_client import TowerClient, connection
+from cxr.triton.request import connections
+from cxr.triton.sync_client import TowerClient
 from support import SERVED, cosine, triton_counts
 
 PARITY = 0.9999
@@ -39,7 +40,7 @@ def torch_text_embeds(encoder, spec, tokens: dict) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def clients(served):
-    made = {name: TowerClient(connection(served), *towers(get_model(name)),
+    made = {name: TowerClient(connections(served), *towers(get_model(name)),
                               get_model(name).batching.max_batch_size) for name in SERVED}
     yield made
     for client in made.values():
@@ -121,7 +122,7 @@ def test_texts_of_every_length_sent_at_once_are_batched_together_and_match_pytor
     before = triton_counts(served, spec.text_model)
 
     def embed(text):  # a client per thread, as the gateway's callers are
-        client = TowerClient(connection(served), *towers(spec), spec.batching.max_batch_size)
+        client = TowerClient(connections(served), *towers(spec), spec.batching.max_batch_size)
         try:
             return client.embed_texts(served_tokenizers[name]([text]))
         finally:

@@ -14,11 +14,11 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from cxr import tritonserver
 from cxr.processes import free_ports, stop_process
 from cxr.registry import get_model
 from cxr.retrieval.v1 import retrieval_pb2 as pb
 from cxr.retrieval.v1 import retrieval_pb2_grpc
+from cxr.triton import server_process
 from support import SERVED, BackgroundGateway
 
 pytestmark = pytest.mark.triton
@@ -51,9 +51,9 @@ class SecondTriton:
         return self.settings.triton_grpc_url
 
     def start(self) -> None:
-        self.process, _ = tritonserver.start(self.settings, self.log_file)
+        self.process, _ = server_process.start(self.settings, self.log_file)
         models = [m for name in SERVED for m in (get_model(name).image_model, get_model(name).text_model)]
-        tritonserver.wait_ready(self.settings, models, self.process, timeout=240, log_file=self.log_file)
+        server_process.wait_ready(self.settings, models, self.process, timeout=240, log_file=self.log_file)
 
     def kill(self) -> None:
         """SIGKILL to its process group: tritonserver and its python-backend stubs die at once, as in a crash."""
@@ -109,7 +109,7 @@ def _sample(background: BackgroundGateway, name: str, url: str) -> float:
 
 
 def _in_flight(background: BackgroundGateway, url: str) -> int:
-    return next(e.in_flight for e in background.gateway.resources.embedder.pool.endpoints if e.url == url)
+    return next(e.in_flight for e in background.gateway.resources.embedder.client.pool.endpoints if e.url == url)
 
 
 def _wait(condition, seconds: float, what: str) -> float:

@@ -6,12 +6,13 @@ from dataclasses import replace
 import grpc
 import pytest
 
-from cxr import archives, tritonserver
+from cxr import archives
 from cxr.catalog import ExportedModel
 from cxr.processes import stop_process
 from cxr.registry import get_model
 from cxr.retrieval.v1 import retrieval_pb2 as pb
 from cxr.retrieval.v1 import retrieval_pb2_grpc
+from cxr.triton import server_process
 from export.repository import export_model
 from indexing.build import BuildOptions, build_index
 from support import DATA_DIR, BackgroundGateway, make_settings
@@ -21,8 +22,8 @@ MODEL = "siglip-tiny"
 
 
 def _start_triton(settings):
-    process, log_file = tritonserver.start(settings)
-    tritonserver.wait_ready(settings, [get_model(MODEL).image_model, get_model(MODEL).text_model], process, 120,
+    process, log_file = server_process.start(settings)
+    server_process.wait_ready(settings, [get_model(MODEL).image_model, get_model(MODEL).text_model], process, 120,
                             log_file)
     return process
 

@@ -3,17 +3,20 @@ killed builds resumed to the same index."""
 
 import csv
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from cxr import archives
 from cxr.catalog import ExportedModel
+from cxr.processes import free_ports
 from cxr.settings import to_environment
 from cxr.store import faiss_files, faiss_store
 from indexing.build import BuildOptions, NothingToIndexError, build_index
@@ -55,6 +58,18 @@ def test_unreadable_inputs_are_skipped_with_a_reason_and_the_rest_indexed(served
         reasons = {os.path.basename(r["path"]): r["reason"] for r in csv.DictReader(f)}
     assert reasons["empty.png"] == "empty file (0 bytes)" and reasons["gone.png"] == "file not found"
     assert reasons["notes.png"].startswith("not a readable image") and "truncated" in reasons["cut.png"]
+
+
+def test_a_build_fails_over_from_a_dead_endpoint_to_a_live_one(served, model, tmp_path, caplog):
+    dead = f"127.0.0.1:{free_ports(1)[0]}"
+    records = archives.nih_labels(NIH / "labels.csv", NIH)[:12]
+    settings = replace(served, triton_urls=(dead, served.triton_grpc_url))
+    with caplog.at_level(logging.WARNING, logger="cxr.triton"):
+        manifest = build_index(records, model, settings, tmp_path / "idx",
+                               BuildOptions(progress=False, batch_size=2, workers=1))
+    assert (manifest["count"], manifest["skipped"]) == (12, 0)
+    assert [r.getMessage().split(" ejected")[0] for r in caplog.records if "ejected" in r.getMessage()] == \
+        [f"Triton endpoint {dead}"]
 
 
 def _cli_build(settings, output, manifest_file):

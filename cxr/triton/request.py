@@ -1,7 +1,8 @@
-"""Embed images and texts through Triton's gRPC API: the served towers, seen from a client.
+"""What a request to Triton carries: the connection's arguments, the admin header and the input tensors.
 
-One client per process; `embed_images` takes uint8 RGB at the model's size, `embed_texts`
-takes the exported tokenizer's output. Both return L2-normalised float32 [n, dim].
+The asyncio client, its synchronous face, the server process's readiness wait and the CLI's health
+look all build their requests here, so that Triton's dtypes, TLS files and restricted-API header are
+named once.
 """
 
 from __future__ import annotations
@@ -35,6 +36,11 @@ def connection(settings, url: str | None = None) -> dict:
     return kwargs
 
 
+def connections(settings) -> list[dict]:
+    """One connection per Triton endpoint of the settings (triton_urls, or the single default)."""
+    return [connection(settings, url) for url in settings.triton_endpoints]
+
+
 def admin_headers(key_file: Path) -> dict[str, str]:
     """The gRPC header for Triton's restricted APIs, when this machine holds the key `cxr serve` wrote."""
     try:
@@ -57,30 +63,6 @@ def infer_inputs(tower: TowerSpec, arrays: dict[str, np.ndarray]) -> list[grpccl
     return inputs
 
 
-class TowerClient:
-    def __init__(self, connection: dict, image: TowerSpec, text: TowerSpec, max_batch_size: int):
-        self._client = grpcclient.InferenceServerClient(**connection)
-        self.image = image
-        self.text = text
-        self.max_batch_size = max_batch_size
-
-    def _infer(self, tower: TowerSpec, arrays: dict[str, np.ndarray]) -> np.ndarray:
-        """One request per max_batch_size rows: Triton rejects larger batches."""
-        count = len(next(iter(arrays.values())))
-        parts = [self._infer_batch(tower, {name: a[start:start + self.max_batch_size] for name, a in arrays.items()})
-                 for start in range(0, count, self.max_batch_size)]
-        return np.concatenate(parts) if parts else np.zeros((0, *tower.output.dims), np.float32)
-
-    def _infer_batch(self, tower: TowerSpec, arrays: dict[str, np.ndarray]) -> np.ndarray:
-        outputs = [grpcclient.InferRequestedOutput(tower.output.name)]
-        result = self._client.infer(tower.triton_name, infer_inputs(tower, arrays), outputs=outputs)
-        return result.as_numpy(tower.output.name)
-
-    def embed_images(self, pixels: np.ndarray) -> np.ndarray:
-        return self._infer(self.image, {self.image.inputs[0].name: pixels})
-
-    def embed_texts(self, tokens: dict[str, np.ndarray]) -> np.ndarray:
-        return self._infer(self.text, tokens)
-
-    def close(self) -> None:
-        self._client.close()
+def requested_outputs(tower: TowerSpec) -> list[grpcclient.InferRequestedOutput]:
+    """The one output a tower's request asks for: its embeddings."""
+    return [grpcclient.InferRequestedOutput(tower.output.name)]

@@ -15,10 +15,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cxr.errors import TritonError
 from cxr.processes import log_tail, port_free
 from cxr.settings import Settings
-from cxr.triton_client import ADMIN_KEY, RESTRICTED_APIS, connection
+from cxr.triton.errors import TritonStartError
+from cxr.triton.request import ADMIN_KEY, RESTRICTED_APIS, connection
 
 NAME = "triton"
 LOG_FILE = "triton.log"
@@ -29,14 +29,15 @@ def pytriton_dir() -> Path:
     try:
         import pytriton
     except ImportError as exc:
-        raise TritonError(f"tritonserver not found: the nvidia-pytriton package is missing; {INSTALL_HINT}") from exc
+        raise TritonStartError(f"tritonserver not found: the nvidia-pytriton package is missing; "
+                               f"{INSTALL_HINT}") from exc
     return Path(pytriton.__file__).parent / "tritonserver"
 
 
 def binary() -> Path:
     path = pytriton_dir() / "bin" / "tritonserver"
     if not path.is_file():
-        raise TritonError(f"tritonserver binary not found at {path}; {INSTALL_HINT}")
+        raise TritonStartError(f"tritonserver binary not found at {path}; {INSTALL_HINT}")
     return path
 
 
@@ -48,8 +49,8 @@ def backend_dir(cache_dir: Path) -> Path:
     stub = source / "python_backend_stubs" / f"{sys.version_info.major}.{sys.version_info.minor}" / \
         "triton_python_backend_stub"
     if not stub.is_file():
-        raise TritonError(f"no python backend stub for Python {sys.version_info.major}.{sys.version_info.minor} "
-                          f"in {stub.parent.parent}; use Python 3.8-3.13")
+        raise TritonStartError(f"no python backend stub for Python {sys.version_info.major}."
+                               f"{sys.version_info.minor} in {stub.parent.parent}; use Python 3.8-3.13")
     if not (python_backend / stub.name).is_file():
         python_backend.mkdir(parents=True, exist_ok=True)
         for item in (source / "backends" / "python").iterdir():
@@ -65,16 +66,17 @@ def check_ports(settings: Settings) -> None:
     for kind, port in ports.items():
         if not port_free(settings.triton_host, port):
             env = f"CXR_TRITON_{'GRPC' if kind == 'gRPC' else kind.upper()}_PORT"
-            raise TritonError(f"Triton's {kind} port {settings.triton_host}:{port} is already in use: stop what "
-                              f"holds it (`cxr stop` if it is our Triton) or choose another port with {env}.")
+            raise TritonStartError(f"Triton's {kind} port {settings.triton_host}:{port} is already in use: stop "
+                                   f"what holds it (`cxr stop` if it is our Triton) or choose another port with "
+                                   f"{env}.")
 
 
 def check_repository(repository: Path) -> list[str]:
     """Model folders Triton will load; an empty or missing repository is an error."""
     models = sorted(p.parent.name for p in repository.glob("*/config.pbtxt")) if repository.is_dir() else []
     if not models:
-        raise TritonError(f"model repository {repository} has no models: run `make export MODEL=<name>` "
-                          "(`cxr models` lists them) before serving.")
+        raise TritonStartError(f"model repository {repository} has no models: run `make export MODEL=<name>` "
+                               "(`cxr models` lists them) before serving.")
     return models
 
 
@@ -157,12 +159,13 @@ def wait_ready(settings: Settings, models: list[str], process: subprocess.Popen 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
-            raise TritonError(f"tritonserver exited with status {process.returncode} while starting; "
-                              f"see {log_file or 'its log'}:\n{log_tail(log_file)}")
+            raise TritonStartError(f"tritonserver exited with status {process.returncode} while starting; "
+                                   f"see {log_file or 'its log'}:\n{log_tail(log_file)}")
         try:
             if client.is_server_ready() and all(client.is_model_ready(m) for m in models):
                 return
         except InferenceServerException:
             pass
         time.sleep(0.25)
-    raise TritonError(f"Triton was not ready with {models} after {timeout:.0f} s; see {log_file}:\n{log_tail(log_file)}")
+    raise TritonStartError(f"Triton was not ready with {models} after {timeout:.0f} s; see {log_file}:\n"
+                           f"{log_tail(log_file)}")

@@ -1,4 +1,5 @@
-"""The endpoint pool with fake endpoints: least in flight, ejection, retry within the deadline, re-admission."""
+"""The endpoint pool with fake endpoints: least in flight, ejection, retry within the deadline, re-admission,
+and what its observer hears."""
 
 import asyncio
 import logging
@@ -6,8 +7,8 @@ import logging
 import pytest
 
 from cxr.settings import SettingsError
-from gateway.metrics import GatewayMetrics
-from gateway.triton_pool import Endpoint, EndpointPool
+from cxr.triton.pool import Endpoint, EndpointPool
+from fake_triton import Counting
 
 PERIOD_S = 0.01
 
@@ -39,13 +40,13 @@ class Fake:
         return self.url
 
 
-def _pool(*urls: str, metrics: GatewayMetrics | None = None) -> tuple[EndpointPool, list[Fake]]:
+def _pool(*urls: str, observer: Counting | None = None) -> tuple[EndpointPool, list[Fake]]:
     fakes = [Fake(url) for url in urls]
 
     async def probe(endpoint: Endpoint) -> bool:
         return endpoint.client.ready
 
-    return EndpointPool([Endpoint(f.url, f) for f in fakes], probe, Down, metrics, period_s=PERIOD_S), fakes
+    return EndpointPool([Endpoint(f.url, f) for f in fakes], probe, Down, observer, period_s=PERIOD_S), fakes
 
 
 async def _answer(endpoint: Endpoint, seconds_left: float | None) -> str:
@@ -57,12 +58,12 @@ def _run(coroutine):
     return asyncio.run(asyncio.wait_for(coroutine, 10))
 
 
-def _up(metrics: GatewayMetrics, url: str) -> float:
-    return metrics.registry.get_sample_value("cxr_gateway_triton_endpoint_up", {"endpoint": url})
+def _up(observer: Counting, url: str) -> int:
+    return observer.up[url]
 
 
-def _ejections(metrics: GatewayMetrics, url: str) -> float:
-    return metrics.registry.get_sample_value("cxr_gateway_triton_ejections_total", {"endpoint": url})
+def _ejections(observer: Counting, url: str) -> int:
+    return observer.ejections[url]
 
 
 def test_equal_endpoints_take_turns():
@@ -88,29 +89,29 @@ def test_a_call_goes_to_the_endpoint_with_the_fewest_in_flight():
 
 
 def test_a_down_endpoint_is_ejected_and_the_call_retried_on_another(caplog):
-    metrics = GatewayMetrics()
+    observer = Counting()
 
     async def run():
-        pool, (a, b) = _pool("a:1", "b:1", metrics=metrics)
+        pool, (a, b) = _pool("a:1", "b:1", observer=observer)
         a.fail = Down("a:1 refused the connection")
         answers = [await pool.call(_answer, 5) for _ in range(4)]
         await pool.close()
         return answers, len(a.calls)
 
-    with caplog.at_level(logging.INFO, logger="cxr.gateway"):
+    with caplog.at_level(logging.INFO, logger="cxr.triton"):
         answers, calls_on_a = _run(run())
     assert answers == ["b:1"] * 4
     assert calls_on_a == 1  # ejected after its first failure, never picked again while b serves
-    assert (_up(metrics, "a:1"), _up(metrics, "b:1"), _ejections(metrics, "a:1")) == (0, 1, 1)
+    assert (_up(observer, "a:1"), _up(observer, "b:1"), _ejections(observer, "a:1")) == (0, 1, 1)
     assert [r.getMessage() for r in caplog.records if "ejected" in r.getMessage()] == [
         "Triton endpoint a:1 ejected after a failed call: the others take its calls; checking it every 0.01 s"]
 
 
 def test_concurrent_failures_eject_and_log_once(caplog):
-    metrics = GatewayMetrics()
+    observer = Counting()
 
     async def run():
-        pool, (a, b) = _pool("a:1", "b:1", metrics=metrics)
+        pool, (a, b) = _pool("a:1", "b:1", observer=observer)
         a.fail, a.gate = Down("gone"), asyncio.Event()
         b.gate = asyncio.Event()
         calls = [asyncio.create_task(pool.call(_answer, 5)) for _ in range(6)]
@@ -122,24 +123,24 @@ def test_concurrent_failures_eject_and_log_once(caplog):
         await pool.close()
         return answers
 
-    with caplog.at_level(logging.WARNING, logger="cxr.gateway"):
+    with caplog.at_level(logging.WARNING, logger="cxr.triton"):
         assert _run(run()) == ["b:1"] * 6
-    assert _ejections(metrics, "a:1") == 1
+    assert _ejections(observer, "a:1") == 1
     assert sum("ejected" in r.getMessage() for r in caplog.records) == 1
 
 
 def test_a_bad_request_is_not_retried_and_ejects_nothing():
-    metrics = GatewayMetrics()
+    observer = Counting()
 
     async def run():
-        pool, (a, b) = _pool("a:1", "b:1", metrics=metrics)
+        pool, (a, b) = _pool("a:1", "b:1", observer=observer)
         a.fail = b.fail = BadRequest("input shape")
         with pytest.raises(BadRequest):
             await pool.call(_answer, 5)
         return len(a.calls) + len(b.calls)
 
     assert _run(run()) == 1
-    assert (_up(metrics, "a:1"), _up(metrics, "b:1"), _ejections(metrics, "a:1"), _ejections(metrics, "b:1")) == \
+    assert (_up(observer, "a:1"), _up(observer, "b:1"), _ejections(observer, "a:1"), _ejections(observer, "b:1")) == \
         (1, 1, 0, 0)
 
 
@@ -177,46 +178,46 @@ def test_without_a_deadline_every_endpoint_is_tried_once_then_the_last_error_rai
 
 
 def test_one_endpoint_is_always_tried_and_an_answer_brings_it_back():
-    metrics = GatewayMetrics()
+    observer = Counting()
 
     async def run():
-        pool, (a,) = _pool("a:1", metrics=metrics)
+        pool, (a,) = _pool("a:1", observer=observer)
         a.fail, a.ready = Down("Triton at a:1 cannot serve it: start it with `make serve`"), False
         for _ in range(2):
             with pytest.raises(Down, match="make serve"):
                 await pool.call(_answer, 5)
-        ejected = _up(metrics, "a:1")
+        ejected = _up(observer, "a:1")
         a.fail = None  # Triton is back; the probe has not looked yet
         answer = await pool.call(_answer, 5)
         await pool.close()
         return ejected, answer, len(a.calls)
 
     assert _run(run()) == (0, "a:1", 3)
-    assert (_up(metrics, "a:1"), _ejections(metrics, "a:1")) == (1, 1)
+    assert (_up(observer, "a:1"), _ejections(observer, "a:1")) == (1, 1)
 
 
 def test_an_ejected_endpoint_is_readmitted_once_its_probe_says_ready(caplog):
-    metrics = GatewayMetrics()
+    observer = Counting()
 
     async def run():
-        pool, (a, b) = _pool("a:1", "b:1", metrics=metrics)
+        pool, (a, b) = _pool("a:1", "b:1", observer=observer)
         a.fail, a.ready = Down("gone"), False
         await pool.call(_answer, 5)
         await asyncio.sleep(PERIOD_S * 5)
-        still_out = _up(metrics, "a:1")
+        still_out = _up(observer, "a:1")
         a.fail, a.ready = None, True
         for _ in range(100):
-            if _up(metrics, "a:1"):
+            if _up(observer, "a:1"):
                 break
             await asyncio.sleep(PERIOD_S)
         answers = {await pool.call(_answer, 5) for _ in range(4)}
         await pool.close()
         return still_out, answers
 
-    with caplog.at_level(logging.INFO, logger="cxr.gateway"):
+    with caplog.at_level(logging.INFO, logger="cxr.triton"):
         still_out, answers = _run(run())
     assert still_out == 0 and answers == {"a:1", "b:1"}
-    assert _up(metrics, "a:1") == 1
+    assert _up(observer, "a:1") == 1
     assert [r.getMessage() for r in caplog.records if "again" in r.getMessage()] == [
         "Triton endpoint a:1 is ready again: back in rotation"]
 

@@ -9,10 +9,10 @@ from dataclasses import replace
 
 import pytest
 
-from cxr import tritonserver
-from cxr.errors import TritonError
 from cxr.registry import get_model
 from cxr.settings import to_environment
+from cxr.triton import server_process
+from cxr.triton.errors import TritonError
 from export.repository import export_model
 from support import make_settings
 
@@ -20,7 +20,7 @@ from support import make_settings
 def test_empty_repository_is_refused_with_the_export_command(tmp_path, cache_dir):
     settings = make_settings(tmp_path, cache_dir)
     with pytest.raises(TritonError, match="make export MODEL="):
-        tritonserver.start(settings)
+        server_process.start(settings)
 
 
 def test_a_busy_port_is_named_with_the_variable_that_moves_it(tmp_path, cache_dir):
@@ -31,13 +31,13 @@ def test_a_busy_port_is_named_with_the_variable_that_moves_it(tmp_path, cache_di
         busy.bind(("127.0.0.1", settings.triton_grpc_port))
         busy.listen()
         with pytest.raises(TritonError, match=f"{settings.triton_grpc_port}.*CXR_TRITON_GRPC_PORT"):
-            tritonserver.start(settings)
+            server_process.start(settings)
 
 
 def test_a_missing_binary_says_how_to_install_it(monkeypatch, tmp_path):
-    monkeypatch.setattr(tritonserver, "pytriton_dir", lambda: tmp_path)
+    monkeypatch.setattr(server_process, "pytriton_dir", lambda: tmp_path)
     with pytest.raises(TritonError, match="make setup"):
-        tritonserver.binary()
+        server_process.binary()
 
 
 def _cxr(args, settings, **kwargs):
@@ -73,7 +73,7 @@ def test_tritons_admin_apis_need_the_key_that_serve_wrote(served):
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
 
-    from cxr.triton_client import admin_headers, connection
+    from cxr.triton.request import admin_headers, connection
 
     client = grpcclient.InferenceServerClient(**connection(served))
     try:
@@ -106,10 +106,10 @@ def test_the_gateway_reaches_a_triton_that_wants_mutual_tls(tmp_path, cache_dir)
     settings = replace(make_settings(tmp_path, cache_dir), model="siglip-tiny", triton_tls_ca=pki / "ca.pem",
                        triton_tls_cert=pki / "client.pem", triton_tls_key=pki / "client.key")
     export_model(get_model("siglip-tiny"), settings, log=lambda *_: None)
-    triton, log_file = tritonserver.start(settings, tls=tritonserver.TritonTls(pki / "server.pem", pki / "server.key",
-                                                                                pki / "ca.pem"))
+    tls = server_process.TritonTls(pki / "server.pem", pki / "server.key", pki / "ca.pem")
+    triton, log_file = server_process.start(settings, tls=tls)
     try:
-        tritonserver.wait_ready(settings, ["siglip-tiny_image", "siglip-tiny_text"], triton, 120, log_file)
+        server_process.wait_ready(settings, ["siglip-tiny_image", "siglip-tiny_text"], triton, 120, log_file)
         with pytest.raises(InferenceServerException):
             grpcclient.InferenceServerClient(settings.triton_grpc_url).is_server_ready(client_timeout=5)
         records = archives.nih_labels(DATA_DIR / "nih800" / "labels.csv", DATA_DIR / "nih800")[:20]

@@ -1,4 +1,4 @@
-"""Several Triton endpoints behind one embedder: balance, eject, re-admit, retry.
+"""Several Triton endpoints behind one client: balance, eject, re-admit, retry.
 
 A call goes to the endpoint with the fewest calls in flight (ties take turns). When it fails with
 an error the caller names as "this endpoint is down" (`failover_on`), the endpoint is ejected and
@@ -7,11 +7,13 @@ every `period_s` and re-admitted once they answer ready; they stay a last resort
 single endpoint is always tried and behaves as if there were no pool.
 
 The pool knows nothing of Triton's API: an endpoint is a URL and a client, which error means
-"down" and what "ready" means are the embedder's to say.
+"down" and what "ready" means are the client's to say. Who counts ejections (the gateway's
+metrics) watches through a PoolObserver.
 """
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import itertools
@@ -22,9 +24,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from cxr.settings import SettingsError
-from gateway.metrics import GatewayMetrics
 
-log = logging.getLogger("cxr.gateway")
+log = logging.getLogger("cxr.triton")
 R = TypeVar("R")
 CHECK_PERIOD_S = 1.0
 
@@ -37,21 +38,52 @@ class Endpoint:
     ejected: bool = False
 
 
+class PoolObserver(abc.ABC):
+    """What the pool tells about its endpoints, for whoever keeps count (the gateway's metrics)."""
+
+    @abc.abstractmethod
+    def joined(self, url: str) -> None:
+        """The endpoint is in the pool, in rotation: called once per endpoint, when the pool is made."""
+
+    @abc.abstractmethod
+    def ejected(self, url: str) -> None:
+        """A failed call took the endpoint out of rotation."""
+
+    @abc.abstractmethod
+    def readmitted(self, url: str) -> None:
+        """The endpoint answered (a call or the probe) and is back in rotation."""
+
+
+class Unobserved(PoolObserver):
+    """Nobody keeps count."""
+
+    def joined(self, url: str) -> None:
+        pass
+
+    def ejected(self, url: str) -> None:
+        pass
+
+    def readmitted(self, url: str) -> None:
+        pass
+
+
 class EndpointPool:
     def __init__(self, endpoints: Sequence[Endpoint], probe: Callable[[Endpoint], Awaitable[bool]],
                  failover_on: type[BaseException] | tuple[type[BaseException], ...],
-                 metrics: GatewayMetrics | None = None, period_s: float = CHECK_PERIOD_S):
+                 observer: PoolObserver | None = None, period_s: float = CHECK_PERIOD_S,
+                 logger: logging.Logger = log):
+        """`logger` takes the ejection and re-admission lines: the gateway passes its own."""
         _check_urls([e.url for e in endpoints])
         self.endpoints = list(endpoints)
         self._probe = probe
         self._failover_on = failover_on
-        self._metrics = metrics or GatewayMetrics()  # a private registry when nobody reads the numbers
+        self._observer = observer or Unobserved()
         self.period_s = period_s
+        self._log = logger
         self._turn = itertools.count()
         self._watcher: asyncio.Task | None = None
         for endpoint in self.endpoints:
-            self._metrics.triton_endpoint_up.labels(endpoint.url).set(1)
-            self._metrics.triton_ejections.labels(endpoint.url)  # at 0 from the start, for increase()
+            self._observer.joined(endpoint.url)
 
     async def call(self, attempt: Callable[[Endpoint, float | None], Awaitable[R]], timeout: float | None) -> R:
         """`attempt(endpoint, seconds_left)` on the best endpoint, then on the next untried one after a
@@ -95,9 +127,8 @@ class EndpointPool:
         if endpoint.ejected:
             return
         endpoint.ejected = True
-        self._metrics.triton_endpoint_up.labels(endpoint.url).set(0)
-        self._metrics.triton_ejections.labels(endpoint.url).inc()
-        log.warning("Triton endpoint %s ejected after a failed call: the others take its calls; checking it "
+        self._observer.ejected(endpoint.url)
+        self._log.warning("Triton endpoint %s ejected after a failed call: the others take its calls; checking it "
                     "every %g s", endpoint.url, self.period_s)
         if self._watcher is None or self._watcher.done():
             self._watcher = asyncio.create_task(self._watch())
@@ -106,8 +137,8 @@ class EndpointPool:
         if not endpoint.ejected:
             return
         endpoint.ejected = False
-        self._metrics.triton_endpoint_up.labels(endpoint.url).set(1)
-        log.info("Triton endpoint %s is ready again: back in rotation", endpoint.url)
+        self._observer.readmitted(endpoint.url)
+        self._log.info("Triton endpoint %s is ready again: back in rotation", endpoint.url)
 
     async def _watch(self) -> None:
         """Probe the ejected endpoints every period until none is left out. An active check rather than
