@@ -1,0 +1,50 @@
+"""Each error the gateway can meet keeps the gRPC status it had: the table below was written from the
+class table gateway/errors.py kept before errors had kinds (issue 18), and must not change."""
+
+import grpc
+import pytest
+
+from cxr.errors import CxrError, TritonError, UnknownModelError
+from cxr.images import DecodeBusyError, ImageTooLargeError, InvalidImageError
+from cxr.store.errors import (
+    IndexCorruptError,
+    IndexMismatchError,
+    IndexMissingError,
+    IndexUnreadableError,
+    StoreUnavailableError,
+    UnknownFilterError,
+)
+from gateway.admission import OverloadedError
+from gateway.embedder import TritonEndpointDownError, TritonFailedError, TritonUnavailableError
+from gateway.errors import ImageNotFoundError, InvalidRequestError, StudyNotFoundError, status_of
+from gateway.thumbnails import PacsUnavailableError, ThumbnailSourceError
+
+Code = grpc.StatusCode
+BEFORE = {
+    InvalidRequestError: Code.INVALID_ARGUMENT,
+    InvalidImageError: Code.INVALID_ARGUMENT,
+    ImageTooLargeError: Code.INVALID_ARGUMENT,
+    UnknownFilterError: Code.INVALID_ARGUMENT,
+    UnknownModelError: Code.NOT_FOUND,
+    StudyNotFoundError: Code.NOT_FOUND,
+    ImageNotFoundError: Code.NOT_FOUND,
+    ThumbnailSourceError: Code.NOT_FOUND,
+    PacsUnavailableError: Code.UNAVAILABLE,
+    TritonUnavailableError: Code.UNAVAILABLE,
+    TritonEndpointDownError: Code.UNAVAILABLE,
+    StoreUnavailableError: Code.UNAVAILABLE,
+    IndexMismatchError: Code.FAILED_PRECONDITION,
+    IndexMissingError: Code.FAILED_PRECONDITION,
+    IndexCorruptError: Code.FAILED_PRECONDITION,
+    IndexUnreadableError: Code.FAILED_PRECONDITION,
+    OverloadedError: Code.RESOURCE_EXHAUSTED,
+    DecodeBusyError: Code.RESOURCE_EXHAUSTED,
+    TritonFailedError: Code.INTERNAL,
+    TritonError: Code.INTERNAL,
+    CxrError: Code.INTERNAL,
+}
+
+
+@pytest.mark.parametrize("error, code", BEFORE.items(), ids=lambda x: getattr(x, "__name__", str(x)))
+def test_every_error_keeps_the_status_it_had(error, code):
+    assert status_of(error("the message")) == code
