@@ -61,8 +61,9 @@ KIND_OF = {
 }
 # Bases that callers catch, kept beside the kind.
 ALSO = {InvalidRequestError: ValueError, InvalidImageError: ValueError, store_errors.UnknownFilterError: ValueError,
-        SettingsError: ValueError, ArchiveError: ValueError, TrainingDataError: ValueError, MilvusLimitError: ValueError,
-        ViewerTemplateError: ValueError, errors.UnknownModelError: KeyError, ThumbnailSourceError: LookupError}
+        SettingsError: ValueError, ArchiveError: ValueError, TrainingDataError: ValueError,
+        MilvusLimitError: ValueError, ViewerTemplateError: ValueError, errors.UnknownModelError: KeyError,
+        ThumbnailSourceError: LookupError}
 
 
 @pytest.mark.parametrize("error, kind", KIND_OF.items(), ids=lambda x: x.__name__)
