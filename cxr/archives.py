@@ -12,13 +12,13 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from cxr.errors import CxrError
+from cxr.errors import FailedPreconditionError
 
 NO_FINDING = "No Finding"
 VIEW_TO_PROJECTION = {"PA": "Frontal", "AP": "Frontal", "LL": "Lateral", "RL": "Lateral", "LATERAL": "Lateral"}
 
 
-class ArchiveError(CxrError, ValueError):
+class ArchiveError(FailedPreconditionError, ValueError):
     """An archive's CSVs are missing or lack the columns a reader needs."""
 
 

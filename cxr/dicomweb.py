@@ -21,7 +21,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from cxr.archives import VIEW_TO_PROJECTION, Record
-from cxr.errors import CxrError
+from cxr.errors import CxrError, FailedPreconditionError, InternalError, NotFoundError, UnavailableError
 
 TIMEOUT_S = (10.0, 120.0)  # connect, read: a large DICOM over a slow link takes a while
 PAGE = 100  # QIDO results asked for at once (under the caps PACSs put on one answer)
@@ -34,23 +34,23 @@ class DicomWebError(CxrError):
     """The PACS could not be used; the message says what to change."""
 
 
-class PacsUnreachableError(DicomWebError):
+class PacsUnreachableError(DicomWebError, UnavailableError):
     """No HTTP answer from the PACS."""
 
 
-class PacsAuthError(DicomWebError):
+class PacsAuthError(DicomWebError, FailedPreconditionError):
     """The PACS refused the credentials (401) or the user (403)."""
 
 
-class PacsTlsError(DicomWebError):
+class PacsTlsError(DicomWebError, FailedPreconditionError):
     """The PACS's TLS certificate could not be verified."""
 
 
-class NoMatchingInstancesError(DicomWebError):
+class NoMatchingInstancesError(DicomWebError, NotFoundError):
     """The query matched no instance."""
 
 
-class InstanceFetchError(DicomWebError):
+class InstanceFetchError(DicomWebError, InternalError):
     """One instance could not be fetched or read; the others may be fine (the builder skips it)."""
 
 

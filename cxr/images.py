@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from cxr import codestreams
-from cxr.errors import CxrError
+from cxr.errors import InvalidArgumentError, ResourceExhaustedError
 
 DICOM_MAGIC_OFFSET = 128
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -53,7 +53,7 @@ Image.MAX_IMAGE_PIXELS = DEFAULT_MAX_PIXELS
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)  # our budget decides, and says so
 
 
-class InvalidImageError(CxrError, ValueError):
+class InvalidImageError(InvalidArgumentError, ValueError):
     """The bytes are not an image we can read."""
 
 
@@ -61,7 +61,7 @@ class ImageTooLargeError(InvalidImageError):
     """The header declares more than the limits allow; nothing was decoded."""
 
 
-class DecodeBusyError(CxrError):
+class DecodeBusyError(ResourceExhaustedError):
     """Other images being decoded hold the pixel budget; retry later."""
 
 

@@ -26,7 +26,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from cxr.errors import CxrError
+from cxr.errors import ResourceExhaustedError
 
 PREFIX = ".cxr-serving-"
 CHUNK_BYTES = 1 << 20
@@ -39,7 +39,7 @@ RESERVE_FRACTION = 0.02
 log = logging.getLogger("cxr.private_copy")
 
 
-class NoRoomError(CxrError):
+class NoRoomError(ResourceExhaustedError):
     """The place for a private copy has not room enough for it."""
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import tomllib
 
-from cxr.errors import CxrError
+from cxr.errors import FailedPreconditionError
 
 CONFIG_FILE = "cxr.toml"
 DEFAULT_MODEL = "cxr-mini"  # trained here, shipped in weights/: works with no download
@@ -22,7 +22,7 @@ AUTH_MODES = ("none", "token")
 INDEX_BACKENDS = ("faiss", "milvus")
 
 
-class SettingsError(CxrError, ValueError):
+class SettingsError(FailedPreconditionError, ValueError):
     """A setting is unknown, malformed or inconsistent with another."""
 
 

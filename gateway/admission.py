@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from cxr.errors import CxrError
+from cxr.errors import ResourceExhaustedError
 from cxr.images import DecodeBusyError, PixelBudget
 from cxr.metadata_keys import RETRY_AFTER_KEY
 from gateway import calls
@@ -235,7 +235,7 @@ def _rejected(reason: str) -> None:
         call.rejected = reason
 
 
-class OverloadedError(CxrError):
+class OverloadedError(ResourceExhaustedError):
     """The gateway has more of this work queued than it takes on."""
 
 

@@ -27,7 +27,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from cxr.errors import CxrError
+from cxr.errors import FailedPreconditionError
 
 GENESIS = "0" * 64
 KEY_SUFFIX = ".key"
@@ -35,7 +35,7 @@ FILE_FIELD = "file"  # on the first line of each file: its number
 _BLOCK = 1 << 16
 
 
-class AuditError(CxrError):
+class AuditError(FailedPreconditionError):
     """The audit log cannot be opened, continued, written or checked."""
 
 

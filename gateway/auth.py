@@ -20,7 +20,7 @@ from pathlib import Path
 import grpc
 import jwt
 
-from cxr.errors import CxrError
+from cxr.errors import FailedPreconditionError, UnauthenticatedError
 from gateway import api_keys, calls
 
 log = logging.getLogger("cxr.gateway.auth")
@@ -53,11 +53,11 @@ JWKS_FETCH_TIMEOUT_S = 5.0
 DEFAULT_MAX_TTL_S = 24 * 3600.0
 
 
-class AuthError(CxrError):
+class AuthError(UnauthenticatedError):
     """The credential is missing, malformed, expired, revoked or not ours."""
 
 
-class AuthConfigError(CxrError):
+class AuthConfigError(FailedPreconditionError):
     """Auth is on but its settings are incomplete or unreadable."""
 
 

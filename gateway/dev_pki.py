@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from cxr.errors import CxrError
+from cxr.errors import FailedPreconditionError
 from cxr.settings import Settings
 
 CA_CERT, CA_KEY = "ca.pem", "ca.key"
@@ -36,7 +36,7 @@ JWT_ALGORITHM = "ES256"
 SIGNING_KEY_ID = "cxr-dev-1"
 
 
-class PkiError(CxrError):
+class PkiError(FailedPreconditionError):
     """Development certificates or keys could not be written or read."""
 
 

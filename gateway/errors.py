@@ -1,4 +1,4 @@
-"""Every gateway error maps to one gRPC status, here and nowhere else."""
+"""Every gateway error maps to one gRPC status, by its kind (cxr/errors.py), here and nowhere else."""
 
 from __future__ import annotations
 
@@ -8,54 +8,30 @@ import traceback
 
 import grpc
 
-from cxr.errors import CxrError, UnknownModelError
-from cxr.images import DecodeBusyError, InvalidImageError
-from cxr.store.errors import (
-    IndexCorruptError,
-    IndexMismatchError,
-    IndexMissingError,
-    IndexUnreadableError,
-    StoreUnavailableError,
-    UnknownFilterError,
+from cxr.errors import (
+    CxrError,
+    FailedPreconditionError,
+    InternalError,
+    InvalidArgumentError,
+    NotFoundError,
+    ResourceExhaustedError,
+    UnauthenticatedError,
+    UnavailableError,
 )
-from cxr.triton.errors import TritonFailedError, TritonUnavailableError
 from gateway import calls
-from gateway.admission import OverloadedError
-from gateway.thumbnails import PacsUnavailableError, ThumbnailSourceError
+from gateway.request_errors import InvalidRequestError
 
 log = logging.getLogger("cxr.gateway")
 
-
-class InvalidRequestError(CxrError, ValueError):
-    """A request field is empty, too large or out of range."""
-
-
-class StudyNotFoundError(CxrError, KeyError):
-    def __str__(self) -> str:
-        return self.args[0]
-
-
-class ImageNotFoundError(StudyNotFoundError):
-    """No indexed image has this id."""
-
-
+# The first row an error is an instance of gives its status; none (a bare CxrError, TritonError): INTERNAL.
 STATUS = {
-    InvalidRequestError: grpc.StatusCode.INVALID_ARGUMENT,
-    InvalidImageError: grpc.StatusCode.INVALID_ARGUMENT,
-    UnknownFilterError: grpc.StatusCode.INVALID_ARGUMENT,
-    UnknownModelError: grpc.StatusCode.NOT_FOUND,
-    StudyNotFoundError: grpc.StatusCode.NOT_FOUND,
-    ThumbnailSourceError: grpc.StatusCode.NOT_FOUND,
-    PacsUnavailableError: grpc.StatusCode.UNAVAILABLE,
-    TritonUnavailableError: grpc.StatusCode.UNAVAILABLE,
-    StoreUnavailableError: grpc.StatusCode.UNAVAILABLE,
-    IndexMismatchError: grpc.StatusCode.FAILED_PRECONDITION,
-    IndexMissingError: grpc.StatusCode.FAILED_PRECONDITION,
-    IndexCorruptError: grpc.StatusCode.FAILED_PRECONDITION,
-    IndexUnreadableError: grpc.StatusCode.FAILED_PRECONDITION,
-    OverloadedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    DecodeBusyError: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    TritonFailedError: grpc.StatusCode.INTERNAL,
+    InvalidArgumentError: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFoundError: grpc.StatusCode.NOT_FOUND,
+    FailedPreconditionError: grpc.StatusCode.FAILED_PRECONDITION,
+    ResourceExhaustedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    UnavailableError: grpc.StatusCode.UNAVAILABLE,
+    UnauthenticatedError: grpc.StatusCode.UNAUTHENTICATED,
+    InternalError: grpc.StatusCode.INTERNAL,
 }
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import string
 
-from cxr.errors import CxrError
+from cxr.errors import FailedPreconditionError
 from cxr.retrieval.v1 import retrieval_pb2 as pb
 
 # Row columns a hit carries under the same name; the rest are named differently or kept out.
@@ -25,7 +25,7 @@ GROUP_FETCH_FACTOR = 4  # images fetched per study wanted: frontal and lateral, 
 GROUP_MAX_FETCH = 4000
 
 
-class ViewerTemplateError(CxrError, ValueError):
+class ViewerTemplateError(FailedPreconditionError, ValueError):
     """viewer_url_template names a field a hit does not have."""
 
 

@@ -26,6 +26,7 @@ import math
 import uuid
 from dataclasses import dataclass
 
+from cxr.errors import UnauthenticatedError
 from gateway import audit, auth
 from gateway.admission import THROTTLED, RateLimiter
 from gateway.http_errors import Problem
@@ -92,7 +93,7 @@ class FrontDoor:
                           "UNAUTHENTICATED", unauthenticated)
         try:
             principal = self.authenticator.verify(auth.bearer_token((("authorization", credential),)))
-        except auth.AuthError as exc:
+        except UnauthenticatedError as exc:
             raise Problem(401, str(exc), "UNAUTHENTICATED", unauthenticated) from exc
         except Exception as exc:  # noqa: BLE001 - as the gRPC side: a credential no check foresaw is refused
             log.error("credential check failed unexpectedly (%s); refused", type(exc).__name__)

@@ -17,8 +17,9 @@ from cxr.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
 from cxr.store.interface import Filter, VectorStore
 from gateway import calls, hits
 from gateway.admission import MAX_BATCH_QUERIES, DecodeQueue
-from gateway.errors import ImageNotFoundError, InvalidRequestError, StudyNotFoundError, grpc_errors
+from gateway.errors import grpc_errors
 from gateway.indexes import IndexSet
+from gateway.request_errors import ImageNotFoundError, InvalidRequestError, StudyNotFoundError
 from gateway.thumbnails import MEDIA_TYPE, Thumbnails, size_of
 
 MAX_TOP_K = 1000

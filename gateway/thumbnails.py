@@ -12,7 +12,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from cxr.errors import CxrError
+from cxr.errors import CxrError, NotFoundError, UnavailableError
 from cxr.images import ImageLimits, decode
 
 DEFAULT_SIZE = 256
@@ -20,11 +20,11 @@ MIN_SIZE, MAX_SIZE = 32, 512
 MEDIA_TYPE = "image/png"
 
 
-class ThumbnailSourceError(CxrError, LookupError):
+class ThumbnailSourceError(NotFoundError, LookupError):
     """The image is indexed but its pixels cannot be read from here (file gone, no PACS configured)."""
 
 
-class PacsUnavailableError(CxrError):
+class PacsUnavailableError(UnavailableError):
     """The PACS holding the image did not answer."""
 
 

@@ -11,11 +11,11 @@ import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from cxr.errors import CxrError
+from cxr.errors import CxrError, FailedPreconditionError
 from cxr.settings import Settings, is_loopback
 
 
-class ExposureError(CxrError):
+class ExposureError(FailedPreconditionError):
     """The gateway would listen beyond loopback without TLS or without auth."""
 
 

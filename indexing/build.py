@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from cxr.archives import Record
 from cxr.catalog import ExportedModel
-from cxr.errors import CxrError
+from cxr.errors import FailedPreconditionError
 from cxr.images import InvalidImageError, preprocess
 from cxr.settings import Settings
 from cxr.store import faiss_files, faiss_writer
@@ -35,7 +35,7 @@ from cxr.triton.sync_client import TowerClient
 STATE_FILE = "state.json"
 
 
-class NothingToIndexError(CxrError):
+class NothingToIndexError(FailedPreconditionError):
     """Not one image of the archive could be read."""
 
 

@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from cxr.archives import NO_FINDING, Record
-from cxr.errors import CxrError
+from cxr.errors import FailedPreconditionError
 from cxr.images import InvalidImageError, preprocess
 
 CAPTION_TEMPLATES = (
@@ -32,7 +32,7 @@ NORMAL_PHRASES = ("no finding", "no acute cardiopulmonary abnormality", "normal 
 PROMPT_TEMPLATE = "chest x-ray showing {}"
 
 
-class TrainingDataError(CxrError, ValueError):
+class TrainingDataError(FailedPreconditionError, ValueError):
     """An archive that cannot be trained on (no images, no text, nothing to validate on)."""
 
 

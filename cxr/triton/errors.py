@@ -5,18 +5,18 @@ from __future__ import annotations
 
 from tritonclient.utils import InferenceServerException
 
-from cxr.errors import CxrError
+from cxr.errors import CxrError, FailedPreconditionError, InternalError, UnavailableError
 
 
 class TritonError(CxrError):
     """Triton could not be started, reached or stopped, or failed a request: the family's base."""
 
 
-class TritonStartError(TritonError):
+class TritonStartError(TritonError, FailedPreconditionError):
     """The local tritonserver could not be started or did not become ready."""
 
 
-class TritonUnavailableError(TritonError):
+class TritonUnavailableError(TritonError, UnavailableError):
     """Triton cannot be reached or its model is not ready."""
 
 
@@ -28,7 +28,7 @@ class TritonDeadlineError(TritonUnavailableError):
     """Triton did not answer within the caller's deadline."""
 
 
-class TritonFailedError(TritonError):
+class TritonFailedError(TritonError, InternalError):
     """Triton answered with an error other than unavailability."""
 
 

@@ -11,7 +11,7 @@ import time
 import numpy as np
 from pymilvus import MilvusException
 
-from cxr.errors import CxrError
+from cxr.errors import InvalidArgumentError
 from cxr.store.builds import ID_KEY, id_key_for
 from cxr.store.errors import IndexCorruptError, StoreUnavailableError
 from cxr.store.image_table import TEXT_COLUMNS
@@ -41,7 +41,7 @@ DROP_GRACE_S = 5.0  # gateways look for a new build every second: this long to m
 INSERT_BYTES = 8 << 20  # per insert request, well under Milvus's 64 MB message limit
 
 
-class MilvusLimitError(CxrError, ValueError):
+class MilvusLimitError(InvalidArgumentError, ValueError):
     """A row does not fit the collection's fields."""
 
 
