@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from dataclasses import replace
 from pathlib import Path
 
 from cxr import registry
-from cxr_cli import security
 from cxr.errors import CxrError
 from cxr.manifest import read_manifest
 from cxr.settings import Settings, load_settings
+from cxr_cli import security
 from training.config import FINE_TUNE_LR, SCRATCH_LR, TrainConfig
 
 TRAIN_DEFAULTS = TrainConfig()
@@ -354,9 +355,20 @@ def cmd_train(args, settings: Settings) -> int:
     return 0
 
 
-def cmd_compare(args, settings: Settings) -> int:
-    from benchmarks.compare import run
+def _checkout_benchmarks():
+    """benchmarks.compare from the source checkout this command runs from: the benchmarks are not in the
+    wheel (they write to benchmarks/results/ and need ../shared/data), so an installed `cxr` has none."""
+    checkout = Path(__file__).resolve().parents[1]
+    if not (checkout / "benchmarks" / "compare.py").is_file():
+        raise CxrError("`cxr compare` runs the benchmarks of a source checkout: clone cxr-retrieval, run "
+                       "`make setup`, then `make bench` there")
+    if str(checkout) not in sys.path:
+        sys.path.append(str(checkout))  # an editable install maps only the packages its wheel holds
+    return importlib.import_module("benchmarks.compare")
 
+
+def cmd_compare(args, settings: Settings) -> int:
+    run = _checkout_benchmarks().run
     archive = None
     if args.reports_csv or args.projections_csv or args.labels_csv or args.manifest:
         records, source = _archive_records(args)
