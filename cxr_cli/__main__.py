@@ -1,5 +1,5 @@
 import sys
 
-from cxr_cli.main import main
+from cxr_cli import main
 
 sys.exit(main())
