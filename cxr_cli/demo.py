@@ -22,7 +22,7 @@ import grpc
 from cxr import faiss_store, processes, registry, tritonserver
 from cxr_cli.main import page_url, print_hits
 from cxr.client import RetrievalClient
-from cxr.manifest import read_manifest
+from cxr.manifest import read_export_manifest
 from cxr.settings import Settings, load_settings
 from gateway import process as gateway_process
 from gateway.dev_pki import dev_security
@@ -35,7 +35,7 @@ def _ensure_exported(spec, settings: Settings) -> bool:
     """Export unless the repository holds this model from the same weights; True if exported."""
     from export.repository import default_precision, export_model, resolve_source
 
-    manifest = read_manifest(settings.model_repository, spec.name)
+    manifest = read_export_manifest(settings.model_repository, spec.name)
     if manifest is not None and manifest["source"]["checkpoint"] == resolve_source(spec, settings, None) \
             and manifest["precision"] == default_precision(spec, "local"):
         return False
