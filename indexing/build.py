@@ -2,8 +2,9 @@
 or a Milvus collection, as the settings' vector store says).
 
 Decoding and resizing run in a pool of worker processes; several batched requests are in flight
-to Triton at once. Progress is kept in <output>.partial/ as each batch returns, so a killed build
-resumes where it stopped; the finished index replaces the old one in one rename.
+to Triton at once. Progress is kept in <output>.partial/ (indexing.chunk_cache) as each batch
+returns, so a killed build resumes where it stopped; the finished index replaces the old one in one
+rename.
 """
 
 from __future__ import annotations

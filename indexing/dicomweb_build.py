@@ -1,7 +1,7 @@
 """`cxr index build --dicomweb` and `cxr index follow`: index a PACS's chest X-rays over DICOMweb.
 
 Incremental: every encoded vector is kept, with its index row, in a cache beside the index
-(<output_dir>.dicomweb/, append-only chunks keyed by SOPInstanceUID), so a rebuild fetches only
+(<output_dir>.dicomweb/, indexing.chunk_cache's chunks keyed by SOPInstanceUID), so a rebuild fetches only
 instances not encoded yet and a killed build resumes where it stopped. The index itself is then
 written from the cache through the same writer as a build from disk (FAISS files or Milvus) and
 replaces the old one at once; a running gateway picks it up by itself.
