@@ -31,7 +31,7 @@ from benchmarks.stack import exported, process_tree_rss_mb, served
 from cxr import registry
 from cxr.archives import Record
 from cxr.client import RetrievalClient, channel_from
-from cxr.manifest import read_manifest
+from cxr.manifest import read_export_manifest
 from cxr.retrieval.v1 import retrieval_pb2 as pb
 from cxr.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
 from cxr.settings import Settings, load_settings
@@ -94,7 +94,7 @@ def _load_matrix(make_sender_for, profile: Profile) -> dict:
 
 
 def _sizes(settings: Settings, model: str) -> dict:
-    manifest = read_manifest(settings.model_repository, model)
+    manifest = read_export_manifest(settings.model_repository, model)
     index_dir = settings.index_path(model)
     return {"onnx_mb": {name: round(entry["bytes"] / 1e6, 1) for name, entry in manifest["onnx"].items()},
             "index_mb": round(sum(p.stat().st_size for p in index_dir.rglob("*") if p.is_file()) / 1e6, 2)}

@@ -26,7 +26,6 @@ from cxr.processes import free_ports, log_tail, stop_process
 BINARY = "Orthanc"
 PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 USER, PASSWORD = "indexer", "s3cret-pacs"
-SAMPLE_DICOM = "1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"
 
 
 def missing() -> str:

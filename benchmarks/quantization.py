@@ -197,12 +197,12 @@ def load_times(path: Path, repeats: int = 3) -> dict:
 # --- quality through the gateway -----------------------------------------------------------------
 
 def per_query(rankings: list[np.ndarray]) -> dict[str, np.ndarray]:
-    """AP and hit@K per query that has a relevant item (as cxr.metrics.summarize counts them)."""
-    from cxr import metrics
+    """AP and hit@K per query that has a relevant item (as cxr.ranking_metrics.summarize counts them)."""
+    from cxr import ranking_metrics
 
     kept = [r for r in rankings if r.any()]
-    return {"AP": np.array([metrics.average_precision(r) for r in kept]),
-            f"R@{K}": np.array([metrics.hit_at_k(r, K) for r in kept])}
+    return {"AP": np.array([ranking_metrics.average_precision(r) for r in kept]),
+            f"R@{K}": np.array([ranking_metrics.hit_at_k(r, K) for r in kept])}
 
 
 def gateway_quality(settings: Settings, records: list[Record]) -> dict[str, dict[str, np.ndarray]]:

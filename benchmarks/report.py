@@ -40,7 +40,7 @@ def _quality(results: dict) -> str:
         cells += [_cell(q, task, "mAP") for task in ("text_to_image", "bare_label_to_image", "report_to_image")]
         cells.append(_cell(q, "report_to_image", "R@10"))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", "Random-ranking baselines in brackets (exact expectations, cxr/metrics.py); - where the "
+    lines += ["", "Random-ranking baselines in brackets (exact expectations, cxr/ranking_metrics.py); - where the "
               "archive has no labels or no reports."]
     return "\n".join(lines)
 

@@ -8,7 +8,7 @@ same seed), per model:
   shares a finding label ("No Finding" counts as one); the query's own image is left out.
 - text->image: one label prompt per finding ("chest x-ray showing cardiomegaly"); relevant =
   images carrying it; AP per label and their mean.
-Each figure sits beside its random-ranking baseline, computed exactly (cxr.metrics), and the 95th
+Each figure sits beside its random-ranking baseline, computed exactly (cxr.ranking_metrics), and the 95th
 percentile of mAP over 1000 random rankings: above it, a model beats chance. Results go
 to benchmarks/results/<date>-<host>-quality.json.
 """
@@ -24,7 +24,7 @@ import numpy as np
 
 from benchmarks.machine import describe, result_path
 from benchmarks.stack import exported, served
-from cxr import archives, metrics, registry
+from cxr import archives, ranking_metrics, registry
 from cxr.archives import Record
 from cxr.client import RetrievalClient
 from cxr.settings import Settings, load_settings
@@ -90,19 +90,21 @@ def text_rankings(client: RetrievalClient, names: list[str], labels: dict[str, s
 
 
 def _ranked_task(rankings: list[np.ndarray]) -> dict:
-    return {"model": metrics.summarize(rankings),
-            "random": dict(metrics.random_baseline(rankings), mAP_p95=metrics.random_map_quantile(rankings))}
+    return {"model": ranking_metrics.summarize(rankings),
+            "random": dict(ranking_metrics.random_baseline(rankings),
+                           mAP_p95=ranking_metrics.random_map_quantile(rankings))}
 
 
 def _text_task(client, names: list[str], labels: dict[str, set[str]], query) -> dict:
     """One query per finding; relevant = images carrying it; AP per finding and their mean."""
     n = len(labels)
     rankings = text_rankings(client, names, labels, query)
-    per_label = {name: metrics.average_precision(r) for name, r in zip(names, rankings)}
-    per_label_random = {name: metrics.expected_average_precision(n, int(r.sum())) for name, r in zip(names, rankings)}
+    per_label = {name: ranking_metrics.average_precision(r) for name, r in zip(names, rankings)}
+    per_label_random = {name: ranking_metrics.expected_average_precision(n, int(r.sum()))
+                        for name, r in zip(names, rankings)}
     return {"model": {"mAP": float(np.mean(list(per_label.values()))), "per_label_AP": per_label},
             "random": {"mAP": float(np.mean(list(per_label_random.values()))),
-                       "mAP_p95": metrics.random_map_quantile(rankings), "per_label_AP": per_label_random}}
+                       "mAP_p95": ranking_metrics.random_map_quantile(rankings), "per_label_AP": per_label_random}}
 
 
 def measure(model_name: str, records: list[Record], base: Settings) -> dict:

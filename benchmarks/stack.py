@@ -16,7 +16,7 @@ from pathlib import Path
 from cxr import registry
 from cxr.archives import Record
 from cxr.catalog import ExportedModel
-from cxr.manifest import read_manifest
+from cxr.manifest import read_export_manifest
 from cxr.processes import free_ports, stop_process
 from cxr.settings import Settings
 from cxr.towers import towers
@@ -49,7 +49,7 @@ def set_batching(settings: Settings, spec: registry.ModelSpec, enabled: bool) ->
     """Rewrite both towers' config.pbtxt with Triton's dynamic batcher on or off."""
     from export import triton_config
 
-    pad_id = read_manifest(settings.model_repository, spec.name)["tokenizer"].get("pad_id")
+    pad_id = read_export_manifest(settings.model_repository, spec.name)["tokenizer"].get("pad_id")
     for tower in towers(spec):
         config = triton_config.model_config(tower, spec.batching, "local", pad_id=pad_id)
         if not enabled:

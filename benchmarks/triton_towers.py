@@ -30,7 +30,7 @@ from benchmarks.machine import describe, result_path
 from benchmarks.stack import process_tree_rss_mb, set_batching
 from benchmarks.timing import time_requests
 from cxr import registry
-from cxr.manifest import read_manifest, tokenizer_dir
+from cxr.manifest import read_export_manifest, tokenizer_dir
 from cxr.processes import stop_process
 from cxr.settings import Settings, load_settings
 from cxr.tokenization import TextTokenizer
@@ -100,7 +100,7 @@ def _throughput(make_client, send, budget: float) -> dict:
 
 
 def _measure_towers(settings: Settings, spec, budget: float) -> dict:
-    manifest = read_manifest(settings.model_repository, spec.name)
+    manifest = read_export_manifest(settings.model_repository, spec.name)
     tokenizer = TextTokenizer(tokenizer_dir(settings.model_repository, spec.name), manifest["context_length"],
                               spec.text_inputs, manifest["tokenizer"]["clean"])
     image, text = towers(spec)

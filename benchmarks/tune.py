@@ -35,7 +35,7 @@ from benchmarks.stack import temporary_settings
 from cxr import registry
 from cxr.catalog import ExportedModel
 from cxr.images import load_pixels
-from cxr.manifest import ONNX_FILE, VERSION_DIR, read_manifest
+from cxr.manifest import ONNX_FILE, VERSION_DIR, read_export_manifest
 from cxr.processes import stop_process
 from cxr.registry import Batching
 from cxr.settings import Settings, load_settings
@@ -96,7 +96,7 @@ def write_configs(settings: Settings, spec: registry.ModelSpec, setting: Setting
     """Both towers' config.pbtxt with `setting`, the rest from the registry."""
     batching = Batching(spec.batching.max_batch_size, setting.max_queue_delay_us, setting.instance_count,
                         setting.preferred_batch_sizes)
-    pad_id = read_manifest(settings.model_repository, spec.name)["tokenizer"].get("pad_id")
+    pad_id = read_export_manifest(settings.model_repository, spec.name)["tokenizer"].get("pad_id")
     for tower in towers(spec):
         config = triton_config.model_config(tower, batching, "local", pad_id=pad_id)
         if not setting.batching:

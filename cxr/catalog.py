@@ -15,7 +15,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from cxr.errors import UnknownModelError
-from cxr.manifest import exported_models, read_manifest, tokenizer_dir
+from cxr.manifest import exported_models, read_export_manifest, tokenizer_dir
 from cxr.tokenization import TextTokenizer
 from cxr.towers import TowerSpec, bucket_length, pad_sequences, pad_values, sequence_buckets, tower_from_dict
 
@@ -44,7 +44,7 @@ class ExportedModel:
 
     @classmethod
     def load(cls, model_repository: Path, name: str) -> "ExportedModel":
-        manifest = read_manifest(model_repository, name)
+        manifest = read_export_manifest(model_repository, name)
         if manifest is None:
             raise UnknownModelError(f"model {name!r} is not exported in {model_repository}; exported: "
                                     f"{exported_models(model_repository)}. Run `make export MODEL={name}`.")

@@ -26,7 +26,7 @@ def tokenizer_dir(model_repository: Path, model: str) -> Path:
     return model_repository / tensor_names.text_model(model) / TOKENIZER_DIR
 
 
-def read_manifest(model_repository: Path, model: str) -> dict | None:
+def read_export_manifest(model_repository: Path, model: str) -> dict | None:
     """The manifest of an exported model, or None when `model` has not been exported."""
     path = manifest_path(model_repository, model)
     return json.loads(path.read_text()) if path.is_file() else None

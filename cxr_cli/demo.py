@@ -21,7 +21,7 @@ import grpc
 
 from cxr import processes, registry
 from cxr.client import RetrievalClient
-from cxr.manifest import read_manifest
+from cxr.manifest import read_export_manifest
 from cxr.settings import Settings, load_settings
 from cxr.store import faiss_files
 from cxr.triton import server_process
@@ -37,7 +37,7 @@ def _ensure_exported(spec, settings: Settings) -> bool:
     """Export unless the repository holds this model from the same weights; True if exported."""
     from export.repository import default_precision, export_model, resolve_source
 
-    manifest = read_manifest(settings.model_repository, spec.name)
+    manifest = read_export_manifest(settings.model_repository, spec.name)
     if manifest is not None and manifest["source"]["checkpoint"] == resolve_source(spec, settings, None) \
             and manifest["precision"] == default_precision(spec, "local"):
         return False

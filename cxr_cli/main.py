@@ -10,7 +10,7 @@ from pathlib import Path
 
 from cxr import registry
 from cxr.errors import CxrError
-from cxr.manifest import read_manifest
+from cxr.manifest import read_export_manifest
 from cxr.settings import Settings, load_settings
 from cxr_cli import security
 from training.config import FINE_TUNE_LR, SCRATCH_LR, TrainConfig
@@ -52,7 +52,7 @@ def cmd_models(args, settings: Settings) -> int:
     rows = [("", "model", "family", "image", "dim", "text", "exported", "in Triton", "when to use")]
     for name in names:
         spec = registry.get_model(name)
-        manifest = read_manifest(settings.model_repository, name)
+        manifest = read_export_manifest(settings.model_repository, name)
         exported = f"yes ({manifest['precision']}, {manifest['target']})" if manifest else "no"
         serving = "-" if ready is None else (
             "ready" if ready.get(spec.image_model) and ready.get(spec.text_model) else "not loaded")

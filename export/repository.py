@@ -20,7 +20,7 @@ import numpy as np
 
 from cxr.errors import CxrError, ExportError
 from cxr.files import replace_directory
-from cxr.manifest import MANIFEST_FILE, ONNX_FILE, SCHEMA_VERSION, TOKENIZER_DIR, VERSION_DIR, read_manifest
+from cxr.manifest import MANIFEST_FILE, ONNX_FILE, SCHEMA_VERSION, TOKENIZER_DIR, VERSION_DIR, read_export_manifest
 from cxr.registry import ModelSpec
 from cxr.settings import Settings
 from cxr.tokenization import TextTokenizer
@@ -104,7 +104,7 @@ def _export_tower(export, encoder: Encoder, spec: ModelSpec, onnx_path: Path, pr
 
 def write_configs(spec: ModelSpec, settings: Settings, target: str, tensorrt: bool = False) -> None:
     """Rewrite only the config.pbtxt files of an exported model, e.g. to switch local <-> gpu."""
-    manifest = read_manifest(settings.model_repository, spec.name)
+    manifest = read_export_manifest(settings.model_repository, spec.name)
     if manifest is None:
         raise ExportError(f"{spec.name} is not exported in {settings.model_repository}: "
                           f"run `make export MODEL={spec.name}` first.")

@@ -118,7 +118,9 @@ def last_line(path: Path) -> bytes | None:
 # --- verification ------------------------------------------------------------------------------
 
 @dataclass
-class Problem:
+class ChainFault:
+    """Where a log's chain first breaks, and why (what `cxr audit verify` prints)."""
+
     file: Path
     line: int  # 1-based, within `file`
     reason: str
@@ -136,25 +138,25 @@ class _Line:
     prev: str = ""
 
 
-def verify(files: list[Path], key: bytes) -> tuple[Problem | None, int]:
-    """(the first problem or None, the number of lines checked) over a whole log: every file, any order."""
-    ordered, problem = _in_order(files)
-    if problem is not None:
-        return problem, 0
+def verify(files: list[Path], key: bytes) -> tuple[ChainFault | None, int]:
+    """(the first fault or None, the number of lines checked) over a whole log: every file, any order."""
+    ordered, fault = _in_order(files)
+    if fault is not None:
+        return fault, 0
     return _check_chain(_read(ordered), key)
 
 
-def verify_log(path: Path) -> tuple[Problem | None, int]:
+def verify_log(path: Path) -> tuple[ChainFault | None, int]:
     """verify() over the live file `path` with its rotated files, and the key beside it."""
     return verify(log_files([path]), read_key(key_file(path)))
 
 
-def _in_order(files: list[Path]) -> tuple[list[Path], Problem | None]:
-    """The files by the number their first lines give them, or the problem with the set."""
+def _in_order(files: list[Path]) -> tuple[list[Path], ChainFault | None]:
+    """The files by the number their first lines give them, or the fault with the set."""
     heads = []
     for path in files:
         head = _head(path)
-        if isinstance(head, Problem):
+        if isinstance(head, ChainFault):
             return [], head
         if head is not None:
             heads.append((*head, path))
@@ -162,50 +164,50 @@ def _in_order(files: list[Path]) -> tuple[list[Path], Problem | None]:
     for i, (number, seq, path) in enumerate(heads):
         expected = heads[i - 1][0] + 1 if i else 1
         if number < expected:
-            return [], Problem(path, 1, f"{heads[i - 1][2]} and this file both say they are file {number}: "
-                                        "give the files of one log")
+            return [], ChainFault(path, 1, f"{heads[i - 1][2]} and this file both say they are file {number}: "
+                                           "give the files of one log")
         if number > expected:
             missing = f"file {expected}" + (f" to {number - 1}" if number - 1 > expected else "")
-            return [], Problem(path, 1, f"lines before seq {seq} are missing ({missing}): give every rotated file")
+            return [], ChainFault(path, 1, f"lines before seq {seq} are missing ({missing}): give every rotated file")
         if rotation_number(path) is None and i + 1 < len(heads):
-            return [], Problem(path, 1, f"this live file is file {number}, yet {heads[i + 1][2]} follows it: "
-                                        "give the files of one log")
+            return [], ChainFault(path, 1, f"this live file is file {number}, yet {heads[i + 1][2]} follows it: "
+                                           "give the files of one log")
     return [path for _, _, path in heads], None
 
 
-def _head(path: Path) -> tuple[int, int] | Problem | None:
+def _head(path: Path) -> tuple[int, int] | ChainFault | None:
     """(file number, first seq) of a file; None for an empty live file (just rotated)."""
     with path.open("rb") as f:
         first, second = f.readline().rstrip(b"\n"), f.readline().rstrip(b"\n")
     if not first:
         named = rotation_number(path) is not None
-        return Problem(path, 1, "empty, yet a rotated file always holds lines") if named else None
+        return ChainFault(path, 1, "empty, yet a rotated file always holds lines") if named else None
     try:
         item = json.loads(first)
         seq = int(item["seq"])
     except (ValueError, KeyError, TypeError):
-        return Problem(path, 1, "not an audit line (damaged JSON or missing seq/prev)")
+        return ChainFault(path, 1, "not an audit line (damaged JSON or missing seq/prev)")
     number = item.get(FILE_FIELD)
     if not isinstance(number, int) or isinstance(number, bool) or number < 1:
         return _unnumbered(path, first, second, seq)
     named = rotation_number(path)
     if named is not None and named != number:
-        return Problem(path, 1, f"its first line says file {number}, its name {named}: a renamed file, or one "
-                                "from another log")
+        return ChainFault(path, 1, f"its first line says file {number}, its name {named}: a renamed file, or one "
+                                   "from another log")
     return number, seq
 
 
-def _unnumbered(path: Path, first: bytes, second: bytes, seq: int) -> Problem:
+def _unnumbered(path: Path, first: bytes, second: bytes, seq: int) -> ChainFault:
     """A first line without a file number: an unkeyed log of an earlier version, or a file cut at its start."""
     try:
         legacy = json.loads(second)["prev"] == hashlib.sha256(first).hexdigest() if second else seq == 0
     except (ValueError, KeyError, TypeError):
         legacy = False
     if legacy:
-        return Problem(path, 1, "written before audit chains were keyed (unkeyed SHA-256 links, no file "
-                                "numbers): this version cannot verify it; keep it as evidence")
-    return Problem(path, 1, f"lines before seq {seq} are missing: this is not the first line the file was "
-                            "written with; give every rotated file, whole")
+        return ChainFault(path, 1, "written before audit chains were keyed (unkeyed SHA-256 links, no file "
+                                   "numbers): this version cannot verify it; keep it as evidence")
+    return ChainFault(path, 1, f"lines before seq {seq} are missing: this is not the first line the file was "
+                               "written with; give every rotated file, whole")
 
 
 def _read(files: list[Path]) -> Iterator[_Line]:
@@ -215,49 +217,50 @@ def _read(files: list[Path]) -> Iterator[_Line]:
                 yield _Line(path, number, raw.rstrip(b"\n"))
 
 
-def _check_chain(lines: Iterator[_Line], key: bytes) -> tuple[Problem | None, int]:
+def _check_chain(lines: Iterator[_Line], key: bytes) -> tuple[ChainFault | None, int]:
     before, checked = None, 0
     for line in lines:
         try:
             item = json.loads(line.raw)
             line.seq, line.prev = int(item["seq"]), str(item["prev"])
         except (ValueError, KeyError, TypeError):
-            return Problem(line.file, line.number, "not an audit line (damaged JSON or missing seq/prev)"), checked
-        problem = _first_problem(line, key) if before is None else _link_problem(before, line, lines, key)
-        if problem is not None:
-            blames_before = before is not None and (problem.file, problem.line) == (before.file, before.number)
-            return problem, checked - blames_before
+            return ChainFault(line.file, line.number, "not an audit line (damaged JSON or missing seq/prev)"), checked
+        fault = _first_fault(line, key) if before is None else _link_fault(before, line, lines, key)
+        if fault is not None:
+            blames_before = before is not None and (fault.file, fault.line) == (before.file, before.number)
+            return fault, checked - blames_before
         before, checked = line, checked + 1
     return None, checked
 
 
-def _first_problem(line: _Line, key: bytes) -> Problem | None:
+def _first_fault(line: _Line, key: bytes) -> ChainFault | None:
     if line.seq != 0:
-        return Problem(line.file, line.number, f"lines before seq {line.seq} are missing: give every rotated file")
+        return ChainFault(line.file, line.number, f"lines before seq {line.seq} are missing: give every rotated file")
     if line.prev != GENESIS:
-        return Problem(line.file, line.number, "this line was edited (the first line's prev is not the genesis "
-                                               "value)")
+        return ChainFault(line.file, line.number, "this line was edited (the first line's prev is not the genesis "
+                                                  "value)")
     return None
 
 
-def _link_problem(before: _Line, line: _Line, lines: Iterator[_Line], key: bytes) -> Problem | None:
+def _link_fault(before: _Line, line: _Line, lines: Iterator[_Line], key: bytes) -> ChainFault | None:
     expected = before.seq + 1
     if line.seq != expected:
         what = "deleted before it" if line.seq > expected else "inserted, or lines reordered"
-        return Problem(line.file, line.number, f"seq {line.seq} where {expected} was due: a line was {what}")
+        return ChainFault(line.file, line.number, f"seq {line.seq} where {expected} was due: a line was {what}")
     if line.prev == link(key, before.raw):
         return None
     if line.prev == hashlib.sha256(before.raw).hexdigest():
-        return Problem(before.file, before.number, "this line was edited: the next line's prev is its unkeyed "
-                                                   "SHA-256, so someone without the key re-chained the lines after it")
+        return ChainFault(before.file, before.number, "this line was edited: the next line's prev is its "
+                                                      "unkeyed SHA-256, so someone without the key re-chained the "
+                                                      "lines after it")
     if line.number == 1:
-        return Problem(line.file, 1, f"this file does not continue {before.file}: its first line's prev is not "
-                                     "the link of that file's last line (a file from another log, or that line "
-                                     "was edited)")
+        return ChainFault(line.file, 1, f"this file does not continue {before.file}: its first line's prev is not "
+                                        "the link of that file's last line (a file from another log, or that line "
+                                        "was edited)")
     after = next(lines, None)
     if after is not None and _prev_of(after) != link(key, line.raw):
-        return Problem(line.file, line.number, "this line was edited")
-    return Problem(before.file, before.number, "this line was edited (the next line's prev does not match it)")
+        return ChainFault(line.file, line.number, "this line was edited")
+    return ChainFault(before.file, before.number, "this line was edited (the next line's prev does not match it)")
 
 
 def _prev_of(line: _Line) -> str | None:

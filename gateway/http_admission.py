@@ -27,8 +27,9 @@ import uuid
 from dataclasses import dataclass
 
 from cxr.errors import UnauthenticatedError
-from gateway import audit, auth
+from gateway import audit_records, auth
 from gateway.admission import THROTTLED, RateLimiter
+from gateway.audit_log import AuditLog
 from gateway.http_errors import Problem
 
 log = logging.getLogger("cxr.gateway.http")
@@ -65,11 +66,11 @@ class Caller:
 
 class FrontDoor:
     def __init__(self, authenticator: auth.Authenticator | None, rates: RateLimiter, refusals: RateLimiter | None,
-                 audit_log: audit.AuditLog | None = None, metrics=None, max_uploads: int = 8):
+                 audit_log: AuditLog | None = None, metrics=None, max_uploads: int = 8):
         self.authenticator = authenticator
         self.rates = rates
         self.refusals = refusals
-        self.audit = audit_log  # gateway.audit.AuditLog, or None
+        self.audit = audit_log
         self.metrics = metrics  # gateway.metrics.GatewayMetrics, or None
         self.max_uploads = max_uploads
         self._uploads = asyncio.Semaphore(max_uploads)
@@ -137,8 +138,8 @@ class FrontDoor:
             self._audit(caller, rpc, problem, started)
 
     def _audit(self, caller: Caller, rpc: str, problem: Problem, started: float) -> None:
-        line = audit.describe_http_refusal(problem.request_id, caller.principal, caller.subject, caller.peer, rpc,
-                                           problem.code, problem.http, started, self.audit)
+        line = audit_records.describe_http_refusal(problem.request_id, caller.principal, caller.subject, caller.peer,
+                                                   rpc, problem.code, problem.http, started, self.audit)
         try:
             if problem.reason == THROTTLED:
                 self.audit.append_throttled(caller.address, line)

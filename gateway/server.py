@@ -35,7 +35,8 @@ from cxr.store import factory
 from cxr.triton.request import connections
 from gateway import tls
 from gateway.admission import AdmissionInterceptor, DecodeQueue, Limits, RateLimiter, RefusalLimiter
-from gateway.audit import AuditInterceptor, AuditLog
+from gateway.audit_interceptor import AuditInterceptor
+from gateway.audit_log import AuditLog
 from gateway.auth import AuthInterceptor, authenticator_from
 from gateway.calls import CallInterceptor
 from gateway.embedder import TritonEmbedder

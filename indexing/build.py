@@ -4,18 +4,15 @@ or a Milvus collection, as the settings' vector store says).
 Decoding and resizing run in a pool of worker processes; several batched requests are in flight
 to Triton at once, over every endpoint of settings.triton_endpoints (cxr.triton.sync_client: one
 that cannot be reached is ejected and its batches go to another). Progress is kept in
-<output>.partial/ as each batch returns, so a killed build resumes where it stopped; the finished
-index replaces the old one in one rename.
+<output>.partial/ (indexing.chunk_cache) as each batch returns, so a killed build resumes where it
+stopped; the finished index replaces the old one in one rename.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import multiprocessing
 import os
-import shutil
-import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,8 +28,7 @@ from cxr.settings import Settings
 from cxr.store import faiss_files, faiss_writer
 from cxr.triton.request import connections
 from cxr.triton.sync_client import TowerClient
-
-STATE_FILE = "state.json"
+from indexing.chunk_cache import ChunkCache
 
 
 class NothingToIndexError(FailedPreconditionError):
@@ -46,7 +42,6 @@ def _summary(skipped: list[tuple[str, str]]) -> str:
         kind = reason.split(":")[0]
         counts[kind] = counts.get(kind, 0) + 1
     return ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items(), key=lambda kv: -kv[1]))
-SKIPPED_PARTIAL = "skipped.jsonl"
 
 
 @dataclass(frozen=True)
@@ -87,49 +82,6 @@ def decoder_pool(workers: int):
     return multiprocessing.get_context("spawn").Pool(workers)
 
 
-class _Partial:
-    """Batches already encoded, kept on disk so a killed build can resume."""
-
-    def __init__(self, directory: Path, state: dict):
-        self.directory = directory
-        existing = directory / STATE_FILE
-        if existing.is_file() and json.loads(existing.read_text()) != state:
-            shutil.rmtree(directory)  # another model, archive or export: start afresh
-        directory.mkdir(parents=True, exist_ok=True)
-        existing.write_text(json.dumps(state))
-        self.vectors: dict[int, np.ndarray] = {}
-        for chunk in sorted(directory.glob("chunk-*.npz")):
-            with np.load(chunk) as data:
-                self.vectors.update(zip(data["positions"].tolist(), data["vectors"]))
-        self.skipped: dict[int, str] = {}
-        skipped_file = directory / SKIPPED_PARTIAL
-        if skipped_file.is_file():
-            for line in skipped_file.read_text().splitlines():
-                item = json.loads(line)
-                self.skipped[item["position"]] = item["reason"]
-        self._chunks = len(list(directory.glob("chunk-*.npz")))
-        self._lock = threading.Lock()  # batches return on several sender threads
-
-    def done(self, position: int) -> bool:
-        return position in self.vectors or position in self.skipped
-
-    def add_batch(self, positions: list[int], vectors: np.ndarray) -> None:
-        with self._lock:
-            final = self.directory / f"chunk-{self._chunks:06d}.npz"
-            self._chunks += 1
-        temporary = final.with_name("writing-" + final.name)
-        with temporary.open("wb") as f:
-            np.savez(f, positions=np.asarray(positions), vectors=vectors)
-        temporary.rename(final)
-        with self._lock:
-            self.vectors.update(zip(positions, vectors))
-
-    def add_skipped(self, position: int, reason: str) -> None:
-        with (self.directory / SKIPPED_PARTIAL).open("a") as f:
-            f.write(json.dumps({"position": position, "reason": reason}) + "\n")
-        self.skipped[position] = reason
-
-
 def _state(records: list[Record], model: ExportedModel, index_type: str) -> dict:
     fingerprint = hashlib.sha256("\n".join(f"{r.image_id}\t{r.path}" for r in records).encode()).hexdigest()
     return {"model": model.name, "export_sha256": model.export_sha256,
@@ -141,7 +93,8 @@ def build_index(records: list[Record], model: ExportedModel, settings: Settings,
     """Encode `records`' images with `model` through Triton and write the index to `output_dir`, or
     into `backend` (a cxr.store.interface.StoreBackend, e.g. Milvus) when given; progress stays in
     <output_dir>.partial either way."""
-    partial = _Partial(output_dir.with_name(output_dir.name + ".partial"), _state(records, model, options.index_type))
+    partial = ChunkCache(output_dir.with_name(output_dir.name + ".partial"), _state(records, model, options.index_type),
+                         key="position")
     todo = [(i, str(r.path), model.image_size) for i, r in enumerate(records) if not partial.done(i)]
     client = TowerClient(connections(settings), model.image, model.text, model.max_batch_size)
     bar = tqdm(total=len(records), initial=len(records) - len(todo), unit="img", desc=f"indexing {model.name}",
@@ -154,7 +107,7 @@ def build_index(records: list[Record], model: ExportedModel, settings: Settings,
     return _finish(records, model, partial, output_dir, options, source, backend)
 
 
-def _encode(todo, partial: _Partial, client: TowerClient, options: BuildOptions, bar: tqdm) -> None:
+def _encode(todo, partial: ChunkCache, client: TowerClient, options: BuildOptions, bar: tqdm) -> None:
     with decoder_pool(options.workers) as pool:
         encode_stream(pool.imap(_decode, todo, chunksize=8), client, options, bar, partial.add_batch,
                       partial.add_skipped, skipped_before=len(partial.skipped))
@@ -195,7 +148,7 @@ def encode_stream(decoded, client: TowerClient, options: BuildOptions, bar: tqdm
             future.result()
 
 
-def _finish(records, model: ExportedModel, partial: _Partial, output_dir: Path, options: BuildOptions,
+def _finish(records, model: ExportedModel, partial: ChunkCache, output_dir: Path, options: BuildOptions,
             source: str, backend) -> dict:
     positions = sorted(partial.vectors)
     vectors = (np.stack([partial.vectors[p] for p in positions]).astype(np.float32) if positions
@@ -204,7 +157,7 @@ def _finish(records, model: ExportedModel, partial: _Partial, output_dir: Path, 
     if not positions:
         report = output_dir.with_name(output_dir.name + ".skipped.csv")
         faiss_files.write_skipped(report, skipped)
-        shutil.rmtree(partial.directory, ignore_errors=True)
+        partial.discard()
         raise NothingToIndexError(f"none of the {len(records)} images could be read ({_summary(skipped)}); "
                                   f"the reasons are in {report}. Nothing was written: any existing index in "
                                   f"{output_dir} is kept. Check --images-dir.")
@@ -213,7 +166,7 @@ def _finish(records, model: ExportedModel, partial: _Partial, output_dir: Path, 
                 "archive_images": len(records)}
     rows = [records[p].metadata() for p in positions]
     written = write_index(vectors, rows, skipped, manifest, output_dir, options, backend)
-    shutil.rmtree(partial.directory, ignore_errors=True)
+    partial.discard()
     return written
 
 

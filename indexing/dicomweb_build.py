@@ -1,7 +1,7 @@
 """`cxr index build --dicomweb` and `cxr index follow`: index a PACS's chest X-rays over DICOMweb.
 
 Incremental: every encoded vector is kept, with its index row, in a cache beside the index
-(<output_dir>.dicomweb/, append-only chunks keyed by SOPInstanceUID), so a rebuild fetches only
+(<output_dir>.dicomweb/, indexing.chunk_cache's chunks keyed by SOPInstanceUID), so a rebuild fetches only
 instances not encoded yet and a killed build resumes where it stopped. The index itself is then
 written from the cache through the same writer as a build from disk (FAISS files or Milvus) and
 replaces the old one at once; a running gateway picks it up by itself.
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import shutil
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -41,13 +40,11 @@ from cxr.store import faiss_files
 from cxr.triton.request import connections
 from cxr.triton.sync_client import TowerClient
 from indexing.build import BuildOptions, NothingToIndexError, decode_bytes, decoder_pool, encode_stream, write_index
+from indexing.chunk_cache import ChunkCache
 
 CACHE_SUFFIX = ".dicomweb"
-STATE_FILE = "state.json"
 LISTED_FILE = "listed.jsonl"
-SKIPPED_FILE = "skipped.jsonl"
 FOLLOW_FILE = "follow.json"
-MAX_CHUNKS = 64  # more chunk files than this (a long follow): merged into one when the cache opens
 FETCH_THREADS = 4  # WADO-RS requests in flight
 QIDO_OVERLAP_DAYS = 1  # a QIDO follower lists studies from the day before its last pass (time zones, late stores)
 
@@ -56,100 +53,25 @@ def cache_dir(output_dir: Path) -> Path:
     return output_dir.with_name(output_dir.name + CACHE_SUFFIX)
 
 
-class VectorCache:
-    """Encoded vectors and index rows keyed by SOPInstanceUID, the instances the index holds (in
-    order), and what could not be read. Thrown away when the model or its export changes."""
+class PacsCache(ChunkCache):
+    """The chunk cache of vectors and index rows keyed by SOPInstanceUID, thrown away when the model or
+    its export changes; beside it, the instances the index holds (in order) and where a follower stopped."""
 
     def __init__(self, directory: Path, model: ExportedModel):
-        self.directory = directory
-        state = {"model": model.name, "export_sha256": model.export_sha256}
-        existing = directory / STATE_FILE
-        self.reset = existing.is_file() and json.loads(existing.read_text()) != state
-        if self.reset:
-            shutil.rmtree(directory)  # vectors of another model or export are worthless here
-        directory.mkdir(parents=True, exist_ok=True)
-        existing.write_text(json.dumps(state))
-        for leftover in directory.glob("writing-*"):  # a chunk a killed build did not finish
-            leftover.unlink()
-        self.vectors: dict[str, np.ndarray] = {}
-        self.rows: dict[str, dict] = {}
-        self._chunks = self._load_chunks()
-        self.skipped = self._load_skipped()
-        self.listed = [Instance(*json.loads(line)) for line in self._lines(LISTED_FILE)]
-        self._fetched_rows: dict[str, dict] = {}  # rows of fetched instances, waiting for their vector
-        self._lock = threading.Lock()  # batches return on several sender threads
-        self.added = 0
-
-    def _lines(self, name: str) -> list[str]:
-        path = self.directory / name
-        return [line for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
-
-    def _load_chunks(self) -> int:
-        chunks = sorted(self.directory.glob("chunk-*.npz"))
-        for chunk in chunks:
-            with np.load(chunk) as data:
-                for sop, vector, row in zip(data["sops"].tolist(), data["vectors"], data["rows"].tolist()):
-                    self.vectors[sop] = vector
-                    self.rows[sop] = json.loads(row)
-        number = int(chunks[-1].stem.split("-")[1]) + 1 if chunks else 0
-        if len(chunks) > MAX_CHUNKS:
-            self._write_chunk(number, list(self.vectors), np.stack(list(self.vectors.values())))
-            for chunk in chunks:  # only once the merged chunk is in place: a kill here loses nothing
-                chunk.unlink()
-            number += 1
-        return number
-
-    def _load_skipped(self) -> dict[str, str]:
-        skipped = {}
-        for line in self._lines(SKIPPED_FILE):
-            item = json.loads(line)
-            skipped[item["sop"]] = item["reason"]
-        return {sop: reason for sop, reason in skipped.items() if sop not in self.vectors}
-
-    def _write_chunk(self, number: int, sops: list[str], vectors: np.ndarray) -> None:
-        final = self.directory / f"chunk-{number:06d}.npz"
-        temporary = final.with_name("writing-" + final.name)
-        rows = [json.dumps(self.rows[sop]) for sop in sops]
-        with temporary.open("wb") as f:
-            np.savez(f, sops=np.asarray(sops, dtype=str), vectors=vectors, rows=np.asarray(rows, dtype=str))
-        temporary.rename(final)
-
-    def add_row(self, sop: str, row: dict) -> None:
-        with self._lock:
-            self._fetched_rows[sop] = row
-
-    def add_batch(self, sops: list[str], vectors: np.ndarray) -> None:
-        with self._lock:
-            number, self._chunks = self._chunks, self._chunks + 1
-            for sop in sops:
-                self.rows[sop] = self._fetched_rows.pop(sop)
-        self._write_chunk(number, sops, vectors)
-        with self._lock:
-            self.vectors.update(zip(sops, vectors))
-            for sop in sops:
-                self.skipped.pop(sop, None)
-            self.added += len(sops)
-
-    def add_skipped(self, sop: str, reason: str) -> None:
-        with self._lock:
-            self._fetched_rows.pop(sop, None)
-            with (self.directory / SKIPPED_FILE).open("a") as f:
-                f.write(json.dumps({"sop": sop, "reason": reason}) + "\n")
-            self.skipped[sop] = reason
+        super().__init__(directory, {"model": model.name, "export_sha256": model.export_sha256}, key="sop",
+                         keeps_rows=True)
+        self.listed = [Instance(*json.loads(line)) for line in self.lines(LISTED_FILE)]
 
     def set_listed(self, instances: list[Instance]) -> None:
         """What the index holds from now on: a build's listing (written whole, then renamed)."""
-        temporary = self.directory / ("writing-" + LISTED_FILE)
-        temporary.write_text("".join(json.dumps([i.study_uid, i.series_uid, i.sop_uid]) + "\n" for i in instances))
-        temporary.rename(self.directory / LISTED_FILE)
+        self.replace_file(LISTED_FILE, "".join(_listing_line(i) + "\n" for i in instances))
         self.listed = list(instances)
 
     def extend_listed(self, instances: list[Instance]) -> list[Instance]:
         """Add instances a follower found; returns those not listed before."""
         known = {i.sop_uid for i in self.listed}
         new = [i for i in dict.fromkeys(instances) if i.sop_uid not in known]
-        with (self.directory / LISTED_FILE).open("a") as f:
-            f.write("".join(json.dumps([i.study_uid, i.series_uid, i.sop_uid]) + "\n" for i in new))
+        self.append_lines(LISTED_FILE, map(_listing_line, new))
         self.listed += new
         return new
 
@@ -158,9 +80,11 @@ class VectorCache:
         return json.loads(path.read_text()) if path.is_file() else {}
 
     def save_follow_state(self, state: dict) -> None:
-        temporary = self.directory / ("writing-" + FOLLOW_FILE)
-        temporary.write_text(json.dumps(state))
-        temporary.rename(self.directory / FOLLOW_FILE)
+        self.replace_file(FOLLOW_FILE, json.dumps(state))
+
+
+def _listing_line(instance: Instance) -> str:
+    return json.dumps([instance.study_uid, instance.series_uid, instance.sop_uid])
 
 
 @dataclass(frozen=True)
@@ -179,7 +103,7 @@ def build_from_pacs(pacs: DicomWeb, query: Query, model: ExportedModel, settings
     """Index the instances `query` lists on the PACS; only those not in the cache are fetched. Returns
     the written manifest with `new`, `kept` and `skipped` counts of this build."""
     pacs.check()
-    cache = VectorCache(cache_dir(output_dir), model)
+    cache = PacsCache(cache_dir(output_dir), model)
     listed = pacs.instances(query)
     if not listed:
         raise NoMatchingInstancesError(f"no instance on {pacs.shown} matches {query.describe()}: widen --modality or "
@@ -189,7 +113,7 @@ def build_from_pacs(pacs: DicomWeb, query: Query, model: ExportedModel, settings
     return dict(write_from_cache(cache, model, output_dir, options, backend, pacs.shown), **vars(counts))
 
 
-def encode_new(pacs: DicomWeb, cache: VectorCache, instances: list[Instance], model: ExportedModel,
+def encode_new(pacs: DicomWeb, cache: PacsCache, instances: list[Instance], model: ExportedModel,
                settings: Settings, options: BuildOptions) -> Counts:
     """Fetch, decode and encode the instances the cache lacks."""
     todo = [i for i in dict.fromkeys(instances) if i.sop_uid not in cache.vectors]
@@ -210,7 +134,7 @@ def encode_new(pacs: DicomWeb, cache: VectorCache, instances: list[Instance], mo
     return Counts(new, kept, len(todo) - new)
 
 
-def _fetch(pacs: DicomWeb, cache: VectorCache, instance: Instance) -> tuple[bytes | None, str]:
+def _fetch(pacs: DicomWeb, cache: PacsCache, instance: Instance) -> tuple[bytes | None, str]:
     """(Part-10 bytes, '') or (None, reason); the instance's index row goes to the cache. A PACS that
     is down or refuses us raises: that is not one bad instance, and the build stops (and resumes)."""
     try:
@@ -255,7 +179,7 @@ class _Ready:
         return self.value
 
 
-def write_from_cache(cache: VectorCache, model: ExportedModel, output_dir: Path, options: BuildOptions, backend,
+def write_from_cache(cache: PacsCache, model: ExportedModel, output_dir: Path, options: BuildOptions, backend,
                      source: str) -> dict:
     """The index of the listed instances that have vectors, swapped in at once."""
     held = [i.sop_uid for i in cache.listed if i.sop_uid in cache.vectors]
@@ -292,7 +216,7 @@ class Follower:
         self.pacs, self.query, self.model, self.settings = pacs, query, model, settings
         self.output_dir, self.options, self.follow, self.backend, self.log = output_dir, options, follow, backend, log
         pacs.check()
-        self.cache = VectorCache(cache_dir(output_dir), model)
+        self.cache = PacsCache(cache_dir(output_dir), model)
         changes = OrthancChanges(follow.orthanc_url or OrthancChanges.root_of(pacs.url), pacs.session)
         self.feed = changes if changes.is_orthanc() else None
 

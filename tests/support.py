@@ -15,6 +15,7 @@ TWINS = ["pubmed_clip-tiny", "biomedclip-tiny", "siglip-tiny", "medsiglip-tiny"]
 # cxr-mini: the trained default, from the weights shipped in weights/cxr-mini.
 SERVED = TWINS + ["biomedclip-minilm", "cxr-mini"]
 GATEWAY_MODEL = "medsiglip-tiny"  # the model of the session's nih_index and gateway fixtures
+SAMPLE_DICOM = DATA_DIR / "cxr_samples" / "1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"  # SIIM's
 
 
 def make_settings(root: Path, cache_dir: Path, **overrides) -> Settings:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from cxr import metrics
+from cxr import ranking_metrics
 from training.data import Example, label_prompt
 from training.dual_encoder import DualEncoder
 
@@ -28,8 +28,8 @@ def evaluate(model: DualEncoder, pixels: torch.Tensor, examples: list[Example]) 
     labels = [set(e.record.labels) for e in examples]
     result: dict = {}
     if any(labels):
-        order = metrics.rank_by_similarity(images, images, exclude_self=True)
-        result["image_to_image"] = metrics.summarize(metrics.shares_label(labels, labels, order))
+        order = ranking_metrics.rank_by_similarity(images, images, exclude_self=True)
+        result["image_to_image"] = ranking_metrics.summarize(ranking_metrics.shares_label(labels, labels, order))
         result["text_to_image"] = _label_prompts(model, images, labels)
     reports = [e.report for e in examples]
     if any(reports):
@@ -41,8 +41,8 @@ def evaluate(model: DualEncoder, pixels: torch.Tensor, examples: list[Example]) 
 def _label_prompts(model: DualEncoder, images: np.ndarray, labels: list[set[str]]) -> dict:
     names = sorted(set().union(*labels))
     prompts = model.embed_texts([label_prompt(name) for name in names]).numpy()
-    order = metrics.rank_by_similarity(prompts, images)
-    per_label = {name: metrics.average_precision(np.array([name in labels[g] for g in row]))
+    order = ranking_metrics.rank_by_similarity(prompts, images)
+    per_label = {name: ranking_metrics.average_precision(np.array([name in labels[g] for g in row]))
                  for name, row in zip(names, order)}
     return {"mAP": float(np.mean(list(per_label.values()))), "per_label_AP": per_label}
 
@@ -51,5 +51,5 @@ def _reports(model: DualEncoder, images: np.ndarray, examples: list[Example]) ->
     queries = {e.record.study_uid: e.report for e in examples if e.report}
     studies = [e.record.study_uid for e in examples]
     vectors = model.embed_texts(list(queries.values())).numpy()
-    order = metrics.rank_by_similarity(vectors, images)
-    return metrics.summarize([np.array([studies[g] == uid for g in row]) for uid, row in zip(queries, order)])
+    order = ranking_metrics.rank_by_similarity(vectors, images)
+    return ranking_metrics.summarize([np.array([studies[g] == uid for g in row]) for uid, row in zip(queries, order)])

@@ -10,9 +10,7 @@ from pydicom.dataset import Dataset
 from benchmarks import orthanc
 from cxr import dicomweb
 from cxr.images import preprocess
-from support import DATA_DIR
-
-SAMPLE = DATA_DIR / "cxr_samples" / orthanc.SAMPLE_DICOM
+from support import DATA_DIR, SAMPLE_DICOM
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +22,7 @@ def pacs(tmp_path_factory):
     images = orthanc.nih_images(DATA_DIR, 12, per_study=3)
     files = orthanc.write_files(images, root / "files")
     with orthanc.Orthanc(root / "server") as server:
-        orthanc.stow(server.url, files + [SAMPLE])
+        orthanc.stow(server.url, files + [SAMPLE_DICOM])
         yield server, images, files
 
 
@@ -40,7 +38,7 @@ def test_listing_finds_every_instance_and_the_filters_narrow_it(pacs, client):
     everything = client.instances()
     assert len(everything) == 13 and len({i.sop_uid for i in everything}) == 13
     cr = {i.sop_uid for i in client.instances(dicomweb.Query.parse("CR"))}
-    assert cr == {im.sop_uid for im in images if im.modality == "CR"} | {pydicom.dcmread(SAMPLE).SOPInstanceUID}
+    assert cr == {im.sop_uid for im in images if im.modality == "CR"} | {pydicom.dcmread(SAMPLE_DICOM).SOPInstanceUID}
     assert len(client.instances(dicomweb.Query.parse("dx, cr"))) == 13
     late = sorted(im.study_date for im in images)[6]
     since = {i.sop_uid for i in client.instances(dicomweb.Query.parse(since=late))}
@@ -60,8 +58,8 @@ def test_wado_bytes_decode_to_the_pixels_of_the_file(pacs, client):
     _, images, files = pacs
     chosen = [(im.study_uid, im.series_uid, im.sop_uid, path) for im, path in zip(images[:3], files[:3])]
     assert any(im.monochrome1 for im in images[:3]) and not all(im.monochrome1 for im in images[:3])
-    header = pydicom.dcmread(SAMPLE, stop_before_pixels=True)
-    chosen.append((header.StudyInstanceUID, header.SeriesInstanceUID, header.SOPInstanceUID, SAMPLE))
+    header = pydicom.dcmread(SAMPLE_DICOM, stop_before_pixels=True)
+    chosen.append((header.StudyInstanceUID, header.SeriesInstanceUID, header.SOPInstanceUID, SAMPLE_DICOM))
     for study, series, sop, path in chosen:
         data = client.instance_bytes(study, series, sop)
         assert data[128:132] == b"DICM"

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from cxr.errors import ExportError
-from cxr.manifest import read_manifest, tokenizer_dir
+from cxr.manifest import read_export_manifest, tokenizer_dir
 from cxr.registry import get_model
 from cxr.tokenization import TextTokenizer
 from export.repository import export_model
@@ -44,7 +44,7 @@ def repository(tmp_path_factory, cache_dir):
 
 
 def _tokenizer(repository, name, padding="max_length") -> TextTokenizer:
-    manifest = read_manifest(repository, name)
+    manifest = read_export_manifest(repository, name)
     return TextTokenizer(tokenizer_dir(repository, name), manifest["context_length"], get_model(name).text_inputs,
                          manifest["tokenizer"]["clean"], padding=padding)
 

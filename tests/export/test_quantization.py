@@ -16,7 +16,7 @@ from cxr import registry
 from cxr_cli.main import build_parser
 from cxr.errors import ExportError
 from cxr.images import load_pixels
-from cxr.manifest import read_manifest
+from cxr.manifest import read_export_manifest
 from cxr.registry import get_model
 from export import onnx_export
 from export.quantization import quantize_int8
@@ -35,7 +35,7 @@ def test_int8_export_serves_only_the_quantised_towers(tmp_path, cache_dir):
     settings = make_settings(tmp_path, cache_dir)
     spec = dataclasses.replace(get_model(MODEL), precision={"local": "int8"})
     manifest = export_model(spec, settings, log=lambda *_: None)
-    assert manifest["precision"] == read_manifest(settings.model_repository, MODEL)["precision"] == "int8"
+    assert manifest["precision"] == read_export_manifest(settings.model_repository, MODEL)["precision"] == "int8"
     for triton_name in (spec.image_model, spec.text_model):
         version_dir = settings.model_repository / triton_name / "1"
         assert sorted(p.name for p in version_dir.iterdir()) == ["model.onnx", "model.py"]

@@ -10,7 +10,7 @@ import pytest
 from cxr import tensor_names
 from cxr.catalog import ExportedModel
 from cxr.errors import ExportError
-from cxr.manifest import MANIFEST_FILE, exported_models, read_manifest
+from cxr.manifest import MANIFEST_FILE, exported_models, read_export_manifest
 from cxr.registry import get_model
 from cxr.towers import DYNAMIC, pad_values
 from export import onnx_export
@@ -46,7 +46,7 @@ def test_export_writes_both_towers_tokenizer_and_manifest(settings, exported):
 
 def test_manifest_records_dims_names_checksums_and_source(settings, exported):
     spec = get_model(MODEL)
-    manifest = read_manifest(settings.model_repository, MODEL)
+    manifest = read_export_manifest(settings.model_repository, MODEL)
     assert manifest == exported
     assert (manifest["embed_dim"], manifest["image_size"], manifest["context_length"]) == (32, 224, 64)
     assert manifest["towers"][spec.image_model]["inputs"][0]["name"] == tensor_names.PIXELS
@@ -70,11 +70,11 @@ def test_onnx_graphs_use_the_shared_tensor_names_and_a_dynamic_batch(settings, e
 
 def test_a_shape_that_disagrees_with_the_registry_is_refused_and_the_served_model_kept(settings, exported):
     spec = get_model(MODEL)
-    before = read_manifest(settings.model_repository, MODEL)
+    before = read_export_manifest(settings.model_repository, MODEL)
     wrong = dataclasses.replace(spec, embed_dim=spec.embed_dim * 2)
     with pytest.raises(ExportError, match="registry"):
         export_model(wrong, settings, log=lambda *_: None)
-    assert read_manifest(settings.model_repository, MODEL) == before
+    assert read_export_manifest(settings.model_repository, MODEL) == before
     assert onnx_export.sha256(settings.model_repository / spec.image_model / "1" / "model.onnx") == \
         before["onnx"][spec.image_model]["sha256"]
     assert not list(settings.model_repository.glob(".staging-*"))

@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cxr.client import RetrievalClient, channel
 from cxr.retrieval.v1 import retrieval_pb2 as pb
-from gateway import api_keys, audit, audit_chain, dev_pki
+from gateway import api_keys, audit_chain, audit_log, dev_pki
 from support import DATA_DIR, BackgroundGateway
 
 pytestmark = pytest.mark.triton
@@ -176,7 +176,7 @@ def test_the_audit_log_records_who_saw_which_studies_and_never_the_query(secured
     assert found["status"] == "OK" and found["method"] == "SearchByText"
     assert found["study_uids"] == list(dict.fromkeys(h.study_uid for h in response.hits))
     assert found["client_cert"].startswith("CN=cxr-dev-client") and found["peer"].startswith("ipv")
-    assert found["queries"][0]["hmac"] == audit.query_hmac(audit.load_key(settings.audit_log), text.encode())
+    assert found["queries"][0]["hmac"] == audit_log.query_hmac(audit_chain.load_key(settings.audit_log), text.encode())
     nosy = next(item for item in lines if item["principal"] == "dr.nosy")
     assert nosy["status"] == "PERMISSION_DENIED" and nosy["queries"] == [{"kind": "study", "model": "",
                                                                           "study_uid": "x1"}]

@@ -17,7 +17,7 @@ from cxr.settings import to_environment
 from cxr.store import faiss_files, faiss_store
 from indexing.build import BuildOptions, build_index
 from indexing.dicomweb_build import Follower, FollowOptions, build_from_pacs, cache_dir
-from support import DATA_DIR, cosine
+from support import DATA_DIR, SAMPLE_DICOM, cosine
 
 pytestmark = pytest.mark.triton
 MODEL = "medsiglip-tiny"
@@ -44,7 +44,7 @@ def pacs(tmp_path, files):
     """A fresh Orthanc holding the 30 images and the real SIIM DICOM."""
     _, paths, _, _ = files
     with orthanc.Orthanc(tmp_path / "orthanc") as server:
-        orthanc.stow(server.url, paths + [DATA_DIR / "cxr_samples" / orthanc.SAMPLE_DICOM])
+        orthanc.stow(server.url, paths + [SAMPLE_DICOM])
         yield server
 
 
@@ -74,9 +74,9 @@ def _vectors(index_dir):
 
 def test_the_pacs_index_holds_the_vectors_of_the_same_files_read_from_disk(served, model, pacs, files, tmp_path):
     images, paths, _, _ = files
-    sample = DATA_DIR / "cxr_samples" / orthanc.SAMPLE_DICOM
     manifest = tmp_path / "disk.jsonl"
-    manifest.write_text("".join(json.dumps({"image": str(p), "image_id": p.stem}) + "\n" for p in paths + [sample]))
+    manifest.write_text("".join(json.dumps({"image": str(p), "image_id": p.stem}) + "\n"
+                                for p in paths + [SAMPLE_DICOM]))
     build_index(archives.manifest(manifest), model, served, tmp_path / "disk", OPTIONS)
     written = build_from_pacs(Counting(pacs).client, dicomweb.Query(), model, served, tmp_path / "pacs", OPTIONS)
     assert (written["count"], written["new"], written["kept"], written["skipped"]) == (31, 31, 0, 0)

@@ -16,7 +16,7 @@ import pytest
 from cxr.client import channel
 from cxr.retrieval.v1 import retrieval_pb2 as pb
 from cxr.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
-from gateway import audit
+from gateway import audit_log
 from gateway.dev_pki import dev_security, issue_token
 from redteam.targets import running
 from support import DATA_DIR, GATEWAY_MODEL
@@ -62,13 +62,13 @@ def test_a_flood_of_unauthenticated_calls_is_throttled_and_summarised_in_the_aud
             except grpc.RpcError as error:
                 codes.append(error.code().name)
     seconds = time.monotonic() - started
-    time.sleep(audit.THROTTLED_PERIOD_S + 1.5)  # the gateway writes what it left out once a period has passed
+    time.sleep(audit_log.THROTTLED_PERIOD_S + 1.5)  # the gateway writes what it left out once a period has passed
     lines = _lines(guarded)[before:]
     refused, throttled = codes.count("UNAUTHENTICATED"), codes.count("RESOURCE_EXHAUSTED")
     assert refused + throttled == FLOOD and throttled >= FLOOD // 2, (refused, throttled, seconds)
     assert refused <= 100 + 50 * seconds + 1  # the burst, then the refill
     summaries = [line for line in lines if line["status"] == "RESOURCE_EXHAUSTED"]
-    assert len(summaries) <= seconds / audit.THROTTLED_PERIOD_S + 2
+    assert len(summaries) <= seconds / audit_log.THROTTLED_PERIOD_S + 2
     assert len(summaries) + sum(line.get("suppressed", 0) for line in summaries) == throttled  # all on record
     assert not any("m" * 100 in json.dumps(line) for line in lines)  # the model names sent are not in it
 

@@ -25,7 +25,7 @@ from cxr_cli.main import main as cxr
 from cxr.client import channel
 from cxr.retrieval.v1 import retrieval_pb2 as pb
 from cxr.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
-from gateway import audit
+from gateway import audit_log, audit_records
 
 FIVE_MB = 5 * 2**20
 MARKER = "PatientJaneRoe-"  # what a client string holds; never in the log
@@ -70,7 +70,7 @@ def _assert_bounded_and_clean(lines: list[bytes], calls: int):
     assert len(lines) == calls
     for line in lines:
         assert MARKER.encode() not in line
-        assert len(line) < audit.MAX_REFUSED_LINE_BYTES, len(line)
+        assert len(line) < audit_records.MAX_REFUSED_LINE_BYTES, len(line)
         assert json.loads(line)["status"] != "OK"
 
 
@@ -154,7 +154,7 @@ def test_the_gateways_own_log_verifies_whole(secured_gateway, capsys):
 
 def _log(tmp_path, count=40, max_bytes=1000):
     path = tmp_path / "audit.log"
-    log = audit.AuditLog(path, max_bytes=max_bytes)
+    log = audit_log.AuditLog(path, max_bytes=max_bytes)
     for i in range(count):
         log.append({"request_id": f"r{i}", "principal": "dr.nosy", "method": "GetStudy", "status": "OK",
                     "study_uids": [f"s{i}"]})
@@ -176,7 +176,7 @@ def test_the_live_file_brings_its_rotated_files(tmp_path, capsys):
 
 def test_an_edit_rechained_with_sha256_is_caught(tmp_path, capsys):
     """Before the key, whoever could write the file could edit a line and recompute every later prev."""
-    path = _log(tmp_path, count=10, max_bytes=audit.DEFAULT_MAX_BYTES)
+    path = _log(tmp_path, count=10, max_bytes=audit_log.DEFAULT_MAX_BYTES)
     lines = path.read_text().splitlines()
     lines[4] = lines[4].replace('"s4"', '"s0"')  # hide that dr.nosy saw study s4
     for i in range(5, len(lines)):
@@ -189,7 +189,7 @@ def test_an_edit_rechained_with_sha256_is_caught(tmp_path, capsys):
 
 
 def test_a_log_with_its_first_lines_cut_is_refused(tmp_path, capsys):
-    path = _log(tmp_path, count=10, max_bytes=audit.DEFAULT_MAX_BYTES)
+    path = _log(tmp_path, count=10, max_bytes=audit_log.DEFAULT_MAX_BYTES)
     path.write_text("".join(path.read_text().splitlines(keepends=True)[4:]))
     code, said = _verify(capsys, path)
     assert code == 1 and "lines before seq 4 are missing" in said, said
