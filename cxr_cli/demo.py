@@ -25,7 +25,8 @@ from cxr.manifest import read_export_manifest
 from cxr.settings import Settings, load_settings
 from cxr.store import faiss_files
 from cxr.triton import server_process
-from cxr_cli.main import page_url, print_hits
+from cxr_cli.search_commands import print_hits
+from cxr_cli.serve_commands import page_url
 from gateway import process as gateway_process
 from gateway.dev_pki import dev_security
 

@@ -7,7 +7,7 @@ import pytest
 
 from cxr.errors import CxrError
 
-main = importlib.import_module("cxr_cli.main")
+main = importlib.import_module("cxr_cli.train_commands")
 
 
 def test_the_checkout_benchmarks_are_found_beside_the_command():

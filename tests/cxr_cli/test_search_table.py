@@ -8,7 +8,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PRINT = """
-from cxr_cli.main import build_parser, print_hits
+from cxr_cli.main import build_parser
+from cxr_cli.search_commands import print_hits
 from cxr.retrieval.v1 import retrieval_pb2 as pb
 hits = {hits}
 print_hits(pb.SearchResponse(model="m", hits=[pb.Hit(**h) for h in hits]))

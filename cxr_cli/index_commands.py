@@ -1,0 +1,163 @@
+"""`cxr index build | follow | synth`: indexes from an archive on disk, a DICOMweb PACS, or synthetic vectors."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from cxr import registry
+from cxr.errors import CxrError
+from cxr.settings import Settings
+
+
+def cmd_index_build(args, settings: Settings) -> int:
+    from cxr.catalog import ExportedModel
+    from indexing.build import BuildOptions, build_index
+
+    settings = _with_store(args, settings)
+    if args.dicomweb is not None:
+        return _index_build_pacs(args, settings)
+    model_name = args.model or settings.model
+    records, source = archive_records(args)
+    model = ExportedModel.load(settings.model_repository, model_name)
+    output_dir = args.output_dir or settings.index_path(model_name)
+    missing = sum(not r.path.exists() for r in records)
+    print(f"{len(records)} images in {source}" + (f"; {missing} of {len(records)} images missing" if missing else ""))
+    options = BuildOptions(batch_size=args.batch_size, workers=args.workers, index_type=args.index_type,
+                           rerank=args.rerank, use_gpu=args.use_gpu)
+    backend = _store_backend(settings, output_dir) if settings.index_backend != "faiss" else None
+    manifest = build_index(records, model, settings, output_dir, options, source=source, backend=backend)
+    where = backend.where(model_name) if backend else output_dir
+    print(f"indexed {manifest['count']} of {len(records)} images with {model_name} into {where} "
+          f"({manifest['index_type']}, {manifest['dim']}-d); {manifest['skipped']} skipped"
+          + ("" if backend else f", listed in {output_dir / 'skipped.csv'}"))
+    return 0
+
+
+def _index_build_pacs(args, settings: Settings) -> int:
+    """`cxr index build --dicomweb`: the PACS's matching instances, only those not encoded yet fetched."""
+    from cxr.catalog import ExportedModel
+    from indexing.dicomweb_build import build_from_pacs, cache_dir
+
+    if args.reports_csv or args.projections_csv or args.labels_csv or args.manifest or args.images_dir:
+        raise CxrError("--dicomweb reads the archive from the PACS: leave out --reports-csv, --projections-csv, "
+                       "--labels-csv, --manifest and --images-dir")
+    model_name = args.model or settings.model
+    model = ExportedModel.load(settings.model_repository, model_name)
+    output_dir = args.output_dir or settings.index_path(model_name)
+    backend = _store_backend(settings, output_dir) if settings.index_backend != "faiss" else None
+    with _pacs(args, settings) as pacs:
+        query = _pacs_query(args)
+        print(f"listing {query.describe()} on {pacs.shown}" + (f" (at most {args.limit})" if args.limit else ""))
+        manifest = build_from_pacs(pacs, query, model, settings, output_dir, _build_options(args), backend)
+    where = backend.where(model_name) if backend else output_dir
+    print(f"indexed {manifest['count']} of {manifest['archive_images']} instances with {model_name} into {where} "
+          f"({manifest['index_type']}, {manifest['dim']}-d): {manifest['new']} new, {manifest['kept']} kept, "
+          f"{manifest['skipped']} skipped" + ("" if backend else f", listed in {output_dir / 'skipped.csv'}")
+          + f"; vectors cached in {cache_dir(output_dir)}")
+    return 0
+
+
+def cmd_index_follow(args, settings: Settings) -> int:
+    """Follow a PACS: new instances are encoded and swapped into the index in batches."""
+    from cxr.catalog import ExportedModel
+    from indexing.dicomweb_build import Follower, FollowOptions
+
+    settings = _with_store(args, settings)
+    model_name = args.model or settings.model
+    model = ExportedModel.load(settings.model_repository, model_name)
+    output_dir = args.output_dir or settings.index_path(model_name)
+    backend = _store_backend(settings, output_dir) if settings.index_backend != "faiss" else None
+    follow = FollowOptions(interval_s=args.interval, batch=args.batch, once=args.once,
+                           orthanc_url=args.orthanc_url or "")
+    with _pacs(args, settings) as pacs:
+        follower = Follower(pacs, _pacs_query(args), model, settings, output_dir, _build_options(args), follow, backend,
+                            log=lambda line: print(line, flush=True))
+        how = "Orthanc's change feed" if follower.feed else f"QIDO-RS every {args.interval:g} s"
+        print(f"following {pacs.shown} through {how} into {output_dir}" + ("" if args.once else "; Ctrl-C stops"),
+              flush=True)
+        try:
+            follower.run()
+        except KeyboardInterrupt:
+            print("stopped; the next `cxr index follow` goes on from the last saved change", flush=True)
+    return 0
+
+
+def _pacs(args, settings: Settings):
+    """The PACS of --dicomweb (or dicomweb_url) with the command line's credentials over the settings'."""
+    from cxr import dicomweb
+
+    user = args.dicomweb_user if args.dicomweb_user is not None else settings.dicomweb_user
+    password = args.dicomweb_password if args.dicomweb_password is not None else settings.dicomweb_password
+    token = args.dicomweb_token if args.dicomweb_token is not None else settings.dicomweb_token
+    if args.dicomweb_token:  # a token on the command line wins over basic auth in the settings, and back
+        user = password = ""
+    elif args.dicomweb_user:
+        token = ""
+    return dicomweb.connect(args.dicomweb or settings.dicomweb_url, user, password, token,
+                            args.dicomweb_ca or settings.dicomweb_ca)
+
+
+def _pacs_query(args):
+    from cxr.dicomweb import Query
+
+    return Query.parse(args.modality, args.since or "", args.limit or 0)
+
+
+def _build_options(args):
+    from indexing.build import BuildOptions
+
+    return BuildOptions(batch_size=args.batch_size, workers=args.workers, index_type=args.index_type,
+                        rerank=args.rerank, use_gpu=args.use_gpu)
+
+
+def cmd_index_synth(args, settings: Settings) -> int:
+    import time
+
+    from cxr.catalog import ExportedModel
+    from indexing import synthetic
+
+    settings = _with_store(args, settings)
+    spec = registry.get_model(args.model or settings.model)
+    manifest = {"dim": spec.embed_dim}
+    if (settings.model_repository / spec.name).is_dir():  # a gateway serving this export accepts the index
+        manifest["export_sha256"] = ExportedModel.load(settings.model_repository, spec.name).export_sha256
+    backend = _store_backend(settings, args.output_dir)
+    started = time.perf_counter()
+    written = synthetic.write(backend, spec.name, spec.embed_dim, args.count, args.index_type, manifest, args.seed,
+                              args.rerank)
+    print(f"wrote {written['count']} synthetic {spec.embed_dim}-d vectors ({written['index_type']}"
+          f"{', re-ranked' if args.rerank else ''}) for {spec.name} into {backend.where(spec.name)} "
+          f"in {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+def _with_store(args, settings: Settings) -> Settings:
+    """--backend and --milvus-uri override the settings' vector store for one command."""
+    overrides = {"index_backend": args.backend, "milvus_uri": args.milvus_uri}
+    return replace(settings, **{k: v for k, v in overrides.items() if v})  # validates the two together
+
+
+def _store_backend(settings: Settings, output_dir: Path | None):
+    from cxr.store import factory
+    from cxr.store.faiss_backend import FaissBackend
+
+    if settings.index_backend == "faiss" and output_dir:
+        return FaissBackend(settings.index_dir, folder=output_dir)
+    return factory.backend(settings)
+
+
+def archive_records(args):
+    from cxr import archives
+
+    if args.reports_csv or args.projections_csv:
+        if not (args.reports_csv and args.projections_csv and args.images_dir):
+            raise CxrError("an IU-Xray archive needs --reports-csv, --projections-csv and --images-dir")
+        return archives.iu_xray(args.reports_csv, args.projections_csv, args.images_dir), str(args.reports_csv.parent)
+    if args.labels_csv:
+        return archives.nih_labels(args.labels_csv, args.images_dir or args.labels_csv.parent), str(args.labels_csv)
+    if args.manifest:
+        return archives.manifest(args.manifest, args.images_dir), str(args.manifest)
+    raise CxrError("name an archive: --reports-csv/--projections-csv/--images-dir (IU-Xray), "
+                   "--labels-csv (NIH style) or --manifest (CSV or JSONL)")
+
