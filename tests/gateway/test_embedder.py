@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from cxr.triton.errors import TritonFailedError, TritonUnavailableError
-from fake_triton import TEXT_TOWER, TOWER, FakeTriton, closed_url, serve, serve_on
 from gateway.embedder import EndpointMetrics, TritonEmbedder
 from gateway.metrics import GatewayMetrics
+from support.fake_triton import TEXT_TOWER, TOWER, FakeTriton, closed_url, serve, serve_on
 
 MODEL = SimpleNamespace(image=TOWER, text=TEXT_TOWER)
 PIXELS = np.zeros((2, 4, 4, 3), np.uint8)

@@ -15,8 +15,8 @@ from dataclasses import replace
 import pytest
 
 from gateway.dev_pki import dev_security
-from redteam.targets import running
 from support import GATEWAY_MODEL
+from support.targets import running
 
 
 @pytest.fixture(scope="session")

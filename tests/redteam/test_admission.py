@@ -18,8 +18,8 @@ from cxr.retrieval.v1 import retrieval_pb2 as pb
 from cxr.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
 from gateway import audit_log
 from gateway.dev_pki import dev_security, issue_token
-from redteam.targets import running
 from support import DATA_DIR, GATEWAY_MODEL
+from support.targets import running
 
 pytestmark = pytest.mark.triton
 LARGE_JPEG = (DATA_DIR / "cxr_samples" / "covid-19-pneumonia-58-prior.jpg").read_bytes()  # 2373 px, 2.3 MB

@@ -16,8 +16,8 @@ import pytest
 
 from gateway.dev_pki import dev_security
 from gateway.http_messages import MAX_JSON_VALUES
-from redteam.targets import running
 from support import DATA_DIR, GATEWAY_MODEL
+from support.targets import running
 
 pytestmark = pytest.mark.triton
 PNG = (DATA_DIR / "cxr_samples" / "00000001_000.png").read_bytes()

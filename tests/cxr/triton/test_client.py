@@ -8,7 +8,7 @@ import pytest
 
 from cxr.triton.client import AsyncTowerClient
 from cxr.triton.errors import TritonEndpointDownError, TritonFailedError
-from fake_triton import TEXT_TOWER, TOWER, Counting, FakeTriton, closed_url, serve
+from support.fake_triton import TEXT_TOWER, TOWER, Counting, FakeTriton, closed_url, serve
 
 PIXELS = np.zeros((2, 4, 4, 3), np.uint8)
 

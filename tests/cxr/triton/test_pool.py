@@ -8,7 +8,7 @@ import pytest
 
 from cxr.settings import SettingsError
 from cxr.triton.pool import Endpoint, EndpointPool
-from fake_triton import Counting
+from support.fake_triton import Counting
 
 PERIOD_S = 0.01
 

@@ -9,7 +9,7 @@ import pytest
 
 from cxr.settings import SettingsError
 from cxr.triton.sync_client import TowerClient
-from fake_triton import TEXT_TOWER, TOWER, FakeTriton, closed_url, serve
+from support.fake_triton import TEXT_TOWER, TOWER, FakeTriton, closed_url, serve
 
 
 class Fakes:

@@ -1,4 +1,5 @@
-"""Helpers shared by the tests (importable: pytest puts tests/ on sys.path)."""
+"""Helpers shared by the unit and integration tests (importable as `support`: pytest puts tests/ on sys.path);
+support.fake_triton holds small fake Tritons, support.targets the red-team suite's gateway under attack."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import numpy as np
 from cxr.processes import free_ports
 from cxr.settings import Settings
 
-DATA_DIR = (Path(__file__).parent.parent / ".." / "shared" / "data").resolve()
+DATA_DIR = (Path(__file__).parents[2] / ".." / "shared" / "data").resolve()
 TWINS = ["pubmed_clip-tiny", "biomedclip-tiny", "siglip-tiny", "medsiglip-tiny"]
 # biomedclip-minilm: the real pretrained all-MiniLM-L6-v2 BERT as text tower (BiomedCLIP's class);
 # cxr-mini: the trained default, from the weights shipped in weights/cxr-mini.
@@ -20,7 +21,7 @@ SAMPLE_DICOM = DATA_DIR / "cxr_samples" / "1.2.276.0.7230010.3.1.4.8323329.6904.
 
 def make_settings(root: Path, cache_dir: Path, **overrides) -> Settings:
     """Settings of a stack under `root` on free ports. The text-embedding cache is off: tests of Triton
-    faults need every text query to reach Triton (tests/gateway/test_text_cache.py turns it on)."""
+    faults need every text query to reach Triton (tests/unit/gateway/test_text_cache.py turns it on)."""
     http, grpc, metrics, gateway = free_ports(4)
     values = dict(model_repository=root / "model_repository", cache_dir=cache_dir, run_dir=root / "run",
                   index_dir=root / "indexes", data_dir=DATA_DIR, triton_http_port=http, triton_grpc_port=grpc,
