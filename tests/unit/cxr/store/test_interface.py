@@ -13,7 +13,7 @@ from cxr.store.faiss_store import FaissStore
 from cxr.store.faiss_writer import FaissWriter
 from cxr.store.interface import StoreBackend, StoreWriter, VectorStore
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[4]
 
 
 def test_the_faiss_classes_implement_the_interface():

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).parents[2]
 LAYERS = [("cxr",), ("export", "gateway", "indexing", "training"), ("benchmarks",), ("cxr_cli",)]
 LAYER = {package: level for level, packages in enumerate(LAYERS) for package in packages}
 GENERATED = "cxr/retrieval"  # the gRPC stubs, made by `make protos` from protos/

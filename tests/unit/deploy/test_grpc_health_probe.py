@@ -11,7 +11,7 @@ from cxr.processes import free_ports
 from gateway import dev_pki
 from support import BackgroundGateway, make_settings
 
-PROBE = Path(__file__).parent.parent.parent / "deploy" / "grpc_health_probe.py"
+PROBE = Path(__file__).parents[3] / "deploy" / "grpc_health_probe.py"
 
 
 @pytest.fixture(scope="module")

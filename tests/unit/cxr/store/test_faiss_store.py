@@ -21,7 +21,7 @@ from cxr.store.errors import IndexCorruptError, IndexMismatchError, IndexUnreada
 from cxr.store.interface import Filter
 from support import index_metadata, unit_vectors
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[4]
 
 
 def _store(tmp_path, vectors, index_type="flat", rerank=False, metadata=None):

@@ -11,7 +11,7 @@ import yaml
 
 from cxr.triton.request import ADMIN_KEY, RESTRICTED_APIS
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 TLS_OVERRIDE = ROOT / "deploy" / "triton-tls.compose.yml"
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).parent.parent.parent
+ROOT = Path(__file__).parents[3]
 COMPOSE = ROOT / "docker-compose.yml"
 VALUES = ROOT / "deploy" / "milvus" / "values.yaml"
 PROFILE = {"milvus", "milvus-etcd", "milvus-minio"}

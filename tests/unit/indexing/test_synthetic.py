@@ -13,7 +13,7 @@ from cxr.store.faiss_backend import FaissBackend
 from cxr.store.interface import Filter
 from indexing import synthetic
 
-ROOT = Path(__file__).parents[2]
+ROOT = Path(__file__).parents[3]
 
 
 def test_chunks_are_deterministic_and_the_same_whatever_the_chunk_size():

@@ -25,7 +25,7 @@ MODEL = "medsiglip-tiny"  # the session's nih_index model: a random-weight twin,
 QUERY = "small left pleural effusion"
 TOP_K = 12
 DICOM_ROW = 469  # nih800/labels.csv row of 00000061_008.png, see dicom_of_indexed_png
-SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "search-page.png"
+SCREENSHOT = Path(__file__).resolve().parents[3] / "docs" / "search-page.png"
 ALL_THUMBNAILS_LOADED = """() => {
   const images = Array.from(document.querySelectorAll('#results .card img'));
   return images.length > 0 && images.every((img) => img.complete && img.naturalWidth > 0);

@@ -20,7 +20,7 @@ from gateway.dev_pki import write_dev_pki
 from support import GATEWAY_MODEL, BackgroundGateway
 
 pytestmark = pytest.mark.triton
-ROOT = Path(__file__).parent.parent.parent
+ROOT = Path(__file__).parents[3]
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ import yaml
 from cxr.settings import FIELDS, Settings, load_settings
 from gateway import tls
 
-ROOT = Path(__file__).parent.parent.parent
+ROOT = Path(__file__).parents[3]
 K8S = ROOT / "deploy" / "k8s"
 DOCKERFILE = ROOT / "deploy" / "gateway.Dockerfile"
 # The oldest Kubernetes still maintained by the major distributions when this was written, and

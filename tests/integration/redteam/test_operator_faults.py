@@ -30,7 +30,7 @@ from gateway import process as gateway_process
 from support import GATEWAY_MODEL
 
 pytestmark = pytest.mark.triton
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 THREADS, SEARCHES = 4, 15  # per round: 60 searches, each reading 20 hits' rows
 REFUSED = "refused the new index build"
 SERVING = "serving index"

@@ -4,7 +4,7 @@ Two configurations, as the hardening issue found the defects in:
 - A (`open_gateway`): the defaults, plaintext, auth none, HTTP API on;
 - B (`secured_gateway`): mutual TLS, `auth = "token"` (JWTs and API keys), the audit log on, HTTP API on.
 Both front the session's real Triton and NIH index (tests/conftest.py). The rate limit is off in both so
-that one module's bursts do not refuse another's calls; tests/redteam/test_admission.py starts its own
+that one module's bursts do not refuse another's calls; tests/integration/redteam/test_admission.py starts its own
 gateways with the limits it tries.
 """
 

@@ -16,7 +16,7 @@ from cxr.registry import get_model
 from export.repository import export_model
 from support import make_settings
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 HEAVY = ("torch", "transformers")
 # One model per tokenizer backend: WordPiece and CLIP BPE in tokenizers, SigLIP's SentencePiece.
 MODELS = ("cxr-mini", "pubmed_clip-tiny", "siglip-tiny")
