@@ -1,12 +1,21 @@
-"""`cxr search`'s result table: PACS columns when hits have them, image counts when grouped.
+"""The `cxr` command line (cxr_cli.main).
 
-Run in a child process from the checkout, as the other tests of the command line run `cxr`."""
+- `cxr search`'s result table: PACS columns when hits have them, image counts when grouped; run in a child
+  process from the checkout, as the other tests of the command line run `cxr`.
+- `cxr compare` runs the benchmarks of the checkout it was installed from; installed from a wheel, which
+  ships no benchmarks, it says so instead of failing on an import."""
 
+import importlib
 import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+import pytest
+
+from cxr.errors import CxrError
+
+main = importlib.import_module("cxr_cli.main")
+ROOT = Path(__file__).resolve().parents[3]
 PRINT = """
 from cxr_cli.main import build_parser, print_hits
 from cxr.retrieval.v1 import retrieval_pb2 as pb
@@ -34,3 +43,14 @@ def test_grouped_pacs_hits_print_accession_date_and_image_count():
                         image_ids=["a", "b"], impression="Small left effusion."))
     assert lines[1].split()[:6] == ["rank", "score", "study", "accession", "date", "images"]
     assert lines[2].split()[:6] == ["1", "0.250", "1.2.3", "A9", "20240102", "2"]
+
+
+def test_the_checkout_benchmarks_are_found_beside_the_command():
+    assert importlib.import_module("benchmarks.compare") is main._checkout_benchmarks()
+
+
+def test_without_a_checkout_the_command_says_where_to_run_it(tmp_path, monkeypatch):
+    (tmp_path / "cxr_cli").mkdir()
+    monkeypatch.setattr(main, "__file__", str(tmp_path / "cxr_cli" / "main.py"))
+    with pytest.raises(CxrError, match="source checkout"):
+        main._checkout_benchmarks()
