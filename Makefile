@@ -17,8 +17,9 @@ TRAIN_OUT ?= .cache/train/cxr-mini
 export_flags = $(if $(MODEL),--model $(MODEL)) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) \
 	--target $(TARGET) $(if $(FP16),--fp16) $(if $(INT8),--int8) $(if $(FP32),--fp32)
 
-.PHONY: help setup protos export serve serve-detached stop models demo train-default test bench bench-quick bench-towers bench-gateway \
-	bench-faiss bench-scale bench-quality bench-quantization bench-gpu tune fuzz soak faults clean setup-pacs setup-browser
+.PHONY: help setup protos export serve serve-detached stop models demo train-default test test-unit bench bench-quick \
+	bench-towers bench-gateway bench-faiss bench-scale bench-quality bench-quantization bench-gpu tune fuzz soak faults \
+	clean setup-pacs setup-browser
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -75,6 +76,9 @@ train-default: setup ## retrain the shipped cxr-mini from scratch on $(DATA)/nih
 
 test: setup ## install and run every test
 	$(BIN)/python -m pytest
+
+test-unit: setup ## run the unit tests alone (tests/unit: no Triton, Orthanc, browser or Milvus started)
+	$(BIN)/python -m pytest tests/unit
 
 bench-towers: setup ## export each family at true size (random weights) and time it in Triton
 	$(BIN)/python -m benchmarks.triton_towers

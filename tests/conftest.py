@@ -53,7 +53,7 @@ def served(tmp_path_factory, cache_dir):
     settings = make_settings(tmp_path_factory.mktemp("served"), cache_dir)
     for name in SERVED:
         # fp32 whatever the registry ships (cxr-mini: int8), so the e2e parity tests hold every export
-        # to PyTorch at 0.9999; int8's own tolerance is tested in tests/export/test_quantization.py.
+        # to PyTorch at 0.9999; int8's own tolerance is tested in tests/unit/export/test_quantization.py.
         export_model(get_model(name), settings, precision="fp32", log=lambda *_: None)
     process, log_file = server_process.start(settings)
     try:

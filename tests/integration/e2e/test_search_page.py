@@ -1,0 +1,225 @@
+"""The search page (gateway/static/) in a real browser, against the real gateway, Triton and NIH index.
+
+Playwright drives Debian's chromium (`make setup-browser`; Playwright's own browser download is not
+used). The page searches by text and by a DICOM made from an indexed PNG, shows the demo banner,
+loads every thumbnail through fetch() with the bearer token, shows errors, and asks for a token when
+the gateway's auth is on. CXR_UPDATE_SCREENSHOT=1 also writes docs/search-page.png for the README.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from support import DATA_DIR, BackgroundGateway
+
+pytestmark = pytest.mark.triton
+CHROMIUM = Path("/usr/bin/chromium")
+MODEL = "medsiglip-tiny"  # the session's nih_index model: a random-weight twin, so a demo model
+QUERY = "small left pleural effusion"
+TOP_K = 12
+DICOM_ROW = 469  # nih800/labels.csv row of 00000061_008.png, see dicom_of_indexed_png
+SCREENSHOT = Path(__file__).resolve().parents[3] / "docs" / "search-page.png"
+ALL_THUMBNAILS_LOADED = """() => {
+  const images = Array.from(document.querySelectorAll('#results .card img'));
+  return images.length > 0 && images.every((img) => img.complete && img.naturalWidth > 0);
+}"""
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.is_file():
+        pytest.skip(f"{CHROMIUM} is missing: `make setup-browser` installs Debian's chromium")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        # --no-sandbox: chromium refuses to start its sandbox as root (CI containers).
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+def _gateway(settings):
+    background = BackgroundGateway(settings, http=True)
+    return background, background.http_url.rstrip("/")
+
+
+@pytest.fixture(scope="module")
+def site(served, nih_index):
+    """The page's origin: the real gateway with its HTTP API on, auth off."""
+    background, url = _gateway(replace(served, model=MODEL))
+    try:
+        yield url
+    finally:
+        background.stop()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    page.problems = []  # script errors and CSP violations fail the test
+    page.on("pageerror", lambda error: page.problems.append(f"page error: {error}"))
+    page.on("console", lambda message: message.type == "error" and page.problems.append(message.text))
+    try:
+        yield page
+    finally:
+        context.close()
+
+
+@pytest.fixture(scope="module")
+def dicom_of_indexed_png(tmp_path_factory):
+    """An 8-bit MONOCHROME2 DICOM made from one of the indexed NIH PNGs, and that PNG's image id.
+
+    DICOM decoding stretches an image's own grey range to 0..255 and PNG decoding does not, so the
+    two decode alike only for a PNG whose range is (nearly) full: 00000061_008.png spans 1..253. The
+    random-weight twin scores most images above 0.99 against each other, and a PNG with a narrow
+    range (00000032_010.png: 27 grey levels apart once stretched) does not find itself first."""
+    from benchmarks.orthanc import nih_images, write_files
+
+    image = replace(nih_images(DATA_DIR, 1, first=DICOM_ROW)[0], monochrome1=False)
+    (path,) = write_files([image], tmp_path_factory.mktemp("dicom"))
+    return path, image.png.name
+
+
+def _wait_for_results(page, timeout_s: float = 60) -> list:
+    page.wait_for_selector("#results[aria-busy=false] .card", timeout=timeout_s * 1000)
+    page.wait_for_function(ALL_THUMBNAILS_LOADED, timeout=timeout_s * 1000)
+    return page.locator("#results .card").all()
+
+
+def _search_text(page, text: str) -> None:
+    page.get_by_label("Describe the finding").fill(text)
+    page.get_by_role("button", name="Search", exact=True).click()
+
+
+def test_text_and_dicom_searches_show_cards_thumbnails_and_the_demo_banner(page, site, dicom_of_indexed_png,
+                                                                         tmp_path):
+    started = time.monotonic()
+    page.goto(site + "/")
+    page.get_by_text("Demo model — not for clinical use").wait_for()
+    assert page.locator("#model-name").text_content() == MODEL
+    assert page.locator("#label-options input[type=checkbox]").count() > 1  # the index's finding labels
+    assert page.locator("#projection option").count() >= 2  # "Any view" + the index's projections
+    ready_s = time.monotonic() - started
+
+    page.get_by_role("button", name="Search", exact=True).click()  # nothing typed
+    assert page.locator("#error").is_visible() and "Type a finding" in page.locator("#error").text_content()
+
+    page.get_by_label("Number of results").select_option(str(TOP_K))
+    searched = time.monotonic()
+    _search_text(page, QUERY)
+    cards = _wait_for_results(page)
+    thumbnails_s = time.monotonic() - searched
+    assert len(cards) == TOP_K and page.locator("#error").is_hidden()
+    assert re.fullmatch(r"\d+ results by text in [\d.]+ s\.", page.locator("#status").text_content())
+    first = cards[0]
+    assert first.locator(".rank").text_content() == "#1"
+    assert re.fullmatch(r"-?\d\.\d{3}", first.locator(".score").text_content())
+    assert re.fullmatch(r"Result 1, \w+ view chest X-ray", first.locator("img").get_attribute("alt"))
+    scores = [float(card.locator(".score").text_content()) for card in cards]
+    assert scores == sorted(scores, reverse=True)
+    print(f"\nsearch page: options loaded {ready_s:.2f} s after navigation; "
+          f"text search to all {TOP_K} thumbnails loaded {thumbnails_s:.2f} s")
+
+    path, image_id = dicom_of_indexed_png
+    searched = time.monotonic()
+    page.locator("#image-file").set_input_files(str(path))
+    page.wait_for_function("() => /by image/.test(document.getElementById('status').textContent)")
+    cards = _wait_for_results(page)
+    print(f"search page: DICOM search to thumbnails {time.monotonic() - searched:.2f} s")
+    assert cards[0].get_attribute("data-image-id") == image_id
+    assert float(cards[0].locator(".score").text_content()) > 0.999
+
+    page.screenshot(path=tmp_path / "search-page.png")
+    assert not page.problems, page.problems
+
+
+def test_a_fresh_page_shows_its_first_thumbnails(page, site, tmp_path):
+    """Navigation to a query's thumbnails, as a clinician opening the page and searching at once."""
+    started = time.monotonic()
+    page.goto(site + "/")
+    page.wait_for_function("() => performance.getEntriesByName('cxr:options').length > 0")
+    _search_text(page, QUERY)
+    _wait_for_results(page)
+    elapsed = time.monotonic() - started
+    in_page = page.evaluate("() => performance.getEntriesByName('cxr:thumbnails')[0].startTime")
+    print(f"\nsearch page: navigation to first thumbnails {elapsed:.2f} s (in-page clock {in_page / 1000:.2f} s)")
+    page.screenshot(path=tmp_path / "search-page.png")
+    if os.environ.get("CXR_UPDATE_SCREENSHOT"):
+        SCREENSHOT.parent.mkdir(exist_ok=True)
+        shutil.copyfile(tmp_path / "search-page.png", SCREENSHOT)
+    assert not page.problems, page.problems
+
+
+def test_filters_find_similar_and_a_narrow_window(page, site):
+    page.goto(site + "/")
+    page.get_by_label("Number of results").select_option("24")
+    page.locator("#filters summary").click()
+    page.get_by_label("Effusion", exact=True).check()
+    page.get_by_label("One result per study").check()
+    _search_text(page, QUERY)
+    cards = _wait_for_results(page)
+    assert 0 < len(cards) <= 24
+    assert all("Effusion" in card.locator(".tags").inner_text() for card in cards)
+
+    chosen = cards[1].get_attribute("data-image-id")
+    cards[1].get_by_role("button", name="Find similar to result 2").click()
+    page.wait_for_function("() => /by image/.test(document.getElementById('status').textContent)")
+    assert _wait_for_results(page)[0].get_attribute("data-image-id") == chosen
+
+    page.set_viewport_size({"width": 420, "height": 800})  # a phone held upright: one column, no sideways scroll
+    assert page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth")
+    assert not page.problems, page.problems
+
+
+@pytest.fixture(scope="module")
+def secured_site(served, nih_index, tmp_path_factory):
+    """The gateway with auth = "token" (JWTs from the development PKI), its HTTP API on loopback."""
+    from gateway import dev_pki
+
+    pki = tmp_path_factory.mktemp("pki")
+    dev_pki.write_dev_pki(pki)
+    settings = replace(served, model=MODEL, auth="token", jwt_jwks=str(pki / dev_pki.JWKS_FILE),
+                       jwt_issuer="cxr-dev", jwt_audience="cxr-retrieval", rate_limit_per_s=0)
+    token = dev_pki.issue_token(pki / dev_pki.SIGNING_KEY, "dr.page", ["search", "studies"], 600,
+                                settings.jwt_issuer, settings.jwt_audience)
+    background, url = _gateway(settings)
+    try:
+        yield url, token
+    finally:
+        background.stop()
+
+
+def test_with_auth_on_the_page_asks_for_a_token_and_works_with_it(page, secured_site):
+    url, token = secured_site
+    page.goto(url + "/")
+    token_field = page.get_by_label("Access token", exact=True)
+    token_field.wait_for()  # the options call was refused: the page asks
+    assert page.locator("#error").is_visible()
+    assert "access token" in page.locator("#error").text_content()
+
+    token_field.fill("not-a-token")
+    token_field.press("Enter")
+    page.wait_for_function("() => document.getElementById('error').textContent.includes('access token')")
+    assert token_field.is_visible()
+
+    token_field.fill(token)
+    page.get_by_role("button", name="Use token").click()
+    page.get_by_text("Demo model — not for clinical use").wait_for()
+    assert page.locator("#token-form").is_hidden()
+    _search_text(page, QUERY)
+    assert len(_wait_for_results(page)) == TOP_K  # thumbnails too went with the token
+    storage = page.evaluate("() => [sessionStorage.getItem('cxr.token'), localStorage.length, location.href]")
+    assert storage[0] == token and storage[1] == 0 and token not in storage[2]
+    problems = [p for p in page.problems if "401" not in p]  # the refused calls before the token are expected
+    assert not problems, problems
+

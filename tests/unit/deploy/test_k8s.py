@@ -1,0 +1,329 @@
+"""deploy/k8s is valid Kubernetes (the schemas of kubernetes-validate, offline) and does what it says:
+probes on the gateway's health port, Triton reachable only from the gateway and Prometheus, Services
+and autoscalers that find their Deployments, CXR_* names the gateway reads and would start with,
+and a gateway image without torch that runs as a non-root user."""
+
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import tomllib
+import yaml
+
+from cxr.settings import FIELDS, Settings, load_settings
+from gateway import tls
+
+ROOT = Path(__file__).parents[3]
+K8S = ROOT / "deploy" / "k8s"
+DOCKERFILE = ROOT / "deploy" / "gateway.Dockerfile"
+# The oldest Kubernetes still maintained by the major distributions when this was written, and
+# the newest kubernetes-validate ships.
+VERSIONS = ("1.30.0", kubernetes_validate.utils.latest_version())
+PROMETHEUS = {"namespace": "monitoring", "pod": {"app.kubernetes.io/name": "prometheus"}}
+DEFAULTS = Settings()
+
+
+def _kustomization() -> dict:
+    return yaml.safe_load((K8S / "kustomization.yaml").read_text())
+
+
+def _documents() -> list[tuple[str, dict]]:
+    return [(name, doc) for name in _kustomization()["resources"]
+            for doc in yaml.safe_load_all((K8S / name).read_text()) if doc]
+
+
+def _all(kind: str) -> list[dict]:
+    return [doc for _, doc in _documents() if doc["kind"] == kind]
+
+
+def _one(kind: str, name: str) -> dict:
+    (doc,) = [doc for doc in _all(kind) if doc["metadata"]["name"] == name]
+    return doc
+
+
+def _container(deployment: str) -> dict:
+    (container,) = _one("Deployment", deployment)["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def _pod_labels(deployment: str) -> dict:
+    return _one("Deployment", deployment)["spec"]["template"]["metadata"]["labels"]
+
+
+def _selects(selector: dict, labels: dict) -> bool:
+    return bool(selector) and selector.items() <= labels.items()
+
+
+def _env(container: dict) -> dict[str, str]:
+    """Literal values only; variables from Secrets or ConfigMaps are left out."""
+    return {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+
+
+def _ports(container: dict) -> dict[str, int]:
+    return {p["name"]: p["containerPort"] for p in container["ports"]}
+
+
+def test_the_kustomization_lists_every_manifest_and_sets_the_namespace():
+    on_disk = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    assert set(_kustomization()["resources"]) == on_disk
+    assert _kustomization()["namespace"] == _one("Namespace", "cxr")["metadata"]["name"]
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("name", _kustomization()["resources"])
+def test_every_manifest_is_valid_kubernetes(name, version):
+    for doc in yaml.safe_load_all((K8S / name).read_text()):
+        if doc:
+            try:
+                kubernetes_validate.validate(doc, version, strict=True)
+            except kubernetes_validate.ValidationError as exc:
+                pytest.fail(f"{name}: {doc['kind']} {doc['metadata']['name']} is not valid {version}: "
+                            f"{'.'.join(map(str, exc.path))}: {exc.message}")
+
+
+def test_kustomize_builds_the_directory_into_one_namespace():
+    if shutil.which("kubectl"):
+        command = ["kubectl", "kustomize", str(K8S)]
+    elif shutil.which("kustomize"):
+        command = ["kustomize", "build", str(K8S)]
+    else:
+        pytest.skip("neither kubectl nor kustomize is installed")
+    built = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert built.returncode == 0, built.stderr
+    objects = [doc for doc in yaml.safe_load_all(built.stdout) if doc]
+    assert len(objects) == len(_documents())
+    assert {o["metadata"].get("namespace", "cxr") for o in objects if o["kind"] != "Namespace"} == {"cxr"}
+
+
+def test_the_gateway_is_probed_on_its_grpc_health_port_through_mutual_tls():
+    container = _container("cxr-gateway")
+    port = _ports(container)["grpc"]
+    assert port == DEFAULTS.gateway_port == int(_env(container)["CXR_GATEWAY_PORT"])
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    service = f"{_one('Service', 'cxr-gateway')['metadata']['name']}.{_kustomization()['namespace']}.svc"
+    probe_script = _copied_probe_path()
+    for kind, ready in (("readinessProbe", True), ("livenessProbe", False)):
+        command = container[kind]["exec"]["command"]
+        assert command[:2] == ["python", probe_script], kind
+        options = dict(arg.removeprefix("--").partition("=")[::2] for arg in command[2:])
+        assert int(options["port"]) == port
+        assert ("ready" in options) == ready, f"{kind}: liveness must not wait for Triton, readiness must"
+        assert options["server-name"] == service
+        for name in ("ca", "cert", "key"):
+            assert Path(options[name]).parent == Path(mounts["probe-tls"]), (kind, name)
+
+
+def test_triton_is_reachable_only_from_the_gateway_and_prometheus():
+    policy = _one("NetworkPolicy", "triton-ingress")["spec"]
+    assert _selects(policy["podSelector"]["matchLabels"], _pod_labels("triton"))
+    assert "Ingress" in policy["policyTypes"]
+    allowed: dict[str, set[int]] = {}
+    for rule in policy["ingress"]:
+        assert rule.get("from"), "a rule without `from` admits every source"
+        ports = {p["port"] for p in rule["ports"]}
+        assert ports <= {DEFAULTS.triton_http_port, DEFAULTS.triton_grpc_port, DEFAULTS.triton_metrics_port}
+        for peer in rule["from"]:
+            allowed.setdefault(_peer(peer), set()).update(ports)
+    assert allowed == {"gateway": {DEFAULTS.triton_grpc_port}, "prometheus": {DEFAULTS.triton_metrics_port}}
+
+
+def test_the_gateway_metrics_port_is_open_to_prometheus_only():
+    policy = _one("NetworkPolicy", "cxr-gateway-ingress")["spec"]
+    assert _selects(policy["podSelector"]["matchLabels"], _pod_labels("cxr-gateway"))
+    metrics_rules = [rule for rule in policy["ingress"] if DEFAULTS.metrics_port in {p["port"] for p in rule["ports"]}]
+    assert metrics_rules and all(rule.get("from") for rule in metrics_rules)
+    assert {_peer(peer) for rule in metrics_rules for peer in rule["from"]} == {"prometheus"}
+
+
+def _peer(peer: dict) -> str:
+    pods = peer.get("podSelector", {}).get("matchLabels", {})
+    namespace = peer.get("namespaceSelector", {}).get("matchLabels", {})
+    if not namespace and _selects(pods, _pod_labels("cxr-gateway")):
+        return "gateway"
+    if namespace == {"kubernetes.io/metadata.name": PROMETHEUS["namespace"]} and pods == PROMETHEUS["pod"]:
+        return "prometheus"
+    raise AssertionError(f"unexpected peer {peer}")
+
+
+def test_the_gateway_runs_unprivileged_on_a_read_only_root():
+    pod = _one("Deployment", "cxr-gateway")["spec"]["template"]["spec"]
+    context = _container("cxr-gateway")["securityContext"]
+    assert pod["securityContext"]["runAsNonRoot"] and context["runAsNonRoot"]
+    assert pod["securityContext"]["runAsUser"] == _dockerfile_uid() != 0
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert context["readOnlyRootFilesystem"] is True
+    assert context["allowPrivilegeEscalation"] is False
+    assert context["capabilities"]["drop"] == ["ALL"]
+    assert pod["automountServiceAccountToken"] is False
+    assert _one("ServiceAccount", pod["serviceAccountName"])["automountServiceAccountToken"] is False
+
+
+def test_triton_runs_unprivileged_on_one_gpu():
+    pod = _one("Deployment", "triton")["spec"]["template"]["spec"]
+    context = _container("triton")["securityContext"]
+    assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["runAsUser"] != 0
+    assert context["allowPrivilegeEscalation"] is False and context["capabilities"]["drop"] == ["ALL"]
+    resources = _container("triton")["resources"]
+    assert resources["limits"]["nvidia.com/gpu"] == resources["requests"]["nvidia.com/gpu"] == 1
+
+
+def test_triton_runs_as_docker_compose_runs_it():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["triton"]
+    container = _container("triton")
+    assert container["image"] == re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", compose["image"])
+    secret_flag = re.compile(r"\$\{TRITON_ADMIN_KEY:\?[^}]*\}")
+    assert container["args"] == [secret_flag.sub("$(TRITON_ADMIN_KEY)", arg) for arg in compose["command"]]
+    (key,) = [e for e in container["env"] if e["name"] == "TRITON_ADMIN_KEY"]
+    assert "secretKeyRef" in key["valueFrom"]
+    ports = _ports(container)
+    assert (ports["http"], ports["grpc"], ports["metrics"]) == (
+        DEFAULTS.triton_http_port, DEFAULTS.triton_grpc_port, DEFAULTS.triton_metrics_port)
+    for kind, path in (("startupProbe", "/v2/health/ready"), ("readinessProbe", "/v2/health/ready"),
+                       ("livenessProbe", "/v2/health/live")):
+        assert container[kind]["httpGet"] == {"path": path, "port": "http"}, kind
+    volumes = {v["name"]: v for v in _one("Deployment", "triton")["spec"]["template"]["spec"]["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    assert "persistentVolumeClaim" in volumes[mounts["/models"]]
+    assert volumes[mounts["/dev/shm"]]["emptyDir"]["medium"] == "Memory"
+
+
+def test_every_service_selects_a_deployment_and_targets_its_ports():
+    deployments = [d["metadata"]["name"] for d in _all("Deployment")]
+    expected = {"triton": {DEFAULTS.triton_http_port, DEFAULTS.triton_grpc_port, DEFAULTS.triton_metrics_port},
+                "cxr-gateway": {DEFAULTS.gateway_port, DEFAULTS.http_port, DEFAULTS.metrics_port}}
+    for service in _all("Service"):
+        spec, name = service["spec"], service["metadata"]["name"]
+        (target,) = [d for d in deployments if _selects(spec["selector"], _pod_labels(d))]
+        container_ports = _ports(_container(target))
+        for port in spec["ports"]:
+            assert port["targetPort"] in container_ports, (name, port)
+            assert container_ports[port["targetPort"]] == port["port"], (name, port)
+        assert {p["port"] for p in spec["ports"]} == expected[name]
+
+
+def test_every_deployment_selects_its_own_pods():
+    for deployment in _all("Deployment"):
+        spec = deployment["spec"]
+        assert _selects(spec["selector"]["matchLabels"], spec["template"]["metadata"]["labels"])
+
+
+def test_autoscalers_and_disruption_budgets_target_the_deployments():
+    deployments = {d["metadata"]["name"]: d for d in _all("Deployment")}
+    targets = [hpa["spec"]["scaleTargetRef"] for hpa in _all("HorizontalPodAutoscaler")]
+    assert sorted(t["name"] for t in targets) == sorted(deployments)
+    assert all(t["kind"] == "Deployment" and t["apiVersion"] == "apps/v1" for t in targets)
+    for name, deployment in deployments.items():
+        assert "replicas" not in deployment["spec"], f"{name}: the autoscaler owns the replica count"
+    budgets = [pdb["spec"]["selector"]["matchLabels"] for pdb in _all("PodDisruptionBudget")]
+    assert sorted(d for d in deployments for b in budgets if _selects(b, _pod_labels(d))) == sorted(deployments)
+
+
+def test_triton_scales_on_the_queue_time_the_adapter_serves():
+    (metric,) = _one("HorizontalPodAutoscaler", "triton")["spec"]["metrics"]
+    assert metric["type"] == "Pods"
+    adapter = yaml.safe_load((K8S / "prometheus-adapter" / "values.yaml").read_text())
+    (rule,) = [r for r in adapter["rules"]["custom"] if r["name"]["as"] == metric["pods"]["metric"]["name"]]
+    assert f'namespace="{_kustomization()["namespace"]}"' in rule["seriesQuery"]
+    assert {"namespace", "pod"} <= set(rule["resources"]["overrides"])
+    assert "nv_inference_queue_duration_us" in rule["metricsQuery"]
+    assert "nv_inference_request_success" in rule["metricsQuery"]
+    gateway = _one("HorizontalPodAutoscaler", "cxr-gateway")["spec"]["metrics"]
+    assert [m["resource"]["name"] for m in gateway] == ["cpu"]
+
+
+def test_the_gateway_environment_is_settings_it_would_start_with(tmp_path):
+    container = _container("cxr-gateway")
+    names = [e["name"] for e in container["env"] if e["name"].startswith("CXR_")]
+    unknown = [name for name in names if name.removeprefix("CXR_").lower() not in FIELDS]
+    assert not unknown, f"not fields of cxr.settings.Settings: {unknown}"
+    settings = load_settings(tmp_path, environ=_env(container))
+    tls.check_exposure(settings, settings.gateway_address)  # beyond loopback: TLS and tokens, or refusal
+    assert settings.tls_client_ca, "clients must bring certificates (mutual TLS)"
+    assert settings.metrics_port == _ports(container)["metrics"]
+    triton = _one("Service", "triton")["metadata"]["name"]
+    assert settings.triton_endpoints == (f"{triton}:{DEFAULTS.triton_grpc_port}",)
+    assert settings.triton_grpc_url == f"{triton}:{DEFAULTS.triton_grpc_port}"
+    mounts = {Path(m["mountPath"]): m for m in container["volumeMounts"]}
+    for path in (settings.tls_cert, settings.tls_key, settings.tls_client_ca, Path(settings.jwt_jwks)):
+        assert path.parent in mounts and mounts[path.parent]["readOnly"], path
+    for path in (settings.model_repository, settings.index_dir):
+        assert path in mounts and mounts[path]["readOnly"], path
+    assert not mounts[settings.audit_log.parent].get("readOnly"), "the audit log must be writable"
+    copies = mounts[settings.index_copy_dir]  # served indexes are copied here: not /tmp's 256 Mi
+    assert not copies.get("readOnly")
+    volume = next(v for v in _one("Deployment", "cxr-gateway")["spec"]["template"]["spec"]["volumes"]
+                  if v["name"] == copies["name"])
+    assert "emptyDir" in volume and volume["emptyDir"]["sizeLimit"] == \
+        _one("PersistentVolumeClaim", "cxr-indexes")["spec"]["resources"]["requests"]["storage"]
+
+
+def test_the_gateway_image_has_no_torch_and_a_non_root_user():
+    text = DOCKERFILE.read_text()
+    installs = [line for line in _instructions(text, "RUN") if "pip install" in line]
+    extras = {extra for line in installs for group in re.findall(r"'\.\[([^\]]*)\]'", line)
+              for extra in group.split(",")}
+    assert extras == {"serve", "milvus"}
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    installed = project["dependencies"] + [d for e in extras for d in project["optional-dependencies"][e]]
+    assert not [d for d in installed if re.match(r"torch\b|open_clip", d)], "the gateway image must not need torch"
+    assert not any(re.search(r"\btorch\b", line.split("&&")[0]) for line in installs)
+    assert _dockerfile_uid() > 0
+    assert {"50051", "8003"} <= {p for line in _instructions(text, "EXPOSE") for p in line.split()}
+    assert _instructions(text, "ENTRYPOINT")[-1] == '["python", "-m", "gateway.server"]'
+
+
+def test_the_gateway_imports_only_what_the_image_holds():
+    """The image copies cxr/ and gateway/ and installs no torch: the gateway must not reach further."""
+    script = ("import json, sys, gateway.server; "
+              "print(json.dumps({n: getattr(m, '__file__', None) for n, m in list(sys.modules.items())}))")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 0, result.stderr
+    modules = json.loads(result.stdout.splitlines()[-1])
+    assert not {"torch", "torchvision", "open_clip"} & set(modules)
+    ours = {Path(f).resolve().relative_to(ROOT).parts[0] for f in modules.values()
+            if f and Path(f).resolve().is_relative_to(ROOT) and ".venv" not in Path(f).parts}
+    copied = {source.rstrip("/") for line in _instructions(DOCKERFILE.read_text(), "COPY") if "--from" not in line
+              for source in line.split()[:-1]}
+    assert ours <= copied, f"the gateway imports from {sorted(ours - copied)}, which the image does not copy"
+
+
+def test_the_image_generates_the_stubs_as_the_makefile_does():
+    makefile = (ROOT / "Makefile").read_text()
+    (make_protoc,) = re.findall(r"grpc_tools\.protoc ([^\n]*)", makefile)
+    proto = re.search(r"^PROTO := (\S+)", makefile, re.M).group(1)
+    expected = shlex.split(make_protoc.replace("$(PROTO)", proto))
+    (run,) = [line for line in _instructions(DOCKERFILE.read_text(), "RUN") if "grpc_tools.protoc" in line]
+    protoc = run.split("grpc_tools.protoc", 1)[1].split("&&")[0]
+    assert shlex.split(protoc) == expected
+
+
+def test_the_build_context_is_an_allowlist():
+    lines = [line for line in (ROOT / ".dockerignore").read_text().splitlines() if line and not line.startswith("#")]
+    assert lines[0] == "*"
+    allowed = [line[1:] for line in lines if line.startswith("!")]
+    for never in (".venv", ".cache", ".run", "model_repository", "indexes", "weights", "tests", "../shared"):
+        assert not any(a == never or a.startswith(never + "/") for a in allowed), never
+    copies = [line.split()[:-1] for line in _instructions(DOCKERFILE.read_text(), "COPY") if "--from" not in line]
+    for source in (source for sources in copies for source in sources):
+        assert any(source == a.rstrip("/") or source.startswith(a) for a in allowed), f"{source} is not in the context"
+
+
+def _instructions(text: str, keyword: str) -> list[str]:
+    """Arguments of every `keyword` instruction, continuation lines joined."""
+    joined = re.sub(r"\\\n\s*", " ", text)
+    return [line[len(keyword):].strip() for line in joined.splitlines() if line.startswith(keyword + " ")]
+
+
+def _dockerfile_uid() -> int:
+    return int(_instructions(DOCKERFILE.read_text(), "USER")[-1].split(":")[0])
+
+
+def _copied_probe_path() -> str:
+    (copy,) = [line for line in _instructions(DOCKERFILE.read_text(), "COPY") if "grpc_health_probe.py" in line]
+    return copy.split()[-1]
