@@ -24,13 +24,12 @@ from grpc_health.v1 import health_pb2
 
 from benchmarks.machine import describe, exit_status, save
 from benchmarks.stack import exported
-from cxr import archives
+from cxr import archives, gateway_process
 from cxr.catalog import ExportedModel
 from cxr.client import RetrievalClient
+from cxr.dev_pki import dev_security
 from cxr.settings import Settings, load_settings, to_environment
 from cxr.store import faiss_files
-from gateway import process as gateway_process
-from gateway.dev_pki import dev_security
 from indexing.build import BuildOptions, build_index
 
 CLIENTS = 4

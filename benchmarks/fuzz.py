@@ -34,13 +34,12 @@ from grpc_health.v1 import health_pb2
 from benchmarks import hostile, hostile_http
 from benchmarks.machine import describe, exit_status, save
 from benchmarks.stack import exported, process_tree_rss_mb, served
-from cxr import archives
+from cxr import archives, gateway_process
 from cxr.client import channel_from
+from cxr.dev_pki import dev_security, issue_token
 from cxr.processes import free_ports
 from cxr.retrieval.v1 import retrieval_pb2 as pb
 from cxr.settings import Settings, load_settings
-from gateway import process as gateway_process
-from gateway.dev_pki import dev_security, issue_token
 
 SERVICE = pb.DESCRIPTOR.services_by_name["Retrieval"].full_name
 DEADLINE_S = 20.0

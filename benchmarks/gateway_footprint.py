@@ -23,10 +23,9 @@ from benchmarks import machine
 from benchmarks.compare import _gateway_sender, _Queries
 from benchmarks.load import run_load
 from benchmarks.stack import exported, process_tree_rss_mb, served
-from cxr import archives
+from cxr import archives, gateway_process
 from cxr.processes import stop_process
 from cxr.settings import Settings, load_settings, to_environment
-from gateway import process as gateway_process
 
 MODEL = "cxr-mini"
 QUERIES = 200  # half text (the tokenizer's path), half image

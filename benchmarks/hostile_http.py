@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from benchmarks import hostile
-from gateway.dev_pki import SIGNING_KEY, SIGNING_KEY_ID, issue_token
+from cxr.dev_pki import SIGNING_KEY, SIGNING_KEY_ID, issue_token
 
 CHUNK = 1 << 16
 ROUTES = ("/v1/search/text", "/v1/search/image", "/v1/search/batch", "/v1/models", "/v1/search/options",

@@ -9,7 +9,7 @@ import time
 from benchmarks.compare import _gateway_sender, _Queries
 from benchmarks.load import run_load
 from benchmarks.stack import exported, process_tree_rss_mb, served
-from cxr import archives, registry
+from cxr import archives, gateway_process, registry
 from cxr.catalog import ExportedModel
 from cxr.client import channel_from
 from cxr.processes import stop_process
@@ -17,7 +17,6 @@ from cxr.retrieval.v1 import retrieval_pb2 as pb
 from cxr.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
 from cxr.settings import load_settings
 from cxr.store.faiss_backend import FaissBackend
-from gateway import process as gateway_process
 from indexing import synthetic
 
 MODEL = "cxr-mini"

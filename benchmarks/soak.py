@@ -31,11 +31,11 @@ from benchmarks.stack import exported, process_tree_rss_mb, served
 from cxr import archives
 from cxr.archives import Record
 from cxr.client import channel_from
+from cxr.dev_pki import dev_security
 from cxr.retrieval.v1 import retrieval_pb2 as pb
 from cxr.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
 from cxr.settings import Settings, load_settings
 from gateway import audit_chain
-from gateway.dev_pki import dev_security
 from training.data import label_prompt
 
 MAX_REQUESTS_PER_CLIENT = 200_000  # a bound besides time, whatever the machine

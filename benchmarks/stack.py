@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from cxr import registry
+from cxr import gateway_process, registry
 from cxr.archives import Record
 from cxr.catalog import ExportedModel
 from cxr.manifest import read_export_manifest
@@ -21,7 +21,6 @@ from cxr.processes import free_ports, stop_process
 from cxr.settings import Settings
 from cxr.towers import towers
 from cxr.triton import server_process
-from gateway import process as gateway_process
 from indexing.build import BuildOptions, build_index
 
 

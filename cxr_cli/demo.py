@@ -19,16 +19,15 @@ from dataclasses import replace
 
 import grpc
 
-from cxr import processes, registry
+from cxr import gateway_process, processes, registry
 from cxr.client import RetrievalClient
+from cxr.dev_pki import dev_security
 from cxr.manifest import read_export_manifest
 from cxr.settings import Settings, load_settings
 from cxr.store import faiss_files
 from cxr.triton import server_process
 from cxr_cli.search_commands import print_hits
 from cxr_cli.serve_commands import page_url
-from gateway import process as gateway_process
-from gateway.dev_pki import dev_security
 
 TEXT_QUERIES = ["small left pleural effusion", "cardiomegaly", "no acute cardiopulmonary abnormality"]
 IMAGE_QUERIES = ["00000001_000.png", "1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"]

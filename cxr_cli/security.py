@@ -29,7 +29,7 @@ def parse_ttl(text: str) -> int:
 
 
 def cmd_certs_dev(args, settings: Settings) -> int:
-    from gateway.dev_pki import write_dev_pki
+    from cxr.dev_pki import write_dev_pki
 
     written = write_dev_pki(args.dir, force=args.force)
     print(f"wrote {', '.join(p.name for p in written)} to {args.dir} (development only: never in production)")
@@ -42,7 +42,7 @@ def cmd_certs_dev(args, settings: Settings) -> int:
 
 
 def cmd_token_issue(args, settings: Settings) -> int:
-    from gateway.dev_pki import issue_token
+    from cxr.dev_pki import issue_token
 
     if args.ttl > settings.jwt_max_ttl_s:
         raise CxrError(f"--ttl {args.ttl} s is longer than the gateway accepts (jwt_max_ttl_s = "

@@ -98,7 +98,7 @@ def _serve_detached(args, settings: Settings) -> int:
 
     from cxr_cli.supervisor import SUPERVISOR, wait_recorded
     from cxr.triton import server_process
-    from gateway import process as gateway_process
+    from cxr import gateway_process
 
     server_process.check_repository(settings.model_repository)
     server_process.check_ports(settings)
@@ -143,7 +143,7 @@ def cmd_stop(args, settings: Settings) -> int:
     from cxr import processes
     from cxr_cli.supervisor import SUPERVISOR
     from cxr.triton import server_process
-    from gateway import process as gateway_process
+    from cxr import gateway_process
 
     grace = settings.drain_grace_s + 30  # the gateway drains, then Triton exits
     stopped = processes.stop_recorded(settings.run_dir, SUPERVISOR, grace)

@@ -16,11 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cxr import processes
+from cxr import gateway_process, processes
 from cxr.errors import CxrError
 from cxr.settings import Settings
 from cxr.triton import server_process
-from gateway import process as gateway_process
 
 BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0)
 STABLE_S = 60.0  # up this long: the next crash starts the backoff over

@@ -9,8 +9,9 @@ import pytest
 from grpc_health.v1 import health_pb2
 
 from benchmarks import fuzz, hostile_http
-from gateway import audit_chain, process
-from gateway.dev_pki import dev_security
+from cxr import gateway_process
+from cxr.dev_pki import dev_security
+from gateway import audit_chain
 from support import DATA_DIR, BackgroundGateway
 
 pytestmark = pytest.mark.triton
@@ -25,7 +26,7 @@ def test_hostile_requests_get_clean_statuses_and_the_gateway_keeps_serving(serve
         local = replace(settings, gateway_port=int(background.address.split(":")[1]))
         made = fuzz.HostileRequests(local, DATA_DIR / "cxr_samples", seed=1)
         summary = fuzz.summarize(fuzz.fire(local, [made.draw() for _ in range(REQUESTS)]))
-        assert process.health(local) == health_pb2.HealthCheckResponse.SERVING
+        assert gateway_process.health(local) == health_pb2.HealthCheckResponse.SERVING
     finally:
         background.stop()
     assert summary["requests"] == REQUESTS
@@ -46,7 +47,7 @@ def test_hostile_http_requests_get_no_5xx_and_the_gateway_keeps_serving(served, 
                                                 settings.jwt_issuer, settings.jwt_audience, seed=1)
         summary = fuzz.summarize_http(fuzz.fire_http(target, [made.draw() for _ in range(REQUESTS)]))
         local = replace(settings, gateway_port=int(background.address.split(":")[1]))
-        assert process.health(local) == health_pb2.HealthCheckResponse.SERVING
+        assert gateway_process.health(local) == health_pb2.HealthCheckResponse.SERVING
         assert fuzz.bystander_search(target) < fuzz.DEADLINE_S
     finally:
         background.stop()

@@ -73,7 +73,7 @@ def test_the_gateway_reaches_a_triton_that_wants_mutual_tls(tmp_path, cache_dir)
     from cxr.catalog import ExportedModel
     from cxr.client import RetrievalClient
     from cxr.processes import stop_process
-    from gateway.dev_pki import write_dev_pki
+    from cxr.dev_pki import write_dev_pki
     from indexing.build import BuildOptions, build_index
     from support import DATA_DIR, BackgroundGateway
 

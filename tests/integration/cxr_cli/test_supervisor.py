@@ -14,13 +14,12 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 
-from cxr import archives
+from cxr import archives, gateway_process
 from cxr.catalog import ExportedModel
 from cxr.client import RetrievalClient
 from cxr.registry import get_model
 from cxr.settings import to_environment
 from export.repository import export_model
-from gateway import process as gateway_process
 from indexing.build import BuildOptions, build_index
 from support import DATA_DIR, make_settings
 

@@ -184,7 +184,7 @@ def test_filters_find_similar_and_a_narrow_window(page, site):
 @pytest.fixture(scope="module")
 def secured_site(served, nih_index, tmp_path_factory):
     """The gateway with auth = "token" (JWTs from the development PKI), its HTTP API on loopback."""
-    from gateway import dev_pki
+    from cxr import dev_pki
 
     pki = tmp_path_factory.mktemp("pki")
     dev_pki.write_dev_pki(pki)

@@ -10,10 +10,10 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 
+from cxr import gateway_process
 from cxr.client import RetrievalClient
 from cxr.processes import free_ports
 from cxr.retrieval.v1 import retrieval_pb2 as pb
-from gateway import process as gateway_process
 from support import DATA_DIR
 
 pytestmark = pytest.mark.triton

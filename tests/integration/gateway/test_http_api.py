@@ -17,10 +17,11 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from google.protobuf import json_format
 
+from cxr import dev_pki
 from cxr.client import channel
 from cxr.retrieval.v1 import retrieval_pb2 as pb
 from cxr.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
-from gateway import calls, dev_pki, openapi
+from gateway import calls, openapi
 from support import DATA_DIR, BackgroundGateway
 
 pytestmark = pytest.mark.triton

@@ -12,11 +12,10 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 
-from cxr import archives
+from cxr import archives, gateway_process
 from cxr.catalog import ExportedModel
 from cxr.client import RetrievalClient
 from cxr.store import faiss_files
-from gateway import process
 from indexing.build import BuildOptions, build_index
 from support import DATA_DIR, BackgroundGateway
 
@@ -80,7 +79,7 @@ def test_corrupt_build_refused_rebuild_picked_up_removal_stops_serving(served, n
             _wait(lambda: "refused the new index build" in caplog.text)
         assert faiss_files.INDEX_FILE in caplog.text
         assert _index_size(client) == 800
-        assert process.health(local) == health_pb2.HealthCheckResponse.SERVING
+        assert gateway_process.health(local) == health_pb2.HealthCheckResponse.SERVING
 
         records = archives.nih_labels(DATA_DIR / "nih800" / "labels.csv", DATA_DIR / "nih800")[:300]
         build_index(records, ExportedModel.load(settings.model_repository, MODEL), settings,
@@ -90,7 +89,7 @@ def test_corrupt_build_refused_rebuild_picked_up_removal_stops_serving(served, n
         assert len(codes) > 20 and set(codes) == {"OK"}, set(codes)
 
         shutil.rmtree(settings.index_path(MODEL))
-        _wait(lambda: process.health(local) == health_pb2.HealthCheckResponse.NOT_SERVING)
+        _wait(lambda: gateway_process.health(local) == health_pb2.HealthCheckResponse.NOT_SERVING)
         with pytest.raises(grpc.RpcError) as error:
             client.search_text("effusion")
         assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION

@@ -13,9 +13,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from cxr import dev_pki
 from cxr.client import RetrievalClient, channel
 from cxr.retrieval.v1 import retrieval_pb2 as pb
-from gateway import api_keys, audit_chain, audit_log, dev_pki
+from gateway import api_keys, audit_chain, audit_log
 from support import DATA_DIR, BackgroundGateway
 
 pytestmark = pytest.mark.triton

@@ -14,7 +14,7 @@ from dataclasses import replace
 
 import pytest
 
-from gateway.dev_pki import dev_security
+from cxr.dev_pki import dev_security
 from support import GATEWAY_MODEL
 from support.targets import running
 

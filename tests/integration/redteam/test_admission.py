@@ -14,10 +14,10 @@ import httpx
 import pytest
 
 from cxr.client import channel
+from cxr.dev_pki import dev_security, issue_token
 from cxr.retrieval.v1 import retrieval_pb2 as pb
 from cxr.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
 from gateway import audit_log
-from gateway.dev_pki import dev_security, issue_token
 from support import DATA_DIR, GATEWAY_MODEL
 from support.targets import running
 

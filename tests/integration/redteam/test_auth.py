@@ -14,10 +14,11 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from cxr import dev_pki
 from cxr.client import channel
 from cxr.retrieval.v1 import retrieval_pb2 as pb
 from cxr.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
-from gateway import dev_pki, hits
+from gateway import hits
 from support import DATA_DIR
 
 pytestmark = pytest.mark.triton

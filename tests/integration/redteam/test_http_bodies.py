@@ -14,7 +14,7 @@ from dataclasses import replace
 
 import pytest
 
-from gateway.dev_pki import dev_security
+from cxr.dev_pki import dev_security
 from gateway.http_messages import MAX_JSON_VALUES
 from support import DATA_DIR, GATEWAY_MODEL
 from support.targets import running

@@ -22,11 +22,11 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 
+from cxr import gateway_process
 from cxr.client import RetrievalClient
 from cxr.processes import free_ports, log_tail, stop_process
 from cxr.settings import to_environment
 from cxr.store import faiss_files
-from gateway import process as gateway_process
 from support import GATEWAY_MODEL
 
 pytestmark = pytest.mark.triton

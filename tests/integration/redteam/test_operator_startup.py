@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from cxr.dev_pki import write_dev_pki
 from cxr.processes import free_ports
 from cxr.settings import to_environment
-from gateway.dev_pki import write_dev_pki
 from support import GATEWAY_MODEL, BackgroundGateway
 
 pytestmark = pytest.mark.triton

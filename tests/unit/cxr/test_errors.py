@@ -4,6 +4,7 @@ import pytest
 
 from cxr import dicomweb, errors
 from cxr.archives import ArchiveError
+from cxr.dev_pki import PkiError
 from cxr.images import DecodeBusyError, ImageTooLargeError, InvalidImageError
 from cxr.private_copy import NoRoomError
 from cxr.settings import SettingsError
@@ -13,7 +14,6 @@ from cxr.triton import errors as triton_errors
 from gateway.admission import OverloadedError
 from gateway.audit_chain import AuditError
 from gateway.auth import AuthConfigError, AuthError
-from gateway.dev_pki import PkiError
 from gateway.hits import ViewerTemplateError
 from gateway.request_errors import ImageNotFoundError, InvalidRequestError, StudyNotFoundError
 from gateway.thumbnails import PacsUnavailableError, ThumbnailSourceError

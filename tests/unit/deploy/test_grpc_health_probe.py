@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from cxr import dev_pki
 from cxr.processes import free_ports
-from gateway import dev_pki
 from support import BackgroundGateway, make_settings
 
 PROBE = Path(__file__).parents[3] / "deploy" / "grpc_health_probe.py"

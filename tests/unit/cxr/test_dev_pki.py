@@ -6,7 +6,9 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from gateway import auth, dev_pki
+
+from cxr import dev_pki
+from gateway import auth
 
 
 def test_the_certificates_chain_to_the_ca_with_the_right_names(tmp_path):
