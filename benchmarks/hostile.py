@@ -1,7 +1,7 @@
 """Hostile inputs for the gateway: images whose headers lie, bombs, damaged files, odd texts.
 
 Everything is built from a seed and the real samples, so a failing case can be made again.
-`make fuzz` (benchmarks/fuzz.py) and tests/gateway/test_fuzz.py draw their requests from here.
+`make fuzz` (benchmarks/fuzz.py) and the red-team tests (tests/integration/redteam/) draw their requests from here.
 """
 
 from __future__ import annotations

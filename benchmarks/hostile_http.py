@@ -2,7 +2,7 @@
 slow clients, as raw bytes so that what no well-behaved client library would send can be sent.
 
 Everything is drawn from a seed, the real samples (through benchmarks.hostile) and a development PKI, so a
-failing case can be made again. `make fuzz` (benchmarks/fuzz.py) and tests/benchmarks/test_fuzz.py use it.
+failing case can be made again. `make fuzz` (benchmarks/fuzz.py) and tests/integration/benchmarks/test_fuzz.py use it.
 """
 
 from __future__ import annotations

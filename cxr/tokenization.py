@@ -1,6 +1,6 @@
 """The text tokenizer as exported beside a text tower: loads from files, needs no torch and no transformers.
 
-Reproduces each family's own tokenisation (checked against it in tests/cxr/test_tokenization.py):
+Reproduces each family's own tokenisation (checked against it in tests/unit/cxr/test_tokenization.py):
 - a `tokenizer.json` (what transformers' fast tokenizers save: CLIP BPE, BERT WordPiece) runs in the
   `tokenizers` library, the same Rust code transformers calls;
 - SigLIP's SentencePiece model (transformers has no fast SigLIP tokenizer, so no tokenizer.json) runs in

@@ -42,7 +42,7 @@ from gateway.audit_log import AuditLog
 VERBATIM_MAX_BYTES = 64  # as written in the line, JSON escapes included
 IDENTITY_MAX_BYTES = 256
 FILTER_VALUES_LISTED = 16
-# The largest lines, less the study UIDs of an answer (tests/gateway/test_audit_records.py builds the worst):
+# The largest lines, less the study UIDs of an answer (tests/unit/gateway/test_audit_records.py builds the worst):
 MAX_LINE_BYTES = 640 * 1024  # an answered BatchSearch of 256 queries, each with 2 x 16 filter values listed
 MAX_REFUSED_LINE_BYTES = 128 * 1024  # a call not answered: 256 queries of HMACs and counts
 _IDENTIFIER = re.compile(r"[0-9A-Za-z._-]*")

@@ -3,7 +3,7 @@
 Clinicians repeat queries ("pleural effusion", "pneumothorax"), so a small LRU cache in front of
 the text tower answers many of them at once. The key is the export's text-tower checksum (a
 re-export never serves an old vector) and a SHA-256 of the text with its whitespace collapsed (every
-family's tokenizer ignores runs of whitespace; tests/gateway/test_text_cache.py checks them): the
+family's tokenizer ignores runs of whitespace; tests/unit/gateway/test_text_cache.py checks them): the
 cache holds digests, never query text.
 """
 
