@@ -41,21 +41,22 @@ class FamilyExporter(ABC):
         raise ValueError(f"{spec.name}: embedded weights need an open_clip model with a pretrained_text package")
 
 
-class HfClipExporter(FamilyExporter):
-    family = HF_CLIP
+class HfExporter(FamilyExporter, ABC):
+    """Families whose checkpoints are transformers' own layout (config.json + weights), loaded alike."""
 
     def load_checkpoint(self, spec: ModelSpec, source: str) -> Encoder:
         return checkpoints.load_hf(spec, source)
+
+
+class HfClipExporter(HfExporter):
+    family = HF_CLIP
 
     def build_random_checkpoint(self, spec: ModelSpec, out: Path, data_dir: Path, final_dir: Path) -> None:
         twins.build_hf_clip(spec, out, data_dir, final_dir)
 
 
-class HfSiglipExporter(FamilyExporter):
+class HfSiglipExporter(HfExporter):
     family = HF_SIGLIP
-
-    def load_checkpoint(self, spec: ModelSpec, source: str) -> Encoder:
-        return checkpoints.load_hf(spec, source)
 
     def build_random_checkpoint(self, spec: ModelSpec, out: Path, data_dir: Path, final_dir: Path) -> None:
         twins.build_hf_siglip(spec, out, data_dir, final_dir)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import contextlib
 import socket
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
 
-from support import BackgroundGateway
+from cxr.dev_pki import dev_security
+from support import GATEWAY_MODEL, BackgroundGateway
 
 
 @dataclass
@@ -65,3 +66,10 @@ def running(settings, http: bool = True):
         yield Target(background, settings)
     finally:
         background.stop()
+
+
+def secured_settings(served, root: Path, scopes: list[str], **limits):
+    """Configuration B (mutual TLS, a `red-team` token with `scopes`, the audit log under `root`) over
+    the served Triton, with `limits` (settings such as rate_limit_per_s) in place of the defaults."""
+    return dev_security(replace(served, model=GATEWAY_MODEL, **limits), root / "pki", "red-team", scopes,
+                        audit_log=root / "audit.log")

@@ -19,7 +19,7 @@ from cxr.retrieval.v1 import retrieval_pb2 as pb
 from cxr.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
 from gateway import audit_log
 from support import DATA_DIR, GATEWAY_MODEL
-from support.targets import running
+from support.targets import running, secured_settings
 
 pytestmark = pytest.mark.triton
 LARGE_JPEG = (DATA_DIR / "cxr_samples" / "covid-19-pneumonia-58-prior.jpg").read_bytes()  # 2373 px, 2.3 MB
@@ -30,9 +30,7 @@ FLOOD = 500
 def guarded(served, nih_index, tmp_path_factory):
     """Configuration B with the default limits: 50 queries/s, burst 100, 16 calls in flight per client."""
     root = tmp_path_factory.mktemp("guarded")
-    settings = dev_security(replace(served, model=GATEWAY_MODEL, rate_limit_per_s=50.0, rate_limit_burst=100),
-                            root / "pki", "red-team", ["search"], audit_log=root / "audit.log")
-    with running(settings) as target:
+    with running(secured_settings(served, root, ["search"], rate_limit_per_s=50.0, rate_limit_burst=100)) as target:
         yield target
 
 

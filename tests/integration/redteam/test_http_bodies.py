@@ -17,7 +17,7 @@ import pytest
 from cxr.dev_pki import dev_security
 from gateway.http_messages import MAX_JSON_VALUES
 from support import DATA_DIR, GATEWAY_MODEL
-from support.targets import running
+from support.targets import running, secured_settings
 
 pytestmark = pytest.mark.triton
 PNG = (DATA_DIR / "cxr_samples" / "00000001_000.png").read_bytes()
@@ -321,9 +321,7 @@ def test_refusals_of_the_http_side_are_audited(secured_gateway, request_kwargs, 
 def limited(served, nih_index, tmp_path_factory):
     """Configuration B with a rate limit of one call per 20 s and a burst of 2."""
     root = tmp_path_factory.mktemp("limited")
-    settings = dev_security(replace(served, model=GATEWAY_MODEL, rate_limit_per_s=0.05, rate_limit_burst=2),
-                            root / "pki", "red-team", ["search"], audit_log=root / "audit.log")
-    with running(settings) as target:
+    with running(secured_settings(served, root, ["search"], rate_limit_per_s=0.05, rate_limit_burst=2)) as target:
         yield target
 
 
