@@ -1,13 +1,16 @@
-"""Credentials: JWTs (RS256/ES256 from a JWKS) and API keys; each refusal says why."""
+"""Credentials: JWTs (RS256/ES256 from a JWKS) and API keys; each refusal says why; the auth interceptor
+lets only the `studies` scope see patient data."""
 
 import json
 import time
 
+import grpc
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from gateway import api_keys, auth
+from gateway import api_keys, auth, calls
+from support.interceptor_server import search
 
 ISSUER, AUDIENCE = "https://idp.hospital.example", "cxr-retrieval"
 
@@ -129,3 +132,32 @@ def test_every_rpc_of_the_service_has_a_scope():
     methods = {f"/{service.full_name}/{m.name}" for m in service.methods}
     assert methods <= set(auth.METHOD_SCOPES)
     assert all(auth.METHOD_SCOPES[m] for m in methods), "no Retrieval RPC may be public"
+
+
+class TokenPerScopes:
+    """An authenticator whose tokens are their scopes, comma-separated."""
+
+    def verify(self, token):
+        return auth.Principal("someone", "jwt", frozenset(token.split(",")))
+
+
+class SeenByTheService(grpc.aio.ServerInterceptor):
+    """After auth: what the service will read of the call."""
+
+    def __init__(self):
+        self.seen = []
+
+    async def intercept_service(self, continuation, details):
+        async def around(run, request, context):
+            self.seen.append(calls.current().sees_patient_data)
+            return await run()
+
+        return calls.wrap_unary(await continuation(details), around)
+
+
+def test_only_the_studies_scope_may_see_patient_data(make_server):
+    seen = SeenByTheService()
+    server = make_server(auth.AuthInterceptor(TokenPerScopes()), seen)
+    for scopes in ("search", "search,studies", "search,admin"):
+        search(server.stub, metadata=(("authorization", f"Bearer {scopes}"),))
+    assert seen.seen == [False, True, False]
