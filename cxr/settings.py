@@ -75,6 +75,16 @@ class Settings:
     index_backend: str = "faiss"
     milvus_uri: str = ""
     milvus_token: str = field(default="", repr=False)
+    # Radiology reports (cxr.reports): kept per model in <reports_dir>/<model>.sqlite (unset:
+    # <index_dir>/reports), received from the RIS as HL7 v2 ORU^R01 over MLLP by `cxr reports listen`
+    # on reports_mllp_host:reports_mllp_port, the accession number read from reports_accession_field
+    # (OBR-3, the filler order number; some RIS send it in OBR-18 or OBR-2). The gateway looks for new
+    # reports every reports_poll_s seconds.
+    reports_dir: Path | None = None
+    reports_mllp_host: str = "127.0.0.1"
+    reports_mllp_port: int = 2575  # the port IANA registered for HL7 over MLLP
+    reports_accession_field: str = "OBR-3"
+    reports_poll_s: float = 1.0
     # Concurrent searches of one index are gathered into one batched search: up to this many
     # queries. Queries arriving while a search runs wait for it and go together; a wait for company
     # after an idle spell (search_batch_wait_ms) costs ~1.7 ms per query at concurrency 1.
@@ -173,6 +183,10 @@ class Settings:
     def index_path(self, model: str) -> Path:
         return self.index_dir / model
 
+    def reports_path(self, model: str) -> Path:
+        """The model's report ledger (cxr.reports.ledger), beside its index so a rebuild keeps it."""
+        return (self.reports_dir or self.index_dir / "reports") / f"{model}.sqlite"
+
     @property
     def triton_http_url(self) -> str:
         return f"{self.triton_host}:{self.triton_http_port}"
@@ -184,7 +198,8 @@ class Settings:
 PORT = (0, 65535)
 RANGES: dict[str, tuple[float, float]] = {
     "triton_http_port": (1, 65535), "triton_grpc_port": (1, 65535), "triton_metrics_port": (1, 65535),
-    "gateway_port": PORT, "http_port": PORT, "metrics_port": PORT,
+    "gateway_port": PORT, "http_port": PORT, "metrics_port": PORT, "reports_mllp_port": PORT,
+    "reports_poll_s": (0.05, 3600),
     "thumbnail_cache_mb": (0, 1 << 20), "search_batch_max": (1, 4096), "search_batch_wait_ms": (0, 1000),
     "text_cache_entries": (0, 10**8), "audit_max_bytes": (1 << 16, 1 << 40),
     "max_concurrent_rpcs": (1, 100_000), "max_concurrent_rpcs_per_client": (1, 100_000),
