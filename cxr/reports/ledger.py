@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cxr.reports.report import Report, ReportStatus
+from cxr.store.interface import StudyIdentity
 
 BUSY_TIMEOUT_S = 10.0  # another writer's transaction: wait for it rather than fail
 SCHEMA = """
@@ -35,16 +36,6 @@ CREATE INDEX IF NOT EXISTS studies_by_instance_uid ON studies (study_instance_ui
 """
 REPORT_COLUMNS = ("accession_number", "study_instance_uid", "patient_id", "status", "time", "findings",
                   "impression", "source")
-
-
-@dataclass(frozen=True)
-class StudyIdentity:
-    """How the index knows a study: its row key (study_uid), DICOM identities and patient id ("" unknown)."""
-
-    study_uid: str
-    study_instance_uid: str = ""
-    accession_number: str = ""
-    patient_id: str = ""
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
 from pathlib import Path
 
 import faiss
@@ -22,7 +23,7 @@ from cxr.store.builds import check_model
 from cxr.store.errors import IndexCorruptError, IndexMissingError, IndexUnreadableError
 from cxr.store.faiss_files import INDEX_FILE, TABLE_DIR, VECTORS_FILE, file_checksum, listed_files, read_manifest
 from cxr.store.image_table import ImageTable, population
-from cxr.store.interface import Filter, Hits, VectorStore
+from cxr.store.interface import Filter, Hits, StudyIdentity, StudyReport, VectorStore
 
 RERANK_FACTOR = 4  # a compressed index proposes 4 x k candidates; the full vectors pick the k best
 FILTER_CACHE = 256  # filter combinations whose bitmaps are kept
@@ -125,6 +126,7 @@ class FaissStore(VectorStore):
             self._resources = faiss.StandardGpuResources()
             self.index = faiss.index_cpu_to_gpu(self._resources, 0, index)
         self._filters: OrderedDict[Filter, tuple[np.ndarray | None, int]] = OrderedDict()
+        self._generation = 0  # of the labels: reports change them, and the bitmaps kept for them
         self._lock = threading.Lock()
 
     @property
@@ -156,6 +158,15 @@ class FaissStore(VectorStore):
     def image(self, image_id: str) -> dict | None:
         return self.table.image(image_id)
 
+    def studies(self) -> Iterator[StudyIdentity]:
+        return (StudyIdentity(*study) for study in self.table.studies())
+
+    def apply_reports(self, reports: dict[str, StudyReport]) -> None:
+        self.table.amend({study: report.fields() for study, report in reports.items()})
+        with self._lock:
+            self._generation += 1
+            self._filters.clear()
+
     def search(self, queries: np.ndarray, k: int, flt: Filter = Filter()) -> list[Hits]:
         queries = np.ascontiguousarray(queries, np.float32).reshape(-1, self.index.d)
         bitmap, allowed = self._bitmap(flt)
@@ -182,9 +193,12 @@ class FaissStore(VectorStore):
             if flt in self._filters:
                 self._filters.move_to_end(flt)
                 return self._filters[flt]
+            generation = self._generation
         bitmap = self.table.bitmap(flt.projections, flt.labels) if flt else None
         entry = (bitmap, population(bitmap, self.count))
         with self._lock:
+            if generation != self._generation:
+                return entry  # built from the labels before a report changed them: not kept
             self._filters[flt] = entry
             if len(self._filters) > FILTER_CACHE:
                 self._filters.popitem(last=False)

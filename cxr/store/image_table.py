@@ -12,6 +12,9 @@ bytes on disk and are paged in only where read. One folder, one row per vector, 
 
 Filters become bitmaps (one bit per row, FAISS IDSelectorBitmap's bit order), built once per value
 at load, then OR-ed within a kind and AND-ed across kinds per query.
+
+Reports that arrive after the build (cxr.reports) are held in memory, not written into the columns:
+`amend` replaces the report fields and labels of a study's rows, and the label bitmaps with them.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import bisect
 import json
 import mmap
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -140,6 +144,7 @@ class ImageTable:
         if any(len(c) != self.count for c in self._columns.values()) or len(self._projection_codes) != self.count:
             raise ValueError(f"{directory}: columns of different lengths for {self.count} rows")
         self._bitmaps = {"projection": self._projection_bitmaps(), "label": self._label_bitmaps()}
+        self._amended: dict[int, dict] = {}  # row -> the fields its study's report replaces (cxr.reports)
 
     def rows(self, ids) -> list[dict]:
         ids = np.asarray(list(ids), np.int64)
@@ -151,7 +156,48 @@ class ImageTable:
         for row, code, start, stop in zip(rows, self._projection_codes[ids].tolist(), starts, stops):
             row["projection"] = self.projection_names[code] if code != NO_VALUE else ""
             row["labels"] = [self.label_names[c] for c in self._label_codes[start:stop].tolist()]
+        for row, i in zip(rows, ids.tolist()):
+            row.update(self._amended.get(i, ()))
         return rows
+
+    def studies(self) -> Iterator[tuple[str, str, str, str]]:
+        """(study_uid, study_instance_uid, accession_number, patient_id) of each study once, in study order."""
+        names = ("study_uid", "study_instance_uid", "accession_number", "patient_id")
+        columns = [self._columns[name] for name in names]
+        previous = None
+        for row in np.asarray(self._orders["study_uid"]).tolist():
+            study = columns[0][row]
+            if study != previous:
+                previous = study
+                yield (study, *(column[row] for column in columns[1:]))
+
+    def amend(self, studies: dict[str, dict]) -> None:
+        """Show `fields` (StudyReport.fields: report text, labels, ...) in every row of each study,
+        with the label bitmaps following the new labels. Readers see the old or the new state, whole:
+        what they read is replaced, never changed in place."""
+        amended, changed = dict(self._amended), {}
+        for study_uid, fields in studies.items():
+            for row in self._matching("study_uid", study_uid):
+                changed[row] = fields["labels"]
+                amended[row] = fields
+        if not changed:
+            return
+        self._bitmaps = dict(self._bitmaps, label=self._relabelled(changed))
+        self._amended = amended
+
+    def _relabelled(self, changed: dict[int, list[str]]) -> dict[str, np.ndarray]:
+        maps = dict(self._bitmaps["label"])
+        rows = np.fromiter(changed, np.int64, len(changed))
+        for name in {label for labels in changed.values() for label in labels}:
+            if name.lower() not in maps:
+                maps[name.lower()] = np.zeros((self.count + 7) // 8, np.uint8)
+                self.label_names = [*self.label_names, name]
+        for key, bits in maps.items():
+            bits = maps[key] = bits.copy()
+            np.bitwise_and.at(bits, rows >> 3, ~(1 << (rows & 7)).astype(np.uint8))
+            carrying = np.array([r for r, labels in changed.items() if key in {x.lower() for x in labels}], np.int64)
+            np.bitwise_or.at(bits, carrying >> 3, (1 << (carrying & 7)).astype(np.uint8))
+        return maps
 
     def study(self, study_uid: str) -> list[dict]:
         """Every image of one study, in id order."""

@@ -23,6 +23,7 @@ import hmac
 import logging
 import secrets
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,6 +50,34 @@ class Filter:
 
     def __bool__(self) -> bool:
         return bool(self.projections or self.labels)
+
+
+@dataclass(frozen=True)
+class StudyIdentity:
+    """How an index knows a study: its rows' study_uid, its DICOM identities, its patient id ("" unknown)."""
+
+    study_uid: str
+    study_instance_uid: str = ""
+    accession_number: str = ""
+    patient_id: str = ""
+
+
+@dataclass(frozen=True)
+class StudyReport:
+    """A study's report as its rows show it, replacing what the build stored: the text, the labels read
+    from it (derived from the text, not ground truth), its status and time. A cancelled report shows no
+    text and no labels."""
+
+    findings: str = ""
+    impression: str = ""
+    labels: tuple[str, ...] = ()
+    status: str = ""  # preliminary, final, corrected, cancelled
+    time: str = ""  # ISO 8601
+
+    def fields(self) -> dict:
+        """What it sets in each row of its study."""
+        return {"findings": self.findings, "impression": self.impression, "labels": list(self.labels),
+                "report_status": self.status, "report_time": self.time, "labels_derived": True}
 
 
 class VectorStore(ABC):
@@ -104,6 +133,15 @@ class VectorStore(ABC):
         """Whether one search costs less than handing it to a worker thread (a few hundred microseconds
         on a busy host): then the gateway runs it where it is asked."""
         return False
+
+    @abstractmethod
+    def studies(self) -> Iterator[StudyIdentity]:
+        """Each indexed study once: what reports are joined by (cxr.reports)."""
+
+    @abstractmethod
+    def apply_reports(self, reports: dict[str, StudyReport]) -> None:
+        """Show these reports (keyed by study_uid) in their studies' rows, labels included in the label
+        filter, from the next search on; the vectors are not touched. A study not indexed is ignored."""
 
     def ready(self) -> bool:
         """Whether the store answers now: the gateway's health says NOT_SERVING while it does not."""

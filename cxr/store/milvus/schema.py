@@ -10,6 +10,7 @@ from cxr.store.image_table import TEXT_COLUMNS
 
 ID, VECTOR, PROJECTION_KEY, LABEL_KEYS = "id", "vector", "projection_key", "label_keys"
 ROW_FIELDS = [ID, *TEXT_COLUMNS, "projection", "labels"]
+STORED_FIELDS = [*ROW_FIELDS, VECTOR, PROJECTION_KEY, LABEL_KEYS]  # a whole row, as an upsert rewrites it
 MANIFEST_PROPERTY = "cxr.manifest"
 METRIC = "COSINE"  # the vectors are L2-normalised: the same order and scores as FAISS's inner product
 
@@ -31,6 +32,19 @@ LITE_UNBUILT = ("IVF_PQ",)
 LITE_IVF_NLIST = 128
 HNSW_MAX_EF = 32_768  # the beam of the second search of a query a narrow filter left short
 HNSW_EF_CONSTRUCTION = 200  # built once per sealed segment in the background: a better graph costs no query time
+
+
+def cut(text: str, limit: int) -> tuple[str, bool]:
+    """At most `limit` UTF-8 bytes, never half a character; and whether it was cut."""
+    data = text.encode()
+    return (text, False) if len(data) <= limit else (data[:limit].decode(errors="ignore"), True)
+
+
+def report_fields(report) -> dict:
+    """A StudyReport (cxr.store.interface) as the fields of its study's rows."""
+    labels = [label for label in report.labels if len(label.encode()) <= LABEL_BYTES][:MAX_LABELS]
+    return {"findings": cut(report.findings, REPORT_BYTES)[0], "impression": cut(report.impression, REPORT_BYTES)[0],
+            "labels": labels, LABEL_KEYS: [label.lower() for label in labels]}
 
 
 def collection_schema(dim: int):

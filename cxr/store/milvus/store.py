@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 from pymilvus import MilvusException
 from pymilvus.client.types import LoadState
 
 from cxr.store.errors import IndexCorruptError, StoreUnavailableError
 from cxr.store.image_table import TEXT_COLUMNS, check_known
-from cxr.store.interface import Filter, Hits, VectorStore
+from cxr.store.interface import Filter, Hits, StudyIdentity, StudyReport, VectorStore
 from cxr.store.milvus.connection import (
     CALL_TIMEOUT_S,
     COLLECTION_NOT_FOUND,
@@ -19,11 +21,12 @@ from cxr.store.milvus.connection import (
     error_code,
 )
 from cxr.store.milvus.filters import filter_expression, literal
-from cxr.store.milvus.schema import FIELD_BYTES, ID, ROW_FIELDS, VECTOR, search_params
+from cxr.store.milvus.schema import FIELD_BYTES, ID, ROW_FIELDS, STORED_FIELDS, VECTOR, report_fields, search_params
 
 MAX_NQ = 1024  # queries per search request
 MAX_TOP_K = 16_384  # Milvus's limit
 IDS_PER_QUERY = 4096
+STUDIES_PER_UPSERT = 256
 
 
 class MilvusStore(VectorStore):
@@ -36,6 +39,7 @@ class MilvusStore(VectorStore):
         self.where = where
         self.dim = int(manifest["dim"])
         self.spec = manifest["milvus_index"]
+        self._reports: dict[str, StudyReport] = {}  # what rows show beyond their fields: status, time, derived
 
     @property
     def size_bytes(self) -> int:
@@ -48,10 +52,11 @@ class MilvusStore(VectorStore):
 
     @property
     def labels(self) -> list[str]:
-        return sorted(self.manifest["labels"])
+        derived = {label for report in self._reports.values() for label in report.labels}
+        return sorted(set(self.manifest["labels"]) | derived)
 
     def check_filter(self, flt: Filter) -> None:
-        check_known(flt.projections, flt.labels, self.manifest["projections"], self.manifest["labels"])
+        check_known(flt.projections, flt.labels, self.manifest["projections"], self.labels)
 
     def search(self, queries: np.ndarray, k: int, flt: Filter = Filter()) -> list[Hits]:
         queries = np.ascontiguousarray(queries, np.float32).reshape(-1, self.dim)
@@ -89,7 +94,7 @@ class MilvusStore(VectorStore):
         for start in range(0, len(wanted), IDS_PER_QUERY):
             chunk = wanted[start:start + IDS_PER_QUERY]
             for record in self._query(f"{ID} in {chunk}"):
-                found[int(record[ID])] = _row(record)
+                found[int(record[ID])] = self._row(record)
         missing = [i for i in wanted if i not in found]
         if missing:
             raise IndexCorruptError(f"{self.where}: collection {self.collection} has no rows for ids {missing[:5]} "
@@ -100,17 +105,54 @@ class MilvusStore(VectorStore):
         if len(study_uid.encode()) > FIELD_BYTES["study_uid"]:
             return []  # longer than any stored study uid
         records = self._query(f"study_uid == {literal(study_uid)}")
-        return [_row(r) for r in sorted(records, key=lambda r: int(r[ID]))]
+        return [self._row(r) for r in sorted(records, key=lambda r: int(r[ID]))]
 
     def image(self, image_id: str) -> dict | None:
         if len(image_id.encode()) > FIELD_BYTES["image_id"]:
             return None
         records = self._query(f"image_id == {literal(image_id)}")
-        return _row(min(records, key=lambda r: int(r[ID]))) if records else None
+        return self._row(min(records, key=lambda r: int(r[ID]))) if records else None
 
-    def _query(self, expr: str) -> list[dict]:
-        return self._call(lambda c: c.query(self.collection, filter=expr, output_fields=ROW_FIELDS,
+    def _query(self, expr: str, fields: list[str] = ROW_FIELDS) -> list[dict]:
+        return self._call(lambda c: c.query(self.collection, filter=expr, output_fields=fields,
                                             timeout=CALL_TIMEOUT_S))
+
+    def _row(self, record: dict) -> dict:
+        row = {name: record.get(name) or "" for name in TEXT_COLUMNS}
+        row["projection"] = record.get("projection") or ""
+        row["labels"] = list(record.get("labels") or ())
+        report = self._reports.get(row["study_uid"])
+        if report is not None:
+            row.update(report_status=report.status, report_time=report.time, labels_derived=True)
+        return row
+
+    def studies(self) -> Iterator[StudyIdentity]:
+        fields = ["study_uid", "study_instance_uid", "accession_number", "patient_id"]
+        iterator = self._call(lambda c: c.query_iterator(self.collection, batch_size=IDS_PER_QUERY, filter=f"{ID} >= 0",
+                                                         output_fields=fields, timeout=CALL_TIMEOUT_S))
+        seen: set[str] = set()
+        try:
+            while batch := iterator.next():
+                for record in batch:
+                    if record["study_uid"] not in seen:
+                        seen.add(record["study_uid"])
+                        yield StudyIdentity(*(record.get(name) or "" for name in fields))
+        finally:
+            iterator.close()
+
+    def apply_reports(self, reports: dict[str, StudyReport]) -> None:
+        """The report fields of the studies' rows rewritten in place (upsert: the vectors are read back
+        and written unchanged); status, time and the derived mark are kept by this store."""
+        studies = list(reports)
+        for start in range(0, len(studies), STUDIES_PER_UPSERT):
+            chunk = studies[start:start + STUDIES_PER_UPSERT]
+            records = self._query(f"study_uid in [{', '.join(literal(uid) for uid in chunk)}]", STORED_FIELDS)
+            changed = [dict(record, **fields) for record in records
+                       for fields in (report_fields(reports[record["study_uid"]]),)
+                       if any(record.get(name) != value for name, value in fields.items())]
+            if changed:
+                self._call(lambda c: c.upsert(self.collection, changed, timeout=CALL_TIMEOUT_S))
+        self._reports = {**self._reports, **reports}
 
     def ready(self) -> bool:
         """Answers, with the collection loaded. A collection found released (a Milvus Lite server
@@ -143,9 +185,3 @@ class MilvusStore(VectorStore):
     def _load(self, timeout: float) -> None:
         self.connection.call(lambda c: c.load_collection(self.collection, timeout=timeout))
 
-
-def _row(record: dict) -> dict:
-    row = {name: record.get(name) or "" for name in TEXT_COLUMNS}
-    row["projection"] = record.get("projection") or ""
-    row["labels"] = list(record.get("labels") or ())
-    return row

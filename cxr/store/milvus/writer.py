@@ -30,6 +30,7 @@ from cxr.store.milvus.schema import (
     REPORT_COLUMNS,
     VECTOR,
     collection_schema,
+    cut,
     index_params,
     index_spec,
 )
@@ -43,12 +44,6 @@ INSERT_BYTES = 8 << 20  # per insert request, well under Milvus's 64 MB message 
 
 class MilvusLimitError(InvalidArgumentError, ValueError):
     """A row does not fit the collection's fields."""
-
-
-def _cut(text: str, limit: int) -> tuple[str, bool]:
-    """At most `limit` UTF-8 bytes, never half a character."""
-    data = text.encode()
-    return (text, False) if len(data) <= limit else (data[:limit].decode(errors="ignore"), True)
 
 
 class MilvusWriter(StoreWriter):
@@ -137,8 +132,8 @@ class MilvusWriter(StoreWriter):
     def _text(self, name: str, row: dict, position: int) -> str:
         text = str(row.get(name) or "")
         if name in REPORT_COLUMNS:
-            text, cut = _cut(text, REPORT_BYTES)
-            self._truncated += cut
+            text, was_cut = cut(text, REPORT_BYTES)
+            self._truncated += was_cut
             return text
         if len(text.encode()) > FIELD_BYTES[name]:
             raise self._too_long(row, position, f"{name} of {len(text.encode())} bytes", f"{FIELD_BYTES[name]} bytes")

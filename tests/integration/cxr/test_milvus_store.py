@@ -22,7 +22,7 @@ from cxr.store.errors import (  # noqa: E402
     StoreUnavailableError,
     UnknownFilterError,
 )
-from cxr.store.interface import Filter  # noqa: E402
+from cxr.store.interface import Filter, StudyReport  # noqa: E402
 from cxr.store.milvus.aliases import alias_of  # noqa: E402
 from cxr.store.milvus.backend import MilvusBackend  # noqa: E402
 from cxr.store.milvus.connection import RECONNECT_AFTER_S  # noqa: E402
@@ -258,3 +258,22 @@ class _MilvusServer:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait(10)
+
+
+def test_reports_amend_rows_and_label_filters_as_in_faiss(pair):
+    faiss, milvus = pair
+    report = StudyReport(findings="Small left effusion.", impression="Effusion.", labels=("Effusion", "Atelectasis"),
+                         status="corrected", time="2026-12-03T08:00:00")
+    for store in pair:
+        store.apply_reports({"s3": report, "s5": StudyReport(status="cancelled"), "not-indexed": report})
+    assert milvus.study("s3") == faiss.study("s3")
+    assert milvus.study("s3")[0]["findings"] == "Small left effusion." and milvus.study("s5")[0]["labels"] == []
+    assert milvus.study("s3")[0]["report_status"] == "corrected" and milvus.study("s3")[0]["labels_derived"]
+    assert milvus.labels == faiss.labels and "Atelectasis" in milvus.labels
+    queries = unit_vectors(5, DIM, seed=9)
+    flt = Filter.of(labels=["atelectasis"])
+    assert sorted(i for i, _ in milvus.search(queries, 5, flt)[0]) == [6, 7]  # study s3's two images
+    assert [i for i, _ in milvus.search(queries[:1], N, Filter.of(labels=["mass"]))[0]] == \
+        [i for i, _ in faiss.search(queries[:1], N, Filter.of(labels=["mass"]))[0]]
+    assert {(s.study_uid, s.patient_id) for s in milvus.studies()} == {(s.study_uid, s.patient_id)
+                                                                       for s in faiss.studies()}

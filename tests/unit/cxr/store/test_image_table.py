@@ -75,3 +75,30 @@ def test_an_index_from_before_the_dicom_columns_reads_them_as_absent(tmp_path):
     info_file.write_text(json.dumps(info))
     row = ImageTable(tmp_path / "t").rows([1])[0]
     assert row["image_id"] == "1" and "sop_instance_uid" not in row
+
+
+def test_a_report_amends_every_row_of_its_study_and_the_label_filter_follows(tmp_path):
+    write_table(tmp_path / "t", _rows(12))  # study s2: rows 4 (Mass too) and 5
+    table = ImageTable(tmp_path / "t")
+    before = population(table.bitmap(labels=["Mass"]), 12)
+    fields = {"findings": "new text", "impression": "", "labels": ["Pneumothorax"], "report_status": "final",
+              "report_time": "2026-12-01T10:00:00", "labels_derived": True}
+    table.amend({"s2": fields, "no-such-study": fields})
+    assert [r["findings"] for r in table.study("s2")] == ["new text", "new text"]
+    assert all(r["labels"] == ["Pneumothorax"] and r["labels_derived"] for r in table.study("s2"))
+    assert table.rows([3])[0]["findings"] == "report 3 — ümlaut" and "labels_derived" not in table.rows([3])[0]
+    bits = np.unpackbits(table.bitmap(labels=["pneumothorax"]), bitorder="little", count=12)
+    assert np.flatnonzero(bits).tolist() == [4, 5] and "Pneumothorax" in table.label_names
+    assert population(table.bitmap(labels=["Mass"]), 12) == before - 2  # rows 4 and 5 lost theirs with the old labels
+    table.amend({"s2": dict(fields, labels=[])})  # a cancelled report: no labels
+    assert population(table.bitmap(labels=["Pneumothorax"]), 12) == 0
+    assert np.flatnonzero(np.unpackbits(table.bitmap(labels=["Effusion"]), bitorder="little", count=12)).tolist() \
+        == [0, 3, 6, 9]  # rows of other studies keep theirs
+
+
+def test_studies_are_listed_once_with_their_identities(tmp_path):
+    rows = [dict(row, accession_number=f"A{row['study_uid']}", patient_id=f"P{i // 4}")
+            for i, row in enumerate(_rows(6))]
+    write_table(tmp_path / "t", rows[::-1])
+    assert list(ImageTable(tmp_path / "t").studies()) == [
+        ("s0", "", "As0", "P0"), ("s1", "", "As1", "P0"), ("s2", "", "As2", "P1")]
