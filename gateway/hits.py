@@ -49,7 +49,8 @@ class ViewerLinks:
 
 def hit(rank: int, score: float, row: dict, links: ViewerLinks, image_ids: list[str] = ()) -> pb.Hit:
     return pb.Hit(rank=rank, score=score, labels=row.get("labels", []), viewer_url=links.url(row),
-                  image_ids=image_ids, **{name: row.get(name) or "" for name in HIT_COLUMNS})
+                  image_ids=image_ids, labels_derived=bool(row.get("labels_derived")),
+                  **{name: row.get(name) or "" for name in HIT_COLUMNS})
 
 
 def ranked(found: list[tuple[int, float, dict]], links: ViewerLinks) -> list[pb.Hit]:

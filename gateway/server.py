@@ -46,6 +46,7 @@ from gateway.http_admission import FrontDoor
 from gateway.http_server import HttpServer, InternalSocket
 from gateway.indexes import IndexSet
 from gateway.metrics import GatewayMetrics, MetricsInterceptor
+from gateway.report_feed import ReportFeed
 from gateway.service import RetrievalService
 from gateway.thumbnails import Thumbnails
 
@@ -65,10 +66,12 @@ class Resources:
     indexes: IndexSet
     embedder: Embedder
     decoder: DecodeQueue
+    reports: ReportFeed
 
     async def close(self) -> None:
         await self.embedder.close()
         self.decoder.shutdown()
+        await asyncio.to_thread(self.reports.close)
         self.indexes.close()
 
 
@@ -94,6 +97,7 @@ class Gateway:
         if metrics_port:
             self.metrics_port = self.metrics.serve(metrics_host, metrics_port)
         await self.server.start()
+        self.resources.reports.start()
         if self.http is not None:
             await self.http.start()
         self._watch = asyncio.create_task(self._watch_health())
@@ -205,7 +209,8 @@ def _resources(settings: Settings, metrics: GatewayMetrics, embedder: Embedder |
     indexes = IndexSet(factory.backend(settings), catalog, metrics=metrics, batch_max=settings.search_batch_max,
                        batch_wait_s=settings.search_batch_wait_ms / 1000)
     decoder = DecodeQueue(DECODE_THREADS, settings.max_decode_queue, settings.max_decoding_pixels)
-    return Resources(catalog, settings.model, indexes, embedder or _embedder(settings, metrics), decoder)
+    reports = ReportFeed(indexes, {name: settings.reports_path(name) for name in catalog}, settings.reports_poll_s)
+    return Resources(catalog, settings.model, indexes, embedder or _embedder(settings, metrics), decoder, reports)
 
 
 def _http(server: grpc.aio.Server, settings: Settings, address: str, door: FrontDoor) -> HttpServer:

@@ -28,7 +28,7 @@ MAX_IMAGE_BYTES = 40 * 1024 * 1024
 DEFAULT_TOP_K = 10  # what top_k = 0 (unset) means
 # A study's fields GetStudy returns under the same names; patient identifiers only here (`studies` scope).
 STUDY_COLUMNS = ("findings", "impression", "indication", "study_instance_uid", "accession_number", "study_date",
-                 "patient_id", "patient_name")
+                 "patient_id", "patient_name", "report_status", "report_time")
 
 
 class RetrievalService(pb_grpc.RetrievalServicer):
@@ -86,6 +86,7 @@ class RetrievalService(pb_grpc.RetrievalServicer):
         first = rows[0]
         return pb.Study(study_uid=request.study_uid, labels=first.get("labels", []),
                         image_ids=[r["image_id"] for r in rows], viewer_url=self.links.url(first),
+                        labels_derived=bool(first.get("labels_derived")),
                         **{name: first.get(name) or "" for name in STUDY_COLUMNS})
 
     @grpc_errors
