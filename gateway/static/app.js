@@ -264,7 +264,9 @@
       li.textContent = label;
       tags.append(li);
     });
-    tags.setAttribute("aria-label", "Findings");
+    // Labels read from a report by the labeler are a machine's reading, not a person's annotation.
+    tags.setAttribute("aria-label", hit.labelsDerived ? "Findings read from the report" : "Findings");
+    if (hit.labelsDerived) tags.title = "Read from the report text by the labeler, not annotated";
 
     const facts = node.querySelector(".facts");
     fact(facts, "View", [hit.projection, hit.viewPosition].filter(Boolean)
