@@ -1,0 +1,1 @@
+"""Radiology reports: where they come from, how they are stored, what they say."""
