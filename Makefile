@@ -18,7 +18,7 @@ export_flags = $(if $(MODEL),--model $(MODEL)) $(if $(CHECKPOINT),--checkpoint $
 	--target $(TARGET) $(if $(FP16),--fp16) $(if $(INT8),--int8) $(if $(FP32),--fp32)
 
 .PHONY: help setup protos export serve serve-detached stop models demo train-default test test-unit bench bench-quick \
-	bench-towers bench-gateway bench-faiss bench-scale bench-quality bench-quantization bench-gpu tune fuzz soak faults \
+	bench-towers bench-gateway bench-faiss bench-scale bench-quality bench-quantization bench-gpu bench-labeler tune fuzz soak faults \
 	clean setup-pacs setup-browser
 
 help: ## list the targets
@@ -113,6 +113,9 @@ bench-gpu: setup ## on a GPU host: the four families at true size, ORT CUDA/Tens
 
 bench-quality: setup ## image->image and text->image mAP through the gateway on the NIH validation split, beside random
 	$(BIN)/python -m benchmarks.retrieval_quality
+
+bench-labeler: setup ## the report labeler against IU-Xray's manual annotations: P/R/F1 per label, micro/macro F1, on both halves
+	$(BIN)/python -m benchmarks.labeler_quality
 
 bench-quantization: setup ## int8 and fp16 against fp32 (MODEL, default cxr-mini): parity, mAP with bootstrap noise, speed, size, ORT session options
 	$(BIN)/python -m benchmarks.quantization $(if $(MODEL),--model $(MODEL))
