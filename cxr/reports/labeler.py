@@ -18,8 +18,11 @@ gives each label's status for whoever wants the difference. Hedged statements th
 finding ("probable", "likely", "consistent with", "borderline cardiomegaly") are positive; a
 differential ("atelectasis versus infiltrate", "cannot exclude pneumonia") is uncertain.
 
-"No Finding" is the index's: none of the 14 is positive (nor uncertain, when uncertain counts). A
-report of scoliosis alone is "No Finding", as in ChestX-ray14.
+"No Finding" is the index's: none of the 14 is positive or uncertain. A report that only raises a
+finding ("possible early pneumonia") gets no label at all: it is neither stated nor called normal
+(that costs ~0.01 of held-back micro F1, 0.961 -> 0.950, against IU's annotators, who often index
+such a report "normal"; a normal filter must not return a possible pneumonia). A report of scoliosis
+alone is "No Finding", as in ChestX-ray14.
 
 Only the first `MAX_CHARS` characters are read, so time and memory are bounded whatever the input.
 Deterministic, no model, standard library only. The result holds offsets into the text, never text.
@@ -76,10 +79,12 @@ class Reading:
         return mention.status if mention else None
 
     def labels(self, uncertain: bool = UNCERTAIN_IS_POSITIVE) -> tuple[str, ...]:
-        """The positive findings (uncertain ones too when `uncertain`), or ("No Finding",)."""
+        """The positive findings (uncertain ones too when `uncertain`), else ("No Finding",) when nothing
+        was even possible: a report that only raises a finding ("possible pneumonia") is not called
+        normal, it gets no label."""
         counted = {Status.POSITIVE, Status.UNCERTAIN} if uncertain else {Status.POSITIVE}
         found = tuple(label for label in FINDINGS if self.status(label) in counted)
-        return found or (v.NO_FINDING,)
+        return found or ((v.NO_FINDING,) if self.status(v.NO_FINDING) is Status.POSITIVE else ())
 
 
 def _any(patterns: tuple[str, ...]) -> re.Pattern:
