@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import io
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +25,7 @@ from cxr.errors import CxrError, FailedPreconditionError, InternalError, NotFoun
 
 TIMEOUT_S = (10.0, 120.0)  # connect, read: a large DICOM over a slow link takes a while
 PAGE = 100  # QIDO results asked for at once (under the caps PACSs put on one answer)
+SR_MODALITY = "SR"  # the series modality of structured reports (radiology reports among them)
 POOL_SIZE = 16  # HTTP connections kept per host: the builder fetches several instances at once
 CREDENTIALS_HINT = ("set --dicomweb-user and CXR_DICOMWEB_PASSWORD (basic auth) or CXR_DICOMWEB_TOKEN (bearer "
                     "token), or dicomweb_user / dicomweb_password / dicomweb_token in cxr.toml")
@@ -185,6 +186,19 @@ class DicomWeb:
         found = _paged(self._client.search_for_series, "0020000E", study_instance_uid=study)
         return [uid for uid, s in found.items()
                 if not query.modalities or _value(s, "00080060").upper() in query.modalities]
+
+    def report_instances(self, studies: Iterable[str]) -> list[Instance]:
+        """The SR instances of these studies, whatever a query's modality filter says: reports are
+        stored beside the images, in series of modality SR."""
+        found: list[Instance] = []
+        with _translated(self.url, "listing SR series (QIDO-RS)"):
+            for study in studies:
+                series = _paged(self._client.search_for_series, "0020000E", study_instance_uid=study,
+                                search_filters={"Modality": SR_MODALITY})
+                for uid, item in series.items():
+                    if _value(item, "00080060").upper() == SR_MODALITY:  # a server may ignore the filter
+                        found += self._instances_of(study, uid, 0)
+        return found
 
     def _instances_of(self, study: str, series: str, limit: int) -> list[Instance]:
         found = _paged(self._client.search_for_instances, "00080018", limit, study_instance_uid=study,

@@ -140,3 +140,26 @@ def test_orthanc_change_feed_reports_new_instances_from_a_sequence_number(tmp_pa
         assert rest[0].modality == images[2].modality and rest[0].study_date == images[2].study_date
         assert feed.new_instances(last, limit=10) == ([], last)
         assert not dicomweb.OrthancChanges(server.url + "/dicom-web", client.session).is_orthanc()
+
+
+def test_report_instances_are_the_sr_series_of_the_studies_whatever_the_modality_filter(tmp_path):
+    from support import sr
+
+    if reason := orthanc.missing():
+        pytest.skip(reason)
+    images = orthanc.nih_images(DATA_DIR, 4, first=200, per_study=2)
+    first, second = images[0], images[2]
+    assert first.study_uid != second.study_uid
+    report = sr.text_report(sr.BASIC_TEXT, first.study_uid, first.patient_id, "Clear lungs.", "Normal.")
+    dose = sr.dose_report(second.study_uid, second.patient_id)
+    files = orthanc.write_files(images, tmp_path / "files") + [sr.write(d, tmp_path / "sr") for d in (report, dose)]
+    with orthanc.Orthanc(tmp_path / "server") as server, dicomweb.connect(server.url, orthanc.USER,
+                                                                          orthanc.PASSWORD) as client:
+        orthanc.stow(server.url, files)
+        images_only = client.instances(dicomweb.Query.parse("CR,DX"))
+        assert {i.sop_uid for i in images_only} == {im.sop_uid for im in images}
+        found = client.report_instances(dict.fromkeys(i.study_uid for i in images_only))
+        assert {(i.study_uid, i.series_uid, i.sop_uid) for i in found} == {
+            (d.StudyInstanceUID, d.SeriesInstanceUID, d.SOPInstanceUID) for d in (report, dose)}
+        assert client.dataset(found[0]).Modality == "SR"
+        assert client.report_instances([pydicom.uid.generate_uid()]) == []
