@@ -38,6 +38,7 @@ def _index_build_pacs(args, settings: Settings) -> int:
     """`cxr index build --dicomweb`: the PACS's matching instances, only those not encoded yet fetched."""
     from cxr.catalog import ExportedModel
     from indexing.dicomweb_build import build_from_pacs, cache_dir
+    from indexing.pacs_reports import ReportCounts
 
     if args.reports_csv or args.projections_csv or args.labels_csv or args.manifest or args.images_dir:
         raise CxrError("--dicomweb reads the archive from the PACS: leave out --reports-csv, --projections-csv, "
@@ -49,13 +50,22 @@ def _index_build_pacs(args, settings: Settings) -> int:
     with _pacs(args, settings) as pacs:
         query = _pacs_query(args)
         print(f"listing {query.describe()} on {pacs.shown}" + (f" (at most {args.limit})" if args.limit else ""))
-        manifest = build_from_pacs(pacs, query, model, settings, output_dir, _build_options(args), backend)
+        manifest = build_from_pacs(pacs, query, model, settings, output_dir, _build_options(args), backend,
+                                   intake=_report_intake(settings, model_name))
     where = backend.where(model_name) if backend else output_dir
     print(f"indexed {manifest['count']} of {manifest['archive_images']} instances with {model_name} into {where} "
           f"({manifest['index_type']}, {manifest['dim']}-d): {manifest['new']} new, {manifest['kept']} kept, "
           f"{manifest['skipped']} skipped" + ("" if backend else f", listed in {output_dir / 'skipped.csv'}")
-          + f"; vectors cached in {cache_dir(output_dir)}")
+          + f"; vectors cached in {cache_dir(output_dir)}; {ReportCounts(**manifest['reports'])}")
     return 0
+
+
+def _report_intake(settings: Settings, model_name: str):
+    """Opens the model's report intake when the PACS build finds its first SR report (not before: a PACS
+    without reports leaves no ledger behind)."""
+    from cxr_cli import report_commands
+
+    return lambda: report_commands.intake(settings, model_name)
 
 
 def cmd_index_follow(args, settings: Settings) -> int:
@@ -72,7 +82,7 @@ def cmd_index_follow(args, settings: Settings) -> int:
                            orthanc_url=args.orthanc_url or "")
     with _pacs(args, settings) as pacs:
         follower = Follower(pacs, _pacs_query(args), model, settings, output_dir, _build_options(args), follow, backend,
-                            log=lambda line: print(line, flush=True))
+                            log=lambda line: print(line, flush=True), intake=_report_intake(settings, model_name))
         how = "Orthanc's change feed" if follower.feed else f"QIDO-RS every {args.interval:g} s"
         print(f"following {pacs.shown} through {how} into {output_dir}" + ("" if args.once else "; Ctrl-C stops"),
               flush=True)

@@ -35,12 +35,14 @@ from cxr.dicomweb import (
     part10,
     record,
 )
+from cxr.reports.intake import ReportIntake
 from cxr.settings import Settings
 from cxr.store import faiss_files
 from cxr.triton.request import connections
 from cxr.triton.sync_client import TowerClient
 from indexing.build import BuildOptions, NothingToIndexError, decode_bytes, decoder_pool, encode_stream, write_index
 from indexing.chunk_cache import ChunkCache
+from indexing.pacs_reports import ReportReader
 
 CACHE_SUFFIX = ".dicomweb"
 LISTED_FILE = "listed.jsonl"
@@ -99,9 +101,12 @@ class Counts:
 
 
 def build_from_pacs(pacs: DicomWeb, query: Query, model: ExportedModel, settings: Settings, output_dir: Path,
-                    options: BuildOptions = BuildOptions(), backend=None) -> dict:
-    """Index the instances `query` lists on the PACS; only those not in the cache are fetched. Returns
-    the written manifest with `new`, `kept` and `skipped` counts of this build."""
+                    options: BuildOptions = BuildOptions(), backend=None,
+                    intake: Callable[[], ReportIntake] | None = None) -> dict:
+    """Index the instances `query` lists on the PACS; only those not in the cache are fetched. With
+    `intake` (which opens the report intake when the first report is found), the SR reports of the
+    listed studies go to the report ledger too. Returns the written manifest with `new`, `kept` and
+    `skipped` counts of this build, and with an intake `reports` (a pacs_reports.ReportCounts's fields)."""
     pacs.check()
     cache = PacsCache(cache_dir(output_dir), model)
     listed = pacs.instances(query)
@@ -110,7 +115,11 @@ def build_from_pacs(pacs: DicomWeb, query: Query, model: ExportedModel, settings
                                        "--since, or check that the PACS holds the studies. Nothing was written.")
     cache.set_listed(listed)
     counts = encode_new(pacs, cache, listed, model, settings, options)
-    return dict(write_from_cache(cache, model, output_dir, options, backend, pacs.shown), **vars(counts))
+    reports = {}
+    if intake is not None:
+        reader = ReportReader(pacs, cache.directory, intake, options.progress)
+        reports = {"reports": vars(reader.read_studies(i.study_uid for i in listed))}
+    return dict(write_from_cache(cache, model, output_dir, options, backend, pacs.shown), **vars(counts), **reports)
 
 
 def encode_new(pacs: DicomWeb, cache: PacsCache, instances: list[Instance], model: ExportedModel,
@@ -212,11 +221,13 @@ class Follower:
 
     def __init__(self, pacs: DicomWeb, query: Query, model: ExportedModel, settings: Settings, output_dir: Path,
                  options: BuildOptions = BuildOptions(), follow: FollowOptions = FollowOptions(), backend=None,
-                 log: Callable[[str], None] = print):
+                 log: Callable[[str], None] = print, intake: Callable[[], ReportIntake] | None = None):
+        """`intake`: as build_from_pacs's; the SR of each study with new instances are read too."""
         self.pacs, self.query, self.model, self.settings = pacs, query, model, settings
         self.output_dir, self.options, self.follow, self.backend, self.log = output_dir, options, follow, backend, log
         pacs.check()
         self.cache = PacsCache(cache_dir(output_dir), model)
+        self.reports = ReportReader(pacs, self.cache.directory, intake, options.progress) if intake else None
         changes = OrthancChanges(follow.orthanc_url or OrthancChanges.root_of(pacs.url), pacs.session)
         self.feed = changes if changes.is_orthanc() else None
 
@@ -238,6 +249,7 @@ class Follower:
         listed = self.pacs.instances(self.query)
         self.cache.set_listed(listed)
         self._swap(listed, "initial build")
+        self._read_reports({i.study_uid for i in listed}, "initial build")
         self.cache.save_follow_state(state)
         return state
 
@@ -253,6 +265,9 @@ class Follower:
             wanted = [c.instance for c in changes if c.instance and c.instance.sop_uid
                       and self.query.matches(c.modality, c.study_date)]
             self._swap(self.cache.extend_listed(wanted), f"changes up to {seq}")
+            # An SR stored before its study's images is found when they come: every study touched is looked at.
+            indexed = {i.study_uid for i in self.cache.listed}
+            self._read_reports({c.instance.study_uid for c in changes if c.instance} & indexed, f"changes up to {seq}")
             state["orthanc_seq"] = seq
             self.cache.save_follow_state(state)
             if len(changes) < self.follow.batch:
@@ -266,8 +281,13 @@ class Follower:
         new = [i for i in listed if i.sop_uid not in known]
         for start in range(0, len(new), self.follow.batch):
             self._swap(self.cache.extend_listed(new[start:start + self.follow.batch]), f"studies since {since}")
+        self._read_reports({i.study_uid for i in listed}, f"studies since {since}")
         state["qido_since"] = started
         self.cache.save_follow_state(state)
+
+    def _read_reports(self, studies: set[str], what: str) -> None:
+        if self.reports is not None and studies and (counts := self.reports.read_studies(sorted(studies))):
+            self.log(f"{what}: {counts}")
 
     def _swap(self, instances: list[Instance], what: str) -> None:
         """Encode the new instances and write the index again: the gateway reloads it by itself."""

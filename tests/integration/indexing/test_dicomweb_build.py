@@ -1,6 +1,7 @@
 """Index builds from a real Orthanc over DICOMweb through the real Triton: the same vectors as the
 same files read from disk, incremental rebuilds that fetch only new instances, interrupted builds
-resumed, filters, the command line, and `cxr index follow`."""
+resumed, filters, the command line, `cxr index follow`, and the SR reports of the indexed studies
+read into the report ledger."""
 
 import json
 import os
@@ -13,11 +14,15 @@ import pytest
 from benchmarks import orthanc
 from cxr import archives, dicomweb
 from cxr.catalog import ExportedModel
+from cxr.reports.intake import ReportIntake
+from cxr.reports.ledger import ReportLedger, StudyIdentity
+from cxr.reports.report import ReportStatus
 from cxr.settings import to_environment
 from cxr.store import faiss_files, faiss_store
 from indexing.build import BuildOptions, build_index
 from indexing.dicomweb_build import Follower, FollowOptions, build_from_pacs, cache_dir
-from support import DATA_DIR, SAMPLE_DICOM, cosine
+from indexing.pacs_reports import ReportCounts
+from support import DATA_DIR, SAMPLE_DICOM, cosine, sr
 
 pytestmark = pytest.mark.triton
 MODEL = "medsiglip-tiny"
@@ -167,6 +172,75 @@ def test_follow_once_adds_a_newly_stored_instance(served, model, pacs, files, tm
     again = Counting(pacs)
     Follower(again.client, dicomweb.Query(), model, served, output, OPTIONS, follow, log=lines.append).run()
     assert again.fetched == []  # the feed position was saved: nothing is fetched twice
+
+
+def _first_of_studies(images, count):
+    """The first image of each of the first `count` studies."""
+    firsts = {}
+    for image in images:
+        firsts.setdefault(image.study_uid, image)
+    return list(firsts.values())[:count]
+
+
+def _identity(image):
+    return StudyIdentity(image.study_uid, image.study_uid, image.accession, image.patient_id)
+
+
+def test_sr_reports_of_the_indexed_studies_reach_the_ledger_and_no_sr_is_indexed(served, model, pacs, files,
+                                                                                   tmp_path):
+    images, _, _, _ = files
+    a, b, c = _first_of_studies(images, 3)
+    basic = sr.text_report(sr.BASIC_TEXT, a.study_uid, a.patient_id, "Clear lungs.", "No acute disease.",
+                           accession=a.accession)
+    comprehensive = sr.text_report(sr.COMPREHENSIVE, b.study_uid, b.patient_id, "Left effusion.", "Effusion.",
+                                   accession=b.accession)
+    dose = sr.dose_report(a.study_uid, a.patient_id)
+    other_patient = sr.text_report(sr.ENHANCED, c.study_uid, "NOT-" + c.patient_id, "Mass.", "Mass.",
+                                   accession=c.accession)
+    objects = [basic, comprehensive, dose, other_patient]
+    orthanc.stow(pacs.url, [sr.write(d, tmp_path / "sr") for d in objects])
+    ledger = ReportLedger(tmp_path / "reports.sqlite")
+    ledger.set_studies([_identity(a), _identity(c)])  # as the gateway serving the previous index records them
+
+    def intake():
+        return ReportIntake(ledger, lambda text: ())
+
+    output = tmp_path / "index"
+    written = build_from_pacs(Counting(pacs).client, dicomweb.Query.parse("CR,DX"), model, served, output, OPTIONS,
+                              intake=intake)
+    assert ReportCounts(**written["reports"]) == ReportCounts(stored=2, attached=1, refused=1, other=1)
+    stored = {s.report.study_instance_uid: s.report for s in ledger.changes()}
+    assert set(stored) == {a.study_uid, b.study_uid}
+    assert (stored[a.study_uid].findings, stored[a.study_uid].impression) == ("Clear lungs.", "No acute disease.")
+    assert (stored[b.study_uid].findings, stored[b.study_uid].impression) == ("Left effusion.", "Effusion.")
+    assert {r.status for r in stored.values()} == {ReportStatus.FINAL}
+    assert (stored[a.study_uid].accession_number, stored[a.study_uid].source) == (a.accession, "sr")
+
+    again = build_from_pacs(Counting(pacs).client, dicomweb.Query(), model, served, output, OPTIONS, intake=intake)
+    assert again["reports"] == vars(ReportCounts()) and ledger.last_seq() == 2  # each SR is read once
+    indexed, _ = _vectors(output)
+    assert len(indexed) == again["count"] == 31 and not {d.SOPInstanceUID for d in objects} & set(indexed)
+
+
+def test_follow_reads_an_sr_stored_after_its_study_was_indexed(served, model, pacs, files, tmp_path):
+    images, _, _, _ = files
+    study = images[0]
+    ledger = ReportLedger(tmp_path / "reports.sqlite")
+    lines = []
+
+    def follower():
+        return Follower(Counting(pacs).client, dicomweb.Query.parse("CR,DX"), model, served, tmp_path / "index",
+                        OPTIONS, FollowOptions(once=True), log=lines.append,
+                        intake=lambda: ReportIntake(ledger, lambda text: ()))
+
+    follower().run()
+    assert ledger.last_seq() == 0
+    report = sr.text_report(sr.BASIC_TEXT, study.study_uid, study.patient_id, "Clear.", "Normal.",
+                            accession=study.accession)
+    orthanc.stow(pacs.url, [sr.write(report, tmp_path / "sr")])
+    follower().run()
+    assert [s.report.impression for s in ledger.changes()] == ["Normal."]
+    assert "1 reports from SR" in lines[-1] and faiss_store.load(tmp_path / "index").count == 31
 
 
 def _cli(settings, *args, password=orthanc.PASSWORD):
