@@ -50,12 +50,13 @@ class ImportCounts:
     attached: int = 0  # of those stored, to a study of the index (the others wait for theirs)
     refused: int = 0  # a patient id that differs from the indexed study's
     skipped: int = 0  # lines that are no radiology report (other resources, laboratory reports)
-    invalid: list[str] = field(default_factory=list)  # why, by line number
+    invalid: int = 0
+    reasons: list[str] = field(default_factory=list)  # why, by line number: the first SHOWN_INVALID
 
     def __str__(self) -> str:
         return (f"{self.stored} stored ({self.attached} attached to indexed studies, {self.stored - self.attached} "
-                f"waiting for their study), {self.refused} refused for a patient mismatch, {len(self.invalid)} "
-                f"invalid lines" + (f", {self.skipped} lines skipped (not a radiology report)" if self.skipped else ""))
+                f"waiting for their study), {self.refused} refused for a patient mismatch, {self.invalid} invalid "
+                f"lines" + (f", {self.skipped} lines skipped (not a radiology report)" if self.skipped else ""))
 
 
 def cmd_reports_import(args, settings: Settings) -> int:
@@ -73,10 +74,10 @@ def cmd_reports_import(args, settings: Settings) -> int:
         for number, item in report_lines(path):
             _hand_over(item, into, counts)
             bar.update(number - bar.n)
-    for reason in counts.invalid[:SHOWN_INVALID]:
+    for reason in counts.reasons:
         print(f"invalid: {reason}", file=sys.stderr)
-    if len(counts.invalid) > SHOWN_INVALID:
-        print(f"... and {len(counts.invalid) - SHOWN_INVALID} more invalid lines", file=sys.stderr)
+    if counts.invalid > len(counts.reasons):
+        print(f"... and {counts.invalid - len(counts.reasons)} more invalid lines", file=sys.stderr)
     print(f"{path.name}: {counts}; ledger {into.ledger.path}")
     if counts.refused:
         print("refused reports name another patient than their indexed study's PatientID: check the order in the RIS"
@@ -101,7 +102,9 @@ def report_lines(path: Path) -> Iterator[tuple[int, Report | InvalidReportError 
 
 def _hand_over(item: Report | InvalidReportError | None, into: ReportIntake, counts: ImportCounts) -> None:
     if isinstance(item, InvalidReportError):
-        counts.invalid.append(str(item))
+        counts.invalid += 1
+        if len(counts.reasons) < SHOWN_INVALID:
+            counts.reasons.append(str(item))
     elif item is None:
         counts.skipped += 1
     else:
