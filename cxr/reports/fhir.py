@@ -49,6 +49,7 @@ STATUSES = {
 IMAGING_CATEGORIES = {"RAD", "RX", "CT", "NMR", "NMS", "VUS", "OUS", "CUS", "RUS", "XRC", "LP29684-5"}
 
 Line = tuple[int, Report | InvalidReportError | None]  # (line number, its report, why not, or None: not one)
+_JOINED = object()  # an ImagingStudy or Patient line: read for the joins, not a report nor a skipped line
 
 
 @dataclass(frozen=True)
@@ -65,10 +66,13 @@ class Joins:
 
 
 def read_ndjson(path: Path) -> Iterator[Line]:
-    """Every line of a Bulk Data NDJSON file: (number, Report | InvalidReportError | None)."""
+    """Every line of a Bulk Data NDJSON file but its ImagingStudy and Patient lines: (number, Report |
+    InvalidReportError | None)."""
     joins = _joins(path)
     for number, line in _lines(path):
-        yield number, _line(number, line, joins)
+        item = _line(number, line, joins)
+        if item is not _JOINED:
+            yield number, item
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
@@ -98,7 +102,7 @@ def _joins(path: Path) -> Joins:
     return joins
 
 
-def _line(number: int, line: str, joins: Joins) -> Report | InvalidReportError | None:
+def _line(number: int, line: str, joins: Joins) -> Report | InvalidReportError | object | None:
     from fhir.resources.R4B.diagnosticreport import DiagnosticReport
     from pydantic import ValidationError
 
@@ -108,6 +112,8 @@ def _line(number: int, line: str, joins: Joins) -> Report | InvalidReportError |
         return InvalidReportError(f"line {number}: not JSON")
     if not isinstance(resource, dict):
         return InvalidReportError(f"line {number}: not a FHIR resource")
+    if resource.get("resourceType") in JOINED:
+        return _JOINED
     if resource.get("resourceType") != "DiagnosticReport":
         return None
     try:

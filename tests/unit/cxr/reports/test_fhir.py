@@ -126,13 +126,13 @@ def test_an_accession_named_by_system_or_on_the_order_is_found(tmp_path):
     assert [r.accession_number for r in _reports(tmp_path, by_system, on_order)] == ["A-9", "A-10"]
 
 
-def test_other_resources_and_laboratory_reports_are_skipped(tmp_path):
+def test_other_resources_and_laboratory_reports_are_skipped_and_joined_resources_not_listed(tmp_path):
     lab = diagnostic_report("lab", conclusion="Hb 13.2 g/dL", category=[{"coding": [
         {"system": "http://terminology.hl7.org/CodeSystem/v2-0074", "code": "LAB"}]}])
     observation = {"resourceType": "Observation", "id": "o", "status": "final", "code": {"text": "x"}}
     read = _read(tmp_path, lab, observation, IMAGING_STUDY, diagnostic_report(conclusion="Normal."))
-    assert [type(item).__name__ for _, item in read] == ["NoneType", "NoneType", "NoneType", "Report"]
-    assert [number for number, _ in read] == [1, 2, 3, 4]
+    assert [(number, type(item).__name__) for number, item in read] == [(1, "NoneType"), (2, "NoneType"),
+                                                                         (4, "Report")]  # 3: joined, not skipped
 
 
 def test_invalid_lines_are_named_by_number_without_their_content(tmp_path):
