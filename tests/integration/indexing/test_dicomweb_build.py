@@ -15,10 +15,11 @@ from benchmarks import orthanc
 from cxr import archives, dicomweb
 from cxr.catalog import ExportedModel
 from cxr.reports.intake import ReportIntake
-from cxr.reports.ledger import ReportLedger, StudyIdentity
+from cxr.reports.ledger import ReportLedger
 from cxr.reports.report import ReportStatus
 from cxr.settings import to_environment
 from cxr.store import faiss_files, faiss_store
+from cxr.store.interface import StudyIdentity
 from indexing.build import BuildOptions, build_index
 from indexing.dicomweb_build import Follower, FollowOptions, build_from_pacs, cache_dir
 from indexing.pacs_reports import ReportCounts

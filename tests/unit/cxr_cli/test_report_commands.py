@@ -1,15 +1,14 @@
 """`cxr reports import FILE` in process (cxr_cli.main.main) with settings in a temporary folder: the real
 IU-Xray CSV and a FHIR NDJSON export reach the model's ledger through the intake, a patient mismatch and
-invalid lines are counted, a file with nothing usable fails with a clear error. The labeler is a small
-fake here (cxr.reports.labeler is tested on its own)."""
+invalid lines are counted, a file with nothing usable fails with a clear error; the real labeler labels
+what is stored."""
 
 import json
-import sys
-import types
 
 import pytest
 
-from cxr.reports.ledger import ReportLedger, StudyIdentity
+from cxr.reports.ledger import ReportLedger
+from cxr.store.interface import StudyIdentity
 from cxr_cli.main import main
 from support import DATA_DIR
 
@@ -19,13 +18,10 @@ ACSN = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "
 
 @pytest.fixture
 def ledger_path(tmp_path, monkeypatch):
-    """Settings from the environment, in an empty working folder (no cxr.toml); a fake labeler."""
+    """Settings from the environment, in an empty working folder (no cxr.toml)."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("CXR_INDEX_DIR", str(tmp_path / "indexes"))
     monkeypatch.setenv("CXR_REPORTS_DIR", str(tmp_path / "reports"))
-    labeler = types.ModuleType("cxr.reports.labeler")
-    labeler.labels = lambda text: ("Effusion",) if "effusion" in text.lower() else ()
-    monkeypatch.setitem(sys.modules, "cxr.reports.labeler", labeler)
     return tmp_path / "reports" / f"{MODEL}.sqlite"
 
 

@@ -8,8 +8,9 @@ from pydicom.uid import generate_uid
 
 from cxr.dicomweb import Instance, InstanceFetchError
 from cxr.reports.intake import ReportIntake
-from cxr.reports.ledger import ReportLedger, StudyIdentity
+from cxr.reports.ledger import ReportLedger
 from cxr.reports.report import ReportStatus
+from cxr.store.interface import StudyIdentity
 from indexing.pacs_reports import ReportCounts, ReportReader
 from support import sr
 
