@@ -170,7 +170,7 @@ class Syntax:
                 return bytes.fromhex(name[1:]).decode(self.codec, "replace")
             except ValueError:
                 return ""
-        count = min(int(name[3:]) if name[3:].lstrip("+-").isdigit() else 1, MAX_REPEAT)
+        count = min(int(name[3:]) if re.fullmatch(r"[+-]?\d{1,6}", name[3:]) else 1, MAX_REPEAT)
         return {".sp": "\n" * max(count, 1), ".sk": " " * max(count, 0)}.get(name[:3], "")  # .in .ti .fi .nf H N Z C M
 
 
@@ -217,8 +217,9 @@ def decode(frame: bytes) -> tuple[str, str]:
 def parse(frame: bytes) -> tuple[hl7.Message, Syntax]:
     """One MLLP frame's message (RejectedMessageError when it is not one readable HL7 v2 message)."""
     text, codec = decode(frame)
-    # Segments end with CR; senders that end them with LF or CRLF, or leave empty lines, are read all the same.
-    segments = [s for s in re.split(r"\r\n|\r|\n", text) if s.strip()]
+    # Segments end with CR. A sender that ends them with CRLF, or with LF and no CR at all, or leaves empty lines,
+    # is read all the same; a lone LF beside CRs is inside a value (a line break sent unescaped) and stays there.
+    segments = [s for s in (re.split(r"\r\n?", text) if "\r" in text else text.split("\n")) if s.strip()]
     if sum(s.startswith("MSH") for s in segments) != 1:
         raise RejectedMessageError("the frame holds more than one message (a batch): send one message per MLLP "
                                    "frame", Condition.SEGMENT_SEQUENCE_ERROR, "MSH")

@@ -170,11 +170,11 @@ class MllpListener:
             self._connections[task] = True
             try:
                 reply, outcome, control_id = await loop.run_in_executor(self._worker, self.answer, frame)
+                (log.info if outcome.ack_code == "AA" else log.warning)("HL7 %s: %s", control_id, outcome.describe())
                 writer.writeblock(reply)
                 await writer.drain()
             finally:
                 self._connections[task] = False
-            (log.info if outcome.ack_code == "AA" else log.warning)("HL7 %s: %s", control_id, outcome.describe())
 
     async def _refuse_oversized(self, reader, writer) -> None:
         outcome = Outcome("AR", f"the message is longer than {self.limits.max_message_bytes} bytes, the most "

@@ -237,6 +237,12 @@ def test_segments_ended_by_lf_or_crlf_or_with_blank_lines_are_read_alike():
         assert reports(text.replace("\r", ending)) == expected
 
 
+def test_a_line_feed_inside_a_value_is_a_line_break_there():
+    message = with_field(sample("final_gdt_zds"), "OBX", 5, "Heart size normal.\nMSH-like words stay.", occurrence=3)
+    (report,) = reports(message)
+    assert "Heart size normal.\nMSH-like words stay." in report.findings
+
+
 def test_character_sets():
     text = with_field(sample("final_gdt_zds"), "MSH", 18, "8859/1")
     (report,) = reports(text.replace("\u2014", "\u00e9").encode("latin-1"))
@@ -268,6 +274,7 @@ def test_other_delimiters_are_honoured():
     ("\\X48656C6C6F\\ \\X0D0A\\end", "Hello \nend"),
     ("\\Xzz\\bad hex", "bad hex"),
     ("\\.sp99999\\", "\n" * 100),  # capped
+    ("a\\.sp+-3\\b", "a\nb"),
     ("unclosed \\F", "unclosed \\F"),
     ("no escapes", "no escapes"),
 ])

@@ -17,7 +17,7 @@ from cxr.reports.intake import ReportIntake
 from cxr.reports.ledger import ReportLedger, StudyIdentity
 from cxr.reports.mllp import Limits, MllpListener
 from cxr.reports.report import ReportStatus
-from support.hl7_messages import FS, CR, VT, MllpClient, fields, sample, with_field
+from support.hl7_messages import CR, FS, VT, MllpClient, fields, frame, sample, with_field
 
 STUDY = StudyIdentity("study-1", "1.2.826.0.1.3680043.8.498.10001", "SYN-ACC-1001", "SYN-PAT-0001")
 PATIENT_DATA = ("SYN-PAT", "SYNTHETIC", "TESTPATIENT", "SYN-ACC", "pleural", "1.2.826.0.1.3680043.8.498")
@@ -57,9 +57,8 @@ def ledger(tmp_path):
 def start(ledger):
     running = []
 
-    def start(limits: Limits = Limits(), accession_field: str = "OBR-3") -> Running:
-        running.append(Running(MllpListener(ReportIntake(ledger, lambda text: ("effusion",)), accession_field,
-                                            limits)))
+    def start(limits: Limits = Limits(), accession_field: str = "OBR-3", label=lambda text: ("effusion",)) -> Running:
+        running.append(Running(MllpListener(ReportIntake(ledger, label), accession_field, limits)))
         return running[-1]
 
     yield start
@@ -222,6 +221,25 @@ def test_stop_closes_idle_connections_and_the_port(start):
     client.close()
     with pytest.raises(OSError):
         MllpClient(running.port, timeout=2)
+
+
+def test_stop_answers_the_message_in_hand_first(start, ledger):
+    labelling = threading.Event()
+
+    def slow_label(text: str) -> tuple[str, ...]:
+        labelling.set()
+        time.sleep(0.5)
+        return ()
+
+    running = start(label=slow_label)
+    with running.client() as client:
+        client.send_raw(frame(sample("final_gdt_zds")))
+        assert labelling.wait(10)
+        stopping = asyncio.run_coroutine_threadsafe(running.listener.stop(), running.loop)
+        assert _ack_code(client.read()) == "AA"
+        stopping.result(30)
+        assert client.closed_by_peer()
+    assert len(ledger.changes()) == 1
 
 
 def test_the_log_names_control_ids_and_outcomes_never_patient_data(start, ledger, caplog):
