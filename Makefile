@@ -18,7 +18,7 @@ export_flags = $(if $(MODEL),--model $(MODEL)) $(if $(CHECKPOINT),--checkpoint $
 	--target $(TARGET) $(if $(FP16),--fp16) $(if $(INT8),--int8) $(if $(FP32),--fp32)
 
 .PHONY: help setup protos export serve serve-detached stop models demo train-default test test-unit bench bench-quick \
-	bench-towers bench-gateway bench-faiss bench-scale bench-quality bench-quantization bench-gpu bench-labeler tune fuzz soak faults \
+	bench-towers bench-gateway bench-faiss bench-scale bench-quality bench-quantization bench-gpu bench-labeler bench-reports tune fuzz soak faults \
 	clean setup-pacs setup-browser
 
 help: ## list the targets
@@ -119,6 +119,9 @@ bench-labeler: setup ## the report labeler against IU-Xray's manual annotations:
 
 bench-quantization: setup ## int8 and fp16 against fp32 (MODEL, default cxr-mini): parity, mAP with bootstrap noise, speed, size, ORT session options
 	$(BIN)/python -m benchmarks.quantization $(if $(MODEL),--model $(MODEL))
+
+bench-reports: setup ## time from an ORU^R01 to its ACK through `cxr reports listen` on loopback (200 messages)
+	$(BIN)/python -m benchmarks.hl7_ack
 
 tune: setup ## sweep Triton instances, queue delay, preferred batch sizes for MODEL's towers (default cxr-mini); WRITE=1 stores the best in the registry
 	$(BIN)/python -m benchmarks.tune $(if $(MODEL),--model $(MODEL)) $(if $(WRITE),--write)
