@@ -120,8 +120,9 @@ bench-labeler: setup ## the report labeler against IU-Xray's manual annotations:
 bench-quantization: setup ## int8 and fp16 against fp32 (MODEL, default cxr-mini): parity, mAP with bootstrap noise, speed, size, ORT session options
 	$(BIN)/python -m benchmarks.quantization $(if $(MODEL),--model $(MODEL))
 
-bench-reports: setup ## time from an ORU^R01 to its ACK through `cxr reports listen` on loopback (200 messages)
+bench-reports: setup ## an ORU^R01 to its ACK through `cxr reports listen`, then the ACK to the report in GetStudy
 	$(BIN)/python -m benchmarks.hl7_ack
+	$(BIN)/python -m benchmarks.report_freshness
 
 tune: setup ## sweep Triton instances, queue delay, preferred batch sizes for MODEL's towers (default cxr-mini); WRITE=1 stores the best in the registry
 	$(BIN)/python -m benchmarks.tune $(if $(MODEL),--model $(MODEL)) $(if $(WRITE),--write)

@@ -12,7 +12,6 @@ benchmarks/results/<date>-<host>-hl7-ack.json.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import itertools
 import json
 import os
@@ -30,16 +29,6 @@ from benchmarks.timing import time_requests
 ROOT = Path(__file__).resolve().parents[1]
 TIME_LIMIT_S = 300.0
 WARMUP = 10
-# The labeler is written on another branch: until it is here, the listener labels nothing (recorded in the results).
-CHILD = """
-import importlib.util, sys, types
-if importlib.util.find_spec("cxr.reports.labeler") is None:
-    stub = types.ModuleType("cxr.reports.labeler")
-    stub.labels = lambda text: ()
-    sys.modules[stub.__name__] = stub
-from cxr_cli.main import main
-sys.exit(main(sys.argv[1:]))
-"""
 # Synthetic: no real patient. Three text lines, as a RIS sends a short chest X-ray report.
 ORU = "\r".join([
     "MSH|^~\\&|BENCH-RIS|BENCH|CXR-RETRIEVAL|BENCH|20250314101502||ORU^R01^ORU_R01|BENCH-{n}|P|2.5.1",
@@ -87,10 +76,12 @@ class Sender:
             self.sock = None
 
 
-def _listen(folder: Path) -> tuple[subprocess.Popen, int]:
-    env = {**os.environ, "CXR_REPORTS_DIR": str(folder), "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen([sys.executable, "-c", CHILD, "reports", "listen", "--port", "0"], cwd=folder, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+def listen(folder: Path, environment: dict | None = None) -> tuple[subprocess.Popen, int]:
+    """`cxr reports listen --port 0` as its own process, with its ledger in `folder` (unless `environment`
+    says otherwise), and the port it took."""
+    env = {**os.environ, "CXR_REPORTS_DIR": str(folder), "PYTHONPATH": str(ROOT), **(environment or {})}
+    process = subprocess.Popen([sys.executable, "-m", "cxr_cli", "reports", "listen", "--port", "0"], cwd=folder,
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     found = re.search(r"127\.0\.0\.1:(\d+)", process.stdout.readline())
     if not found:
         process.kill()
@@ -100,7 +91,7 @@ def _listen(folder: Path) -> tuple[subprocess.Popen, int]:
 
 def run(messages: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="hl7-ack-") as folder:
-        process, port = _listen(Path(folder))
+        process, port = listen(Path(folder))
         try:
             sender = Sender(port)
             sender.connect()
@@ -111,10 +102,9 @@ def run(messages: int) -> dict:
             process.send_signal(signal.SIGTERM)
             process.wait(30)
     figures = {"kept_connection": kept, "connection_per_message": fresh}
-    labeler = "cxr.reports.labeler" if importlib.util.find_spec("cxr.reports.labeler") else "none (stub: not here yet)"
     results = {"machine": {**describe(), "hl7": _version("hl7")},
                "settings": {"messages": messages, "warmup": WARMUP, "message_bytes": len(ORU.format(n=0)),
-                            "labeler": labeler,
+                            "labeler": "cxr.reports.labeler",
                             "ledger": f"SQLite WAL, synchronous=FULL, under {tempfile.gettempdir()}"},
                "figures": figures}
     print(json.dumps(figures, indent=2))
