@@ -118,7 +118,14 @@ class ReportLedger:
                                (study_instance_uid, study_instance_uid)).fetchone()
         return StudyIdentity(*found) if found else None
 
+    def __enter__(self) -> ReportLedger:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def close(self) -> None:
+        """Close this thread's connection (other threads' close with them)."""
         db = getattr(self._local, "db", None)
         if db is not None:
             db.close()
