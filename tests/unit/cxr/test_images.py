@@ -10,13 +10,14 @@ import pydicom
 import pytest
 from PIL import Image, ImageFile
 
-from benchmarks import hostile
+from benchmarks import dicom_variants, hostile
 from cxr import codestreams, images
 from cxr.images import (
     DecodeBusyError,
     ImageLimits,
     ImageTooLargeError,
     InvalidImageError,
+    NotComparableError,
     PixelBudget,
     decode,
     is_dicom,
@@ -367,3 +368,18 @@ def test_sixteen_bit_images_scale_as_the_float_formula_says():
     grey = np.asarray(decode(hostile.encode(values, "PNG")))
     low, high = float(values.min()), float(values.max())
     assert np.array_equal(grey, np.round((values - low) * (255.0 / (high - low))).astype(np.uint8))
+
+
+@pytest.mark.parametrize("name, words", [
+    ("sr", "structured report"), ("pr", "presentation state"), ("ko", "key object selection"),
+    ("for-processing", "FOR PROCESSING"), ("knee", "another body part"),
+])
+def test_a_dicom_with_no_chest_image_to_compare_is_refused_with_the_reason_before_decoding(name, words,
+                                                                                          forbid_decoding):
+    buffer = io.BytesIO()
+    dicom_variants.not_comparable()[name].save_as(buffer, enforce_file_format=True)
+    forbid_decoding()
+    with pytest.raises(NotComparableError, match=words) as error:
+        preprocess(buffer.getvalue(), 224, GATEWAY)
+    assert words in error.value.reason and str(error.value).startswith("the DICOM is ")
+    assert "search with a chest radiograph" in str(error.value)
