@@ -53,6 +53,9 @@ JPEG_PIXELS_PER_CODED_BYTE = 512
 DEFLATED_BYTES_PER_PIXEL = 4
 DEFLATED_OTHER_BYTES = 16 * 2**20
 INFLATE_STEP = 2**16  # compressed bytes fed to zlib at a time while the inflated size is counted
+# What a decoder written in Rust (pylibjpeg-rle) raises when damaged data trips it: pyo3's PanicException,
+# a BaseException, which no `except Exception` sees. It is caught by name: pyo3 makes it at run time.
+RUST_PANIC = "PanicException"
 # PIL refuses to open images over twice this (DecompressionBombError); below that, our own budget
 # decides, with a message naming the size. Set once here: PIL keeps it as a module global.
 Image.MAX_IMAGE_PIXELS = DEFAULT_MAX_PIXELS
@@ -380,12 +383,19 @@ def _decode_dicom(dataset, syntax: Syntax | None, frames: int, samples: int) -> 
     try:  # multi-frame: the first frame only
         pixels = pixel_array(dataset, index=0 if frames > 1 else None, decoding_plugin=syntax.plugin if syntax else "")
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types for bad files
-        what = f"{syntax.name} pixel data" if syntax else "pixel data"
-        raise InvalidImageError(f"the DICOM's {what} could not be decoded: the file is damaged; send the original "
-                                "file") from exc
+        raise _undecodable(syntax) from exc
+    except BaseException as exc:
+        if type(exc).__name__ != RUST_PANIC:
+            raise
+        raise _undecodable(syntax) from exc
     if samples == 3:
         return Image.fromarray(_to_uint8(pixels))
     return Image.fromarray(_dicom_grey(pixels, dataset))
+
+
+def _undecodable(syntax: Syntax | None) -> InvalidImageError:
+    what = f"{syntax.name} pixel data" if syntax else "pixel data"
+    return InvalidImageError(f"the DICOM's {what} could not be decoded: the file is damaged; send the original file")
 
 
 def _dicom_grey(pixels: np.ndarray, dataset) -> np.ndarray:

@@ -33,6 +33,9 @@ DECODED = {
     "1.2.840.10008.1.2.1": Syntax("Explicit VR Little Endian", NATIVE),
     "1.2.840.10008.1.2.1.99": Syntax("Deflated Explicit VR Little Endian", NATIVE),
     "1.2.840.10008.1.2.2": Syntax("Explicit VR Big Endian", NATIVE),
+    # pylibjpeg-rle, not pydicom's own decoder: that one inflates a segment whole before it looks at its
+    # length (an RLE bomb: 64 decoded bytes per coded byte, past any pixel limit) and is 10x slower. This one
+    # stops at Rows x Columns; a damaged segment can make it panic (cxr.images catches that).
     "1.2.840.10008.1.2.5": Syntax("RLE Lossless", RLE, "pylibjpeg", "pylibjpeg-rle"),
     # Pillow, as before GDCM was installed: the JPEG baseline archives already indexed keep their vectors.
     "1.2.840.10008.1.2.4.50": Syntax("JPEG Baseline", JPEG, "pillow", "Pillow"),
@@ -41,8 +44,10 @@ DECODED = {
     "1.2.840.10008.1.2.4.51": Syntax("JPEG Extended", JPEG, "pillow", "Pillow", max_precision=8),
     "1.2.840.10008.1.2.4.57": Syntax("JPEG Lossless (Process 14)", JPEG, "gdcm", "python-gdcm"),
     "1.2.840.10008.1.2.4.70": Syntax("JPEG Lossless SV1", JPEG, "gdcm", "python-gdcm"),
-    "1.2.840.10008.1.2.4.80": Syntax("JPEG-LS Lossless", JPEG_LS, "pyjpegls", "pyjpegls"),
-    "1.2.840.10008.1.2.4.81": Syntax("JPEG-LS Near-Lossless", JPEG_LS, "pyjpegls", "pyjpegls"),
+    # GDCM's CharLS, not pyjpegls' (1.4 and 1.5): that one spends ~5 s of CPU on most truncated 1-megapixel
+    # frames before it gives up, GDCM 0.02 s.
+    "1.2.840.10008.1.2.4.80": Syntax("JPEG-LS Lossless", JPEG_LS, "gdcm", "python-gdcm"),
+    "1.2.840.10008.1.2.4.81": Syntax("JPEG-LS Near-Lossless", JPEG_LS, "gdcm", "python-gdcm"),
     "1.2.840.10008.1.2.4.90": Syntax("JPEG 2000 Lossless", JPEG_2000, "pylibjpeg", "pylibjpeg-openjpeg"),
     "1.2.840.10008.1.2.4.91": Syntax("JPEG 2000", JPEG_2000, "pylibjpeg", "pylibjpeg-openjpeg"),
 }
