@@ -18,8 +18,8 @@ export_flags = $(if $(MODEL),--model $(MODEL)) $(if $(CHECKPOINT),--checkpoint $
 	--target $(TARGET) $(if $(FP16),--fp16) $(if $(INT8),--int8) $(if $(FP32),--fp32)
 
 .PHONY: help setup protos export serve serve-detached stop models demo train-default test test-unit bench bench-quick \
-	bench-towers bench-gateway bench-faiss bench-scale bench-quality bench-quantization bench-gpu bench-labeler bench-reports tune fuzz soak faults \
-	clean setup-pacs setup-browser
+	bench-towers bench-gateway bench-faiss bench-scale bench-quality bench-quantization bench-gpu bench-labeler bench-reports \
+	bench-decode tune fuzz soak faults clean setup-pacs setup-browser
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -31,10 +31,11 @@ setup: $(VENV)/.installed $(STUBS) ## install everything (pinned) into .venv and
 
 # Real outside parts the tests drive (Debian packages; .ci/run installs them, tests skip with the reason without).
 APT_INSTALL = DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
-setup-pacs: ## install Orthanc and its DICOMweb plugin (Debian), the PACS the DICOMweb tests start on loopback
-	@command -v Orthanc >/dev/null && test -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so || \
-		(apt-get update -qq && $(APT_INSTALL) orthanc orthanc-dicomweb >/dev/null) || \
-		echo "warning: could not install orthanc orthanc-dicomweb: the PACS tests will skip"
+setup-pacs: ## install Orthanc, its DICOMweb plugin and dcmtk (Debian): the PACS the DICOMweb tests start on loopback, the transfer-syntax tests' encoders
+	@command -v Orthanc >/dev/null && test -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so && \
+		command -v dcmcjpls >/dev/null || \
+		(apt-get update -qq && $(APT_INSTALL) orthanc orthanc-dicomweb dcmtk >/dev/null) || \
+		echo "warning: could not install orthanc orthanc-dicomweb dcmtk: the PACS and transfer-syntax tests will skip"
 
 setup-browser: setup ## install Debian's chromium, which Playwright drives in the search-page test
 	@test -x /usr/bin/chromium || (apt-get update -qq && $(APT_INSTALL) chromium >/dev/null) || \
@@ -107,6 +108,9 @@ faults: setup ## Triton and the gateway SIGKILLed under load, a corrupt index, a
 bench-scale: setup ## cost of archive size per store and index type (SIZES= DIMS= TYPES= BACKENDS= PART=store|gateway); hours in full
 	$(BIN)/python -m benchmarks.scale $(if $(PART),--part $(PART)) $(if $(SIZES),--sizes $(SIZES)) \
 		$(if $(DIMS),--dims $(DIMS)) $(if $(TYPES),--types $(TYPES)) $(if $(BACKENDS),--backends $(BACKENDS))
+
+bench-decode: setup ## decode ms per DICOM transfer syntax for a 2k x 2k 12-bit CR (dcmtk writes the variants): JSON + Markdown
+	$(BIN)/python -m benchmarks.decode_speed
 
 bench-gpu: setup ## on a GPU host: the four families at true size, ORT CUDA/TensorRT, Triton, FAISS GPU, 7,500-image index (never in CI)
 	$(BIN)/python -m benchmarks.gpu $(if $(MODELS),--models $(MODELS))

@@ -107,6 +107,23 @@ def deflated_dicom_bomb(dicom: bytes, inflated_bytes: int) -> bytes:
             compressor.flush())
 
 
+def rle_dicom(dicom: bytes, segments: list[bytes], rows: int, columns: int) -> bytes:
+    """A real DICOM header (grey, 8 bits per segment: one segment 8-bit, two 16-bit) over one RLE Lossless
+    frame of `segments` (PackBits runs): a run of b"\x81" + byte repeats the byte 128 times, so 2 coded
+    bytes claim 128 decoded ones."""
+    dataset = pydicom.dcmread(io.BytesIO(dicom))
+    dataset.Rows, dataset.Columns, dataset.SamplesPerPixel = rows, columns, 1
+    dataset.BitsAllocated = dataset.BitsStored = 8 * len(segments)
+    dataset.HighBit = dataset.BitsStored - 1
+    offsets = [64 + sum(map(len, segments[:i])) for i in range(len(segments))]
+    header = struct.pack("<16I", len(segments), *offsets, *[0] * (15 - len(segments)))
+    dataset.PixelData = pydicom.encaps.encapsulate([header + b"".join(segments)])
+    dataset.file_meta.TransferSyntaxUID = pydicom.uid.RLELossless
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
 def dicom_claiming(dicom: bytes, rows: int, columns: int, frames: int = 1) -> bytes:
     dataset = pydicom.dcmread(io.BytesIO(dicom))
     dataset.Rows, dataset.Columns = rows, columns

@@ -1,6 +1,6 @@
 """What a compressed frame's own header declares, read from its bytes before any decoder runs: the
-size and components in a JPEG SOFn (baseline, extended, progressive, lossless) or JPEG-LS SOF55
-segment, or a JPEG 2000 SIZ segment, and how many entropy-coded bytes a JPEG carries.
+size, components and sample precision in a JPEG SOFn (baseline, extended, progressive, lossless) or
+JPEG-LS SOF55 segment, or a JPEG 2000 SIZ segment, and how many entropy-coded bytes a JPEG carries.
 
 A DICOM header's Rows x Columns is only a claim about the frame inside; the decoder decodes what the
 frame says. cxr.images compares the two (and the coded bytes against the declared pixels) first.
@@ -32,11 +32,12 @@ class FrameHeader:
     components: int
     coded_bytes: int | None = None  # JPEG: from the first scan to EOI; None where not counted
     jpeg_ls: bool = False
+    precision: int = 8  # bits per sample (JPEG P, JPEG 2000 Ssiz of the first component)
 
 
 def jpeg_header(data: bytes) -> FrameHeader:
-    """A JPEG or JPEG-LS codestream's SOFn (or SOF55) size and components, and the bytes from its first
-    scan to EOI."""
+    """A JPEG or JPEG-LS codestream's SOFn (or SOF55) size, components and precision, and the bytes
+    from its first scan to EOI."""
     if not data.startswith(JPEG_SOI):
         raise CodestreamError("no JPEG start of image")
     frame, position = None, 2
@@ -50,28 +51,29 @@ def jpeg_header(data: bytes) -> FrameHeader:
             continue
         (length,) = struct.unpack_from(">H", data, position + 2)
         if marker in SOF_MARKERS and position + 10 <= len(data):
-            height, width, components = struct.unpack_from(">HHB", data, position + 5)
-            frame = FrameHeader(width, height, components, jpeg_ls=marker == SOF55)
+            precision, height, width, components = struct.unpack_from(">BHHB", data, position + 4)
+            frame = FrameHeader(width, height, components, jpeg_ls=marker == SOF55, precision=precision)
         if marker == SOS:
             if frame is None:
                 break
             scan = position + 2 + length
             end = data.find(JPEG_EOI, scan)
             return FrameHeader(frame.width, frame.height, frame.components,
-                               (len(data) if end < 0 else end) - scan, frame.jpeg_ls)
+                               (len(data) if end < 0 else end) - scan, frame.jpeg_ls, frame.precision)
         position += 2 + length
     raise CodestreamError("no frame header (SOFn) before the first scan")
 
 
 def j2k_header(data: bytes) -> FrameHeader:
-    """A JPEG 2000 codestream's size and components, from SIZ: Lsiz, Rsiz, Xsiz, Ysiz, XOsiz, YOsiz, ...
-    Csiz. A JP2 file wraps the codestream in a few small boxes first."""
+    """A JPEG 2000 codestream's size, components and precision, from SIZ: Lsiz, Rsiz, Xsiz, Ysiz, XOsiz,
+    YOsiz, ... Csiz, then Ssiz of each component (bit 7: signed; the rest: bits - 1). A JP2 file wraps the
+    codestream in a few small boxes first."""
     start = data.find(J2K_SOC_SIZ, 0, 4096)
     if start < 0:
         raise CodestreamError("no JPEG 2000 codestream header (SOC, SIZ)")
     siz = start + 2
-    if siz + 40 > len(data):
+    if siz + 41 > len(data):
         raise CodestreamError("the JPEG 2000 SIZ segment is truncated")
     x, y, x_offset, y_offset = struct.unpack_from(">IIII", data, siz + 6)
-    (components,) = struct.unpack_from(">H", data, siz + 38)
-    return FrameHeader(max(0, x - x_offset), max(0, y - y_offset), components)
+    components, ssiz = struct.unpack_from(">HB", data, siz + 38)
+    return FrameHeader(max(0, x - x_offset), max(0, y - y_offset), components, precision=(ssiz & 0x7F) + 1)

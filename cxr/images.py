@@ -1,15 +1,19 @@
 """Image bytes as hospitals send them (PNG 8/16-bit, JPEG, DICOM) -> uint8 RGB at the model's size.
 
-DICOM pixel data goes through the modality and VOI LUTs (or the window in the header), and
-MONOCHROME1 is inverted so bone is bright as in every other format. More than 8 bits per pixel
-is windowed to the image's own range; 8-bit data without a window are kept as they are (as a
-PNG's). The whole image is resized to size x size (no crop: a crop can cut off a costophrenic
-angle). The gateway, the index builder and training all decode
-through here, so a query is prepared exactly as the archive was.
+DICOM pixel data is decoded by the one pydicom plugin cxr.transfer_syntaxes names for its transfer
+syntax (native, deflated, big endian, RLE, JPEG baseline/extended/lossless, JPEG-LS, JPEG 2000), goes
+through the modality and VOI LUTs (or the window in the header), and MONOCHROME1 is inverted so bone
+is bright as in every other format. More than 8 bits per pixel is windowed to the image's own range;
+8-bit data without a window are kept as they are (as a PNG's). A DICOM that holds no chest image to
+compare (a report, raw detector data, another body part: cxr.dicom_content) is refused with the
+reason before any of that. The whole image is resized to size x size (no crop: a crop can cut off a
+costophrenic angle). The gateway, the index builder and training all decode through here, so a query
+is prepared exactly as the archive was.
 
 Uploads are hostile until shown otherwise. Before any pixel is decoded, the size the file declares
 is checked against ImageLimits (pixels, longest side, aspect), and so is what the decoder will really
-decode: a DICOM's compressed frame must declare the header's Rows x Columns, a JPEG must hold at least
+decode: a DICOM's compressed frame (JPEG SOFn, JPEG-LS SOF55, JPEG 2000 SIZ) must declare the header's
+Rows x Columns and no more bits per sample than BitsAllocated, a JPEG must hold at least
 the coded bytes its declared size needs, and a deflated DICOM must not inflate past what the pixel
 limit allows. A PixelBudget bounds the pixels being decoded at once across threads. Error messages
 name the limit or field and the remedy, never bytes of the upload or a library's message (the cause
@@ -32,7 +36,9 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from cxr import codestreams
+from cxr.dicom_content import not_comparable_reason
 from cxr.errors import InvalidArgumentError, ResourceExhaustedError
+from cxr.transfer_syntaxes import DECODED, FRAMED, JPEG, JPEG_2000, JPEG_LS, REMEDY, Syntax
 
 DICOM_MAGIC_OFFSET = 128
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -47,6 +53,9 @@ JPEG_PIXELS_PER_CODED_BYTE = 512
 DEFLATED_BYTES_PER_PIXEL = 4
 DEFLATED_OTHER_BYTES = 16 * 2**20
 INFLATE_STEP = 2**16  # compressed bytes fed to zlib at a time while the inflated size is counted
+# What a decoder written in Rust (pylibjpeg-rle) raises when damaged data trips it: pyo3's PanicException,
+# a BaseException, which no `except Exception` sees. It is caught by name: pyo3 makes it at run time.
+RUST_PANIC = "PanicException"
 # PIL refuses to open images over twice this (DecompressionBombError); below that, our own budget
 # decides, with a message naming the size. Set once here: PIL keeps it as a module global.
 Image.MAX_IMAGE_PIXELS = DEFAULT_MAX_PIXELS
@@ -55,6 +64,14 @@ warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)  # ou
 
 class InvalidImageError(InvalidArgumentError, ValueError):
     """The bytes are not an image we can read."""
+
+
+class NotComparableError(InvalidImageError):
+    """A DICOM that holds no chest image a clinician would compare (cxr.dicom_content); `reason` says why."""
+
+    def __init__(self, reason: str):
+        super().__init__(f"the DICOM is {reason}: search with a chest radiograph as it is shown to a reader")
+        self.reason = reason
 
 
 class ImageTooLargeError(InvalidImageError):
@@ -232,10 +249,24 @@ def _open_dicom(data: bytes, limits: ImageLimits) -> _Opened:
     _import_pydicom()
     _check_inflation(data, limits)
     dataset = _read_dicom(data)
-    rows, columns, frames, samples = _dicom_geometry(dataset)
+    if reason := not_comparable_reason(dataset):
+        raise NotComparableError(reason)
+    syntax = _syntax(dataset)
+    rows, columns, frames, samples = geometry = _dicom_geometry(dataset)
     limits.check(columns, rows, frames)
-    _check_first_frame(dataset, rows, columns, frames, samples)
-    return _Opened(rows * columns * frames, lambda: _decode_dicom(dataset, frames, samples))
+    _check_first_frame(dataset, syntax, geometry)
+    return _Opened(rows * columns * frames, lambda: _decode_dicom(dataset, syntax, frames, samples))
+
+
+def _syntax(dataset) -> Syntax | None:
+    """The file meta's transfer syntax, if it is one decoded here; None where the file meta names none
+    (pydicom then reads the dataset as it finds it, and its pixels as native)."""
+    uid = dataset.file_meta.get("TransferSyntaxUID")
+    if uid is None:
+        return None
+    if str(uid) not in DECODED:
+        raise InvalidImageError(f"the DICOM's transfer syntax is not one this service decodes: {REMEDY}")
+    return DECODED[str(uid)]
 
 
 def _check_inflation(data: bytes, limits: ImageLimits) -> None:
@@ -316,47 +347,55 @@ def _no_geometry() -> InvalidImageError:
                              "SamplesPerPixel: send the original file")
 
 
-def _check_first_frame(dataset, rows: int, columns: int, frames: int, samples: int) -> None:
+def _check_first_frame(dataset, syntax: Syntax | None, geometry: tuple[int, int, int, int]) -> None:
     """The frame that will be decoded must declare the header's size: the decoder believes the frame."""
     from pydicom.encaps import generate_frames
-    from pydicom.uid import (
-        JPEG2000TransferSyntaxes,
-        JPEGLSTransferSyntaxes,
-        JPEGTransferSyntaxes,
-        RLELossless,
-        UncompressedTransferSyntaxes,
-    )
 
-    syntax = dataset.file_meta.get("TransferSyntaxUID")
-    if syntax is None or syntax in UncompressedTransferSyntaxes or syntax == RLELossless:
+    if syntax is None or syntax.codestream not in FRAMED:
         return  # native and RLE data are decoded into Rows x Columns, whatever they hold
-    if syntax not in JPEGTransferSyntaxes + JPEGLSTransferSyntaxes + JPEG2000TransferSyntaxes:
-        raise InvalidImageError("the DICOM's transfer syntax is not one whose frames this gateway checks before "
-                                "decoding: send it uncompressed, or RLE, JPEG, JPEG-LS or JPEG 2000 compressed")
-    read = codestreams.j2k_header if syntax in JPEG2000TransferSyntaxes else codestreams.jpeg_header
+    rows, columns, frames, samples = geometry
+    read = codestreams.j2k_header if syntax.codestream == JPEG_2000 else codestreams.jpeg_header
     try:
         header = read(next(generate_frames(dataset.PixelData, number_of_frames=frames)))
     except Exception as exc:  # noqa: BLE001 - pydicom's and our own parsers fail in many ways on bad bytes
-        raise InvalidImageError("the DICOM's first compressed frame has no readable JPEG, JPEG-LS or JPEG 2000 "
-                                "header: send the original file") from exc
+        raise InvalidImageError(f"the DICOM's first compressed frame has no readable {syntax.name} header: send the "
+                                "original file") from exc
+    if header.jpeg_ls != (syntax.codestream == JPEG_LS):
+        raise InvalidImageError(f"the DICOM's first compressed frame is not {syntax.name}, as its transfer syntax "
+                                "says: send the original file")
     if (header.width, header.height, header.components) != (columns, rows, samples):
         raise InvalidImageError("the DICOM's first compressed frame declares another size or component count than "
                                 "the header's Rows, Columns and SamplesPerPixel: send the original file")
-    if syntax in JPEGTransferSyntaxes and not header.jpeg_ls:
+    if header.precision > syntax.max_precision:
+        raise InvalidImageError(
+            f"the DICOM is {syntax.name} with {header.precision}-bit samples, which this service has no decoder for "
+            f"(only {syntax.max_precision}-bit): {REMEDY}")
+    if header.precision > int(dataset.BitsAllocated):
+        raise InvalidImageError("the DICOM's first compressed frame declares more bits per sample than the header's "
+                                "BitsAllocated: send the original file")
+    if syntax.codestream == JPEG:
         _check_coded_bytes(header.coded_bytes, rows * columns, "the DICOM's JPEG frame")
 
 
-def _decode_dicom(dataset, frames: int, samples: int) -> Image.Image:
+def _decode_dicom(dataset, syntax: Syntax | None, frames: int, samples: int) -> Image.Image:
     from pydicom.pixels import pixel_array
 
-    try:
-        pixels = pixel_array(dataset, index=0 if frames > 1 else None)  # multi-frame: the first frame only
+    try:  # multi-frame: the first frame only
+        pixels = pixel_array(dataset, index=0 if frames > 1 else None, decoding_plugin=syntax.plugin if syntax else "")
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types for bad files
-        raise InvalidImageError("the DICOM pixel data could not be decoded (damaged, or compressed in a transfer "
-                                "syntax without a decoder here): send it uncompressed or JPEG baseline") from exc
+        raise _undecodable(syntax) from exc
+    except BaseException as exc:
+        if type(exc).__name__ != RUST_PANIC:
+            raise
+        raise _undecodable(syntax) from exc
     if samples == 3:
         return Image.fromarray(_to_uint8(pixels))
     return Image.fromarray(_dicom_grey(pixels, dataset))
+
+
+def _undecodable(syntax: Syntax | None) -> InvalidImageError:
+    what = f"{syntax.name} pixel data" if syntax else "pixel data"
+    return InvalidImageError(f"the DICOM's {what} could not be decoded: the file is damaged; send the original file")
 
 
 def _dicom_grey(pixels: np.ndarray, dataset) -> np.ndarray:

@@ -23,12 +23,15 @@ from tqdm import tqdm
 from cxr.archives import Record
 from cxr.catalog import ExportedModel
 from cxr.errors import FailedPreconditionError
-from cxr.images import InvalidImageError, preprocess
+from cxr.images import InvalidImageError, NotComparableError, preprocess
 from cxr.settings import Settings
 from cxr.store import faiss_files, faiss_writer
 from cxr.triton.request import connections
 from cxr.triton.sync_client import TowerClient
 from indexing.chunk_cache import ChunkCache
+
+
+NOT_COMPARABLE = "not a chest image to compare"  # what skipped.csv says before the reason
 
 
 class NothingToIndexError(FailedPreconditionError):
@@ -73,6 +76,8 @@ def decode_bytes(key, data: bytes, size: int) -> tuple[object, np.ndarray | None
     """(key, pixels or None, reason) for image bytes from any source: runs in a worker process."""
     try:
         return key, preprocess(data, size), ""
+    except NotComparableError as exc:  # a report, raw detector data, another body part (cxr.dicom_content)
+        return key, None, f"{NOT_COMPARABLE}: {exc.reason}"
     except InvalidImageError as exc:
         return key, None, f"not a readable image: {exc}"
 

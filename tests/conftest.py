@@ -100,3 +100,15 @@ def stub(gateway):
 
     with grpc.insecure_channel(gateway, options=[("grpc.max_send_message_length", 80 << 20)]) as channel:
         yield retrieval_pb2_grpc.RetrievalStub(channel)
+
+
+@pytest.fixture(scope="session")
+def dicom_variants(tmp_path_factory) -> dict[tuple[str, str], Path]:
+    """The sample radiograph in every transfer syntax of benchmarks.dicom_variants.MATRIX, made by dcmtk
+    (JPEG 2000 by pydicom with OpenJPEG): {(native, variant): file}, each native's own file under
+    (native, "native")."""
+    from benchmarks import dicom_variants
+
+    if reason := dicom_variants.missing():
+        pytest.skip(reason)
+    return dicom_variants.matrix(tmp_path_factory.mktemp("dicom-variants"))

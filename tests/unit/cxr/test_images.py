@@ -10,13 +10,14 @@ import pydicom
 import pytest
 from PIL import Image, ImageFile
 
-from benchmarks import hostile
+from benchmarks import dicom_variants, hostile
 from cxr import codestreams, images
 from cxr.images import (
     DecodeBusyError,
     ImageLimits,
     ImageTooLargeError,
     InvalidImageError,
+    NotComparableError,
     PixelBudget,
     decode,
     is_dicom,
@@ -367,3 +368,41 @@ def test_sixteen_bit_images_scale_as_the_float_formula_says():
     grey = np.asarray(decode(hostile.encode(values, "PNG")))
     low, high = float(values.min()), float(values.max())
     assert np.array_equal(grey, np.round((values - low) * (255.0 / (high - low))).astype(np.uint8))
+
+
+@pytest.mark.parametrize("name, words", [
+    ("sr", "structured report"), ("pr", "presentation state"), ("ko", "key object selection"),
+    ("for-processing", "FOR PROCESSING"), ("knee", "another body part"),
+])
+def test_a_dicom_with_no_chest_image_to_compare_is_refused_with_the_reason_before_decoding(name, words,
+                                                                                          forbid_decoding):
+    buffer = io.BytesIO()
+    dicom_variants.not_comparable()[name].save_as(buffer, enforce_file_format=True)
+    forbid_decoding()
+    with pytest.raises(NotComparableError, match=words) as error:
+        preprocess(buffer.getvalue(), 224, GATEWAY)
+    assert words in error.value.reason and str(error.value).startswith("the DICOM is ")
+    assert "search with a chest radiograph" in str(error.value)
+
+
+def test_an_rle_bomb_is_decoded_no_further_than_rows_x_columns():
+    """8 MB of runs that inflate to 512 MB under a 64 x 64 header: pydicom's own RLE decoder inflates it
+    all before it looks at the length (seconds, and memory past any pixel limit); pylibjpeg-rle stops."""
+    data = hostile.rle_dicom(DICOM.read_bytes(), [b"\x81\x00" * 4_000_000], 64, 64)
+    started = time.perf_counter()
+    try:
+        assert preprocess(data, 64, GATEWAY).shape == (64, 64, 3)
+    except InvalidImageError:
+        pass
+    assert time.perf_counter() - started < 1.0
+
+
+def test_an_rle_segment_running_past_its_frame_is_refused_as_damaged():
+    """In a 16-bit frame, a run across the end of a segment makes pylibjpeg-rle panic (pyo3's PanicException,
+    no Exception)."""
+    full = b"\x81\x00" * 32  # 64 x 64 = 4096 bytes in runs of 128
+    over = full[:-2] + b"\x00\x05" + b"\x81\x01"  # 3968 + 1 + 128 bytes: the last run crosses the end
+    data = hostile.rle_dicom(DICOM.read_bytes(), [full, over], 64, 64)
+    with pytest.raises(InvalidImageError, match="RLE Lossless pixel data could not be decoded") as error:
+        preprocess(data, 64, GATEWAY)
+    assert type(error.value.__cause__).__name__ == images.RUST_PANIC
