@@ -29,8 +29,8 @@ CREATE TABLE IF NOT EXISTS reports (
   findings TEXT NOT NULL, impression TEXT NOT NULL, labels TEXT NOT NULL, source TEXT NOT NULL,
   refused TEXT NOT NULL DEFAULT '');
 CREATE TABLE IF NOT EXISTS studies (
-  study_uid TEXT PRIMARY KEY, study_instance_uid TEXT NOT NULL, accession_number TEXT NOT NULL,
-  patient_id TEXT NOT NULL);
+  study_uid TEXT NOT NULL, study_instance_uid TEXT NOT NULL, accession_number TEXT NOT NULL,
+  patient_id TEXT NOT NULL, PRIMARY KEY (study_uid, accession_number));
 CREATE INDEX IF NOT EXISTS studies_by_accession ON studies (accession_number);
 CREATE INDEX IF NOT EXISTS studies_by_instance_uid ON studies (study_instance_uid);
 """

@@ -54,9 +54,10 @@ class Report:
         return f"accession:{accession}" if accession else f"study:{self.study_instance_uid.strip()}"
 
 
-# Section headings of a free-text report. A report with neither heading is all impression: that is
-# the part a radiologist writes for the reader.
-_HEADING = re.compile(r"^\s*(findings|impression|conclusion|summary)\s*:\s*", re.IGNORECASE | re.MULTILINE)
+# Section headings of a free-text report, at a line's start or within a line ("FINDINGS: ... IMPRESSION:
+# ..."). A report with neither heading is all impression: the part a radiologist writes for the reader.
+_HEADING = re.compile(r"(?:^|(?<=\s))(findings|impression|conclusion|summary)[ \t]*:\s*",
+                      re.IGNORECASE | re.MULTILINE)
 _IMPRESSION_HEADINGS = {"impression", "conclusion", "summary"}
 
 

@@ -161,15 +161,18 @@ class ImageTable:
         return rows
 
     def studies(self) -> Iterator[tuple[str, str, str, str]]:
-        """(study_uid, study_instance_uid, accession_number, patient_id) of each study once, in study order."""
+        """(study_uid, study_instance_uid, accession_number, patient_id) of each study, in study order: once,
+        or once per accession number where its images carry several (a merged study)."""
         names = ("study_uid", "study_instance_uid", "accession_number", "patient_id")
         columns = [self._columns[name] for name in names]
-        previous = None
+        study, seen = None, set()
         for row in np.asarray(self._orders["study_uid"]).tolist():
-            study = columns[0][row]
-            if study != previous:
-                previous = study
-                yield (study, *(column[row] for column in columns[1:]))
+            identity = tuple(column[row] for column in columns)
+            if identity[0] != study:
+                study, seen = identity[0], set()
+            if identity[2] not in seen:
+                seen.add(identity[2])
+                yield identity
 
     def amend(self, studies: dict[str, dict]) -> None:
         """Show `fields` (StudyReport.fields: report text, labels, ...) in every row of each study,

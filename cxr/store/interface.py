@@ -136,7 +136,8 @@ class VectorStore(ABC):
 
     @abstractmethod
     def studies(self) -> Iterator[StudyIdentity]:
-        """Each indexed study once: what reports are joined by (cxr.reports)."""
+        """Each indexed study's identity, once per accession number its images carry (one, except in a
+        merged study): what reports are joined by (cxr.reports)."""
 
     @abstractmethod
     def apply_reports(self, reports: dict[str, StudyReport]) -> None:

@@ -130,13 +130,14 @@ class MilvusStore(VectorStore):
         fields = ["study_uid", "study_instance_uid", "accession_number", "patient_id"]
         iterator = self._call(lambda c: c.query_iterator(self.collection, batch_size=IDS_PER_QUERY, filter=f"{ID} >= 0",
                                                          output_fields=fields, timeout=CALL_TIMEOUT_S))
-        seen: set[str] = set()
+        seen: set[tuple[str, str]] = set()  # (study, accession): once per accession of a merged study
         try:
             while batch := iterator.next():
                 for record in batch:
-                    if record["study_uid"] not in seen:
-                        seen.add(record["study_uid"])
-                        yield StudyIdentity(*(record.get(name) or "" for name in fields))
+                    identity = StudyIdentity(*(record.get(name) or "" for name in fields))
+                    if (identity.study_uid, identity.accession_number) not in seen:
+                        seen.add((identity.study_uid, identity.accession_number))
+                        yield identity
         finally:
             iterator.close()
 
