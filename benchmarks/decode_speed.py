@@ -20,13 +20,12 @@ import statistics
 import subprocess
 import sys
 import time
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import pydicom
 
 from benchmarks import dicom_variants
-from benchmarks.machine import describe, result_path, save
+from benchmarks.machine import describe, package_version, save
 from cxr.images import InvalidImageError, preprocess
 from cxr.transfer_syntaxes import DECODED
 
@@ -36,12 +35,6 @@ SIZE = 448  # the image towers' input side
 DECODERS = ("pydicom", "pylibjpeg", "pylibjpeg-openjpeg", "pylibjpeg-rle", "python-gdcm", "pillow", "numpy")
 EIGHT_BIT_ONLY = ("jpeg-baseline",)
 
-
-def _version(package: str) -> str | None:
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return None
 
 
 def _dcmtk() -> str:
@@ -135,11 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, path in files(args.side).items():
         figures[name] = measure(path, args.repeats)
         print(name, figures[name], flush=True)
-    results = {"machine": describe(), "decoders": {p: _version(p) for p in DECODERS}, "dcmtk": _dcmtk(),
+    results = {"machine": describe(), "decoders": {p: package_version(p) for p in DECODERS}, "dcmtk": _dcmtk(),
                "settings": {"side": args.side, "repeats": args.repeats, "size": SIZE}, "figures": figures}
-    path = save("decode-speed", results)
-    result_path("decode-speed").with_suffix(".md").write_text(markdown(results))
-    print(f"wrote {path.with_suffix('.md')}")
+    save("decode-speed", results, markdown(results))
     return 0
 
 

@@ -23,7 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.machine import describe, save
+from benchmarks.machine import describe, package_version, save
 from benchmarks.timing import time_requests
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,7 +102,7 @@ def run(messages: int) -> dict:
             process.send_signal(signal.SIGTERM)
             process.wait(30)
     figures = {"kept_connection": kept, "connection_per_message": fresh}
-    results = {"machine": {**describe(), "hl7": _version("hl7")},
+    results = {"machine": {**describe(), "hl7": package_version("hl7")},
                "settings": {"messages": messages, "warmup": WARMUP, "message_bytes": len(ORU.format(n=0)),
                             "labeler": "cxr.reports.labeler",
                             "ledger": f"SQLite WAL, synchronous=FULL, under {tempfile.gettempdir()}"},
@@ -111,14 +111,6 @@ def run(messages: int) -> dict:
     save("hl7-ack", results)
     return results
 
-
-def _version(package: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,13 +23,12 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
-import json
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.machine import describe, result_path
+from benchmarks.machine import describe, save
 from cxr.reports import iu_terms, labeler
 from cxr.settings import Settings
 
@@ -149,12 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--halves", nargs="+", choices=HALVES, default=list(HALVES))
     args = parser.parse_args(argv)
     results = run(args.reports_csv, tuple(args.halves))
-    path = result_path("labeler")
-    path.write_text(json.dumps(results, indent=2))
     text = markdown(results)
-    path.with_suffix(".md").write_text(text)
     print(text)
-    print(f"wrote {path} and {path.with_suffix('.md')}")
+    save("labeler", results, text)
     return 0
 
 

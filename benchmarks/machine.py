@@ -30,7 +30,7 @@ def _memory_gb() -> float:
     return 0.0
 
 
-def _version(package: str) -> str | None:
+def package_version(package: str) -> str | None:
     try:
         return version(package)
     except PackageNotFoundError:
@@ -45,7 +45,7 @@ def describe() -> dict:
         "memory_gb": _memory_gb(),
         "gpu": None,
         "python": platform.python_version(),
-        "versions": {p: _version(p) for p in PACKAGES},
+        "versions": {p: package_version(p) for p in PACKAGES},
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
 
@@ -57,11 +57,14 @@ def result_path(name: str | None) -> Path:
     return RESULTS_DIR / f"{dt.date.today().isoformat()}-{socket.gethostname()}{suffix}.json"
 
 
-def save(name: str, results: dict) -> Path:
-    """Write `results` to benchmarks/results/<date>-<host>-<name>.json."""
+def save(name: str, results: dict, markdown: str = "") -> Path:
+    """Write `results` to benchmarks/results/<date>-<host>-<name>.json, and `markdown` beside it as .md."""
     path = result_path(name)
     path.write_text(json.dumps(results, indent=2))
     print(f"wrote {path}")
+    if markdown:
+        path.with_suffix(".md").write_text(markdown)
+        print(f"wrote {path.with_suffix('.md')}")
     return path
 
 

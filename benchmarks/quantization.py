@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from benchmarks.machine import describe, result_path
+from benchmarks.machine import describe, save
 from benchmarks.onnx_sessions import SERVED, embeddings_per_s, session
 from benchmarks.retrieval_quality import image_rankings, text_rankings, validation_records
 from benchmarks.stack import served, temporary_settings
@@ -341,12 +341,9 @@ def run(model: str, rounds: int, seconds: float, with_quality: bool, seed: int =
             results["quality"] = quality(exports, records)
         if with_triton:
             results["triton"] = triton_speed(exports, max(2, rounds // 2), 3.0)
-    path = result_path("quantization")
-    path.write_text(json.dumps(results, indent=2))
     text = markdown(results)
-    path.with_suffix(".md").write_text(text)
     print(text)
-    print(f"wrote {path} and {path.with_suffix('.md')}")
+    save("quantization", results, text)
     return results
 
 

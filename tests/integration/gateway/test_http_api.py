@@ -32,15 +32,6 @@ DICOM = SAMPLES / "1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"
 ISSUER, AUDIENCE = "cxr-dev", "cxr-retrieval"
 
 
-@pytest.fixture(scope="module")
-def web(served, nih_index):
-    background = BackgroundGateway(replace(served, model=MODEL, rate_limit_per_s=0), http=True)
-    try:
-        yield background
-    finally:
-        background.stop()
-
-
 @pytest.fixture
 def http(web):
     with httpx.Client(base_url=web.http_url, timeout=60) as client:

@@ -3,7 +3,6 @@ gRPC and over HTTP (issue 19): a lossless variant gets exactly the native file's
 nearly; HTTP answers what gRPC answers; what cannot be decoded or compared is refused with the reason."""
 
 import io
-from dataclasses import replace
 
 import grpc
 import httpx
@@ -13,7 +12,6 @@ from google.protobuf import json_format
 from benchmarks.dicom_variants import MATRIX, REFUSED, VARIANTS, not_comparable
 from cxr.retrieval.v1 import retrieval_pb2 as pb
 from cxr.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
-from support import BackgroundGateway
 
 pytestmark = pytest.mark.triton
 MODEL = "medsiglip-tiny"  # the model of the session's nih_index
@@ -22,15 +20,6 @@ LOSSY_SCORE_DELTA = 0.01  # the most a lossy variant may move an image's score (
 LOSSY_SHARED_TOP = 15  # of the native's TOP_K hits, at least these are in the lossy variant's
 CASES = [(native, variant) for native, variants in MATRIX.items() for variant in variants
          if (native, variant) not in REFUSED]
-
-
-@pytest.fixture(scope="module")
-def web(served, nih_index):
-    background = BackgroundGateway(replace(served, model=MODEL, rate_limit_per_s=0), http=True)
-    try:
-        yield background
-    finally:
-        background.stop()
 
 
 @pytest.fixture(scope="module")
