@@ -14,7 +14,6 @@ from cxr.retrieval.v1 import retrieval_pb2 as pb
 from cxr.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
 
 pytestmark = pytest.mark.triton
-MODEL = "medsiglip-tiny"  # the model of the session's nih_index
 TOP_K = 20
 LOSSY_SCORE_DELTA = 0.01  # the most a lossy variant may move an image's score (measured: 0.002, the YBR JPEG)
 LOSSY_SHARED_TOP = 15  # of the native's TOP_K hits, at least these are in the lossy variant's
