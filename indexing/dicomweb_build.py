@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import random
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -27,6 +29,7 @@ from tqdm import tqdm
 from cxr.catalog import ExportedModel
 from cxr.dicomweb import (
     DicomWeb,
+    DicomWebError,
     Instance,
     InstanceFetchError,
     NoMatchingInstancesError,
@@ -35,9 +38,12 @@ from cxr.dicomweb import (
     part10,
     record,
 )
+from cxr.errors import UnavailableError
 from cxr.reports.intake import ReportIntake
 from cxr.settings import Settings
 from cxr.store import faiss_files
+from cxr.store.errors import StoreUnavailableError
+from cxr.triton.errors import TritonError
 from cxr.triton.request import connections
 from cxr.triton.sync_client import TowerClient
 from indexing.build import BuildOptions, NothingToIndexError, decode_bytes, decoder_pool, encode_stream, write_index
@@ -49,6 +55,13 @@ LISTED_FILE = "listed.jsonl"
 FOLLOW_FILE = "follow.json"
 FETCH_THREADS = 4  # WADO-RS requests in flight
 QIDO_OVERLAP_DAYS = 1  # a QIDO follower lists studies from the day before its last pass (time zones, late stores)
+# A follower's pass that fails because a neighbour is down (the PACS, Triton, the vector store: an
+# UnavailableError) is tried again after BACKOFF_FIRST_S, the wait doubling up to BACKOFF_MAX_S, so a
+# restart of a neighbour costs seconds and a long outage one request a minute. Each wait is shortened by
+# up to BACKOFF_JITTER of itself, so that followers of one PACS do not all come back at the same moment.
+BACKOFF_FIRST_S = 1.0
+BACKOFF_MAX_S = 60.0
+BACKOFF_JITTER = 0.25
 
 
 def cache_dir(output_dir: Path) -> Path:
@@ -68,6 +81,11 @@ class PacsCache(ChunkCache):
         """What the index holds from now on: a build's listing (written whole, then renamed)."""
         self.replace_file(LISTED_FILE, "".join(_listing_line(i) + "\n" for i in instances))
         self.listed = list(instances)
+
+    def unencoded(self) -> list[Instance]:
+        """Listed instances neither encoded nor skipped: those a pass listed before an outage (or a kill)
+        stopped it, left for the next pass to encode."""
+        return [i for i in self.listed if i.sop_uid not in self.vectors and i.sop_uid not in self.skipped]
 
     def extend_listed(self, instances: list[Instance]) -> list[Instance]:
         """Add instances a follower found; returns those not listed before."""
@@ -231,14 +249,25 @@ class Follower:
         changes = OrthancChanges(follow.orthanc_url or OrthancChanges.root_of(pacs.url), pacs.session)
         self.feed = changes if changes.is_orthanc() else None
 
-    def run(self, stop: threading.Event | None = None) -> None:
-        """Pass after pass until `stop` is set (or once); Ctrl-C stops it between two saved states."""
+    def run(self, stop: threading.Event | None = None, backoff: Backoff | None = None) -> None:
+        """Pass after pass until `stop` is set (or once); Ctrl-C stops it between two saved states. A pass
+        that fails because the PACS, Triton or the vector store is down is tried again with `backoff`
+        (a Backoff logging to this follower's log) until it succeeds; with `once` it fails at once
+        instead, since a one-shot run should not hang. Any other error stops the follower."""
         stop = stop or threading.Event()
+        backoff = backoff or Backoff(self.log)
         state = self.cache.follow_state()
-        if not state:
-            state = self._start()
         while True:
-            self._pass(state)
+            try:
+                state = state or self._start()
+                self._pass(state)
+            except UnavailableError as exc:
+                if self.follow.once:
+                    raise
+                if not backoff.wait(exc, stop):
+                    return  # stopped while waiting: the saved state is that of the last successful swap
+                continue
+            backoff.recovered()
             if self.follow.once or stop.wait(self.follow.interval_s):
                 return
 
@@ -254,6 +283,7 @@ class Follower:
         return state
 
     def _pass(self, state: dict) -> None:
+        self._swap(self.cache.unencoded(), "instances listed before an outage")
         if self.feed:
             self._orthanc_pass(state)
         else:
@@ -300,6 +330,49 @@ class Follower:
         written = write_from_cache(self.cache, self.model, self.output_dir, self.options, self.backend,
                                    self.pacs.shown)
         self.log(f"{what}: {counts}; the index holds {written['count']} images")
+
+
+class Backoff:
+    """The waits of a follower while a neighbour is down: BACKOFF_FIRST_S doubling to BACKOFF_MAX_S,
+    jittered; one log line when an outage starts (or the neighbour that is down changes), one when it ends."""
+
+    def __init__(self, log: Callable[[str], None], first_s: float = BACKOFF_FIRST_S, max_s: float = BACKOFF_MAX_S,
+                 jitter: float = BACKOFF_JITTER, clock: Callable[[], float] = time.monotonic,
+                 uniform: Callable[[], float] = random.random):
+        self.log, self.first_s, self.max_s, self.jitter = log, first_s, max_s, jitter
+        self.clock, self.uniform = clock, uniform
+        self.down = ""  # the neighbour that is down, '' while none is
+        self.since = 0.0
+        self.delay = 0.0
+
+    def wait(self, error: UnavailableError, stop: threading.Event) -> bool:
+        """Wait before the next try after `error`; False when `stop` was set meanwhile."""
+        down = neighbour(error)
+        if not self.down:
+            self.since, self.delay = self.clock(), self.first_s
+        else:
+            self.delay = min(2 * self.delay, self.max_s)
+        if down != self.down:
+            self.log(f"{down} unavailable ({error}): waiting, retrying with backoff up to {self.max_s:g} s")
+            self.down = down
+        return not stop.wait(self.delay * (1 - self.jitter * self.uniform()))
+
+    def recovered(self) -> None:
+        """A pass succeeded: the end of an outage, if there was one, is logged."""
+        if self.down:
+            self.log(f"{self.down} back after {self.clock() - self.since:.0f} s, going on")
+            self.down = ""
+
+
+def neighbour(error: UnavailableError) -> str:
+    """Who is down, for the log."""
+    if isinstance(error, TritonError):
+        return "Triton"
+    if isinstance(error, DicomWebError):
+        return "the PACS"
+    if isinstance(error, StoreUnavailableError):
+        return "the vector store"
+    return "a service the follower needs"
 
 
 def _today() -> str:
