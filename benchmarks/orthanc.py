@@ -46,11 +46,15 @@ class Orthanc:
         self.users = users or {USER: PASSWORD}
         config = folder / "orthanc.json"
         config.write_text(json.dumps(self._config(folder)))
-        self.log_file = folder / "orthanc.log"
-        with self.log_file.open("wb") as log:
-            self.process = subprocess.Popen([BINARY, str(config)], stdout=log, stderr=subprocess.STDOUT)
+        self.config, self.log_file = config, folder / "orthanc.log"
         self.rest_url = f"http://127.0.0.1:{self.port}"
         self.url = self.rest_url + "/dicom-web"
+        self.start(timeout)
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start the server (again, after `stop`: same port, same storage, as a PACS back from a restart)."""
+        with self.log_file.open("ab") as log:
+            self.process = subprocess.Popen([BINARY, str(self.config)], stdout=log, stderr=subprocess.STDOUT)
         self._wait_ready(timeout)
 
     def _config(self, folder: Path) -> dict:

@@ -7,6 +7,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -21,7 +23,7 @@ from cxr.settings import to_environment
 from cxr.store import faiss_files, faiss_store
 from cxr.store.interface import StudyIdentity
 from indexing.build import BuildOptions, build_index
-from indexing.dicomweb_build import Follower, FollowOptions, build_from_pacs, cache_dir
+from indexing.dicomweb_build import Backoff, Follower, FollowOptions, build_from_pacs, cache_dir
 from indexing.pacs_reports import ReportCounts
 from support import DATA_DIR, SAMPLE_DICOM, cosine, sr
 
@@ -173,6 +175,40 @@ def test_follow_once_adds_a_newly_stored_instance(served, model, pacs, files, tm
     again = Counting(pacs)
     Follower(again.client, dicomweb.Query(), model, served, output, OPTIONS, follow, log=lines.append).run()
     assert again.fetched == []  # the feed position was saved: nothing is fetched twice
+
+
+def _until(condition, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def test_follow_waits_out_a_pacs_restart_and_indexes_what_was_stored_meanwhile(served, model, pacs, files,
+                                                                                 tmp_path):
+    _, _, later, later_paths = files
+    output, lines, stop = tmp_path / "index", [], threading.Event()
+    follower = Follower(Counting(pacs).client, dicomweb.Query(), model, served, output, OPTIONS,
+                        FollowOptions(interval_s=0.2), log=lines.append)
+    backoff = Backoff(lines.append, first_s=0.2, max_s=1.0)  # the defaults' shape, in test time
+    runner = threading.Thread(target=follower.run, args=(stop, backoff))
+    runner.start()
+    try:
+        _until(lambda: (output / faiss_files.MANIFEST_FILE).is_file())
+        pacs.stop()
+        _until(lambda: any("unavailable" in line for line in lines))
+        pacs.start()
+        orthanc.stow(pacs.url, later_paths[:2])
+        _until(lambda: faiss_store.load(output).count == 33)
+    finally:
+        stop.set()
+        runner.join(timeout=30)
+    assert not runner.is_alive()
+    outage = [line for line in lines if "the PACS" in line]
+    assert len(outage) == 2 and outage[0].startswith("the PACS unavailable (could not reach")
+    assert outage[1].startswith("the PACS back after ") and outage[1].endswith(" s, going on")
+    indexed, _ = _vectors(output)
+    assert {im.sop_uid for im in later[:2]} <= set(indexed) and len(indexed) == 33
 
 
 def _first_of_studies(images, count):
