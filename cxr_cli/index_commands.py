@@ -124,22 +124,35 @@ def _build_options(args):
 def cmd_index_synth(args, settings: Settings) -> int:
     import time
 
-    from cxr.catalog import ExportedModel
     from indexing import synthetic
 
     settings = _with_store(args, settings)
-    spec = registry.get_model(args.model or settings.model)
-    manifest = {"dim": spec.embed_dim}
-    if (settings.model_repository / spec.name).is_dir():  # a gateway serving this export accepts the index
-        manifest["export_sha256"] = ExportedModel.load(settings.model_repository, spec.name).export_sha256
+    model = _served_export(settings, registry.get_model(args.model or settings.model).name)
+    # What the gateway's check_model compares: without the export's checksum it refuses the index.
+    manifest = {"dim": model.embed_dim, "export_sha256": model.export_sha256}
     backend = _store_backend(settings, args.output_dir)
     started = time.perf_counter()
-    written = synthetic.write(backend, spec.name, spec.embed_dim, args.count, args.index_type, manifest, args.seed,
+    written = synthetic.write(backend, model.name, model.embed_dim, args.count, args.index_type, manifest, args.seed,
                               args.rerank)
-    print(f"wrote {written['count']} synthetic {spec.embed_dim}-d vectors ({written['index_type']}"
-          f"{', re-ranked' if args.rerank else ''}) for {spec.name} into {backend.where(spec.name)} "
+    print(f"wrote {written['count']} synthetic {model.embed_dim}-d vectors ({written['index_type']}"
+          f"{', re-ranked' if args.rerank else ''}) for {model.name} into {backend.where(model.name)} "
           f"in {time.perf_counter() - started:.0f} s")
     return 0
+
+
+def _served_export(settings: Settings, name: str):
+    """The export a gateway would serve for `name`; refused when there is none, as `cxr index build` does
+    (exporting here would hide a download and a conversion inside a command meant to be quick)."""
+    from cxr.catalog import ExportedModel
+    from cxr.errors import UnknownModelError
+    from cxr.manifest import read_export_manifest
+
+    if read_export_manifest(settings.model_repository, name) is None:
+        raise UnknownModelError(
+            f"model {name!r} is not exported in {settings.model_repository}: the gateway only serves an index "
+            f"that records the export it searches with. Run `cxr export --model {name}` (or `make export "
+            f"MODEL={name}`), then `cxr index synth` again.")
+    return ExportedModel.load(settings.model_repository, name)
 
 
 def _with_store(args, settings: Settings) -> Settings:
