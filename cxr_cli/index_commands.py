@@ -127,17 +127,25 @@ def cmd_index_synth(args, settings: Settings) -> int:
     from indexing import synthetic
 
     settings = _with_store(args, settings)
-    model = _served_export(settings, registry.get_model(args.model or settings.model).name)
-    # What the gateway's check_model compares: without the export's checksum it refuses the index.
-    manifest = {"dim": model.embed_dim, "export_sha256": model.export_sha256}
+    name, dim, manifest = _synth_model(args, settings)
     backend = _store_backend(settings, args.output_dir)
     started = time.perf_counter()
-    written = synthetic.write(backend, model.name, model.embed_dim, args.count, args.index_type, manifest, args.seed,
-                              args.rerank)
-    print(f"wrote {written['count']} synthetic {model.embed_dim}-d vectors ({written['index_type']}"
-          f"{', re-ranked' if args.rerank else ''}) for {model.name} into {backend.where(model.name)} "
-          f"in {time.perf_counter() - started:.0f} s")
+    written = synthetic.write(backend, name, dim, args.count, args.index_type, manifest, args.seed, args.rerank)
+    unserved = "; no gateway serves it (--unexported)" if args.unexported else ""
+    print(f"wrote {written['count']} synthetic {dim}-d vectors ({written['index_type']}"
+          f"{', re-ranked' if args.rerank else ''}) for {name} into {backend.where(name)} "
+          f"in {time.perf_counter() - started:.0f} s{unserved}")
     return 0
+
+
+def _synth_model(args, settings: Settings) -> tuple[str, int, dict]:
+    """The model's name, dimension and what the manifest records of its export: the checksum the gateway's
+    check_model compares, or nothing with --unexported (sizing only: a gateway refuses that index)."""
+    spec = registry.get_model(args.model or settings.model)
+    if args.unexported:
+        return spec.name, spec.embed_dim, {"dim": spec.embed_dim}
+    model = _served_export(settings, spec.name)
+    return model.name, model.embed_dim, {"dim": model.embed_dim, "export_sha256": model.export_sha256}
 
 
 def _served_export(settings: Settings, name: str):
@@ -151,7 +159,7 @@ def _served_export(settings: Settings, name: str):
         raise UnknownModelError(
             f"model {name!r} is not exported in {settings.model_repository}: the gateway only serves an index "
             f"that records the export it searches with. Run `cxr export --model {name}` (or `make export "
-            f"MODEL={name}`), then `cxr index synth` again.")
+            f"MODEL={name}`), then `cxr index synth` again; or add --unexported to size an index no gateway serves.")
     return ExportedModel.load(settings.model_repository, name)
 
 

@@ -1,7 +1,8 @@
 """`cxr index synth`, in process (cxr_cli.main.main) with settings from CXR_* variables in a temporary
 folder: it records the checksum of the export a gateway serves, so that the gateway's own check
 (cxr.store.builds.check_model, through the backend's open) accepts the index; a model that is not
-exported is refused with the command that exports it, and nothing is written."""
+exported is refused with the command that exports it, and nothing is written (--unexported, for sizing
+only, is tested in tests/unit/indexing/test_synthetic.py)."""
 
 from __future__ import annotations
 
@@ -46,5 +47,5 @@ def test_synth_of_a_model_not_exported_names_the_export_command_and_writes_nothi
     assert main(["index", "synth", "--model", MODEL, "--count", "300"]) == 2
     error = capsys.readouterr().err
     assert f"not exported in {settings.model_repository}" in error
-    assert f"`cxr export --model {MODEL}`" in error
+    assert f"`cxr export --model {MODEL}`" in error and "--unexported" in error
     assert not settings.index_dir.exists() or not any(settings.index_dir.iterdir())
