@@ -124,22 +124,43 @@ def _build_options(args):
 def cmd_index_synth(args, settings: Settings) -> int:
     import time
 
-    from cxr.catalog import ExportedModel
     from indexing import synthetic
 
     settings = _with_store(args, settings)
-    spec = registry.get_model(args.model or settings.model)
-    manifest = {"dim": spec.embed_dim}
-    if (settings.model_repository / spec.name).is_dir():  # a gateway serving this export accepts the index
-        manifest["export_sha256"] = ExportedModel.load(settings.model_repository, spec.name).export_sha256
+    name, dim, manifest = _synth_model(args, settings)
     backend = _store_backend(settings, args.output_dir)
     started = time.perf_counter()
-    written = synthetic.write(backend, spec.name, spec.embed_dim, args.count, args.index_type, manifest, args.seed,
-                              args.rerank)
-    print(f"wrote {written['count']} synthetic {spec.embed_dim}-d vectors ({written['index_type']}"
-          f"{', re-ranked' if args.rerank else ''}) for {spec.name} into {backend.where(spec.name)} "
-          f"in {time.perf_counter() - started:.0f} s")
+    written = synthetic.write(backend, name, dim, args.count, args.index_type, manifest, args.seed, args.rerank)
+    unserved = "; no gateway serves it (--unexported)" if args.unexported else ""
+    print(f"wrote {written['count']} synthetic {dim}-d vectors ({written['index_type']}"
+          f"{', re-ranked' if args.rerank else ''}) for {name} into {backend.where(name)} "
+          f"in {time.perf_counter() - started:.0f} s{unserved}")
     return 0
+
+
+def _synth_model(args, settings: Settings) -> tuple[str, int, dict]:
+    """The model's name, dimension and what the manifest records of its export: the checksum the gateway's
+    check_model compares, or nothing with --unexported (sizing only: a gateway refuses that index)."""
+    spec = registry.get_model(args.model or settings.model)
+    if args.unexported:
+        return spec.name, spec.embed_dim, {"dim": spec.embed_dim}
+    model = _served_export(settings, spec.name)
+    return model.name, model.embed_dim, {"dim": model.embed_dim, "export_sha256": model.export_sha256}
+
+
+def _served_export(settings: Settings, name: str):
+    """The export a gateway would serve for `name`; refused when there is none, as `cxr index build` does
+    (exporting here would hide a download and a conversion inside a command meant to be quick)."""
+    from cxr.catalog import ExportedModel
+    from cxr.errors import UnknownModelError
+    from cxr.manifest import read_export_manifest
+
+    if read_export_manifest(settings.model_repository, name) is None:
+        raise UnknownModelError(
+            f"model {name!r} is not exported in {settings.model_repository}: the gateway only serves an index "
+            f"that records the export it searches with. Run `cxr export --model {name}` (or `make export "
+            f"MODEL={name}`), then `cxr index synth` again; or add --unexported to size an index no gateway serves.")
+    return ExportedModel.load(settings.model_repository, name)
 
 
 def _with_store(args, settings: Settings) -> Settings:

@@ -131,6 +131,8 @@ def _add_index_synth(index) -> None:
     synth.add_argument("--count", type=int, required=True, help="images in the synthetic archive")
     synth.add_argument("--output-dir", type=Path, help="default: <index_dir>/<model>")
     synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--unexported", action="store_true",
+                       help="for sizing a model not exported here (e.g. gated): no gateway serves this index")
     _add_store_arguments(synth)
     synth.set_defaults(func=cmd_index_synth)
 

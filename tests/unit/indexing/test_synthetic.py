@@ -54,12 +54,13 @@ def test_a_synthetic_ivf_index_finds_the_exact_neighbours(tmp_path):
     assert all("Effusion" in row["labels"] for hits in effusion for row in store.rows([i for i, _ in hits]))
 
 
-def test_the_cli_writes_an_index_the_store_opens(tmp_path):
+def test_the_cli_writes_an_unexported_model_s_index_for_sizing_the_store_opens(tmp_path):
     env = dict(os.environ, CXR_MODEL_REPOSITORY=str(tmp_path / "no-exports"))
     done = subprocess.run([sys.executable, "-m", "cxr_cli", "index", "synth", "--model", "cxr-mini", "--count", "3000",
-                           "--index-type", "sq8", "--output-dir", str(tmp_path / "idx"), "--seed", "5"],
+                           "--index-type", "sq8", "--output-dir", str(tmp_path / "idx"), "--seed", "5", "--unexported"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "wrote 3000 synthetic 256-d vectors (sq8) for cxr-mini" in done.stdout
+    assert "no gateway serves it (--unexported)" in done.stdout
     store = faiss_store.load(tmp_path / "idx", "cxr-mini", 256)
     assert store.index_type == "sq8" and store.rows([0])[0]["image_id"] == "syn000000000"
