@@ -96,6 +96,9 @@ class Gateway:
     async def start(self, metrics_host: str = "127.0.0.1", metrics_port: int = 0) -> None:
         if metrics_port:
             self.metrics_port = self.metrics.serve(metrics_host, metrics_port)
+        # grpc's health servicer says SERVING for "" until told otherwise: a probe right after start
+        # would pass for an index the first check is about to refuse.
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.start()
         self.resources.reports.start()
         if self.http is not None:
@@ -129,7 +132,10 @@ class Gateway:
             self.audit.flush_throttled()
         self.metrics.triton_up.set(int(triton_ready))
         self.metrics.serving.set(int(ready))
-        status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING if ready
+                               else health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    async def _set_health(self, status) -> None:
         for name in ("", SERVICE_NAME):
             await self.health.set(name, status)
 
