@@ -20,6 +20,7 @@ import datetime as dt
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 from cxr.catalog import ExportedModel
 from cxr.errors import CxrError
@@ -30,7 +31,7 @@ from cxr.store.errors import (
     IndexUnreadableError,
     StoreUnavailableError,
 )
-from cxr.store.interface import StoreBackend
+from cxr.store.interface import StoreBackend, VectorStore
 from gateway.search_batcher import SearchBatcher
 
 log = logging.getLogger("cxr.gateway.indexes")
@@ -42,9 +43,12 @@ REASON_CHARS = 80  # of the error's message in `problem`: the whole of it is in 
 
 class IndexSet:
     def __init__(self, backend: StoreBackend, catalog: dict[str, ExportedModel], metrics=None, batch_max: int = 64,
-                 batch_wait_s: float = 0.0):
-        """`backend`: the FAISS or Milvus backend (cxr.store.factory), or a fake in tests."""
+                 batch_wait_s: float = 0.0, prepare: Callable[[str, VectorStore], None] | None = None):
+        """`backend`: the FAISS or Milvus backend (cxr.store.factory), or a fake in tests. `prepare(model,
+        store)` is called with each build opened, before it is served (the report feed applies the reports
+        received since the build, so they do not vanish from hits for a moment at every swap)."""
         self.backend = backend
+        self.prepare = prepare
         self.catalog = catalog
         self.metrics = metrics
         self.batch_max = batch_max
@@ -92,9 +96,18 @@ class IndexSet:
                 self._versions.pop(name, None)  # look again next time
             self._refuse(name, error)
             return
+        self._prepare(name, store)
         log.info("serving index %s: %d vectors, %s, built %s", where, store.count, store.index_type,
                  store.manifest.get("created"))
         self._set(name, SearchBatcher(store, self.batch_max, self.batch_wait_s, self.metrics, name), None)
+
+    def _prepare(self, name: str, store: VectorStore) -> None:
+        if self.prepare is None:
+            return
+        try:
+            self.prepare(name, store)
+        except Exception:  # noqa: BLE001 - what prepare adds must not keep a good build from serving
+            log.exception("could not prepare the new index of %s; serving it as built", name)
 
     def _refuse(self, name: str, error: CxrError) -> None:
         if self.metrics is not None:

@@ -34,18 +34,29 @@ def study_report(stored: StoredReport) -> StudyReport:
 
 
 class ReportFeed:
-    def __init__(self, indexes: IndexSet, ledger_paths: dict[str, Path], poll_s: float = 1.0):
+    def __init__(self, ledger_paths: dict[str, Path], poll_s: float = 1.0, indexes: IndexSet | None = None):
         """`ledger_paths`: each served model's ledger (Settings.reports_path); one that does not exist
-        yet is looked for again at every poll (the gateway creates none)."""
+        yet is looked for again at every poll (the gateway creates none). `indexes`: what `poll` looks
+        at, else those `start` is given."""
         self.indexes = indexes
         self.ledger_paths = ledger_paths
         self.poll_s = poll_s
         self._ledgers: dict[str, ReportLedger] = {}
         self._applied: dict[str, tuple[VectorStore, int]] = {}  # model -> (store, last seq applied to it)
+        self._lock = threading.Lock()  # the poll and a build being prepared may catch up at once
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="report-feed", daemon=True)
 
-    def start(self) -> None:
+    def prepare(self, model: str, store: VectorStore) -> None:
+        """A build about to be served gets the ledger's reports first (IndexSet's `prepare`)."""
+        path = self.ledger_paths.get(model)
+        ledger = self._ledger(model, path) if path else None
+        if ledger is not None:
+            self._catch_up(model, ledger, store)
+
+    def start(self, indexes: IndexSet) -> None:
+        """Look for new reports for the indexes in service every poll_s."""
+        self.indexes = indexes
         self._thread.start()
 
     def _run(self) -> None:
@@ -72,19 +83,21 @@ class ReportFeed:
             self._catch_up(model, ledger, store)
 
     def _ledger(self, model: str, path: Path) -> ReportLedger | None:
-        if model not in self._ledgers and path.is_file():
-            self._ledgers[model] = ReportLedger(path)
-        return self._ledgers.get(model)
+        with self._lock:
+            if model not in self._ledgers and path.is_file():
+                self._ledgers[model] = ReportLedger(path)
+            return self._ledgers.get(model)
 
     def _catch_up(self, model: str, ledger: ReportLedger, store: VectorStore) -> None:
-        known_store, after = self._applied.get(model, (None, 0))
-        if known_store is not store:
-            ledger.set_studies(store.studies())
-            after = 0
-        while changes := ledger.changes(after):
-            store.apply_reports(self._attachable(ledger, changes))
-            after = changes[-1].seq
-        self._applied[model] = (store, after)
+        with self._lock:
+            known_store, after = self._applied.get(model, (None, 0))
+            if known_store is not store:
+                ledger.set_studies(store.studies())
+                after = 0
+            while changes := ledger.changes(after):
+                store.apply_reports(self._attachable(ledger, changes))
+                after = changes[-1].seq
+            self._applied[model] = (store, after)
 
     @staticmethod
     def _attachable(ledger: ReportLedger, changes: list[StoredReport]) -> dict[str, StudyReport]:

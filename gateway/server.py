@@ -100,7 +100,7 @@ class Gateway:
         # would pass for an index the first check is about to refuse.
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.start()
-        self.resources.reports.start()
+        self.resources.reports.start(self.resources.indexes)
         if self.http is not None:
             await self.http.start()
         self._watch = asyncio.create_task(self._watch_health())
@@ -212,10 +212,10 @@ def create_server(settings: Settings, address: str | None = None, embedder: Embe
 def _resources(settings: Settings, metrics: GatewayMetrics, embedder: Embedder | None) -> Resources:
     """The catalog, its indexes, the embedder (`embedder`, else Triton's) and the decode threads."""
     catalog = load_catalog(settings.model_repository)
+    reports = ReportFeed({name: settings.reports_path(name) for name in catalog}, settings.reports_poll_s)
     indexes = IndexSet(factory.backend(settings), catalog, metrics=metrics, batch_max=settings.search_batch_max,
-                       batch_wait_s=settings.search_batch_wait_ms / 1000)
+                       batch_wait_s=settings.search_batch_wait_ms / 1000, prepare=reports.prepare)
     decoder = DecodeQueue(DECODE_THREADS, settings.max_decode_queue, settings.max_decoding_pixels)
-    reports = ReportFeed(indexes, {name: settings.reports_path(name) for name in catalog}, settings.reports_poll_s)
     return Resources(catalog, settings.model, indexes, embedder or _embedder(settings, metrics), decoder, reports)
 
 

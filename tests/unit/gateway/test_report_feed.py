@@ -9,7 +9,9 @@ import numpy as np
 from cxr.reports.ledger import ReportLedger
 from cxr.reports.report import Report, ReportStatus
 from cxr.store import faiss_store, faiss_writer
+from cxr.store.faiss_backend import FaissBackend
 from cxr.store.interface import Filter
+from gateway.indexes import IndexSet
 from gateway.report_feed import ReportFeed
 from support import index_metadata, unit_vectors
 
@@ -38,7 +40,7 @@ def _store(tmp_path, n=8, name="faiss"):
 
 def _feed(tmp_path, indexes):
     path = tmp_path / "reports" / f"{MODEL}.sqlite"
-    return ReportFeed(indexes, {MODEL: path}, poll_s=0.05), ReportLedger(path)
+    return ReportFeed({MODEL: path}, poll_s=0.05, indexes=indexes), ReportLedger(path)
 
 
 def test_reports_reach_the_rows_and_the_label_filter_and_corrections_replace_them(tmp_path):
@@ -80,7 +82,7 @@ def test_a_new_build_gets_every_report_again_and_the_thread_applies_them(tmp_pat
     indexes.stores[MODEL] = _store(tmp_path)
     feed, ledger = _feed(tmp_path, indexes)
     ledger.put(Report("ACC2", patient_id="P2", findings="Edema."), ["Edema"])
-    feed.start()
+    feed.start(indexes)
     try:
         indexes.stores[MODEL] = rebuilt = _store(tmp_path, name="rebuilt")
         for _ in range(100):
@@ -96,7 +98,36 @@ def test_a_new_build_gets_every_report_again_and_the_thread_applies_them(tmp_pat
 def test_no_ledger_no_file(tmp_path):
     indexes = Indexes()
     indexes.stores[MODEL] = _store(tmp_path)
-    feed = ReportFeed(indexes, {MODEL: tmp_path / "reports" / "m.sqlite"})
+    feed = ReportFeed({MODEL: tmp_path / "reports" / "m.sqlite"}, indexes=indexes)
     feed.poll()
     assert not (tmp_path / "reports").exists()
     assert np.all([not r.get("labels_derived") for r in indexes.stores[MODEL].rows(range(8))])
+
+
+def test_a_build_is_served_with_its_reports_already_in_it(tmp_path):
+    """IndexSet calls `prepare` with each build it opens, before serving it: no moment without reports."""
+    path = tmp_path / "reports" / f"{MODEL}.sqlite"
+    with ReportLedger(path) as ledger:
+        ledger.put(Report("ACC1", patient_id="P1", findings="Left effusion."), ["Effusion"])
+    _store(tmp_path, name=MODEL)
+    feed = ReportFeed({MODEL: path})
+    served = []
+
+    def prepare(model, store):
+        feed.prepare(model, store)
+        served.append(store.study("s1")[0]["findings"])
+
+    indexes = IndexSet(FaissBackend(tmp_path), {MODEL: SimpleNamespace(embed_dim=8, export_sha256=None)},
+                       prepare=prepare)
+    assert served == ["Left effusion."] and indexes.index(MODEL).store.study("s1")[0]["labels"] == ["Effusion"]
+
+
+def test_a_failing_prepare_does_not_keep_a_build_from_serving(tmp_path, caplog):
+    _store(tmp_path, name=MODEL)
+
+    def broken(model, store):
+        raise OSError("ledger on a read-only disk")
+
+    indexes = IndexSet(FaissBackend(tmp_path), {MODEL: SimpleNamespace(embed_dim=8, export_sha256=None)},
+                       prepare=broken)
+    assert indexes.index(MODEL).store.count == 8 and "serving it as built" in caplog.text
