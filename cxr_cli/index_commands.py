@@ -153,14 +153,14 @@ def _served_export(settings: Settings, name: str):
     (exporting here would hide a download and a conversion inside a command meant to be quick)."""
     from cxr.catalog import ExportedModel
     from cxr.errors import UnknownModelError
-    from cxr.manifest import read_export_manifest
 
-    if read_export_manifest(settings.model_repository, name) is None:
+    try:
+        return ExportedModel.load(settings.model_repository, name)
+    except UnknownModelError as exc:  # its message names the model and the repository
         raise UnknownModelError(
-            f"model {name!r} is not exported in {settings.model_repository}: the gateway only serves an index "
-            f"that records the export it searches with. Run `cxr export --model {name}` (or `make export "
-            f"MODEL={name}`), then `cxr index synth` again; or add --unexported to size an index no gateway serves.")
-    return ExportedModel.load(settings.model_repository, name)
+            f"{str(exc).rstrip('.')} (or `cxr export --model {name}`), then `cxr index synth` again: the gateway "
+            "only serves an index that records the export it searches with; or add --unexported to size an index "
+            "no gateway serves.") from exc
 
 
 def _with_store(args, settings: Settings) -> Settings:
