@@ -74,12 +74,12 @@ class ReportFeed:
         """Apply what is new in every model's ledger to its index in service."""
         for model, path in self.ledger_paths.items():
             ledger = self._ledger(model, path)
-            if ledger is None or not self.indexes.has(model):
+            if ledger is None:
                 continue
             try:
                 store = self.indexes.index(model).store
             except CxrError:
-                continue  # removed since
+                continue  # no index in service for this model
             self._catch_up(model, ledger, store)
 
     def _ledger(self, model: str, path: Path) -> ReportLedger | None:
