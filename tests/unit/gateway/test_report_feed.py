@@ -9,6 +9,7 @@ import numpy as np
 from cxr.reports.ledger import ReportLedger
 from cxr.reports.report import Report, ReportStatus
 from cxr.store import faiss_store, faiss_writer
+from cxr.store.errors import IndexMissingError
 from cxr.store.faiss_backend import FaissBackend
 from cxr.store.interface import Filter
 from gateway.indexes import IndexSet
@@ -28,6 +29,8 @@ class Indexes:
         return name in self.stores
 
     def index(self, name):
+        if name not in self.stores:
+            raise IndexMissingError(f"no index for {name}")
         return SimpleNamespace(store=self.stores[name])
 
 
