@@ -36,7 +36,8 @@ def _files(log):
 
 
 def _raw_lines(log) -> list[bytes]:
-    return [line for path in _files(log) if path.exists() for line in path.read_bytes().splitlines()]
+    """The complete lines: a long line being written may be read half-way (its end not yet flushed)."""
+    return [line for path in _files(log) if path.exists() for line in path.read_bytes().split(b"\n")[:-1]]
 
 
 def _stub(target, token: bool):
