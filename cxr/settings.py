@@ -37,6 +37,11 @@ class Settings:
     # Where the gateway puts the private copy of each FAISS index it serves (cxr.private_copy), as
     # large as the index; unset: beside the index, or the temp dir where index_dir is read-only.
     index_copy_dir: Path | None = None
+    # A living index (StoreBackend.apply): the gateway looks for new commits every index_changes_poll_s
+    # (one stat of a file for FAISS); followers fold the commits into the build (`cxr index compact`)
+    # once this many rows were added or deleted since it was written: every search scans those exactly.
+    index_changes_poll_s: float = 0.2
+    index_compact_rows: int = 10_000
     triton_host: str = "127.0.0.1"  # loopback unless a deployment says otherwise
     triton_http_port: int = 8000
     triton_grpc_port: int = 8001
@@ -199,7 +204,7 @@ PORT = (0, 65535)
 RANGES: dict[str, tuple[float, float]] = {
     "triton_http_port": (1, 65535), "triton_grpc_port": (1, 65535), "triton_metrics_port": (1, 65535),
     "gateway_port": PORT, "http_port": PORT, "metrics_port": PORT, "reports_mllp_port": PORT,
-    "reports_poll_s": (0.05, 3600),
+    "reports_poll_s": (0.05, 3600), "index_changes_poll_s": (0.01, 60), "index_compact_rows": (1, 10**8),
     "thumbnail_cache_mb": (0, 1 << 20), "search_batch_max": (1, 4096), "search_batch_wait_ms": (0, 1000),
     "text_cache_entries": (0, 10**8), "audit_max_bytes": (1 << 16, 1 << 40),
     "max_concurrent_rpcs": (1, 100_000), "max_concurrent_rpcs_per_client": (1, 100_000),

@@ -73,3 +73,12 @@ class FaissBackend(StoreBackend):
     def write(self, model: str, vectors: np.ndarray, metadata: list[dict], manifest: dict,
               skipped: list[tuple[str, str]], index_type: str, rerank: bool = False) -> dict:
         return write(self.path(model), vectors, metadata, manifest, skipped, index_type, self.use_gpu, rerank)
+
+    def apply(self, model: str, change):
+        raise NotImplementedError("being written: issue 20")
+
+    def pending(self, model: str) -> int:
+        raise NotImplementedError("being written: issue 20")
+
+    def compact(self, model: str):
+        raise NotImplementedError("being written: issue 20")

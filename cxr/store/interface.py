@@ -8,11 +8,13 @@ Two backends implement it: `faiss` (cxr.store.faiss_backend: files under index_d
 gateway's process) and `milvus` (cxr.store.milvus: a Milvus Lite file or a Milvus cluster);
 cxr.store.factory picks one by the `index_backend` setting. Tests pass fakes of these classes.
 
-Ids are row positions 0..count-1 in build order, the same in every backend.
+Ids are what a store's `search` returns and its `rows` reads: row positions in build order for a build
+as written; images added later get ids of their own. An id means nothing outside the store that gave it.
 
-A build is written whole and swapped in at once. Changing a build in service (add, upsert, delete of
-single images while it is searched) is for a later issue: it will extend StoreWriter or add a writer of
-its own here, implemented by both backends.
+A build is written whole and swapped in at once (StoreWriter). The build in service then changes one
+commit at a time (StoreBackend.apply with a Change: images deleted, added or replaced), each commit whole
+or not at all, seen by a store in service at its next `refresh`; `compact` folds the commits into the
+build off the serving path.
 """
 
 from __future__ import annotations
@@ -80,6 +82,41 @@ class StudyReport:
                 "report_status": self.status, "report_time": self.time, "labels_derived": True}
 
 
+@dataclass(frozen=True)
+class Change:
+    """One commit to a model's index in service: first the images of `image_ids` and of `study_uids` are
+    deleted, then the rows (each with its image_id) are added with their vectors, replacing any image of
+    the same image_id, so adding an image twice leaves it once. Vectors added must come from the export
+    the build was made with (`export_sha256`)."""
+
+    vectors: np.ndarray | None = None  # float32 [len(rows), dim], L2-normalised
+    rows: tuple[dict, ...] = ()
+    image_ids: tuple[str, ...] = ()
+    study_uids: tuple[str, ...] = ()
+    export_sha256: str = ""
+
+    def __post_init__(self):
+        count = 0 if self.vectors is None else len(self.vectors)
+        if count != len(self.rows):
+            raise ValueError(f"a change adds {count} vectors with {len(self.rows)} rows")
+        if any(not row.get("image_id") for row in self.rows):
+            raise ValueError("every row a change adds needs its image_id")
+
+    def __bool__(self) -> bool:
+        return bool(self.rows or self.image_ids or self.study_uids)
+
+
+@dataclass(frozen=True)
+class Committed:
+    """What a commit did: its generation (commits of one build are numbered up from 1), images added
+    (new image ids), replaced (an image of that id was there) and deleted (by id or study)."""
+
+    generation: int
+    added: int = 0
+    replaced: int = 0
+    deleted: int = 0
+
+
 class VectorStore(ABC):
     """One model's index, ready to search. `search` blocks: the gateway calls it from a worker thread."""
 
@@ -143,6 +180,12 @@ class VectorStore(ABC):
     def apply_reports(self, reports: dict[str, StudyReport]) -> None:
         """Show these reports (keyed by study_uid) in their studies' rows, labels included in the label
         filter, from the next search on; the vectors are not touched. A study not indexed is ignored."""
+
+    def refresh(self) -> bool:
+        """Take in the commits made to this build since it was opened or last refreshed (StoreBackend.apply),
+        cheaply when there are none; whether anything changed. A store whose backend shows every commit
+        to the next search (Milvus) only reads what its manifest says now (count, labels, projections)."""
+        return False
 
     def ready(self) -> bool:
         """Whether the store answers now: the gateway's health says NOT_SERVING while it does not."""
@@ -232,6 +275,22 @@ class StoreBackend(ABC):
                 writer.train(vectors)
             writer.add(vectors, metadata)
             return writer.finish(skipped)
+
+    @abstractmethod
+    def apply(self, model: str, change: Change) -> Committed:
+        """Commit `change` to the model's build in service, whole or not at all, and return what it did
+        once it is durable: a store refreshed after that sees it (IndexMissingError without a build,
+        IndexMismatchError for vectors of another export or dimension)."""
+
+    @abstractmethod
+    def pending(self, model: str) -> int:
+        """How much the commits since the build was written weigh on searches (rows added or deleted
+        since): past the `index_compact_rows` setting, followers compact."""
+
+    @abstractmethod
+    def compact(self, model: str) -> dict | None:
+        """Fold the commits into the build, off the serving path; commits made meanwhile are kept.
+        Returns the compacted build's manifest, or None when there was nothing to fold."""
 
     def close(self) -> None:
         """Release what the backend holds (a connection); its stores are not used after."""

@@ -82,6 +82,15 @@ class _Backend(StoreBackend):
         self.made.args = (model, dim, count, index_type)
         return self.made
 
+    def apply(self, model, change):
+        raise NotImplementedError
+
+    def pending(self, model):
+        return 0
+
+    def compact(self, model):
+        return None
+
 
 @pytest.mark.parametrize("wants", [0, 2])
 def test_write_fills_one_writer_training_it_only_when_it_asks(wants):
