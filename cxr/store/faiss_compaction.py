@@ -25,6 +25,7 @@ import faiss
 import numpy as np
 
 from cxr.files import recover, replace_directory
+from cxr.private_copy import owned_prefix, remove_leftovers
 from cxr.store import faiss_index
 from cxr.store.errors import IndexMissingError
 from cxr.store.faiss_changes import CHANGES_DIR, Generation, base_id, commit, read_generation, writing
@@ -59,7 +60,9 @@ def compact(directory: Path) -> dict | None:
     started = time.monotonic()
     table = ImageTable(directory / TABLE_DIR)
     delta = Delta.of(table, generation.base, int(manifest["dim"])).extended(directory, generation)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-compacting-", dir=directory.parent))
+    prefix = f".{directory.name}-compacting-"
+    remove_leftovers(directory.parent, prefix)  # of compactions killed before they finished
+    staging = Path(tempfile.mkdtemp(prefix=owned_prefix(prefix), dir=directory.parent))
     try:
         folded = _write_folded(directory, staging, manifest, delta)
         folded["compaction_s"] = round(time.monotonic() - started, 3)

@@ -14,6 +14,7 @@ import faiss
 import numpy as np
 
 from cxr.files import replace_directory
+from cxr.private_copy import owned_prefix, remove_leftovers
 from cxr.store import faiss_index
 from cxr.store.builds import ID_KEY, id_key_for
 from cxr.store.errors import IndexCorruptError
@@ -41,7 +42,9 @@ class FaissWriter(StoreWriter):
                  rerank: bool = False):
         self.directory = directory
         directory.parent.mkdir(parents=True, exist_ok=True)
-        self.staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-staging-", dir=directory.parent))
+        prefix = f".{directory.name}-staging-"
+        remove_leftovers(directory.parent, prefix)  # of builds killed before they finished
+        self.staging = Path(tempfile.mkdtemp(prefix=owned_prefix(prefix), dir=directory.parent))
         self.index = faiss_index.empty_index(index_type, dim, count)
         self.manifest = dict(manifest, dim=dim, index_type=index_type, rerank=rerank,
                              **{ID_KEY: id_key_for(_previous_manifest(directory))})
