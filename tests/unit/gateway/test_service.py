@@ -1,7 +1,9 @@
 """RetrievalService's own logic, with no Triton: a fake embedder through the service's Embedder seam,
-a real FAISS index, and the service behind a real grpc.aio server on loopback."""
+a real FAISS index (for deletions, with a fake living index's commits), and the service behind a real
+grpc.aio server on loopback."""
 
 import asyncio
+import contextlib
 import threading
 from dataclasses import dataclass
 
@@ -14,6 +16,7 @@ from cxr.retrieval.v1 import retrieval_pb2 as pb
 from cxr.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
 from cxr.store import faiss_writer
 from cxr.store.faiss_backend import FaissBackend
+from cxr.store.interface import Change, Committed, Filter
 from gateway.admission import DecodeQueue
 from gateway.embedding import Embedder
 from gateway.indexes import IndexSet
@@ -58,14 +61,62 @@ class FakeEmbedder(Embedder):
         self.closed = True
 
 
-@pytest.fixture
-def service(tmp_path):
+class LivingStore:
+    """A FAISS store that stops showing the images its backend's commits deleted at its next refresh, as a
+    store of a living index does (until the FAISS one lands, this fake stands for it)."""
+
+    def __init__(self, store, backend: "LivingFaiss"):
+        self._store, self._backend, self.hidden = store, backend, frozenset()
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+    def refresh(self) -> bool:
+        self.hidden = frozenset(self._backend.deleted)
+        return True
+
+    def search(self, queries, k, flt=Filter()):
+        found = self._store.search(queries, k + len(self.hidden), flt)
+        return [[(i, score) for i, score in hits if self._store.rows([i])[0]["image_id"] not in self.hidden][:k]
+                for hits in found]
+
+    def study(self, study_uid):
+        return [row for row in self._store.study(study_uid) if row["image_id"] not in self.hidden]
+
+    def image(self, image_id):
+        return None if image_id in self.hidden else self._store.image(image_id)
+
+
+class LivingFaiss(FaissBackend):
+    """FAISS files whose `apply` deletes by hiding: what a commit deleted, its stores hide once refreshed."""
+
+    def __init__(self, index_dir):
+        super().__init__(index_dir)
+        self.changes, self.deleted, self.generation = [], set(), 0
+
+    def open(self, model, dim=None, export_sha256=None):
+        self._built = super().open(model, dim, export_sha256)
+        return LivingStore(self._built, self)
+
+    def apply(self, model, change: Change) -> Committed:
+        self.changes.append(change)
+        named = {row["image_id"] for uid in change.study_uids for row in self._built.study(uid)}
+        named |= {image_id for image_id in change.image_ids if self._built.image(image_id)}
+        gone = named - self.deleted
+        self.deleted |= gone
+        self.generation += 1
+        return Committed(self.generation, deleted=len(gone))
+
+
+@contextlib.contextmanager
+def _serving(tmp_path, backend):
+    """The service over an index of IMAGES images in `backend`, behind a grpc.aio server on loopback."""
     metadata = [{"image_id": str(i), "study_uid": f"s{i // 2}", "labels": ["Effusion"] if i % 3 == 0 else []}
                 for i in range(IMAGES)]
     faiss_writer.write(tmp_path / MODEL, _vectors(), metadata, {"model": MODEL, "export_sha256": "a" * 64}, [], "flat")
     catalog = {MODEL: FakeModel()}
     embedder = FakeEmbedder()
-    indexes = IndexSet(FaissBackend(tmp_path), catalog)
+    indexes = IndexSet(backend, catalog)
     decoder = DecodeQueue(1, 4, 10**8)
     loop = asyncio.new_event_loop()
     threading.Thread(target=loop.run_forever, daemon=True).start()
@@ -85,6 +136,20 @@ def service(tmp_path):
     loop.call_soon_threadsafe(loop.stop)
     decoder.shutdown()
     indexes.close()
+
+
+@pytest.fixture
+def service(tmp_path):
+    with _serving(tmp_path, FaissBackend(tmp_path)) as served:
+        yield served
+
+
+@pytest.fixture
+def living(tmp_path):
+    """The service over a living index (a fake FAISS one); yields the stub and the backend."""
+    backend = LivingFaiss(tmp_path)
+    with _serving(tmp_path, backend) as (stub, _):
+        yield stub, backend
 
 
 def test_a_text_query_returns_the_nearest_images_first(service):
@@ -150,3 +215,54 @@ def test_list_models_shows_the_served_index(service):
     models = {m.name: m for m in stub.ListModels(pb.ListModelsRequest(), timeout=10).models}
     assert models[MODEL].active and models[MODEL].ready and models[MODEL].index_size == IMAGES
     assert not models["pubmed_clip"].exported and models["pubmed_clip"].index_size == 0
+
+
+def _image_ids(stub) -> set[str]:
+    return {h.image_id for h in stub.SearchByText(pb.SearchByTextRequest(text="x", top_k=IMAGES), timeout=10).hits}
+
+
+def test_a_deleted_study_is_gone_from_the_first_search_after_the_answer(living):
+    stub, backend = living
+    assert _image_ids(stub) == {str(i) for i in range(IMAGES)}
+    answer = stub.DeleteStudy(pb.DeleteStudyRequest(study_uid="s1"), timeout=10)
+    assert (answer.deleted, answer.generation) == (2, 1)
+    assert backend.changes == [Change(study_uids=("s1",))]
+    assert _image_ids(stub) == {str(i) for i in range(IMAGES)} - {"2", "3"}
+    with pytest.raises(grpc.RpcError) as error:
+        stub.GetStudy(pb.GetStudyRequest(study_uid="s1"), timeout=10)
+    assert error.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_a_deleted_image_is_gone_and_its_study_keeps_the_other(living):
+    stub, backend = living
+    answer = stub.DeleteImage(pb.DeleteImageRequest(image_id="4", model=MODEL), timeout=10)
+    assert (answer.deleted, answer.generation) == (1, 1)
+    assert backend.changes == [Change(image_ids=("4",))]
+    assert "4" not in _image_ids(stub)
+    assert list(stub.GetStudy(pb.GetStudyRequest(study_uid="s2"), timeout=10).image_ids) == ["5"]
+
+
+@pytest.mark.parametrize("rpc, request_, words", [
+    ("DeleteStudy", pb.DeleteStudyRequest(study_uid="s1"), "nothing indexed under that UID"),
+    ("DeleteImage", pb.DeleteImageRequest(image_id="2"), "nothing indexed under that id"),
+])
+def test_deleting_again_is_not_found_with_the_reason(living, rpc, request_, words):
+    stub, _ = living
+    getattr(stub, rpc)(request_, timeout=10)
+    with pytest.raises(grpc.RpcError) as error:
+        getattr(stub, rpc)(request_, timeout=10)
+    assert error.value.code() == grpc.StatusCode.NOT_FOUND
+    assert words in error.value.details() and "already deleted or never indexed" in error.value.details()
+
+
+@pytest.mark.parametrize("rpc, request_, code", [
+    ("DeleteStudy", pb.DeleteStudyRequest(), grpc.StatusCode.INVALID_ARGUMENT),
+    ("DeleteImage", pb.DeleteImageRequest(), grpc.StatusCode.INVALID_ARGUMENT),
+    ("DeleteStudy", pb.DeleteStudyRequest(study_uid="s1", model="pubmed_clip"), grpc.StatusCode.NOT_FOUND),
+])
+def test_a_deletion_naming_nothing_or_a_model_not_served_commits_nothing(living, rpc, request_, code):
+    stub, backend = living
+    with pytest.raises(grpc.RpcError) as error:
+        getattr(stub, rpc)(request_, timeout=10)
+    assert error.value.code() == code and backend.changes == []
+    assert len(_image_ids(stub)) == IMAGES
