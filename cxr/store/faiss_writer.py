@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
@@ -16,6 +17,7 @@ from cxr.files import replace_directory
 from cxr.store import faiss_index
 from cxr.store.builds import ID_KEY, id_key_for
 from cxr.store.errors import IndexCorruptError
+from cxr.store.faiss_changes import writing
 from cxr.store.faiss_files import (
     INDEX_FILE,
     MANIFEST_FILE,
@@ -78,11 +80,12 @@ class FaissWriter(StoreWriter):
             self.vectors.flush()
             del self.vectors
         write_skipped(self.staging / SKIPPED_FILE, skipped)
-        manifest = dict(self.manifest, count=self.table.count, skipped=len(skipped),
+        manifest = dict(self.manifest, count=self.table.count, skipped=len(skipped), base_id=secrets.token_hex(8),
                         created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
         manifest["files"] = {name: file_checksum(self.staging / name) for name in checksummed(self.staging)}
         (self.staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
-        replace_directory(self.staging, self.directory)
+        with writing(self.directory):  # a commit to the old build lands before the swap, none after it
+            replace_directory(self.staging, self.directory)
         return manifest
 
 
