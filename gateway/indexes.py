@@ -220,7 +220,9 @@ class IndexSet:
         the model. Blocks: call it off the event loop."""
         self.index(name)
         committed = self.backend.apply(name, change)
-        self.index(name).store.refresh()
+        store = self.index(name).store
+        if store.refresh() and self.metrics is not None:  # raises on a commit it cannot take in: no answer then
+            self.metrics.index_vectors.labels(name).set(store.count)  # the watcher's next look finds nothing new
         return committed
 
 

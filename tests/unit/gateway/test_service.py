@@ -1,6 +1,6 @@
 """RetrievalService's own logic, with no Triton: a fake embedder through the service's Embedder seam,
-a real FAISS index (for deletions, with a fake living index's commits), and the service behind a real
-grpc.aio server on loopback."""
+a real FAISS index (a living one for deletions), and the service behind a real grpc.aio server on
+loopback."""
 
 import asyncio
 import contextlib
@@ -16,7 +16,7 @@ from cxr.retrieval.v1 import retrieval_pb2 as pb
 from cxr.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
 from cxr.store import faiss_writer
 from cxr.store.faiss_backend import FaissBackend
-from cxr.store.interface import Change, Committed, Filter
+from cxr.store.interface import Change, Committed
 from gateway.admission import DecodeQueue
 from gateway.embedding import Embedder
 from gateway.indexes import IndexSet
@@ -61,51 +61,16 @@ class FakeEmbedder(Embedder):
         self.closed = True
 
 
-class LivingStore:
-    """A FAISS store that stops showing the images its backend's commits deleted at its next refresh, as a
-    store of a living index does (until the FAISS one lands, this fake stands for it)."""
-
-    def __init__(self, store, backend: "LivingFaiss"):
-        self._store, self._backend, self.hidden = store, backend, frozenset()
-
-    def __getattr__(self, name):
-        return getattr(self._store, name)
-
-    def refresh(self) -> bool:
-        self.hidden = frozenset(self._backend.deleted)
-        return True
-
-    def search(self, queries, k, flt=Filter()):
-        found = self._store.search(queries, k + len(self.hidden), flt)
-        return [[(i, score) for i, score in hits if self._store.rows([i])[0]["image_id"] not in self.hidden][:k]
-                for hits in found]
-
-    def study(self, study_uid):
-        return [row for row in self._store.study(study_uid) if row["image_id"] not in self.hidden]
-
-    def image(self, image_id):
-        return None if image_id in self.hidden else self._store.image(image_id)
-
-
-class LivingFaiss(FaissBackend):
-    """FAISS files whose `apply` deletes by hiding: what a commit deleted, its stores hide once refreshed."""
+class RecordingFaiss(FaissBackend):
+    """The FAISS backend (a living index: commits beside the build), noting the changes committed through it."""
 
     def __init__(self, index_dir):
         super().__init__(index_dir)
-        self.changes, self.deleted, self.generation = [], set(), 0
-
-    def open(self, model, dim=None, export_sha256=None):
-        self._built = super().open(model, dim, export_sha256)
-        return LivingStore(self._built, self)
+        self.changes = []
 
     def apply(self, model, change: Change) -> Committed:
         self.changes.append(change)
-        named = {row["image_id"] for uid in change.study_uids for row in self._built.study(uid)}
-        named |= {image_id for image_id in change.image_ids if self._built.image(image_id)}
-        gone = named - self.deleted
-        self.deleted |= gone
-        self.generation += 1
-        return Committed(self.generation, deleted=len(gone))
+        return super().apply(model, change)
 
 
 @contextlib.contextmanager
@@ -146,8 +111,10 @@ def service(tmp_path):
 
 @pytest.fixture
 def living(tmp_path):
-    """The service over a living index (a fake FAISS one); yields the stub and the backend."""
-    backend = LivingFaiss(tmp_path)
+    """The service over a living FAISS index whose commits only a refresh takes in (the IndexSet's watcher
+    is not started): a deletion answered before its refresh would still be found. Yields the stub and the
+    backend."""
+    backend = RecordingFaiss(tmp_path)
     with _serving(tmp_path, backend) as (stub, _):
         yield stub, backend
 
