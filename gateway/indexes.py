@@ -213,6 +213,18 @@ class IndexSet:
         kind = next((word for error_type, word in PROBLEMS if isinstance(error, error_type)), "refused")
         return f"{kind} ({_first_words(str(error).replace(self.backend.where(name), name))})"
 
+    def apply(self, name: str, change):
+        """Commit `change` (a cxr.store.interface.Change) to the model's build in service and have the store in
+        service take it in before returning what the backend committed (its Committed): no search begun after
+        this sees what it deleted. Refused, with the reason `index` gives, when this gateway serves no index of
+        the model. Blocks: call it off the event loop."""
+        self.index(name)
+        committed = self.backend.apply(name, change)
+        store = self.index(name).store
+        if store.refresh() and self.metrics is not None:  # raises on a commit it cannot take in: no answer then
+            self.metrics.index_vectors.labels(name).set(store.count)  # the watcher's next look finds nothing new
+        return committed
+
 
 def _first_words(text: str) -> str:
     return text if len(text) <= REASON_CHARS else text[:REASON_CHARS].rsplit(" ", 1)[0] + " …"
