@@ -64,8 +64,6 @@ def commit(connection: Connection, collection: str, manifest: dict, change: Chan
     """Apply `change` to `collection` (whose manifest is `manifest`), then write its manifest."""
     check_change(where, manifest, change)
     generation = int(manifest.get(GENERATION, 0))
-    if not change:
-        return Committed(generation)
     builder = RecordBuilder()
     latest = {str(row["image_id"]): i for i, row in enumerate(change.rows)}  # a second row of an image wins
     vectors = None if change.vectors is None else np.ascontiguousarray(change.vectors, np.float32)
@@ -74,6 +72,8 @@ def commit(connection: Connection, collection: str, manifest: dict, change: Chan
     doomed = {**_matching(connection, collection, "image_id", change.image_ids),
               **_matching(connection, collection, "study_uid", change.study_uids)}
     present = _present(connection, collection, list(latest), doomed)
+    if not doomed and not latest:
+        return Committed(generation)  # a deletion that finds nothing writes no commit, as with FAISS
     stale = [key for key, image_id in present.items() if key != image_key(image_id)]
     replaced = set(present.values())
 
@@ -85,7 +85,7 @@ def commit(connection: Connection, collection: str, manifest: dict, change: Chan
         connection.call(lambda c: c.upsert(collection, batch, timeout=WRITE_TIMEOUT_S))
 
     committed = Committed(generation + 1, added=len(latest) - len(replaced), replaced=len(replaced),
-                          deleted=len(doomed))
+                          deleted=len(set(doomed.values())))  # images, as FAISS counts them
     updated = {name: value for name, value in manifest.items() if name != COMMITTING}
     updated.update({
         "count": live_count(connection, collection), GENERATION: committed.generation,

@@ -189,6 +189,8 @@ def test_generations_count_up_from_one_and_start_again_with_a_rebuild(lite, gate
     for generation in (1, 2, 3):
         assert lite.apply(MODEL, Change(image_ids=(str(generation),))).generation == generation
     assert lite.apply(MODEL, Change()) == Committed(3)  # an empty change commits nothing
+    assert lite.apply(MODEL, Change(image_ids=("1",), study_uids=("nope",))) == Committed(3)  # nor one finding nothing
+    assert COMMITTING not in collection_manifest(lite.connection, lite.version(MODEL))
     lite.write(MODEL, unit_vectors(5, DIM), index_metadata(5), {"model": MODEL, "export_sha256": EXPORT}, [], "flat")
     assert lite.apply(MODEL, Change(image_ids=("1",))) == Committed(1, deleted=1)
     assert gateway.open(MODEL).count == 4
