@@ -100,7 +100,7 @@ def places(directory: Path, copy_dir: Path | None) -> list[Path]:
 
 def make_folder(directory: Path, copy_dir: Path | None = None) -> Path:
     """A new 0700 folder for a copy of `directory`, in the first of `places` that takes one."""
-    prefix = f"{PREFIX}{socket.gethostname()}-{os.getpid()}-{directory.name}-"
+    prefix = f"{owned_prefix(PREFIX)}{directory.name}-"
     first, *fallback = places(directory, copy_dir)
     try:
         return _new_folder(first, prefix)
@@ -120,9 +120,14 @@ def _new_folder(place: Path, prefix: str) -> Path:
     return folder
 
 
-def remove_leftovers(place: Path) -> None:
-    """Remove the copy folders that this host's dead processes left in `place`."""
-    mine = f"{PREFIX}{socket.gethostname()}-"
+def owned_prefix(prefix: str) -> str:
+    """A folder name prefix naming this host and process, for `remove_leftovers` to clean up after a crash."""
+    return f"{prefix}{socket.gethostname()}-{os.getpid()}-"
+
+
+def remove_leftovers(place: Path, prefix: str = PREFIX) -> None:
+    """Remove the folders named with `prefix` (owned_prefix) that this host's dead processes left in `place`."""
+    mine = f"{prefix}{socket.gethostname()}-"
     with contextlib.suppress(OSError):
         for entry in place.iterdir():
             pid = entry.name[len(mine):].split("-", 1)[0]

@@ -1,7 +1,9 @@
-"""`cxr index build | follow | synth`: indexes from an archive on disk, a DICOMweb PACS, or synthetic vectors."""
+"""`cxr index build | follow | synth`: indexes from an archive on disk, a DICOMweb PACS, or synthetic vectors;
+`cxr index delete | compact`: an administrator's deletions, and folding the commits into the build."""
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import replace
 from pathlib import Path
 
@@ -163,6 +165,50 @@ def _served_export(settings: Settings, name: str):
             f"{str(exc).rstrip('.')} (or `cxr export --model {name}`), then `cxr index synth` again: the gateway "
             "only serves an index that records the export it searches with; or add --unexported to size an index "
             "no gateway serves.") from exc
+
+
+def cmd_index_delete(args, settings: Settings) -> int:
+    """One study's images or one image, committed through the store backend as `cxr index build` writes: done
+    once committed; every gateway stops returning them within index_changes_poll_s."""
+    from cxr.store.deletions import Deletion
+
+    settings = _with_store(args, settings)
+    model_name = registry.get_model(args.model or settings.model).name
+    deletion = Deletion.study(args.study) if args.study is not None else Deletion.image(args.image)
+    with _backend(settings) as backend:
+        where = backend.where(model_name)
+        committed = deletion.done(backend.apply(model_name, deletion.change()), model_name)
+    print(f"deleted {committed.deleted} image{'' if committed.deleted == 1 else 's'} from the {model_name} index "
+          f"at {where} (generation {committed.generation}); every gateway stops returning "
+          f"{'it' if committed.deleted == 1 else 'them'} within {settings.index_changes_poll_s:g} s")
+    return 0
+
+
+def cmd_index_compact(args, settings: Settings) -> int:
+    """Fold the commits made since the build into it, off the serving path (the backend's compact)."""
+    settings = _with_store(args, settings)
+    model_name = registry.get_model(args.model or settings.model).name
+    with _backend(settings) as backend:
+        where, pending = backend.where(model_name), backend.pending(model_name)
+        manifest = backend.compact(model_name)
+    if manifest is None:
+        print(f"nothing to fold: the {model_name} index at {where} has no commits since its build")
+    else:
+        print(f"folded the commits into the {model_name} index at {where} ({pending} rows added or deleted since "
+              f"its build): {manifest['count']} images")
+    return 0
+
+
+@contextlib.contextmanager
+def _backend(settings: Settings):
+    """The settings' store backend (cxr.store.factory), closed after use."""
+    from cxr.store import factory
+
+    backend = factory.backend(settings)
+    try:
+        yield backend
+    finally:
+        backend.close()
 
 
 def _with_store(args, settings: Settings) -> Settings:

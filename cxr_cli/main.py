@@ -10,7 +10,13 @@ from pathlib import Path
 from cxr.errors import CxrError
 from cxr.settings import load_settings
 from cxr_cli import report_commands, security
-from cxr_cli.index_commands import cmd_index_build, cmd_index_follow, cmd_index_synth
+from cxr_cli.index_commands import (
+    cmd_index_build,
+    cmd_index_compact,
+    cmd_index_delete,
+    cmd_index_follow,
+    cmd_index_synth,
+)
 from cxr_cli.search_commands import cmd_search
 from cxr_cli.serve_commands import cmd_export, cmd_models, cmd_serve, cmd_stop
 from cxr_cli.train_commands import cmd_compare, cmd_train
@@ -27,6 +33,10 @@ def _add_store_arguments(parser: argparse.ArgumentParser) -> None:
                              "compressed, for millions of images (see README: Scale)")
     parser.add_argument("--rerank", action="store_true",
                         help="keep the full vectors on disk to re-score a compressed index's best candidates")
+    _add_backend_arguments(parser)
+
+
+def _add_backend_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=("faiss", "milvus"),
                         help="vector store (default: the index_backend setting, faiss)")
     parser.add_argument("--milvus-uri", help="a Milvus Lite file (indexes/milvus.db) or http://host:19530 "
@@ -147,12 +157,31 @@ def _add_index_synth(index) -> None:
     synth.set_defaults(func=cmd_index_synth)
 
 
+def _add_index_delete(index) -> None:
+    delete = index.add_parser(
+        "delete", help="delete one study's images or one image from a model's index: done once committed; every "
+                       "gateway stops returning them within index_changes_poll_s")
+    target = delete.add_mutually_exclusive_group(required=True)
+    target.add_argument("--study", metavar="UID", help="every image of this study (its study_uid, as hits name it)")
+    target.add_argument("--image", metavar="ID", help="this image (its image_id, as hits name it)")
+    delete.add_argument("--model", help="registry name (default: the active model)")
+    _add_backend_arguments(delete)
+    delete.set_defaults(func=cmd_index_delete)
+
+
+def _add_index_compact(index) -> None:
+    compact = index.add_parser("compact", help="fold the commits made since the build into it (gateways keep "
+                                               "serving meanwhile); followers also do it past index_compact_rows")
+    compact.add_argument("--model", help="registry name (default: the active model)")
+    _add_backend_arguments(compact)
+    compact.set_defaults(func=cmd_index_compact)
+
+
 def _add_index(sub) -> None:
-    index = sub.add_parser("index", help="build a model's index from an archive").add_subparsers(
-        dest="index_command", required=True)
-    _add_index_build(index)
-    _add_index_follow(index)
-    _add_index_synth(index)
+    index = sub.add_parser("index", help="build a model's index from an archive, delete from it, compact it")
+    commands = index.add_subparsers(dest="index_command", required=True)
+    for add_command in (_add_index_build, _add_index_follow, _add_index_synth, _add_index_delete, _add_index_compact):
+        add_command(commands)
 
 
 def _add_train(sub) -> None:

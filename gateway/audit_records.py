@@ -2,8 +2,9 @@
 
 A line says who (principal, client certificate subject, peer: the HTTP client's for calls through
 the HTTP API), what (method, model, top_k, filters, the kind of query and an HMAC of it, never the
-text or the image itself), when, the status, the latency and which studies were returned. The log
-that writes it: gateway.audit_log.
+text or the image itself), when, the status, the latency and which studies were returned; for an
+administrator's deletion, the study uid or image id named, and once answered the study deleted (DeleteStudy),
+how many images went (`deleted`) and the commit's `generation`. The log that writes it: gateway.audit_log.
 
 What a line copies from the request is bounded whatever the request holds: a client-sent string is
 written only when it is short and from a known vocabulary, else as `<field>_hmac` (HMAC of its UTF-8)
@@ -14,8 +15,8 @@ and `<field>_chars` (its length). "Short" counts bytes as the line writes them, 
   FILTER_VALUES_LISTED per kind, with `<kind>_count` (the number sent) when any were left out. A call
   not answered records `<kind>_hmac` (HMAC of the JSON array as sent, `separators=(",", ":")`) and
   `<kind>_count` instead: a label typed by a user (a patient's name) is not written;
-- GetStudy's `study_uid`: at most VERBATIM_MAX_BYTES characters of [0-9A-Za-z._-] (a DICOM UID is at
-  most 64 digits and dots);
+- GetStudy's and DeleteStudy's `study_uid`, DeleteImage's `image_id`: at most VERBATIM_MAX_BYTES characters
+  of [0-9A-Za-z._-] (a DICOM UID is at most 64 digits and dots);
 - `principal`, `client_cert` and `peer` are vouched for (identity provider, certificate authority,
   the socket), but a careless issuer is no reason for an unbounded line: at most IDENTITY_MAX_BYTES;
 - a BatchSearch: its first MAX_BATCH_QUERIES queries (as many as a valid batch holds) and `query_count`.
@@ -46,6 +47,7 @@ FILTER_VALUES_LISTED = 16
 MAX_LINE_BYTES = 640 * 1024  # an answered BatchSearch of 256 queries, each with 2 x 16 filter values listed
 MAX_REFUSED_LINE_BYTES = 128 * 1024  # a call not answered: 256 queries of HMACs and counts
 _IDENTIFIER = re.compile(r"[0-9A-Za-z._-]*")
+DELETIONS = ("DeleteStudy", "DeleteImage")
 
 
 def _utc_now() -> str:
@@ -70,9 +72,10 @@ def _model(name: str, audit: AuditLog) -> dict:
     return _shown_if(name == "" or name in registry.list_models(), "model", name, audit)
 
 
-def _study_uid(uid: str, audit: AuditLog) -> dict:
-    known = len(uid) <= VERBATIM_MAX_BYTES and _IDENTIFIER.fullmatch(uid) is not None
-    return _shown_if(known, "study_uid", uid, audit)
+def _identifier(name: str, value: str, audit: AuditLog) -> dict:
+    """A study uid or image id: written when short and of an identifier's characters."""
+    known = len(value) <= VERBATIM_MAX_BYTES and _IDENTIFIER.fullmatch(value) is not None
+    return _shown_if(known, name, value, audit)
 
 
 def _identity(name: str, value: str, audit: AuditLog) -> dict:
@@ -121,7 +124,14 @@ def describe_request(method: str, request, audit: AuditLog, answered: bool = Fal
         return {"queries": [_batch_query(q, answered, audit) for q in queries[:MAX_BATCH_QUERIES]],
                 "query_count": len(queries)}
     if name == "GetStudy":
-        return {"queries": [{"kind": "study", **_model(request.model, audit), **_study_uid(request.study_uid, audit)}]}
+        return {"queries": [{"kind": "study", **_model(request.model, audit),
+                             **_identifier("study_uid", request.study_uid, audit)}]}
+    if name == "DeleteStudy":
+        return {"queries": [{"kind": "delete_study", **_model(request.model, audit),
+                             **_identifier("study_uid", request.study_uid, audit)}]}
+    if name == "DeleteImage":
+        return {"queries": [{"kind": "delete_image", **_model(request.model, audit),
+                             **_identifier("image_id", request.image_id, audit)}]}
     return {}
 
 
@@ -137,6 +147,9 @@ def describe_response(method: str, response, call: calls.Call | None = None) -> 
         results = list(response.results)
     elif name == "GetStudy":
         return {"hits": 1, "study_uids": [response.study_uid]}
+    elif name in DELETIONS:
+        return {"hits": 0, "study_uids": list(call.study_uids) if call is not None else [],
+                "deleted": response.deleted, "generation": response.generation}
     else:
         return {"hits": 0, "study_uids": []}
     uids = call.study_uids if call is not None else [hit.study_uid for result in results for hit in result.hits]

@@ -37,6 +37,8 @@ METHOD_SCOPES: dict[str, str | None] = {
     RETRIEVAL + "GetThumbnail": "studies",  # pixels are patient data too (burned-in names, dates)
     RETRIEVAL + "GetSearchOptions": "search",  # filter values and the model's demo flag, for search forms
     RETRIEVAL + "ListModels": "admin",  # what is served, where, how large
+    RETRIEVAL + "DeleteStudy": "admin",  # administrators' deletions from an index
+    RETRIEVAL + "DeleteImage": "admin",
     calls.HEALTH_PREFIX + "Check": PUBLIC,
     calls.HEALTH_PREFIX + "Watch": PUBLIC,
     REFLECTION + "ServerReflectionInfo": ANY_SCOPE,

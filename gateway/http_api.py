@@ -175,8 +175,9 @@ class HttpGuard:
     no embedding by other sites. Before any route, it refuses (and records, through the front door):
     - a request with both Content-Length and Transfer-Encoding (RFC 9112 6.3: a smuggling attempt or a
       broken proxy), closing the connection;
-    - a request that changes state (POST) from another web origin: a page elsewhere could otherwise make a
-      clinician's browser run searches with its credentials or, without auth, on loopback;
+    - a request that changes state (POST, DELETE) from another web origin: a page elsewhere could otherwise
+      make a clinician's browser run searches, or an administrator's delete, with its credentials or,
+      without auth, on loopback;
     - without auth (loopback only), a request addressed to a name other than a loopback one, so a web page
       whose name an attacker points at 127.0.0.1 (DNS rebinding) cannot read the answers."""
 

@@ -18,7 +18,7 @@ SEARCH_PARAMS = (("top_k", "top_k"), ("model", "model"), ("label", "filters.labe
 
 @dataclass(frozen=True)
 class Endpoint:
-    method: str  # GET or POST
+    method: str  # GET, POST or DELETE
     path: str  # Starlette syntax; each {name} is the request field of that name
     rpc: str  # the Retrieval method it calls
     summary: str
@@ -59,6 +59,12 @@ ENDPOINTS = (
              params=(("model", "model"),)),
     Endpoint("GET", "/v1/thumbnails/{image_id}", "GetThumbnail", "A small windowed picture of one indexed image",
              params=(("model", "model"), ("size", "size")), raw_response=True),
+    Endpoint("DELETE", "/v1/studies/{study_uid}", "DeleteStudy",
+             "Remove every image of one study from a model's index; answered once this gateway's searches no "
+             "longer return them", params=(("model", "model"),)),
+    Endpoint("DELETE", "/v1/images/{image_id}", "DeleteImage",
+             "Remove one image from a model's index, as DELETE /v1/studies/{study_uid} does",
+             params=(("model", "model"),)),
 )
 
 

@@ -12,7 +12,12 @@ A build is identified by what the backend's `version` says (for FAISS: a stat of
 every file it lists), so a file truncated in place is refused like a bad build, and the good file
 copied back is served again, with no need to touch the manifest. `problem` says in a few words why
 a model's index is not served (missing, corrupt, mismatched, unreadable, unreachable), for the
-health log."""
+health log.
+
+Commits to a build in service (StoreBackend.apply: images added, replaced, deleted) do not reload it: a
+thread (`start`) has each store in service take them in every `changes_poll_s` (VectorStore.refresh),
+and a build swapped in takes them in just before it serves, under the same lock, so a commit seen by
+the store in service is never unseen by the next one."""
 
 from __future__ import annotations
 
@@ -43,7 +48,8 @@ REASON_CHARS = 80  # of the error's message in `problem`: the whole of it is in 
 
 class IndexSet:
     def __init__(self, backend: StoreBackend, catalog: dict[str, ExportedModel], metrics=None, batch_max: int = 64,
-                 batch_wait_s: float = 0.0, prepare: Callable[[str, VectorStore], None] | None = None):
+                 batch_wait_s: float = 0.0, prepare: Callable[[str, VectorStore], None] | None = None,
+                 changes_poll_s: float = 0.2):
         """`backend`: the FAISS or Milvus backend (cxr.store.factory), or a fake in tests. `prepare(model,
         store)` is called with each build opened, before it is served (the report feed applies the reports
         received since the build, so they do not vanish from hits for a moment at every swap)."""
@@ -57,6 +63,11 @@ class IndexSet:
         self._errors: dict[str, CxrError] = {}
         self._versions: dict[str, object] = {}  # whatever the backend says identifies a build
         self._lock = threading.Lock()
+        self._changing = threading.Lock()  # a store taking in commits, or a build swapped in
+        self.changes_poll_s = changes_poll_s
+        self._stop = threading.Event()
+        self._watcher = threading.Thread(target=self._watch_commits, name="index-commits", daemon=True)
+        self._commit_errors: dict[str, str] = {}  # model -> the last refusal logged, so it is logged once
         if metrics is not None:
             for name in catalog:
                 metrics.index_load_failures.labels(name)  # at 0 from the start
@@ -99,7 +110,36 @@ class IndexSet:
         self._prepare(name, store)
         log.info("serving index %s: %d vectors, %s, built %s", where, store.count, store.index_type,
                  store.manifest.get("created"))
-        self._set(name, SearchBatcher(store, self.batch_max, self.batch_wait_s, self.metrics, name), None)
+        with self._changing:
+            self._take_in(name, store)
+            self._set(name, SearchBatcher(store, self.batch_max, self.batch_wait_s, self.metrics, name), None)
+
+    def start(self) -> None:
+        """Have the stores in service take in new commits every changes_poll_s, until `close`."""
+        self._watcher.start()
+
+    def _watch_commits(self) -> None:
+        while not self._stop.wait(self.changes_poll_s):
+            self.take_in_commits()
+
+    def take_in_commits(self) -> None:
+        """Every store in service takes in the commits made since its last look."""
+        with self._lock:
+            searchers = dict(self._searchers)
+        for name, searcher in searchers.items():
+            with self._changing:
+                self._take_in(name, searcher.store)
+
+    def _take_in(self, name: str, store: VectorStore) -> None:
+        try:
+            if store.refresh() and self.metrics is not None:
+                self.metrics.index_vectors.labels(name).set(store.count)
+            self._commit_errors.pop(name, None)
+        except Exception as exc:  # noqa: BLE001 - a damaged commit: the state taken in last keeps serving
+            if self._commit_errors.get(name) != str(exc):
+                log.error("cannot take in the latest commit to the index of %s, serving the state before it: %s",
+                          name, exc)
+                self._commit_errors[name] = str(exc)
 
     def _prepare(self, name: str, store: VectorStore) -> None:
         if self.prepare is None:
@@ -145,6 +185,9 @@ class IndexSet:
 
     def close(self) -> None:
         """Stop every searcher and its store, then the backend (Milvus: the connection the stores share)."""
+        self._stop.set()
+        if self._watcher.is_alive():
+            self._watcher.join(timeout=5.0)
         with self._lock:
             searchers, self._searchers = list(self._searchers.values()), {}
         for searcher in searchers:
@@ -169,6 +212,18 @@ class IndexSet:
             return "missing"
         kind = next((word for error_type, word in PROBLEMS if isinstance(error, error_type)), "refused")
         return f"{kind} ({_first_words(str(error).replace(self.backend.where(name), name))})"
+
+    def apply(self, name: str, change):
+        """Commit `change` (a cxr.store.interface.Change) to the model's build in service and have the store in
+        service take it in before returning what the backend committed (its Committed): no search begun after
+        this sees what it deleted. Refused, with the reason `index` gives, when this gateway serves no index of
+        the model. Blocks: call it off the event loop."""
+        self.index(name)
+        committed = self.backend.apply(name, change)
+        store = self.index(name).store
+        if store.refresh() and self.metrics is not None:  # raises on a commit it cannot take in: no answer then
+            self.metrics.index_vectors.labels(name).set(store.count)  # the watcher's next look finds nothing new
+        return committed
 
 
 def _first_words(text: str) -> str:

@@ -1,11 +1,13 @@
-"""The HTTP API's OpenAPI 3.1 document, made from the route table (gateway.http_routes) and the
-proto's message descriptors: each message becomes one JSON Schema under components, written in
-the proto3 JSON mapping (camelCase names, 64-bit integers as strings, bytes as base64)."""
+"""The HTTP API's OpenAPI 3.1 document, made from the route table (gateway.http_routes), the scope table
+(gateway.auth) and the proto's message descriptors: each message becomes one JSON Schema under components,
+written in the proto3 JSON mapping (camelCase names, 64-bit integers as strings, bytes as base64); each
+operation names the scope its token needs (applied when the gateway runs with auth on)."""
 
 from __future__ import annotations
 
 from google.protobuf.descriptor import FieldDescriptor
 
+from gateway.auth import METHOD_SCOPES
 from gateway.http_routes import ENDPOINTS, IMAGE_FIELD, IMAGE_TYPES, Endpoint, field_at
 
 F = FieldDescriptor
@@ -88,6 +90,7 @@ def operation(endpoint: Endpoint, schemas: dict) -> dict:
     answer = ({"image/png": {"schema": BINARY}} if endpoint.raw_response
               else {"application/json": {"schema": message_schema(endpoint.response_type, schemas)}})
     result = {"operationId": endpoint.rpc, "summary": endpoint.summary, "parameters": parameters,
+              "security": _security(endpoint),
               "responses": {"200": {"description": endpoint.response_type.name, "content": answer},
                             "default": {"description": "an error", "content": {"application/json": {
                                 "schema": _ref("Error")}}}}}
@@ -95,6 +98,13 @@ def operation(endpoint: Endpoint, schemas: dict) -> dict:
     if body is not None:
         result["requestBody"] = body
     return result
+
+
+def _security(endpoint: Endpoint) -> list[dict]:
+    """A bearer token with the scope the route's RPC needs (gateway.auth): OpenAPI 3.1 lets a requirement of an
+    http scheme list the roles it needs."""
+    scope = METHOD_SCOPES[endpoint.grpc_method]
+    return [{"bearer": [scope] if scope else []}]
 
 
 def _open_get(summary: str, schema: dict, description: str) -> dict:

@@ -101,6 +101,7 @@ class Gateway:
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.start()
         self.resources.reports.start(self.resources.indexes)
+        self.resources.indexes.start()
         if self.http is not None:
             await self.http.start()
         self._watch = asyncio.create_task(self._watch_health())
@@ -214,7 +215,8 @@ def _resources(settings: Settings, metrics: GatewayMetrics, embedder: Embedder |
     catalog = load_catalog(settings.model_repository)
     reports = ReportFeed({name: settings.reports_path(name) for name in catalog}, settings.reports_poll_s)
     indexes = IndexSet(factory.backend(settings), catalog, metrics=metrics, batch_max=settings.search_batch_max,
-                       batch_wait_s=settings.search_batch_wait_ms / 1000, prepare=reports.prepare)
+                       batch_wait_s=settings.search_batch_wait_ms / 1000, prepare=reports.prepare,
+                       changes_poll_s=settings.index_changes_poll_s)
     decoder = DecodeQueue(DECODE_THREADS, settings.max_decode_queue, settings.max_decoding_pixels)
     return Resources(catalog, settings.model, indexes, embedder or _embedder(settings, metrics), decoder, reports)
 

@@ -1,4 +1,5 @@
-"""The Retrieval service: validate, preprocess, embed through Triton, search the index, join metadata."""
+"""The Retrieval service: validate, preprocess, embed through Triton, search the index, join metadata; and the
+administrators' deletions, committed through the index's store backend."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from cxr.errors import CxrError, UnknownModelError
 from cxr.images import ImageLimits, preprocess
 from cxr.retrieval.v1 import retrieval_pb2 as pb
 from cxr.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
+from cxr.store.deletions import STUDY, Deletion
 from cxr.store.interface import Filter, VectorStore
 from gateway import calls, hits
 from gateway.admission import MAX_BATCH_QUERIES, DecodeQueue
@@ -115,6 +117,26 @@ class RetrievalService(pb_grpc.RetrievalServicer):
         spec = registry.get_model(model.name)
         return pb.SearchOptions(model=model.name, demo=spec.not_clinical, notes=spec.notes, labels=store.labels,
                                 projections=store.projections, index_size=store.count)
+
+    @grpc_errors
+    async def DeleteStudy(self, request, context):
+        return await self._delete(request.model, Deletion.study(request.study_uid))
+
+    @grpc_errors
+    async def DeleteImage(self, request, context):
+        return await self._delete(request.model, Deletion.image(request.image_id))
+
+    async def _delete(self, model_name: str, deletion: Deletion) -> pb.DeleteResponse:
+        """Answered only once the index in service has taken the commit in (IndexSet.apply), so that no search
+        answered after the acknowledgement returns what was deleted."""
+        model = self._model(model_name)
+        with calls.stage("commit"):
+            committed = await asyncio.to_thread(self.indexes.apply, model.name, deletion.change())
+        deletion.done(committed, model.name)
+        call = calls.current()
+        if call is not None and deletion.field == STUDY:
+            call.study_uids.append(deletion.name)  # the audit line names the study deleted
+        return pb.DeleteResponse(deleted=committed.deleted, generation=committed.generation)
 
     async def _search_text(self, request, timeout) -> pb.SearchResponse:
         text = request.text.strip()

@@ -106,6 +106,24 @@ class ReportLedger:
                            ((i.study_uid, i.study_instance_uid, i.accession_number, i.patient_id)
                             for i in identities))
 
+    def add_studies(self, identities: Iterable[StudyIdentity]) -> int:
+        """Studies a commit added to the index in service (a follower's): recorded, and the reports naming
+        them stored again under new seqs, so that readers of `changes` attach the ones that waited for
+        them. Returns how many reports were stored again."""
+        identities = list(identities)
+        with self._write() as db:
+            db.executemany("INSERT OR REPLACE INTO studies VALUES (?, ?, ?, ?)",
+                           ((i.study_uid, i.study_instance_uid, i.accession_number, i.patient_id)
+                            for i in identities))
+            seq = db.execute("SELECT coalesce(max(seq), 0) + 1 FROM reports").fetchone()[0]
+            keys = {key for i in identities for (key,) in db.execute(
+                "SELECT key FROM reports WHERE refused = '' AND ((accession_number != '' AND accession_number = ?) "
+                "OR (study_instance_uid != '' AND study_instance_uid IN (?, ?)))",
+                (i.accession_number, i.study_instance_uid, i.study_uid))}
+            for offset, key in enumerate(sorted(keys)):
+                db.execute("UPDATE reports SET seq = ? WHERE key = ?", (seq + offset, key))
+        return len(keys)
+
     def study(self, accession_number: str = "", study_instance_uid: str = "") -> StudyIdentity | None:
         """The indexed study a report names: by accession number, else by study (instance) uid."""
         db = self._db()

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from cxr.store.errors import IndexCorruptError
-from cxr.store.faiss_files import MANIFEST_FILE, listed_files, read_manifest
+from cxr.files import recover
+from cxr.store import faiss_compaction
+from cxr.store.builds import check_model
+from cxr.store.errors import IndexCorruptError, IndexMissingError
+from cxr.store.faiss_changes import Generation, base_id, commit, read_generation, write_deletion, write_segment, writing
+from cxr.store.faiss_delta import Delta
+from cxr.store.faiss_files import MANIFEST_FILE, TABLE_DIR, listed_files, read_manifest
 from cxr.store.faiss_store import FaissStore, load
 from cxr.store.faiss_writer import FaissWriter, write
-from cxr.store.interface import StoreBackend
+from cxr.store.image_table import ImageTable
+from cxr.store.interface import Change, Committed, StoreBackend
 
 
 def _identity(path: Path) -> tuple[int, int, int, int] | None:
@@ -33,6 +40,7 @@ class FaissBackend(StoreBackend):
         self.folder = folder
         self.copy_dir = copy_dir  # where served copies go (cxr.private_copy); None: beside the index
         self._listings: dict[Path, tuple[tuple, list[str]]] = {}  # manifest identity -> the files it lists
+        self._states: dict[Path, Delta] = {}  # each index as this process's last commit left it
 
     def path(self, model: str) -> Path:
         return self.folder or self.index_dir / model
@@ -46,6 +54,9 @@ class FaissBackend(StoreBackend):
         restored in place (one stat per file per look)."""
         directory = self.path(model)
         manifest = _identity(directory / MANIFEST_FILE)
+        if manifest is None:
+            recover(directory)  # a swap that a crash interrupted
+            manifest = _identity(directory / MANIFEST_FILE)
         if manifest is None:
             return None
         return (manifest, *(_identity(directory / name) for name in self._listing(directory, manifest)))
@@ -74,11 +85,58 @@ class FaissBackend(StoreBackend):
               skipped: list[tuple[str, str]], index_type: str, rerank: bool = False) -> dict:
         return write(self.path(model), vectors, metadata, manifest, skipped, index_type, self.use_gpu, rerank)
 
-    def apply(self, model: str, change):
-        raise NotImplementedError("being written: issue 20")
+
+    def apply(self, model: str, change: Change) -> Committed:
+        """One commit to the model's index, written beside it (cxr.store.faiss_changes) under the writers'
+        lock; durable when this returns."""
+        directory = self.path(model)
+        with writing(directory):
+            recover(directory)
+            manifest = self._manifest(model, directory)
+            if change.rows:
+                check_model(str(directory), manifest, model, int(change.vectors.shape[1]),
+                            change.export_sha256 or None)
+            state, generation = self._state(directory, manifest)
+            plan = state.plan(change)
+            if not plan.removed and not plan.rows:
+                return Committed(generation.number)
+            number = generation.number + 1
+            deletions = (write_deletion(directory, number, plan.removed),) if plan.removed else ()
+            segments = (write_segment(directory, number, plan.vectors, plan.rows),) if plan.rows else ()
+            generation = replace(generation, number=number, segments=generation.segments + segments,
+                                 deletions=generation.deletions + deletions, added=generation.added + len(plan.rows),
+                                 deleted=generation.deleted + len(plan.removed))
+            commit(directory, generation)
+        return Committed(number, len(plan.rows) - len(plan.replaced), len(plan.replaced), len(plan.deleted))
+
+    def _manifest(self, model: str, directory: Path) -> dict:
+        manifest = read_manifest(directory)
+        if manifest is None:
+            raise IndexMissingError(f"no index of {model} in {directory} to change: build one first with "
+                                    f"`cxr index build --model {model} --output-dir {directory} ...`")
+        return manifest
+
+    def _state(self, directory: Path, manifest: dict) -> tuple[Delta, Generation]:
+        """The index as its committed generation left it: kept between commits, so a commit reads only
+        the previous commit's files, not the whole change log."""
+        base = base_id(manifest)
+        generation = read_generation(directory)
+        if generation is None or generation.base != base:
+            generation = Generation(base)  # none yet, or left by a build that a full build replaced
+        state = self._states.get(directory)
+        if state is None or state.base != base or state.number > generation.number:
+            state = Delta.of(ImageTable(directory / TABLE_DIR), base, int(manifest["dim"]))
+        state = state.extended(directory, generation) or state
+        self._states[directory] = state
+        return state, generation
 
     def pending(self, model: str) -> int:
-        raise NotImplementedError("being written: issue 20")
+        directory = self.path(model)
+        manifest = read_manifest(directory)
+        generation = read_generation(directory)
+        if manifest is None or generation is None or generation.base != base_id(manifest):
+            return 0
+        return generation.pending
 
-    def compact(self, model: str):
-        raise NotImplementedError("being written: issue 20")
+    def compact(self, model: str) -> dict | None:
+        return faiss_compaction.compact(self.path(model))

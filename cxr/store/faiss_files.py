@@ -6,6 +6,7 @@
 <dir>/manifest.json     model, export checksum, dim, count, index type, created, and the size and
                         SHA-256 of every file above, verified before any is read
 <dir>/skipped.csv       inputs that could not be read, with the reason
+<dir>/changes/          commits made since the build was written (cxr.store.faiss_changes)
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ TABLE_DIR = "table"
 VECTORS_FILE = "vectors.f16.npy"
 MANIFEST_FILE = "manifest.json"
 SKIPPED_FILE = "skipped.csv"
+CHANGES_DIR = "changes"  # cxr.store.faiss_changes
 CHUNK_BYTES = 1 << 20
 
 
@@ -34,8 +36,10 @@ def file_checksum(path: Path) -> dict:
 
 
 def checksummed(directory: Path) -> list[str]:
+    """The build's files: not its manifest and skipped list, nor the commits made since (changes/)."""
     return sorted(str(p.relative_to(directory)) for p in directory.rglob("*")
-                  if p.is_file() and p.name not in (MANIFEST_FILE, SKIPPED_FILE))
+                  if p.is_file() and p.name not in (MANIFEST_FILE, SKIPPED_FILE)
+                  and p.relative_to(directory).parts[0] != CHANGES_DIR)
 
 
 def write_skipped(path: Path, skipped) -> None:

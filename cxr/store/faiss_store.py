@@ -4,6 +4,10 @@
 open (cxr.private_copy), checks the copy against the manifest and memory-maps the copy: truncating or
 rewriting a file in <dir> afterwards changes nothing that is served (a mapped file cut short kills its
 reader with SIGBUS).
+
+Commits made to the build since it was written (cxr.store.faiss_changes) are read from <dir>/changes
+into memory, checked against their checksums, and taken in by `refresh` (cxr.store.faiss_delta): the
+rows they added are searched exactly beside the build, the rows they deleted are masked out of it.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import contextlib
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import faiss
@@ -21,8 +26,10 @@ from cxr import private_copy
 from cxr.store import faiss_index
 from cxr.store.builds import check_model
 from cxr.store.errors import IndexCorruptError, IndexMissingError, IndexUnreadableError
+from cxr.store.faiss_changes import CHANGES_DIR, GENERATION_FILE, base_id, read_generation
+from cxr.store.faiss_delta import Delta
 from cxr.store.faiss_files import INDEX_FILE, TABLE_DIR, VECTORS_FILE, file_checksum, listed_files, read_manifest
-from cxr.store.image_table import ImageTable, population
+from cxr.store.image_table import ImageTable, check_known, population
 from cxr.store.interface import Filter, Hits, StudyIdentity, StudyReport, VectorStore
 
 RERANK_FACTOR = 4  # a compressed index proposes 4 x k candidates; the full vectors pick the k best
@@ -37,6 +44,30 @@ def top_hits(scores: np.ndarray, ids: np.ndarray) -> list[Hits]:
     """FAISS-style result arrays as hit lists, without the -1 padding of short results."""
     return [[(int(i), float(s)) for i, s in zip(row_ids, row_scores) if i >= 0]
             for row_scores, row_ids in zip(scores, ids)]
+
+
+def _merged(first: Hits, second: Hits, k: int) -> Hits:
+    return sorted(first + second, key=lambda hit: -hit[1])[:k]
+
+
+def _identity(path: Path) -> tuple | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_size, stat.st_mtime_ns, stat.st_ino
+
+
+@dataclass(frozen=True)
+class _View:
+    """What one filter lets through in one state of the index: the build's rows (a FAISS bitmap, None for
+    all of them, and how many) and the added rows (a mask)."""
+
+    delta: Delta
+    bitmap: np.ndarray | None
+    allowed: int
+    added: np.ndarray
+    added_index: faiss.Index | None  # the added rows' vectors, ids their positions
 
 
 def _check_files(copy: Path, manifest: dict, directory: Path) -> None:
@@ -74,7 +105,9 @@ def load(directory: Path, model: str | None = None, dim: int | None = None, expo
         raise _copy_failed(directory, exc) from exc
     if not index.ntotal == table.count == manifest.get("count"):
         raise IndexCorruptError(f"{directory}: {index.ntotal} vectors but {table.count} metadata rows; rebuild it")
-    return FaissStore(directory, manifest, index, table, vectors, use_gpu)
+    store = FaissStore(directory, manifest, index, table, vectors, use_gpu)
+    store.refresh()
+    return store
 
 
 def _copy_failed(directory: Path, exc: OSError) -> IndexCorruptError | IndexUnreadableError:
@@ -112,6 +145,17 @@ def _one_thread(small: bool):
         faiss.omp_set_num_threads(threads)
 
 
+def _widen_short(index: faiss.Index, queries, fetch, selector, scores, ids) -> None:
+    """An IVF index searches only nprobe lists; a narrow filter can leave fewer than k of its images
+    there. Those queries are searched again over every list, so a filter never hides a match."""
+    ivf = faiss_index.ivf_of(index)
+    short = np.flatnonzero((ids < 0).any(axis=1))
+    if ivf is None or not len(short):
+        return
+    params = faiss_index.search_parameters(index, selector, nprobe=ivf.nlist)
+    scores[short], ids[short] = index.search(queries[short], fetch, params=params)
+
+
 class FaissStore(VectorStore):
     def __init__(self, directory: Path, manifest: dict, index: faiss.Index, table: ImageTable,
                  vectors: np.ndarray | None = None, use_gpu: bool = False):
@@ -125,9 +169,19 @@ class FaissStore(VectorStore):
         if self.on_gpu:
             self._resources = faiss.StandardGpuResources()
             self.index = faiss.index_cpu_to_gpu(self._resources, 0, index)
-        self._filters: OrderedDict[Filter, tuple[np.ndarray | None, int]] = OrderedDict()
-        self._generation = 0  # of the labels: reports change them, and the bitmaps kept for them
+        self.delta = Delta.of(table, base_id(manifest), index.d)
+        self._added_index: faiss.Index | None = None  # of self.delta's added rows
+        self._reports: dict[str, dict] = {}  # study -> report fields, for the rows added by commits
+        self._reported_labels: frozenset[str] = frozenset()
+        self._filters: OrderedDict[Filter, _View] = OrderedDict()
+        self._generation = 0  # of the labels and rows: reports and commits change them, and the views kept
         self._lock = threading.Lock()
+        self._refreshing = threading.Lock()
+        self._changes_seen: tuple | None = None  # the generation file taken in
+
+    @property
+    def count(self) -> int:
+        return self.delta.count
 
     @property
     def size_bytes(self) -> int:
@@ -135,11 +189,11 @@ class FaissStore(VectorStore):
 
     @property
     def projections(self) -> list[str]:
-        return sorted(self.table.projection_names)
+        return sorted(set(self.table.projection_names) | self.delta.projection_names)
 
     @property
     def labels(self) -> list[str]:
-        return sorted(self.table.label_names)
+        return sorted(set(self.table.label_names) | self.delta.label_names | self._reported_labels)
 
     @property
     def inline_search(self) -> bool:
@@ -147,55 +201,141 @@ class FaissStore(VectorStore):
         return not self.on_gpu and self.index.ntotal * self.index.d <= INLINE_SEARCH_FLOATS
 
     def check_filter(self, flt: Filter) -> None:
-        self.table.check(flt.projections, flt.labels)
+        if flt:
+            check_known(flt.projections, flt.labels, self.projections, self.labels)
 
     def rows(self, ids) -> list[dict]:
-        return self.table.rows(ids)
+        ids, base_count = [int(i) for i in ids], self.table.count
+        found = dict(zip((i for i in ids if i < base_count), self.table.rows(i for i in ids if i < base_count)))
+        added = [i for i in ids if i >= base_count]
+        found.update(zip(added, self.delta.added_rows([i - base_count for i in added], self._reports)))
+        return [dict(found[i]) for i in ids]
 
     def study(self, study_uid: str) -> list[dict]:
-        return self.table.study(study_uid)
+        delta = self.delta
+        ids = [i for i in self.table.matching("study_uid", study_uid) if i not in delta.dead_base]
+        ids += [delta.base_count + p for p in delta.by_study.get(study_uid, ()) if delta.alive[p]]
+        return self.rows(ids)
 
     def image(self, image_id: str) -> dict | None:
-        return self.table.image(image_id)
+        delta = self.delta
+        added = [p for p in delta.by_image.get(image_id, ()) if delta.alive[p]]
+        ids = [delta.base_count + added[-1]] if added else \
+            [i for i in self.table.matching("image_id", image_id) if i not in delta.dead_base][:1]
+        return self.rows(ids)[0] if ids else None
 
     def studies(self) -> Iterator[StudyIdentity]:
-        return (StudyIdentity(*study) for study in self.table.studies())
+        yield from (StudyIdentity(*study) for study in self.table.studies())
+        yield from self.added_studies()
+
+    def added_studies(self, after: int = 0) -> Iterator[StudyIdentity]:
+        """The studies of the rows commits added (after `after` of them), once per accession number."""
+        delta, seen = self.delta, set()
+        for position in range(after, len(delta.rows)):
+            row = delta.rows[position]
+            identity = StudyIdentity(row.get("study_uid", ""), row.get("study_instance_uid", ""),
+                                     row.get("accession_number", ""), row.get("patient_id", ""))
+            if (identity.study_uid, identity.accession_number) not in seen:
+                seen.add((identity.study_uid, identity.accession_number))
+                yield identity
 
     def apply_reports(self, reports: dict[str, StudyReport]) -> None:
-        self.table.amend({study: report.fields() for study, report in reports.items()})
+        fields = {study: report.fields() for study, report in reports.items()}
+        self.table.amend(fields)
         with self._lock:
+            self._reports = {**self._reports, **fields}
+            self._reported_labels |= {label for f in fields.values() for label in f["labels"]}
             self._generation += 1
             self._filters.clear()
 
+    def refresh(self) -> bool:
+        """Take in the generation committed since the last look (one stat when there is none); a damaged
+        commit raises once (IndexCorruptError) and the state taken in last keeps serving."""
+        with self._refreshing:
+            seen = _identity(self.directory / CHANGES_DIR / GENERATION_FILE)
+            if seen == self._changes_seen:
+                return False
+            self._changes_seen = seen
+            generation = read_generation(self.directory) if seen else None
+            delta = self.delta.extended(self.directory, generation) if generation else None
+            if delta is None or delta.number == self.delta.number:
+                return False  # nothing new, or commits of another build: the index set loads that build
+            added_index = self._extended_index(delta)
+            with self._lock:
+                self.delta, self._added_index = delta, added_index
+                self._generation += 1
+                self._filters.clear()
+            return True
+
+    def _extended_index(self, delta: Delta) -> faiss.Index:
+        """The index of the added rows: the previous one's copy with the new rows added (rows are only
+        ever appended to a build's delta). Beside an IVF build, an IVF over the build's own coarse
+        quantizer, searched with the same nprobe: a few lists of the added rows, not all of them, per query."""
+        done = len(self.delta.rows) if self._added_index is not None else 0
+        index = faiss.clone_index(self._added_index) if done else self._empty_added_index()
+        index.add(np.ascontiguousarray(delta.vectors[done:]))
+        return index
+
+    def _empty_added_index(self) -> faiss.Index:
+        ivf = faiss_index.ivf_of(self.index)
+        if ivf is None or isinstance(self.index, faiss.IndexPreTransform) or self.on_gpu:
+            return faiss.IndexFlatIP(self.index.d)
+        quantizer = faiss.clone_index(ivf.quantizer)
+        quantizer.this.disown()  # the IVF below owns it
+        index = faiss.IndexIVFFlat(quantizer, self.index.d, ivf.nlist, faiss.METRIC_INNER_PRODUCT)
+        index.own_fields = True
+        index.nprobe = ivf.nprobe
+        return index
+
     def search(self, queries: np.ndarray, k: int, flt: Filter = Filter()) -> list[Hits]:
         queries = np.ascontiguousarray(queries, np.float32).reshape(-1, self.index.d)
-        bitmap, allowed = self._bitmap(flt)
-        k = min(k, allowed)
+        view = self._view(flt)
+        found = self._search_base(queries, min(k, view.allowed), view.bitmap, view.allowed)
+        if view.added.any():
+            found = [_merged(base, added, k) for base, added in zip(found, self._search_added(queries, k, view))]
+        return found
+
+    def _search_added(self, queries: np.ndarray, k: int, view: _View) -> list[Hits]:
+        """The rows commits added, searched as the build is, filtered by a bitmap of their positions."""
+        bitmap = np.packbits(view.added, bitorder="little")
+        selector = faiss.IDSelectorBitmap(len(view.added), faiss.swig_ptr(bitmap))
+        k = min(k, int(view.added.sum()))
+        index = view.added_index
+        scores, ids = index.search(queries, k, params=faiss_index.search_parameters(index, selector))
+        _widen_short(index, queries, k, selector, scores, ids)
+        return top_hits(scores, np.where(ids >= 0, ids + view.delta.base_count, -1))
+
+    def _search_base(self, queries: np.ndarray, k: int, bitmap: np.ndarray | None, allowed: int) -> list[Hits]:
         if k == 0:
             return [[] for _ in queries]
         if self.on_gpu:
             return self._search_gpu(queries, k, bitmap)
         fetch = min(k * RERANK_FACTOR, allowed) if self.vectors is not None else k
-        selector = None if bitmap is None else faiss.IDSelectorBitmap(self.count, faiss.swig_ptr(bitmap))
+        selector = None if bitmap is None else faiss.IDSelectorBitmap(self.table.count, faiss.swig_ptr(bitmap))
         # An unfiltered flat search needs no parameters: building them costs ~0.3 ms after an idle spell.
         params = None if selector is None and self._flat else faiss_index.search_parameters(self.index, selector)
         with _one_thread(self.inline_search):
             scores, ids = self.index.search(queries, fetch, params=params)
         if bitmap is not None:
-            self._widen_short(queries, fetch, selector, scores, ids)
+            _widen_short(self.index, queries, fetch, selector, scores, ids)
         if self.vectors is not None:
             scores, ids = self._rerank(queries, ids, k)
         return top_hits(scores[:, :k], ids[:, :k])
 
-    def _bitmap(self, flt: Filter) -> tuple[np.ndarray | None, int]:
-        """The filter's bitmap and how many rows pass it, kept for the most recent filters."""
+    def _view(self, flt: Filter) -> _View:
+        """What the filter lets through now, kept for the most recent filters."""
         with self._lock:
             if flt in self._filters:
                 self._filters.move_to_end(flt)
                 return self._filters[flt]
-            generation = self._generation
-        bitmap = self.table.bitmap(flt.projections, flt.labels) if flt else None
-        entry = (bitmap, population(bitmap, self.count))
+            generation, delta, added_index = self._generation, self.delta, self._added_index
+        self.check_filter(flt)
+        bitmap = self.table.bitmap(flt.projections, flt.labels, known=False) if flt else None
+        if delta.dead_bitmap is not None:
+            bitmap = ~delta.dead_bitmap if bitmap is None else bitmap & ~delta.dead_bitmap
+        allowed = self.table.count - len(delta.dead_base) if bitmap is None or not flt \
+            else population(bitmap, self.table.count)
+        entry = _View(delta, bitmap, allowed, delta.passing(flt, self._reports), added_index)
         with self._lock:
             if generation != self._generation:
                 return entry  # built from the labels before a report changed them: not kept
@@ -203,16 +343,6 @@ class FaissStore(VectorStore):
             if len(self._filters) > FILTER_CACHE:
                 self._filters.popitem(last=False)
         return entry
-
-    def _widen_short(self, queries, fetch, selector, scores, ids) -> None:
-        """An IVF index searches only nprobe lists; a narrow filter can leave fewer than k of its images
-        there. Those queries are searched again over every list, so a filter never hides a match."""
-        ivf = faiss_index.ivf_of(self.index)
-        short = np.flatnonzero((ids < 0).any(axis=1))
-        if ivf is None or not len(short):
-            return
-        params = faiss_index.search_parameters(self.index, selector, nprobe=ivf.nlist)
-        scores[short], ids[short] = self.index.search(queries[short], fetch, params=params)
 
     def _rerank(self, queries, candidates, k) -> tuple[np.ndarray, np.ndarray]:
         scores = np.full((len(queries), k), -np.inf, np.float32)
@@ -225,10 +355,10 @@ class FaissStore(VectorStore):
         return scores, ids
 
     def _search_gpu(self, queries, k, bitmap) -> list[Hits]:
-        fetch = min(GPU_MAX_K, self.count if bitmap is not None else k)
+        fetch = min(GPU_MAX_K, self.table.count if bitmap is not None else k)
         scores, ids = self.index.search(queries, fetch)
         if bitmap is not None:
-            bits = np.unpackbits(bitmap, bitorder="little", count=self.count).astype(bool)
+            bits = np.unpackbits(bitmap, bitorder="little", count=self.table.count).astype(bool)
             passes = np.where(ids >= 0, bits[np.clip(ids, 0, None)], False)
             ids = np.where(passes, ids, -1)
         return [hits[:k] for hits in top_hits(scores, ids)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
@@ -13,9 +14,11 @@ import faiss
 import numpy as np
 
 from cxr.files import replace_directory
+from cxr.private_copy import owned_prefix, remove_leftovers
 from cxr.store import faiss_index
 from cxr.store.builds import ID_KEY, id_key_for
 from cxr.store.errors import IndexCorruptError
+from cxr.store.faiss_changes import writing
 from cxr.store.faiss_files import (
     INDEX_FILE,
     MANIFEST_FILE,
@@ -39,7 +42,9 @@ class FaissWriter(StoreWriter):
                  rerank: bool = False):
         self.directory = directory
         directory.parent.mkdir(parents=True, exist_ok=True)
-        self.staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-staging-", dir=directory.parent))
+        prefix = f".{directory.name}-staging-"
+        remove_leftovers(directory.parent, prefix)  # of builds killed before they finished
+        self.staging = Path(tempfile.mkdtemp(prefix=owned_prefix(prefix), dir=directory.parent))
         self.index = faiss_index.empty_index(index_type, dim, count)
         self.manifest = dict(manifest, dim=dim, index_type=index_type, rerank=rerank,
                              **{ID_KEY: id_key_for(_previous_manifest(directory))})
@@ -78,11 +83,12 @@ class FaissWriter(StoreWriter):
             self.vectors.flush()
             del self.vectors
         write_skipped(self.staging / SKIPPED_FILE, skipped)
-        manifest = dict(self.manifest, count=self.table.count, skipped=len(skipped),
+        manifest = dict(self.manifest, count=self.table.count, skipped=len(skipped), base_id=secrets.token_hex(8),
                         created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
         manifest["files"] = {name: file_checksum(self.staging / name) for name in checksummed(self.staging)}
         (self.staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
-        replace_directory(self.staging, self.directory)
+        with writing(self.directory):  # a commit to the old build lands before the swap, none after it
+            replace_directory(self.staging, self.directory)
         return manifest
 
 

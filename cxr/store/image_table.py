@@ -143,8 +143,23 @@ class ImageTable:
         self._orders = {column: _order(directory, column, name) for column, name in ORDER_FILES.items()}
         if any(len(c) != self.count for c in self._columns.values()) or len(self._projection_codes) != self.count:
             raise ValueError(f"{directory}: columns of different lengths for {self.count} rows")
-        self._bitmaps = {"projection": self._projection_bitmaps(), "label": self._label_bitmaps()}
+        self._bitmaps_built: dict[str, dict[str, np.ndarray]] | None = None
         self._amended: dict[int, dict] = {}  # row -> the fields its study's report replaces (cxr.reports)
+
+    @property
+    def _bitmaps(self) -> dict[str, dict[str, np.ndarray]]:
+        """Each filter value's rows, built at the first filter or report (a commit only reads rows)."""
+        if self._bitmaps_built is None:
+            self._bitmaps_built = {"projection": self._projection_bitmaps(), "label": self._label_bitmaps()}
+        return self._bitmaps_built
+
+    @_bitmaps.setter
+    def _bitmaps(self, value: dict[str, dict[str, np.ndarray]]) -> None:
+        self._bitmaps_built = value
+
+    def values(self, column: str, ids) -> list[str]:
+        """One text column of these rows."""
+        return self._columns[column].values(np.asarray(list(ids), np.int64))
 
     def rows(self, ids) -> list[dict]:
         ids = np.asarray(list(ids), np.int64)
@@ -180,7 +195,7 @@ class ImageTable:
         what they read is replaced, never changed in place."""
         amended, changed = dict(self._amended), {}
         for study_uid, fields in studies.items():
-            for row in self._matching("study_uid", study_uid):
+            for row in self.matching("study_uid", study_uid):
                 changed[row] = fields["labels"]
                 amended[row] = fields
         if not changed:
@@ -204,14 +219,14 @@ class ImageTable:
 
     def study(self, study_uid: str) -> list[dict]:
         """Every image of one study, in id order."""
-        return self.rows(self._matching("study_uid", study_uid))
+        return self.rows(self.matching("study_uid", study_uid))
 
     def image(self, image_id: str) -> dict | None:
         """One image's row; None when no image has this id."""
-        found = self._matching("image_id", image_id)
+        found = self.matching("image_id", image_id)
         return self.rows(found[:1])[0] if found else None
 
-    def _matching(self, column: str, value: str) -> list[int]:
+    def matching(self, column: str, value: str) -> list[int]:
         """Ids of the rows whose `column` is `value`, by bisection over the column's sort order."""
         values, order = self._columns[column], self._orders[column]
         key = lambda position: values[int(order[position])]  # noqa: E731
@@ -223,14 +238,16 @@ class ImageTable:
         """Raise UnknownFilterError for a value no row carries, naming the known ones."""
         check_known(projections, labels, self.projection_names, self.label_names)
 
-    def bitmap(self, projections=(), labels=()) -> np.ndarray | None:
+    def bitmap(self, projections=(), labels=(), known: bool = True) -> np.ndarray | None:
         """Rows passing the filters (any of the projections and any of the labels) as a little-endian
-        bitmap; None: no filter."""
-        self.check(projections, labels)
-        allowed = None
+        bitmap; None: no filter. With `known`, a value no row carries is refused (UnknownFilterError);
+        without, it lets no row through (images added since the build may carry it)."""
+        if known:
+            self.check(projections, labels)
+        allowed, none = None, np.zeros((self.count + 7) // 8, np.uint8)
         for values, kind in ((projections, "projection"), (labels, "label")):
             if values:
-                either = np.bitwise_or.reduce([self._bitmaps[kind][v.lower()] for v in values])
+                either = np.bitwise_or.reduce([self._bitmaps[kind].get(v.lower(), none) for v in values])
                 allowed = either if allowed is None else allowed & either
         return allowed
 

@@ -106,16 +106,24 @@ VALID = {
     "ListModels": lambda: pb.ListModelsRequest(),
     "GetThumbnail": lambda: pb.GetThumbnailRequest(image_id="00000002_000.png", size=64),
     "GetSearchOptions": lambda: pb.GetSearchOptionsRequest(),
+    # Names nothing indexed: past auth the service answers NOT_FOUND, and the session's index keeps its studies.
+    "DeleteStudy": lambda: pb.DeleteStudyRequest(study_uid="not-indexed"),
+    "DeleteImage": lambda: pb.DeleteImageRequest(image_id="not-indexed.png"),
 }
 SCOPE_OF = {"SearchByText": "search", "SearchByImage": "search", "BatchSearch": "search", "GetStudy": "studies",
-            "ListModels": "admin", "GetThumbnail": "studies", "GetSearchOptions": "search"}
+            "ListModels": "admin", "GetThumbnail": "studies", "GetSearchOptions": "search", "DeleteStudy": "admin",
+            "DeleteImage": "admin"}
+ANSWERED_NOT_FOUND = {"DeleteStudy", "DeleteImage"}
 
 
 @pytest.mark.parametrize("method", METHODS)
 def test_every_rpc_answers_a_token_with_its_scope_and_only_that(secured, method):
     background, _, pki = secured
     with _channel(background.address, pki) as ch:
-        _call(ch, method, _token(pki, scopes=[SCOPE_OF[method]]), VALID[method]())
+        try:
+            _call(ch, method, _token(pki, scopes=[SCOPE_OF[method]]), VALID[method]())
+        except grpc.RpcError as error:  # the service's own answer, given only past auth
+            assert method in ANSWERED_NOT_FOUND and error.code() == grpc.StatusCode.NOT_FOUND, error.details()
         others = [s for s in ("search", "studies", "admin") if s != SCOPE_OF[method]]
         with pytest.raises(grpc.RpcError) as error:
             _call(ch, method, _token(pki, scopes=others), VALID[method]())

@@ -122,3 +122,24 @@ def test_the_worst_line_is_under_the_stated_bounds(tmp_path):
     for line in (answered, refused):
         assert b"mmmm" not in line and json.loads(line)["query_count"] == 300
     assert b"\\u0001" not in refused  # a refused call's filter values are not written
+
+
+@pytest.mark.parametrize("method, request_, kind, field", [
+    ("DeleteStudy", pb.DeleteStudyRequest(study_uid="1.2.840.113619.2.55.3"), "delete_study", "study_uid"),
+    ("DeleteImage", pb.DeleteImageRequest(image_id="00000002_000.png", model="cxr-mini"), "delete_image", "image_id"),
+])
+def test_a_deletion_line_names_what_was_deleted_and_the_outcome(tmp_path, method, request_, kind, field):
+    log = audit_log.AuditLog(tmp_path / "audit.log")
+    full = f"/cxr.retrieval.v1.Retrieval/{method}"
+    (query,) = audit_records.describe_request(full, request_, log, answered=True)["queries"]
+    assert query == {"kind": kind, "model": request_.model, field: getattr(request_, field)}
+    call = calls.Call(full, study_uids=["1.2.840.113619.2.55.3"] if field == "study_uid" else [])
+    described = audit_records.describe_response(full, pb.DeleteResponse(deleted=2, generation=7), call)
+    assert described == {"hits": 0, "study_uids": call.study_uids, "deleted": 2, "generation": 7}
+
+
+def test_a_deletion_naming_what_no_identifier_looks_like_is_written_as_an_hmac(tmp_path):
+    log = audit_log.AuditLog(tmp_path / "audit.log")
+    request = pb.DeleteImageRequest(image_id="Jane Doe chest.png")
+    (query,) = audit_records.describe_request("/cxr.retrieval.v1.Retrieval/DeleteImage", request, log)["queries"]
+    assert "Jane" not in json.dumps(query) and query["image_id_hmac"] == log.hmac(request.image_id.encode())

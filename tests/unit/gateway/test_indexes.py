@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,6 +14,7 @@ import pytest
 from cxr.store import faiss_files, faiss_writer
 from cxr.store.errors import IndexCorruptError, IndexMismatchError, IndexMissingError
 from cxr.store.faiss_backend import FaissBackend
+from cxr.store.interface import Change
 from gateway.indexes import IndexSet
 from gateway.metrics import GatewayMetrics
 
@@ -186,3 +188,42 @@ def test_problem_says_why_an_index_is_not_served(tmp_path, damage, says):
     problem = IndexSet(FaissBackend(tmp_path), {"m": FakeModel()}).problem("m")
     assert problem == says if says in (None, "missing") else problem.startswith(says), problem
     assert problem is None or len(problem) <= 120
+
+
+def _all_ids(indexes):
+    store = indexes.index("m").store
+    return {row["image_id"] for row in store.rows([i for i, _ in store.search(np.eye(DIM, dtype=np.float32), 50)[0]])}
+
+
+def test_commits_are_taken_in_without_a_reload_and_a_compacted_build_keeps_them(served):
+    root, indexes, metrics = served
+    backend, store = FaissBackend(root), indexes.index("m").store
+    backend.apply("m", Change(image_ids=("3",)))
+    added = np.eye(DIM, dtype=np.float32)[:1]
+    backend.apply("m", Change(added, ({"image_id": "new", "study_uid": "s"},), export_sha256="a" * 64))
+    indexes.refresh()  # the health watcher's look: the build itself did not change
+    assert indexes.index("m").store is store and _all_ids(indexes) == {str(i) for i in range(10)}
+    indexes.take_in_commits()
+    assert _all_ids(indexes) == {str(i) for i in range(10) if i != 3} | {"new"}
+    assert metrics.index_vectors.labels("m")._value.get() == 10
+    backend.compact("m")
+    backend.apply("m", Change(image_ids=("4",)))
+    indexes.take_in_commits()  # the store of the build compacted away still takes in new commits
+    assert indexes.index("m").store is store and "4" not in _all_ids(indexes)
+    indexes.refresh()
+    assert indexes.index("m").store is not store
+    assert _all_ids(indexes) == {str(i) for i in range(10) if i not in (3, 4)} | {"new"}
+
+
+def test_the_watcher_takes_in_commits_by_itself(served):
+    root, indexes, _ = served
+    indexes.changes_poll_s = 0.01
+    indexes.start()
+    try:
+        FaissBackend(root).apply("m", Change(image_ids=("5",)))
+        deadline = time.monotonic() + 5
+        while "5" in _all_ids(indexes):
+            assert time.monotonic() < deadline, "the deletion was not taken in"
+            time.sleep(0.01)
+    finally:
+        indexes.close()

@@ -43,3 +43,11 @@ def test_the_api_needs_a_bearer_token_but_health_does_not():
     assert document["paths"]["/healthz"]["get"]["security"] == []
     image = document["paths"]["/v1/search/image"]["post"]["requestBody"]["content"]
     assert {"image/png", "application/dicom", "multipart/form-data"} <= set(image)
+
+
+def test_each_operation_names_its_scope_and_deletions_need_admin():
+    paths = openapi.document()["paths"]
+    assert paths["/v1/studies/{study_uid}"]["delete"]["security"] == [{"bearer": ["admin"]}]
+    assert paths["/v1/images/{image_id}"]["delete"]["security"] == [{"bearer": ["admin"]}]
+    assert paths["/v1/studies/{study_uid}"]["get"]["security"] == [{"bearer": ["studies"]}]
+    assert paths["/v1/search/text"]["post"]["security"] == [{"bearer": ["search"]}]

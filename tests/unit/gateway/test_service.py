@@ -1,7 +1,9 @@
 """RetrievalService's own logic, with no Triton: a fake embedder through the service's Embedder seam,
-a real FAISS index, and the service behind a real grpc.aio server on loopback."""
+a real FAISS index (a living one for deletions), and the service behind a real grpc.aio server on
+loopback."""
 
 import asyncio
+import contextlib
 import threading
 from dataclasses import dataclass
 
@@ -14,6 +16,7 @@ from cxr.retrieval.v1 import retrieval_pb2 as pb
 from cxr.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
 from cxr.store import faiss_writer
 from cxr.store.faiss_backend import FaissBackend
+from cxr.store.interface import Change, Committed
 from gateway.admission import DecodeQueue
 from gateway.embedding import Embedder
 from gateway.indexes import IndexSet
@@ -58,14 +61,27 @@ class FakeEmbedder(Embedder):
         self.closed = True
 
 
-@pytest.fixture
-def service(tmp_path):
+class RecordingFaiss(FaissBackend):
+    """The FAISS backend (a living index: commits beside the build), noting the changes committed through it."""
+
+    def __init__(self, index_dir):
+        super().__init__(index_dir)
+        self.changes = []
+
+    def apply(self, model, change: Change) -> Committed:
+        self.changes.append(change)
+        return super().apply(model, change)
+
+
+@contextlib.contextmanager
+def _serving(tmp_path, backend):
+    """The service over an index of IMAGES images in `backend`, behind a grpc.aio server on loopback."""
     metadata = [{"image_id": str(i), "study_uid": f"s{i // 2}", "labels": ["Effusion"] if i % 3 == 0 else []}
                 for i in range(IMAGES)]
     faiss_writer.write(tmp_path / MODEL, _vectors(), metadata, {"model": MODEL, "export_sha256": "a" * 64}, [], "flat")
     catalog = {MODEL: FakeModel()}
     embedder = FakeEmbedder()
-    indexes = IndexSet(FaissBackend(tmp_path), catalog)
+    indexes = IndexSet(backend, catalog)
     decoder = DecodeQueue(1, 4, 10**8)
     loop = asyncio.new_event_loop()
     threading.Thread(target=loop.run_forever, daemon=True).start()
@@ -85,6 +101,22 @@ def service(tmp_path):
     loop.call_soon_threadsafe(loop.stop)
     decoder.shutdown()
     indexes.close()
+
+
+@pytest.fixture
+def service(tmp_path):
+    with _serving(tmp_path, FaissBackend(tmp_path)) as served:
+        yield served
+
+
+@pytest.fixture
+def living(tmp_path):
+    """The service over a living FAISS index whose commits only a refresh takes in (the IndexSet's watcher
+    is not started): a deletion answered before its refresh would still be found. Yields the stub and the
+    backend."""
+    backend = RecordingFaiss(tmp_path)
+    with _serving(tmp_path, backend) as (stub, _):
+        yield stub, backend
 
 
 def test_a_text_query_returns_the_nearest_images_first(service):
@@ -150,3 +182,54 @@ def test_list_models_shows_the_served_index(service):
     models = {m.name: m for m in stub.ListModels(pb.ListModelsRequest(), timeout=10).models}
     assert models[MODEL].active and models[MODEL].ready and models[MODEL].index_size == IMAGES
     assert not models["pubmed_clip"].exported and models["pubmed_clip"].index_size == 0
+
+
+def _image_ids(stub) -> set[str]:
+    return {h.image_id for h in stub.SearchByText(pb.SearchByTextRequest(text="x", top_k=IMAGES), timeout=10).hits}
+
+
+def test_a_deleted_study_is_gone_from_the_first_search_after_the_answer(living):
+    stub, backend = living
+    assert _image_ids(stub) == {str(i) for i in range(IMAGES)}
+    answer = stub.DeleteStudy(pb.DeleteStudyRequest(study_uid="s1"), timeout=10)
+    assert (answer.deleted, answer.generation) == (2, 1)
+    assert backend.changes == [Change(study_uids=("s1",))]
+    assert _image_ids(stub) == {str(i) for i in range(IMAGES)} - {"2", "3"}
+    with pytest.raises(grpc.RpcError) as error:
+        stub.GetStudy(pb.GetStudyRequest(study_uid="s1"), timeout=10)
+    assert error.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_a_deleted_image_is_gone_and_its_study_keeps_the_other(living):
+    stub, backend = living
+    answer = stub.DeleteImage(pb.DeleteImageRequest(image_id="4", model=MODEL), timeout=10)
+    assert (answer.deleted, answer.generation) == (1, 1)
+    assert backend.changes == [Change(image_ids=("4",))]
+    assert "4" not in _image_ids(stub)
+    assert list(stub.GetStudy(pb.GetStudyRequest(study_uid="s2"), timeout=10).image_ids) == ["5"]
+
+
+@pytest.mark.parametrize("rpc, request_, words", [
+    ("DeleteStudy", pb.DeleteStudyRequest(study_uid="s1"), "nothing indexed under that UID"),
+    ("DeleteImage", pb.DeleteImageRequest(image_id="2"), "nothing indexed under that id"),
+])
+def test_deleting_again_is_not_found_with_the_reason(living, rpc, request_, words):
+    stub, _ = living
+    getattr(stub, rpc)(request_, timeout=10)
+    with pytest.raises(grpc.RpcError) as error:
+        getattr(stub, rpc)(request_, timeout=10)
+    assert error.value.code() == grpc.StatusCode.NOT_FOUND
+    assert words in error.value.details() and "already deleted or never indexed" in error.value.details()
+
+
+@pytest.mark.parametrize("rpc, request_, code", [
+    ("DeleteStudy", pb.DeleteStudyRequest(), grpc.StatusCode.INVALID_ARGUMENT),
+    ("DeleteImage", pb.DeleteImageRequest(), grpc.StatusCode.INVALID_ARGUMENT),
+    ("DeleteStudy", pb.DeleteStudyRequest(study_uid="s1", model="pubmed_clip"), grpc.StatusCode.NOT_FOUND),
+])
+def test_a_deletion_naming_nothing_or_a_model_not_served_commits_nothing(living, rpc, request_, code):
+    stub, backend = living
+    with pytest.raises(grpc.RpcError) as error:
+        getattr(stub, rpc)(request_, timeout=10)
+    assert error.value.code() == code and backend.changes == []
+    assert len(_image_ids(stub)) == IMAGES

@@ -45,6 +45,22 @@ def test_studies_are_found_by_accession_or_uid_and_replaced_whole(tmp_path):
         assert ledger.study("A1") is None and ledger.study("A2").patient_id == "P2"
 
 
+def test_studies_a_commit_adds_bring_back_the_reports_waiting_for_them(tmp_path):
+    with ReportLedger(tmp_path / "m.sqlite") as ledger:
+        ledger.set_studies([StudyIdentity("s1", "1.2.1", "A1", "P1")])
+        ledger.put(Report("A1", findings="indexed"))
+        ledger.put(Report("A2", findings="waits for its study"))
+        ledger.put(Report("", study_instance_uid="1.2.3", findings="waits too"))
+        refused = ledger.put(Report("A4", findings="refused"))
+        ledger.refuse(ledger.changes(after=refused - 1)[0], "patient differs")
+        seen = ledger.last_seq()
+        added = [StudyIdentity("s2", "1.2.2", "A2", "P2"), StudyIdentity("s3", "1.2.3", "", "P3"),
+                 StudyIdentity("s4", "1.2.4", "A4", "P4")]
+        assert ledger.add_studies(added) == 2
+        assert sorted(c.report.findings for c in ledger.changes(after=seen)) == ["waits for its study", "waits too"]
+        assert ledger.study("A2").study_uid == "s2" and ledger.study("A1").study_uid == "s1"  # added, not replaced
+
+
 def test_another_process_reads_what_was_written(tmp_path):
     path = tmp_path / "m.sqlite"
     with ReportLedger(path) as ledger:
