@@ -46,10 +46,11 @@ from cxr.dicomweb import (
 from cxr.errors import UnavailableError
 from cxr.errors import CxrError
 from cxr.reports.intake import ReportIntake
+from cxr.reports.ledger import ReportLedger
 from cxr.settings import Settings
 from cxr.store import faiss_files
 from cxr.store.errors import IndexMissingError, StoreUnavailableError
-from cxr.store.interface import Change, Committed, StoreBackend
+from cxr.store.interface import Change, Committed, StoreBackend, StudyIdentity
 from cxr.triton.errors import TritonError
 from cxr.triton.request import connections
 from cxr.triton.sync_client import TowerClient
@@ -467,8 +468,20 @@ class Follower:
         if committed is not None:
             self.log(f"{what}: +{committed.added} ~{committed.replaced} -{committed.deleted}, "
                      f"generation {committed.generation}")
+            self._announce(change.rows)
             self._compact_when_due()
         return committed
+
+    def _announce(self, rows) -> None:
+        """Tell the report ledger the studies just indexed: reports that waited for them are attached by
+        the gateway at its next look (ReportLedger.add_studies). No ledger, no report waits."""
+        path = self.settings.reports_path(self.model.name)
+        if not rows or not path.is_file():
+            return
+        with ReportLedger(path) as ledger:
+            ledger.add_studies({StudyIdentity(row.get("study_uid", ""), row.get("study_instance_uid", ""),
+                                              row.get("accession_number", ""), row.get("patient_id", ""))
+                                for row in rows})
 
     def _list(self, instances: list[Instance], gone) -> None:
         self.cache.extend_listed(instances)

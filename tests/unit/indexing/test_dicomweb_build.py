@@ -17,6 +17,8 @@ import pytest
 
 import indexing.dicomweb_build as dicomweb_build
 from cxr.dicomweb import Change, Instance, OrthancChanges, PacsAuthError, PacsUnreachableError, Query
+from cxr.reports.ledger import ReportLedger
+from cxr.reports.report import Report
 from cxr.settings import Settings
 from cxr.store.errors import IndexMissingError, StoreUnavailableError
 from cxr.store.interface import Committed
@@ -478,3 +480,32 @@ def test_the_listing_takes_out_deleted_instances_and_lists_them_again_when_store
     assert len((tmp_path / "cache" / LISTED_FILE).read_text().splitlines()) == 4
     PacsCache(tmp_path / "cache", model)
     assert (tmp_path / "cache" / LISTED_FILE).read_text() == ""
+
+
+def test_studies_a_commit_adds_bring_back_the_reports_waiting_for_them(tmp_path, monkeypatch, written):
+    settings = Settings(index_dir=tmp_path / "indexes")
+    with ReportLedger(settings.reports_path("m")) as ledger:
+        ledger.put(Report("", study_instance_uid="1.3", findings="waits for its study"))
+        seen = ledger.last_seq()
+    feed = Feed(instances=INSTANCES)
+    follower = _follower(tmp_path, Pacs(), Encoder(), monkeypatch, [], {}, once=True, feed=feed, settings=settings)
+    follower.run()
+    monkeypatch.setattr(Encoder, "__call__", _encoder_of_study("1.3"))
+    feed.instances += [Instance("1.3", "1.3.1", "1.3.1.0")]
+    follower.run()
+    with ReportLedger(settings.reports_path("m")) as ledger:
+        assert [c.report.findings for c in ledger.changes(after=seen)] == ["waits for its study"]
+        assert ledger.study(study_instance_uid="1.3").study_uid == "1.3"
+
+
+def _encoder_of_study(study: str):
+    """Encoder's call, with rows that name their study as a PACS build's rows do."""
+    def encode(self, pacs, cache, instances, model, settings, options, refetch=False):
+        todo = [i.sop_uid for i in dict.fromkeys(instances) if refetch or i.sop_uid not in cache.vectors]
+        for sop in todo:
+            cache.add_row(sop, {"sop_instance_uid": sop, "image_id": sop, "study_uid": study,
+                                "study_instance_uid": study})
+        if todo:
+            cache.add_batch(todo, np.ones((len(todo), 2), np.float32))
+        return Counts(len(todo), len(instances) - len(todo), 0)
+    return encode
