@@ -10,7 +10,7 @@ import time
 import numpy as np
 from pymilvus import MilvusException
 
-from cxr.store.builds import ID_KEY, id_key_for
+from cxr.store.builds import ID_KEY, INDEX_FORMAT, id_key_for
 from cxr.store.errors import IndexCorruptError, StoreUnavailableError
 from cxr.store.interface import StoreWriter
 from cxr.store.milvus.aliases import alias_of, serving_collection, serving_manifest, write_manifest
@@ -88,7 +88,8 @@ class MilvusWriter(StoreWriter):
 
     def finish(self, skipped: list[tuple[str, str]] = ()) -> dict:
         self._seal()
-        manifest = dict(self.manifest, count=self.count, skipped=len(skipped), collection=self.collection,
+        manifest = dict(self.manifest, format=INDEX_FORMAT, count=self.count, skipped=len(skipped),
+                        collection=self.collection,
                         created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                         labels=list(self._records.labels), projections=list(self._records.projections),
                         milvus_index=self.spec, milvus_server=self.server, data_bytes=self._records.bytes,
