@@ -27,6 +27,7 @@ from cxr.triton.pool import log as pool_log
 from cxr.triton.request import connection
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
+LOOKUP_TIMEOUT_S = 5.0  # a resolver that hangs is given up on, and asked again at the next period
 
 
 @dataclass(frozen=True)
@@ -82,9 +83,9 @@ class DnsEndpoints:
         """One look: the pool follows what the name resolves to now; endpoints that left and hold no call are
         closed."""
         try:
-            urls = await asyncio.wait_for(self.resolver(self.target.host, self.target.port), self.target.period_s)
+            urls = await asyncio.wait_for(self.resolver(self.target.host, self.target.port), LOOKUP_TIMEOUT_S)
         except (OSError, asyncio.TimeoutError) as exc:
-            self._failed(f"the lookup failed ({exc or type(exc).__name__})")
+            self._failed(f"the lookup failed ({str(exc) or type(exc).__name__})")
         else:
             if urls:
                 self._follow(urls)

@@ -11,6 +11,7 @@ import pytest
 
 from cxr.processes import free_ports
 from cxr.settings import Settings, SettingsError
+from cxr.triton import discovery
 from cxr.triton.client import AsyncTowerClient
 from cxr.triton.discovery import DnsEndpoints, DnsTarget, address_url, dns_target, resolve
 from cxr.triton.pool import Endpoint, EndpointPool
@@ -110,6 +111,24 @@ def test_a_lookup_that_fails_or_finds_nothing_keeps_the_endpoints_and_is_logged_
     assert seen == [["10.0.0.1:8001"]] * 4 + [["10.0.0.1:8001", "10.0.0.2:8001"]]
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "the pool keeps 10.0.0.1:8001" in warnings[0]
+
+
+def test_a_lookup_that_hangs_is_given_up_on(monkeypatch, caplog):
+    monkeypatch.setattr(discovery, "LOOKUP_TIMEOUT_S", 0.05)
+
+    async def hangs(host, port):
+        await asyncio.sleep(60)
+
+    async def run():
+        pool, dns, _ = _setup(Lookups(["10.0.0.1:8001"]))
+        await dns.refresh()
+        dns.resolver = hangs
+        await dns.refresh()
+        return _urls(pool)
+
+    with caplog.at_level(logging.WARNING, logger="cxr.triton"):
+        assert _run(run()) == ["10.0.0.1:8001"]
+    assert "the lookup failed (TimeoutError)" in caplog.text
 
 
 def test_until_a_lookup_succeeds_the_pool_holds_the_name_itself():
@@ -216,7 +235,10 @@ def test_through_the_real_client_every_address_found_gets_calls():
         client.dns.resolver = lookups  # the name is made up: what DNS would answer
         try:
             first = [await client.embed_images(TOWER, PIXELS, timeout=5) for _ in range(4)]
-            await asyncio.sleep(0.2)  # the second lookup finds the second pod
+            for _ in range(500):  # until the second lookup finds the second pod
+                if len(client.pool.endpoints) == 2:
+                    break
+                await asyncio.sleep(0.01)
             later = [await client.embed_images(TOWER, PIXELS, timeout=5) for _ in range(6)]
             return first, later, dict(observer.up)
         finally:
