@@ -75,6 +75,11 @@ class Settings:
     # Several Tritons: "host:port" gRPC endpoints the gateway and index builds balance across (empty:
     # the one endpoint above). From the environment, comma-separated: CXR_TRITON_URLS=a:8001,b:8001.
     triton_urls: tuple[str, ...] = ()
+    # Tritons that come and go (pods behind a Kubernetes headless Service): "host:port" whose every
+    # address is an endpoint, looked up again every triton_dns_refresh_s, so that replicas an
+    # autoscaler adds get calls and removed ones stop getting them. Instead of triton_urls.
+    triton_dns: str = ""
+    triton_dns_refresh_s: float = 5.0
     # The vector store: "faiss" (embedded, files under index_dir) or "milvus" (milvus_uri: a
     # Milvus Lite file such as indexes/milvus.db, or http://host:19530 with milvus_token).
     index_backend: str = "faiss"
@@ -164,6 +169,8 @@ class Settings:
                                 "or a cluster's http://host:19530")
         if self.dicomweb_token and (self.dicomweb_user or self.dicomweb_password):
             raise SettingsError("set dicomweb_user and dicomweb_password (basic auth) or dicomweb_token, not both")
+        if self.triton_dns:
+            _check_triton_dns(self)
         if bool(self.triton_tls_cert) != bool(self.triton_tls_key):
             raise SettingsError("set triton_tls_cert and triton_tls_key together (the gateway's client "
                                 "certificate for Triton)")
@@ -174,8 +181,9 @@ class Settings:
 
     @property
     def triton_endpoints(self) -> tuple[str, ...]:
-        """Every Triton gRPC endpoint the gateway and index builds use: triton_urls, or the single default."""
-        return self.triton_urls or (self.triton_grpc_url,)
+        """Every Triton gRPC endpoint the gateway and index builds use: triton_urls, else triton_dns (the name
+        itself until its addresses are looked up: cxr.triton.discovery), else the single default."""
+        return self.triton_urls or ((self.triton_dns,) if self.triton_dns else (self.triton_grpc_url,))
 
     @property
     def gateway_address(self) -> str:
@@ -205,6 +213,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "triton_http_port": (1, 65535), "triton_grpc_port": (1, 65535), "triton_metrics_port": (1, 65535),
     "gateway_port": PORT, "http_port": PORT, "metrics_port": PORT, "reports_mllp_port": PORT,
     "reports_poll_s": (0.05, 3600), "index_changes_poll_s": (0.01, 60), "index_compact_rows": (1, 10**8),
+    "triton_dns_refresh_s": (0.1, 3600),
     "thumbnail_cache_mb": (0, 1 << 20), "search_batch_max": (1, 4096), "search_batch_wait_ms": (0, 1000),
     "text_cache_entries": (0, 10**8), "audit_max_bytes": (1 << 16, 1 << 40),
     "max_concurrent_rpcs": (1, 100_000), "max_concurrent_rpcs_per_client": (1, 100_000),
@@ -215,6 +224,15 @@ RANGES: dict[str, tuple[float, float]] = {
     "http_max_connections": (1, 100_000), "max_concurrent_uploads": (1, 10_000),
     "max_image_side": (1, 1 << 20), "max_image_aspect": (1, 1000), "max_decoding_pixels": (1, 10**10),
 }
+
+
+def _check_triton_dns(settings) -> None:
+    if settings.triton_urls:
+        raise SettingsError("set triton_dns (one name, every address of it) or triton_urls (a fixed list), not both")
+    host, _, port = settings.triton_dns.rpartition(":")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise SettingsError(f"triton_dns = {settings.triton_dns!r}: give host:port, e.g. "
+                            "CXR_TRITON_DNS=triton-pods.cxr.svc.cluster.local:8001")
 
 
 def _check_ranges(settings) -> None:

@@ -18,7 +18,7 @@ from cxr_cli.index_commands import (
     cmd_index_synth,
 )
 from cxr_cli.search_commands import cmd_search
-from cxr_cli.serve_commands import cmd_export, cmd_models, cmd_serve, cmd_stop
+from cxr_cli.serve_commands import TRITON_MODES, cmd_export, cmd_models, cmd_serve, cmd_stop
 from cxr_cli.train_commands import cmd_compare, cmd_train
 from training.config import FINE_TUNE_LR, SCRATCH_LR, TrainConfig
 
@@ -91,9 +91,14 @@ def _add_export(sub) -> None:
 
 
 def _add_serve_and_stop(sub) -> None:
-    serve = sub.add_parser("serve", help="start Triton on the model repository and wait until it is ready")
-    serve.add_argument("--detach", action="store_true", help="leave Triton running in the background")
-    serve.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for readiness")
+    serve = sub.add_parser("serve", help="start Triton and the gateway in front of it, supervised (or, with "
+                                         "--triton external, the gateway only)")
+    serve.add_argument("--detach", action="store_true", help="leave them running in the background (`cxr stop`)")
+    serve.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for Triton's readiness")
+    serve.add_argument("--triton", choices=TRITON_MODES, default="local",
+                       help="local: start tritonserver on the model repository; external: start the gateway only, "
+                            "against the Triton at triton_host (or triton_urls, triton_dns) that something else "
+                            "started (NVIDIA's container: README, \"GPU hosts\"), once it has the model ready")
     serve.set_defaults(func=cmd_serve)
 
     stop = sub.add_parser("stop", help="stop the Triton and gateway started with `cxr serve --detach`")

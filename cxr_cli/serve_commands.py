@@ -9,6 +9,8 @@ from cxr.errors import CxrError
 from cxr.manifest import read_export_manifest
 from cxr.settings import Settings
 
+TRITON_MODES = ("local", "external")
+
 
 def _triton_ready(settings: Settings, towers: list[str]) -> dict[str, bool] | None:
     """Ready state of each tower in Triton, or None when no Triton answers. Asks the open health API,
@@ -74,7 +76,8 @@ def cmd_export(args, settings: Settings) -> int:
 
 
 def cmd_serve(args, settings: Settings) -> int:
-    """Triton, then the gateway in front of it, supervised: a crashed child is started again."""
+    """Triton, then the gateway in front of it, supervised: a crashed child is started again. With
+    `--triton external`, the gateway alone, once the Triton something else started is ready."""
     from cxr_cli.supervisor import Supervisor
     from cxr.triton import server_process
     from gateway import tls
@@ -82,12 +85,19 @@ def cmd_serve(args, settings: Settings) -> int:
     tls.check_exposure(settings, settings.gateway_address)  # before anything starts: say why at once
     if args.detach:
         return _serve_detached(args, settings)
-    supervisor = Supervisor(settings, args.timeout)
-    models = server_process.check_repository(settings.model_repository)
-    print(f"starting Triton with {len(models)} models; log: {settings.run_dir / server_process.LOG_FILE}", flush=True)
+    external = args.triton == "external"
+    supervisor = Supervisor(settings, args.timeout, external_triton=external)
+    if external:
+        print(f"gateway only, against the Triton at {', '.join(settings.triton_endpoints)} (started elsewhere); "
+              f"waiting up to {args.timeout:.0f} s for {settings.model} to be ready there", flush=True)
+    else:
+        models = server_process.check_repository(settings.model_repository)
+        print(f"starting Triton with {len(models)} models; log: {settings.run_dir / server_process.LOG_FILE}",
+              flush=True)
     status = supervisor.start()
     _print_gateway_status(settings, status, supervisor.gateway.log_file)
-    print("supervising Triton and the gateway; Ctrl-C or `cxr stop` stops both", flush=True)
+    print("supervising the gateway; Ctrl-C or `cxr stop` stops it (Triton keeps running)" if external else
+          "supervising Triton and the gateway; Ctrl-C or `cxr stop` stops both", flush=True)
     return supervisor.run()
 
 
@@ -100,15 +110,17 @@ def _serve_detached(args, settings: Settings) -> int:
     from cxr.triton import server_process
     from cxr import gateway_process
 
-    server_process.check_repository(settings.model_repository)
-    server_process.check_ports(settings)
+    if args.triton == "local":
+        server_process.check_repository(settings.model_repository)
+        server_process.check_ports(settings)
     gateway_process.check_port(settings)
     log_file = settings.run_dir / "serve.log"
     log_file.parent.mkdir(parents=True, exist_ok=True)
     offset = log_file.stat().st_size if log_file.exists() else 0
+    command = [sys.executable, "-m", "cxr_cli", "serve", "--timeout", str(args.timeout), "--triton", args.triton]
     with log_file.open("ab") as log:
-        child = subprocess.Popen([sys.executable, "-m", "cxr_cli", "serve", "--timeout", str(args.timeout)],
-                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=dict(os.environ))
+        child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                 env=dict(os.environ))
     try:
         wait_recorded(settings.run_dir, SUPERVISOR, child, args.timeout + 120)
     finally:
@@ -117,7 +129,8 @@ def _serve_detached(args, settings: Settings) -> int:
             print(log.read().decode(errors="replace").rstrip())
     if child.poll() is not None:
         raise CxrError(f"`cxr serve` exited with status {child.returncode}; see {log_file}")
-    print(f"running in the background (pid {child.pid}); stop both with `cxr stop`")
+    print(f"running in the background (pid {child.pid}); stop {'it' if args.triton == 'external' else 'both'} "
+          "with `cxr stop`")
     return 0
 
 
@@ -139,6 +152,18 @@ def _print_gateway_status(settings: Settings, status: int, log_file) -> None:
               f"`cxr index build --model {settings.model} ...`)")
 
 
+def _recorded_triton(settings: Settings) -> str:
+    """"external" when the running `cxr serve` did not start its Triton, else "local"."""
+    import json
+
+    from cxr_cli.supervisor import SUPERVISOR
+
+    try:
+        return json.loads((settings.run_dir / f"{SUPERVISOR}.json").read_text()).get("triton", "local")
+    except (OSError, ValueError):
+        return "local"
+
+
 def cmd_stop(args, settings: Settings) -> int:
     from cxr import processes
     from cxr_cli.supervisor import SUPERVISOR
@@ -146,12 +171,14 @@ def cmd_stop(args, settings: Settings) -> int:
     from cxr import gateway_process
 
     grace = settings.drain_grace_s + 30  # the gateway drains, then Triton exits
+    external = _recorded_triton(settings) == "external"
     stopped = processes.stop_recorded(settings.run_dir, SUPERVISOR, grace)
     # Children left by a supervisor that was killed, or by an older `cxr serve --detach`:
     orphans = [name for name in (gateway_process.NAME, server_process.NAME)
                if processes.stop_recorded(settings.run_dir, name, grace)]
     if stopped or orphans:
-        print("stopped gateway and triton" + (f" (and orphaned {', '.join(orphans)})" if stopped and orphans else ""))
+        what = "stopped the gateway (the external Triton keeps running)" if external else "stopped gateway and triton"
+        print(what + (f" (and orphaned {', '.join(orphans)})" if stopped and orphans else ""))
     else:
         print(f"nothing recorded as running in {settings.run_dir}")
     return 0

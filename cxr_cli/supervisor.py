@@ -3,6 +3,8 @@
 A child that dies is started again, after a backoff that doubles up to a minute and starts over
 once the child has stayed up for a while; the gateway reconnects to a restarted Triton by itself.
 SIGTERM (or Ctrl-C) stops the gateway first, which drains its calls in flight, then Triton.
+With `--triton external` the gateway is the only child: the Triton it calls was started elsewhere
+(NVIDIA's container, another host), and is waited for, not started, stopped or restarted.
 """
 
 from __future__ import annotations
@@ -16,10 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cxr import gateway_process, processes
+from cxr import gateway_process, processes, registry
 from cxr.errors import CxrError
 from cxr.settings import Settings
-from cxr.triton import server_process
+from cxr.triton import readiness, server_process
 
 BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0)
 STABLE_S = 60.0  # up this long: the next crash starts the backoff over
@@ -71,22 +73,33 @@ class Child:
 
 
 class Supervisor:
-    def __init__(self, settings: Settings, timeout: float, log: Callable[[str], None] = _say):
+    def __init__(self, settings: Settings, timeout: float, log: Callable[[str], None] = _say,
+                 external_triton: bool = False):
+        """`external_triton`: run the gateway only, against the Triton of triton_host / triton_urls /
+        triton_dns, after waiting up to `timeout` s for it to have the active model's towers ready."""
         self.settings = settings
         self.log = log
-        models = server_process.check_repository(settings.model_repository)
-        self.triton = Child("triton", lambda: server_process.start(settings),
-                            lambda p, f: server_process.wait_ready(settings, models, p, timeout, f))
+        self.timeout = timeout
+        self.triton: Child | None = None
+        if not external_triton:
+            models = server_process.check_repository(settings.model_repository)
+            self.triton = Child("triton", lambda: server_process.start(settings),
+                                lambda p, f: server_process.wait_ready(settings, models, p, timeout, f))
         self.gateway = Child("gateway", lambda: gateway_process.start(settings),
                              lambda p, f: gateway_process.wait_answering(settings, p, f))
+        self.children = [c for c in (self.triton, self.gateway) if c is not None]
         self._stopping = False
 
     def start(self) -> int:
-        """Triton, then the gateway; returns the gateway's health status. Raises if either fails."""
+        """Triton (or the wait for an external one), then the gateway; returns the gateway's health status.
+        Raises if either fails."""
         try:
-            self.triton.launch()
-            self.log(f"Triton ready: gRPC {self.settings.triton_grpc_url}, HTTP {self.settings.triton_http_url}, "
-                     f"metrics {self.settings.triton_host}:{self.settings.triton_metrics_port}")
+            if self.triton is None:
+                self._wait_external()
+            else:
+                self.triton.launch()
+                self.log(f"Triton ready: gRPC {self.settings.triton_grpc_url}, HTTP {self.settings.triton_http_url}, "
+                         f"metrics {self.settings.triton_host}:{self.settings.triton_metrics_port}")
             status = self.gateway.launch()
         except BaseException:
             self.stop()
@@ -94,11 +107,18 @@ class Supervisor:
         self._record()
         return status
 
+    def _wait_external(self) -> None:
+        spec = registry.get_model(self.settings.model)
+        towers = [spec.image_model, spec.text_model]
+        url = readiness.wait_ready(self.settings, towers, self.timeout, self.log)
+        self.log(f"Triton ready at {url} with {', '.join(towers)} (external: not started, stopped or restarted here)")
+
     def _record(self) -> None:
-        for child in (self.triton, self.gateway):
+        for child in self.children:
             processes.record(self.settings.run_dir, child.name, child.process.pid, log=str(child.log_file),
                              restarts=len(child.restarts))
-        processes.record(self.settings.run_dir, SUPERVISOR, os.getpid())
+        processes.record(self.settings.run_dir, SUPERVISOR, os.getpid(),
+                         triton="external" if self.triton is None else "local")
 
     def run(self) -> int:
         """Watch the children until SIGTERM or SIGINT; restart any that dies."""
@@ -109,7 +129,7 @@ class Supervisor:
         signal.signal(signal.SIGINT, _stop)
         try:
             while not self._stopping:
-                for child in (self.triton, self.gateway):
+                for child in self.children:
                     if child.process.poll() is not None and not self._stopping:
                         self._restart(child)
                 time.sleep(POLL_S)
@@ -139,7 +159,7 @@ class Supervisor:
     def stop(self) -> None:
         """The gateway first (it drains its calls), then Triton."""
         self._stopping = True
-        for child in (self.gateway, self.triton):
+        for child in reversed(self.children):
             if child.process is not None:
                 processes.stop_process(child.process, timeout=self.settings.drain_grace_s + 10)
             (self.settings.run_dir / f"{child.name}.json").unlink(missing_ok=True)

@@ -2,7 +2,8 @@
 # constraints.txt, the gRPC stubs generated from protos/, run as an unprivileged user.
 #   docker build -f deploy/gateway.Dockerfile -t cxr-gateway:0.1.0 .
 # It reads the model repository (manifests, tokenizers) and the indexes from mounted volumes and
-# is configured with CXR_* variables: deploy/k8s/gateway-deployment.yaml shows a full set.
+# is configured with CXR_* variables: deploy/k8s/gateway-deployment.yaml and docker-compose.yml's
+# `gateway` service show full sets.
 
 FROM python:3.12-slim AS build
 WORKDIR /src
@@ -29,7 +30,11 @@ ENV PATH=/opt/venv/bin:$PATH \
     HF_HOME=/tmp/huggingface \
     HF_HUB_OFFLINE=1
 RUN groupadd --gid 10001 cxr && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
-        --shell /usr/sbin/nologin cxr
+        --shell /usr/sbin/nologin cxr \
+ && install -d -o 10001 -g 10001 -m 2770 /var/log/cxr /var/cache/cxr/index-copy
+# Where the audit trail and the index copies go. A Docker volume mounted there starts as a copy of the
+# folder, owner and mode included: group 10001 may write it whichever uid runs the container
+# (docker-compose.yml runs it as the host user, CXR_UID, in group 10001).
 COPY --from=build /opt/venv /opt/venv
 COPY deploy/grpc_health_probe.py /opt/cxr/grpc_health_probe.py
 # Numeric, so Kubernetes' runAsNonRoot can verify it without reading /etc/passwd.

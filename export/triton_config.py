@@ -14,6 +14,12 @@ that a query pays for its own tokens rather than the context length:
   cxr.towers.sequence_buckets, applied by cxr.catalog), so requests of one bucket have one shape and
   the dynamic batcher gathers them as it gathers fixed-length ones; warm-up runs every bucket so
   neither CUDA nor TensorRT meets a new shape under load.
+
+Warm-up on `gpu` runs each tower at the batch sizes it serves: 1, every preferred batch size and
+max_batch_size (for each bucket length), so that the shapes the dynamic batcher forms are met before
+the first client's: cuDNN chooses its kernels per shape, and TensorRT's engine is built (or read from
+its cache) for the range 1..max_batch_size at load, not rebuilt when the first full batch arrives.
+`local` (onnxruntime on CPU) has nothing to build per shape and warms at batch 1 only.
 """
 
 from __future__ import annotations
@@ -29,7 +35,10 @@ from cxr.towers import DYNAMIC, TowerSpec, pad_values, sequence_buckets
 
 TARGETS = ("local", "gpu")
 TRITON_TYPES = {"uint8": mc.TYPE_UINT8, "int64": mc.TYPE_INT64, "float32": mc.TYPE_FP32}
-TRT_CACHE_DIR = "/models/.trt_cache"  # inside the container, on the mounted model repository
+# Inside NVIDIA's container, on a writable volume of its own: the model repository is mounted read-only, and
+# engines kept across restarts and shared by replicas are what saves minutes per start (docker-compose.yml:
+# the triton-trt-cache volume; deploy/k8s: the cxr-trt-cache claim).
+TRT_CACHE_DIR = "/trt_cache"
 TRT_WORKSPACE_BYTES = str(4 << 30)
 # onnxruntime session options of the local python model (export/triton_python_model.py reads them),
 # measured on cxr-mini by benchmarks/quantization.py (results/2026-11-29-vm-quantization.md):
@@ -64,7 +73,7 @@ def model_config(tower: TowerSpec, batching: Batching, target: str, tensorrt: bo
     config.dynamic_batching.preferred_batch_size.extend(batching.preferred_batch_sizes)
     kind = mc.ModelInstanceGroup.KIND_GPU if target == "gpu" else mc.ModelInstanceGroup.KIND_CPU
     config.instance_group.add(count=batching.instance_count, kind=kind)
-    _add_warmup(config, tower)
+    _add_warmup(config, tower, served_batch_sizes(batching) if target == "gpu" else (1,))
     if target == "local":
         config.backend = "python"
         for key, value in ORT_PARAMETERS.items():
@@ -86,16 +95,24 @@ def _add_padding(config: mc.ModelConfig, tower: TowerSpec, pad_id: int | None) -
     config.parameters["max_sequence_length"].string_value = str(tower.max_sequence)
 
 
-def _add_warmup(config: mc.ModelConfig, tower: TowerSpec) -> None:
-    """One warm-up request; for a dynamic sequence axis, one per bucket length (warm-up needs concrete dims)."""
+def served_batch_sizes(batching: Batching) -> tuple[int, ...]:
+    """The batch sizes a tower is warmed at: 1, the preferred ones and the largest the batcher forms."""
+    return tuple(sorted({1, *batching.preferred_batch_sizes, batching.max_batch_size}))
+
+
+def _add_warmup(config: mc.ModelConfig, tower: TowerSpec, batch_sizes: tuple[int, ...]) -> None:
+    """One warm-up request per batch size; for a dynamic sequence axis, per bucket length too (warm-up needs
+    concrete dims)."""
     lengths = sequence_buckets(tower.max_sequence) if tower.dynamic_sequence else (None,)
-    for length in lengths:
-        suffix = "" if length is None else f"_{length}"
-        warmup = config.model_warmup.add(name=f"{tower.triton_name}_warmup{suffix}", batch_size=1)
-        for tensor in tower.inputs:
-            dims = [length if d == DYNAMIC else d for d in tensor.dims]
-            warmup.inputs[tensor.name].CopyFrom(
-                mc.ModelWarmup.Input(data_type=TRITON_TYPES[tensor.dtype], dims=dims, zero_data=True))
+    for batch_size in batch_sizes:
+        for length in lengths:
+            suffix = "" if length is None else f"_{length}"
+            warmup = config.model_warmup.add(name=f"{tower.triton_name}_warmup_b{batch_size}{suffix}",
+                                             batch_size=batch_size)
+            for tensor in tower.inputs:
+                dims = [length if d == DYNAMIC else d for d in tensor.dims]
+                warmup.inputs[tensor.name].CopyFrom(
+                    mc.ModelWarmup.Input(data_type=TRITON_TYPES[tensor.dtype], dims=dims, zero_data=True))
 
 
 def _add_tensorrt(config: mc.ModelConfig) -> None:

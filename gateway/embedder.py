@@ -14,6 +14,7 @@ import numpy as np
 
 from cxr.catalog import ExportedModel
 from cxr.triton.client import AsyncTowerClient
+from cxr.triton.discovery import DnsTarget
 from cxr.triton.pool import PoolObserver
 from gateway import calls
 from gateway.embedding import Embedder
@@ -40,13 +41,19 @@ class EndpointMetrics(PoolObserver):
     def readmitted(self, url: str) -> None:
         self._metrics.triton_endpoint_up.labels(url).set(1)
 
+    def left(self, url: str) -> None:
+        # Pod addresses come and go with the autoscaler: series of endpoints gone would pile up.
+        self._metrics.triton_endpoint_up.remove(url)
+        self._metrics.triton_ejections.remove(url)
+
 
 class TritonEmbedder(Embedder):
     def __init__(self, connections: Sequence[dict], metrics: GatewayMetrics | None = None,
-                 text_cache_entries: int = 0):
-        """`connections`: cxr.triton.request.connections(settings), one per endpoint."""
+                 text_cache_entries: int = 0, dns: DnsTarget | None = None):
+        """`connections`: cxr.triton.request.connections(settings), one per endpoint; `dns`: the name whose
+        addresses replace them (cxr.triton.discovery.dns_target(settings)), or None."""
         observer = EndpointMetrics(metrics) if metrics is not None else None
-        self.client = AsyncTowerClient(connections, observer, logger=log)
+        self.client = AsyncTowerClient(connections, observer, logger=log, dns=dns)
         self.url = self.client.url
         self.text_cache = TextEmbeddingCache(text_cache_entries, metrics)
 

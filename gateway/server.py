@@ -32,6 +32,7 @@ from cxr.retrieval.v1 import retrieval_pb2 as pb
 from cxr.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
 from cxr.settings import Settings, load_settings
 from cxr.store import factory
+from cxr.triton.discovery import dns_target
 from cxr.triton.request import connections
 from gateway import tls
 from gateway.admission import AdmissionInterceptor, DecodeQueue, Limits, RateLimiter, RefusalLimiter
@@ -233,15 +234,19 @@ def _http(server: grpc.aio.Server, settings: Settings, address: str, door: Front
 
 
 def _embedder(settings: Settings, metrics: GatewayMetrics) -> TritonEmbedder:
-    """One Triton client per endpoint in settings.triton_endpoints, balanced (cxr.triton.pool)."""
-    return TritonEmbedder(connections(settings), metrics, settings.text_cache_entries)
+    """One Triton client per endpoint in settings.triton_endpoints, balanced (cxr.triton.pool); with
+    triton_dns, one per address of that name, looked up again every triton_dns_refresh_s."""
+    return TritonEmbedder(connections(settings), metrics, settings.text_cache_entries, dns_target(settings))
 
 
 async def serve(settings: Settings) -> None:
     gateway, port = create_server(settings)
     await gateway.start(settings.metrics_host, settings.metrics_port)
+    triton = ", ".join(settings.triton_endpoints)
+    if settings.triton_dns:
+        triton += f" (every address, looked up every {settings.triton_dns_refresh_s:g} s)"
     log.info("gateway listening on %s:%d (%s); model %s, Triton %s", settings.gateway_host, port,
-             _security(settings, gateway), settings.model, ", ".join(settings.triton_endpoints))
+             _security(settings, gateway), settings.model, triton)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -19,6 +19,7 @@ import tritonclient.grpc.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
 from cxr.towers import TowerSpec
+from cxr.triton.discovery import DnsEndpoints, DnsTarget
 from cxr.triton.errors import TritonEndpointDownError, translate
 from cxr.triton.pool import Endpoint, EndpointPool, PoolObserver
 from cxr.triton.pool import log as pool_log
@@ -38,13 +39,16 @@ READY_TIMEOUT_S = 2.0
 
 class AsyncTowerClient:
     def __init__(self, connections: Sequence[dict], observer: PoolObserver | None = None,
-                 logger: logging.Logger = pool_log):
+                 logger: logging.Logger = pool_log, dns: DnsTarget | None = None):
         """`connections`: cxr.triton.request.connections(settings), one per endpoint; `observer` and
-        `logger` hear of ejections and re-admissions."""
-        endpoints = [Endpoint(c["url"], aioclient.InferenceServerClient(**c, channel_args=CHANNEL_OPTIONS))
-                     for c in connections]
+        `logger` hear of ejections and re-admissions. With `dns` (cxr.triton.discovery.dns_target), the
+        endpoints follow the addresses of that name, looked up every period once a call or health look runs
+        on the event loop."""
+        endpoints = [_endpoint(c) for c in connections]
         self.url = ", ".join(e.url for e in endpoints)
         self.pool = EndpointPool(endpoints, _server_ready, TritonEndpointDownError, observer, logger=logger)
+        self.dns = None if dns is None else DnsEndpoints(self.pool, dns, lambda url: _endpoint(dns.connect(url)),
+                                                         _close_endpoint, logger=logger)
 
     async def embed_images(self, tower: TowerSpec, pixels: np.ndarray, timeout: float | None = None) -> np.ndarray:
         """`pixels` [n, size, size, 3] uint8 through the image tower."""
@@ -58,6 +62,7 @@ class AsyncTowerClient:
     async def infer(self, tower: TowerSpec, arrays: dict[str, np.ndarray],
                     timeout: float | None = None) -> np.ndarray:
         """One request, on whichever endpoint answers within `timeout` (None: each endpoint tried once)."""
+        self._follow_dns()
         inputs = infer_inputs(tower, arrays)  # built once, whichever endpoint answers
         outputs = requested_outputs(tower)
 
@@ -73,12 +78,31 @@ class AsyncTowerClient:
 
     async def is_ready(self, *towers: TowerSpec) -> bool:
         """True when at least one endpoint has every one of `towers` ready."""
+        self._follow_dns()
         return any(await asyncio.gather(*(_towers_ready(e, towers) for e in self.pool.endpoints)))
 
     async def close(self) -> None:
+        if self.dns is not None:
+            await self.dns.close()
         await self.pool.close()
         for endpoint in self.pool.endpoints:
             await endpoint.client.close()
+
+    def _follow_dns(self) -> None:
+        # Started here rather than in __init__: the client may be made before its event loop runs.
+        if self.dns is not None:
+            self.dns.start()
+
+
+def _endpoint(connection: dict) -> Endpoint:
+    """An endpoint with its own channel: our channel options, plus any the connection adds (a TLS name)."""
+    kwargs = {k: v for k, v in connection.items() if k != "channel_args"}
+    options = CHANNEL_OPTIONS + list(connection.get("channel_args", ()))
+    return Endpoint(connection["url"], aioclient.InferenceServerClient(**kwargs, channel_args=options))
+
+
+async def _close_endpoint(endpoint: Endpoint) -> None:
+    await endpoint.client.close()
 
 
 async def _towers_ready(endpoint: Endpoint, towers: Sequence[TowerSpec]) -> bool:

@@ -4,7 +4,9 @@ A call goes to the endpoint with the fewest calls in flight (ties take turns). W
 an error the caller names as "this endpoint is down" (`failover_on`), the endpoint is ejected and
 the call is tried on another one while the caller's deadline allows. Ejected endpoints are probed
 every `period_s` and re-admitted once they answer ready; they stay a last resort meanwhile, so a
-single endpoint is always tried and behaves as if there were no pool.
+single endpoint is always tried and behaves as if there were no pool. The endpoints may change while
+calls run (`set_urls`, fed by cxr.triton.discovery from DNS): kept ones keep their state, new ones join
+in rotation, and those that left finish the calls they hold.
 
 The pool knows nothing of Triton's API: an endpoint is a URL and a client, which error means
 "down" and what "ready" means are the client's to say. Who counts ejections (the gateway's
@@ -53,6 +55,10 @@ class PoolObserver(abc.ABC):
     def readmitted(self, url: str) -> None:
         """The endpoint answered (a call or the probe) and is back in rotation."""
 
+    @abc.abstractmethod
+    def left(self, url: str) -> None:
+        """The endpoint is no longer in the pool (its address left DNS): forget it."""
+
 
 class Unobserved(PoolObserver):
     """Nobody keeps count."""
@@ -64,6 +70,9 @@ class Unobserved(PoolObserver):
         pass
 
     def readmitted(self, url: str) -> None:
+        pass
+
+    def left(self, url: str) -> None:
         pass
 
 
@@ -103,6 +112,22 @@ class EndpointPool:
             self._admit(endpoint)  # it answered: whatever the probe says, it serves
             return result
 
+    def set_urls(self, urls: Sequence[str], make: Callable[[str], Endpoint]) -> list[Endpoint]:
+        """The pool's endpoints become `urls`: an endpoint already there is kept as it is (its calls in flight,
+        ejected or not), `make(url)` builds each new one, which joins in rotation. Returns the endpoints that
+        left; their calls in flight finish, and their owner closes them once `in_flight` is 0."""
+        _check_urls(list(urls))
+        current = {e.url: e for e in self.endpoints}
+        joined = [make(url) for url in urls if url not in current]
+        made = {e.url: e for e in joined}
+        left = [e for url, e in current.items() if url not in urls]
+        self.endpoints = [current.get(url) or made[url] for url in urls]  # one assignment: readers see old or new
+        for endpoint in joined:
+            self._observer.joined(endpoint.url)
+        for endpoint in left:
+            self._observer.left(endpoint.url)
+        return left
+
     async def close(self) -> None:
         if self._watcher is not None:
             self._watcher.cancel()
@@ -124,7 +149,7 @@ class EndpointPool:
             endpoint.in_flight -= 1
 
     def _eject(self, endpoint: Endpoint) -> None:
-        if endpoint.ejected:
+        if endpoint.ejected or endpoint not in self.endpoints:  # one that left is not watched nor counted
             return
         endpoint.ejected = True
         self._observer.ejected(endpoint.url)
@@ -134,7 +159,7 @@ class EndpointPool:
             self._watcher = asyncio.create_task(self._watch())
 
     def _admit(self, endpoint: Endpoint) -> None:
-        if not endpoint.ejected:
+        if not endpoint.ejected or endpoint not in self.endpoints:
             return
         endpoint.ejected = False
         self._observer.readmitted(endpoint.url)

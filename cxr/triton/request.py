@@ -23,16 +23,20 @@ GRPC_ADMIN_HEADER = "triton-grpc-protocol-" + ADMIN_KEY  # Triton's prefix for r
 RESTRICTED_APIS = ("model-repository", "model-config", "shared-memory", "statistics", "trace", "logging")
 
 
-def connection(settings, url: str | None = None) -> dict:
+def connection(settings, url: str | None = None, server_name: str | None = None) -> dict:
     """Keyword arguments for tritonclient's InferenceServerClient (sync or asyncio): the URL (`url`, one
     of settings.triton_endpoints, else the default triton_host:triton_grpc_port), and TLS when
     triton_tls_ca is set (with a client certificate when triton_tls_cert is). Every endpoint shares
-    the TLS files: replicas of one deployment, signed by one CA."""
-    kwargs = {"url": url or settings.triton_grpc_url}
+    the TLS files: replicas of one deployment, signed by one CA. `server_name`: the name Triton's
+    certificate is checked against where `url` is an address (endpoints found in DNS), as
+    `channel_args` to add to the client's own."""
+    kwargs: dict = {"url": url or settings.triton_grpc_url}
     if settings.triton_tls_ca:
         kwargs.update(ssl=True, root_certificates=str(settings.triton_tls_ca))
         if settings.triton_tls_cert:
             kwargs.update(certificate_chain=str(settings.triton_tls_cert), private_key=str(settings.triton_tls_key))
+        if server_name:
+            kwargs["channel_args"] = [("grpc.ssl_target_name_override", server_name)]
     return kwargs
 
 

@@ -85,3 +85,6 @@ class Counting(PoolObserver):
 
     def readmitted(self, url: str) -> None:
         self.up[url] = 1
+
+    def left(self, url: str) -> None:
+        del self.up[url], self.ejections[url]

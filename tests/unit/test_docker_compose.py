@@ -39,7 +39,7 @@ def test_triton_service_mounts_the_repository_and_reserves_a_gpu():
     triton = yaml.safe_load(COMPOSE.read_text())["services"]["triton"]
     assert triton["image"].startswith("nvcr.io/nvidia/tritonserver:")
     assert "--model-repository=/models" in triton["command"]
-    assert "./model_repository:/models" in triton["volumes"]
+    assert "./model_repository:/models:ro" in triton["volumes"]
     (device,) = triton["deploy"]["resources"]["reservations"]["devices"]
     assert device["capabilities"] == ["gpu"]
     defaults = [re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", port) for port in triton["ports"]]

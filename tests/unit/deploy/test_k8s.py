@@ -4,6 +4,7 @@ and autoscalers that find their Deployments, CXR_* names the gateway reads and w
 and a gateway image without torch that runs as a non-root user."""
 
 import json
+import os
 import re
 import shlex
 import shutil
@@ -17,10 +18,12 @@ import tomllib
 import yaml
 
 from cxr.settings import FIELDS, Settings, load_settings
+from export.triton_config import TRT_CACHE_DIR
 from gateway import tls
 
 ROOT = Path(__file__).parents[3]
 K8S = ROOT / "deploy" / "k8s"
+ARCHIVE = K8S / "archive"  # a kustomize Component an overlay adds
 DOCKERFILE = ROOT / "deploy" / "gateway.Dockerfile"
 # The oldest Kubernetes still maintained by the major distributions when this was written, and
 # the newest kubernetes-validate ships.
@@ -196,6 +199,7 @@ def test_triton_runs_as_docker_compose_runs_it():
 def test_every_service_selects_a_deployment_and_targets_its_ports():
     deployments = [d["metadata"]["name"] for d in _all("Deployment")]
     expected = {"triton": {DEFAULTS.triton_http_port, DEFAULTS.triton_grpc_port, DEFAULTS.triton_metrics_port},
+                "triton-pods": {DEFAULTS.triton_grpc_port},
                 "cxr-gateway": {DEFAULTS.gateway_port, DEFAULTS.http_port, DEFAULTS.metrics_port}}
     for service in _all("Service"):
         spec, name = service["spec"], service["metadata"]["name"]
@@ -247,7 +251,7 @@ def test_the_gateway_environment_is_settings_it_would_start_with(tmp_path):
     assert settings.tls_client_ca, "clients must bring certificates (mutual TLS)"
     assert settings.metrics_port == _ports(container)["metrics"]
     triton = _one("Service", "triton")["metadata"]["name"]
-    assert settings.triton_endpoints == (f"{triton}:{DEFAULTS.triton_grpc_port}",)
+    assert settings.triton_endpoints == (f"{_headless_triton()['metadata']['name']}:{DEFAULTS.triton_grpc_port}",)
     assert settings.triton_grpc_url == f"{triton}:{DEFAULTS.triton_grpc_port}"
     mounts = {Path(m["mountPath"]): m for m in container["volumeMounts"]}
     for path in (settings.tls_cert, settings.tls_key, settings.tls_client_ca, Path(settings.jwt_jwks)):
@@ -261,6 +265,100 @@ def test_the_gateway_environment_is_settings_it_would_start_with(tmp_path):
                   if v["name"] == copies["name"])
     assert "emptyDir" in volume and volume["emptyDir"]["sizeLimit"] == \
         _one("PersistentVolumeClaim", "cxr-indexes")["spec"]["resources"]["requests"]["storage"]
+
+
+def _headless_triton() -> dict:
+    (service,) = [s for s in _all("Service") if s["spec"].get("clusterIP") == "None"]
+    return service
+
+
+def test_every_triton_pod_gets_calls_through_a_headless_service_the_gateway_looks_up(tmp_path):
+    service = _headless_triton()
+    assert _selects(service["spec"]["selector"], _pod_labels("triton"))
+    assert not service["spec"].get("publishNotReadyAddresses"), "a Triton still loading must get no call"
+    (port,) = service["spec"]["ports"]
+    assert (port["port"], port["targetPort"]) == (DEFAULTS.triton_grpc_port, "grpc")
+    settings = load_settings(tmp_path, environ=_env(_container("cxr-gateway")))
+    assert settings.triton_dns == f"{service['metadata']['name']}:{port['port']}" and not settings.triton_urls
+    assert settings.triton_dns_refresh_s <= 10  # an added pod gets calls within seconds of being ready
+
+
+def test_the_gateway_gets_its_dicomweb_settings_from_an_optional_secret():
+    container = _container("cxr-gateway")
+    from_secret = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"]
+                   if "secretKeyRef" in e.get("valueFrom", {})}
+    dicomweb = {name for name in FIELDS if name.startswith("dicomweb_")}
+    assert {name.removeprefix("CXR_").lower() for name in from_secret} == dicomweb
+    assert {ref["name"] for ref in from_secret.values()} == {"cxr-dicomweb"}
+    assert all(ref["optional"] is True for ref in from_secret.values()), "without the Secret the gateway must start"
+    volumes = {v["name"]: v for v in _one("Deployment", "cxr-gateway")["spec"]["template"]["spec"]["volumes"]}
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    (ca_mount,) = [m for m in mounts.values() if volumes[m["name"]].get("secret", {}).get("secretName") == "cxr-dicomweb"]
+    assert ca_mount["readOnly"] and volumes[ca_mount["name"]]["secret"]["optional"] is True
+    assert f"ca-file={ca_mount['mountPath']}/ca.crt" in (K8S / "README.md").read_text()
+
+
+def test_tensorrt_engines_go_to_a_writable_shared_volume_not_the_read_only_models():
+    pod = _one("Deployment", "triton")["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m for m in _container("triton")["volumeMounts"]}
+    assert mounts["/models"]["readOnly"] is True
+    cache = mounts[TRT_CACHE_DIR]
+    assert not cache.get("readOnly")
+    claim = volumes[cache["name"]]["persistentVolumeClaim"]
+    assert not claim.get("readOnly")
+    assert _one("PersistentVolumeClaim", claim["claimName"])["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert not Path(TRT_CACHE_DIR).is_relative_to("/models")
+
+
+def test_triton_has_time_to_build_its_engines_before_the_startup_probe_gives_up():
+    probe = _container("triton")["startupProbe"]
+    assert probe["periodSeconds"] * probe["failureThreshold"] >= 15 * 60
+
+
+def _archive_overlay() -> list[dict]:
+    """The base with the archive component applied: by kustomize where installed, else by applying the
+    component's JSON patch here (it only appends)."""
+    component = yaml.safe_load((ARCHIVE / "kustomization.yaml").read_text())
+    assert component["kind"] == "Component"
+    docs = [doc for _, doc in _documents()]
+    docs += [doc for name in component["resources"] for doc in yaml.safe_load_all((ARCHIVE / name).read_text())]
+    (patch,) = component["patches"]
+    (gateway,) = [d for d in docs if d["kind"] == patch["target"]["kind"] and
+                  d["metadata"]["name"] == patch["target"]["name"]]
+    for op in yaml.safe_load((ARCHIVE / patch["path"]).read_text()):
+        assert op["op"] == "add" and op["path"].endswith("/-")
+        node = gateway
+        for key in op["path"].strip("/").split("/")[:-1]:
+            node = node[int(key)] if isinstance(node, list) else node[key]
+        node.append(op["value"])
+    return docs
+
+
+def test_the_archive_component_gives_the_gateway_a_read_only_archive_and_stays_valid(tmp_path):
+    docs = _archive_overlay()
+    if shutil.which("kubectl"):
+        (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump(
+            {"resources": [os.path.relpath(K8S, tmp_path)], "components": [os.path.relpath(ARCHIVE, tmp_path)]}))
+        built = subprocess.run(["kubectl", "kustomize", str(tmp_path)], capture_output=True, text=True, timeout=120)
+        assert built.returncode == 0, built.stderr
+        by_kustomize = [doc for doc in yaml.safe_load_all(built.stdout) if doc]
+        gateway = [d for d in by_kustomize if d["kind"] == "Deployment" and d["metadata"]["name"] == "cxr-gateway"]
+        ours = [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "cxr-gateway"]
+        assert gateway[0]["spec"]["template"]["spec"]["volumes"] == ours[0]["spec"]["template"]["spec"]["volumes"]
+        docs = by_kustomize
+    for doc in docs:
+        for version in VERSIONS:
+            kubernetes_validate.validate(doc, version, strict=True)
+    (gateway,) = [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "cxr-gateway"]
+    pod = gateway["spec"]["template"]["spec"]
+    (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "archive"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "archive"]
+    claim = volume["persistentVolumeClaim"]
+    assert mount["readOnly"] and claim["readOnly"]
+    (pvc,) = [d for d in docs if d["kind"] == "PersistentVolumeClaim" and d["metadata"]["name"] == claim["claimName"]]
+    assert pvc["spec"]["accessModes"] == ["ReadOnlyMany"]
+    assert mount["mountPath"] in (ARCHIVE / "kustomization.yaml").read_text(), "the header says where to build from"
 
 
 def test_the_gateway_image_has_no_torch_and_a_non_root_user():

@@ -6,9 +6,9 @@ import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
 from cxr import tensor_names
-from cxr.registry import get_model, list_models
+from cxr.registry import Batching, get_model, list_models
 from cxr.towers import DYNAMIC, sequence_buckets, towers
-from export.triton_config import TARGETS, model_config, parse_pbtxt, to_pbtxt
+from export.triton_config import TARGETS, TRT_CACHE_DIR, model_config, parse_pbtxt, served_batch_sizes, to_pbtxt
 
 PAD_ID = 7
 LONGEST = [n for n in list_models() if get_model(n).text_padding == "longest"]
@@ -65,6 +65,42 @@ def test_tensorrt_block_is_fp16_with_an_engine_cache():
     assert accelerator.name == "tensorrt"
     assert accelerator.parameters["precision_mode"] == "FP16"
     assert accelerator.parameters["trt_engine_cache_enable"] == "true"
+
+
+def test_the_tensorrt_engine_cache_is_not_on_the_read_only_model_repository():
+    assert not TRT_CACHE_DIR.startswith("/models")  # docker-compose.yml and deploy/k8s mount /models read-only
+    spec = get_model("medsiglip")
+    (accelerator,) = model_config(towers(spec)[0], spec.batching, "gpu", tensorrt=True).optimization \
+        .execution_accelerators.gpu_execution_accelerator
+    assert accelerator.parameters["trt_engine_cache_path"] == TRT_CACHE_DIR
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_on_gpu_every_tower_is_warmed_at_each_batch_size_it_serves_and_every_bucket(name):
+    spec = get_model(name)
+    for kind, tower in zip(("image", "text"), towers(spec)):
+        batching = spec.batching.for_tower(kind)
+        config = parse_pbtxt(to_pbtxt(model_config(tower, spec.batching, "gpu")))
+        lengths = sequence_buckets(tower.max_sequence) if tower.dynamic_sequence else (None,)
+        warmed = sorted((w.batch_size, tuple(w.inputs[tower.inputs[0].name].dims)) for w in config.model_warmup)
+        expected = sorted((b, tuple(length if d == DYNAMIC else d for d in tower.inputs[0].dims))
+                          for b in served_batch_sizes(batching) for length in lengths)
+        assert warmed == expected
+        assert max(b for b, _ in warmed) == batching.max_batch_size == config.max_batch_size
+        assert len({w.name for w in config.model_warmup}) == len(config.model_warmup)
+
+
+def test_served_batch_sizes_are_one_the_preferred_and_the_largest():
+    assert served_batch_sizes(Batching(max_batch_size=16, max_queue_delay_us=0, instance_count=1)) == (1, 16)
+    assert served_batch_sizes(Batching(32, 0, 1, preferred_batch_sizes=(8, 16))) == (1, 8, 16, 32)
+    assert served_batch_sizes(Batching(1, 0, 1)) == (1,)
+
+
+@pytest.mark.parametrize("name", ["cxr-mini", "medsiglip"])
+def test_locally_warm_up_stays_at_batch_one(name):
+    spec = get_model(name)
+    config = model_config(towers(spec)[1], spec.batching, "local", pad_id=PAD_ID)
+    assert {w.batch_size for w in config.model_warmup} == {1}
 
 
 def test_unknown_target_is_refused():

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from prometheus_client import generate_latest
 
 from cxr.triton.errors import TritonFailedError, TritonUnavailableError
 from gateway.embedder import EndpointMetrics, TritonEmbedder
@@ -75,6 +76,19 @@ def test_the_pools_news_become_the_endpoint_series():
         seen.append((_sample(metrics, "cxr_gateway_triton_endpoint_up", "a:1"),
                      _sample(metrics, "cxr_gateway_triton_ejections_total", "a:1")))
     assert seen == [(1, 0), (0, 1), (1, 1)]
+
+
+def test_an_endpoint_that_left_dns_leaves_no_series_behind():
+    metrics = GatewayMetrics()
+    observer = EndpointMetrics(metrics)
+    for url in ("10.0.0.1:8001", "10.0.0.2:8001"):
+        observer.joined(url)
+    observer.ejected("10.0.0.1:8001")
+    observer.left("10.0.0.1:8001")
+    observer.left("10.0.0.9:8001")  # never joined: nothing to forget
+    exposed = generate_latest(metrics.registry).decode()
+    assert "10.0.0.1:8001" not in exposed
+    assert _sample(metrics, "cxr_gateway_triton_endpoint_up", "10.0.0.2:8001") == 1
 
 
 def test_a_bad_request_is_internal_not_retried_and_ejects_nobody():

@@ -265,3 +265,56 @@ def test_a_cancelled_call_leaves_nothing_in_flight():
 def test_no_endpoint_or_one_named_twice_is_a_settings_error(urls, problem):
     with pytest.raises(SettingsError, match=problem):
         EndpointPool([Endpoint(url, Fake(url)) for url in urls], None, Down)
+
+
+def test_new_urls_join_in_rotation_kept_ones_keep_their_state_and_those_gone_leave():
+    observer = Counting()
+
+    async def run():
+        pool, (a, b) = _pool("a:1", "b:1", observer=observer)
+        a.fail = Down("gone")
+        await pool.call(_answer, 5)  # a is ejected
+        kept_a, kept_b = pool.endpoints
+        left = pool.set_urls(["a:1", "c:1"], lambda url: Endpoint(url, Fake(url)))
+        answers = [await pool.call(_answer, 5) for _ in range(4)]
+        await pool.close()
+        return kept_a, kept_b, left, pool.endpoints, answers
+
+    kept_a, kept_b, left, endpoints, answers = _run(run())
+    assert left == [kept_b] and endpoints[0] is kept_a and kept_a.ejected
+    assert [e.url for e in endpoints] == ["a:1", "c:1"]
+    assert set(answers) == {"c:1"}, "the new endpoint takes the calls; the ejected one is a last resort"
+    assert observer.up == {"a:1": 0, "c:1": 1} and "b:1" not in observer.ejections
+
+
+def test_an_endpoint_that_left_finishes_its_call_and_is_neither_ejected_nor_counted():
+    observer = Counting()
+
+    async def run():
+        pool, (a,) = _pool("a:1", observer=observer)
+        a.gate, a.fail = asyncio.Event(), Down("pod gone")
+        pool.set_urls(["a:1", "b:1"], lambda url: Endpoint(url, Fake(url)))
+        call = asyncio.create_task(pool.call(_answer, 5))
+        await asyncio.sleep(0.05)  # the call waits on a
+        (leaving,) = pool.set_urls(["b:1"], lambda url: Endpoint(url, Fake(url)))
+        in_flight = leaving.in_flight
+        a.gate.set()
+        answer = await call  # a fails: the call is retried on b
+        await pool.close()
+        return in_flight, leaving, answer
+
+    in_flight, leaving, answer = _run(run())
+    assert (in_flight, leaving.in_flight, leaving.ejected) == (1, 0, False)
+    assert answer == "b:1"
+    assert observer.up == {"b:1": 1} and observer.ejections == {"b:1": 0}
+
+
+def test_set_urls_refuses_no_url_and_a_url_twice():
+    async def run():
+        pool, _ = _pool("a:1")
+        for urls in ([], ["b:1", "b:1"]):
+            with pytest.raises(SettingsError):
+                pool.set_urls(urls, lambda url: Endpoint(url, Fake(url)))
+        return [e.url for e in pool.endpoints]
+
+    assert _run(run()) == ["a:1"]
