@@ -80,8 +80,8 @@ class Connection:
 
     def __post_init__(self):
         if self.insecure and (self.ca is not None or self.client_cert is not None):
-            raise ConfigurationError("insecure=True sends plaintext, yet ca or client_cert is given: drop insecure=True "
-                                     "to use TLS with them")
+            raise ConfigurationError("insecure=True sends plaintext, yet ca or client_cert is given: drop "
+                                     "insecure=True to use TLS with them")
         if (self.client_cert is None) != (self.client_key is None):
             raise ConfigurationError("mutual TLS needs both client_cert and client_key (PEM files or bytes)")
         if not 1 <= self.max_attempts <= MAX_ATTEMPTS:

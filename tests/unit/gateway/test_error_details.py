@@ -83,7 +83,8 @@ def test_a_rate_limit_refusal_says_the_wait_in_retry_info_and_the_pushback(make_
 def test_a_wait_longer_than_the_call_s_deadline_is_not_to_be_retried(make_server):
     server = make_server(AdmissionInterceptor(Limits(rate_per_s=0.5, burst=1)))
     error = _rate_limited(server, timeout=0.5)
-    assert error.code() == Code.RESOURCE_EXHAUSTED and dict(error.trailing_metadata())[error_details.PUSHBACK_KEY] == "-1"
+    assert error.code() == Code.RESOURCE_EXHAUSTED
+    assert dict(error.trailing_metadata())[error_details.PUSHBACK_KEY] == "-1"
 
 
 class Scopes:
@@ -93,8 +94,9 @@ class Scopes:
 
 def test_refusals_by_auth_name_their_reason_and_the_scope_missing(make_server):
     server = make_server(auth.AuthInterceptor(Scopes(), {calls.RETRIEVAL_PREFIX + "SearchByText": "studies"}))
-    for metadata, code, reason in [((), Code.UNAUTHENTICATED, "UNAUTHENTICATED"),
-                                   ((("authorization", "Bearer search"),), Code.PERMISSION_DENIED, "PERMISSION_DENIED")]:
+    cases = [((), Code.UNAUTHENTICATED, "UNAUTHENTICATED"),
+             ((("authorization", "Bearer search"),), Code.PERMISSION_DENIED, "PERMISSION_DENIED")]
+    for metadata, code, reason in cases:
         with pytest.raises(grpc.RpcError) as error:
             search(server.stub, metadata=metadata)
         info = _by_type(error_details.parsed(error.value.code(), error.value.trailing_metadata()))["ErrorInfo"]
