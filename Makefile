@@ -103,8 +103,8 @@ train-default: setup ## retrain the shipped cxr-mini from scratch on $(DATA)/nih
 test: setup ## install and run every test
 	$(BIN)/python -m pytest
 
-test-unit: setup ## run the unit tests alone (tests/unit: no Triton, Orthanc, browser or Milvus started)
-	$(BIN)/python -m pytest tests/unit
+test-unit: setup ## run the unit tests alone (tests/unit and the client package's: no Triton, Orthanc, browser or Milvus started)
+	$(BIN)/python -m pytest tests/unit clients/python/tests
 
 bench-towers: setup ## export each family at true size (random weights) and time it in Triton
 	$(BIN)/python -m benchmarks.triton_towers
