@@ -29,6 +29,9 @@ DOMAIN = "cxr-retrieval"
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 PUSHBACK_KEY = "grpc-retry-pushback-ms"  # gRPC's retry policy: wait this long; negative: do not retry
 _WORD = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+# A violation's description repeats the message: clipped, so that the trailers stay well within the 8 KB
+# clients accept (calls.MAX_DETAILS_CHARS bounds the message itself).
+MAX_DESCRIPTION_CHARS = 300
 
 
 def reason_of(error: Exception) -> str:
@@ -38,6 +41,10 @@ def reason_of(error: Exception) -> str:
         return "INTERNAL"
     name = type(error).__name__.removesuffix("Error") or type(error).__name__
     return _WORD.sub("_", name).upper()
+
+
+def _clipped(text: str) -> str:
+    return text if len(text) <= MAX_DESCRIPTION_CHARS else text[: MAX_DESCRIPTION_CHARS - 4] + " ..."
 
 
 def _packed(message) -> any_pb2.Any:
@@ -59,7 +66,7 @@ def status(code: grpc.StatusCode, message: str, reason: str, request_id: str = "
     if retry_after_s is not None:
         details.append(error_details_pb2.RetryInfo(retry_delay=_duration(retry_after_s)))
     if field and code == grpc.StatusCode.INVALID_ARGUMENT:
-        violation = error_details_pb2.BadRequest.FieldViolation(field=field, description=message)
+        violation = error_details_pb2.BadRequest.FieldViolation(field=field, description=_clipped(message))
         details.append(error_details_pb2.BadRequest(field_violations=[violation]))
     if request_id:
         details.append(error_details_pb2.RequestInfo(request_id=request_id))

@@ -102,3 +102,10 @@ def test_refusals_by_auth_name_their_reason_and_the_scope_missing(make_server):
         info = _by_type(error_details.parsed(error.value.code(), error.value.trailing_metadata()))["ErrorInfo"]
         assert error.value.code() == code and info.reason == reason
     assert dict(info.metadata) == {"scope": "studies"}
+
+
+def test_the_details_of_the_longest_message_stay_small():
+    message = "x" * calls.MAX_DETAILS_CHARS
+    trailers = error_details.trailers(Code.INVALID_ARGUMENT, message, "INVALID_REQUEST", "r" * 32, 1.0,
+                                      "queries[255].text.text", {"scope": "search"})
+    assert sum(len(key) + len(value) for key, value in trailers) < 2000  # base64 on the wire: < 2.7 KB
