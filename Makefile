@@ -69,11 +69,13 @@ lint-protos: setup-buf ## buf lint, and buf breaking against protos/released (th
 	$(BUF) lint protos
 	$(BUF) breaking protos --against protos/released
 
-# Then the client package `cxr search` uses, built with the tools just installed (grpcio-tools, googleapis-common-protos).
+# Then the client package `cxr search` uses, built with the tools just installed (grpcio-tools, googleapis-common-protos)
+# and a setuptools newer than the one a venv starts with (its pyproject's license needs 77 or later).
 $(VENV)/.installed: pyproject.toml constraints.txt $(CLIENT)/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[serve,milvus,export,test,bench]'
+	$(BIN)/pip install --quiet -c constraints.txt setuptools
 	$(BIN)/pip install --quiet -c constraints.txt --no-build-isolation -e ./$(CLIENT)
 	touch $@
 
