@@ -17,7 +17,8 @@ TRAIN_OUT ?= .cache/train/cxr-mini
 export_flags = $(if $(MODEL),--model $(MODEL)) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) \
 	--target $(TARGET) $(if $(FP16),--fp16) $(if $(INT8),--int8) $(if $(FP32),--fp32)
 
-.PHONY: help setup protos export serve serve-detached stop models demo train-default test test-unit bench bench-quick \
+.PHONY: help setup protos client-wheel setup-buf lint-protos export serve serve-detached stop models demo train-default test \
+	test-unit bench bench-quick \
 	bench-towers bench-gateway bench-faiss bench-scale bench-quality bench-quantization bench-gpu bench-labeler bench-reports \
 	bench-decode tune fuzz soak faults clean setup-pacs setup-browser
 
@@ -26,8 +27,13 @@ help: ## list the targets
 
 PROTO := protos/cxr/retrieval/v1/retrieval.proto
 STUBS := cxr/retrieval/v1/retrieval_pb2.py
+CLIENT := clients/python
+CLIENT_STUBS := $(CLIENT)/cxr_client/_proto/retrieval_pb2.py
+# buf (lint and breaking-change checks of protos/) from npm, whose @bufbuild/buf ships the binary.
+BUF_VERSION := 1.75.0
+BUF := .cache/npm/node_modules/.bin/buf
 
-setup: $(VENV)/.installed $(STUBS) ## install everything (pinned) into .venv and generate the gRPC stubs
+setup: $(VENV)/.installed $(STUBS) $(CLIENT_STUBS) ## install everything (pinned, the client package too) into .venv and generate the gRPC stubs
 
 # Real outside parts the tests drive (Debian packages; .ci/run installs them, tests skip with the reason without).
 APT_INSTALL = DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
@@ -41,15 +47,36 @@ setup-browser: setup ## install Debian's chromium, which Playwright drives in th
 	@test -x /usr/bin/chromium || (apt-get update -qq && $(APT_INSTALL) chromium >/dev/null) || \
 		echo "warning: could not install chromium: the browser tests will skip"
 
-protos: $(STUBS) ## generate the Python gRPC stubs from protos/ (never edit them by hand)
+protos: $(STUBS) $(CLIENT_STUBS) ## generate the Python gRPC stubs from protos/, the gateway's and the client package's (never edit them by hand)
 
 $(STUBS): $(PROTO) $(VENV)/.installed
 	$(BIN)/python -m grpc_tools.protoc -I protos --python_out=. --pyi_out=. --grpc_python_out=. $(PROTO)
 
-$(VENV)/.installed: pyproject.toml constraints.txt
+# The editable install of the client package made them; a changed proto makes them again.
+$(CLIENT_STUBS): $(PROTO) $(VENV)/.installed
+	cd $(CLIENT) && ../../$(BIN)/python stubs.py
+
+client-wheel: setup ## build the client package's wheel (cxr-retrieval-client) into clients/python/dist
+	$(BIN)/pip wheel --quiet --no-deps --no-build-isolation -w $(CLIENT)/dist ./$(CLIENT)
+	@ls -l $(CLIENT)/dist/*.whl
+
+setup-buf: ## install buf (pinned) from npm into .cache/npm (the proto lint and breaking-change tests skip without it)
+	@test -x $(BUF) && $(BUF) --version | grep -qx $(BUF_VERSION) || \
+		npm install --prefix .cache/npm --no-save --no-audit --no-fund --silent @bufbuild/buf@$(BUF_VERSION) || \
+		echo "warning: could not install @bufbuild/buf from npm: the proto lint and breaking-change tests will skip"
+
+lint-protos: setup-buf ## buf lint, and buf breaking against protos/released (the proto as last released)
+	$(BUF) lint protos
+	$(BUF) breaking protos --against protos/released
+
+# Then the client package `cxr search` uses, built with the tools just installed (grpcio-tools, googleapis-common-protos)
+# and a setuptools newer than the one a venv starts with (its pyproject's license needs 77 or later).
+$(VENV)/.installed: pyproject.toml constraints.txt $(CLIENT)/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[serve,milvus,export,test,bench]'
+	$(BIN)/pip install --quiet -c constraints.txt setuptools
+	$(BIN)/pip install --quiet -c constraints.txt --no-build-isolation -e ./$(CLIENT)
 	touch $@
 
 export: setup ## export MODEL (default: the active one) to ONNX + config.pbtxt; CHECKPOINT=dir TARGET=local|gpu FP16=1|INT8=1|FP32=1
@@ -78,8 +105,8 @@ train-default: setup ## retrain the shipped cxr-mini from scratch on $(DATA)/nih
 test: setup ## install and run every test
 	$(BIN)/python -m pytest
 
-test-unit: setup ## run the unit tests alone (tests/unit: no Triton, Orthanc, browser or Milvus started)
-	$(BIN)/python -m pytest tests/unit
+test-unit: setup ## run the unit tests alone (tests/unit and the client package's: no Triton, Orthanc, browser or Milvus started)
+	$(BIN)/python -m pytest tests/unit clients/python/tests
 
 bench-towers: setup ## export each family at true size (random weights) and time it in Triton
 	$(BIN)/python -m benchmarks.triton_towers

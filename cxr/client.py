@@ -1,6 +1,10 @@
-"""A small Python client of the gateway: TLS (and a client certificate for mutual TLS), a bearer
-token, a deadline per call, retries with backoff while the gateway is UNAVAILABLE, and waits as long as
-the gateway asks when it throttles (RESOURCE_EXHAUSTED with a `retry-after-ms` trailer).
+"""The repository's own client of the gateway, for its tests, benchmarks and demo: TLS (and a client
+certificate for mutual TLS), a bearer token (over plaintext too: the red-team tests send one on purpose), a
+deadline per attempt, retries with backoff while the gateway is UNAVAILABLE, and waits as long as the gateway
+asks when it throttles (RESOURCE_EXHAUSTED with the deprecated `retry-after-ms` trailer).
+
+Applications, and `cxr search`, use the client package instead (clients/python, `cxr_client`): grpcio and
+protobuf only, TLS by default, gRPC's retry policy within one deadline per call, typed errors.
 
     from cxr.client import RetrievalClient
 

@@ -246,6 +246,10 @@ def _add_search(sub) -> None:
                         help="mutual TLS: client certificate (CXR_CLIENT_CERT)")
     search.add_argument("--key", dest="client_key", type=Path, help="mutual TLS: its private key (CXR_CLIENT_KEY)")
     search.add_argument("--token", help="a JWT or an API key (CXR_TOKEN; the variable keeps it out of shell history)")
+    search.add_argument("--insecure", action="store_true",
+                        help="without --ca the gateway is spoken to in plaintext; with a token too, only with this "
+                             "flag (a gateway on loopback or a trusted network)")
+    search.add_argument("--timeout", type=float, default=60.0, help="seconds the search may take, retries included")
     search.set_defaults(func=cmd_search)
 
 

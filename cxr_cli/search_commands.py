@@ -1,34 +1,50 @@
-"""`cxr search`: a query through the gateway, its hits printed as a table."""
+"""`cxr search`: a query through the gateway with the client package (cxr_client), its hits printed as a table."""
 
 from __future__ import annotations
 
 import sys
 from dataclasses import replace
-from pathlib import Path
 
 from cxr.settings import Settings
 
+PLAINTEXT_TOKEN = ("a token would go to {address} in plaintext: give the CA of the gateway's certificate "
+                   "(--ca, CXR_CA), or say --insecure for a gateway on loopback or a trusted network")
+
 
 def cmd_search(args, settings: Settings) -> int:
-    import grpc
-
-    from cxr.client import RetrievalClient
+    import cxr_client
 
     settings = replace(settings, **{name: value for name in ("ca", "client_cert", "client_key", "token")
                                     if (value := getattr(args, name)) is not None})
     filters = dict(top_k=args.top_k, model=args.model or "", projections=args.projection or [],
                    labels=args.label or [], group_by_study=args.group_by_study)
-    with RetrievalClient.from_settings(settings) as client:
-        try:
+    try:
+        with _client(settings, args.insecure, args.timeout) as client:
             if args.kind == "text":
                 response = client.search_text(args.query, **filters)
             else:
-                response = client.search_image(Path(args.query).read_bytes(), **filters)
-        except grpc.RpcError as error:
-            print(f"error: {error.code().name}: {error.details()}", file=sys.stderr)
-            return 2
+                response = client.search_image(args.query, **filters)
+    except cxr_client.CxrError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # the image file: missing, a folder, unreadable
+        print(f"error: cannot read the image {args.query}: {error.strerror or error}", file=sys.stderr)
+        return 2
     print_hits(response)
     return 0
+
+
+def _client(settings: Settings, insecure: bool, timeout: float):
+    """A client of the settings' gateway: TLS with their CA (mutual TLS with their client files), else plaintext,
+    as `cxr serve` runs without TLS; a token over plaintext only when the user says --insecure."""
+    import cxr_client
+
+    plaintext = settings.ca is None
+    if plaintext and settings.token and not insecure:
+        raise cxr_client.ConfigurationError(PLAINTEXT_TOKEN.format(address=settings.gateway_address))
+    return cxr_client.Client(settings.gateway_address, ca=settings.ca, client_cert=settings.client_cert,
+                             client_key=settings.client_key, token=settings.token or None, insecure=plaintext,
+                             timeout=timeout)
 
 
 def print_hits(response) -> None:
@@ -51,4 +67,3 @@ def print_hits(response) -> None:
 def _clip(text: str, width: int) -> str:
     text = " ".join(text.split())
     return text if len(text) <= width else text[: width - 1] + "…"
-

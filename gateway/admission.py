@@ -2,7 +2,7 @@
 
 - a cap on calls in flight, overall and per client (RESOURCE_EXHAUSTED beyond either),
 - a token bucket per principal, charged per query (a BatchSearch of 100 queries costs 100 tokens;
-  RESOURCE_EXHAUSTED with `retry-after-ms` in the trailers),
+  RESOURCE_EXHAUSTED with RetryInfo, the wait, in its details: gateway/error_details.py),
 - a default deadline for calls that bring none (DEADLINE_EXCEEDED),
 - draining: once the gateway is stopping, new calls get UNAVAILABLE (clients retry elsewhere)
   while those in flight finish,
@@ -25,7 +25,6 @@ import grpc
 
 from cxr.errors import ResourceExhaustedError
 from cxr.images import DecodeBusyError, PixelBudget
-from cxr.metadata_keys import RETRY_AFTER_KEY
 from gateway import calls
 
 MAX_BATCH_QUERIES = 256  # queries in one BatchSearch
@@ -104,10 +103,6 @@ def query_count(request) -> int:
     return max(1, len(queries)) if queries is not None else 1
 
 
-def retry_trailers(wait_s: float) -> tuple[tuple[str, str], ...]:
-    return ((RETRY_AFTER_KEY, str(math.ceil(wait_s * 1000))),)
-
-
 def _client_key(context) -> str:
     """The principal, or without auth the client's address (the HTTP client's for calls from the
     gateway's HTTP side)."""
@@ -166,7 +161,7 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
             await calls.abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
                               f"rate limit of {self.limits.rate_per_s:g} queries/s (burst {self.limits.burst}) "
                               "reached: "
-                              f"retry in {math.ceil(wait * 1000)} ms", "rate_limit", retry_trailers(wait))
+                              f"retry in {math.ceil(wait * 1000)} ms", "rate_limit", retry_after_s=wait)
 
     async def _within_deadline(self, run, context):
         call = calls.current()
@@ -220,7 +215,7 @@ class RefusalLimiter(grpc.aio.ServerInterceptor):
         if wait:
             await calls.abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
                               f"too many refused calls from this address: retry in {math.ceil(wait * 1000)} ms with a "
-                              "valid credential", THROTTLED, retry_trailers(wait))
+                              "valid credential", THROTTLED, retry_after_s=wait)
         try:
             return await run()
         finally:

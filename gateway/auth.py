@@ -263,7 +263,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         if scope and scope not in principal.scopes:
             return calls.refusal(handler, grpc.StatusCode.PERMISSION_DENIED,
                                  f"{calls.method_name(details.method)} needs the scope {scope!r}; "
-                                 f"{principal.id} has {sorted(principal.scopes)}", "permission_denied")
+                                 f"{principal.id} has {sorted(principal.scopes)}", "permission_denied",
+                                 metadata={"scope": scope})
         return handler
 
 

@@ -18,6 +18,7 @@ import grpc
 
 from cxr.metadata_keys import REQUEST_ID_KEY
 from cxr.retrieval.v1 import retrieval_pb2 as pb
+from gateway import error_details
 
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 RETRIEVAL_PREFIX = f"/{pb.DESCRIPTOR.services_by_name['Retrieval'].full_name}/"
@@ -130,23 +131,32 @@ def wrap_unary(handler: grpc.RpcMethodHandler | None, around: Around) -> grpc.Rp
                                                response_serializer=handler.response_serializer)
 
 
-async def abort(context, code: grpc.StatusCode, details: str, reason: str = "", trailers: tuple = ()) -> None:
-    """End the call with `code`, counted as rejected for `reason` when given; the trailers keep the request id."""
+async def abort(context, code: grpc.StatusCode, details: str, reason: str = "", *, retry_after_s: float | None = None,
+                field: str = "", error_reason: str = "", metadata: dict[str, str] | None = None) -> None:
+    """End the call with `code` and the message `details`, counted as rejected for `reason` when given. The
+    trailers keep the request id and carry the google.rpc details (gateway/error_details.py): the reason is
+    the refusal's label, else `error_reason`, else the code's name; RetryInfo when `retry_after_s` is known,
+    BadRequest naming `field`, `metadata` in the ErrorInfo."""
     call = current()
     if call is not None and reason:
         call.rejected = reason
-    context.set_trailing_metadata((((REQUEST_ID_KEY, call.request_id),) if call else ()) + tuple(trailers))
     if len(details) > MAX_DETAILS_CHARS:
         details = details[: MAX_DETAILS_CHARS - 15] + " ... (clipped)"
+    request_id = call.request_id if call else ""
+    label = (reason or (call.rejected if call else "")).upper() or error_reason or code.name
+    rich = error_details.trailers(code, details, label, request_id, retry_after_s, field, metadata,
+                                  context.time_remaining())
+    context.set_trailing_metadata((((REQUEST_ID_KEY, request_id),) if call else ()) + rich)
     await context.abort(code, details)
 
 
 def refusal(handler: grpc.RpcMethodHandler | None, code: grpc.StatusCode, details: str, reason: str,
-            trailers: tuple = ()) -> grpc.RpcMethodHandler:
-    """A handler of the same kind as `handler` that ends the call with `code` before any work."""
+            **rich) -> grpc.RpcMethodHandler:
+    """A handler of the same kind as `handler` that ends the call with `code` before any work; `rich` as
+    `abort` takes it (retry_after_s, metadata, ...)."""
 
     async def refuse(request, context):
-        await abort(context, code, details, reason, trailers)
+        await abort(context, code, details, reason, **rich)
 
     async def refuse_stream(request, context):
         await refuse(request, context)

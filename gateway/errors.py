@@ -1,4 +1,5 @@
-"""Every gateway error maps to one gRPC status, by its kind (cxr/errors.py), here and nowhere else."""
+"""Every gateway error maps to one gRPC status, by its kind (cxr/errors.py), here and nowhere else; its
+google.rpc details (gateway/error_details.py) name its class as the reason and the request field at fault."""
 
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ from cxr.errors import (
     UnauthenticatedError,
     UnavailableError,
 )
-from gateway import calls
-from gateway.request_errors import InvalidRequestError
+from gateway import calls, error_details
+from gateway.request_errors import InvalidRequestError, field_of
 
 log = logging.getLogger("cxr.gateway")
 
@@ -54,7 +55,8 @@ def grpc_errors(handler):
                                           "protos/cxr/retrieval/v1/retrieval.proto defines it")
             return await handler(self, request, context)
         except CxrError as error:
-            await calls.abort(context, status_of(error), str(error))
+            await calls.abort(context, status_of(error), str(error), error_reason=error_details.reason_of(error),
+                              field=field_of(error))
         except grpc.aio.AbortError:
             raise
         except Exception as error:  # noqa: BLE001 - the safety net: no call may end as UNKNOWN

@@ -1,8 +1,11 @@
 """HTTP answers for errors: gRPC status codes as google.rpc maps them to HTTP, in one JSON shape.
 
 Every error body reads {"error": {"code": <HTTP status>, "status": "INVALID_ARGUMENT", "message":
-..., "requestId": ...}}; the request id (when the call reached the gRPC service) is also the
-X-Request-Id header, and is what the gateway log and the audit trail know the call by.
+..., "requestId": ..., "details": [...]}}; the request id (when the call reached the gRPC service) is also
+the X-Request-Id header, and is what the gateway log and the audit trail know the call by. "details" are
+the google.rpc details of the gRPC error (gateway/error_details.py) in the proto3 JSON mapping, each with its
+"@type": an ErrorInfo always (its reason: the refusal's label for refusals made on the HTTP side), RetryInfo
+beside Retry-After, BadRequest, RequestInfo.
 """
 
 from __future__ import annotations
@@ -11,9 +14,11 @@ import math
 from http import HTTPStatus
 
 import grpc
+from google.protobuf import json_format
 from starlette.responses import JSONResponse
 
-from cxr.metadata_keys import REQUEST_ID_KEY, RETRY_AFTER_KEY
+from cxr.metadata_keys import REQUEST_ID_KEY
+from gateway import error_details
 
 Code = grpc.StatusCode
 # https://github.com/googleapis/googleapis/blob/master/google/rpc/code.proto: each code's HTTP mapping.
@@ -48,17 +53,27 @@ class Problem(Exception):
 
 
 def error_response(http: int, status: str, message: str, request_id: str = "",
-                   headers: dict | None = None) -> JSONResponse:
+                   headers: dict | None = None, details: list[dict] | None = None) -> JSONResponse:
     error = {"code": http, "status": status, "message": message}
     extra = dict(API_HEADERS, **(headers or {}))
     if request_id:
         error["requestId"] = request_id
         extra["X-Request-Id"] = request_id
+    if details:
+        error["details"] = details
     return JSONResponse({"error": error}, status_code=http, headers=extra)
 
 
+def _json(found) -> list[dict]:
+    return [json_format.MessageToDict(packed) for packed in found.details]
+
+
 def problem_response(problem: Problem) -> JSONResponse:
-    return error_response(problem.http, problem.status, str(problem), problem.request_id, problem.headers)
+    retry = problem.headers.get("Retry-After", "")
+    found = error_details.status(problem.code, str(problem), (problem.reason or problem.status).upper(),
+                                 problem.request_id, float(retry) if retry.isdigit() else None)
+    return error_response(problem.http, problem.status, str(problem), problem.request_id, problem.headers,
+                          _json(found))
 
 
 def trailer(metadata, key: str) -> str:
@@ -66,15 +81,17 @@ def trailer(metadata, key: str) -> str:
 
 
 def rpc_error_response(error: grpc.aio.AioRpcError) -> JSONResponse:
-    """The HTTP answer to a failed gRPC call: mapped status, its details, request id, and the
+    """The HTTP answer to a failed gRPC call: mapped status, its message and details, request id, and the
     headers HTTP clients look for (WWW-Authenticate on 401, Retry-After on a rate limit)."""
     code = error.code()
     http = HTTP_STATUS.get(code, 500)
     trailers = error.trailing_metadata()
+    found = error_details.parsed(code, trailers)
     headers = {}
     if http == 401:
         headers["WWW-Authenticate"] = "Bearer"
-    retry_ms = trailer(trailers, RETRY_AFTER_KEY)
-    if http == 429 and retry_ms.isdigit():
-        headers["Retry-After"] = str(max(1, math.ceil(int(retry_ms) / 1000)))
-    return error_response(http, code.name, error.details() or "", trailer(trailers, REQUEST_ID_KEY), headers)
+    wait_s = error_details.retry_after_s(found)
+    if http == 429 and wait_s is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(wait_s)))
+    return error_response(http, code.name, error.details() or "", trailer(trailers, REQUEST_ID_KEY), headers,
+                          _json(found) if found is not None else None)

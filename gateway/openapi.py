@@ -27,7 +27,11 @@ ERROR = {"type": "object", "required": ["error"], "properties": {"error": {
         "code": {"type": "integer", "description": "the HTTP status"},
         "status": {"type": "string", "description": "the gRPC status name, e.g. INVALID_ARGUMENT"},
         "message": {"type": "string"},
-        "requestId": {"type": "string", "description": "as in the X-Request-Id header and the gateway's logs"}}}}}
+        "requestId": {"type": "string", "description": "as in the X-Request-Id header and the gateway's logs"},
+        "details": {"type": "array", "description": "google.rpc error details, each with its @type: ErrorInfo (domain "
+                    "cxr-retrieval, a stable reason), RetryInfo, BadRequest, RequestInfo",
+                    "items": {"type": "object", "required": ["@type"], "properties": {"@type": {"type": "string"}},
+                              "additionalProperties": True}}}}}}
 HEALTH = {"type": "object", "properties": {"status": {"type": "string", "enum": ["SERVING", "NOT_SERVING", "UNKNOWN"]}}}
 
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from cxr import registry
 from cxr.catalog import ExportedModel
-from cxr.errors import CxrError, UnknownModelError
+from cxr.errors import CxrError, InvalidArgumentError, UnknownModelError
 from cxr.images import ImageLimits, preprocess
 from cxr.retrieval.v1 import retrieval_pb2 as pb
 from cxr.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
@@ -21,7 +21,7 @@ from gateway import calls, hits
 from gateway.admission import MAX_BATCH_QUERIES, DecodeQueue
 from gateway.errors import grpc_errors
 from gateway.indexes import IndexSet
-from gateway.request_errors import ImageNotFoundError, InvalidRequestError, StudyNotFoundError
+from gateway.request_errors import ImageNotFoundError, InvalidRequestError, StudyNotFoundError, at_field, field_of
 from gateway.thumbnails import MEDIA_TYPE, Thumbnails, size_of
 
 MAX_TOP_K = 1000
@@ -57,10 +57,12 @@ class RetrievalService(pb_grpc.RetrievalServicer):
     @grpc_errors
     async def BatchSearch(self, request, context):
         if not 1 <= len(request.queries) <= MAX_BATCH_QUERIES:
-            raise InvalidRequestError(f"a batch holds 1 to {MAX_BATCH_QUERIES} queries, not {len(request.queries)}")
+            raise InvalidRequestError(f"a batch holds 1 to {MAX_BATCH_QUERIES} queries, not {len(request.queries)}",
+                                      "queries")
         timeout = calls.time_remaining(context)
         decoding = asyncio.Semaphore(self.decoder.threads)  # one batch does not fill the decode queue alone
-        searches = [_numbered(i, self._search_text(q.text, timeout) if q.WhichOneof("query") == "text"
+        searches = [_numbered(i, q.WhichOneof("query") or "text",
+                              self._search_text(q.text, timeout) if q.WhichOneof("query") == "text"
                               else self._search_image(q.image, timeout, decoding))
                     for i, q in enumerate(request.queries)]
         return pb.BatchSearchResponse(results=await asyncio.gather(*searches))
@@ -97,7 +99,7 @@ class RetrievalService(pb_grpc.RetrievalServicer):
         try:
             size = size_of(request.size)
         except ValueError as exc:
-            raise InvalidRequestError(str(exc)) from exc
+            raise InvalidRequestError(str(exc), "size") from exc
         item = self.thumbnails.cached(model.name, request.image_id, size) if self.thumbnails else None
         if item is None:
             row = await asyncio.to_thread(self.indexes.index(model.name).store.image, request.image_id)
@@ -126,7 +128,7 @@ class RetrievalService(pb_grpc.RetrievalServicer):
     async def DeleteImage(self, request, context):
         return await self._delete(request.model, Deletion.image(request.image_id))
 
-    async def _delete(self, model_name: str, deletion: Deletion) -> pb.DeleteResponse:
+    async def _delete(self, model_name: str, deletion: Deletion):
         """Answered only once the index in service has taken the commit in (IndexSet.apply), so that no search
         answered after the acknowledgement returns what was deleted."""
         model = self._model(model_name)
@@ -136,31 +138,35 @@ class RetrievalService(pb_grpc.RetrievalServicer):
         call = calls.current()
         if call is not None and deletion.field == STUDY:
             call.study_uids.append(deletion.name)  # the audit line names the study deleted
-        return pb.DeleteResponse(deleted=committed.deleted, generation=committed.generation)
+        answer = pb.DeleteStudyResponse if deletion.field == STUDY else pb.DeleteImageResponse
+        return answer(deleted=committed.deleted, generation=committed.generation)
 
     async def _search_text(self, request, timeout) -> pb.SearchResponse:
         text = request.text.strip()
         if not text:
-            raise InvalidRequestError("text is empty: send a query such as 'small left pleural effusion'")
+            raise InvalidRequestError("text is empty: send a query such as 'small left pleural effusion'", "text")
         if len(request.text) > MAX_TEXT_CHARS:
             raise InvalidRequestError(f"text is {len(request.text)} characters; the limit is {MAX_TEXT_CHARS} "
-                                      "(the encoders read at most a few hundred tokens)")
+                                      "(the encoders read at most a few hundred tokens)", "text")
         model, top_k, searcher = self._prepare(request)
         (vector,) = await self.embedder.embed_texts(model, [text], timeout)
         return await self._respond(model, searcher, vector, top_k, request)
 
     async def _search_image(self, request, timeout, decoding: asyncio.Semaphore | None = None) -> pb.SearchResponse:
         if not request.image:
-            raise InvalidRequestError("image is empty: send PNG, JPEG or DICOM bytes")
+            raise InvalidRequestError("image is empty: send PNG, JPEG or DICOM bytes", "image")
         if len(request.image) > MAX_IMAGE_BYTES:
             raise InvalidRequestError(f"image is {len(request.image) / 2**20:.1f} MB; the limit is "
-                                      f"{MAX_IMAGE_BYTES // 2**20} MB: send the original file, not a raw dump")
+                                      f"{MAX_IMAGE_BYTES // 2**20} MB: send the original file, not a raw dump", "image")
         model, top_k, searcher = self._prepare(request)
         deadline = None if timeout is None else time.monotonic() + timeout
         async with decoding or contextlib.nullcontext():
             with calls.stage("decode"):
-                pixels = await self.decoder.run(preprocess, bytes(request.image), model.image_size,
-                                                self.image_limits, self.decoder.pixels, deadline)
+                try:
+                    pixels = await self.decoder.run(preprocess, bytes(request.image), model.image_size,
+                                                    self.image_limits, self.decoder.pixels, deadline)
+                except InvalidArgumentError as error:
+                    raise at_field(error, "image")
         (vector,) = await self.embedder.embed_images(model, pixels[np.newaxis], timeout)
         return await self._respond(model, searcher, vector, top_k, request)
 
@@ -169,7 +175,10 @@ class RetrievalService(pb_grpc.RetrievalServicer):
         model = self._model(request.model)
         top_k = _top_k(request.top_k)
         searcher = self.indexes.index(model.name)
-        searcher.store.check_filter(_filter(request.filters))
+        try:
+            searcher.store.check_filter(_filter(request.filters))
+        except InvalidArgumentError as error:
+            raise at_field(error, "filters")
         return model, top_k, searcher
 
     async def _respond(self, model, searcher, vector, top_k, request) -> pb.SearchResponse:
@@ -212,12 +221,15 @@ class RetrievalService(pb_grpc.RetrievalServicer):
         return self.catalog[name]
 
 
-async def _numbered(position: int, search):
-    """A batch query's error names its place in the batch."""
+async def _numbered(position: int, kind: str, search):
+    """A batch query's error names its place in the batch, in its message and in the field it names."""
     try:
         return await search
     except CxrError as error:
-        raise type(error)(f"query {position}: {error}") from error
+        numbered = type(error)(f"query {position}: {error}")
+        if field_of(error):
+            numbered.field = f"queries[{position}].{kind}.{field_of(error)}"
+        raise numbered from error
 
 
 def _filter(filters) -> Filter:
@@ -229,5 +241,5 @@ def _top_k(value: int) -> int:
         return DEFAULT_TOP_K
     if not 1 <= value <= MAX_TOP_K:
         raise InvalidRequestError(f"top_k must be between 1 and {MAX_TOP_K} (0: the default, {DEFAULT_TOP_K}), "
-                                  f"not {value}")
+                                  f"not {value}", "top_k")
     return value

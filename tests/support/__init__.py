@@ -50,10 +50,11 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 class BackgroundGateway:
-    """The real gateway (create_server) on an asyncio loop in a thread, bound to a free loopback port;
-    with `http`, its HTTP API too, on another (`http_url`: https:// when the settings have TLS)."""
+    """The real gateway (create_server) on an asyncio loop in a thread, bound to a free loopback port (or
+    `address`: a restart on the port it had); with `http`, its HTTP API too, on another (`http_url`: https://
+    when the settings have TLS)."""
 
-    def __init__(self, settings: Settings, http: bool = False):
+    def __init__(self, settings: Settings, http: bool = False, address: str = "127.0.0.1:0"):
         import asyncio
         import threading
 
@@ -64,7 +65,7 @@ class BackgroundGateway:
         self._thread.start()
 
         async def _start():
-            gateway, port = create_server(settings, "127.0.0.1:0", http_address="127.0.0.1:0" if http else None)
+            gateway, port = create_server(settings, address, http_address="127.0.0.1:0" if http else None)
             await gateway.start(settings.metrics_host, settings.metrics_port)
             return gateway, port
 

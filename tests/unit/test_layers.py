@@ -121,3 +121,34 @@ def test_no_modules_import_each_other_in_a_circle():
 
 def test_the_circle_finder_finds_a_circle():
     assert _circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+# The client package (clients/python) is a distribution of its own: it imports nothing of ours (a client's
+# environment has none of it), and of our packages only the roof (`cxr search`) imports it.
+CLIENT = ROOT / "clients" / "python" / "cxr_client"
+CLIENT_PACKAGE = "cxr_client"
+ROOF = "cxr_cli"
+
+
+def _top_level_imports(path: Path) -> set[str]:
+    """The first dotted part of every absolute import in a file, at module level or inside a function."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+@pytest.mark.parametrize("path", sorted(p for p in CLIENT.rglob("*.py") if p.parent.name != "_proto"),
+                         ids=lambda p: str(p.relative_to(CLIENT)))
+def test_the_client_package_imports_nothing_of_ours(path):
+    ours = _top_level_imports(path) & set(LAYER)
+    assert not ours, f"{path.relative_to(ROOT)} imports {sorted(ours)}: the client package stands alone"
+
+
+def test_only_the_roof_imports_the_client_package():
+    importers = sorted(module for module, path in MODULES.items()
+                       if CLIENT_PACKAGE in _top_level_imports(path) and _package(module) != ROOF)
+    assert not importers, f"{importers} import {CLIENT_PACKAGE}: only {ROOF} may (a part must not need a client)"

@@ -1,9 +1,23 @@
-"""`cxr search`'s result table (cxr_cli.search_commands): PACS columns when hits have them, image counts
-when grouped; run in a child process from the checkout, as the other tests of the command line run `cxr`."""
+"""`cxr search` (cxr_cli.search_commands): its result table, PACS columns when hits have them, image counts when
+grouped; and its calls through the client package: TLS with the token to a fake gateway, no token in plaintext
+without --insecure, one line (no traceback) for a refusal, a missing file, an unreachable gateway. Run in a child
+process from the checkout, as the other tests of the command line run `cxr`."""
 
+import os
 import subprocess
 import sys
+import time
+from concurrent import futures
 from pathlib import Path
+
+import grpc
+import pytest
+
+from cxr import dev_pki
+from cxr.processes import free_ports
+from cxr.retrieval.v1 import retrieval_pb2 as pb
+from cxr.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
+from gateway import error_details
 
 ROOT = Path(__file__).resolve().parents[3]
 PRINT = """
@@ -34,3 +48,85 @@ def test_grouped_pacs_hits_print_accession_date_and_image_count():
                         image_ids=["a", "b"], impression="Small left effusion."))
     assert lines[1].split()[:6] == ["rank", "score", "study", "accession", "date", "images"]
     assert lines[2].split()[:6] == ["1", "0.250", "1.2.3", "A9", "20240102", "2"]
+
+
+class FakeGateway(pb_grpc.RetrievalServicer):
+    """Answers a text search with one hit naming the credential it saw; an image search with its byte count;
+    "slow down" with the gateway's rate-limit refusal (pushback -1: the client does not retry)."""
+
+    def __init__(self):
+        self.seen = []
+
+    def SearchByText(self, request, context):
+        self.seen.append(dict(context.invocation_metadata()).get("authorization", ""))
+        if request.text == "slow down":
+            context.set_trailing_metadata(error_details.trailers(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, "rate limit reached: retry in 900 ms", "RATE_LIMIT", "r1", 0.9,
+                time_remaining=0.5))
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "rate limit reached: retry in 900 ms")
+        return pb.SearchResponse(model="m", hits=[pb.Hit(rank=1, score=0.5, study_uid="s1", impression=self.seen[-1])])
+
+    def SearchByImage(self, request, context):
+        return pb.SearchResponse(model="m", hits=[pb.Hit(rank=1, score=0.5, study_uid=f"{len(request.image)}-bytes")])
+
+
+@pytest.fixture(scope="module")
+def tls_gateway(tmp_path_factory):
+    """A fake gateway with the development PKI's server certificate on loopback: (address, pki, servicer)."""
+    pki = tmp_path_factory.mktemp("pki")
+    dev_pki.write_dev_pki(pki)
+    servicer = FakeGateway()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    pb_grpc.add_RetrievalServicer_to_server(servicer, server)
+    credentials = grpc.ssl_server_credentials([((pki / dev_pki.SERVER_KEY).read_bytes(),
+                                                (pki / dev_pki.SERVER_CERT).read_bytes())])
+    port = server.add_secure_port("127.0.0.1:0", credentials)
+    server.start()
+    yield port, pki, servicer
+    server.stop(0)
+
+
+def _search(*argv: str, port: int = 1, **env) -> subprocess.CompletedProcess:
+    """`cxr search ...` in a child process, against localhost:`port`."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("CXR_")}
+    environ.update(CXR_GATEWAY_HOST="localhost", CXR_GATEWAY_PORT=str(port), **env,
+                   PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT / "clients" / "python"),
+                                                            environ.get("PYTHONPATH")])))
+    return subprocess.run([sys.executable, "-m", "cxr_cli", "search", *argv], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60, env=environ)
+
+
+def test_a_search_goes_over_tls_with_the_token(tls_gateway, tmp_path):
+    port, pki, servicer = tls_gateway
+    done = _search("text", "effusion", "--ca", str(pki / dev_pki.CA_CERT), port=port, CXR_TOKEN="t0k3n")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[2].split()[:3] == ["1", "0.500", "s1"] and "Bearer t0k3n" in done.stdout
+    image = tmp_path / "x.png"
+    image.write_bytes(bytes(321))
+    done = _search("image", str(image), "--ca", str(pki / dev_pki.CA_CERT), port=port)
+    assert done.returncode == 0 and "321-bytes" in done.stdout
+
+
+def test_a_token_without_a_ca_is_refused_before_anything_is_sent(tls_gateway):
+    port, _, servicer = tls_gateway
+    before = len(servicer.seen)
+    done = _search("text", "effusion", port=port, CXR_TOKEN="t0k3n")
+    assert done.returncode == 2 and "--ca" in done.stderr and "--insecure" in done.stderr
+    assert "Traceback" not in done.stderr and len(servicer.seen) == before
+
+
+def test_the_gateway_s_refusal_is_one_line_with_its_reason(tls_gateway):
+    port, pki, _ = tls_gateway
+    done = _search("text", "slow down", "--ca", str(pki / dev_pki.CA_CERT), port=port)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip() == ("error: RESOURCE_EXHAUSTED: rate limit reached: retry in 900 ms [RATE_LIMIT] "
+                                   "(request id r1)")
+
+
+@pytest.mark.parametrize("argv, words", [(("image", "/no/such/image.png"), "cannot read the image /no/such/image.png"),
+                                         (("text", "effusion", "--timeout", "20"), "UNAVAILABLE")])
+def test_a_missing_file_or_an_unreachable_gateway_is_one_line(argv, words):
+    started = time.monotonic()
+    done = _search(*argv, port=free_ports(1)[0])
+    assert done.returncode == 2 and words in done.stderr and "Traceback" not in done.stderr
+    assert time.monotonic() - started < 15  # the client's retries give up within seconds, not at the deadline

@@ -134,7 +134,7 @@ def test_a_deletion_line_names_what_was_deleted_and_the_outcome(tmp_path, method
     (query,) = audit_records.describe_request(full, request_, log, answered=True)["queries"]
     assert query == {"kind": kind, "model": request_.model, field: getattr(request_, field)}
     call = calls.Call(full, study_uids=["1.2.840.113619.2.55.3"] if field == "study_uid" else [])
-    described = audit_records.describe_response(full, pb.DeleteResponse(deleted=2, generation=7), call)
+    described = audit_records.describe_response(full, getattr(pb, f"{method}Response")(deleted=2, generation=7), call)
     assert described == {"hits": 0, "study_uids": call.study_uids, "deleted": 2, "generation": 7}
 
 

@@ -17,6 +17,7 @@ from cxr.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
 from cxr.store import faiss_writer
 from cxr.store.faiss_backend import FaissBackend
 from cxr.store.interface import Change, Committed
+from gateway import error_details
 from gateway.admission import DecodeQueue
 from gateway.embedding import Embedder
 from gateway.indexes import IndexSet
@@ -127,16 +128,34 @@ def test_a_text_query_returns_the_nearest_images_first(service):
     assert embedder.texts == ["effusion"]
 
 
-@pytest.mark.parametrize("request_, field", [(pb.SearchByTextRequest(text="  "), "text is empty"),
-                                             (pb.SearchByTextRequest(text="x", top_k=1001), "top_k"),
-                                             (pb.SearchByTextRequest(text="x", filters=pb.Filters(labels=["?"])),
-                                              "label")])
-def test_bad_fields_are_refused_before_anything_is_embedded(service, request_, field):
+def _details(error: grpc.RpcError) -> dict:
+    """{detail type name: message} of the google.rpc.Status a failed call carries."""
+    found = error_details.parsed(error.code(), error.trailing_metadata())
+    assert found is not None, "the error carries no google.rpc.Status"
+    return {type(message).__name__: message for message in error_details.unpacked(found)}
+
+
+@pytest.mark.parametrize("request_, words, field", [(pb.SearchByTextRequest(text="  "), "text is empty", "text"),
+                                                    (pb.SearchByTextRequest(text="x", top_k=1001), "top_k", "top_k"),
+                                                    (pb.SearchByTextRequest(text="x",
+                                                                            filters=pb.Filters(labels=["?"])),
+                                                     "label", "filters")])
+def test_bad_fields_are_refused_before_anything_is_embedded(service, request_, words, field):
     stub, embedder = service
     with pytest.raises(grpc.RpcError) as error:
         stub.SearchByText(request_, timeout=10)
-    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT and field in error.value.details()
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT and words in error.value.details()
     assert embedder.texts == []
+    (violation,) = _details(error.value)["BadRequest"].field_violations
+    assert violation.field == field and violation.description == error.value.details()
+
+
+def test_bytes_that_are_no_image_are_a_fault_of_the_image_field(service):
+    stub, _ = service
+    with pytest.raises(grpc.RpcError) as error:
+        stub.SearchByImage(pb.SearchByImageRequest(image=b"not an image at all"), timeout=10)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert _details(error.value)["BadRequest"].field_violations[0].field == "image"
 
 
 def test_an_unknown_model_is_not_found(service):
@@ -144,6 +163,9 @@ def test_an_unknown_model_is_not_found(service):
     with pytest.raises(grpc.RpcError) as error:
         stub.SearchByText(pb.SearchByTextRequest(text="x", model="pubmed_clip"), timeout=10)
     assert error.value.code() == grpc.StatusCode.NOT_FOUND
+    details = _details(error.value)
+    assert (details["ErrorInfo"].reason, details["ErrorInfo"].domain) == ("UNKNOWN_MODEL", "cxr-retrieval")
+    assert "BadRequest" not in details and "RetryInfo" not in details
 
 
 def test_grouped_by_study_each_study_once(service):
@@ -166,6 +188,9 @@ def test_a_batch_names_the_position_of_its_bad_query(service):
     with pytest.raises(grpc.RpcError) as error:
         stub.BatchSearch(pb.BatchSearchRequest(queries=queries), timeout=10)
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "query 1" in error.value.details()
+    details = _details(error.value)
+    assert details["BadRequest"].field_violations[0].field == "queries[1].text.text"
+    assert details["ErrorInfo"].reason == "INVALID_REQUEST"
 
 
 def test_get_study_and_its_absence(service):
