@@ -38,14 +38,16 @@ def missing() -> str:
 
 
 class Orthanc:
-    """A running Orthanc on loopback; `url` is its DICOMweb root, `rest_url` its REST API."""
+    """A running Orthanc on loopback; `url` is its DICOMweb root, `rest_url` its REST API. `settings`
+    are added to its configuration (e.g. {"LuaScripts": [path]})."""
 
-    def __init__(self, folder: Path, users: dict[str, str] | None = None, timeout: float = 60.0):
+    def __init__(self, folder: Path, users: dict[str, str] | None = None, timeout: float = 60.0,
+                 settings: dict | None = None):
         folder.mkdir(parents=True, exist_ok=True)
         self.port = free_ports(1)[0]
         self.users = users or {USER: PASSWORD}
         config = folder / "orthanc.json"
-        config.write_text(json.dumps(self._config(folder)))
+        config.write_text(json.dumps(self._config(folder) | (settings or {})))
         self.config, self.log_file = config, folder / "orthanc.log"
         self.rest_url = f"http://127.0.0.1:{self.port}"
         self.url = self.rest_url + "/dicom-web"
@@ -86,6 +88,10 @@ class Orthanc:
         response = requests.get(self.rest_url + path, auth=next(iter(self.users.items())), timeout=30)
         response.raise_for_status()
         return response.json()
+
+    def delete(self, path: str) -> None:
+        """A REST DELETE as the first registered user (/instances/<id>, /studies/<id>, ...)."""
+        requests.delete(self.rest_url + path, auth=next(iter(self.users.items())), timeout=30).raise_for_status()
 
     def stop(self) -> None:
         stop_process(self.process)

@@ -30,6 +30,7 @@ from cxr.errors import CxrError, FailedPreconditionError, InternalError, NotFoun
 TIMEOUT_S = (10.0, 120.0)  # connect, read: a large DICOM over a slow link takes a while
 PAGE = 100  # QIDO results asked for at once (under the caps PACSs put on one answer)
 LISTING_PAGE = 1000  # instances per page of a whole-archive listing (a PACS capping lower is paged on)
+FIND_PAGE = 500  # SOPInstanceUIDs per Orthanc /tools/find request (about 32 kB of query)
 SR_MODALITY = "SR"  # the series modality of structured reports (radiology reports among them)
 POOL_SIZE = 16  # HTTP connections kept per host: the builder fetches several instances at once
 CREDENTIALS_HINT = ("set --dicomweb-user and CXR_DICOMWEB_PASSWORD (basic auth) or CXR_DICOMWEB_TOKEN (bearer "
@@ -459,6 +460,15 @@ class OrthancChanges:
     def instance_ids(self, since: int, limit: int) -> list[str]:
         """Up to `limit` of Orthanc's instance ids from position `since` of its listing (/instances)."""
         return list(self._get("/instances", "listing Orthanc's instances", {"since": since, "limit": limit}))
+
+    def holding(self, sop_uids, page: int = FIND_PAGE) -> set[str]:
+        """The Orthanc ids of the instances Orthanc holds among these SOPInstanceUIDs: /tools/find with a
+        list of UIDs, `page` a request (one request for the instances of a deletion, whatever the archive)."""
+        sop_uids, ids = list(dict.fromkeys(sop_uids)), set()
+        for start in range(0, len(sop_uids), page):
+            query = {"Level": "Instance", "Query": {"SOPInstanceUID": "\\".join(sop_uids[start:start + page])}}
+            ids.update(self._call("POST", "/tools/find", "looking up instances in Orthanc", json=query))
+        return ids
 
     def has_instance(self, sop_uid: str) -> bool:
         """Whether Orthanc holds an instance of this SOPInstanceUID (/tools/lookup), whatever its id."""

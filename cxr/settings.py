@@ -72,6 +72,9 @@ class Settings:
     dicomweb_password: str = field(default="", repr=False)
     dicomweb_token: str = field(default="", repr=False)
     dicomweb_ca: Path | None = None
+    # The secret Orthanc's Lua script sends with each deletion notice to `cxr index follow
+    # --deletions-listen` (Authorization: Bearer ...); empty: any local process may post notices.
+    deletion_notices_token: str = field(default="", repr=False)
     # Several Tritons: "host:port" gRPC endpoints the gateway and index builds balance across (empty:
     # the one endpoint above). From the environment, comma-separated: CXR_TRITON_URLS=a:8001,b:8001.
     triton_urls: tuple[str, ...] = ()

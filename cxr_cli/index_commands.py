@@ -8,7 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from cxr import registry
-from cxr.errors import CxrError
+from cxr.errors import CxrError, InvalidArgumentError
 from cxr.settings import Settings
 
 
@@ -75,6 +75,9 @@ def cmd_index_follow(args, settings: Settings) -> int:
     from cxr.catalog import ExportedModel
     from indexing.dicomweb_build import Follower, FollowOptions
 
+    if args.deletions_listen and args.once:
+        raise InvalidArgumentError("--deletions-listen keeps listening for Orthanc's notices: drop --once, or drop "
+                                   "--deletions-listen (a one-shot run finds deletions by reconciling)")
     settings = _with_store(args, settings)
     model_name = args.model or settings.model
     model = ExportedModel.load(settings.model_repository, model_name)
@@ -83,11 +86,15 @@ def cmd_index_follow(args, settings: Settings) -> int:
     follow = FollowOptions(interval_s=args.interval, batch=args.batch, once=args.once,
                            orthanc_url=args.orthanc_url or "", qido_requests_per_min=args.qido_requests_per_min,
                            reconcile_s=args.reconcile_interval)
-    with _pacs(args, settings) as pacs:
+    with _pacs(args, settings) as pacs, _deletion_listener(args, settings) as notices:
         follower = Follower(pacs, _pacs_query(args), model, settings, output_dir, _build_options(args), follow, backend,
-                            log=lambda line: print(line, flush=True), intake=_report_intake(settings, model_name))
+                            log=lambda line: print(line, flush=True), intake=_report_intake(settings, model_name),
+                            notices=notices)
         how = (f"Orthanc's change feed every {follower.interval_s:g} s" if follower.feed
                else f"QIDO-RS every {follower.interval_s:g} s")
+        if notices is not None:
+            how += (f" and deletion notices posted to {notices.url}"
+                    + (" with the token" if settings.deletion_notices_token else " (no token asked)"))
         print(f"following {pacs.shown} through {how} into {output_dir}" + ("" if args.once else "; Ctrl-C stops"),
               flush=True)
         try:
@@ -95,6 +102,15 @@ def cmd_index_follow(args, settings: Settings) -> int:
         except KeyboardInterrupt:
             print("stopped; the next `cxr index follow` goes on from the last saved change", flush=True)
     return 0
+
+
+def _deletion_listener(args, settings: Settings):
+    """The listener of --deletions-listen, or nothing."""
+    from indexing.pacs_notices import DeletionListener
+
+    if not args.deletions_listen:
+        return contextlib.nullcontext()
+    return DeletionListener.at(args.deletions_listen, settings.deletion_notices_token)
 
 
 def _pacs(args, settings: Settings):

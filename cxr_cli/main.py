@@ -141,6 +141,10 @@ def _add_index_follow(index) -> None:
     follow.add_argument("--once", action="store_true", help="one pass, then exit (cron, tests)")
     follow.add_argument("--orthanc-url", help="Orthanc's REST root for its change feed (default: the DICOMweb URL "
                                               "without /dicom-web); a PACS that is not Orthanc is polled by QIDO-RS")
+    follow.add_argument("--deletions-listen", metavar="HOST:PORT",
+                        help="take Orthanc's deletion notices (deploy/orthanc/cxr-follow-deletions.lua) on this "
+                             "address (a port alone: on 127.0.0.1) and commit them at once; the token, if any, "
+                             "is the deletion_notices_token setting")
     follow.add_argument("--output-dir", type=Path, help="default: <index_dir>/<model>")
     follow.add_argument("--model", help="registry name (default: the active model)")
     _add_store_arguments(follow)

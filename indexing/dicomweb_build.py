@@ -9,7 +9,9 @@ replaces the old one at once; a running gateway picks it up by itself.
 A follower writes the whole index once, when it starts; after that each batch of changes (instances
 stored, deleted, or stored again in place) is one commit to the index in service (StoreBackend.apply),
 which the gateway takes in at its next refresh; past `index_compact_rows` rows pending, the follower
-folds the commits into the build in the background (StoreBackend.compact).
+folds the commits into the build in the background (StoreBackend.compact). Deletions in Orthanc come
+pushed by its Lua script (indexing.pacs_notices) when the follower listens for them, and are committed
+at once; reconciliations (indexing.pacs_reconcile) find those no notice told of.
 
 Fetching is I/O: a few WADO-RS requests are in flight on threads while worker processes decode
 (cxr.images, as for files) and batches go to Triton through indexing.build's pipeline.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import random
 import threading
 import time
@@ -43,8 +46,7 @@ from cxr.dicomweb import (
     part10,
     record,
 )
-from cxr.errors import UnavailableError
-from cxr.errors import CxrError
+from cxr.errors import CxrError, FailedPreconditionError, UnavailableError
 from cxr.reports.intake import ReportIntake
 from cxr.reports.ledger import ReportLedger
 from cxr.settings import Settings
@@ -56,7 +58,8 @@ from cxr.triton.request import connections
 from cxr.triton.sync_client import TowerClient
 from indexing.build import BuildOptions, NothingToIndexError, decode_bytes, decoder_pool, encode_stream, write_index
 from indexing.chunk_cache import ChunkCache
-from indexing.pacs_reconcile import OrthancReconciler, QidoReconciler, Reconciled, Stopped, TokenBucket
+from indexing.pacs_notices import Notice, NoticeSource, OrthancIds
+from indexing.pacs_reconcile import OrthancReconciler, QidoReconciler, Reconciled, Stopped, TokenBucket, instance_ids
 from indexing.pacs_reports import ReportReader
 
 CACHE_SUFFIX = ".dicomweb"
@@ -77,6 +80,13 @@ QIDO_REQUESTS_PER_MIN = 60.0  # the pace of a reconciliation's listing (indexing
 BACKOFF_FIRST_S = 1.0
 BACKOFF_MAX_S = 60.0
 BACKOFF_JITTER = 0.25
+# With deletion notices, Orthanc holding fewer instances than the feed and the notices account for asks
+# for a reconciliation only once no notice came for NOTICE_GRACE_S: Orthanc sends them after it answers
+# the deletion, one at a time (a patient of thousands of instances takes seconds).
+NOTICE_GRACE_S = 5.0
+NOTICE_POLL_S = 0.1  # between two passes, how often the stop event is looked at while notices are awaited
+
+log = logging.getLogger(__name__)
 
 
 def cache_dir(output_dir: Path) -> Path:
@@ -306,14 +316,21 @@ class Follower:
     deletions: a pass that finds Orthanc holding fewer instances than the feed accounts for starts a
     reconciliation at once; otherwise one runs every `reconcile_s`. Reconciliations and compactions run
     on threads of their own, one of each at a time, while instances go on being indexed (inline with
-    `once`, so that one run leaves the index reconciled)."""
+    `once`, so that one run leaves the index reconciled).
+
+    With `notices` (Orthanc's deletion notices, indexing.pacs_notices), the notices that come are
+    committed at once, one commit for those taken together, between passes and between the batches of a
+    pass: each names instances through their Orthanc ids (OrthancIds, from the listed rows), and those
+    Orthanc confirms gone (one /tools/find) are deleted. Orthanc's count then falls by what the notices
+    told of, and a reconciliation is asked for only when it falls further."""
 
     def __init__(self, pacs: DicomWeb, query: Query, model: ExportedModel, settings: Settings, output_dir: Path,
                  options: BuildOptions = BuildOptions(), follow: FollowOptions = FollowOptions(),
                  backend: StoreBackend | None = None, log: Callable[[str], None] = print,
-                 intake: Callable[[], ReportIntake] | None = None):
+                 intake: Callable[[], ReportIntake] | None = None, notices: NoticeSource | None = None):
         """`backend`: where the index lives, as for write_index (None: FAISS files in `output_dir`).
-        `intake`: as build_from_pacs's; the SR of each study with new instances are read too."""
+        `intake`: as build_from_pacs's; the SR of each study with new instances are read too.
+        `notices`: Orthanc's deletion notices (a DeletionListener), on Orthanc only."""
         self.pacs, self.query, self.model, self.settings = pacs, query, model, settings
         self.output_dir, self.options, self.follow, self.backend, self.log = output_dir, options, follow, backend, log
         self.store = backend or _faiss_backend(settings, output_dir, options)
@@ -322,6 +339,14 @@ class Follower:
         self.reports = ReportReader(pacs, self.cache.directory, intake, options.progress) if intake else None
         changes = OrthancChanges(follow.orthanc_url or OrthancChanges.root_of(pacs.url), pacs.session)
         self.feed = changes if changes.is_orthanc() else None
+        if notices is not None and self.feed is None:
+            raise FailedPreconditionError(
+                f"--deletions-listen: deletion notices come from Orthanc's Lua callbacks, and {pacs.shown} does not "
+                "answer as Orthanc (REST /system); give its REST root with --orthanc-url, or drop --deletions-listen")
+        self.notices = notices
+        self._notices: list[Notice] = []  # taken, not yet committed (kept through an outage)
+        self._notice_at = 0.0  # time.time() of the last notice taken
+        self._ids: OrthancIds | None = None  # the listed instances' Orthanc ids, with notices (_orthanc_ids)
         self.interval_s = follow.interval_s or (ORTHANC_INTERVAL_S if self.feed else QIDO_INTERVAL_S)
         bucket = TokenBucket(follow.qido_requests_per_min)
         self.reconciler = OrthancReconciler(self.feed, bucket) if self.feed else QidoReconciler(pacs, query, bucket)
@@ -347,17 +372,25 @@ class Follower:
                 try:
                     state = state or self._start()
                     self._pass(state, stop)
+                    backoff.recovered()
+                    if self.follow.once or self._between_passes(state, stop):
+                        return
                 except UnavailableError as exc:
                     if self.follow.once:
                         raise
                     if not backoff.wait(exc, stop):
                         return  # stopped while waiting: the saved state is that of the last successful commit
-                    continue
-                backoff.recovered()
-                if self.follow.once or stop.wait(self.interval_s):
-                    return
         finally:
             self._finish_background()
+
+    def _between_passes(self, state: dict, stop: threading.Event) -> bool:
+        """Wait `interval_s` for the next pass, committing deletion notices as they come; True when stopped."""
+        if self.notices is None:
+            return stop.wait(self.interval_s)
+        deadline = time.monotonic() + self.interval_s
+        while (left := deadline - time.monotonic()) > 0 and not stop.is_set():
+            self._apply_notices(state, min(left, NOTICE_POLL_S))
+        return stop.is_set()
 
     def _start(self) -> dict:
         """A full build first; the feed position is read before it, so nothing stored meanwhile is missed."""
@@ -366,12 +399,15 @@ class Follower:
         state["reconciled_at"] = time.time()  # the build's listing is the first reconciliation
         listed = self.pacs.instances(self.query)
         self.cache.set_listed(listed)
+        self._ids = None
         self._swap(listed, "initial build")
         self._read_reports({i.study_uid for i in listed}, "initial build")
         self.cache.save_follow_state(state)
         return state
 
     def _pass(self, state: dict, stop: threading.Event) -> None:
+        if self.notices is not None:
+            self._orthanc_ids()
         if self._resume:
             self._commit(self.cache.unencoded(), (), "instances listed before an outage")
             self._resume = False
@@ -383,6 +419,7 @@ class Follower:
 
     def _orthanc_pass(self, state: dict) -> None:
         while True:
+            self._apply_notices(state)  # between two batches, never between a batch's fetch and its commit
             changes, seq = self.feed.new_instances(state["orthanc_seq"], self.follow.batch)
             wanted = [c.instance for c in changes if c.instance and c.instance.sop_uid
                       and self.query.matches(c.modality, c.study_date)]
@@ -402,15 +439,50 @@ class Follower:
 
     def _count_orthanc(self, state: dict) -> None:
         """Orthanc's feed tells of no deletion, but its count of instances does: fewer than when last
-        counted plus the NewInstance events read since means some went (or were stored again in place).
-        The count is compared only when no instance came since the feed was read (the feed's last
-        sequence number is still the one read up to: deletions remove entries, never add one)."""
+        counted plus the NewInstance events read since, less the instances deletion notices told of, means
+        some went unannounced (or were stored again in place without a notice). The count is compared only
+        when no instance came since the feed was read (the feed's last sequence number is still the one
+        read up to: deletions remove entries, never add one). With notices, a shortfall waits until none
+        came for NOTICE_GRACE_S (they may be on their way); the counts are kept meanwhile."""
         count = self.feed.count()
         if self.feed.last() > state["orthanc_seq"]:
             return  # an instance came meanwhile: counted, not read; the next pass compares
-        if "orthanc_count" in state and count < state["orthanc_count"] + state.get("orthanc_seen", 0):
+        expected = state.get("orthanc_count", 0) + state.get("orthanc_seen", 0) - state.get("orthanc_notified", 0)
+        if "orthanc_count" not in state:
+            expected = count  # the first count: what is compared with from now on
+        if count < expected and self.notices is not None:
+            short_since = state.setdefault("orthanc_short_since", time.time())
+            if time.time() - max(short_since, self._notice_at) < NOTICE_GRACE_S:
+                self.cache.save_follow_state(state)
+                return
+        if count < expected:
             state["deletions_seen_at"] = time.time()
-        state.update(orthanc_count=count, orthanc_seen=0)
+        state.pop("orthanc_short_since", None)
+        state.update(orthanc_count=count, orthanc_seen=0, orthanc_notified=0)
+        self.cache.save_follow_state(state)
+
+    def _apply_notices(self, state: dict, wait_s: float = 0.0) -> None:
+        """Commit the deletions the notices waiting tell of (waiting up to `wait_s` for one), in one commit:
+        the instances they name that Orthanc confirms gone. An instance stored again in place has a notice
+        too, which may come after the feed brought its new copy: it is kept. Instance notices, of indexed
+        instances or not, are counted for _count_orthanc."""
+        if self.notices is None:
+            return
+        if taken := self.notices.take(0.0 if self._notices else wait_s):
+            self._notices += taken
+            self._notice_at = time.time()
+        if not self._notices:
+            return
+        named, unknown = self._orthanc_ids().sops(self._notices)
+        if unknown:
+            log.debug("%d deletion notices name nothing the follower lists: ignored", unknown)
+        held = self.feed.holding(named) if named else set()
+        gone = [sop for sop in named if held.isdisjoint(instance_ids(self.cache.rows[sop]))]
+        if gone:
+            self._commit([], gone, "deleted in Orthanc (notices)")
+        state["orthanc_notified"] = (state.get("orthanc_notified", 0)
+                                     + sum(n.resource_type == "Instance" for n in self._notices))
+        self._notices = []
         self.cache.save_follow_state(state)
 
     def _qido_pass(self, state: dict) -> None:
@@ -483,10 +555,27 @@ class Follower:
                                               row.get("accession_number", ""), row.get("patient_id", ""))
                                 for row in rows})
 
+    def _orthanc_ids(self) -> OrthancIds:
+        """The Orthanc ids of the listed instances: computed from their rows when first needed (at the
+        first pass, so that the first notice does not wait for it), then kept up to date by _list."""
+        if self._ids is None:
+            self._ids = OrthancIds()
+            for instance in self.cache.listed:
+                if (row := self.cache.rows.get(instance.sop_uid)) is not None:
+                    self._ids.add(instance.sop_uid, row)
+        return self._ids
+
     def _list(self, instances: list[Instance], gone) -> None:
         self.cache.extend_listed(instances)
         self.cache.unlist(gone)
         self._added_while_reconciling.update(i.sop_uid for i in instances)
+        if self._ids is not None:
+            for sop in gone:
+                if (row := self.cache.rows.get(sop)) is not None:
+                    self._ids.remove(sop, row)
+            for instance in instances:
+                if (row := self.cache.rows.get(instance.sop_uid)) is not None:
+                    self._ids.add(instance.sop_uid, row)
 
     def _compact_when_due(self) -> None:
         """Past index_compact_rows rows pending, fold the commits into the build on a thread of its own."""

@@ -191,7 +191,14 @@ class OrthancReconciler(Reconciler):
 def instance_ids(row: dict) -> tuple[str, ...]:
     """The Orthanc id of an indexed row's instance. An instance without a PatientID is indexed under its
     study's UID as patient id (cxr.dicomweb.record), while Orthanc hashed an empty one: both are given."""
+    return tuple(orthanc_id(*identifiers) for identifiers in resource_identifiers(row)[-1])
+
+
+def resource_identifiers(row: dict) -> tuple[tuple[tuple[str, ...], ...], ...]:
+    """What Orthanc hashes into the ids of an indexed row's patient, study, series and instance (in that
+    order): for each, its DICOM identifiers from PatientID down, and those with an empty PatientID beside
+    them when the row's patient id is its study's UID (instance_ids)."""
     patient, study = row.get("patient_id", ""), row.get("study_instance_uid", "")
-    uids = (row.get("series_instance_uid", ""), row.get("sop_instance_uid") or row.get("image_id", ""))
-    ids = (orthanc_id(patient, study, *uids),)
-    return ids + ((orthanc_id("", study, *uids),) if patient == study else ())
+    uids = (study, row.get("series_instance_uid", ""), row.get("sop_instance_uid") or row.get("image_id", ""))
+    patients = (patient, "") if patient == study else (patient,)
+    return tuple(tuple((p, *uids[:level]) for p in patients) for level in range(4))

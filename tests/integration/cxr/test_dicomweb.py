@@ -1,7 +1,7 @@
 """cxr.dicomweb against a real Orthanc with its DICOMweb plugin: QIDO listing and its filters (study by
 study, and whole-archive pages), WADO-RS bytes that decode to the same pixels as the file, records from
-headers, Orthanc's change feed (which has no deletions: its count, ids and look-up tell of them), the
-ids Orthanc gives resources, and errors that name the remedy."""
+headers, Orthanc's change feed (which has no deletions: its count, ids and look-ups tell of them, one UID
+or a list at a time), the ids Orthanc gives resources, and errors that name the remedy."""
 
 import numpy as np
 import pydicom
@@ -241,3 +241,11 @@ def test_a_whole_archive_listing_by_pages_finds_what_study_by_study_listing_find
     everything = [i for p in client.instance_pages(page=5) for i in p]
     assert len(everything) == 13 and all(client.has_instance(i) for i in everything[:3])
     assert not client.has_instance(dicomweb.Instance(images[0].study_uid, images[0].series_uid, "1.2.3.4"))
+
+
+def test_orthanc_says_which_of_a_list_of_sop_uids_it_holds_a_page_a_request(pacs, client):
+    server, images, _ = pacs
+    feed = dicomweb.OrthancChanges(server.rest_url, client.session)
+    asked = [im.sop_uid for im in images[:5]] + ["1.2.3.4.5", images[0].sop_uid]
+    assert feed.holding(asked, page=2) == {_instance_id(im) for im in images[:5]}
+    assert feed.holding([]) == set() and feed.holding(["1.2.3.4.5"]) == set()

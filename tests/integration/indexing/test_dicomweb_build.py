@@ -1,8 +1,9 @@
 """Index builds from a real Orthanc over DICOMweb through the real Triton: the same vectors as the
 same files read from disk, incremental rebuilds that fetch only new instances, interrupted builds
 resumed, filters, the command line, `cxr index follow` (instances stored and deleted in Orthanc
-committed to the real FAISS living index, which is never written again), and the SR reports of the
-indexed studies read into the report ledger."""
+committed to the real FAISS living index, which is never written again; deletions pushed by Orthanc's
+Lua script unsearchable within a second, through the index as the gateway refreshes it), and the SR
+reports of the indexed studies read into the report ledger."""
 
 import json
 import os
@@ -23,11 +24,14 @@ from cxr.reports.ledger import ReportLedger
 from cxr.reports.report import ReportStatus
 from cxr.settings import to_environment
 from cxr.store import faiss_files, faiss_store
+from cxr.store.faiss_backend import FaissBackend
 from cxr.store.interface import StudyIdentity
 from indexing.build import BuildOptions, build_index
 from indexing.dicomweb_build import Backoff, Follower, FollowOptions, PacsCache, build_from_pacs, cache_dir
+from indexing.pacs_notices import DeletionListener
 from indexing.pacs_reports import ReportCounts
 from support import DATA_DIR, SAMPLE_DICOM, cosine, sr
+from support.orthanc_lua import deletion_script
 
 pytestmark = pytest.mark.triton
 MODEL = "medsiglip-tiny"
@@ -265,6 +269,100 @@ def test_follow_commits_what_is_stored_and_deleted_in_orthanc_and_never_writes_t
     store = _served(output)
     assert store.count == 24 and store.image(images[1].sop_uid) and store.image(images[15].sop_uid)
     assert (base.stat().st_ino, base.stat().st_mtime_ns) == written  # commits only: no rewrite
+
+
+def _deletions(images):
+    """About ten deletions of `images`, each (REST path, SOP UIDs it removes): two patients, a study of
+    each of two other patients, and six instances of what is left."""
+    patients, studies = {}, {}
+    for image in images:
+        patients.setdefault(image.patient_id, []).append(image)
+        studies.setdefault(image.study_uid, []).append(image)
+    whole = list(patients)[-2:]
+    by_study = [next(iter({im.study_uid for im in patients[p]})) for p in list(patients)[:2]]
+    left = [im for im in images if im.patient_id not in whole and im.study_uid not in by_study]
+    deletions = [(f"/patients/{dicomweb.orthanc_id(p)}", {im.sop_uid for im in patients[p]}) for p in whole]
+    deletions += [(f"/studies/{dicomweb.orthanc_id(studies[s][0].patient_id, s)}", {im.sop_uid for im in studies[s]})
+                  for s in by_study]
+    deletions += [(f"/instances/{dicomweb.orthanc_id(im.patient_id, im.study_uid, im.series_uid, im.sop_uid)}",
+                   {im.sop_uid}) for im in left[::3][:6]]
+    return deletions
+
+
+def test_deletions_pushed_by_orthancs_lua_script_are_unsearchable_within_a_second(served, model, files, tmp_path):
+    """DELETE in Orthanc -> gone from the index as a gateway refreshes it (every index_changes_poll_s), with
+    no reconciliation; an instance stored again in place stays; a notice lost while the follower was down
+    is found by the count check when it starts again, and reconciled."""
+    images, paths, _, _ = files
+    output, lines, token = tmp_path / "index", [], "s3cret-notices"
+    listener = DeletionListener(token=token)
+    port = int(listener.url.rsplit(":", 1)[1].split("/")[0])
+    settings = {"LuaScripts": [str(deletion_script(tmp_path / "lua", listener.url, token))], "OverwriteInstances": True}
+    with orthanc.Orthanc(tmp_path / "orthanc", settings=settings) as pacs:
+        orthanc.stow(pacs.url, paths)
+        client = dicomweb.connect(pacs.url, orthanc.USER, orthanc.PASSWORD)
+
+        def follow(notices):
+            stop = threading.Event()
+            follower = Follower(client, dicomweb.Query(), model, served, output, OPTIONS, FollowOptions(),
+                                log=lines.append, notices=notices)
+            runner = threading.Thread(target=follower.run, args=(stop,))
+            runner.start()
+            return stop, runner
+
+        stop, runner = follow(listener)
+        try:
+            _until(lambda: (output / faiss_files.MANIFEST_FILE).is_file())
+            store = FaissBackend(served.index_dir, folder=output).open(model.name)
+            refreshing = threading.Event()
+
+            def refresh():  # as the gateway's IndexSet does
+                while not refreshing.wait(served.index_changes_poll_s):
+                    store.refresh()
+
+            refresher = threading.Thread(target=refresh)
+            refresher.start()
+            seconds = []
+            for path, sops in _deletions(images):
+                time.sleep(0.37)  # deletions come at any moment of the follower's second and the gateway's look
+                pacs.delete(path)
+                answered = time.monotonic()
+                while any(store.image(sop) is not None for sop in sops):
+                    assert time.monotonic() - answered < 30, f"{path} still searchable"
+                    time.sleep(0.005)
+                seconds.append(time.monotonic() - answered)
+            # Stored again in place: Orthanc sends a notice for the copy it replaced, and holds the new one.
+            kept = next(im for im in images if store.image(im.sop_uid) is not None)
+            orthanc.stow(pacs.url, [paths[images.index(kept)]])
+            _until(lambda: any(": +0 ~1 -0, generation " in line for line in lines))
+            time.sleep(1.5)
+            assert store.image(kept.sop_uid) is not None
+        finally:
+            stop.set()
+            runner.join(timeout=60)
+            listener.close()
+        assert not runner.is_alive()
+        p50, p95 = np.percentile(seconds, [50, 95])
+        print(f"\ndeletion -> unsearchable: n={len(seconds)} p50={p50:.2f} s p95={p95:.2f} s max={max(seconds):.2f} s")
+        assert max(seconds) <= 1.0, [f"{s:.2f}" for s in seconds]
+        assert sum(line.startswith("deleted in Orthanc (notices): +0 ~0 -") for line in lines) >= 10
+        assert not any(line.startswith("reconciled") for line in lines)  # the count held: notices told all
+
+        # Deleted while the follower is down: the notice is lost (Orthanc logs it); the next follower finds
+        # Orthanc's count short and, once no notice came for a while, reconciles.
+        lost = next(im for im in images[1:] if store.image(im.sop_uid) is not None)
+        pacs.delete(f"/instances/{dicomweb.orthanc_id(lost.patient_id, lost.study_uid, lost.series_uid, lost.sop_uid)}")
+        _until(lambda: "did not take the deletion of Instance" in pacs.log_file.read_text())
+        with DeletionListener(port=port, token=token) as listener:
+            stop, runner = follow(listener)
+            try:
+                _until(lambda: store.image(lost.sop_uid) is None, timeout=60)
+            finally:
+                stop.set()
+                runner.join(timeout=60)
+                refreshing.set()
+                refresher.join()
+        assert any(line.startswith("reconciled with the PACS: 1 gone") for line in lines), lines[-5:]
 
 
 def _first_of_studies(images, count):

@@ -4,7 +4,8 @@ folder: it records the checksum of the export a gateway serves, so that the gate
 exported is refused with the command that exports it, and nothing is written (--unexported, for sizing
 only, is tested in tests/unit/indexing/test_synthetic.py).
 
-`cxr index delete | compact`: their parsing, and what they ask of the settings' store backend (a recording
+`cxr index follow --deletions-listen`: its parsing, and its refusal of --once. `cxr index delete |
+compact`: their parsing, and what they ask of the settings' store backend (a recording
 fake in place of cxr.store.factory.backend; the real FAISS one in tests/integration/cxr_cli)."""
 
 from __future__ import annotations
@@ -149,3 +150,12 @@ def test_compact_says_what_it_did(settings, backend, capsys, compacted, words):
     assert main(["index", "compact", "--model", MODEL]) == 0
     assert backend.compactions == [MODEL] and backend.closed
     assert words in capsys.readouterr().out
+
+
+def test_follow_takes_an_address_for_deletion_notices_and_refuses_it_with_once(settings, capsys):
+    args = build_parser().parse_args(["index", "follow", "--dicomweb", "http://pacs/dicom-web",
+                                      "--deletions-listen", "127.0.0.1:8099"])
+    assert args.deletions_listen == "127.0.0.1:8099" and not args.once
+    assert build_parser().parse_args(["index", "follow", "--dicomweb", "http://pacs/dicom-web"]).deletions_listen is None
+    assert main(["index", "follow", "--dicomweb", "http://pacs/dicom-web", "--deletions-listen", "8099", "--once"]) == 2
+    assert "--deletions-listen keeps listening for Orthanc's notices: drop --once" in capsys.readouterr().err

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 import indexing.dicomweb_build as dicomweb_build
-from cxr.dicomweb import Change, Instance, OrthancChanges, PacsAuthError, PacsUnreachableError, Query
+from cxr.dicomweb import Change, Instance, OrthancChanges, PacsAuthError, PacsUnreachableError, Query, orthanc_id
+from cxr.errors import FailedPreconditionError
 from cxr.reports.ledger import ReportLedger
 from cxr.reports.report import Report
 from cxr.settings import Settings
@@ -27,6 +28,7 @@ from indexing.build import BuildOptions
 from indexing.dicomweb_build import (
     BACKOFF_MAX_S,
     LISTED_FILE,
+    NOTICE_GRACE_S,
     Backoff,
     Counts,
     Follower,
@@ -34,7 +36,8 @@ from indexing.dicomweb_build import (
     PacsCache,
     neighbour,
 )
-from indexing.pacs_reconcile import Reconciled
+from indexing.pacs_notices import Notice
+from indexing.pacs_reconcile import Reconciled, instance_ids
 
 INTERVAL_S = 3600.0
 OLD_DAY = "20000102"
@@ -83,6 +86,7 @@ class Feed:
         self.down, self.reads = down, 0
         self.instances = list(instances)
         self.held = None
+        self.gone, self.lookups, self.holding_down = set(), [], 0  # deleted in Orthanc; /tools/find asked
 
     def new_instances(self, since, limit):
         self.reads += 1
@@ -95,7 +99,14 @@ class Feed:
         return 10 + len(self.instances)
 
     def count(self):
-        return len(self.instances) if self.held is None else self.held
+        return len(self.instances) - len(self.gone) if self.held is None else self.held
+
+    def holding(self, sops):
+        self.lookups.append(list(sops))
+        if self.holding_down:
+            self.holding_down -= 1
+            raise PACS_DOWN
+        return {instance_ids(_row(i))[0] for i in self.instances if i.sop_uid in sops and i.sop_uid not in self.gone}
 
 
 class Encoder:
@@ -110,13 +121,20 @@ class Encoder:
         self.states_seen.append(cache.follow_state())
         if self.failures:
             raise self.failures.pop(0)
-        todo = [i.sop_uid for i in dict.fromkeys(instances) if refetch or i.sop_uid not in cache.vectors]
-        for sop in todo:
-            cache.add_row(sop, {"sop_instance_uid": sop, "image_id": sop})
+        todo = [i for i in dict.fromkeys(instances) if refetch or i.sop_uid not in cache.vectors]
+        for instance in todo:
+            cache.add_row(instance.sop_uid, _row(instance))
+        todo = [i.sop_uid for i in todo]
         if todo:
             cache.add_batch(todo, np.ones((len(todo), 2), np.float32))
         self.encoded += todo
         return Counts(len(todo), len(instances) - len(todo), 0)
+
+
+def _row(instance, patient="P1"):
+    """The index row of an instance, as a PACS build writes it (what Orthanc's ids are computed from)."""
+    return {"sop_instance_uid": instance.sop_uid, "image_id": instance.sop_uid, "patient_id": patient,
+            "study_instance_uid": instance.study_uid, "series_instance_uid": instance.series_uid}
 
 
 class Backend:
@@ -169,13 +187,13 @@ def written(monkeypatch):
 
 
 def _follower(tmp_path, pacs, encoder, monkeypatch, lines, state, once=False, feed=None, backend=None,
-              settings=Settings(), **follow):
+              settings=Settings(), notices=None, **follow):
     monkeypatch.setattr(dicomweb_build, "encode_new", encoder)
     model = SimpleNamespace(name="m", export_sha256="abc")
     follow = dict({"reconcile_s": float("inf")}, **follow)
     follower = Follower(pacs, Query(), model, settings, tmp_path / "index", BuildOptions(progress=False),
                         FollowOptions(interval_s=INTERVAL_S, once=once, **follow),
-                        backend=backend if backend is not None else Backend(), log=lines.append)
+                        backend=backend if backend is not None else Backend(), log=lines.append, notices=notices)
     follower.feed = feed
     follower.cache.save_follow_state(state)
     return follower
@@ -509,3 +527,121 @@ def _encoder_of_study(study: str):
             cache.add_batch(todo, np.ones((len(todo), 2), np.float32))
         return Counts(len(todo), len(instances) - len(todo), 0)
     return encode
+
+
+class Notices:
+    """Orthanc's deletion notices as a follower takes them: each take gets the next of `batches` (a list,
+    or a function called then, which may change the feed first); once none is left, `stop` is set."""
+
+    def __init__(self, stop, *batches):
+        self.stop, self.batches = stop, list(batches)
+
+    def take(self, timeout):
+        if not self.batches:
+            self.stop.set()
+            return []
+        batch = self.batches.pop(0)
+        return batch() if callable(batch) else list(batch)
+
+
+def _noticed_follower(tmp_path, monkeypatch, lines, feed, notices):
+    monkeypatch.setattr(OrthancChanges, "is_orthanc", lambda self: True)
+    follower = _follower(tmp_path, Pacs(), Encoder(), monkeypatch, lines, {"orthanc_seq": 10, "qido_since": OLD_DAY},
+                         feed=feed, backend=Backend(cache_dir=tmp_path / "index.dicomweb"), notices=notices)
+    follower.reconciler = Reconciler()
+    return follower
+
+
+def _deleted(feed, *instances, levels=("Instance",)):
+    """The notices Orthanc sends once it deleted `instances` (and, with `levels`, their series, study, patient)."""
+    def notices():
+        feed.gone.update(i.sop_uid for i in instances)
+        ids = {"Patient": lambda i: ("P1",), "Study": lambda i: ("P1", i.study_uid),
+               "Series": lambda i: ("P1", i.study_uid, i.series_uid),
+               "Instance": lambda i: ("P1", i.study_uid, i.series_uid, i.sop_uid)}
+        return [Notice(level, orthanc_id(*ids[level](i))) for i in instances for level in levels]
+    return notices
+
+
+def test_deletion_notices_are_committed_at_once_one_commit_a_batch_for_what_orthanc_confirms_gone(
+        tmp_path, monkeypatch, written):
+    lines, stop, feed = [], Stop(), Feed()
+    notices = Notices(stop, [], lambda: _deleted(feed, INSTANCES[0])() + [Notice("Patient", orthanc_id("P9"))],
+                      _deleted(feed, INSTANCES[1], levels=("Instance", "Series")))
+    follower = _noticed_follower(tmp_path, monkeypatch, lines, feed, notices)
+    follower.run(stop)
+    sops = [i.sop_uid for i in INSTANCES]
+    # The first pass indexed the three; then each batch of notices was one commit, between two passes.
+    assert _commits(follower) == [(sops, []), ([], [sops[0]]), ([], [sops[1]])] and stop.waits == []
+    # The series notice names INSTANCES[2] too (same series), which Orthanc still holds: kept.
+    assert feed.lookups == [[sops[0]], [sops[1], sops[2]]]
+    assert lines[-2:] == ["deleted in Orthanc (notices): +0 ~0 -1, generation 2",
+                          "deleted in Orthanc (notices): +0 ~0 -1, generation 3"]
+    assert [i.sop_uid for i in follower.cache.listed] == [sops[2]] and list(follower.store.images) == [sops[2]]
+    assert follower.cache.follow_state()["orthanc_notified"] == 2  # Instance notices, for the count
+    # The next pass: Orthanc holds two fewer, as the notices said: no reconciliation is asked for.
+    stop.clear()
+    follower.notices = Notices(stop, [])
+    follower.run(stop)
+    state = follower.cache.follow_state()
+    assert follower.reconciler.runs == [] and "deletions_seen_at" not in state
+    assert (state["orthanc_count"], state["orthanc_notified"]) == (1, 0)
+
+
+def test_a_notice_of_an_instance_stored_again_in_place_deletes_nothing_whenever_it_comes(
+        tmp_path, monkeypatch, written):
+    lines, stop, feed = [], Stop(), Feed()
+
+    def stored_again():  # OverwriteInstances: Orthanc deleted the old copy (a notice) and holds the new one
+        feed.instances.append(INSTANCES[0])
+        return [Notice("Instance", instance_ids(_row(INSTANCES[0]))[0])]
+
+    follower = _noticed_follower(tmp_path, monkeypatch, lines, feed, Notices(stop, [], stored_again))
+    follower.run(stop)
+    assert feed.lookups == [[INSTANCES[0].sop_uid]] and len(_commits(follower)) == 1
+    assert follower.cache.is_listed(INSTANCES[0].sop_uid) and len(follower.store.images) == 3
+    stop.clear()
+    follower.notices = Notices(stop, [])
+    feed.held = 3
+    follower.run(stop)  # the feed's entry of the new copy: fetched again; the count holds
+    assert _commits(follower)[-1] == ([INSTANCES[0].sop_uid], []) and lines[-1].endswith("+0 ~1 -0, generation 2")
+    assert follower.reconciler.runs == [] and follower.cache.follow_state()["orthanc_count"] == 3
+
+
+def test_a_count_short_of_the_notices_asks_for_a_reconciliation_once_no_notice_came_for_a_while(
+        tmp_path, monkeypatch, written):
+    feed = Feed()
+    follower = _noticed_follower(tmp_path, monkeypatch, [], feed, Notices(Stop()))
+    state = {"orthanc_seq": 13, "orthanc_count": 3, "orthanc_seen": 0, "orthanc_notified": 0}
+    feed.held = 2
+    follower._count_orthanc(state)  # one gone, no notice yet: it may be on its way
+    assert "deletions_seen_at" not in state and state["orthanc_count"] == 3
+    state["orthanc_notified"] = 1  # it came
+    follower._count_orthanc(state)
+    assert "deletions_seen_at" not in state and "orthanc_short_since" not in state
+    assert (state["orthanc_count"], state["orthanc_notified"]) == (2, 0)
+    feed.held = 1  # another one gone, and no notice comes
+    follower._count_orthanc(state)
+    state["orthanc_short_since"] -= NOTICE_GRACE_S
+    follower._notice_at = dicomweb_build.time.time()  # notices still coming (of a large deletion)
+    follower._count_orthanc(state)
+    assert "deletions_seen_at" not in state
+    follower._notice_at -= NOTICE_GRACE_S
+    follower._count_orthanc(state)
+    assert state["deletions_seen_at"] > 0 and state["orthanc_count"] == 1 and "orthanc_short_since" not in state
+
+
+def test_notices_that_could_not_be_confirmed_in_an_outage_are_committed_after_it(tmp_path, monkeypatch, written):
+    lines, stop, feed = [], Stop(), Feed()
+    feed.holding_down = 1
+    follower = _noticed_follower(tmp_path, monkeypatch, lines, feed, Notices(stop, [], _deleted(feed, INSTANCES[2])))
+    follower.run(stop, _backoff(lines))
+    assert stop.waits == [1.0]  # the backoff's first wait; then a pass, and the notice kept is committed
+    assert _commits(follower)[-1] == ([], [INSTANCES[2].sop_uid]) and len(feed.lookups) == 2
+    assert lines[-3].startswith("the PACS unavailable") and lines[-1].startswith("the PACS back after")
+    assert lines[-2] == "deleted in Orthanc (notices): +0 ~0 -1, generation 2"  # at the start of the pass
+
+
+def test_deletion_notices_need_orthanc(tmp_path, monkeypatch, written):
+    with pytest.raises(FailedPreconditionError, match="does not answer as Orthanc"):
+        _follower(tmp_path, Pacs(), Encoder(), monkeypatch, [], {}, notices=Notices(Stop()))
