@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 
 from cxr.audit_files import key_file, rotated
-from cxr.backup.copying import Changed, make_folder, remove, stream, write_bytes
+from cxr.backup.copying import Changed, remove, stream, write_bytes
 from cxr.backup.manifest import BackupError
 from cxr.store.errors import IndexCorruptError
 from cxr.store.faiss_changes import GENERATION_FILE, Generation, base_id, writing
@@ -27,7 +27,7 @@ from cxr.store.faiss_files import CHANGES_DIR, MANIFEST_FILE, SKIPPED_FILE, list
 
 LOCKLESS_TRIES = 3
 CACHE_TRIES = 3
-AUDIT_TRIES = 5
+AUDIT_TRIES = 20
 # Files of a cache that writers append lines to (indexing.chunk_cache's skipped.jsonl, the PACS cache's
 # listed.jsonl, indexing.pacs_reports' reports_read.txt): copied up to their last whole line. The others
 # are written aside and renamed whole; WRITING_PREFIX marks one not yet renamed (indexing.chunk_cache).
@@ -120,15 +120,17 @@ def _cache_files(source: Path) -> list[str]:
 def audit_log(live: Path, target: Path, with_key: bool) -> tuple[dict[str, dict], dict]:
     """The audit log `live` with its rotated files, up to its last whole line, while a gateway appends to
     it and may rotate it; and its key unless `with_key` is False. (files, details: names, lines, key)."""
+    files: dict[str, dict] = {}
     for _ in range(AUDIT_TRIES):
         before = rotated(live)
-        files = {p.name: stream(p, target / p.name) for p in before}
+        files.update({p.name: stream(p, target / p.name) for p in before if p.name not in files})  # never rewritten
         if live.is_file():
+            (target / live.name).unlink(missing_ok=True)
             files[live.name] = stream(live, target / live.name, whole_lines=True)
         if rotated(live) == before:
             break
-        remove(target)  # it rotated while copied: the live file copied may be the next one
-        make_folder(target)
+        # It rotated while copied: the live file copied may be the next one. Once more, with the new rotated
+        # files only.
     else:
         raise BackupError(f"the audit log {live} rotated during each of {AUDIT_TRIES} copies: raise "
                           "audit_max_bytes, or back up when it is quieter")
