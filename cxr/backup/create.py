@@ -103,8 +103,13 @@ def _pacs_caches(settings: Settings, root: Path, staging: Path, manifest: Manife
             _add(manifest, Item(PACS_CACHE, folder.name, path), sources.pacs_cache(folder, staging / path))
 
 
+def _reports_folder(settings: Settings) -> Path:
+    """The folder of the report ledgers: where Settings.reports_path puts every model's."""
+    return settings.reports_path(PREFIX).parent
+
+
 def _ledgers(settings: Settings, root: Path, staging: Path, manifest: Manifest, audit_key: bool) -> None:
-    folder = settings.reports_path("_").parent
+    folder = _reports_folder(settings)
     for ledger in _entries(folder):
         if ledger.is_file() and ledger.suffix == LEDGER_SUFFIX:
             path = f"reports/{ledger.name}"
@@ -143,7 +148,7 @@ def _settings_file(settings: Settings, root: Path, staging: Path, manifest: Mani
 
 def _layout(settings: Settings, root: Path) -> dict:
     """Where the items came from: for the operator restoring on a host laid out otherwise."""
-    paths = {"root": root, "index_dir": settings.index_dir, "reports": settings.reports_path("_").parent,
+    paths = {"root": root, "index_dir": settings.index_dir, "reports": _reports_folder(settings),
              "audit_log": settings.audit_log, "api_keys_file": settings.api_keys_file}
     return {name: str(path) if path is not None else None for name, path in paths.items()}
 
@@ -163,7 +168,7 @@ def _milvus(settings: Settings) -> dict | None:
 def _check_target(to: Path, settings: Settings) -> None:
     """Refuse a backup folder inside what it backs up: each backup would copy the ones before it."""
     to = to.resolve()
-    for inside in (settings.index_dir, settings.reports_path("_").parent):
+    for inside in (settings.index_dir, _reports_folder(settings)):
         if to == inside.resolve() or inside.resolve() in to.parents:
             raise BackupError(f"--to {to} is inside {inside}, which the backup copies: give a folder elsewhere "
                               "(another disk, or a mount the backups are shipped from)")
