@@ -287,14 +287,17 @@ def _rooted(values: dict, root: Path) -> dict:
     return values
 
 
-def load_settings(root: Path | None = None, environ: dict | None = None) -> Settings:
-    """Settings for a checkout at `root` (default: the working directory)."""
+def load_settings(root: Path | None = None, environ: dict | None = None, config: str | None = None) -> Settings:
+    """Settings for a checkout at `root` (default: the working directory). `config`: the text of a cxr.toml
+    to read as if it were at `root` (a backup's, before it is restored there)."""
     root = Path.cwd() if root is None else root
     environ = os.environ if environ is None else environ
     values: dict = {}
     config_path = root / CONFIG_FILE
-    if config_path.is_file():
-        values.update(tomllib.loads(config_path.read_text()).get("cxr", {}))
+    if config is None and config_path.is_file():
+        config = config_path.read_text()
+    if config is not None:
+        values.update(tomllib.loads(config).get("cxr", {}))
     unknown = set(values) - set(FIELDS)
     if unknown:
         raise SettingsError(f"{config_path}: unknown keys {sorted(unknown)}; known: {sorted(FIELDS)}")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from cxr.errors import CxrError
 from cxr.settings import load_settings
-from cxr_cli import report_commands, security
+from cxr_cli import backup_commands, report_commands, security
 from cxr_cli.index_commands import (
     cmd_index_build,
     cmd_index_compact,
@@ -261,7 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cxr", description="Chest X-ray retrieval served by NVIDIA Triton.")
     sub = parser.add_subparsers(dest="command", required=True)
     for add_commands in (_add_models, _add_export, _add_serve_and_stop, _add_index, _add_train, _add_compare,
-                         _add_search, security.add_commands, report_commands.add_commands):
+                         _add_search, security.add_commands, report_commands.add_commands,
+                         backup_commands.add_commands):
         add_commands(sub)
     return parser
 

@@ -27,10 +27,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from cxr.audit_files import KEY_SUFFIX, key_file, rotated, rotation_number
 from cxr.errors import FailedPreconditionError
 
 GENESIS = "0" * 64
-KEY_SUFFIX = ".key"
 FILE_FIELD = "file"  # on the first line of each file: its number
 _BLOCK = 1 << 16
 
@@ -44,18 +44,7 @@ def link(key: bytes, line: bytes) -> str:
     return hmac.new(key, line, hashlib.sha256).hexdigest()
 
 
-# --- files -------------------------------------------------------------------------------------
-
-def rotation_number(path: Path) -> int | None:
-    """1 for `audit.log.000001`; None for the live file (no six-digit number ending its name)."""
-    suffix = path.suffix[1:]
-    return int(suffix) if len(suffix) >= 6 and suffix.isdigit() else None
-
-
-def rotated(path: Path) -> list[Path]:
-    """Rotated files of the live file `path`, oldest first (`audit.log.000001`, `audit.log.000002`, ...)."""
-    return sorted(p for p in path.parent.glob(f"{path.name}.*") if rotation_number(p) is not None)
-
+# --- files (named by cxr.audit_files) ----------------------------------------------------------
 
 def log_files(paths: Iterable[Path]) -> list[Path]:
     """`paths` with the rotated files beside each live file among them, each once."""
@@ -64,12 +53,6 @@ def log_files(paths: Iterable[Path]) -> list[Path]:
         for member in [path] if rotation_number(path) is not None else [*rotated(path), path]:
             found.setdefault(member.resolve(), member)
     return list(found.values())
-
-
-def key_file(path: Path) -> Path:
-    """`audit.log.key` for `audit.log` and for its rotated files."""
-    live = path.with_suffix("") if rotation_number(path) is not None else path
-    return live.with_name(live.name + KEY_SUFFIX)
 
 
 def load_key(path: Path) -> bytes:

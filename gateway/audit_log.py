@@ -27,6 +27,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
+from cxr.audit_files import rotated_name
 from gateway.audit_chain import FILE_FIELD, GENESIS, AuditError, first_line, last_line, link, load_key, rotated
 
 log = logging.getLogger("cxr.gateway.audit")
@@ -135,7 +136,7 @@ class AuditLog:
     def _rotate(self) -> None:
         # The number comes from the file's own first line, not from the rotated files still beside it:
         # an operator who archives those elsewhere must not make the next file reuse a number.
-        target = self.path.with_name(f"{self.path.name}.{self.file_number:06d}")
+        target = rotated_name(self.path, self.file_number)
         if target.exists():
             raise FileExistsError(f"{target} exists: the audit log cannot rotate onto it")
         self.path.rename(target)
