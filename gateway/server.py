@@ -269,7 +269,9 @@ def _security(settings: Settings, gateway: Gateway) -> str:
     metrics = f"{settings.metrics_host}:{gateway.metrics_port}" if gateway.metrics_port else "off"
     scheme = "https" if settings.tls else "http"
     http = f"{scheme}://{settings.gateway_host}:{gateway.http_port}" if gateway.http else "off"
-    return f"{transport}, auth {settings.auth}, audit {settings.audit_log or 'off'}, metrics {metrics}, HTTP {http}"
+    sign_in = f" (page sign-in at {settings.oidc_issuer})" if settings.auth == "token" and settings.oidc_issuer else ""
+    return (f"{transport}, auth {settings.auth}{sign_in}, audit {settings.audit_log or 'off'}, metrics {metrics}, "
+            f"HTTP {http}")
 
 
 def main(argv: list[str] | None = None) -> int:
