@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import re
 import time
 import traceback
 import urllib.parse
@@ -34,7 +35,7 @@ from cxr.settings import Settings
 from gateway.http_admission import Caller, FrontDoor
 from gateway.http_errors import API_HEADERS, Problem
 from gateway.oidc import OidcClient, OidcConfig, OidcError
-from gateway.sessions import PENDING_TTL_S, PendingLogins, SessionStore
+from gateway.sessions import PENDING_TTL_S, Identity, PendingLogins, SessionStore
 
 log = logging.getLogger("cxr.gateway.login")
 
@@ -81,11 +82,11 @@ class Login:
     def redirect_uri(self, request: Request) -> str:
         return self.client.config.redirect_url or self.origin(request) + CALLBACK_PATH
 
-    async def finish(self, request: Request):
+    async def finish(self, request: Request) -> Identity:
         """The identity the provider's answer proves, for the browser that started this sign-in."""
         params = request.query_params
         state = params.get("state", "")
-        if not state or not hmac.compare_digest(state, request.cookies.get(LOGIN_COOKIE, "")):
+        if not state or not hmac.compare_digest(state.encode(), request.cookies.get(LOGIN_COOKIE, "").encode()):
             raise OidcError("the answer's state is not this browser's sign-in (its cookie is missing: another "
                             "browser, or over ten minutes): sign in again", "expired")
         pending = self.pending.finish(state)
@@ -94,7 +95,7 @@ class Login:
         if "iss" in params and params["iss"] != self.client.config.issuer:  # RFC 9207: a mix-up of providers
             raise OidcError("the answer names another issuer than oidc_issuer")
         if "error" in params:
-            error = params["error"][:64]
+            error = re.sub(r"[^\w.-]", "?", params["error"][:64])  # the browser's text, on its way to the log
             raise OidcError(f"the provider ended the sign-in: {error}", "denied" if error in DENIALS else "failed")
         if not params.get("code"):
             raise OidcError("the provider's answer has no code")
@@ -130,8 +131,8 @@ def _start(login: Login | None, door: FrontDoor):
         pending = login.pending.start(login.redirect_uri(request))
         try:
             url = await asyncio.to_thread(login.client.authorization_url, pending)
-        except CxrError as exc:
-            return _failed(request, door, caller, exc, started)
+        except Exception as exc:  # noqa: BLE001 - a provider not reached, or a document it cannot use
+            return _failed(request, door, caller, _known(exc), started)
         response = RedirectResponse(url, 302, headers=API_HEADERS)
         response.set_cookie(LOGIN_COOKIE, pending.state, max_age=int(PENDING_TTL_S), path=CALLBACK_PATH,
                             secure=login.secure, httponly=True, samesite="lax")
@@ -145,11 +146,8 @@ def _callback(login: Login | None, door: FrontDoor):
         started, caller = time.monotonic(), _admitted(request, login, door)
         try:
             identity = await login.finish(request)
-        except CxrError as exc:
-            return _failed(request, door, caller, exc, started)
-        except Exception as exc:  # noqa: BLE001 - a sign-in no check foresaw fails, with its frames in the log
-            log.error("sign-in: unexpected %s\n%s", type(exc).__name__, "".join(traceback.format_tb(exc.__traceback__)))
-            return _failed(request, door, caller, OidcError("unexpected error"), started)
+        except Exception as exc:  # noqa: BLE001 - whatever went wrong, the browser goes back to the page
+            return _failed(request, door, caller, _known(exc), started)
         response = RedirectResponse("/", 303, headers=API_HEADERS)
         response.set_cookie(login.cookie, login.sessions.open(identity), path="/", secure=login.secure,
                             httponly=True, samesite="strict")  # no max_age: gone when the browser closes
@@ -187,6 +185,15 @@ def _admitted(request: Request, login: Login | None, door: FrontDoor) -> Caller:
         door.refused(caller, SIGN_IN, problem, time.monotonic())
         raise
     return caller
+
+
+def _known(error: Exception) -> Exception:
+    """`error` when it is one of ours; else logged with its frames (not its message, which may quote
+    what the provider sent) and turned into a plain failure."""
+    if isinstance(error, CxrError):
+        return error
+    log.error("sign-in: unexpected %s\n%s", type(error).__name__, "".join(traceback.format_tb(error.__traceback__)))
+    return OidcError(f"unexpected {type(error).__name__}; the frames are logged above")
 
 
 def _failed(request: Request, door: FrontDoor, caller: Caller, error: Exception, started: float) -> Response:

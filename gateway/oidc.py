@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import http.client
 import json
 import logging
 import ssl
@@ -43,6 +44,7 @@ JWKS_LIFESPAN_S = 300.0  # the key set is read again after this (a key removed s
 HTTP_TIMEOUT_S = 5.0
 MAX_ANSWER_BYTES = 1 << 20
 # at_hash: the left half of the access token's hash, with the hash of the ID token's algorithm (OIDC Core 3.1.3.6).
+ENDPOINTS = ("authorization_endpoint", "token_endpoint", "jwks_uri", "userinfo_endpoint", "end_session_endpoint")
 AT_HASH = {"256": hashlib.sha256, "384": hashlib.sha384, "512": hashlib.sha512}
 
 
@@ -121,10 +123,24 @@ class ProviderMetadata:
         if isinstance(methods, list) and "S256" not in methods:
             raise OidcConfigError(f"{issuer} does not offer PKCE with S256 (code_challenge_methods_supported): turn "
                                   "it on at the provider")
+        _check_endpoints(document, issuer)
         auth_methods = document.get("token_endpoint_auth_methods_supported") or ["client_secret_basic"]
         return cls(issuer, document["authorization_endpoint"], document["token_endpoint"], document["jwks_uri"],
                    _text(document.get("userinfo_endpoint")), _text(document.get("end_session_endpoint")),
                    "client_secret_basic" in auth_methods or "client_secret_post" not in auth_methods)
+
+
+def _check_endpoints(document: dict, issuer: str) -> None:
+    """Every endpoint an http(s) URL, and https when the issuer is: no downgrade by the document."""
+    secure = issuer.startswith("https://")
+    for name in ENDPOINTS:
+        url = document.get(name)
+        if url is None:
+            continue
+        scheme = urllib.parse.urlsplit(url).scheme if isinstance(url, str) else ""
+        if scheme not in ("https", "http") or (secure and scheme != "https"):
+            raise OidcConfigError(f"the discovery document of {issuer} gives {name} as {str(url)[:100]!r}: the "
+                                  "gateway calls only https:// endpoints of an https:// issuer")
 
 
 def _text(value) -> str:
@@ -153,7 +169,7 @@ class ProviderHttp:
                 return _document(answer.read(MAX_ANSWER_BYTES + 1), where)
         except urllib.error.HTTPError as exc:
             raise _http_error(exc, where) from exc
-        except (OSError, TimeoutError) as exc:  # URLError, refused, reset, TLS
+        except (OSError, http.client.HTTPException) as exc:  # URLError, refused, reset, TLS, a cut answer
             raise OidcUnavailable(f"the identity provider at {where} cannot be reached ({exc}): check oidc_issuer, "
                                   "the network and, for TLS, oidc_ca") from exc
 
@@ -256,10 +272,9 @@ class OidcClient:
         if claims.get("azp", self.config.client_id) != self.config.client_id or \
                 (len(audiences) > 1 and "azp" not in claims):
             raise OidcError("the ID token was issued to another party (azp): not for oidc_client_id")
-        if not hmac.compare_digest(str(claims.get("nonce", "")), nonce):
+        if not _same(claims.get("nonce", ""), nonce):
             raise OidcError("the ID token's nonce is not this sign-in's: a replayed or mixed-up answer")
-        if "at_hash" in claims and not hmac.compare_digest(str(claims["at_hash"]),
-                                                           at_hash(access_token, key.algorithm_name)):
+        if "at_hash" in claims and not _same(claims["at_hash"], at_hash(access_token, key.algorithm_name)):
             raise OidcError("the ID token's at_hash does not match the access token issued with it")
         return claims
 
@@ -340,6 +355,11 @@ def roles_in(claims: dict, path: str) -> set[str]:
 def at_hash(access_token: str, algorithm: str) -> str:
     digest = AT_HASH.get(algorithm[-3:], hashlib.sha256)(access_token.encode("ascii")).digest()
     return base64.urlsafe_b64encode(digest[: len(digest) // 2]).rstrip(b"=").decode("ascii")
+
+
+def _same(value, expected: str) -> bool:
+    """A constant-time comparison that any value (a number, non-ASCII text) fails rather than raises on."""
+    return hmac.compare_digest(str(value).encode(), expected.encode())
 
 
 def _name(claims: dict) -> str:

@@ -105,6 +105,7 @@ def test_a_pasted_token_goes_before_the_session(provider):
     ({"error": "access_denied"}, True, "denied"),
     ({"iss": "https://another.example"}, True, "failed"),
     ({"code": "a-used-code"}, True, "failed"),
+    ({"state": "stäte"}, True, "expired"),  # not ASCII: refused like any other, no traceback
 ])
 def test_an_answer_that_is_not_this_browsers_sign_in_opens_no_session(provider, params, cookie, reason):
     app, _ = _app(provider)

@@ -185,3 +185,16 @@ def test_the_settings_map_scopes_the_gateway_knows():
     with pytest.raises(OidcConfigError, match="does not know"):
         OidcConfig.of(Settings(auth="token", oidc_issuer="https://idp.example", oidc_client_id="cxr",
                                oidc_role_scopes="radiologist=reports"))
+
+
+def test_a_discovery_document_that_downgrades_an_endpoint_is_refused(provider):
+    provider.discovery["token_endpoint"] = "ftp://idp.example/token"
+    with pytest.raises(OidcConfigError, match="token_endpoint"):
+        OidcClient(_config(provider)).metadata()
+
+
+def test_a_nonce_of_any_type_or_text_fails_without_raising(provider):
+    for nonce in (12345, "nonce-ü", ["a"]):
+        provider.claims = {"roles": ["clerk"], "nonce": nonce}
+        with pytest.raises(OidcError, match="nonce"):
+            OidcClient(_config(provider)).sign_in(CODE, _login(provider))
