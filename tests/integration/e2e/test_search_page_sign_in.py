@@ -113,9 +113,12 @@ def test_a_radiologist_signs_in_at_the_provider_and_opens_reports(page, sites):
     page.get_by_role("link", name="Sign in").click()
     _provider_form(page, RADIOLOGIST, password="wrong")
     page.get_by_text("Wrong username or password").wait_for()  # the provider checks passwords
+    submitted = time.monotonic()
     _provider_form(page, RADIOLOGIST)
     page.get_by_text("Signed in as dr.grey").wait_for()
     page.get_by_text("Demo model — not for clinical use").wait_for()  # the options, with the session
+    print(f"\nsign-in: the provider's form submitted to the page signed in, options loaded: "
+          f"{time.monotonic() - submitted:.2f} s")
 
     search_text(page, QUERY)
     cards = wait_for_results(page)  # every thumbnail loaded: GetThumbnail needs `studies`
@@ -178,8 +181,10 @@ def test_an_ended_session_asks_to_sign_in_again_and_the_provider_needs_no_passwo
     assert page.locator("#results .card").count() == 0  # what was on screen went with the session
     navigations = []
     page.on("framenavigated", lambda frame: navigations.append(frame.url))
+    again = time.monotonic()
     page.get_by_role("link", name="Sign in").click()
     page.get_by_text("Signed in as dr.grey").wait_for()  # the provider's session still holds
+    print(f"\nsign-in again, no password: {time.monotonic() - again:.2f} s")
     assert not [url for url in navigations if "/interaction/" in url]  # no form: straight back
     search_text(page, QUERY)
     assert wait_for_results(page)
