@@ -20,7 +20,7 @@ export_flags = $(if $(MODEL),--model $(MODEL)) $(if $(CHECKPOINT),--checkpoint $
 .PHONY: help setup protos client-wheel setup-buf lint-protos export serve serve-detached stop models demo train-default test \
 	test-unit bench bench-quick \
 	bench-towers bench-gateway bench-faiss bench-scale bench-quality bench-quantization bench-gpu bench-labeler bench-reports \
-	bench-decode tune fuzz soak faults clean setup-pacs setup-browser
+	bench-decode tune fuzz soak faults clean setup-pacs setup-browser setup-oidc
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -46,6 +46,22 @@ setup-pacs: ## install Orthanc, its DICOMweb plugin and dcmtk (Debian): the PACS
 setup-browser: setup ## install Debian's chromium, which Playwright drives in the search-page test
 	@test -x /usr/bin/chromium || (apt-get update -qq && $(APT_INSTALL) chromium >/dev/null) || \
 		echo "warning: could not install chromium: the browser tests will skip"
+
+# The OpenID provider the search page's sign-in tests start on loopback: npm's oidc-provider, pinned with its
+# lock in tests/support/oidc, installed into .cache (tests/support/oidc_provider.py runs it).
+OIDC_DIR := .cache/oidc-provider
+OIDC_LOCK := tests/support/oidc/package.json tests/support/oidc/package-lock.json
+setup-oidc: ## install the OpenID provider of the sign-in tests (npm's oidc-provider, pinned) into .cache; without node and npm they skip
+	@command -v node >/dev/null && command -v npm >/dev/null || \
+		(apt-get update -qq && $(APT_INSTALL) nodejs npm >/dev/null) || \
+		echo "warning: could not install nodejs and npm: the sign-in tests will skip"
+	@if command -v npm >/dev/null; then $(MAKE) -s $(OIDC_DIR)/.installed; fi
+
+$(OIDC_DIR)/.installed: $(OIDC_LOCK)
+	mkdir -p $(OIDC_DIR)
+	cp $(OIDC_LOCK) $(OIDC_DIR)/
+	cd $(OIDC_DIR) && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	touch $@
 
 protos: $(STUBS) $(CLIENT_STUBS) ## generate the Python gRPC stubs from protos/, the gateway's and the client package's (never edit them by hand)
 
@@ -102,7 +118,7 @@ train-default: setup ## retrain the shipped cxr-mini from scratch on $(DATA)/nih
 	$(CXR) train --model cxr-mini --from-scratch --labels-csv $(DATA)/nih800/labels.csv --out $(TRAIN_OUT) \
 		--publish-to weights/cxr-mini
 
-test: setup ## install and run every test
+test: setup setup-oidc ## install and run every test
 	$(BIN)/python -m pytest
 
 test-unit: setup ## run the unit tests alone (tests/unit and the client package's: no Triton, Orthanc, browser or Milvus started)

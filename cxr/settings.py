@@ -120,6 +120,21 @@ class Settings:
     jwt_audience: str = "cxr-retrieval"
     jwt_max_ttl_s: float = 24 * 3600.0  # a JWT valid longer (exp - iat) is refused
     api_keys_file: Path | None = None
+    # Single sign-on on the search page (gateway/oidc.py; README "Single sign-on"): OpenID Connect
+    # Authorization Code with PKCE against the provider at oidc_issuer (its discovery document), as the
+    # client oidc_client_id (with oidc_client_secret when registered as a confidential client). The
+    # values of the claim oidc_roles_claim (a dotted path for a nested one: Keycloak's
+    # "realm_access.roles") become scopes through oidc_role_scopes, "radiologist=search,studies;clerk=search".
+    # oidc_redirect_url: the callback as registered, unset: <the page's origin>/auth/callback.
+    # oidc_ca: the CA of the provider's TLS certificate, unset: the system's. Needs auth = "token".
+    oidc_issuer: str = ""
+    oidc_client_id: str = ""
+    oidc_client_secret: str = field(default="", repr=False)
+    oidc_scopes: str = "openid profile"
+    oidc_roles_claim: str = "roles"
+    oidc_role_scopes: str = ""
+    oidc_redirect_url: str = ""
+    oidc_ca: Path | None = None
     audit_log: Path | None = None  # one chained JSON line per RPC; calls fail when it cannot be written
     audit_max_bytes: int = 64 * 2**20  # rotate the audit log at this size
     metrics_port: int = 8003  # Prometheus /metrics of the gateway, on loopback; 0: off
@@ -174,6 +189,8 @@ class Settings:
             raise SettingsError("set dicomweb_user and dicomweb_password (basic auth) or dicomweb_token, not both")
         if self.triton_dns:
             _check_triton_dns(self)
+        if self.oidc_issuer:
+            _check_oidc(self)
         if bool(self.triton_tls_cert) != bool(self.triton_tls_key):
             raise SettingsError("set triton_tls_cert and triton_tls_key together (the gateway's client "
                                 "certificate for Triton)")
@@ -236,6 +253,49 @@ def _check_triton_dns(settings) -> None:
     if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
         raise SettingsError(f"triton_dns = {settings.triton_dns!r}: give host:port, e.g. "
                             "CXR_TRITON_DNS=triton-pods.cxr.svc.cluster.local:8001")
+
+
+def _check_oidc(settings) -> None:
+    if settings.auth != "token":
+        raise SettingsError("oidc_issuer is set: set auth = \"token\" too (a signed-in session is a credential the "
+                            "gateway checks like a token)")
+    if not settings.oidc_client_id:
+        raise SettingsError("oidc_issuer is set: set oidc_client_id to the client id the provider gave this gateway")
+    _check_url("oidc_issuer", settings.oidc_issuer)
+    if settings.oidc_redirect_url:
+        _check_url("oidc_redirect_url", settings.oidc_redirect_url)
+    if "openid" not in settings.oidc_scopes.split():
+        raise SettingsError(f"oidc_scopes = {settings.oidc_scopes!r} lacks 'openid': OpenID Connect needs it "
+                            "(e.g. \"openid profile\")")
+    if not settings.oidc_roles_claim.strip():
+        raise SettingsError("oidc_roles_claim is empty: name the claim that carries roles or groups (\"roles\")")
+    role_scopes(settings.oidc_role_scopes)
+
+
+def _check_url(name: str, url: str) -> None:
+    """https, or http on a loopback address (a provider on the same host, as in development)."""
+    scheme, _, rest = url.partition("://")
+    host = rest.split("/", 1)[0].rsplit("@", 1)[-1]
+    host = host[1:].split("]", 1)[0] if host.startswith("[") else host.rsplit(":", 1)[0]
+    if not host or scheme not in ("https", "http") or (scheme == "http" and not is_loopback(host)):
+        raise SettingsError(f"{name} = {url!r}: give an https:// URL (http:// only on a loopback address, for "
+                            "development)")
+
+
+def role_scopes(text: str) -> dict[str, tuple[str, ...]]:
+    """oidc_role_scopes, "radiologist=search,studies;clerk=search", as {role: scopes}."""
+    mapping: dict[str, tuple[str, ...]] = {}
+    for entry in filter(None, (part.strip() for part in text.split(";"))):
+        role, _, scopes = entry.partition("=")
+        names = tuple(s.strip() for s in scopes.split(",") if s.strip())
+        if not role.strip() or not names or role.strip() in mapping:
+            raise SettingsError(f"oidc_role_scopes: {entry!r} is not 'role=scope,scope' (or names a role twice); "
+                                "write e.g. \"radiologist=search,studies;clerk=search\"")
+        mapping[role.strip()] = names
+    if not mapping:
+        raise SettingsError("oidc_role_scopes is empty: map the provider's roles to scopes, e.g. "
+                            "\"radiologist=search,studies;clerk=search\" (no role, no access)")
+    return mapping
 
 
 def _check_ranges(settings) -> None:

@@ -1,8 +1,9 @@
 """Identity and scopes: one interceptor checks `authorization: Bearer <token>` before any handler runs.
 
 A token is a JWT from the hospital's identity provider (RS256 or ES256, keys from a JWKS file or
-URL; issuer, audience, expiry and not-before checked with a small clock skew) or an API key of a
-service account (gateway/api_keys.py). `METHOD_SCOPES` says which scope each RPC needs; a method
+URL; issuer, audience, expiry and not-before checked with a small clock skew), an API key of a
+service account (gateway/api_keys.py) or the session of a clinician signed in on the search page
+(gateway/sessions.py, which the page's cookie holds). `METHOD_SCOPES` says which scope each RPC needs; a method
 missing from it is refused, so a new RPC cannot slip in unprotected. Health stays open for load
 balancers; reflection needs a valid token.
 """
@@ -21,7 +22,7 @@ import grpc
 import jwt
 
 from cxr.errors import FailedPreconditionError, UnauthenticatedError
-from gateway import api_keys, calls
+from gateway import api_keys, calls, sessions
 
 log = logging.getLogger("cxr.gateway.auth")
 
@@ -65,8 +66,8 @@ class AuthConfigError(FailedPreconditionError):
 
 @dataclass(frozen=True)
 class Principal:
-    id: str  # JWT subject or API key id
-    kind: str  # "jwt" or "api_key"
+    id: str  # JWT or sign-in subject, or API key id
+    kind: str  # "jwt", "api_key" or "session"
     scopes: frozenset[str]
 
 
@@ -201,15 +202,20 @@ def _scopes(claims: dict) -> list[str]:
 
 
 class Authenticator:
-    """API keys and JWTs, either of which may be off."""
+    """API keys, JWTs and sign-in sessions, any of which may be off."""
 
-    def __init__(self, jwts: JwtVerifier | None, keys: api_keys.ApiKeyStore | None):
-        if jwts is None and keys is None:
-            raise AuthConfigError("auth = token needs jwt_jwks (with jwt_issuer, jwt_audience) or api_keys_file")
+    def __init__(self, jwts: JwtVerifier | None, keys: api_keys.ApiKeyStore | None,
+                 signed_in: sessions.SessionStore | None = None):
+        if jwts is None and keys is None and signed_in is None:
+            raise AuthConfigError("auth = token needs jwt_jwks (with jwt_issuer, jwt_audience), api_keys_file or "
+                                  "single sign-on (oidc_issuer)")
         self.jwts = jwts
         self.keys = keys
+        self.sessions = signed_in
 
     def verify(self, token: str) -> Principal:
+        if sessions.is_session(token):
+            return self._session(token)
         if api_keys.key_id(token) is not None:
             if self.keys is None:
                 raise AuthError("API keys are not accepted by this gateway (no api_keys_file)")
@@ -221,6 +227,15 @@ class Authenticator:
         if self.jwts is None:
             raise AuthError("JWTs are not accepted by this gateway (no jwt_jwks): use an API key")
         return self.jwts.verify(token)
+
+    def _session(self, token: str) -> Principal:
+        if self.sessions is None:
+            raise AuthError("sign-in sessions are not accepted by this gateway (no oidc_issuer): send a token")
+        identity = self.sessions.get(token)
+        if identity is None:
+            raise AuthError("the sign-in session has ended (expired, signed out, or the gateway restarted): sign in "
+                            "again")
+        return Principal(identity.subject, "session", identity.scopes)
 
 
 def bearer_token(metadata) -> str:
@@ -268,8 +283,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         return handler
 
 
-def authenticator_from(settings) -> Authenticator:
-    """The authenticator `auth = token` asks for, from the settings' JWKS and API key file."""
+def authenticator_from(settings, signed_in: sessions.SessionStore | None = None) -> Authenticator:
+    """The authenticator `auth = token` asks for, from the settings' JWKS and API key file, and the
+    search page's sign-in sessions when single sign-on is on."""
     jwts = None
     if settings.jwt_jwks:
         if not (settings.jwt_issuer and settings.jwt_audience):
@@ -278,4 +294,4 @@ def authenticator_from(settings) -> Authenticator:
         jwts = JwtVerifier(JwksKeys(settings.jwt_jwks), settings.jwt_issuer, settings.jwt_audience,
                            max_ttl_s=settings.jwt_max_ttl_s)
     keys = api_keys.ApiKeyStore(settings.api_keys_file) if settings.api_keys_file else None
-    return Authenticator(jwts, keys)
+    return Authenticator(jwts, keys, signed_in)

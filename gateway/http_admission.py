@@ -7,7 +7,8 @@ Before a body is read, in this order:
 1. an Authorization header over MAX_CREDENTIAL_BYTES is refused (431);
 2. an address throttled for its refused calls is refused (429; the buckets of admission.RefusalLimiter);
 3. with auth on, the credential (401) and the route's scope (403) are checked by the gRPC side's own
-   Authenticator and scope table;
+   Authenticator and scope table; the credential is the Authorization header, else (with single
+   sign-on on) the session cookie the page's sign-in set (gateway/http_login.py), sent on as a bearer;
 4. the caller's rate bucket (admission's) must hold a token (429): looked at only, the gRPC call takes it;
 5. an upload (an image, a batch) waits up to UPLOAD_WAIT_S for one of `max_concurrent_uploads` slots,
    else 429: at most that many large bodies are held at once.
@@ -27,7 +28,7 @@ import uuid
 from dataclasses import dataclass
 
 from cxr.errors import UnauthenticatedError
-from gateway import audit_records, auth
+from gateway import audit_records, auth, sessions
 from gateway.admission import THROTTLED, RateLimiter
 from gateway.audit_log import AuditLog
 from gateway.http_errors import Problem
@@ -66,8 +67,10 @@ class Caller:
 
 class FrontDoor:
     def __init__(self, authenticator: auth.Authenticator | None, rates: RateLimiter, refusals: RateLimiter | None,
-                 audit_log: AuditLog | None = None, metrics=None, max_uploads: int = 8):
+                 audit_log: AuditLog | None = None, metrics=None, max_uploads: int = 8,
+                 session_cookie: str | None = None):
         self.authenticator = authenticator
+        self.session_cookie = session_cookie  # the sign-in session's cookie; None: single sign-on off
         self.rates = rates
         self.refusals = refusals
         self.audit = audit_log
@@ -75,9 +78,23 @@ class FrontDoor:
         self.max_uploads = max_uploads
         self._uploads = asyncio.Semaphore(max_uploads)
 
+    def session(self, request) -> str | None:
+        """The sign-in session in the request's cookie, when single sign-on is on and it holds one."""
+        value = request.cookies.get(self.session_cookie) if self.session_cookie else None
+        return value if value and sessions.is_session(value) and value.isascii() and value.isprintable() else None
+
+    def credential(self, request) -> str | None:
+        """The Authorization header, else the session cookie's credential as a bearer: a token pasted into
+        the page (a service account's) goes before a signed-in session."""
+        header = request.headers.get("authorization")
+        if header is not None:
+            return header
+        session = self.session(request)
+        return f"Bearer {session}" if session else None
+
     def admit(self, request, rpc: str, caller: Caller) -> None:
         """Checks 1-4 above; raises Problem (not yet recorded) for a caller the gateway would refuse."""
-        credential = request.headers.get("authorization")
+        credential = self.credential(request)
         if credential is not None and len(credential) > MAX_CREDENTIAL_BYTES:
             raise Problem(431, f"the Authorization header is over {MAX_CREDENTIAL_BYTES} bytes: send one bearer token",
                           headers={"Connection": "close"})
@@ -104,6 +121,13 @@ class FrontDoor:
             raise Problem(403, f"{rpc} needs the scope {scope!r}; {principal.id} has {sorted(principal.scopes)}",
                           "PERMISSION_DENIED", {"Connection": "close"})
         return principal.id
+
+    def admit_sign_in(self, caller: Caller) -> None:
+        """A step of a sign-in (to the provider and back) costs a token of its address's bucket: each one
+        holds a pending sign-in or makes a call to the provider. An address throttled for refusals waits."""
+        if self.refusals is not None:
+            _within(self.refusals.wait(caller.address), "too many refused calls from this address", THROTTLED)
+        _within(self.rates.take(caller.address), "too many sign-ins from this address", "rate_limit")
 
     @contextlib.asynccontextmanager
     async def upload_slot(self, uploads: bool):

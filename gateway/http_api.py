@@ -1,4 +1,5 @@
-"""The HTTP/JSON API (/v1/...), /healthz and the search page (/): a Starlette app that transcodes
+"""The HTTP/JSON API (/v1/...), /healthz, the search page (/) and its sign-in (/auth/..., gateway.http_login):
+a Starlette app that transcodes
 each HTTP call into a call to the gateway's own gRPC server, as grpc-gateway or Envoy's gRPC-JSON
 transcoder do. The call goes over an internal Unix socket, so it passes the same interceptors
 (request id, metrics, audit, auth and scopes, admission) and the same service code as a gRPC
@@ -23,7 +24,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from cxr.settings import is_loopback
-from gateway import calls, openapi
+from gateway import calls, http_login, openapi
 from gateway.http_admission import Caller, FrontDoor
 from gateway.http_errors import API_HEADERS, Problem, error_response, problem_response, rpc_error_response, trailer
 from gateway.http_messages import request_message
@@ -85,10 +86,11 @@ class Upstream:
         return health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
 
 
-def _metadata(request: Request, caller: Caller) -> tuple:
-    """The HTTP client's address, certificate subject and credential, for the gRPC side's interceptors."""
+def _metadata(request: Request, caller: Caller, door: FrontDoor) -> tuple:
+    """The HTTP client's address, certificate subject and credential (its Authorization header or its
+    sign-in session), for the gRPC side's interceptors."""
     metadata = [(calls.FORWARDED_PEER_KEY, caller.peer), (calls.FORWARDED_CERT_KEY, caller.subject)]
-    credential = request.headers.get("authorization")
+    credential = door.credential(request)
     if credential is not None:
         if not (credential.isascii() and credential.isprintable()):
             raise Problem(401, "the Authorization header must read 'Bearer <token>' in plain ASCII",
@@ -112,7 +114,7 @@ def _handler(endpoint: Endpoint, upstream: Upstream, door: FrontDoor, body_timeo
             door.admit(request, endpoint.rpc, caller)  # before any byte of the body is read
             async with door.upload_slot(endpoint.uploads):
                 message = await request_message(request, endpoint, upstream.max_message_bytes, body_timeout_s)
-                response, trailers = await upstream.call(endpoint.rpc, message, _metadata(request, caller))
+                response, trailers = await upstream.call(endpoint.rpc, message, _metadata(request, caller, door))
             return _answer(endpoint, response, trailers)
         except Problem as problem:
             door.refused(caller, endpoint.rpc, problem, started)
@@ -237,11 +239,12 @@ def _same_origin(scope, headers: dict[bytes, bytes]) -> bool:
 
 
 def create_app(upstream: Upstream, door: FrontDoor, loopback_names_only: bool = False,
-               body_timeout_s: float = 60.0) -> HttpGuard:
+               body_timeout_s: float = 60.0, login: http_login.Login | None = None) -> HttpGuard:
     api = [Route(e.path.removeprefix("/v1"), _handler(e, upstream, door, body_timeout_s), methods=[e.method])
            for e in ENDPOINTS]
     api.append(Route("/openapi.json", _openapi_route(openapi.document()), methods=["GET"]))
     app = Starlette(routes=[Mount("/v1", routes=api), Route("/healthz", _health(upstream), methods=["GET"]),
+                            Mount("/auth", routes=http_login.routes(login, door)),
                             Mount("/", StaticFiles(directory=STATIC_DIR, html=True, check_dir=False))],
                     exception_handlers={HTTPException: _http_exception(door), grpc.aio.AioRpcError: _rpc_error,
                                         Problem: _problem})

@@ -35,6 +35,7 @@ from cxr.settings import Settings, is_loopback
 from gateway import tls
 from gateway.http_admission import CLIENT_CERT_STATE, FrontDoor
 from gateway.http_api import Upstream, create_app
+from gateway.http_login import Login
 
 log = logging.getLogger("cxr.gateway.http")
 SOCKET_NAME = "grpc.sock"
@@ -198,12 +199,12 @@ class HttpServer:
     """The HTTP API on `address`, calling the gRPC server at `internal`, admitting callers through `door`."""
 
     def __init__(self, settings: Settings, address: str, internal: InternalSocket, max_message_bytes: int,
-                 door: FrontDoor):
+                 door: FrontDoor, login: Login | None = None):
         self.internal = internal
         self.upstream = Upstream(internal.target, settings.default_deadline_s, max_message_bytes)
         # Without auth the gateway stays on loopback; it then answers only loopback names (DNS rebinding).
         loopback_names_only = settings.auth != "token" and is_loopback(tls.host_of(address))
-        app = create_app(self.upstream, door, loopback_names_only, settings.http_body_timeout_s)
+        app = create_app(self.upstream, door, loopback_names_only, settings.http_body_timeout_s, login)
         config = uvicorn.Config(app, lifespan="off", ws="none", log_config=None, access_log=False,
                                 server_header=False, proxy_headers=False, timeout_keep_alive=settings.http_keepalive_s,
                                 timeout_graceful_shutdown=max(1, int(settings.drain_grace_s)))

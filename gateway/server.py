@@ -44,11 +44,13 @@ from gateway.embedder import TritonEmbedder
 from gateway.embedding import Embedder
 from gateway.hits import ViewerLinks
 from gateway.http_admission import FrontDoor
+from gateway.http_login import Login
 from gateway.http_server import HttpServer, InternalSocket
 from gateway.indexes import IndexSet
 from gateway.metrics import GatewayMetrics, MetricsInterceptor
 from gateway.report_feed import ReportFeed
 from gateway.service import RetrievalService
+from gateway.sessions import SessionStore
 from gateway.thumbnails import Thumbnails
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Retrieval"].full_name
@@ -186,13 +188,17 @@ def create_server(settings: Settings, address: str | None = None, embedder: Embe
     interceptors = [CallInterceptor(), MetricsInterceptor(metrics)]
     if audit is not None:
         interceptors.append(AuditInterceptor(audit))
-    authenticator = refusals = None
+    authenticator = refusals = login = None
     if settings.auth == "token":
-        authenticator = authenticator_from(settings)
+        # Single sign-on: the page's sessions are credentials the one authenticator checks.
+        sessions = SessionStore() if settings.oidc_issuer else None
+        authenticator = authenticator_from(settings, sessions)
         refusals = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
         interceptors += [RefusalLimiter(refusals), AuthInterceptor(authenticator)]
+        login = Login.of(settings, sessions) if sessions is not None else None
     interceptors.append(admission)
-    door = FrontDoor(authenticator, rates, refusals, audit, metrics, settings.max_concurrent_uploads)
+    door = FrontDoor(authenticator, rates, refusals, audit, metrics, settings.max_concurrent_uploads,
+                     login.cookie if login else None)
 
     owned = _resources(settings, metrics, embedder)
     service = RetrievalService(owned.catalog, owned.indexes, owned.embedder, owned.active_model, owned.decoder,
@@ -207,7 +213,7 @@ def create_server(settings: Settings, address: str | None = None, embedder: Embe
     reflection.enable_server_reflection(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
     port = tls.bind(server, settings, address)  # checked above, before anything was built
-    http = _http(server, settings, http_address, door) if http_address else None
+    http = _http(server, settings, http_address, door, login) if http_address else None
     return Gateway(server, owned, health, admission, metrics, audit, http), port
 
 
@@ -222,12 +228,13 @@ def _resources(settings: Settings, metrics: GatewayMetrics, embedder: Embedder |
     return Resources(catalog, settings.model, indexes, embedder or _embedder(settings, metrics), decoder, reports)
 
 
-def _http(server: grpc.aio.Server, settings: Settings, address: str, door: FrontDoor) -> HttpServer:
+def _http(server: grpc.aio.Server, settings: Settings, address: str, door: FrontDoor,
+          login: Login | None) -> HttpServer:
     """The HTTP API on `address`, and the internal socket it reaches `server` on."""
     internal = InternalSocket()
     try:
         server.add_insecure_port(internal.target)  # plaintext, but in a folder only this user can open
-        return HttpServer(settings, address, internal, MAX_MESSAGE_BYTES, door)
+        return HttpServer(settings, address, internal, MAX_MESSAGE_BYTES, door, login)
     except BaseException:
         internal.remove()
         raise
@@ -262,7 +269,9 @@ def _security(settings: Settings, gateway: Gateway) -> str:
     metrics = f"{settings.metrics_host}:{gateway.metrics_port}" if gateway.metrics_port else "off"
     scheme = "https" if settings.tls else "http"
     http = f"{scheme}://{settings.gateway_host}:{gateway.http_port}" if gateway.http else "off"
-    return f"{transport}, auth {settings.auth}, audit {settings.audit_log or 'off'}, metrics {metrics}, HTTP {http}"
+    sign_in = f" (page sign-in at {settings.oidc_issuer})" if settings.auth == "token" and settings.oidc_issuer else ""
+    return (f"{transport}, auth {settings.auth}{sign_in}, audit {settings.audit_log or 'off'}, metrics {metrics}, "
+            f"HTTP {http}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,16 +1,27 @@
 // The search page: talks to the gateway's HTTP/JSON API (/v1/...) on the same origin.
 // No framework, no build step. Everything from the server is shown with textContent, never as HTML.
+// Clinicians sign in through the gateway (/auth/..., single sign-on): the session is an HttpOnly
+// cookie this script never sees. Service accounts paste a token, kept in sessionStorage.
 "use strict";
 
 (function () {
   const TOKEN_KEY = "cxr.token"; // sessionStorage only: gone when the tab closes, never in the URL
   const THUMB_SIZE = 256;
   const EXCERPT_CHARS = 220;
+  // What /#login-error=<word> from the gateway's sign-in means; the details are in the gateway's log.
+  const LOGIN_ERRORS = {
+    denied: "Sign-in was cancelled at the identity provider.",
+    expired: "That sign-in took too long or was already used: sign in again.",
+    "no-role": "Your account has no role that gives access to this service: ask the administrator for one.",
+    unavailable: "The identity provider cannot be reached: try again in a minute.",
+    failed: "Sign-in failed: try again; if it fails again, the gateway's log says why.",
+  };
 
   const $ = (id) => document.getElementById(id);
   const el = {
     model: $("model-name"), indexSize: $("index-size"), banner: $("demo-banner"), notes: $("demo-notes"),
     tokenForm: $("token-form"), token: $("token"), tokenClear: $("token-clear"), tokenToggle: $("token-toggle"),
+    account: $("account"), accountName: $("account-name"), signIn: $("sign-in"), signOut: $("sign-out"),
     form: $("search-form"), query: $("query"), file: $("image-file"), drop: $("drop-zone"),
     labels: $("label-options"), labelCount: $("label-count"), projection: $("projection"), topK: $("top-k"), group: $("group-by-study"),
     status: $("status"), error: $("error"), results: $("results"), template: $("card-template"),
@@ -19,6 +30,7 @@
   let objectUrls = []; // thumbnails of the grid on screen, revoked when it is replaced
   let generation = 0; // a newer search makes the answers of older ones moot
   let optionsLoaded = false;
+  const account = { sso: false, signedIn: false, user: "" }; // from GET /auth/session
 
   // ---- talking to the gateway ----------------------------------------------------------------
 
@@ -79,12 +91,15 @@
 
   function showError(error) {
     let text = error.message || String(error);
-    if (error.status === 401) {
+    if (error.status === 401 && account.sso && !token()) {
+      text = account.signedIn ? "Your session has ended: sign in again." : "Sign in to search.";
+      sessionEnded();
+    } else if (error.status === 401) {
       forgetToken(); // refused: expired or mistyped, it is of no further use
       askForToken();
       text = "Enter a valid access token above (the gateway said: " + text + ").";
     } else if (error.status === 403) {
-      text = "Your token does not allow this: " + text;
+      text = (token() ? "Your token" : "Your account") + " does not allow this: " + text;
     } else {
       text = text.charAt(0).toUpperCase() + text.slice(1);
     }
@@ -111,7 +126,53 @@
   }
 
   function showTokenState() {
-    el.tokenToggle.hidden = !token();
+    el.tokenToggle.hidden = !token() && !account.sso; // with sign-in, service accounts may still paste one
+  }
+
+  // ---- signing in (single sign-on through the gateway) ---------------------------------------------
+
+  async function loadAccount() {
+    try {
+      const response = await fetch("/auth/session", { credentials: "same-origin", cache: "no-store" });
+      if (response.ok) Object.assign(account, await response.json());
+    } catch (e) {
+      // no answer: the API calls will say what is wrong
+    }
+    showAccount();
+  }
+
+  function showAccount() {
+    el.account.hidden = !account.sso;
+    el.signIn.hidden = !account.sso || account.signedIn;
+    el.signOut.hidden = !account.signedIn;
+    el.accountName.textContent = account.signedIn ? "Signed in as " + account.user : "";
+    showTokenState();
+  }
+
+  function sessionEnded() {
+    account.signedIn = false;
+    showAccount();
+    clearResults(); // reports on screen are patient data: not for whoever comes to the screen next
+  }
+
+  function loginErrorFromAddress() {
+    const m = /^#login-error=([a-z-]+)$/.exec(location.hash);
+    if (!m) return;
+    history.replaceState(null, "", location.pathname + location.search);
+    showError(new ApiError(0, LOGIN_ERRORS[m[1]] || LOGIN_ERRORS.failed));
+  }
+
+  async function signOut() {
+    let target = "/";
+    try {
+      const response = await fetch("/auth/logout", { method: "POST", credentials: "same-origin", cache: "no-store" });
+      const body = await response.json();
+      if (body && /^(https?:\/\/|\/)/i.test(body.logoutUrl || "")) target = body.logoutUrl;
+    } catch (e) {
+      // the session is ended at the gateway or was already: go back to the page
+    }
+    sessionEnded();
+    location.assign(target); // the provider's logout, which comes back to this page
   }
 
   // ---- options: model, demo banner, filter values ------------------------------------------------
@@ -228,6 +289,13 @@
     objectUrls = [];
   }
 
+  function clearResults() {
+    generation++;
+    revokeThumbnails();
+    el.results.replaceChildren();
+    el.results.setAttribute("aria-busy", "false");
+  }
+
   function formatDate(value) {
     const m = /^(\d{4})(\d{2})(\d{2})$/.exec(value || "");
     return m ? m[1] + "-" + m[2] + "-" + m[3] : value || "";
@@ -287,6 +355,11 @@
       viewer.hidden = false;
     }
 
+    const open = node.querySelector("button.open-study");
+    open.hidden = !hit.studyUid;
+    open.setAttribute("aria-label", "Full report of result " + hit.rank);
+    open.addEventListener("click", () => toggleStudy(node, open, hit.studyUid, model));
+
     const similar = node.querySelector("button.similar");
     similar.setAttribute("aria-label", "Find similar to result " + hit.rank);
     similar.addEventListener("click", async () => {
@@ -299,6 +372,37 @@
     });
 
     return { node, loaded: loadThumbnail(img, hit.imageId, model, mine) };
+  }
+
+  // GetStudy: the whole report and the study's facts, for principals with the `studies` scope.
+  async function toggleStudy(node, button, studyUid, model) {
+    const panel = node.querySelector(".study");
+    if (!panel.hidden) {
+      panel.hidden = true;
+      button.setAttribute("aria-expanded", "false");
+      return;
+    }
+    try {
+      const query = new URLSearchParams({ model });
+      const response = await api("/v1/studies/" + encodeURIComponent(studyUid) + "?" + query.toString());
+      showStudy(panel, await response.json());
+      panel.hidden = false;
+      button.setAttribute("aria-expanded", "true");
+    } catch (error) {
+      showError(error);
+    }
+  }
+
+  function showStudy(panel, study) {
+    const facts = panel.querySelector(".study-facts");
+    facts.replaceChildren();
+    fact(facts, "Findings", (study.labels || []).join(", "));
+    fact(facts, "Images", String((study.imageIds || []).length || ""));
+    fact(facts, "Date", formatDate(study.studyDate));
+    fact(facts, "Accession", study.accessionNumber);
+    fact(facts, "Report", study.reportStatus);
+    const text = [study.indication, study.findings, study.impression].filter(Boolean).join("\n\n");
+    panel.querySelector(".full-report").textContent = text || "No report text for this study.";
   }
 
   function thumbnailPath(imageId, model, size) {
@@ -404,8 +508,17 @@
     say("Token forgotten.");
   });
 
+  el.signOut.addEventListener("click", signOut);
+
   window.addEventListener("pagehide", revokeThumbnails);
 
   showTokenState(); // a token kept from earlier in this tab can be replaced or forgotten
-  loadOptions();
+  loginErrorFromAddress();
+  loadAccount().then(() => {
+    if (account.sso && !account.signedIn && !token()) {
+      say("Sign in to search.");
+      return; // nothing to load before the sign-in
+    }
+    loadOptions();
+  });
 })();

@@ -1,9 +1,10 @@
 """The search page (gateway/static/) in a real browser, against the real gateway, Triton and NIH index.
 
 Playwright drives Debian's chromium (`make setup-browser`; Playwright's own browser download is not
-used). The page searches by text and by a DICOM made from an indexed PNG, shows the demo banner,
-loads every thumbnail through fetch() with the bearer token, shows errors, and asks for a token when
-the gateway's auth is on. CXR_UPDATE_SCREENSHOT=1 also writes docs/search-page.png for the README.
+used; the fixtures are in conftest.py). The page searches by text and by a DICOM made from an indexed
+PNG, shows the demo banner, loads every thumbnail through fetch() with the bearer token, shows errors,
+and asks for a token when the gateway's auth is on (single sign-on: test_search_page_sign_in.py).
+CXR_UPDATE_SCREENSHOT=1 also writes docs/search-page.png for the README.
 """
 
 from __future__ import annotations
@@ -18,33 +19,15 @@ from pathlib import Path
 import pytest
 
 from support import DATA_DIR, BackgroundGateway
+from support.search_page import search_text as _search_text
+from support.search_page import wait_for_results as _wait_for_results
 
 pytestmark = pytest.mark.triton
-CHROMIUM = Path("/usr/bin/chromium")
 MODEL = "medsiglip-tiny"  # the session's nih_index model: a random-weight twin, so a demo model
 QUERY = "small left pleural effusion"
 TOP_K = 12
 DICOM_ROW = 469  # nih800/labels.csv row of 00000061_008.png, see dicom_of_indexed_png
 SCREENSHOT = Path(__file__).resolve().parents[3] / "docs" / "search-page.png"
-ALL_THUMBNAILS_LOADED = """() => {
-  const images = Array.from(document.querySelectorAll('#results .card img'));
-  return images.length > 0 && images.every((img) => img.complete && img.naturalWidth > 0);
-}"""
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.is_file():
-        pytest.skip(f"{CHROMIUM} is missing: `make setup-browser` installs Debian's chromium")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        # --no-sandbox: chromium refuses to start its sandbox as root (CI containers).
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 def _gateway(settings):
@@ -62,19 +45,6 @@ def site(served, nih_index):
         background.stop()
 
 
-@pytest.fixture
-def page(browser):
-    context = browser.new_context(viewport={"width": 1280, "height": 800})
-    page = context.new_page()
-    page.problems = []  # script errors and CSP violations fail the test
-    page.on("pageerror", lambda error: page.problems.append(f"page error: {error}"))
-    page.on("console", lambda message: message.type == "error" and page.problems.append(message.text))
-    try:
-        yield page
-    finally:
-        context.close()
-
-
 @pytest.fixture(scope="module")
 def dicom_of_indexed_png(tmp_path_factory):
     """An 8-bit MONOCHROME2 DICOM made from one of the indexed NIH PNGs, and that PNG's image id.
@@ -88,17 +58,6 @@ def dicom_of_indexed_png(tmp_path_factory):
     image = replace(nih_images(DATA_DIR, 1, first=DICOM_ROW)[0], monochrome1=False)
     (path,) = write_files([image], tmp_path_factory.mktemp("dicom"))
     return path, image.png.name
-
-
-def _wait_for_results(page, timeout_s: float = 60) -> list:
-    page.wait_for_selector("#results[aria-busy=false] .card", timeout=timeout_s * 1000)
-    page.wait_for_function(ALL_THUMBNAILS_LOADED, timeout=timeout_s * 1000)
-    return page.locator("#results .card").all()
-
-
-def _search_text(page, text: str) -> None:
-    page.get_by_label("Describe the finding").fill(text)
-    page.get_by_role("button", name="Search", exact=True).click()
 
 
 def test_text_and_dicom_searches_show_cards_thumbnails_and_the_demo_banner(page, site, dicom_of_indexed_png,

@@ -30,3 +30,32 @@ def test_unknown_config_keys_are_refused(tmp_path):
     (tmp_path / "cxr.toml").write_text('[cxr]\nmodle = "siglip"\n')
     with pytest.raises(ValueError, match="modle"):
         load_settings(tmp_path, environ={})
+
+
+OIDC = {"CXR_AUTH": "token", "CXR_OIDC_ISSUER": "https://idp.example/realms/h", "CXR_OIDC_CLIENT_ID": "cxr",
+        "CXR_OIDC_ROLE_SCOPES": "radiologist=search,studies; clerk=search"}
+
+
+def test_single_sign_on_settings_come_from_the_environment(tmp_path):
+    from cxr.settings import role_scopes
+
+    s = load_settings(tmp_path, environ=dict(OIDC, CXR_OIDC_CLIENT_SECRET="hush", CXR_OIDC_CA="ca.pem"))
+    assert role_scopes(s.oidc_role_scopes) == {"radiologist": ("search", "studies"), "clerk": ("search",)}
+    assert s.oidc_ca == tmp_path / "ca.pem" and s.oidc_scopes == "openid profile"
+    assert "hush" not in repr(s)
+    assert load_settings(tmp_path, environ=dict(OIDC, CXR_OIDC_ISSUER="http://localhost:9000")).oidc_issuer
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"CXR_AUTH": "none"}, 'auth = "token"'),
+    ({"CXR_OIDC_CLIENT_ID": ""}, "oidc_client_id"),
+    ({"CXR_OIDC_ISSUER": "http://idp.example"}, "https://"),
+    ({"CXR_OIDC_REDIRECT_URL": "http://cxr.example/auth/callback"}, "oidc_redirect_url"),
+    ({"CXR_OIDC_SCOPES": "profile email"}, "openid"),
+    ({"CXR_OIDC_ROLE_SCOPES": ""}, "no role, no access"),
+    ({"CXR_OIDC_ROLE_SCOPES": "radiologist"}, "role=scope"),
+    ({"CXR_OIDC_ROLE_SCOPES": "a=search;a=studies"}, "twice"),
+])
+def test_single_sign_on_settings_that_cannot_work_are_refused_with_the_remedy(tmp_path, change, words):
+    with pytest.raises(ValueError, match=words):
+        load_settings(tmp_path, environ=dict(OIDC, **change))

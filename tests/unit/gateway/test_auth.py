@@ -9,7 +9,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from gateway import api_keys, auth, calls
+from gateway import api_keys, auth, calls, sessions
 from support.interceptor_server import search
 
 ISSUER, AUDIENCE = "https://idp.hospital.example", "cxr-retrieval"
@@ -116,6 +116,22 @@ def test_the_authenticator_tells_api_keys_from_jwts(tmp_path, verifier, keys):
     assert authenticator.verify(_token(keys["ec"], "ec", "ES256")).kind == "jwt"
     with pytest.raises(auth.AuthError, match="not accepted by this gateway"):
         auth.Authenticator(verifier, None).verify(key)
+
+
+def test_a_sign_in_session_is_a_credential_while_it_lasts(make_server, verifier):
+    signed_in = sessions.SessionStore()
+    ends = time.time() + 60
+    clerk = signed_in.open(sessions.Identity("u-clerk", "kim", frozenset({"search"}), ends))
+    authenticator = auth.Authenticator(None, None, signed_in)
+    assert authenticator.verify(clerk) == auth.Principal("u-clerk", "session", frozenset({"search"}))
+    server = make_server(auth.AuthInterceptor(authenticator))
+    assert search(server.stub, metadata=(("authorization", f"Bearer {clerk}"),)) is not None
+    signed_in.close(clerk)
+    with pytest.raises(grpc.RpcError) as ended:
+        search(server.stub, metadata=(("authorization", f"Bearer {clerk}"),))
+    assert ended.value.code() == grpc.StatusCode.UNAUTHENTICATED and "sign in again" in ended.value.details()
+    with pytest.raises(auth.AuthError, match="no oidc_issuer"):
+        auth.Authenticator(verifier, None).verify(clerk)
 
 
 @pytest.mark.parametrize("metadata, words", [((), "no credential"), ((("authorization", "Basic abc"),), "Bearer"),

@@ -1,0 +1,30 @@
+"""Driving the search page (gateway/static/) in chromium through Playwright: what the page tests share.
+The `browser` and `page` fixtures are in tests/integration/e2e/conftest.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's (`make setup-browser`); Playwright's own download is not used
+ALL_THUMBNAILS_LOADED = """() => {
+  const images = Array.from(document.querySelectorAll('#results .card img'));
+  return images.length > 0 && images.every((img) => img.complete && img.naturalWidth > 0);
+}"""
+ALL_THUMBNAILS_SETTLED = """() => {
+  const cards = Array.from(document.querySelectorAll('#results .card'));
+  return cards.length > 0 && cards.every((card) => card.querySelector('.thumb.missing')
+    || (card.querySelector('img').complete && card.querySelector('img').naturalWidth > 0));
+}"""
+
+
+def search_text(page, text: str) -> None:
+    page.get_by_label("Describe the finding").fill(text)
+    page.get_by_role("button", name="Search", exact=True).click()
+
+
+def wait_for_results(page, timeout_s: float = 60, thumbnails: str = ALL_THUMBNAILS_LOADED) -> list:
+    """The result cards once the grid is in and every thumbnail has loaded (or, with
+    ALL_THUMBNAILS_SETTLED, loaded or given up on)."""
+    page.wait_for_selector("#results[aria-busy=false] .card", timeout=timeout_s * 1000)
+    page.wait_for_function(thumbnails, timeout=timeout_s * 1000)
+    return page.locator("#results .card").all()
