@@ -291,7 +291,11 @@ def load_settings(root: Path | None = None, environ: dict | None = None) -> Sett
     values: dict = {}
     config_path = root / CONFIG_FILE
     if config_path.is_file():
-        values.update(tomllib.loads(config_path.read_text()).get("cxr", {}))
+        try:
+            values.update(tomllib.loads(config_path.read_text()).get("cxr", {}))
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"{config_path} is not valid TOML ({exc}): fix it, e.g. `[cxr]` then "
+                                "`model = \"cxr-mini\"`, one setting a line") from exc
     unknown = set(values) - set(FIELDS)
     if unknown:
         raise SettingsError(f"{config_path}: unknown keys {sorted(unknown)}; known: {sorted(FIELDS)}")

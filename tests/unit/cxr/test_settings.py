@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from cxr.settings import DEFAULT_MODEL, load_settings
+from cxr.settings import DEFAULT_MODEL, SettingsError, load_settings
 
 
 def test_defaults_use_triton_standard_ports_on_loopback(tmp_path):
@@ -29,4 +29,10 @@ def test_absolute_paths_are_kept_and_relative_ones_are_rooted(tmp_path):
 def test_unknown_config_keys_are_refused(tmp_path):
     (tmp_path / "cxr.toml").write_text('[cxr]\nmodle = "siglip"\n')
     with pytest.raises(ValueError, match="modle"):
+        load_settings(tmp_path, environ={})
+
+
+def test_a_config_file_that_is_not_toml_is_named(tmp_path):
+    (tmp_path / "cxr.toml").write_text("[cxr\nmodel = 'siglip'\n")
+    with pytest.raises(SettingsError, match="cxr.toml is not valid TOML"):
         load_settings(tmp_path, environ={})
