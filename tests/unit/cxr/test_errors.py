@@ -30,6 +30,7 @@ KIND_OF = {
     InvalidImageError: errors.InvalidArgumentError,
     ImageTooLargeError: errors.InvalidArgumentError,
     store_errors.UnknownFilterError: errors.InvalidArgumentError,
+    store_errors.TooFewToTrainError: errors.InvalidArgumentError,
     MilvusLimitError: errors.InvalidArgumentError,
     errors.UnknownModelError: errors.NotFoundError,
     StudyNotFoundError: errors.NotFoundError,

@@ -42,7 +42,7 @@ def commands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()) -> s
 
 MISSING, WRONG_PATH, NO_GATEWAY, NO_TRITON = "missing file", "wrong path", "no gateway", "no Triton"
 NOT_THERE, SETTING, USAGE_ERROR, NO_PACS, NO_MILVUS = "not there", "setting", "usage", "no PACS", "no Milvus"
-WRONG_FILE = "wrong file"
+WRONG_FILE, ARGUMENT = "wrong file", "wrong argument"
 FINE = "nothing wrong"  # no server is needed: it says so and succeeds
 
 
@@ -89,6 +89,8 @@ CASES = [
     Case(NOT_THERE, ("index", "synth", "--model", EXPORTED, "--count", "10"), NOT_FOUND, "not exported"),
     Case(USAGE_ERROR, ("index", "synth", "--model", EXPORTED, "--count", "-5"), USAGE,
          "--count: '-5': give a whole number of 1 or more"),
+    Case(ARGUMENT, ("index", "synth", "--model", EXPORTED, "--count", "100", "--unexported", "--index-type", "opq",
+                      "--output-dir", "{tmp}/index"), BAD_INPUT, "needs at least 256 images, not 100"),
     Case(WRONG_PATH, ("index", "synth", "--model", EXPORTED, "--count", "10", "--unexported", "--output-dir",
                       "{tmp}/archive.csv/index"), BAD_INPUT, "archive.csv: not a directory"),
     Case(NOT_THERE, ("index", "delete", "--study", "1.2.3", "--model", EXPORTED), BAD_INPUT, "build one first"),
