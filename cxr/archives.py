@@ -9,17 +9,22 @@ from __future__ import annotations
 
 import csv
 import json
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from cxr.errors import FailedPreconditionError
+from cxr.errors import FailedPreconditionError, NotFoundError
 
 NO_FINDING = "No Finding"
 VIEW_TO_PROJECTION = {"PA": "Frontal", "AP": "Frontal", "LL": "Lateral", "RL": "Lateral", "LATERAL": "Lateral"}
 
 
 class ArchiveError(FailedPreconditionError, ValueError):
-    """An archive's CSVs are missing or lack the columns a reader needs."""
+    """An archive's CSVs lack the columns or rows a reader needs."""
+
+
+class ArchiveFileMissingError(NotFoundError, ValueError):
+    """An archive's CSV or manifest is not where it was named."""
 
 
 @dataclass(frozen=True)
@@ -55,14 +60,25 @@ class Record:
 
 
 def _read_csv(path: Path, required: set[str]) -> list[dict]:
-    if not path.is_file():
-        raise ArchiveError(f"{path} not found")
-    with path.open(newline="", encoding="utf-8-sig") as f:
+    with _text(path) as f:
         reader = csv.DictReader(f)
         missing = required - set(reader.fieldnames or ())
         if missing:
             raise ArchiveError(f"{path} lacks the columns {sorted(missing)} (it has {reader.fieldnames})")
         return list(reader)
+
+
+@contextmanager
+def _text(path: Path):
+    """The archive file open as UTF-8 text; a missing file, or one that is not text, named."""
+    if not path.is_file():
+        raise ArchiveFileMissingError(f"{path} not found: check the path")
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            yield f
+    except UnicodeDecodeError as exc:
+        raise ArchiveError(f"{path} is not UTF-8 text (byte {exc.start} cannot be decoded): give the archive's CSV "
+                           "or JSONL, saved as UTF-8") from exc
 
 
 def _split_labels(text: str, separators: str = "|;") -> tuple[str, ...]:
@@ -137,10 +153,10 @@ def manifest(path: Path, images_dir: Path | None = None) -> list[Record]:
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        raise ArchiveError(f"{path} not found")
+    with _text(path) as f:
+        lines = f.read().splitlines()
     rows = []
-    for line, text in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for line, text in enumerate(lines, 1):
         if text.strip():
             try:
                 rows.append(json.loads(text))

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from cxr.errors import FailedPreconditionError
+from cxr.errors import FailedPreconditionError, NotFoundError
 from cxr.settings import Settings
 
 CA_CERT, CA_KEY = "ca.pem", "ca.key"
@@ -38,6 +38,10 @@ SIGNING_KEY_ID = "cxr-dev-1"
 
 class PkiError(FailedPreconditionError):
     """Development certificates or keys could not be written or read."""
+
+
+class SigningKeyMissingError(NotFoundError):
+    """The signing key named is not there."""
 
 
 def _new_key() -> ec.EllipticCurvePrivateKey:
@@ -129,6 +133,8 @@ def issue_token(key_file: Path, subject: str, scopes: list[str], ttl_s: float, i
     """A JWT signed with the development key, as the hospital's identity provider would issue one."""
     try:
         key = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
+    except FileNotFoundError as exc:
+        raise SigningKeyMissingError(f"no signing key at {key_file}: write one with `cxr certs dev DIR`") from exc
     except (OSError, ValueError) as exc:
         raise PkiError(f"cannot read the signing key {key_file}: {exc}; write one with `cxr certs dev DIR`") from exc
     now = int(time.time())

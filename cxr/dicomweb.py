@@ -25,7 +25,14 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from cxr.archives import VIEW_TO_PROJECTION, Record
-from cxr.errors import CxrError, FailedPreconditionError, InternalError, NotFoundError, UnavailableError
+from cxr.errors import (
+    CxrError,
+    FailedPreconditionError,
+    InternalError,
+    InvalidArgumentError,
+    NotFoundError,
+    UnavailableError,
+)
 
 TIMEOUT_S = (10.0, 120.0)  # connect, read: a large DICOM over a slow link takes a while
 PAGE = 100  # QIDO results asked for at once (under the caps PACSs put on one answer)
@@ -39,6 +46,10 @@ CREDENTIALS_HINT = ("set --dicomweb-user and CXR_DICOMWEB_PASSWORD (basic auth) 
 
 class DicomWebError(CxrError):
     """The PACS could not be used; the message says what to change."""
+
+
+class PacsArgumentError(DicomWebError, InvalidArgumentError):
+    """A PACS URL, query or credentials given wrongly."""
 
 
 class PacsUnreachableError(DicomWebError, UnavailableError):
@@ -82,9 +93,10 @@ class Query:
 
     def __post_init__(self):
         if self.since and not re.fullmatch(r"\d{8}", self.since):
-            raise DicomWebError(f"--since {self.since!r}: give the first study date as YYYYMMDD, e.g. 20240101")
+            raise PacsArgumentError(f"--since {self.since!r}: give the first study date as YYYYMMDD, e.g. "
+                                    "20240101")
         if self.limit < 0:
-            raise DicomWebError(f"--limit {self.limit}: give a number of instances >= 0 (0: all)")
+            raise PacsArgumentError(f"--limit {self.limit}: give a number of instances >= 0 (0: all)")
 
     @classmethod
     def parse(cls, modality: str = "", since: str = "", limit: int = 0) -> Query:
@@ -160,8 +172,8 @@ class DicomWeb:
         try:
             self._client = DICOMwebClient(self.url, session=session, timeout=TIMEOUT_S)
         except ValueError as exc:
-            raise DicomWebError(f"--dicomweb {redacted(url)!r} is not a DICOMweb URL: give "
-                                "http(s)://host:port/dicom-web") from exc
+            raise PacsArgumentError(f"--dicomweb {redacted(url)!r} is not a DICOMweb URL: give "
+                                    "http(s)://host:port/dicom-web") from exc
         self._client.set_http_retry_params(max_attempts=3, wait_exponential_multiplier=500)
 
     @property
@@ -290,11 +302,11 @@ def session(user: str = "", password: str = "", token: str = "", ca: Path | None
     import requests
 
     if token and (user or password):
-        raise DicomWebError("give the PACS basic auth (--dicomweb-user and CXR_DICOMWEB_PASSWORD) or a token "
-                            "(CXR_DICOMWEB_TOKEN), not both")
+        raise PacsArgumentError("give the PACS basic auth (--dicomweb-user and CXR_DICOMWEB_PASSWORD) or a token "
+                                "(CXR_DICOMWEB_TOKEN), not both")
     if bool(user) != bool(password):
-        raise DicomWebError("basic auth needs both --dicomweb-user and a password (CXR_DICOMWEB_PASSWORD keeps it "
-                            "out of the shell history)")
+        raise PacsArgumentError("basic auth needs both --dicomweb-user and a password (CXR_DICOMWEB_PASSWORD keeps "
+                                "it out of the shell history)")
     if ca is not None and not Path(ca).is_file():
         raise PacsTlsError(f"--dicomweb-ca {ca}: no such file; give the PEM file of the CA that signed the PACS's "
                            "certificate")
@@ -314,7 +326,7 @@ def session(user: str = "", password: str = "", token: str = "", ca: Path | None
 def connect(url: str, user: str = "", password: str = "", token: str = "", ca: Path | None = None) -> DicomWeb:
     """A DicomWeb client of the PACS at `url` (its DICOMweb root, e.g. http://pacs:8042/dicom-web)."""
     if not url:
-        raise DicomWebError("no PACS named: pass --dicomweb http(s)://host:port/dicom-web or set dicomweb_url")
+        raise PacsArgumentError("no PACS named: pass --dicomweb http(s)://host:port/dicom-web or set dicomweb_url")
     return DicomWeb(url, session(user, password, token, ca))
 
 

@@ -3,7 +3,7 @@
 Every error class subclasses one kind below, named after the gRPC canonical code (google.rpc.Code) it
 stands for: the gateway maps kinds, not classes, to gRPC statuses (gateway/errors.py) and those to HTTP
 (gateway/http_errors.py), so a module's new error needs no entry anywhere else. An error with no kind is
-an internal one (INTERNAL at the gateway); the CLI exits 2 on any CxrError, whatever its kind."""
+an internal one (INTERNAL at the gateway); the CLI exits with a status per kind (cxr_cli/exit_codes.py)."""
 
 
 class CxrError(Exception):

@@ -11,7 +11,7 @@ from pathlib import Path
 from grpc_health.v1 import health_pb2
 
 from cxr import client
-from cxr.errors import CxrError
+from cxr.errors import CxrError, FailedPreconditionError
 from cxr.processes import log_tail, port_free
 from cxr.settings import Settings, to_environment
 
@@ -24,10 +24,14 @@ class GatewayError(CxrError):
     """The gateway could not be started."""
 
 
+class GatewayPortInUseError(GatewayError, FailedPreconditionError):
+    """Something else listens on the gateway's port."""
+
+
 def check_port(settings: Settings) -> None:
     if not port_free(settings.gateway_host, settings.gateway_port):
-        raise GatewayError(f"the gateway port {settings.gateway_address} is already in use: stop what holds it "
-                           "(`cxr stop` if it is ours) or choose another with CXR_GATEWAY_PORT.")
+        raise GatewayPortInUseError(f"the gateway port {settings.gateway_address} is already in use: stop what holds "
+                                    "it (`cxr stop` if it is ours) or choose another with CXR_GATEWAY_PORT.")
 
 
 def start(settings: Settings) -> tuple[subprocess.Popen, Path]:

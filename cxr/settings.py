@@ -357,7 +357,11 @@ def load_settings(root: Path | None = None, environ: dict | None = None, config:
     if config is None and config_path.is_file():
         config = config_path.read_text()
     if config is not None:
-        values.update(tomllib.loads(config).get("cxr", {}))
+        try:
+            values.update(tomllib.loads(config).get("cxr", {}))
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"{config_path} is not valid TOML ({exc}): fix it, e.g. `[cxr]` then "
+                                "`model = \"cxr-mini\"`, one setting a line") from exc
     unknown = set(values) - set(FIELDS)
     if unknown:
         raise SettingsError(f"{config_path}: unknown keys {sorted(unknown)}; known: {sorted(FIELDS)}")

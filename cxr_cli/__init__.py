@@ -15,7 +15,7 @@ def main(argv: list[str] | None = None) -> int:
     problem = foreign_packages()
     if problem:
         print(f"error: {problem}", file=sys.stderr)
-        return 2
+        return 3  # exit_codes.BAD_INPUT, not imported: it stands on cxr, which may be the shadowed one
     from cxr_cli.main import main as run
 
     return run(argv)

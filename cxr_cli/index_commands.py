@@ -8,8 +8,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from cxr import registry
-from cxr.errors import CxrError, InvalidArgumentError
+from cxr.errors import InvalidArgumentError
 from cxr.settings import Settings
+from cxr_cli.exit_codes import UsageError
 
 
 def cmd_index_build(args, settings: Settings) -> int:
@@ -43,8 +44,8 @@ def _index_build_pacs(args, settings: Settings) -> int:
     from indexing.pacs_reports import ReportCounts
 
     if args.reports_csv or args.projections_csv or args.labels_csv or args.manifest or args.images_dir:
-        raise CxrError("--dicomweb reads the archive from the PACS: leave out --reports-csv, --projections-csv, "
-                       "--labels-csv, --manifest and --images-dir")
+        raise UsageError("--dicomweb reads the archive from the PACS: leave out --reports-csv, --projections-csv, "
+                         "--labels-csv, --manifest and --images-dir")
     model_name = args.model or settings.model
     model = ExportedModel.load(settings.model_repository, model_name)
     output_dir = args.output_dir or settings.index_path(model_name)
@@ -247,12 +248,12 @@ def archive_records(args):
 
     if args.reports_csv or args.projections_csv:
         if not (args.reports_csv and args.projections_csv and args.images_dir):
-            raise CxrError("an IU-Xray archive needs --reports-csv, --projections-csv and --images-dir")
+            raise UsageError("an IU-Xray archive needs --reports-csv, --projections-csv and --images-dir")
         return archives.iu_xray(args.reports_csv, args.projections_csv, args.images_dir), str(args.reports_csv.parent)
     if args.labels_csv:
         return archives.nih_labels(args.labels_csv, args.images_dir or args.labels_csv.parent), str(args.labels_csv)
     if args.manifest:
         return archives.manifest(args.manifest, args.images_dir), str(args.manifest)
-    raise CxrError("name an archive: --reports-csv/--projections-csv/--images-dir (IU-Xray), "
-                   "--labels-csv (NIH style) or --manifest (CSV or JSONL)")
+    raise UsageError("name an archive: --reports-csv/--projections-csv/--images-dir (IU-Xray), "
+                     "--labels-csv (NIH style) or --manifest (CSV or JSONL)")
 

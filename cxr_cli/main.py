@@ -1,5 +1,6 @@
 """`cxr`: the command line of cxr-retrieval: its parser and `main`; each command group is a module of its own
-(serve_commands, index_commands, train_commands, search_commands, security)."""
+(serve_commands, index_commands, train_commands, search_commands, security). `main` turns an error of ours, or
+the operating system's, into one line on stderr and the exit status of its kind (cxr_cli.exit_codes)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from cxr import __version__
 from cxr.errors import CxrError
 from cxr.settings import load_settings
-from cxr_cli import backup_commands, report_commands, security
+from cxr_cli import backup_commands, exit_codes, report_commands, security
 from cxr_cli.index_commands import (
     cmd_index_build,
     cmd_index_compact,
@@ -23,6 +25,17 @@ from cxr_cli.train_commands import cmd_compare, cmd_train
 from training.config import FINE_TUNE_LR, SCRATCH_LR, TrainConfig
 
 TRAIN_DEFAULTS = TrainConfig()
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a count or a size of 1 or more (0 or less would fail deep inside, or do nothing)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of 1 or more")
+    return value
 
 
 def _add_store_arguments(parser: argparse.ArgumentParser) -> None:
@@ -69,6 +82,7 @@ def _add_pacs_arguments(parser: argparse.ArgumentParser, optional_url: bool) -> 
 def _add_models(sub) -> None:
     models = sub.add_parser("models", help="list registered models: active, exported, ready in Triton")
     models.add_argument("--no-twins", action="store_true", help="hide the random-weight test twins")
+    models.add_argument("--json", action="store_true", help="one JSON document instead of the table")
     models.set_defaults(func=cmd_models)
 
 
@@ -111,7 +125,7 @@ def _add_index_build(index) -> None:
     build.add_argument("--output-dir", type=Path, help="default: <index_dir>/<model>")
     build.add_argument("--model", help="registry name (default: the active model)")
     _add_store_arguments(build)
-    build.add_argument("--batch-size", type=int, default=32)
+    build.add_argument("--batch-size", type=positive_int, default=32)
     build.add_argument("--workers", type=int, default=2, help="decoding processes")
     build.add_argument("--use-gpu", action="store_true",
                        help="build flat/IVF indexes on the GPU (faiss-gpu); serve with CXR_USE_GPU=1 to search there")
@@ -131,7 +145,7 @@ def _add_index_follow(index) -> None:
     follow.add_argument("--interval", type=float,
                         help="seconds between two looks at the PACS (default: 1 on Orthanc's change feed, "
                              "60 by QIDO-RS)")
-    follow.add_argument("--batch", type=int, default=256, help="instances per commit to the index")
+    follow.add_argument("--batch", type=positive_int, default=256, help="instances per commit to the index")
     follow.add_argument("--reconcile-interval", type=float, default=600.0,
                         help="seconds between two reconciliations with the PACS's listing, which find deletions "
                              "(on Orthanc also as soon as its count of instances falls)")
@@ -148,7 +162,7 @@ def _add_index_follow(index) -> None:
     follow.add_argument("--output-dir", type=Path, help="default: <index_dir>/<model>")
     follow.add_argument("--model", help="registry name (default: the active model)")
     _add_store_arguments(follow)
-    follow.add_argument("--batch-size", type=int, default=32)
+    follow.add_argument("--batch-size", type=positive_int, default=32)
     follow.add_argument("--workers", type=int, default=2, help="decoding processes")
     follow.add_argument("--use-gpu", action="store_true", help="build flat/IVF indexes on the GPU (faiss-gpu)")
     follow.set_defaults(func=cmd_index_follow)
@@ -157,7 +171,7 @@ def _add_index_follow(index) -> None:
 def _add_index_synth(index) -> None:
     synth = index.add_parser("synth", help="write an index of N synthetic clustered vectors (benchmarks, sizing)")
     synth.add_argument("--model", help="registry name: sets the dimension (default: the active model)")
-    synth.add_argument("--count", type=int, required=True, help="images in the synthetic archive")
+    synth.add_argument("--count", type=positive_int, required=True, help="images in the synthetic archive")
     synth.add_argument("--output-dir", type=Path, help="default: <index_dir>/<model>")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--unexported", action="store_true",
@@ -202,8 +216,8 @@ def _add_train(sub) -> None:
     start.add_argument("--checkpoint", help="start from this hub id or local directory (default: the registry's)")
     start.add_argument("--from-scratch", action="store_true",
                        help="start from random weights (the text tower stays pretrained where the registry says so)")
-    train.add_argument("--epochs", type=int, default=TRAIN_DEFAULTS.epochs)
-    train.add_argument("--batch-size", type=int, default=TRAIN_DEFAULTS.batch_size)
+    train.add_argument("--epochs", type=positive_int, default=TRAIN_DEFAULTS.epochs)
+    train.add_argument("--batch-size", type=positive_int, default=TRAIN_DEFAULTS.batch_size)
     train.add_argument("--lr", type=float,
                        help=f"peak learning rate (default: {SCRATCH_LR:g} from scratch, {FINE_TUNE_LR:g} fine-tuning)")
     train.add_argument("--loss", choices=("sigmoid", "infonce"), default=TRAIN_DEFAULTS.loss,
@@ -230,7 +244,7 @@ def _add_compare(sub) -> None:
                          help="quick: a few minutes; full: concurrency 1-64, longer loads")
     compare.add_argument("--seed", type=int, default=0, help="the validation split's seed")
     _add_archive_arguments(compare)
-    compare.add_argument("--limit", type=int, default=1000,
+    compare.add_argument("--limit", type=positive_int, default=1000,
                          help="rank at most this many of the archive's images (the gateway's top_k cap is 1000)")
     compare.set_defaults(func=cmd_compare)
 
@@ -254,11 +268,15 @@ def _add_search(sub) -> None:
                         help="without --ca the gateway is spoken to in plaintext; with a token too, only with this "
                              "flag (a gateway on loopback or a trusted network)")
     search.add_argument("--timeout", type=float, default=60.0, help="seconds the search may take, retries included")
+    search.add_argument("--json", action="store_true",
+                        help="one JSON document: the model and each hit's rank, score, ids, labels and report excerpt")
     search.set_defaults(func=cmd_search)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cxr", description="Chest X-ray retrieval served by NVIDIA Triton.")
+    parser = argparse.ArgumentParser(prog="cxr", description="Chest X-ray retrieval served by NVIDIA Triton.",
+                                     epilog=exit_codes.epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"cxr-retrieval {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for add_commands in (_add_models, _add_export, _add_serve_and_stop, _add_index, _add_train, _add_compare,
                          _add_search, security.add_commands, report_commands.add_commands,
@@ -268,13 +286,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; its exit status (a command line argparse cannot parse exits 2 from parse_args)."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args, load_settings())
     except CxrError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
-
+        return exit_codes.of_error(exc)
+    except OSError as exc:  # a file or a connection no command wrapped: the system's words, without a traceback
+        print(f"error: {exit_codes.describe_os_error(exc)}", file=sys.stderr)
+        return exit_codes.of_error(exc)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return exit_codes.INTERRUPTED
 
 
 if __name__ == "__main__":

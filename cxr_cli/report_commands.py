@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cxr.errors import InvalidArgumentError
+from cxr.errors import InvalidArgumentError, NotFoundError
 from cxr.reports.intake import PatientMismatchError, ReportIntake
 from cxr.reports.ledger import ReportLedger
 from cxr.reports.report import InvalidReportError, Report
@@ -120,8 +120,10 @@ def cmd_reports_import(args, settings: Settings) -> int:
     from tqdm import tqdm
 
     path: Path = args.file
+    if not path.exists():
+        raise NotFoundError(f"{path}: no such file; give a FHIR NDJSON export or an IU-Xray indiana_reports.csv")
     if not path.is_file():
-        raise InvalidArgumentError(f"{path}: no such file; give a FHIR NDJSON export or an IU-Xray "
+        raise InvalidArgumentError(f"{path}: not a file; give a FHIR NDJSON export or an IU-Xray "
                                    "indiana_reports.csv")
     model = args.model or settings.model
     counts, into = ImportCounts(), intake(settings, model)

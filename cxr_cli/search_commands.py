@@ -1,14 +1,18 @@
-"""`cxr search`: a query through the gateway with the client package (cxr_client), its hits printed as a table."""
+"""`cxr search`: a query through the gateway with the client package (cxr_client), its hits printed as a table or,
+with --json, as one JSON document."""
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import replace
 
 from cxr.settings import Settings
+from cxr_cli import exit_codes
 
 PLAINTEXT_TOKEN = ("a token would go to {address} in plaintext: give the CA of the gateway's certificate "
                    "(--ca, CXR_CA), or say --insecure for a gateway on loopback or a trusted network")
+EXCERPT_CHARS = 60  # of a hit's report: what the table shows, and all --json shows (report text is patient data)
 
 
 def cmd_search(args, settings: Settings) -> int:
@@ -24,14 +28,29 @@ def cmd_search(args, settings: Settings) -> int:
                 response = client.search_text(args.query, **filters)
             else:
                 response = client.search_image(args.query, **filters)
-    except cxr_client.CxrError as error:
+    except cxr_client.ConfigurationError as error:  # refused before any call: a flag or a setting to change
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return exit_codes.BAD_INPUT
+    except cxr_client.CxrError as error:  # the gateway's answer, or none: exits as the same kind here would
+        print(f"error: {_described(error, settings.gateway_address)}", file=sys.stderr)
+        return exit_codes.of_status(error.code.name if error.code is not None else None)
     except OSError as error:  # the image file: missing, a folder, unreadable
         print(f"error: cannot read the image {args.query}: {error.strerror or error}", file=sys.stderr)
-        return 2
-    print_hits(response)
+        return exit_codes.of_error(error)
+    if args.json:
+        print(json.dumps(search_document(response), indent=2, ensure_ascii=False))
+    else:
+        print_hits(response)
     return 0
+
+
+def _described(error, address: str) -> str:
+    """The client's one line, naming the gateway when it did not answer at all (no request id)."""
+    import cxr_client
+
+    if isinstance(error, (cxr_client.Unavailable, cxr_client.DeadlineExceeded)) and not error.request_id:
+        return f"{error.code.name}: the gateway at {address}: {error.message}"
+    return str(error)
 
 
 def _client(settings: Settings, insecure: bool, timeout: float):
@@ -47,6 +66,20 @@ def _client(settings: Settings, insecure: bool, timeout: float):
                              timeout=timeout)
 
 
+def search_document(response) -> dict:
+    """What --json prints: the model and each hit's ranking, identities and labels, with the same report excerpt
+    as the table (never the whole report, nor the image's file name, which a plain run does not show either).
+    Every key is always there, empty where the hit has no value."""
+    return {"model": response.model, "hits": [{
+        "rank": hit.rank, "score": round(hit.score, 6), "image_id": hit.image_id, "study_uid": hit.study_uid,
+        "projection": hit.projection, "labels": list(hit.labels), "labels_derived": hit.labels_derived,
+        "study_instance_uid": hit.study_instance_uid, "series_instance_uid": hit.series_instance_uid,
+        "sop_instance_uid": hit.sop_instance_uid, "accession_number": hit.accession_number,
+        "study_date": hit.study_date, "view_position": hit.view_position, "viewer_url": hit.viewer_url,
+        "image_ids": list(hit.image_ids), "report_excerpt": _clip(hit.impression or hit.findings, EXCERPT_CHARS),
+    } for hit in response.hits]}
+
+
 def print_hits(response) -> None:
     """A table of hits; accession and date when the archive came from a PACS, image counts when grouped."""
     print(f"model: {response.model}")
@@ -58,7 +91,7 @@ def print_hits(response) -> None:
         rows.append((str(hit.rank), f"{hit.score:.3f}", hit.study_uid,
                      *((hit.accession_number or "-", hit.study_date or "-") if dicom else ()),
                      *((str(len(hit.image_ids)),) if grouped else ()), hit.projection or "-",
-                     ", ".join(hit.labels) or "-", _clip(hit.impression or hit.findings or "-", 60)))
+                     ", ".join(hit.labels) or "-", _clip(hit.impression or hit.findings, EXCERPT_CHARS) or "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())

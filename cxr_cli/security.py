@@ -9,12 +9,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from pathlib import Path
 
-from cxr.errors import CxrError
-from cxr.settings import Settings
+from cxr.errors import InvalidArgumentError, NotFoundError
+from cxr.settings import Settings, SettingsError
 
 SCOPES = ("search", "studies", "admin")
 TTL_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -45,7 +46,7 @@ def cmd_token_issue(args, settings: Settings) -> int:
     from cxr.dev_pki import issue_token
 
     if args.ttl > settings.jwt_max_ttl_s:
-        raise CxrError(f"--ttl {args.ttl} s is longer than the gateway accepts (jwt_max_ttl_s = "
+        raise InvalidArgumentError(f"--ttl {args.ttl} s is longer than the gateway accepts (jwt_max_ttl_s = "
                        f"{settings.jwt_max_ttl_s:g} s): issue a shorter-lived token")
     print(issue_token(args.key, args.subject, args.scope, args.ttl, settings.jwt_issuer, settings.jwt_audience))
     return 0
@@ -53,7 +54,8 @@ def cmd_token_issue(args, settings: Settings) -> int:
 
 def _key_file(settings: Settings) -> Path:
     if settings.api_keys_file is None:
-        raise CxrError("set api_keys_file (cxr.toml or CXR_API_KEYS_FILE) to the file the gateway reads keys from")
+        raise SettingsError("set api_keys_file (cxr.toml or CXR_API_KEYS_FILE) to the file the gateway reads keys "
+                            "from")
     return settings.api_keys_file
 
 
@@ -70,6 +72,10 @@ def cmd_keys_list(args, settings: Settings) -> int:
     from gateway import api_keys
 
     keys = api_keys.read(_key_file(settings))
+    if args.json:  # never the key's hash: the table does not show it either
+        print(json.dumps({"keys": [{"id": k.id, "owner": k.owner, "scopes": list(k.scopes), "created": k.created,
+                                    "revoked": k.revoked} for k in keys.values()]}, indent=2))
+        return 0
     rows = [("id", "owner", "scopes", "created", "revoked")] + [
         (k.id, k.owner, ",".join(k.scopes), k.created, k.revoked or "-") for k in keys.values()]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -89,9 +95,12 @@ def cmd_keys_revoke(args, settings: Settings) -> int:
 def cmd_audit_verify(args, settings: Settings) -> int:
     from gateway.audit_chain import key_file, log_files, read_key, verify
 
-    missing = [str(p) for p in args.files if not p.is_file()]
+    missing = [str(p) for p in args.files if not p.exists()]
     if missing:
-        raise CxrError(f"no such audit file: {', '.join(missing)}")
+        raise NotFoundError(f"no such audit file: {', '.join(missing)}")
+    folders = [str(p) for p in args.files if not p.is_file()]
+    if folders:
+        raise InvalidArgumentError(f"not a file: {', '.join(folders)}; name the audit log itself (e.g. audit.log)")
     key = read_key(args.key or key_file(args.files[0]))
     files = log_files(args.files)
     problem, checked = verify(files, key)
@@ -126,14 +135,16 @@ def add_commands(sub) -> None:
     add.add_argument("--owner", required=True, help="the service account or team that holds it")
     add.add_argument("--scope", action="append", choices=SCOPES, required=True, help="repeatable")
     add.set_defaults(func=cmd_keys_add)
-    keys.add_parser("list", help="ids, owners, scopes, revocations").set_defaults(func=cmd_keys_list)
+    listed = keys.add_parser("list", help="ids, owners, scopes, revocations")
+    listed.add_argument("--json", action="store_true", help="one JSON document instead of the table")
+    listed.set_defaults(func=cmd_keys_list)
     revoke = keys.add_parser("revoke", help="revoke a key by id")
     revoke.add_argument("id")
     revoke.set_defaults(func=cmd_keys_revoke)
 
     audit = sub.add_parser("audit", help="the audit trail").add_subparsers(dest="audit_command", required=True)
     verify = audit.add_parser("verify", help="check the keyed chain of the whole log; exit 1 naming the first bad "
-                                             "line or the missing file")
+                                             "line (4: a file named is missing)")
     verify.add_argument("files", type=Path, nargs="+", help="the log (its rotated files beside it are found) "
                                                             "and any rotated files kept elsewhere, in any order")
     verify.add_argument("--key", type=Path, help="the log's key (default: <log>.key beside the first file)")

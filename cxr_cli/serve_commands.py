@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 
 from cxr import registry
@@ -12,54 +13,39 @@ from cxr.settings import Settings
 TRITON_MODES = ("local", "external")
 
 
-def _triton_ready(settings: Settings, towers: list[str]) -> dict[str, bool] | None:
-    """Ready state of each tower in Triton, or None when no Triton answers. Asks the open health API,
-    so it needs no admin key."""
-    import tritonclient.grpc as grpcclient
-    from tritonclient.utils import InferenceServerException
-
-    from cxr.triton.request import connection
-
-    client = grpcclient.InferenceServerClient(**connection(settings))
-    try:
-        if not client.is_server_live(client_timeout=2.0):
-            return None
-    except InferenceServerException:
-        return None
-
-    def ready(name: str) -> bool:
-        try:
-            return client.is_model_ready(name, client_timeout=2.0)
-        except InferenceServerException:
-            return False
-
-    try:
-        return {name: ready(name) for name in towers}
-    finally:
-        client.close()
-
-
 def cmd_models(args, settings: Settings) -> int:
-    names = registry.list_models(include_twins=not args.no_twins)
-    towers = [t for name in names for t in (registry.get_model(name).image_model, registry.get_model(name).text_model)]
-    ready = _triton_ready(settings, towers)
+    from cxr.triton.readiness import towers_ready
+
+    specs = [registry.get_model(name) for name in registry.list_models(include_twins=not args.no_twins)]
+    ready = towers_ready(settings, [tower for spec in specs for tower in (spec.image_model, spec.text_model)])
+    models = [_model_row(spec, settings, ready) for spec in specs]
+    if args.json:
+        triton = {"url": settings.triton_grpc_url, "up": ready is not None}
+        print(json.dumps({"active": settings.model, "triton": triton, "models": models}, indent=2))
+        return 0
     rows = [("", "model", "family", "image", "dim", "text", "exported", "in Triton", "when to use")]
-    for name in names:
-        spec = registry.get_model(name)
-        manifest = read_export_manifest(settings.model_repository, name)
-        exported = f"yes ({manifest['precision']}, {manifest['target']})" if manifest else "no"
-        serving = "-" if ready is None else (
-            "ready" if ready.get(spec.image_model) and ready.get(spec.text_model) else "not loaded")
-        rows.append(("*" if name == settings.model else "", name, spec.family.name, str(spec.image_size),
-                     str(spec.embed_dim), f"{spec.context_length} {spec.tokenizer}", exported, serving,
-                     spec.use))
+    for m in models:
+        exported = f"yes ({m['exported']['precision']}, {m['exported']['target']})" if m["exported"] else "no"
+        serving = "-" if m["ready"] is None else "ready" if m["ready"] else "not loaded"
+        rows.append(("*" if m["active"] else "", m["name"], m["family"], str(m["image_size"]), str(m["embed_dim"]),
+                     f"{m['context_length']} {m['tokenizer']}", exported, serving, m["use"]))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
-    where = settings.triton_grpc_url
-    print(f"\n* active model (set CXR_MODEL or `model` in cxr.toml). Triton at {where}: "
+    print(f"\n* active model (set CXR_MODEL or `model` in cxr.toml). Triton at {settings.triton_grpc_url}: "
           + ("not running (`make serve`)" if ready is None else "up"))
     return 0
+
+
+def _model_row(spec, settings: Settings, ready: dict[str, bool] | None) -> dict:
+    """One model as `cxr models --json` gives it (and the table shows it): `ready` is None when Triton is down."""
+    manifest = read_export_manifest(settings.model_repository, spec.name)
+    return {"name": spec.name, "active": spec.name == settings.model, "family": spec.family.name,
+            "image_size": spec.image_size, "embed_dim": spec.embed_dim, "context_length": spec.context_length,
+            "tokenizer": spec.tokenizer, "twin": spec.is_twin,
+            "exported": {"precision": manifest["precision"], "target": manifest["target"]} if manifest else None,
+            "ready": None if ready is None else bool(ready.get(spec.image_model) and ready.get(spec.text_model)),
+            "use": spec.use}
 
 
 def cmd_export(args, settings: Settings) -> int:

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from cxr import registry
-from cxr.errors import CxrError
+from cxr.errors import FailedPreconditionError, InvalidArgumentError
 from cxr.settings import Settings
 from cxr_cli.index_commands import archive_records
 from training.config import FINE_TUNE_LR, SCRATCH_LR, TrainConfig
@@ -20,7 +20,8 @@ def cmd_train(args, settings: Settings) -> int:
 
     spec = registry.get_model(args.model or settings.model)
     if (args.out / STATE_FILE).exists() and not args.resume:
-        raise CxrError(f"{args.out} already holds a training run: add --resume to continue it, or pick a new --out")
+        raise InvalidArgumentError(f"{args.out} already holds a training run: add --resume to continue it, or pick a "
+                                   "new --out")
     records, source = archive_records(args)
     if args.checkpoint:
         init = args.checkpoint
@@ -56,8 +57,8 @@ def _checkout_benchmarks():
     wheel (they write to benchmarks/results/ and need ../shared/data), so an installed `cxr` has none."""
     checkout = Path(__file__).resolve().parents[1]
     if not (checkout / "benchmarks" / "compare.py").is_file():
-        raise CxrError("`cxr compare` runs the benchmarks of a source checkout: clone cxr-retrieval, run "
-                       "`make setup`, then `make bench` there")
+        raise FailedPreconditionError("`cxr compare` runs the benchmarks of a source checkout: clone cxr-retrieval, "
+                                      "run `make setup`, then `make bench` there")
     if str(checkout) not in sys.path:
         sys.path.append(str(checkout))  # an editable install maps only the packages its wheel holds
     return importlib.import_module("benchmarks.compare")
@@ -70,7 +71,7 @@ def cmd_compare(args, settings: Settings) -> int:
         records, source = archive_records(args)
         readable = [r for r in records if r.path.is_file()]
         if not readable:
-            raise CxrError(f"none of the {len(records)} images of {source} exist: check --images-dir")
+            raise InvalidArgumentError(f"none of the {len(records)} images of {source} exist: check --images-dir")
         archive = (readable[:args.limit], source)
     run(args.model or [settings.model], args.profile, args.seed, archive=archive)
     return 0

@@ -21,7 +21,13 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from cxr.errors import CxrError
+from cxr.errors import (
+    CxrError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    UnauthenticatedError,
+)
 
 PREFIX = "cxr_"
 SCOPES = ("search", "studies", "admin")
@@ -30,7 +36,23 @@ log = logging.getLogger("cxr.gateway.api_keys")
 
 
 class ApiKeyError(CxrError):
-    """The key file could not be read or written, or a key was not found."""
+    """The key file could not be read or written, or a key was not found: the family's base."""
+
+
+class ApiKeyFileError(ApiKeyError, FailedPreconditionError):
+    """The key file cannot be read: the operator fixes it."""
+
+
+class ApiKeyRequestError(ApiKeyError, InvalidArgumentError):
+    """A key asked for with no owner or unknown scopes."""
+
+
+class UnknownApiKeyIdError(ApiKeyError, NotFoundError):
+    """No key of that id in the file (an administrator's revocation)."""
+
+
+class ApiKeyRefusedError(ApiKeyError, UnauthenticatedError):
+    """A caller's key is unknown or revoked."""
 
 
 @dataclass(frozen=True)
@@ -58,7 +80,7 @@ def key_id(key: str) -> str | None:
 def check_scopes(scopes) -> tuple[str, ...]:
     unknown = sorted(set(scopes) - set(SCOPES))
     if unknown or not scopes:
-        raise ApiKeyError(f"scopes must be one or more of {list(SCOPES)}, not {list(scopes)}")
+        raise ApiKeyRequestError(f"scopes must be one or more of {list(SCOPES)}, not {list(scopes)}")
     return tuple(dict.fromkeys(scopes))
 
 
@@ -69,7 +91,7 @@ def read(path: Path) -> dict[str, ApiKey]:
         items = json.loads(path.read_text())["keys"]
         return {item["id"]: ApiKey(**dict(item, scopes=tuple(item["scopes"]))) for item in items}
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ApiKeyError(f"cannot read the API key file {path}: {exc}") from exc
+        raise ApiKeyFileError(f"cannot read the API key file {path}: {exc}") from exc
 
 
 def _write(path: Path, keys: dict[str, ApiKey]) -> None:
@@ -89,7 +111,7 @@ def _now() -> str:
 def add(path: Path, owner: str, scopes) -> tuple[ApiKey, str]:
     """A new key for `owner`: (its record, the key itself, to hand over once)."""
     if not owner.strip():
-        raise ApiKeyError("name the key's owner (--owner), e.g. the service account or team")
+        raise ApiKeyRequestError("name the key's owner (--owner), e.g. the service account or team")
     keys = read(path)
     new_id = secrets.token_hex(4)
     while new_id in keys:
@@ -103,7 +125,7 @@ def add(path: Path, owner: str, scopes) -> tuple[ApiKey, str]:
 def revoke(path: Path, key_id_: str) -> ApiKey:
     keys = read(path)
     if key_id_ not in keys:
-        raise ApiKeyError(f"no API key {key_id_!r} in {path}; `cxr keys list` shows them")
+        raise UnknownApiKeyIdError(f"no API key {key_id_!r} in {path}; `cxr keys list` shows them")
     record = keys[key_id_]
     if record.revoked is None:
         record = ApiKey(**dict(asdict(record), revoked=_now()))
@@ -143,7 +165,7 @@ class ApiKeyStore:
         self._reload_if_changed()
         record = self._keys.get(key_id(key) or "")
         if record is None or not hmac.compare_digest(record.sha256, _hash(key)):
-            raise ApiKeyError("unknown API key")
+            raise ApiKeyRefusedError("unknown API key")
         if record.revoked:
-            raise ApiKeyError(f"API key {record.id} was revoked at {record.revoked}")
+            raise ApiKeyRefusedError(f"API key {record.id} was revoked at {record.revoked}")
         return record

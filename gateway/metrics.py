@@ -12,6 +12,7 @@ import time
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from cxr import __version__
 from cxr.errors import CxrError
 from gateway import calls
 
@@ -57,6 +58,10 @@ class GatewayMetrics:
         self.serving = Gauge("cxr_gateway_serving", "1 when the gateway reports SERVING", registry=r)
         self.audit_lines = Gauge("cxr_gateway_audit_lines", "Lines in the audit chain since its first (the next "
                                  "line's seq): compare with the log to see a cut tail", registry=r)
+        # Always 1: the version is the label, so a dashboard or an alert can tell which release each gateway runs.
+        self.build_info = Gauge("cxr_gateway_build_info", "The gateway's version (cxr-retrieval), as its label",
+                                ["version"], registry=r)
+        self.build_info.labels(__version__).set(1)
         self._server = None
 
     def observe_call(self, call: calls.Call, code: grpc.StatusCode) -> None:

@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 
-from cxr import registry
+from cxr import __version__, registry
 from cxr.catalog import ExportedModel
 from cxr.errors import CxrError, InvalidArgumentError, UnknownModelError
 from cxr.images import ImageLimits, preprocess
@@ -79,7 +79,7 @@ class RetrievalService(pb_grpc.RetrievalServicer):
                 ready=bool(model) and await self.embedder.is_ready(model),
                 index_size=store.count if store else 0, index_bytes=store.size_bytes if store else 0,
                 index_type=store.index_type if store else "", notes=spec.notes))
-        return pb.ListModelsResponse(models=infos)
+        return pb.ListModelsResponse(models=infos, server_version=__version__)
 
     @grpc_errors
     async def GetStudy(self, request, context):

@@ -25,7 +25,7 @@ from cxr.catalog import ExportedModel
 from cxr.errors import FailedPreconditionError
 from cxr.images import InvalidImageError, NotComparableError, preprocess
 from cxr.settings import Settings
-from cxr.store import faiss_files, faiss_writer
+from cxr.store import faiss_files, faiss_writer, index_types
 from cxr.triton.request import connections
 from cxr.triton.sync_client import TowerClient
 from indexing.chunk_cache import ChunkCache
@@ -98,6 +98,7 @@ def build_index(records: list[Record], model: ExportedModel, settings: Settings,
     """Encode `records`' images with `model` through Triton and write the index to `output_dir`, or
     into `backend` (a cxr.store.interface.StoreBackend, e.g. Milvus) when given; progress stays in
     <output_dir>.partial either way."""
+    index_types.check_count(options.index_type, len(records))  # before the encoding, not after it
     partial = ChunkCache(output_dir.with_name(output_dir.name + ".partial"), _state(records, model, options.index_type),
                          key="position")
     todo = [(i, str(r.path), model.image_size) for i, r in enumerate(records) if not partial.done(i)]
@@ -178,6 +179,7 @@ def _finish(records, model: ExportedModel, partial: ChunkCache, output_dir: Path
 def write_index(vectors: np.ndarray, rows: list[dict], skipped: list[tuple[str, str]], manifest: dict,
                 output_dir: Path, options: BuildOptions, backend=None) -> dict:
     """The whole index, swapped in at once: FAISS files in `output_dir`, or `backend` (e.g. Milvus)."""
+    index_types.check_count(options.index_type, len(vectors))
     model = manifest["model"]
     if backend is None:
         return faiss_writer.write(output_dir, vectors, rows, manifest, skipped, options.index_type, options.use_gpu,

@@ -15,6 +15,8 @@ from collections.abc import Iterator
 import numpy as np
 from tqdm import tqdm
 
+from cxr.store import index_types
+
 CENTRES = 2000
 SPREAD = 0.9  # noise norm relative to a centre's
 CHUNK = 100_000
@@ -69,6 +71,7 @@ def training_sample(count: int, dim: int, seed: int, size: int) -> np.ndarray:
 def write(backend, model: str, dim: int, count: int, index_type: str, manifest: dict, seed: int = 0,
           rerank: bool = False, progress: bool = True) -> dict:
     """Write the synthetic index through `backend`'s writer (a cxr.store.interface.StoreBackend)."""
+    index_types.check_count(index_type, count)
     manifest = dict(manifest, model=model, synthetic={"seed": seed, "centres": CENTRES, "spread": SPREAD},
                     source=f"synthetic ({count} clustered vectors, seed {seed})")
     with backend.writer(model, dim, count, index_type, manifest, rerank) as writer:

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
 
-from cxr.reports.report import InvalidReportError, Report, ReportStatus, sections
+from cxr.reports.report import InvalidReportError, Report, ReportStatus, not_text, sections
 
 V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"  # identifier types: ACSN, MR
 V2_0074 = "http://terminology.hl7.org/CodeSystem/v2-0074"  # diagnostic service sections
@@ -76,10 +76,13 @@ def read_ndjson(path: Path) -> Iterator[Line]:
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    with path.open(encoding="utf-8-sig") as f:
-        for number, line in enumerate(f, 1):
-            if line.strip():
-                yield number, line
+    try:
+        with path.open(encoding="utf-8-sig") as f:
+            for number, line in enumerate(f, 1):
+                if line.strip():
+                    yield number, line
+    except UnicodeDecodeError as exc:
+        raise not_text(path, exc) from exc
 
 
 def _joins(path: Path) -> Joins:

@@ -10,23 +10,26 @@ import csv
 from collections.abc import Iterator
 from pathlib import Path
 
-from cxr.reports.report import InvalidReportError, Report, ReportStatus
+from cxr.reports.report import InvalidReportError, Report, ReportStatus, not_text
 
 COLUMNS = ("uid", "findings", "impression")
 
 
 def read_csv(path: Path) -> Iterator[tuple[int, Report | InvalidReportError]]:
     """(line number, Report or why the row gives none) for each row."""
-    with path.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in COLUMNS if c not in (reader.fieldnames or ())]
-        if missing:
-            raise InvalidReportError(f"{path} lacks the columns {missing} of an IU-Xray indiana_reports.csv "
-                                     f"(it has {reader.fieldnames}); FHIR reports go in an .ndjson file")
-        start = reader.line_num + 1
-        for row in reader:  # a quoted field may span lines: a row is known by its first
-            yield start, _report(start, row)
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in COLUMNS if c not in (reader.fieldnames or ())]
+            if missing:
+                raise InvalidReportError(f"{path} lacks the columns {missing} of an IU-Xray indiana_reports.csv "
+                                         f"(it has {reader.fieldnames}); FHIR reports go in an .ndjson file")
             start = reader.line_num + 1
+            for row in reader:  # a quoted field may span lines: a row is known by its first
+                yield start, _report(start, row)
+                start = reader.line_num + 1
+    except UnicodeDecodeError as exc:
+        raise not_text(path, exc) from exc
 
 
 def _report(number: int, row: dict) -> Report | InvalidReportError:

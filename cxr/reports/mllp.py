@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import hl7.mllp
 
-from cxr.errors import UnavailableError
+from cxr.errors import FailedPreconditionError
 from cxr.reports.hl7 import (Condition, FieldRef, Header, Hl7Error, RejectedMessageError, check_header, parse,
                              read_header, read_reports)
 from cxr.reports.hl7_ack import Outcome, ack, encode
@@ -49,8 +49,8 @@ class Limits:
     drain_s: float = 2.0  # after refusing a frame: the rest is read and dropped, so that the AR is not lost to a reset
 
 
-class ListenError(UnavailableError):
-    """The listener could not bind its address."""
+class ListenError(FailedPreconditionError):
+    """The listener could not bind its address (another holds the port): choose another, as for the gateway's."""
 
 
 class MllpListener:

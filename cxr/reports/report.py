@@ -27,6 +27,12 @@ class InvalidReportError(InvalidArgumentError, ValueError):
     """A report that cannot be stored: no study named, an unknown status, an unreadable message."""
 
 
+def not_text(path, error: UnicodeDecodeError) -> InvalidReportError:
+    """A report file that is not UTF-8 text (a binary file given by mistake, another encoding)."""
+    return InvalidReportError(f"{path} is not UTF-8 text (byte {error.start} cannot be decoded): give a FHIR NDJSON "
+                              "export or an IU-Xray indiana_reports.csv, saved as UTF-8")
+
+
 @dataclass(frozen=True)
 class Report:
     accession_number: str = ""

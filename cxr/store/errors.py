@@ -29,3 +29,7 @@ class StoreUnavailableError(UnavailableError):
 
 class UnknownFilterError(InvalidArgumentError, ValueError):
     """A filter value that no image in the index carries."""
+
+
+class TooFewToTrainError(InvalidArgumentError):
+    """An index type that learns from the vectors was asked for an archive with too few of them."""

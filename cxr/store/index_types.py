@@ -31,6 +31,22 @@ IVF_NPROBE = 16
 DIMS_PER_PQ_CODE = 8
 
 
+# The fewest images a type can train on: ivfpq's sub-quantizers have 2**pq_bits >= 16 centroids, and FAISS's
+# OPQ rotation trains 8-bit codes (256 centroids) whatever pq_bits says. FAISS stops with a bare RuntimeError
+# below these.
+MIN_IMAGES = {"ivfpq": 2 ** 4, "opq": 2 ** 8}
+
+
+def check_count(index_type: str, count: int) -> None:
+    """Refuse, with the remedy, an index type that cannot train on `count` images."""
+    from cxr.store.errors import TooFewToTrainError
+
+    needed = MIN_IMAGES.get(index_type, 0)
+    if count < needed:
+        raise TooFewToTrainError(f"--index-type {index_type} learns its codes from the archive and needs at least "
+                                 f"{needed} images, not {count}: use flat (exact, and fast at this size) or ivf")
+
+
 def nlist_for(count: int) -> int:
     lists = min(IVF_LISTS_PER_SQRT_N * int(math.sqrt(count)), IVF_MAX_LISTS)
     return max(1, min(lists, count // 39 or 1))  # FAISS wants >= 39 points per list

@@ -16,6 +16,10 @@ class TritonStartError(TritonError, FailedPreconditionError):
     """The local tritonserver could not be started or did not become ready."""
 
 
+class TritonTlsFileError(TritonError, FailedPreconditionError):
+    """A TLS file the settings name for the connection to Triton is not there."""
+
+
 class TritonUnavailableError(TritonError, UnavailableError):
     """Triton cannot be reached or its model is not ready."""
 

@@ -39,6 +39,31 @@ def missing(settings: Settings, url: str, towers: Sequence[str]) -> str | None:
         client.close()
 
 
+def towers_ready(settings: Settings, towers: Sequence[str]) -> dict[str, bool] | None:
+    """Whether the default endpoint has each of `towers` ready; None when no Triton answers there (`cxr models`)."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    client = grpcclient.InferenceServerClient(**connection(settings))
+    try:
+        if not client.is_server_live(client_timeout=LOOK_TIMEOUT_S):
+            return None
+        return {name: _model_ready(client, name) for name in towers}
+    except InferenceServerException:
+        return None
+    finally:
+        client.close()
+
+
+def _model_ready(client, name: str) -> bool:
+    from tritonclient.utils import InferenceServerException
+
+    try:
+        return client.is_model_ready(name, client_timeout=LOOK_TIMEOUT_S)
+    except InferenceServerException:
+        return False
+
+
 def wait_ready(settings: Settings, towers: Sequence[str], timeout: float, say: Callable[[str], None],
                look: Look = missing, sleep: Callable[[float], None] = time.sleep,
                clock: Callable[[], float] = time.monotonic) -> str:

@@ -13,6 +13,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 
 from cxr.towers import TowerSpec
+from cxr.triton.errors import TritonTlsFileError
 
 TRITON_DTYPES = {"uint8": "UINT8", "int64": "INT64", "float32": "FP32"}
 # The header that unlocks Triton's restricted APIs (--grpc-restricted-protocol / --http-restricted-api):
@@ -32,12 +33,23 @@ def connection(settings, url: str | None = None, server_name: str | None = None)
     `channel_args` to add to the client's own."""
     kwargs: dict = {"url": url or settings.triton_grpc_url}
     if settings.triton_tls_ca:
+        _check_tls_files(settings)
         kwargs.update(ssl=True, root_certificates=str(settings.triton_tls_ca))
         if settings.triton_tls_cert:
             kwargs.update(certificate_chain=str(settings.triton_tls_cert), private_key=str(settings.triton_tls_key))
         if server_name:
             kwargs["channel_args"] = [("grpc.ssl_target_name_override", server_name)]
     return kwargs
+
+
+def _check_tls_files(settings) -> None:
+    """tritonclient opens the TLS files as it makes a client and lets the OSError out: say which setting is wrong."""
+    for name in ("triton_tls_ca", "triton_tls_cert", "triton_tls_key"):
+        path = getattr(settings, name)
+        if path and not Path(path).is_file():
+            raise TritonTlsFileError(f"{name} = {path}: no such file; point {name} (CXR_{name.upper()}) at the PEM "
+                                     "file of the TLS material Triton's gRPC port uses, or unset triton_tls_ca for a "
+                                     "Triton in plaintext on loopback")
 
 
 def connections(settings) -> list[dict]:

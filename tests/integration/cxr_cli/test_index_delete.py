@@ -69,7 +69,7 @@ def test_the_cli_deletes_and_compacts_while_the_gateway_serves(gateway, capsys):
     _gone_within(stub, settings.index_changes_poll_s + SLACK_S, study, image)
     assert len(_hits(stub)) == len(hits) - 2  # NIH: one image per study
 
-    assert main(["index", "delete", "--study", study]) == 2
+    assert main(["index", "delete", "--study", study]) == 4  # not found
     assert "nothing indexed under that UID; already deleted or never indexed" in capsys.readouterr().err
 
     assert main(["index", "compact"]) == 0

@@ -203,7 +203,7 @@ def test_cxr_search_works_with_tls_and_a_token_and_says_why_without(secured):
                CXR_CLIENT_KEY=str(pki / "client.key"))
     command = [sys.executable, "-m", "cxr_cli", "search", "text", "cardiomegaly", "--top-k", "2"]
     refused = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
-    assert refused.returncode == 2 and "UNAUTHENTICATED" in refused.stderr
+    assert refused.returncode == 6 and "UNAUTHENTICATED" in refused.stderr  # refused
     answered = subprocess.run([*command, "--token", _token(pki, scopes=["search"])], env=env, capture_output=True,
                               text=True, timeout=60)
     assert answered.returncode == 0, answered.stderr

@@ -109,7 +109,7 @@ def test_cli_on_iu_csvs_without_images_prints_the_missing_count_not_a_traceback(
                "--model", MODEL, "--output-dir", str(tmp_path / "iu")]
     done = subprocess.run(command, env=dict(os.environ, **to_environment(served)), capture_output=True, text=True,
                           timeout=300)
-    assert done.returncode == 2
+    assert done.returncode == 3  # bad input: none of the archive's images can be read
     assert "7466 of 7466 images missing" in done.stdout
     assert "Traceback" not in done.stderr and "iu.skipped.csv" in done.stderr
 

@@ -448,7 +448,7 @@ def test_the_cli_builds_from_the_pacs_and_explains_a_wrong_password(served, pacs
     assert done.returncode == 0, done.stderr
     assert "12 new, 0 kept, 0 skipped" in done.stdout and faiss_store.load(output).count == 12
     denied = _cli(served, "build", *common, password="wrong")
-    assert denied.returncode == 2 and "Traceback" not in denied.stderr
+    assert denied.returncode == 3 and "Traceback" not in denied.stderr  # bad input: the PACS credentials
     assert "HTTP 401" in denied.stderr and "CXR_DICOMWEB_PASSWORD" in denied.stderr and "wrong" not in denied.stderr
     followed = _cli(served, "follow", *common, "--once")
     assert followed.returncode == 0, followed.stderr

@@ -42,5 +42,5 @@ def test_missing_columns_and_files_are_named(tmp_path):
     (tmp_path / "bad.csv").write_text("uid,filename\n1,a.png\n")
     with pytest.raises(archives.ArchiveError, match="projection"):
         archives.iu_xray(IU / "indiana_reports.csv", tmp_path / "bad.csv", tmp_path)
-    with pytest.raises(archives.ArchiveError, match="not found"):
+    with pytest.raises(archives.ArchiveFileMissingError, match="not found"):
         archives.nih_labels(tmp_path / "nowhere.csv", tmp_path)

@@ -3,14 +3,16 @@
 import pytest
 
 from cxr import dicomweb, errors
-from cxr.archives import ArchiveError
-from cxr.dev_pki import PkiError
+from cxr.archives import ArchiveError, ArchiveFileMissingError
+from cxr.dev_pki import PkiError, SigningKeyMissingError
+from cxr.gateway_process import GatewayPortInUseError
 from cxr.images import DecodeBusyError, ImageTooLargeError, InvalidImageError
 from cxr.private_copy import NoRoomError
 from cxr.settings import SettingsError
 from cxr.store import errors as store_errors
 from cxr.store.milvus.records import MilvusLimitError
 from cxr.triton import errors as triton_errors
+from gateway import api_keys
 from gateway.admission import OverloadedError
 from gateway.audit_chain import AuditError
 from gateway.auth import AuthConfigError, AuthError
@@ -28,12 +30,22 @@ KIND_OF = {
     InvalidImageError: errors.InvalidArgumentError,
     ImageTooLargeError: errors.InvalidArgumentError,
     store_errors.UnknownFilterError: errors.InvalidArgumentError,
+    store_errors.TooFewToTrainError: errors.InvalidArgumentError,
     MilvusLimitError: errors.InvalidArgumentError,
     errors.UnknownModelError: errors.NotFoundError,
     StudyNotFoundError: errors.NotFoundError,
     ImageNotFoundError: errors.NotFoundError,
     ThumbnailSourceError: errors.NotFoundError,
     dicomweb.NoMatchingInstancesError: errors.NotFoundError,
+    ArchiveFileMissingError: errors.NotFoundError,
+    SigningKeyMissingError: errors.NotFoundError,
+    api_keys.UnknownApiKeyIdError: errors.NotFoundError,
+    api_keys.ApiKeyRequestError: errors.InvalidArgumentError,
+    api_keys.ApiKeyFileError: errors.FailedPreconditionError,
+    api_keys.ApiKeyRefusedError: errors.UnauthenticatedError,
+    triton_errors.TritonTlsFileError: errors.FailedPreconditionError,
+    GatewayPortInUseError: errors.FailedPreconditionError,
+    dicomweb.PacsArgumentError: errors.InvalidArgumentError,
     store_errors.IndexMismatchError: errors.FailedPreconditionError,
     store_errors.IndexMissingError: errors.FailedPreconditionError,
     store_errors.IndexCorruptError: errors.FailedPreconditionError,
@@ -67,7 +79,7 @@ KIND_OF = {
 }
 # Bases that callers catch, kept beside the kind.
 ALSO = {InvalidRequestError: ValueError, InvalidImageError: ValueError, store_errors.UnknownFilterError: ValueError,
-        SettingsError: ValueError, ArchiveError: ValueError, TrainingDataError: ValueError,
+        SettingsError: ValueError, ArchiveError: ValueError, ArchiveFileMissingError: ValueError, TrainingDataError: ValueError,
         MilvusLimitError: ValueError, ViewerTemplateError: ValueError, errors.UnknownModelError: KeyError,
         ThumbnailSourceError: LookupError}
 

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from cxr.settings import DEFAULT_MODEL, load_settings
+from cxr.settings import DEFAULT_MODEL, SettingsError, load_settings
 
 
 def test_defaults_use_triton_standard_ports_on_loopback(tmp_path):
@@ -59,3 +59,9 @@ def test_single_sign_on_settings_come_from_the_environment(tmp_path):
 def test_single_sign_on_settings_that_cannot_work_are_refused_with_the_remedy(tmp_path, change, words):
     with pytest.raises(ValueError, match=words):
         load_settings(tmp_path, environ=dict(OIDC, **change))
+
+
+def test_a_config_file_that_is_not_toml_is_named(tmp_path):
+    (tmp_path / "cxr.toml").write_text("[cxr\nmodel = 'siglip'\n")
+    with pytest.raises(SettingsError, match="cxr.toml is not valid TOML"):
+        load_settings(tmp_path, environ={})

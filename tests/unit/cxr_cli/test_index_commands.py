@@ -20,6 +20,7 @@ from cxr.settings import load_settings, to_environment
 from cxr.store import factory
 from cxr.store.faiss_backend import FaissBackend
 from cxr.store.interface import Change, Committed, StoreBackend
+from cxr_cli import exit_codes
 from cxr_cli.index_commands import cmd_index_compact, cmd_index_delete
 from cxr_cli.main import build_parser, main
 from export.repository import export_model
@@ -51,7 +52,7 @@ def test_synth_records_the_served_export_and_the_gateway_check_accepts_it(settin
 
 
 def test_synth_of_a_model_not_exported_names_the_export_command_and_writes_nothing(settings, capsys):
-    assert main(["index", "synth", "--model", MODEL, "--count", "300"]) == 2
+    assert main(["index", "synth", "--model", MODEL, "--count", "300"]) == exit_codes.NOT_FOUND
     error = capsys.readouterr().err
     assert f"not exported in {settings.model_repository}" in error
     assert f"`cxr export --model {MODEL}`" in error and "--unexported" in error
@@ -114,7 +115,7 @@ def test_delete_takes_a_study_or_an_image(argv, study, image, model):
 def test_delete_needs_exactly_one_of_study_and_image(argv, capsys):
     with pytest.raises(SystemExit) as exit_:
         build_parser().parse_args(argv)
-    assert exit_.value.code == 2 and "--study" in capsys.readouterr().err
+    assert exit_.value.code == exit_codes.USAGE and "--study" in capsys.readouterr().err
 
 
 def test_compact_takes_a_model():
@@ -133,14 +134,14 @@ def test_delete_commits_through_the_backend_and_says_what_went(settings, backend
 
 def test_delete_of_what_is_not_indexed_fails_with_the_remedy(settings, backend, capsys):
     backend.deleted = 0
-    assert main(["index", "delete", "--image", "7", "--model", MODEL]) == 2
+    assert main(["index", "delete", "--image", "7", "--model", MODEL]) == exit_codes.NOT_FOUND
     error = capsys.readouterr().err
     assert "nothing indexed under that id" in error and "already deleted or never indexed" in error
     assert backend.changes == [(MODEL, Change(image_ids=("7",)))] and backend.closed
 
 
 def test_delete_of_an_unknown_model_names_the_known_ones_and_commits_nothing(settings, backend, capsys):
-    assert main(["index", "delete", "--study", "1.2.3", "--model", "no-such-model"]) == 2
+    assert main(["index", "delete", "--study", "1.2.3", "--model", "no-such-model"]) == exit_codes.NOT_FOUND
     assert "Available" in capsys.readouterr().err and backend.changes == []
 
 

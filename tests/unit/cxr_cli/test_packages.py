@@ -4,7 +4,7 @@ before the command imports anything, instead of failing on an unrelated import d
 import subprocess
 import sys
 
-from cxr_cli import packages
+from cxr_cli import exit_codes, packages
 
 
 def test_in_this_checkout_every_package_is_ours():
@@ -17,5 +17,5 @@ def test_a_shadowing_folder_is_named_with_the_remedy(tmp_path):
     shadowed = subprocess.run([sys.executable, "-c", "import sys; from cxr_cli import main; sys.exit(main(['models']))"],
                               cwd=tmp_path, capture_output=True, text=True, timeout=60,
                               env={"PYTHONPATH": f"{tmp_path}:{packages.HOME}", "PATH": "/usr/bin:/bin"})
-    assert shadowed.returncode == 2
+    assert shadowed.returncode == exit_codes.BAD_INPUT
     assert "the package `training` comes from" in shadowed.stderr and "make setup" in shadowed.stderr

@@ -23,6 +23,7 @@ import pytest
 
 from cxr.reports.ledger import ReportLedger
 from cxr.store.interface import StudyIdentity
+from cxr_cli import exit_codes
 from cxr_cli.main import main
 from support import DATA_DIR
 from support.hl7_messages import MllpClient, fields, sample
@@ -82,15 +83,16 @@ def test_content_decides_when_the_extension_does_not(ledger_path, tmp_path, caps
     assert "1 stored" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("name, text, message", [
-    ("empty.ndjson", '{"resourceType": "Patient", "id": "p"}\n', "no report of"),
-    ("labels.csv", "path,labels\na.png,Mass\n", "lacks the columns"),
-    ("missing.ndjson", None, "no such file")])
-def test_a_file_with_nothing_usable_fails_with_a_clear_error(ledger_path, tmp_path, capsys, name, text, message):
+@pytest.mark.parametrize("name, text, message, status", [
+    ("empty.ndjson", '{"resourceType": "Patient", "id": "p"}\n', "no report of", exit_codes.BAD_INPUT),
+    ("labels.csv", "path,labels\na.png,Mass\n", "lacks the columns", exit_codes.BAD_INPUT),
+    ("missing.ndjson", None, "no such file", exit_codes.NOT_FOUND)])
+def test_a_file_with_nothing_usable_fails_with_a_clear_error(ledger_path, tmp_path, capsys, name, text, message,
+                                                             status):
     path = tmp_path / name
     if text is not None:
         path.write_text(text)
-    assert main(["reports", "import", str(path), "--model", MODEL]) == 2
+    assert main(["reports", "import", str(path), "--model", MODEL]) == status
     assert message in capsys.readouterr().err
 
 
@@ -137,13 +139,13 @@ def test_listen_acknowledges_stores_and_stops_on_sigterm(environment):
     assert (stored.report.accession_number, stored.report.patient_id) == ("SYN-ACC-1001", "SYN-PAT-0001")
 
 
-def _refusal(capsys, *args) -> str:
-    assert main(["reports", "listen", *args]) == 2
+def _refusal(capsys, *args, status: int = exit_codes.BAD_INPUT) -> str:
+    assert main(["reports", "listen", *args]) == status
     return capsys.readouterr().err
 
 
 def test_an_unknown_model_is_refused_before_a_ledger_is_made(environment, capsys):
-    assert "not found" in _refusal(capsys, "--model", "no-such-model", "--port", "0")
+    assert "not found" in _refusal(capsys, "--model", "no-such-model", "--port", "0", status=exit_codes.NOT_FOUND)
     assert not (environment / "reports").exists()
 
 

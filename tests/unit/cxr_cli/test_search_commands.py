@@ -3,6 +3,7 @@ grouped; and its calls through the client package: TLS with the token to a fake 
 without --insecure, one line (no traceback) for a refusal, a missing file, an unreachable gateway. Run in a child
 process from the checkout, as the other tests of the command line run `cxr`."""
 
+import json
 import os
 import subprocess
 import sys
@@ -17,9 +18,11 @@ from cxr import dev_pki
 from cxr.processes import free_ports
 from cxr.retrieval.v1 import retrieval_pb2 as pb
 from cxr.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
+from cxr_cli import exit_codes
 from gateway import error_details
 
 ROOT = Path(__file__).resolve().parents[3]
+REPORT = "Small left pleural effusion. " * 5 + "Patient Jane Doe seen for follow-up."
 PRINT = """
 from cxr_cli.main import build_parser
 from cxr_cli.search_commands import print_hits
@@ -64,6 +67,10 @@ class FakeGateway(pb_grpc.RetrievalServicer):
                 grpc.StatusCode.RESOURCE_EXHAUSTED, "rate limit reached: retry in 900 ms", "RATE_LIMIT", "r1", 0.9,
                 time_remaining=0.5))
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "rate limit reached: retry in 900 ms")
+        if request.text == "as json":
+            return pb.SearchResponse(model="m", hits=[pb.Hit(
+                rank=1, score=0.5, image_id="i1", study_uid="s1", filename="/archive/DOE_JANE/i1.dcm",
+                labels=["Effusion"], accession_number="A9", impression=REPORT, image_ids=["i1", "i2"])])
         return pb.SearchResponse(model="m", hits=[pb.Hit(rank=1, score=0.5, study_uid="s1", impression=self.seen[-1])])
 
     def SearchByImage(self, request, context):
@@ -111,22 +118,39 @@ def test_a_token_without_a_ca_is_refused_before_anything_is_sent(tls_gateway):
     port, _, servicer = tls_gateway
     before = len(servicer.seen)
     done = _search("text", "effusion", port=port, CXR_TOKEN="t0k3n")
-    assert done.returncode == 2 and "--ca" in done.stderr and "--insecure" in done.stderr
+    assert done.returncode == exit_codes.BAD_INPUT and "--ca" in done.stderr and "--insecure" in done.stderr
     assert "Traceback" not in done.stderr and len(servicer.seen) == before
 
 
 def test_the_gateway_s_refusal_is_one_line_with_its_reason(tls_gateway):
     port, pki, _ = tls_gateway
     done = _search("text", "slow down", "--ca", str(pki / dev_pki.CA_CERT), port=port)
-    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.returncode == exit_codes.REFUSED and "Traceback" not in done.stderr
     assert done.stderr.strip() == ("error: RESOURCE_EXHAUSTED: rate limit reached: retry in 900 ms [RATE_LIMIT] "
                                    "(request id r1)")
 
 
-@pytest.mark.parametrize("argv, words", [(("image", "/no/such/image.png"), "cannot read the image /no/such/image.png"),
-                                         (("text", "effusion", "--timeout", "20"), "UNAVAILABLE")])
-def test_a_missing_file_or_an_unreachable_gateway_is_one_line(argv, words):
+@pytest.mark.parametrize("argv, words, status", [
+    (("image", "/no/such/image.png"), "cannot read the image /no/such/image.png", exit_codes.NOT_FOUND),
+    (("text", "effusion", "--timeout", "20"), "UNAVAILABLE: the gateway at localhost:", exit_codes.UNAVAILABLE)])
+def test_a_missing_file_or_an_unreachable_gateway_is_one_line(argv, words, status):
     started = time.monotonic()
     done = _search(*argv, port=free_ports(1)[0])
-    assert done.returncode == 2 and words in done.stderr and "Traceback" not in done.stderr
+    assert done.returncode == status and words in done.stderr and "Traceback" not in done.stderr
     assert time.monotonic() - started < 15  # the client's retries give up within seconds, not at the deadline
+
+
+def test_json_is_one_document_with_the_table_s_excerpt_of_the_report(tls_gateway):
+    port, pki, _ = tls_gateway
+    done = _search("text", "as json", "--json", "--ca", str(pki / dev_pki.CA_CERT), port=port)
+    assert done.returncode == 0, done.stderr
+    document = json.loads(done.stdout)
+    (hit,) = document["hits"]
+    assert document["model"] == "m" and (hit["rank"], hit["score"], hit["image_id"], hit["study_uid"]) == (
+        1, 0.5, "i1", "s1")
+    assert hit["labels"] == ["Effusion"] and hit["accession_number"] == "A9" and hit["image_ids"] == ["i1", "i2"]
+    assert set(hit) == {"rank", "score", "image_id", "study_uid", "projection", "labels", "labels_derived",
+                        "study_instance_uid", "series_instance_uid", "sop_instance_uid", "accession_number",
+                        "study_date", "view_position", "viewer_url", "image_ids", "report_excerpt"}
+    assert len(hit["report_excerpt"]) == 60 and REPORT.startswith(hit["report_excerpt"][:-1])
+    assert "Jane" not in done.stdout and "DOE_JANE" not in done.stdout  # the report past the excerpt, the file name

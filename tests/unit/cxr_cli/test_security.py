@@ -81,6 +81,18 @@ def test_verify_without_the_key_says_how_to_give_it(tmp_path, capsys):
     path = _log(tmp_path)
     key = (tmp_path / "audit.log.key").rename(tmp_path / "elsewhere.key")
     code, said = _verify(capsys, path)
-    assert code == 2 and "--key" in said, said
+    assert code == 3 and "--key" in said, said  # bad input: the key is not where the log's key is looked for
     code, said = _verify(capsys, path, "--key", key)
     assert code == 0, said
+
+
+def test_keys_list_json_names_each_key_without_the_key_or_its_hash(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("CXR_API_KEYS_FILE", str(tmp_path / "keys.json"))
+    assert cxr(["keys", "add", "--owner", "pacs-router", "--scope", "search"]) == 0
+    key = capsys.readouterr().out.splitlines()[-1]
+    assert cxr(["keys", "list", "--json"]) == 0
+    out = capsys.readouterr().out
+    (listed,) = json.loads(out)["keys"]
+    assert listed["owner"] == "pacs-router" and listed["scopes"] == ["search"] and listed["revoked"] is None
+    assert set(listed) == {"id", "owner", "scopes", "created", "revoked"} and key.startswith(f"cxr_{listed['id']}_")
+    assert key not in out and hashlib.sha256(key.encode()).hexdigest() not in out

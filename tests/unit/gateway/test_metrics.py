@@ -7,6 +7,7 @@ import grpc
 import pytest
 from prometheus_client import generate_latest
 
+from cxr import __version__
 from gateway.admission import AdmissionInterceptor, Limits
 from gateway.metrics import GatewayMetrics, MetricsInterceptor
 from support.interceptor_server import search
@@ -28,3 +29,8 @@ def test_metrics_count_calls_by_method_status_and_stage_without_patient_data(mak
     assert 'cxr_gateway_stage_seconds_count{method="SearchByText",stage="triton"} 1.0' in text
     assert 'cxr_gateway_stage_seconds_count{method="SearchByText",stage="total"} 2.0' in text
     assert "effusion" not in text
+
+
+def test_the_gateway_s_version_is_a_label_of_a_gauge_at_1():
+    text = generate_latest(GatewayMetrics().registry).decode()
+    assert f'cxr_gateway_build_info{{version="{__version__}"}} 1.0' in text

@@ -11,6 +11,7 @@ import grpc
 import numpy as np
 import pytest
 
+import cxr
 from cxr.images import ImageLimits
 from cxr.retrieval.v1 import retrieval_pb2 as pb
 from cxr.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
@@ -202,9 +203,11 @@ def test_get_study_and_its_absence(service):
     assert error.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-def test_list_models_shows_the_served_index(service):
+def test_list_models_shows_the_served_index_and_the_gateway_s_version(service):
     stub, _ = service
-    models = {m.name: m for m in stub.ListModels(pb.ListModelsRequest(), timeout=10).models}
+    answer = stub.ListModels(pb.ListModelsRequest(), timeout=10)
+    assert answer.server_version == cxr.__version__ and answer.server_version.count(".") == 2
+    models = {m.name: m for m in answer.models}
     assert models[MODEL].active and models[MODEL].ready and models[MODEL].index_size == IMAGES
     assert not models["pubmed_clip"].exported and models["pubmed_clip"].index_size == 0
 
