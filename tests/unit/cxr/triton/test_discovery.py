@@ -188,6 +188,7 @@ def test_resolve_asks_the_system_resolver_and_brackets_ipv6():
 def test_dns_target_comes_from_settings_and_checks_tls_against_the_name(tmp_path):
     assert dns_target(Settings()) is None
     ca = tmp_path / "ca.pem"
+    ca.write_text("PEM")  # read by tritonclient only when a channel is made
     target = dns_target(Settings(triton_dns="triton-pods.cxr.svc:8001", triton_dns_refresh_s=2, triton_tls_ca=ca))
     assert (target.host, target.port, target.period_s) == ("triton-pods.cxr.svc", 8001, 2)
     connection = target.connect("10.0.0.7:8001")
