@@ -8,7 +8,6 @@ from dataclasses import replace
 from pathlib import Path
 
 from cxr import registry
-from cxr.errors import InvalidArgumentError
 from cxr.settings import Settings
 from cxr_cli.exit_codes import UsageError
 
@@ -77,8 +76,8 @@ def cmd_index_follow(args, settings: Settings) -> int:
     from indexing.dicomweb_build import Follower, FollowOptions
 
     if args.deletions_listen and args.once:
-        raise InvalidArgumentError("--deletions-listen keeps listening for Orthanc's notices: drop --once, or drop "
-                                   "--deletions-listen (a one-shot run finds deletions by reconciling)")
+        raise UsageError("--deletions-listen keeps listening for Orthanc's notices: drop --once, or drop "
+                         "--deletions-listen (a one-shot run finds deletions by reconciling)")
     settings = _with_store(args, settings)
     model_name = args.model or settings.model
     model = ExportedModel.load(settings.model_repository, model_name)

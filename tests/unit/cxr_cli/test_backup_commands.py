@@ -77,7 +77,7 @@ def test_restore_into_a_fresh_root_then_refuse_a_second(site, tmp_path, capsys):
     assert f"cxr audit verify {fresh}/data/audit/audit.log" in said
     assert verify_log(fresh / "data" / "audit" / "audit.log") == (None, 400)
     code, said = _run(capsys, "backup", "restore", "--from", folder, "--to-root", fresh)
-    assert code == 2 and "error: restoring would overwrite" in said, said
+    assert code == 3 and "error: restoring would overwrite" in said, said  # a precondition to change: 3
 
 
 def test_a_backup_without_the_key_says_so_and_restores_with_it(site, tmp_path, capsys):
