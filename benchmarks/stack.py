@@ -109,6 +109,7 @@ def process_tree_rss_mb(pid: int, field: str = "VmRSS") -> float:
             children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
         except FileNotFoundError:
             continue
-        total += next(int(line.split()[1]) for line in status.splitlines() if line.startswith(field))
+        # A process that has just exited (a zombie) has no memory lines: it holds none.
+        total += next((int(line.split()[1]) for line in status.splitlines() if line.startswith(field)), 0)
         pending += [int(c) for c in children]
     return round(total / 1024, 1)
