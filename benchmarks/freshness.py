@@ -27,11 +27,13 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -74,6 +76,10 @@ INGEST_PER_S = 10.0
 COMMIT_ROWS = 10
 NIH_IMAGES = 800  # in ../shared/data/nih800: each image is stored once per size, at most
 READY_S = 300.0
+# The follower's log line of a commit (indexing.dicomweb_build): what it added, replaced and deleted. Its moment
+# splits a sample's seconds into the follower's part and the gateway's (refresh and search).
+ADDED_LINE = re.compile(r": \+[1-9]\d* ~\d+ -\d+, generation \d+")
+DELETED_LINE = re.compile(r": \+\d+ ~\d+ -[1-9]\d*, generation \d+")
 
 
 class FollowerError(FailedPreconditionError):
@@ -109,6 +115,26 @@ class Sample:
     data: bytes
 
 
+class Stamped:
+    """A child's output, each line with the moment it was read (perf_counter), copied to its log file."""
+
+    def __init__(self, stream, log_file: Path):
+        self.lines: list[tuple[float, str]] = []
+        self._thread = threading.Thread(target=self._read, args=(stream, log_file), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream, log_file: Path) -> None:
+        with log_file.open("a") as log:
+            for line in stream:
+                self.lines.append((time.perf_counter(), line))
+                log.write(line)
+                log.flush()
+
+    def after(self, moment: float, pattern: re.Pattern) -> float | None:
+        """Seconds from `moment` to the first line after it that matches; None when none has."""
+        return next((at - moment for at, line in list(self.lines) if at > moment and pattern.search(line)), None)
+
+
 @dataclass(frozen=True)
 class Archive:
     """One size's served stack: the gateway's stub, the PACS, and the pids whose memory is recorded."""
@@ -119,6 +145,7 @@ class Archive:
     pacs: orthanc.Orthanc
     gateway_pid: int
     follower_pid: int
+    follower: Stamped
 
     def finds(self, sample: Sample) -> bool:
         """Whether an image search with the sample's own DICOM returns it."""
@@ -161,19 +188,20 @@ def _run_to_end(settings: Settings, *args: str) -> tuple[float, float]:
 
 
 @contextmanager
-def _follower(settings: Settings, pacs: orthanc.Orthanc) -> Iterator[subprocess.Popen]:
-    """`cxr index follow` with its defaults on `pacs`, into the model's index; ready once its first pass has
-    saved where it stands (an empty PACS: it writes nothing)."""
+def _follower(settings: Settings, pacs: orthanc.Orthanc) -> Iterator[tuple[subprocess.Popen, Stamped]]:
+    """`cxr index follow` with its defaults on `pacs`, into the model's index, its output stamped; ready once
+    its first pass has saved where it stands (an empty PACS: it writes nothing)."""
     log_file = settings.run_dir / "follower.log"
     pacs_settings = replace(settings, dicomweb_user=orthanc.USER, dicomweb_password=orthanc.PASSWORD)
-    with log_file.open("ab") as log:
-        process = subprocess.Popen(_cli("index", "follow", "--dicomweb", pacs.url, "--model", MODEL),
-                                   env=_environment(pacs_settings), stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(_cli("index", "follow", "--dicomweb", pacs.url, "--model", MODEL),
+                               env=_environment(pacs_settings), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, errors="replace")
+    output = Stamped(process.stdout, log_file)
     try:
         state = cache_dir(settings.index_path(MODEL)) / FOLLOW_FILE
         if _until(lambda: state.is_file() or process.poll() is not None, READY_S) is None or process.poll():
             raise RuntimeError(f"`cxr index follow` did not start following; see {log_file}:\n{log_tail(log_file)}")
-        yield process
+        yield process, output
     finally:
         process.send_signal(signal.SIGINT)  # as Ctrl-C: it stops between two saved states
         try:
@@ -196,10 +224,11 @@ def _living_index(settings: Settings, size: int, log) -> Iterator[tuple[Archive,
     try:
         gateway_process.wait_answering(settings, gateway, gateway_log)
         gateway_process.wait_serving(settings, READY_S)
-        with orthanc.Orthanc(settings.run_dir / f"orthanc-{size}") as pacs, _follower(settings, pacs) as follower:
-            with grpc.insecure_channel(gateway_process.local_address(settings)) as channel:
-                stub = pb_grpc.RetrievalStub(channel)
-                yield Archive(settings, size, stub, pacs, gateway.pid, follower.pid), base
+        with orthanc.Orthanc(settings.run_dir / f"orthanc-{size}") as pacs, \
+                _follower(settings, pacs) as (follower, output), \
+                grpc.insecure_channel(gateway_process.local_address(settings)) as channel:
+            stub = pb_grpc.RetrievalStub(channel)
+            yield Archive(settings, size, stub, pacs, gateway.pid, follower.pid, output), base
     finally:
         stop_process(gateway)
 
@@ -249,13 +278,16 @@ def _warm_up(archive: Archive, sample: Sample) -> None:
 
 
 def _searchable(archive: Archive, samples: list[Sample], rng: np.random.Generator) -> dict:
-    """One STOW at a time, at random moments: seconds from its response until a search returns it."""
-    seconds = []
+    """One STOW at a time, at random moments: seconds from its response until a search returns it, and until
+    the follower logged its commit."""
+    seconds, committed = [], []
     for sample in samples:
         time.sleep(rng.uniform(0, PAUSE_S))
         orthanc.stow(archive.pacs.url, [sample.path])
+        stored = time.perf_counter()
         seconds.append(_until(partial(archive.finds, sample)))
-    return _spread(seconds)
+        committed.append(archive.follower.after(stored, ADDED_LINE))
+    return dict(_spread(seconds), follower_committed=_spread(committed))
 
 
 def _searchable_together(archive: Archive, samples: list[Sample]) -> dict:
@@ -272,13 +304,15 @@ def _searchable_together(archive: Archive, samples: list[Sample]) -> dict:
 def _deleted_in_pacs(archive: Archive, samples: list[Sample], rng: np.random.Generator) -> dict:
     """Each study deleted from Orthanc at a random moment: seconds from the DELETE's answer until no search
     returns it (the follower has to find the deletion: Orthanc's change feed tells of none)."""
-    seconds = []
+    seconds, committed = [], []
     for sample in samples:
         study = archive.pacs.study_id(sample.image.study_uid)
         time.sleep(rng.uniform(0, PAUSE_S))
         archive.pacs.delete(f"/studies/{study}")
+        deleted = time.perf_counter()
         seconds.append(_until(partial(_absent, archive, sample)))
-    return _spread(seconds)
+        committed.append(archive.follower.after(deleted, DELETED_LINE))
+    return dict(_spread(seconds), follower_committed=_spread(committed))
 
 
 def _absent(archive: Archive, sample: Sample) -> bool:
@@ -319,10 +353,20 @@ def _store_paced(url: str, paths: list[str], per_s: float, seconds: float, conne
 
 
 def _load(archive: Archive, queries: _Queries, ingest: list[Sample], load_s: float) -> dict:
-    """Image q/s and latency of CONCURRENCY clients, idle, then while INGEST_PER_S images a second are stored;
-    then how long the follower took to make the last of them searchable."""
+    """Image q/s and latency of CONCURRENCY clients while INGEST_PER_S images a second are stored, against their
+    mean idle before and after (the neighbours of a shared machine come and go); then how long the follower took
+    to make the last of the stored images searchable."""
     make = _gateway_sender(archive.settings, "image", queries)
     idle = run_load(make, CONCURRENCY, 10**9, load_s)
+    busy, ingest_figures = _ingesting(archive, make, ingest, load_s)
+    idle_after = run_load(make, CONCURRENCY, 10**9, load_s)
+    idle_qps = (idle["qps"] + idle_after["qps"]) / 2
+    return {"idle": idle, "ingesting": busy, "idle_after": idle_after,
+            "qps_ratio": round(busy["qps"] / idle_qps, 3) if idle_qps else None, "ingest": ingest_figures}
+
+
+def _ingesting(archive: Archive, make, ingest: list[Sample], load_s: float) -> tuple[dict, dict]:
+    """The load while another process stores INGEST_PER_S images a second, and what that ingest did."""
     before = archive.images()
     context = multiprocessing.get_context("spawn")  # this process holds gRPC channels: no fork
     here, there = context.Pipe()
@@ -337,9 +381,8 @@ def _load(archive: Archive, queries: _Queries, ingest: list[Sample], load_s: flo
     finally:
         storer.join(60)
     backlog = _until(lambda: archive.images() >= before + stored)
-    return {"idle": idle, "ingesting": busy, "qps_ratio": round(busy["qps"] / idle["qps"], 3) if idle["qps"] else None,
-            "ingest": {"stored": stored, "seconds": round(seconds, 2), "per_s": round(stored / seconds, 2),
-                       "all_searchable_after_load_s": backlog, "index_grew_by": archive.images() - before}}
+    return busy, {"stored": stored, "seconds": round(seconds, 2), "per_s": round(stored / seconds, 2),
+                  "all_searchable_after_load_s": backlog, "index_grew_by": archive.images() - before}
 
 
 def _timed_ms(call: Callable[[], object]) -> float:

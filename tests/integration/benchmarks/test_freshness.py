@@ -37,6 +37,8 @@ def test_every_sample_is_found_and_no_deletion_outlives_its_acknowledgement(meas
     for part in ("searchable", "searchable_together", "deleted_in_pacs"):
         assert figures[part]["samples"] == SAMPLES and figures[part]["missed"] == 0, part
         assert _ordered(figures[part]) and len(figures[part]["seconds"]) == SAMPLES, part
+    for part in ("searchable", "deleted_in_pacs"):  # the follower logged each commit
+        assert figures[part]["follower_committed"]["missed"] == 0, part
     rpc = figures["deleted_by_rpc"]
     assert rpc["deleted"] == SAMPLES and rpc["returned_after_ack"] == 0
     assert rpc["searches_after_ack"] >= SAMPLES and rpc["max_s"] < freshness.WITHIN_S
@@ -47,7 +49,7 @@ def test_load_commits_and_compaction_are_measured(measured):
     figures = measured[0]["sizes"][str(SIZE)]
     load = figures["load"]
     assert load["idle"]["requests"] > 0 and load["ingesting"]["requests"] > 0
-    assert load["idle"]["errors"] == load["ingesting"]["errors"] == 0
+    assert load["idle"]["errors"] == load["ingesting"]["errors"] == load["idle_after"]["errors"] == 0
     assert load["ingest"]["stored"] > 0 and load["ingest"]["index_grew_by"] == load["ingest"]["stored"]
     commits = figures["commits"]
     assert commits["add"]["commits"] == ADDED // freshness.COMMIT_ROWS - 1  # the first apart

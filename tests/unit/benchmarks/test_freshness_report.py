@@ -14,11 +14,13 @@ def _size(size, searchable_p95=2.0, ratio=0.9, add_ms=10.0, returned=0, compact_
     scale = size / 100_000
     return {
         "base": {"images": size, "index_type": "ivf", "synth_s": 10 * scale, "synth_peak_rss_mb": 50},
-        "searchable": _spread(1.5, searchable_p95), "searchable_together": _spread(2.0, 2.5),
-        "deleted_in_pacs": _spread(2.0, 3.0),
+        "searchable": dict(_spread(1.5, searchable_p95), follower_committed=_spread(1.2, 1.8)),
+        "searchable_together": _spread(2.0, 2.5),
+        "deleted_in_pacs": dict(_spread(2.0, 3.0), follower_committed=_spread(1.7, 2.6)),
         "deleted_by_rpc": dict(_spread(0.01, 0.05), deleted=5, searches_after_ack=200, returned_after_ack=returned),
         "load": {"idle": {"qps": 100.0, "p50_ms": 80, "p99_ms": 200, "errors": 0},
-                 "ingesting": {"qps": 100.0 * ratio, "p50_ms": 90, "p99_ms": 250, "errors": 0}, "qps_ratio": ratio,
+                 "ingesting": {"qps": 100.0 * ratio, "p50_ms": 90, "p99_ms": 250, "errors": 0},
+                 "idle_after": {"qps": 100.0, "p50_ms": 80, "p99_ms": 200, "errors": 0}, "qps_ratio": ratio,
                  "ingest": {"stored": 100, "seconds": 10.0, "per_s": 10.0, "all_searchable_after_load_s": 1.0,
                             "index_grew_by": 100}},
         "commits": {"first_ms": 30.0, "add": {"commits": 9, "p50_ms": add_ms, "p95_ms": 2 * add_ms, "max_ms": 40.0},
