@@ -4,7 +4,10 @@ its Part-10 bytes, and the instance's header as a `cxr.archives.Record`.
 The bytes are decoded by `cxr.images.preprocess`, as every other image (MONOCHROME1, modality and
 VOI LUTs are handled there), so an image indexed from the PACS is prepared exactly as the same file
 read from disk or sent to the gateway. Orthanc's change feed (`OrthancChanges`) tells a follower
-which instances arrived since it last looked.
+which instances arrived since it last looked. It never tells of deletions (Orthanc 1.10 signals them
+to its plugins only, and drops a deleted resource's own entries from the feed): a follower finds
+those by listing what the PACS holds (Orthanc's REST listing of instance ids, else QIDO-RS) and
+comparing with what it indexed.
 
 Nothing here logs or puts in an error message a patient's name, id or any UID: errors name the
 server, the HTTP status and the setting to change.
@@ -12,6 +15,7 @@ server, the HTTP status and the setting to change.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import re
 from collections.abc import Iterable, Iterator
@@ -25,6 +29,7 @@ from cxr.errors import CxrError, FailedPreconditionError, InternalError, NotFoun
 
 TIMEOUT_S = (10.0, 120.0)  # connect, read: a large DICOM over a slow link takes a while
 PAGE = 100  # QIDO results asked for at once (under the caps PACSs put on one answer)
+LISTING_PAGE = 1000  # instances per page of a whole-archive listing (a PACS capping lower is paged on)
 SR_MODALITY = "SR"  # the series modality of structured reports (radiology reports among them)
 POOL_SIZE = 16  # HTTP connections kept per host: the builder fetches several instances at once
 CREDENTIALS_HINT = ("set --dicomweb-user and CXR_DICOMWEB_PASSWORD (basic auth) or CXR_DICOMWEB_TOKEN (bearer "
@@ -205,6 +210,33 @@ class DicomWeb:
                        series_instance_uid=series)
         return [Instance(study, series, sop) for sop in found]
 
+    def instance_pages(self, query: Query = Query(), page: int = LISTING_PAGE) -> Iterator[list[Instance]]:
+        """Every instance matching `query`'s modalities and study dates, by pages of root-level QIDO-RS
+        (/instances): one request each time the iterator is advanced, so a caller can pace them. A
+        page shorter than asked does not end it (a PACS may cap answers lower); an empty page, or one
+        that brings nothing new (offset ignored), does."""
+        filters = {"StudyDate": f"{query.since}-"} if query.since else {}
+        for search in [dict(filters, Modality=m) for m in query.modalities] or [filters]:
+            seen: set[str] = set()
+            offset = 0
+            while True:
+                with _translated(self.url, "listing instances (QIDO-RS)"):
+                    found = self._client.search_for_instances(limit=page, offset=offset, search_filters=search)
+                instances = [Instance(_value(item, "0020000D"), _value(item, "0020000E"), sop) for item in found
+                             if (sop := _value(item, "00080018")) and sop not in seen]
+                if not instances:
+                    break
+                offset += len(found)
+                seen.update(i.sop_uid for i in instances)
+                yield instances
+
+    def has_instance(self, instance: Instance) -> bool:
+        """Whether the PACS still holds the instance (one QIDO-RS request)."""
+        with _translated(self.url, "looking up an instance (QIDO-RS)"):
+            found = self._client.search_for_instances(search_filters={"StudyInstanceUID": instance.study_uid,
+                                                                      "SOPInstanceUID": instance.sop_uid})
+        return any(_value(item, "00080018") == instance.sop_uid for item in found)  # a server may ignore filters
+
     def dataset(self, instance: Instance):
         """The instance as a pydicom Dataset (WADO-RS, in the transfer syntax the PACS stored)."""
         with _translated(self.url, "fetching an instance (WADO-RS)"):
@@ -341,9 +373,19 @@ def record(dataset) -> Record:
         patient_name=str(dataset.get("PatientName", "") or ""))
 
 
+def orthanc_id(*identifiers: str) -> str:
+    """Orthanc's id of a resource, computed from its DICOM identifiers: the SHA-1 of PatientID, then
+    StudyInstanceUID, SeriesInstanceUID and SOPInstanceUID down to the resource's level, joined by '|',
+    in groups of 8 hex digits joined by '-' (checked against Orthanc 1.10 in
+    tests/integration/cxr/test_dicomweb.py). A deleted resource can no longer be asked for its id."""
+    digest = hashlib.sha1("|".join(identifiers).encode()).hexdigest()
+    return "-".join(digest[start:start + 8] for start in range(0, len(digest), 8))
+
+
 @dataclass(frozen=True)
 class Change:
-    """A NewInstance event of Orthanc's change feed, resolved to the instance and what filters need."""
+    """A NewInstance event of Orthanc's change feed, resolved to the instance and what filters need. An
+    instance stored again in place (OverwriteInstances, or /modify keeping its UIDs) has a new event."""
     seq: int
     instance: Instance | None  # None: deleted since
     modality: str = ""
@@ -351,7 +393,9 @@ class Change:
 
 
 class OrthancChanges:
-    """Orthanc's REST change feed (/changes): the NewInstance events after a sequence number."""
+    """Orthanc's REST change feed (/changes): the NewInstance events after a sequence number; and what
+    tells of deletions, which the feed does not: how many instances Orthanc holds, their ids, and
+    whether an instance of a given SOPInstanceUID is still there."""
 
     def __init__(self, rest_url: str, session):
         self.rest_url = rest_url.rstrip("/")
@@ -363,8 +407,11 @@ class OrthancChanges:
         return re.sub(r"/dicom-web/?$", "", dicomweb_url.rstrip("/"))
 
     def _get(self, path: str, what: str, params: dict | None = None):
+        return self._call("GET", path, what, params=params)
+
+    def _call(self, method: str, path: str, what: str, **kwargs):
         with _translated(self.rest_url, what):
-            response = self.session.get(self.rest_url + path, params=params, timeout=TIMEOUT_S)
+            response = self.session.request(method, self.rest_url + path, timeout=TIMEOUT_S, **kwargs)
             response.raise_for_status()
             return response.json()
 
@@ -404,3 +451,16 @@ class OrthancChanges:
         instance = Instance(tags.get("StudyInstanceUID", ""), tags.get("SeriesInstanceUID", ""),
                             tags.get("SOPInstanceUID", ""))
         return Change(event["Seq"], instance, tags.get("Modality", ""), tags.get("StudyDate", ""))
+
+    def count(self) -> int:
+        """How many instances Orthanc holds (/statistics: one small request)."""
+        return int(self._get("/statistics", "reading Orthanc's statistics")["CountInstances"])
+
+    def instance_ids(self, since: int, limit: int) -> list[str]:
+        """Up to `limit` of Orthanc's instance ids from position `since` of its listing (/instances)."""
+        return list(self._get("/instances", "listing Orthanc's instances", {"since": since, "limit": limit}))
+
+    def has_instance(self, sop_uid: str) -> bool:
+        """Whether Orthanc holds an instance of this SOPInstanceUID (/tools/lookup), whatever its id."""
+        found = self._call("POST", "/tools/lookup", "looking up an instance in Orthanc", data=sop_uid)
+        return any(item.get("Type") == "Instance" for item in found)

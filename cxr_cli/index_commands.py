@@ -71,7 +71,7 @@ def _report_intake(settings: Settings, model_name: str):
 
 
 def cmd_index_follow(args, settings: Settings) -> int:
-    """Follow a PACS: new instances are encoded and swapped into the index in batches."""
+    """Follow a PACS: instances stored or deleted there are committed to the index in batches."""
     from cxr.catalog import ExportedModel
     from indexing.dicomweb_build import Follower, FollowOptions
 
@@ -81,11 +81,13 @@ def cmd_index_follow(args, settings: Settings) -> int:
     output_dir = args.output_dir or settings.index_path(model_name)
     backend = _store_backend(settings, output_dir) if settings.index_backend != "faiss" else None
     follow = FollowOptions(interval_s=args.interval, batch=args.batch, once=args.once,
-                           orthanc_url=args.orthanc_url or "")
+                           orthanc_url=args.orthanc_url or "", qido_requests_per_min=args.qido_requests_per_min,
+                           reconcile_s=args.reconcile_interval)
     with _pacs(args, settings) as pacs:
         follower = Follower(pacs, _pacs_query(args), model, settings, output_dir, _build_options(args), follow, backend,
                             log=lambda line: print(line, flush=True), intake=_report_intake(settings, model_name))
-        how = "Orthanc's change feed" if follower.feed else f"QIDO-RS every {args.interval:g} s"
+        how = (f"Orthanc's change feed every {follower.interval_s:g} s" if follower.feed
+               else f"QIDO-RS every {follower.interval_s:g} s")
         print(f"following {pacs.shown} through {how} into {output_dir}" + ("" if args.once else "; Ctrl-C stops"),
               flush=True)
         try:

@@ -117,12 +117,22 @@ def _add_index_build(index) -> None:
 
 def _add_index_follow(index) -> None:
     follow = index.add_parser(
-        "follow", help="keep an index up to date with a DICOMweb PACS: new instances are encoded and swapped in "
-                       "by batches (Orthanc's change feed, else QIDO-RS polling); Ctrl-C stops, a restart goes on")
+        "follow", help="keep an index up to date with a DICOMweb PACS: instances stored or deleted there are "
+                       "committed to the index by batches (Orthanc's change feed, else QIDO-RS polling, and "
+                       "reconciliations with the PACS's listing); Ctrl-C stops, a restart goes on")
     _add_pacs_arguments(follow, optional_url=False)
-    follow.add_argument("--limit", type=int, default=0, help="the first build: at most N instances (0: all)")
-    follow.add_argument("--interval", type=float, default=60.0, help="seconds between two looks at the PACS")
-    follow.add_argument("--batch", type=int, default=256, help="new instances per index swap")
+    follow.add_argument("--limit", type=int, default=0,
+                        help="the first build: at most N instances (0: all); reconciliations then add none")
+    follow.add_argument("--interval", type=float,
+                        help="seconds between two looks at the PACS (default: 1 on Orthanc's change feed, "
+                             "60 by QIDO-RS)")
+    follow.add_argument("--batch", type=int, default=256, help="instances per commit to the index")
+    follow.add_argument("--reconcile-interval", type=float, default=600.0,
+                        help="seconds between two reconciliations with the PACS's listing, which find deletions "
+                             "(on Orthanc also as soon as its count of instances falls)")
+    follow.add_argument("--qido-requests-per-min", type=float, default=60.0,
+                        help="the pace of a reconciliation's listing requests (QIDO-RS, or Orthanc's REST "
+                             "listing): about 1,000 requests per 1M instances, 100 on Orthanc")
     follow.add_argument("--once", action="store_true", help="one pass, then exit (cron, tests)")
     follow.add_argument("--orthanc-url", help="Orthanc's REST root for its change feed (default: the DICOMweb URL "
                                               "without /dicom-web); a PACS that is not Orthanc is polled by QIDO-RS")

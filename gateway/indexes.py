@@ -220,9 +220,10 @@ class IndexSet:
         the model. Blocks: call it off the event loop."""
         self.index(name)
         committed = self.backend.apply(name, change)
-        store = self.index(name).store
-        if store.refresh() and self.metrics is not None:  # raises on a commit it cannot take in: no answer then
-            self.metrics.index_vectors.labels(name).set(store.count)  # the watcher's next look finds nothing new
+        with self._changing:  # a build swapped in meanwhile has taken the commit in under this lock
+            store = self.index(name).store
+            if store.refresh() and self.metrics is not None:  # raises on a commit it cannot take in: no answer
+                self.metrics.index_vectors.labels(name).set(store.count)  # the watcher's next look finds nothing
         return committed
 
 

@@ -2,9 +2,14 @@
 
 Incremental: every encoded vector is kept, with its index row, in a cache beside the index
 (<output_dir>.dicomweb/, indexing.chunk_cache's chunks keyed by SOPInstanceUID), so a rebuild fetches only
-instances not encoded yet and a killed build resumes where it stopped. The index itself is then
+instances not encoded yet and a killed build resumes where it stopped. A build's index is then
 written from the cache through the same writer as a build from disk (FAISS files or Milvus) and
 replaces the old one at once; a running gateway picks it up by itself.
+
+A follower writes the whole index once, when it starts; after that each batch of changes (instances
+stored, deleted, or stored again in place) is one commit to the index in service (StoreBackend.apply),
+which the gateway takes in at its next refresh; past `index_compact_rows` rows pending, the follower
+folds the commits into the build in the background (StoreBackend.compact).
 
 Fetching is I/O: a few WADO-RS requests are in flight on threads while worker processes decode
 (cxr.images, as for files) and batches go to Triton through indexing.build's pipeline.
@@ -17,7 +22,7 @@ import json
 import random
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -39,15 +44,19 @@ from cxr.dicomweb import (
     record,
 )
 from cxr.errors import UnavailableError
+from cxr.errors import CxrError
 from cxr.reports.intake import ReportIntake
+from cxr.reports.ledger import ReportLedger
 from cxr.settings import Settings
 from cxr.store import faiss_files
-from cxr.store.errors import StoreUnavailableError
+from cxr.store.errors import IndexMissingError, StoreUnavailableError
+from cxr.store.interface import Change, Committed, StoreBackend, StudyIdentity
 from cxr.triton.errors import TritonError
 from cxr.triton.request import connections
 from cxr.triton.sync_client import TowerClient
 from indexing.build import BuildOptions, NothingToIndexError, decode_bytes, decoder_pool, encode_stream, write_index
 from indexing.chunk_cache import ChunkCache
+from indexing.pacs_reconcile import OrthancReconciler, QidoReconciler, Reconciled, Stopped, TokenBucket
 from indexing.pacs_reports import ReportReader
 
 CACHE_SUFFIX = ".dicomweb"
@@ -55,6 +64,12 @@ LISTED_FILE = "listed.jsonl"
 FOLLOW_FILE = "follow.json"
 FETCH_THREADS = 4  # WADO-RS requests in flight
 QIDO_OVERLAP_DAYS = 1  # a QIDO follower lists studies from the day before its last pass (time zones, late stores)
+# How often a follower looks: Orthanc's feed costs one small REST call a look, and a new instance should
+# be searchable within seconds; a QIDO-RS look lists every study since yesterday, so it is rarer.
+ORTHANC_INTERVAL_S = 1.0
+QIDO_INTERVAL_S = 60.0
+RECONCILE_S = 600.0  # at least this long between two reconciliations that nothing asked for
+QIDO_REQUESTS_PER_MIN = 60.0  # the pace of a reconciliation's listing (indexing.pacs_reconcile)
 # A follower's pass that fails because a neighbour is down (the PACS, Triton, the vector store: an
 # UnavailableError) is tried again after BACKOFF_FIRST_S, the wait doubling up to BACKOFF_MAX_S, so a
 # restart of a neighbour costs seconds and a long outage one request a minute. Each wait is shortened by
@@ -70,30 +85,75 @@ def cache_dir(output_dir: Path) -> Path:
 
 class PacsCache(ChunkCache):
     """The chunk cache of vectors and index rows keyed by SOPInstanceUID, thrown away when the model or
-    its export changes; beside it, the instances the index holds (in order) and where a follower stopped."""
+    its export changes; beside it, the instances the index holds (in order) and where a follower stopped.
+
+    The listing (listed.jsonl) is appended to: a line [study, series, sop] lists an instance, a line
+    {"unlisted": sop} takes it out (deleted from the PACS); it is written whole again when it opens with
+    more lines taken out than left in."""
 
     def __init__(self, directory: Path, model: ExportedModel):
         super().__init__(directory, {"model": model.name, "export_sha256": model.export_sha256}, key="sop",
                          keeps_rows=True)
-        self.listed = [Instance(*json.loads(line)) for line in self.lines(LISTED_FILE)]
+        self._listed: dict[str, Instance] = {}
+        self._studies: Counter[str] = Counter()
+        lines = self.lines(LISTED_FILE)
+        for line in lines:
+            item = json.loads(line)
+            if isinstance(item, dict):
+                self._unlist(item["unlisted"])
+            else:
+                self._list(Instance(*item))
+        if len(lines) > 2 * len(self._listed):
+            self.set_listed(self.listed)
+
+    @property
+    def listed(self) -> list[Instance]:
+        return list(self._listed.values())
+
+    def is_listed(self, sop_uid: str) -> bool:
+        return sop_uid in self._listed
+
+    def has_study(self, study_uid: str) -> bool:
+        """Whether an instance of the study is listed."""
+        return self._studies[study_uid] > 0
 
     def set_listed(self, instances: list[Instance]) -> None:
         """What the index holds from now on: a build's listing (written whole, then renamed)."""
         self.replace_file(LISTED_FILE, "".join(_listing_line(i) + "\n" for i in instances))
-        self.listed = list(instances)
+        self._listed.clear()
+        self._studies.clear()
+        for instance in instances:
+            self._list(instance)
 
     def unencoded(self) -> list[Instance]:
         """Listed instances neither encoded nor skipped: those a pass listed before an outage (or a kill)
         stopped it, left for the next pass to encode."""
-        return [i for i in self.listed if i.sop_uid not in self.vectors and i.sop_uid not in self.skipped]
+        return [i for i in self._listed.values() if i.sop_uid not in self.vectors and i.sop_uid not in self.skipped]
 
     def extend_listed(self, instances: list[Instance]) -> list[Instance]:
         """Add instances a follower found; returns those not listed before."""
-        known = {i.sop_uid for i in self.listed}
-        new = [i for i in dict.fromkeys(instances) if i.sop_uid not in known]
+        new = [i for i in dict.fromkeys(instances) if i.sop_uid not in self._listed]
         self.append_lines(LISTED_FILE, map(_listing_line, new))
-        self.listed += new
+        for instance in new:
+            self._list(instance)
         return new
+
+    def unlist(self, sop_uids) -> None:
+        """Take out instances deleted from the PACS: stored again, they are found as new."""
+        gone = [sop for sop in dict.fromkeys(sop_uids) if sop in self._listed]
+        self.append_lines(LISTED_FILE, (json.dumps({"unlisted": sop}) for sop in gone))
+        for sop in gone:
+            self._unlist(sop)
+
+    def _list(self, instance: Instance) -> None:
+        if instance.sop_uid not in self._listed:
+            self._studies[instance.study_uid] += 1
+        self._listed[instance.sop_uid] = instance
+
+    def _unlist(self, sop_uid: str) -> None:
+        instance = self._listed.pop(sop_uid, None)
+        if instance is not None:
+            self._studies[instance.study_uid] -= 1
 
     def follow_state(self) -> dict:
         path = self.directory / FOLLOW_FILE
@@ -141,9 +201,10 @@ def build_from_pacs(pacs: DicomWeb, query: Query, model: ExportedModel, settings
 
 
 def encode_new(pacs: DicomWeb, cache: PacsCache, instances: list[Instance], model: ExportedModel,
-               settings: Settings, options: BuildOptions) -> Counts:
-    """Fetch, decode and encode the instances the cache lacks."""
-    todo = [i for i in dict.fromkeys(instances) if i.sop_uid not in cache.vectors]
+               settings: Settings, options: BuildOptions, refetch: bool = False) -> Counts:
+    """Fetch, decode and encode the instances the cache lacks (with `refetch`, every one: the PACS may
+    hold another version of an instance it stored again)."""
+    todo = [i for i in dict.fromkeys(instances) if refetch or i.sop_uid not in cache.vectors]
     kept, added_before = len(instances) - len(todo), cache.added
     client = TowerClient(connections(settings), model.image, model.text, model.max_batch_size)
     bar = tqdm(total=len(instances), initial=kept, unit="img", desc=f"indexing {model.name} from the PACS",
@@ -226,55 +287,83 @@ def write_from_cache(cache: PacsCache, model: ExportedModel, output_dir: Path, o
 
 @dataclass(frozen=True)
 class FollowOptions:
-    interval_s: float = 60.0
-    batch: int = 256  # new instances per index swap
+    interval_s: float | None = None  # between two looks; None: ORTHANC_INTERVAL_S on Orthanc, else QIDO_INTERVAL_S
+    batch: int = 256  # instances per commit
     once: bool = False  # one pass (tests, cron)
     orthanc_url: str = ""  # Orthanc's REST root; default: the DICOMweb URL without /dicom-web
+    qido_requests_per_min: float = QIDO_REQUESTS_PER_MIN  # a reconciliation's pace
+    reconcile_s: float = RECONCILE_S
 
 
 class Follower:
     """Keeps an index up to date with a PACS: Orthanc's change feed where there is one, else QIDO
-    listings of recent studies. Each batch of new instances goes through the incremental build and
-    the index is swapped; the feed position is saved after each swap, so a restart goes on from there."""
+    listings of recent studies, and now and then a reconciliation (indexing.pacs_reconcile) for what
+    neither tells of: deletions, and on a PACS without a feed, instances stored into older studies.
+
+    The index is written whole once (the first pass); each batch after that is one commit to it
+    (StoreBackend.apply: the instances added or stored again, the instances deleted), and the feed
+    position is saved after the commit, so a restart goes on from there. Orthanc's feed has no
+    deletions: a pass that finds Orthanc holding fewer instances than the feed accounts for starts a
+    reconciliation at once; otherwise one runs every `reconcile_s`. Reconciliations and compactions run
+    on threads of their own, one of each at a time, while instances go on being indexed (inline with
+    `once`, so that one run leaves the index reconciled)."""
 
     def __init__(self, pacs: DicomWeb, query: Query, model: ExportedModel, settings: Settings, output_dir: Path,
-                 options: BuildOptions = BuildOptions(), follow: FollowOptions = FollowOptions(), backend=None,
-                 log: Callable[[str], None] = print, intake: Callable[[], ReportIntake] | None = None):
-        """`intake`: as build_from_pacs's; the SR of each study with new instances are read too."""
+                 options: BuildOptions = BuildOptions(), follow: FollowOptions = FollowOptions(),
+                 backend: StoreBackend | None = None, log: Callable[[str], None] = print,
+                 intake: Callable[[], ReportIntake] | None = None):
+        """`backend`: where the index lives, as for write_index (None: FAISS files in `output_dir`).
+        `intake`: as build_from_pacs's; the SR of each study with new instances are read too."""
         self.pacs, self.query, self.model, self.settings = pacs, query, model, settings
         self.output_dir, self.options, self.follow, self.backend, self.log = output_dir, options, follow, backend, log
+        self.store = backend or _faiss_backend(settings, output_dir, options)
         pacs.check()
         self.cache = PacsCache(cache_dir(output_dir), model)
         self.reports = ReportReader(pacs, self.cache.directory, intake, options.progress) if intake else None
         changes = OrthancChanges(follow.orthanc_url or OrthancChanges.root_of(pacs.url), pacs.session)
         self.feed = changes if changes.is_orthanc() else None
+        self.interval_s = follow.interval_s or (ORTHANC_INTERVAL_S if self.feed else QIDO_INTERVAL_S)
+        bucket = TokenBucket(follow.qido_requests_per_min)
+        self.reconciler = OrthancReconciler(self.feed, bucket) if self.feed else QidoReconciler(pacs, query, bucket)
+        self._reconciling: _Background | None = None
+        self._halt = threading.Event()  # ends a reconciliation under way when the follower stops
+        self._added_while_reconciling: set[str] = set()  # committed since the reconciliation's listing began
+        self._retry_reconcile_at = 0.0  # after a failed reconciliation
+        self._compacting: _Background | None = None
+        self._resume = True  # the first pass encodes what an older follower listed and did not index
 
     def run(self, stop: threading.Event | None = None, backoff: Backoff | None = None) -> None:
         """Pass after pass until `stop` is set (or once); Ctrl-C stops it between two saved states. A pass
         that fails because the PACS, Triton or the vector store is down is tried again with `backoff`
         (a Backoff logging to this follower's log) until it succeeds; with `once` it fails at once
-        instead, since a one-shot run should not hang. Any other error stops the follower."""
+        instead, since a one-shot run should not hang. Any other error stops the follower. A compaction
+        under way is waited for before it returns."""
         stop = stop or threading.Event()
         backoff = backoff or Backoff(self.log)
         state = self.cache.follow_state()
-        while True:
-            try:
-                state = state or self._start()
-                self._pass(state)
-            except UnavailableError as exc:
-                if self.follow.once:
-                    raise
-                if not backoff.wait(exc, stop):
-                    return  # stopped while waiting: the saved state is that of the last successful swap
-                continue
-            backoff.recovered()
-            if self.follow.once or stop.wait(self.follow.interval_s):
-                return
+        self._halt.clear()
+        try:
+            while True:
+                try:
+                    state = state or self._start()
+                    self._pass(state, stop)
+                except UnavailableError as exc:
+                    if self.follow.once:
+                        raise
+                    if not backoff.wait(exc, stop):
+                        return  # stopped while waiting: the saved state is that of the last successful commit
+                    continue
+                backoff.recovered()
+                if self.follow.once or stop.wait(self.interval_s):
+                    return
+        finally:
+            self._finish_background()
 
     def _start(self) -> dict:
         """A full build first; the feed position is read before it, so nothing stored meanwhile is missed."""
         state = {"orthanc_seq": self.feed.last()} if self.feed else {}
         state["qido_since"] = _today()
+        state["reconciled_at"] = time.time()  # the build's listing is the first reconciliation
         listed = self.pacs.instances(self.query)
         self.cache.set_listed(listed)
         self._swap(listed, "initial build")
@@ -282,35 +371,55 @@ class Follower:
         self.cache.save_follow_state(state)
         return state
 
-    def _pass(self, state: dict) -> None:
-        self._swap(self.cache.unencoded(), "instances listed before an outage")
+    def _pass(self, state: dict, stop: threading.Event) -> None:
+        if self._resume:
+            self._commit(self.cache.unencoded(), (), "instances listed before an outage")
+            self._resume = False
         if self.feed:
             self._orthanc_pass(state)
         else:
             self._qido_pass(state)
+        self._reconcile(state, stop)
 
     def _orthanc_pass(self, state: dict) -> None:
         while True:
             changes, seq = self.feed.new_instances(state["orthanc_seq"], self.follow.batch)
             wanted = [c.instance for c in changes if c.instance and c.instance.sop_uid
                       and self.query.matches(c.modality, c.study_date)]
-            self._swap(self.cache.extend_listed(wanted), f"changes up to {seq}")
+            # An instance already indexed has a new event when it was stored again in place: fetched again.
+            self._commit(wanted, (), f"changes up to {seq}", refetch=True)
             # An SR stored before its study's images is found when they come: every study touched is looked at.
-            indexed = {i.study_uid for i in self.cache.listed}
-            self._read_reports({c.instance.study_uid for c in changes if c.instance} & indexed, f"changes up to {seq}")
-            state["orthanc_seq"] = seq
+            studies = {c.instance.study_uid for c in changes if c.instance}
+            self._read_reports({s for s in studies if self.cache.has_study(s)}, f"changes up to {seq}")
+            # Each NewInstance event read was one more instance in Orthanc (_count_orthanc).
+            state.update(orthanc_seq=seq, orthanc_seen=state.get("orthanc_seen", 0) + len(changes))
+            # Saved after the commit: a crash between the two replays the batch, which adds nothing twice
+            # (apply adds or replaces by image_id, and the feed's instances are fetched again anyway).
             self.cache.save_follow_state(state)
             if len(changes) < self.follow.batch:
-                return
+                break
+        self._count_orthanc(state)
+
+    def _count_orthanc(self, state: dict) -> None:
+        """Orthanc's feed tells of no deletion, but its count of instances does: fewer than when last
+        counted plus the NewInstance events read since means some went (or were stored again in place).
+        The count is compared only when no instance came since the feed was read (the feed's last
+        sequence number is still the one read up to: deletions remove entries, never add one)."""
+        count = self.feed.count()
+        if self.feed.last() > state["orthanc_seq"]:
+            return  # an instance came meanwhile: counted, not read; the next pass compares
+        if "orthanc_count" in state and count < state["orthanc_count"] + state.get("orthanc_seen", 0):
+            state["deletions_seen_at"] = time.time()
+        state.update(orthanc_count=count, orthanc_seen=0)
+        self.cache.save_follow_state(state)
 
     def _qido_pass(self, state: dict) -> None:
         started = _today()
         since = max(self.query.since, _days_before(state.get("qido_since", ""), QIDO_OVERLAP_DAYS))
         listed = self.pacs.instances(replace(self.query, since=since, limit=0))
-        known = {i.sop_uid for i in self.cache.listed}
-        new = [i for i in listed if i.sop_uid not in known]
+        new = [i for i in listed if not self.cache.is_listed(i.sop_uid)]
         for start in range(0, len(new), self.follow.batch):
-            self._swap(self.cache.extend_listed(new[start:start + self.follow.batch]), f"studies since {since}")
+            self._commit(new[start:start + self.follow.batch], (), f"studies since {since}")
         self._read_reports({i.study_uid for i in listed}, f"studies since {since}")
         state["qido_since"] = started
         self.cache.save_follow_state(state)
@@ -320,16 +429,173 @@ class Follower:
             self.log(f"{what}: {counts}")
 
     def _swap(self, instances: list[Instance], what: str) -> None:
-        """Encode the new instances and write the index again: the gateway reloads it by itself."""
+        """The first pass: encode the listed instances and write the whole index (the gateway reloads it)."""
         if not instances:
             return
         counts = encode_new(self.pacs, self.cache, instances, self.model, self.settings, self.options)
+        self._write_whole(f"{what}: {counts}")
+
+    def _write_whole(self, what: str) -> None:
         if not any(sop in self.cache.vectors for sop in (i.sop_uid for i in self.cache.listed)):
-            self.log(f"{what}: {counts}; nothing readable to index yet")
+            self.log(f"{what}; nothing readable to index yet")
             return
         written = write_from_cache(self.cache, self.model, self.output_dir, self.options, self.backend,
                                    self.pacs.shown)
-        self.log(f"{what}: {counts}; the index holds {written['count']} images")
+        self.log(f"{what}; the index holds {written['count']} images")
+
+    def _commit(self, instances: list[Instance], gone, what: str, refetch: bool = False) -> Committed | None:
+        """Encode `instances` (those the cache lacks; with `refetch`, all) and commit them to the index in
+        service, with the instances of `gone` (SOP UIDs: a PACS build's image ids) deleted; then list
+        them (and take out those gone), so that what is listed is what was committed."""
+        instances = list(dict.fromkeys(instances))
+        if instances:
+            encode_new(self.pacs, self.cache, instances, self.model, self.settings, self.options, refetch=refetch)
+        sops = [i.sop_uid for i in instances]
+        held = [sop for sop in sops if sop in self.cache.vectors and sop not in self.cache.skipped]
+        # Indexed before, unreadable as stored again (or gone before it could be fetched): out of the index.
+        unreadable = [sop for sop in sops if sop in self.cache.skipped and sop in self.cache.vectors]
+        vectors = np.stack([self.cache.vectors[sop] for sop in held]).astype(np.float32) if held else None
+        change = Change(vectors, tuple(self.cache.rows[sop] for sop in held),
+                        image_ids=tuple(dict.fromkeys([*gone, *unreadable])), export_sha256=self.model.export_sha256)
+        try:
+            committed = self.store.apply(self.model.name, change) if change else None
+        except IndexMissingError:  # nothing was readable until now: the first index is written whole
+            committed = None
+            self._list(instances, gone)
+            self._write_whole(what)
+        else:
+            self._list(instances, gone)
+        if committed is not None:
+            self.log(f"{what}: +{committed.added} ~{committed.replaced} -{committed.deleted}, "
+                     f"generation {committed.generation}")
+            self._announce(change.rows)
+            self._compact_when_due()
+        return committed
+
+    def _announce(self, rows) -> None:
+        """Tell the report ledger the studies just indexed: reports that waited for them are attached by
+        the gateway at its next look (ReportLedger.add_studies). No ledger, no report waits."""
+        path = self.settings.reports_path(self.model.name)
+        if not rows or not path.is_file():
+            return
+        with ReportLedger(path) as ledger:
+            ledger.add_studies({StudyIdentity(row.get("study_uid", ""), row.get("study_instance_uid", ""),
+                                              row.get("accession_number", ""), row.get("patient_id", ""))
+                                for row in rows})
+
+    def _list(self, instances: list[Instance], gone) -> None:
+        self.cache.extend_listed(instances)
+        self.cache.unlist(gone)
+        self._added_while_reconciling.update(i.sop_uid for i in instances)
+
+    def _compact_when_due(self) -> None:
+        """Past index_compact_rows rows pending, fold the commits into the build on a thread of its own."""
+        if self._compacting is not None:
+            if not self._compacting.done():
+                return
+            _, error = self._compacting.result()
+            if error is not None:
+                raise error  # not a CxrError (those are logged where they happen): a bug shows
+        pending = self.store.pending(self.model.name)
+        if pending < self.settings.index_compact_rows:
+            return
+        self.log(f"compacting the index: {pending} rows pending")
+        self._compacting = _Background("compact", self._compact)
+
+    def _compact(self) -> None:
+        started = time.monotonic()
+        try:
+            self.store.compact(self.model.name)
+        except CxrError as exc:  # the commits stay as they are; the next commit past the mark tries again
+            self.log(f"compaction failed after {time.monotonic() - started:.1f} s: {exc}")
+            return
+        self.log(f"compacted the index in {time.monotonic() - started:.1f} s")
+
+    def _reconcile(self, state: dict, stop: threading.Event) -> None:
+        """Apply a reconciliation that ended; start one when asked for (Orthanc's count fell) or due."""
+        if self._reconciling is not None:
+            if not self._reconciling.done():
+                return
+            background, self._reconciling = self._reconciling, None
+            self._reconciled(background.result(), state)
+        now = time.time()
+        asked = state.get("deletions_seen_at", -1.0) >= state.get("reconciled_at", 0.0)
+        due = now - state.get("reconciled_at", 0.0) >= self.follow.reconcile_s
+        if not (asked or due) or now < self._retry_reconcile_at:
+            return
+        self._added_while_reconciling = set()
+        listed, rows = self.cache.listed, dict(self.cache.rows)
+        if self.follow.once:
+            self._reconciled(_Background.inline(lambda: self.reconciler.run(listed, rows, stop)), state)
+        else:
+            self._reconciling = _Background("reconcile", lambda: self.reconciler.run(listed, rows, self._halt))
+
+    def _reconciled(self, outcome: tuple[Reconciled | None, Exception | None], state: dict) -> None:
+        result, error = outcome
+        if isinstance(error, Stopped):
+            return
+        if error is not None:
+            if not isinstance(error, CxrError) or (self.follow.once and isinstance(error, UnavailableError)):
+                raise error  # a bug shows; a one-shot run fails on an outage, as its pass would
+            self._retry_reconcile_at = time.time() + self.follow.reconcile_s
+            self.log(f"reconciliation with the PACS failed ({error}); trying again in {self.follow.reconcile_s:g} s")
+            return
+        self.log(f"reconciled with the PACS: {result}")
+        # What was committed since the listing began is as the PACS had it then or later: kept.
+        gone = [sop for sop in result.gone if sop not in self._added_while_reconciling]
+        missing = [i for i in result.missing if not self.cache.is_listed(i.sop_uid)]
+        self._commit([], gone, "instances deleted from the PACS")
+        for start in range(0, len(missing), self.follow.batch):
+            batch = missing[start:start + self.follow.batch]
+            self._commit(batch, (), "instances the PACS holds that were not indexed")
+            self._read_reports({i.study_uid for i in batch}, "instances the PACS holds that were not indexed")
+        state["reconciled_at"] = result.started
+        self.cache.save_follow_state(state)
+
+    def _finish_background(self) -> None:
+        """A compaction under way is waited for (a reconciliation is dropped: the next run lists again)."""
+        self._halt.set()
+        if self._reconciling is not None:
+            self._reconciling.join()
+        if self._compacting is not None and not self._compacting.done():
+            self.log("waiting for the compaction under way to end")
+            self._compacting.join()
+
+
+class _Background:
+    """A function run on a thread of its own: its (result, error) once done. The error is handed to the
+    follower's thread, which logs what it expects (CxrError) and raises the rest."""
+
+    def __init__(self, name: str, function: Callable[[], object]):
+        self._outcome: tuple = (None, None)
+        self._thread = threading.Thread(target=self._run, args=(function,), name=name, daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def inline(function: Callable[[], object]) -> tuple:
+        try:
+            return function(), None
+        except Exception as exc:  # noqa: BLE001 -- handed over, not swallowed: see the class docstring
+            return None, exc
+
+    def _run(self, function) -> None:
+        self._outcome = self.inline(function)
+
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def result(self) -> tuple:
+        return self._outcome
+
+
+def _faiss_backend(settings: Settings, output_dir: Path, options: BuildOptions) -> StoreBackend:
+    """The FAISS files in `output_dir`, as write_index writes them when it is given no backend."""
+    from cxr.store.faiss_backend import FaissBackend
+
+    return FaissBackend(settings.index_dir, options.use_gpu, folder=output_dir)
 
 
 class Backoff:

@@ -13,6 +13,11 @@ import secrets
 from cxr.store.errors import IndexMismatchError
 
 ID_KEY = "id_key"  # the manifest's secret for opaque ids
+FORMAT_KEY = "format"
+# The index format this version writes, and the newest it reads. 1: a build, replaced whole (a manifest
+# without the key); 2: a build that takes commits (StoreBackend.apply), named by its base_id. A format-1
+# build is read as it is and takes commits too: no upgrade step is needed.
+INDEX_FORMAT = 2
 
 
 def id_key_for(previous_manifest: dict | None) -> str:
@@ -23,6 +28,10 @@ def id_key_for(previous_manifest: dict | None) -> str:
 def check_model(where: str, manifest: dict, model: str | None, dim: int | None, export_sha256: str | None) -> None:
     """Refuse an index built by another model, dimension or export, saying how to rebuild it."""
     rebuild = f"rebuild it with `cxr index build --model {model or '<model>'} ...`"
+    found = manifest.get(FORMAT_KEY, 1)
+    if not isinstance(found, int) or found > INDEX_FORMAT:
+        raise IndexMismatchError(f"index {where} is in format {found}, newer than this cxr-retrieval reads (up to "
+                                 f"{INDEX_FORMAT}): run the version that wrote it, or {rebuild} with this one")
     if (model and manifest.get("model") != model) or (dim and manifest.get("dim") != dim):
         raise IndexMismatchError(f"index {where} was built with {manifest.get('model')} ({manifest.get('dim')}-d); "
                                  f"the gateway serves {model} ({dim}-d): {rebuild}")

@@ -27,6 +27,7 @@ import numpy as np
 from cxr.files import recover, replace_directory
 from cxr.private_copy import owned_prefix, remove_leftovers
 from cxr.store import faiss_index
+from cxr.store.builds import INDEX_FORMAT
 from cxr.store.errors import IndexMissingError
 from cxr.store.faiss_changes import CHANGES_DIR, Generation, base_id, commit, read_generation, writing
 from cxr.store.faiss_delta import Delta
@@ -85,7 +86,7 @@ def _write_folded(directory: Path, staging: Path, manifest: dict, delta: Delta) 
         _write_rerank_vectors(directory / VECTORS_FILE, staging / VECTORS_FILE, delta, live, count)
     shutil.copyfile(directory / SKIPPED_FILE, staging / SKIPPED_FILE)
     now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    result = dict(manifest, count=count, base_id=secrets.token_hex(8), compacted=now,
+    result = dict(manifest, format=INDEX_FORMAT, count=count, base_id=secrets.token_hex(8), compacted=now,
                   compacted_from=delta.base, folded=delta.number)
     result["files"] = {name: file_checksum(staging / name) for name in checksummed(staging)}
     return result

@@ -136,11 +136,14 @@ class Delta:
                                 and (not labels or bool(labels & {x.lower() for x in row.get("labels") or ()})))
         return passes
 
-    def names(self, key: str) -> set[str]:
-        """Projections or labels of the added rows there now."""
-        if key == "labels":
-            return {label for p in np.flatnonzero(self.alive) for label in self.rows[p].get("labels") or ()}
-        return {self.rows[p][key] for p in np.flatnonzero(self.alive) if self.rows[p].get(key)}
+    @functools.cached_property
+    def label_names(self) -> frozenset[str]:
+        """Labels of the added rows there now."""
+        return frozenset(label for p in np.flatnonzero(self.alive) for label in self.rows[p].get("labels") or ())
+
+    @functools.cached_property
+    def projection_names(self) -> frozenset[str]:
+        return frozenset(self.rows[p]["projection"] for p in np.flatnonzero(self.alive) if self.rows[p].get("projection"))
 
 
 class _Builder:

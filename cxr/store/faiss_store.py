@@ -67,6 +67,7 @@ class _View:
     bitmap: np.ndarray | None
     allowed: int
     added: np.ndarray
+    added_index: faiss.Index | None  # the added rows' vectors, ids their positions
 
 
 def _check_files(copy: Path, manifest: dict, directory: Path) -> None:
@@ -144,6 +145,17 @@ def _one_thread(small: bool):
         faiss.omp_set_num_threads(threads)
 
 
+def _widen_short(index: faiss.Index, queries, fetch, selector, scores, ids) -> None:
+    """An IVF index searches only nprobe lists; a narrow filter can leave fewer than k of its images
+    there. Those queries are searched again over every list, so a filter never hides a match."""
+    ivf = faiss_index.ivf_of(index)
+    short = np.flatnonzero((ids < 0).any(axis=1))
+    if ivf is None or not len(short):
+        return
+    params = faiss_index.search_parameters(index, selector, nprobe=ivf.nlist)
+    scores[short], ids[short] = index.search(queries[short], fetch, params=params)
+
+
 class FaissStore(VectorStore):
     def __init__(self, directory: Path, manifest: dict, index: faiss.Index, table: ImageTable,
                  vectors: np.ndarray | None = None, use_gpu: bool = False):
@@ -158,7 +170,9 @@ class FaissStore(VectorStore):
             self._resources = faiss.StandardGpuResources()
             self.index = faiss.index_cpu_to_gpu(self._resources, 0, index)
         self.delta = Delta.of(table, base_id(manifest), index.d)
+        self._added_index: faiss.Index | None = None  # of self.delta's added rows
         self._reports: dict[str, dict] = {}  # study -> report fields, for the rows added by commits
+        self._reported_labels: frozenset[str] = frozenset()
         self._filters: OrderedDict[Filter, _View] = OrderedDict()
         self._generation = 0  # of the labels and rows: reports and commits change them, and the views kept
         self._lock = threading.Lock()
@@ -175,12 +189,11 @@ class FaissStore(VectorStore):
 
     @property
     def projections(self) -> list[str]:
-        return sorted(set(self.table.projection_names) | self.delta.names("projection"))
+        return sorted(set(self.table.projection_names) | self.delta.projection_names)
 
     @property
     def labels(self) -> list[str]:
-        reported = {label for fields in self._reports.values() for label in fields["labels"]}
-        return sorted(set(self.table.label_names) | self.delta.names("labels") | reported)
+        return sorted(set(self.table.label_names) | self.delta.label_names | self._reported_labels)
 
     @property
     def inline_search(self) -> bool:
@@ -188,9 +201,7 @@ class FaissStore(VectorStore):
         return not self.on_gpu and self.index.ntotal * self.index.d <= INLINE_SEARCH_FLOATS
 
     def check_filter(self, flt: Filter) -> None:
-        if self.delta.empty and not self._reports:
-            self.table.check(flt.projections, flt.labels)
-        else:
+        if flt:
             check_known(flt.projections, flt.labels, self.projections, self.labels)
 
     def rows(self, ids) -> list[dict]:
@@ -233,6 +244,7 @@ class FaissStore(VectorStore):
         self.table.amend(fields)
         with self._lock:
             self._reports = {**self._reports, **fields}
+            self._reported_labels |= {label for f in fields.values() for label in f["labels"]}
             self._generation += 1
             self._filters.clear()
 
@@ -248,11 +260,32 @@ class FaissStore(VectorStore):
             delta = self.delta.extended(self.directory, generation) if generation else None
             if delta is None or delta.number == self.delta.number:
                 return False  # nothing new, or commits of another build: the index set loads that build
+            added_index = self._extended_index(delta)
             with self._lock:
-                self.delta = delta
+                self.delta, self._added_index = delta, added_index
                 self._generation += 1
                 self._filters.clear()
             return True
+
+    def _extended_index(self, delta: Delta) -> faiss.Index:
+        """The index of the added rows: the previous one's copy with the new rows added (rows are only
+        ever appended to a build's delta). Beside an IVF build, an IVF over the build's own coarse
+        quantizer, searched with the same nprobe: a few lists of the added rows, not all of them, per query."""
+        done = len(self.delta.rows) if self._added_index is not None else 0
+        index = faiss.clone_index(self._added_index) if done else self._empty_added_index()
+        index.add(np.ascontiguousarray(delta.vectors[done:]))
+        return index
+
+    def _empty_added_index(self) -> faiss.Index:
+        ivf = faiss_index.ivf_of(self.index)
+        if ivf is None or isinstance(self.index, faiss.IndexPreTransform) or self.on_gpu:
+            return faiss.IndexFlatIP(self.index.d)
+        quantizer = faiss.clone_index(ivf.quantizer)
+        quantizer.this.disown()  # the IVF below owns it
+        index = faiss.IndexIVFFlat(quantizer, self.index.d, ivf.nlist, faiss.METRIC_INNER_PRODUCT)
+        index.own_fields = True
+        index.nprobe = ivf.nprobe
+        return index
 
     def search(self, queries: np.ndarray, k: int, flt: Filter = Filter()) -> list[Hits]:
         queries = np.ascontiguousarray(queries, np.float32).reshape(-1, self.index.d)
@@ -263,14 +296,14 @@ class FaissStore(VectorStore):
         return found
 
     def _search_added(self, queries: np.ndarray, k: int, view: _View) -> list[Hits]:
-        """An exact search of the rows commits added: a few thousand vectors until compaction."""
-        positions = np.flatnonzero(view.added)
-        scores = queries @ view.delta.vectors[positions].T
-        k = min(k, len(positions))
-        best = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        ids = view.delta.base_count + positions[best]
-        return [[(int(i), float(s)) for i, s in zip(row_ids, row_scores)]
-                for row_ids, row_scores in zip(ids, np.take_along_axis(scores, best, axis=1))]
+        """The rows commits added, searched as the build is, filtered by a bitmap of their positions."""
+        bitmap = np.packbits(view.added, bitorder="little")
+        selector = faiss.IDSelectorBitmap(len(view.added), faiss.swig_ptr(bitmap))
+        k = min(k, int(view.added.sum()))
+        index = view.added_index
+        scores, ids = index.search(queries, k, params=faiss_index.search_parameters(index, selector))
+        _widen_short(index, queries, k, selector, scores, ids)
+        return top_hits(scores, np.where(ids >= 0, ids + view.delta.base_count, -1))
 
     def _search_base(self, queries: np.ndarray, k: int, bitmap: np.ndarray | None, allowed: int) -> list[Hits]:
         if k == 0:
@@ -284,7 +317,7 @@ class FaissStore(VectorStore):
         with _one_thread(self.inline_search):
             scores, ids = self.index.search(queries, fetch, params=params)
         if bitmap is not None:
-            self._widen_short(queries, fetch, selector, scores, ids)
+            _widen_short(self.index, queries, fetch, selector, scores, ids)
         if self.vectors is not None:
             scores, ids = self._rerank(queries, ids, k)
         return top_hits(scores[:, :k], ids[:, :k])
@@ -295,14 +328,14 @@ class FaissStore(VectorStore):
             if flt in self._filters:
                 self._filters.move_to_end(flt)
                 return self._filters[flt]
-            generation, delta = self._generation, self.delta
+            generation, delta, added_index = self._generation, self.delta, self._added_index
         self.check_filter(flt)
         bitmap = self.table.bitmap(flt.projections, flt.labels, known=False) if flt else None
         if delta.dead_bitmap is not None:
             bitmap = ~delta.dead_bitmap if bitmap is None else bitmap & ~delta.dead_bitmap
         allowed = self.table.count - len(delta.dead_base) if bitmap is None or not flt \
             else population(bitmap, self.table.count)
-        entry = _View(delta, bitmap, allowed, delta.passing(flt, self._reports))
+        entry = _View(delta, bitmap, allowed, delta.passing(flt, self._reports), added_index)
         with self._lock:
             if generation != self._generation:
                 return entry  # built from the labels before a report changed them: not kept
@@ -310,16 +343,6 @@ class FaissStore(VectorStore):
             if len(self._filters) > FILTER_CACHE:
                 self._filters.popitem(last=False)
         return entry
-
-    def _widen_short(self, queries, fetch, selector, scores, ids) -> None:
-        """An IVF index searches only nprobe lists; a narrow filter can leave fewer than k of its images
-        there. Those queries are searched again over every list, so a filter never hides a match."""
-        ivf = faiss_index.ivf_of(self.index)
-        short = np.flatnonzero((ids < 0).any(axis=1))
-        if ivf is None or not len(short):
-            return
-        params = faiss_index.search_parameters(self.index, selector, nprobe=ivf.nlist)
-        scores[short], ids[short] = self.index.search(queries[short], fetch, params=params)
 
     def _rerank(self, queries, candidates, k) -> tuple[np.ndarray, np.ndarray]:
         scores = np.full((len(queries), k), -np.inf, np.float32)

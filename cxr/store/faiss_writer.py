@@ -16,7 +16,7 @@ import numpy as np
 from cxr.files import replace_directory
 from cxr.private_copy import owned_prefix, remove_leftovers
 from cxr.store import faiss_index
-from cxr.store.builds import ID_KEY, id_key_for
+from cxr.store.builds import ID_KEY, INDEX_FORMAT, id_key_for
 from cxr.store.errors import IndexCorruptError
 from cxr.store.faiss_changes import writing
 from cxr.store.faiss_files import (
@@ -83,7 +83,8 @@ class FaissWriter(StoreWriter):
             self.vectors.flush()
             del self.vectors
         write_skipped(self.staging / SKIPPED_FILE, skipped)
-        manifest = dict(self.manifest, count=self.table.count, skipped=len(skipped), base_id=secrets.token_hex(8),
+        manifest = dict(self.manifest, format=INDEX_FORMAT, count=self.table.count, skipped=len(skipped),
+                        base_id=secrets.token_hex(8),
                         created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
         manifest["files"] = {name: file_checksum(self.staging / name) for name in checksummed(self.staging)}
         (self.staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))

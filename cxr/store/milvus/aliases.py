@@ -10,6 +10,11 @@ import re
 from cxr.store.milvus.connection import CALL_TIMEOUT_S, Connection
 from cxr.store.milvus.schema import MANIFEST_PROPERTY
 
+# What commits add to a build's manifest (cxr.store.milvus.changes): the last commit's number (none: 0),
+# the number of the commit under way (its writes begun, its manifest not yet written), and the rows
+# added and deleted since the build was written or last compacted.
+GENERATION, COMMITTING, ROWS_ADDED, ROWS_DELETED = "generation", "committing", "rows_added", "rows_deleted"
+
 
 def alias_of(model: str) -> str:
     """Milvus names allow letters, digits and '_': the hash keeps `a-b` and `a_b` apart."""
@@ -19,10 +24,20 @@ def alias_of(model: str) -> str:
 
 def collection_manifest(connection: Connection, collection: str) -> dict:
     """A collection's manifest property; KeyError, TypeError or ValueError when it has none readable."""
-    described = connection.call(lambda c: c.describe_collection(collection, timeout=CALL_TIMEOUT_S))
+    return manifest_of(connection.call(lambda c: c.describe_collection(collection, timeout=CALL_TIMEOUT_S)))
+
+
+def manifest_of(described: dict) -> dict:
+    """The manifest in a collection's description (describe_collection)."""
     manifest = json.loads(described.get("properties", {})[MANIFEST_PROPERTY])
     manifest["milvus_index"]["search"]
     return manifest
+
+
+def write_manifest(connection: Connection, collection: str, manifest: dict, timeout: float = CALL_TIMEOUT_S) -> None:
+    """The collection's manifest property replaced, whole, in one call."""
+    connection.call(lambda c: c.alter_collection_properties(collection, {MANIFEST_PROPERTY: json.dumps(manifest)},
+                                                            timeout=timeout))
 
 
 def serving_manifest(connection: Connection, alias: str) -> dict | None:

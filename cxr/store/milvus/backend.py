@@ -1,15 +1,22 @@
-"""MilvusBackend: where the gateway finds each model's index in one Milvus, and how a build is written there."""
+"""MilvusBackend: where the gateway finds each model's index in one Milvus, and how a build is written
+there and changed one commit at a time."""
 
 from __future__ import annotations
+
+import logging
+import threading
 
 from cxr.settings import SettingsError
 from cxr.store.builds import check_model
 from cxr.store.errors import IndexCorruptError, IndexMissingError
-from cxr.store.interface import StoreBackend
-from cxr.store.milvus.aliases import alias_of, collection_manifest, serving_collection
-from cxr.store.milvus.connection import CALL_TIMEOUT_S, LOAD_TIMEOUT_S, Connection
+from cxr.store.interface import Change, Committed, StoreBackend
+from cxr.store.milvus import changes
+from cxr.store.milvus.aliases import COMMITTING, alias_of, collection_manifest, serving_collection
+from cxr.store.milvus.connection import LOAD_TIMEOUT_S, Connection
 from cxr.store.milvus.store import MilvusStore
 from cxr.store.milvus.writer import DROP_GRACE_S, MilvusWriter
+
+log = logging.getLogger("cxr.milvus_store")  # the name before the package: log settings may name it
 
 
 class MilvusBackend(StoreBackend):
@@ -23,6 +30,7 @@ class MilvusBackend(StoreBackend):
                                 "or a cluster's http://host:19530")
         self.connection = Connection(uri, token)
         self.drop_grace_s = drop_grace_s
+        self._writing = threading.Lock()  # a commit or compaction reads the manifest, then writes it back
 
     def where(self, model: str) -> str:
         return f"{self.connection.shown} (collection {alias_of(model)})"
@@ -33,40 +41,59 @@ class MilvusBackend(StoreBackend):
 
     def open(self, model: str, dim: int | None = None, export_sha256: str | None = None) -> MilvusStore:
         where = self.where(model)
-        collection = self.version(model)
-        if collection is None:
-            raise IndexMissingError(f"no index of {model} in Milvus at {where}: build one with `cxr index build "
-                                    f"--model {model} ...` and index_backend = \"milvus\"")
-        manifest = self._manifest(where, collection, model)
+        collection, manifest = self._serving(model, where)
         check_model(where, manifest, model, dim, export_sha256)
         self.connection.call(lambda c: c.load_collection(collection, timeout=LOAD_TIMEOUT_S))
-        stored = int(self.connection.call(
-            lambda c: c.get_collection_stats(collection, timeout=CALL_TIMEOUT_S))["row_count"])
-        if stored != manifest.get("count"):
-            raise IndexCorruptError(f"{where}: collection {collection} holds {stored} rows; its manifest says "
+        # The rows a search finds (a Strong count(*)), not the statistics' row count: that one counts
+        # deleted rows until compaction (and, on a cluster, only flushed ones). A commit writes the
+        # manifest's count after its rows: they differ while one is under way or was cut short, which
+        # its manifest says (COMMITTING); otherwise rows went missing outside our writes.
+        live = changes.live_count(self.connection, collection)
+        if live != manifest.get("count") and manifest.get(COMMITTING):
+            log.warning("%s: commit %s to %s is under way or was cut short; serving its %d rows (the manifest says "
+                        "%s) until the follower's next commit", where, manifest[COMMITTING], collection, live,
+                        manifest.get("count"))
+            manifest = dict(manifest, count=live)
+        if live != manifest.get("count"):
+            raise IndexCorruptError(f"{where}: collection {collection} holds {live} rows; its manifest says "
                                     f"{manifest.get('count')}: rebuild it with `cxr index build --model {model} ...`")
         return MilvusStore(self.connection, collection, manifest, where)
-
-    def _manifest(self, where: str, collection: str, model: str) -> dict:
-        try:
-            return collection_manifest(self.connection, collection)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise IndexCorruptError(f"{where}: collection {collection} has no readable manifest ({exc!r}); rebuild "
-                                    f"it with `cxr index build --model {model} ...`") from exc
 
     def writer(self, model: str, dim: int, count: int, index_type: str, manifest: dict,
                rerank: bool = False) -> MilvusWriter:
         """Vectors and rows added in chunks into a new collection, switched in on finish."""
         return MilvusWriter(self.connection, model, dim, count, index_type, manifest, rerank, self.drop_grace_s)
 
+    def apply(self, model: str, change: Change) -> Committed:
+        """On the collection in service, seen by every process's next search (changes.py says how)."""
+        with self._writing:
+            where = self.where(model)
+            collection, manifest = self._serving(model, where)
+            return changes.commit(self.connection, collection, manifest, change, where)
+
+    def pending(self, model: str) -> int:
+        """Rows added and deleted (replaced: both) since the build was written or last compacted."""
+        return changes.pending_rows(self._serving(model, self.where(model))[1])
+
+    def compact(self, model: str) -> dict | None:
+        with self._writing:
+            where = self.where(model)
+            collection, manifest = self._serving(model, where)
+            if not changes.pending_rows(manifest):
+                return None
+            return changes.compact(self.connection, collection, manifest, where)
+
     def close(self) -> None:
         self.connection.close()
 
-    def apply(self, model: str, change):
-        raise NotImplementedError("being written: issue 20")
-
-    def pending(self, model: str) -> int:
-        raise NotImplementedError("being written: issue 20")
-
-    def compact(self, model: str):
-        raise NotImplementedError("being written: issue 20")
+    def _serving(self, model: str, where: str) -> tuple[str, dict]:
+        """The collection in service and its manifest."""
+        collection = self.version(model)
+        if collection is None:
+            raise IndexMissingError(f"no index of {model} in Milvus at {where}: build one with `cxr index build "
+                                    f"--model {model} ...` and index_backend = \"milvus\"")
+        try:
+            return collection, collection_manifest(self.connection, collection)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise IndexCorruptError(f"{where}: collection {collection} has no readable manifest ({exc!r}); rebuild "
+                                    f"it with `cxr index build --model {model} ...`") from exc

@@ -22,6 +22,13 @@ LOAD_TIMEOUT_S = 120.0
 BUILD_TIMEOUT_S = 600.0
 RECONNECT_AFTER_S = 1.0  # while the server is down, calls fail at once instead of each waiting to connect
 COLLECTION_NOT_FOUND, COLLECTION_NOT_LOADED = 100, 101  # Milvus error codes (the same in Lite)
+# Every search and query reads at Strong: a commit one process acknowledges (the follower's apply)
+# is seen by the next search of any other (a gateway's). Bounded, Milvus's default, reads a view up
+# to a few hundred ms old and may miss the last writes; Session covers only the client that wrote.
+# On a cluster Strong waits until the query nodes have caught up with the newest timestamp (their
+# sync timestamps come every time tick, 200 ms by default): a search may wait up to that long.
+# Milvus Lite applies each write before answering it, so there it costs nothing measurable.
+READ_CONSISTENCY = "Strong"
 
 
 def shown_uri(uri: str) -> str:

@@ -11,12 +11,14 @@ from pymilvus.client.types import LoadState
 from cxr.store.errors import IndexCorruptError, StoreUnavailableError
 from cxr.store.image_table import TEXT_COLUMNS, check_known
 from cxr.store.interface import Filter, Hits, StudyIdentity, StudyReport, VectorStore
+from cxr.store.milvus.aliases import COMMITTING, GENERATION, manifest_of
 from cxr.store.milvus.connection import (
     CALL_TIMEOUT_S,
     COLLECTION_NOT_FOUND,
     COLLECTION_NOT_LOADED,
     LOAD_TIMEOUT_S,
     PING_TIMEOUT_S,
+    READ_CONSISTENCY,
     Connection,
     error_code,
 )
@@ -74,7 +76,7 @@ class MilvusStore(VectorStore):
     def _search(self, queries: np.ndarray, k: int, expr: str, params: dict) -> list[Hits]:
         answer = self._call(lambda c: c.search(
             self.collection, data=queries, limit=k, filter=expr, output_fields=[ID], anns_field=VECTOR,
-            search_params=search_params(params, k), timeout=CALL_TIMEOUT_S))
+            search_params=search_params(params, k), consistency_level=READ_CONSISTENCY, timeout=CALL_TIMEOUT_S))
         return [[(int(hit[ID]), float(hit["distance"])) for hit in hits] for hits in answer]
 
     def _widen_short(self, queries, k, expr, found) -> None:
@@ -96,10 +98,35 @@ class MilvusStore(VectorStore):
             for record in self._query(f"{ID} in {chunk}"):
                 found[int(record[ID])] = self._row(record)
         missing = [i for i in wanted if i not in found]
+        if missing and self._takes_commits():
+            raise StoreUnavailableError(f"{self.where}: ids {missing[:5]} were deleted from collection "
+                                        f"{self.collection} by a commit since the search that found them: retry")
         if missing:
             raise IndexCorruptError(f"{self.where}: collection {self.collection} has no rows for ids {missing[:5]} "
                                     f"of its {self.count}: rebuild the index")
         return [dict(found[i]) for i in ids]
+
+    def refresh(self) -> bool:
+        """Every search already sees the last commit (Strong reads); what a commit changes here is the
+        manifest: the count and the filter values. Re-read (one describe call), taken when its generation moved."""
+        manifest = self._current_manifest()
+        if manifest.get(GENERATION, 0) == self.manifest.get(GENERATION, 0):
+            return False
+        self.manifest = manifest  # one reference swapped: a search in flight reads the old or the new
+        return True
+
+    def _takes_commits(self) -> bool:
+        """Whether a commit has begun on this collection since it was built."""
+        manifest = self._current_manifest()
+        return bool(manifest.get(GENERATION) or manifest.get(COMMITTING))
+
+    def _current_manifest(self) -> dict:
+        described = self._call(lambda c: c.describe_collection(self.collection, timeout=CALL_TIMEOUT_S))
+        try:
+            return manifest_of(described)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise IndexCorruptError(f"{self.where}: collection {self.collection} has lost its manifest ({exc!r}): "
+                                    "rebuild the index") from exc
 
     def study(self, study_uid: str) -> list[dict]:
         if len(study_uid.encode()) > FIELD_BYTES["study_uid"]:
@@ -115,7 +142,7 @@ class MilvusStore(VectorStore):
 
     def _query(self, expr: str, fields: list[str] = ROW_FIELDS) -> list[dict]:
         return self._call(lambda c: c.query(self.collection, filter=expr, output_fields=fields,
-                                            timeout=CALL_TIMEOUT_S))
+                                            consistency_level=READ_CONSISTENCY, timeout=CALL_TIMEOUT_S))
 
     def _row(self, record: dict) -> dict:
         row = {name: record.get(name) or "" for name in TEXT_COLUMNS}
@@ -128,8 +155,9 @@ class MilvusStore(VectorStore):
 
     def studies(self) -> Iterator[StudyIdentity]:
         fields = ["study_uid", "study_instance_uid", "accession_number", "patient_id"]
-        iterator = self._call(lambda c: c.query_iterator(self.collection, batch_size=IDS_PER_QUERY, filter=f"{ID} >= 0",
-                                                         output_fields=fields, timeout=CALL_TIMEOUT_S))
+        iterator = self._call(lambda c: c.query_iterator(
+            self.collection, batch_size=IDS_PER_QUERY, filter=f"{ID} >= 0", output_fields=fields,
+            consistency_level=READ_CONSISTENCY, timeout=CALL_TIMEOUT_S))
         seen: set[tuple[str, str]] = set()  # (study, accession): once per accession of a merged study
         try:
             while batch := iterator.next():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import secrets
 import time
@@ -11,39 +10,18 @@ import time
 import numpy as np
 from pymilvus import MilvusException
 
-from cxr.errors import InvalidArgumentError
-from cxr.store.builds import ID_KEY, id_key_for
+from cxr.store.builds import ID_KEY, INDEX_FORMAT, id_key_for
 from cxr.store.errors import IndexCorruptError, StoreUnavailableError
-from cxr.store.image_table import TEXT_COLUMNS
 from cxr.store.interface import StoreWriter
-from cxr.store.milvus.aliases import alias_of, serving_collection, serving_manifest
+from cxr.store.milvus.aliases import alias_of, serving_collection, serving_manifest, write_manifest
 from cxr.store.milvus.connection import BUILD_TIMEOUT_S, CALL_TIMEOUT_S, Connection
-from cxr.store.milvus.schema import (
-    FIELD_BYTES,
-    ID,
-    LABEL_BYTES,
-    LABEL_KEYS,
-    MANIFEST_PROPERTY,
-    MAX_LABELS,
-    PROJECTION_KEY,
-    REPORT_BYTES,
-    REPORT_COLUMNS,
-    VECTOR,
-    collection_schema,
-    cut,
-    index_params,
-    index_spec,
-)
+from cxr.store.milvus.records import RecordBuilder, batches
+from cxr.store.milvus.schema import VECTOR, collection_schema, index_params, index_spec
 
 log = logging.getLogger("cxr.milvus_store")  # the name before the package: log settings may name it
 
 INDEX_WAIT_S = 1800.0
 DROP_GRACE_S = 5.0  # gateways look for a new build every second: this long to move off the old collection
-INSERT_BYTES = 8 << 20  # per insert request, well under Milvus's 64 MB message limit
-
-
-class MilvusLimitError(InvalidArgumentError, ValueError):
-    """A row does not fit the collection's fields."""
 
 
 class MilvusWriter(StoreWriter):
@@ -67,10 +45,7 @@ class MilvusWriter(StoreWriter):
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
         self.collection = f"{self.alias}__{stamp}_{secrets.token_hex(3)}"
         self.count = 0
-        self._labels: dict[str, None] = {}  # names in first-seen order, as TableWriter keeps them
-        self._projections: dict[str, None] = {}
-        self._bytes = 0
-        self._truncated = 0
+        self._records = RecordBuilder()
         self._finished = False
         connection.call(lambda c: c.create_collection(self.collection, schema=collection_schema(dim),
                                                       timeout=BUILD_TIMEOUT_S))
@@ -99,56 +74,13 @@ class MilvusWriter(StoreWriter):
         assert len(vectors) == len(rows), (len(vectors), len(rows))
         vectors = np.ascontiguousarray(vectors, np.float32)
         assert vectors.ndim == 2 and vectors.shape[1] == self.dim, (vectors.shape, self.dim)
-        batch, size = [], 0
-        for vector, row in zip(vectors, rows):
-            record, record_bytes = self._record(vector, row)
-            batch.append(record)
-            size += record_bytes
-            if size >= INSERT_BYTES:
-                self._insert(batch)
-                batch, size = [], 0
-        self._insert(batch)
+        for batch in batches(self._record(vector, row) for vector, row in zip(vectors, rows)):
+            self._insert(batch)
 
     def _record(self, vector: np.ndarray, row: dict) -> tuple[dict, int]:
         position = self.count
         self.count += 1
-        record = {ID: position, VECTOR: vector}
-        for name in TEXT_COLUMNS:
-            record[name] = self._text(name, row, position)
-        projection = self._text("projection", row, position)
-        labels = [self._label(str(label), row, position) for label in row.get("labels") or ()]
-        if len(labels) > MAX_LABELS:
-            raise self._too_long(row, position, f"{len(labels)} labels", f"{MAX_LABELS}")
-        record.update(projection=projection, labels=labels, **{PROJECTION_KEY: projection.lower(),
-                                                                LABEL_KEYS: [label.lower() for label in labels]})
-        if projection:
-            self._projections.setdefault(projection)
-        self._labels.update(dict.fromkeys(labels))
-        texts = [v for v in record.values() if isinstance(v, str)] + labels * 2
-        size = vector.nbytes + 8 + sum(len(text.encode()) for text in texts)
-        self._bytes += size
-        return record, size
-
-    def _text(self, name: str, row: dict, position: int) -> str:
-        text = str(row.get(name) or "")
-        if name in REPORT_COLUMNS:
-            text, was_cut = cut(text, REPORT_BYTES)
-            self._truncated += was_cut
-            return text
-        if len(text.encode()) > FIELD_BYTES[name]:
-            raise self._too_long(row, position, f"{name} of {len(text.encode())} bytes", f"{FIELD_BYTES[name]} bytes")
-        return text
-
-    def _label(self, label: str, row: dict, position: int) -> str:
-        if len(label.encode()) > LABEL_BYTES:
-            raise self._too_long(row, position, f"a label of {len(label.encode())} bytes", f"{LABEL_BYTES} bytes")
-        return label
-
-    @staticmethod
-    def _too_long(row: dict, position: int, what: str, limit: str) -> MilvusLimitError:
-        return MilvusLimitError(f"image {position} ({str(row.get('image_id'))[:80]!r}) has {what}; the milvus backend "
-                                f"stores at most {limit}: shorten it in the archive's metadata, or use the faiss "
-                                "backend")
+        return self._records.record(position, vector, row, f"image {position}")
 
     def _insert(self, batch: list[dict]) -> None:
         if batch:
@@ -156,12 +88,13 @@ class MilvusWriter(StoreWriter):
 
     def finish(self, skipped: list[tuple[str, str]] = ()) -> dict:
         self._seal()
-        manifest = dict(self.manifest, count=self.count, skipped=len(skipped), collection=self.collection,
+        manifest = dict(self.manifest, format=INDEX_FORMAT, count=self.count, skipped=len(skipped),
+                        collection=self.collection,
                         created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                        labels=list(self._labels), projections=list(self._projections), milvus_index=self.spec,
-                        milvus_server=self.server, data_bytes=self._bytes, truncated_reports=self._truncated)
-        self.connection.call(lambda c: c.alter_collection_properties(
-            self.collection, {MANIFEST_PROPERTY: json.dumps(manifest)}, timeout=BUILD_TIMEOUT_S))
+                        labels=list(self._records.labels), projections=list(self._records.projections),
+                        milvus_index=self.spec, milvus_server=self.server, data_bytes=self._records.bytes,
+                        truncated_reports=self._records.truncated)
+        write_manifest(self.connection, self.collection, manifest, BUILD_TIMEOUT_S)
         previous = serving_collection(self.connection, self.alias)
         self._point_alias(previous)
         self._finished = True

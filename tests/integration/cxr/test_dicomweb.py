@@ -1,10 +1,12 @@
-"""cxr.dicomweb against a real Orthanc with its DICOMweb plugin: QIDO listing and its filters,
-WADO-RS bytes that decode to the same pixels as the file, records from headers, Orthanc's change
-feed, and errors that name the remedy."""
+"""cxr.dicomweb against a real Orthanc with its DICOMweb plugin: QIDO listing and its filters (study by
+study, and whole-archive pages), WADO-RS bytes that decode to the same pixels as the file, records from
+headers, Orthanc's change feed (which has no deletions: its count, ids and look-up tell of them), the
+ids Orthanc gives resources, and errors that name the remedy."""
 
 import numpy as np
 import pydicom
 import pytest
+import requests
 
 from benchmarks import orthanc
 from cxr import dicomweb
@@ -163,3 +165,79 @@ def test_report_instances_are_the_sr_series_of_the_studies_whatever_the_modality
             (d.StudyInstanceUID, d.SeriesInstanceUID, d.SOPInstanceUID) for d in (report, dose)}
         assert client.dataset(found[0]).Modality == "SR"
         assert client.report_instances([pydicom.uid.generate_uid()]) == []
+
+
+def _orthanc_with(tmp_path, images):
+    files = orthanc.write_files(images, tmp_path / "files")
+    server = orthanc.Orthanc(tmp_path / "server")
+    orthanc.stow(server.url, files)
+    return server, files
+
+
+def _instance_id(image):
+    return dicomweb.orthanc_id(image.patient_id, image.study_uid, image.series_uid, image.sop_uid)
+
+
+def _delete(server, path):
+    response = requests.delete(server.rest_url + path, auth=(orthanc.USER, orthanc.PASSWORD), timeout=30)
+    response.raise_for_status()
+
+
+def test_orthanc_ids_are_the_sha1_of_the_dicom_identifiers(tmp_path):
+    if reason := orthanc.missing():
+        pytest.skip(reason)
+    images = orthanc.nih_images(DATA_DIR, 6, first=120, per_study=3)
+    server, _ = _orthanc_with(tmp_path, images)
+    with server, dicomweb.connect(server.url, orthanc.USER, orthanc.PASSWORD) as client:
+        feed = dicomweb.OrthancChanges(server.rest_url, client.session)
+        assert set(feed.instance_ids(0, 100)) == {_instance_id(im) for im in images}
+        for im in images:
+            instance = server.get(f"/instances/{_instance_id(im)}")
+            series = server.get(f"/series/{instance['ParentSeries']}")
+            study = server.get(f"/studies/{series['ParentStudy']}")
+            assert instance["ParentSeries"] == dicomweb.orthanc_id(im.patient_id, im.study_uid, im.series_uid)
+            assert series["ParentStudy"] == dicomweb.orthanc_id(im.patient_id, im.study_uid)
+            assert study["ParentPatient"] == dicomweb.orthanc_id(im.patient_id)
+        assert feed.instance_ids(4, 100) == feed.instance_ids(0, 100)[4:] and feed.instance_ids(6, 100) == []
+
+
+def test_orthanc_deletions_leave_no_change_in_the_feed_only_a_lower_count(tmp_path):
+    """What a follower can know of deletions on Orthanc 1.10: DELETE of an instance, a series, a study or
+    a patient adds no change to /changes (and takes out the deleted resources' own changes); the count of
+    instances falls; the look-up by SOP UID no longer finds them. Stored again, an instance is new."""
+    if reason := orthanc.missing():
+        pytest.skip(reason)
+    images = orthanc.nih_images(DATA_DIR, 12, first=300, per_study=3)
+    # An instance and a series of one study (images 0, 1), another patient's study (6) and that patient (9).
+    first, second, third, fourth = images[0], images[1], images[6], images[9]
+    assert first.study_uid == second.study_uid != third.study_uid != fourth.study_uid
+    assert third.patient_id == fourth.patient_id != first.patient_id
+    server, files = _orthanc_with(tmp_path, images)
+    with server, dicomweb.connect(server.url, orthanc.USER, orthanc.PASSWORD) as client:
+        feed = dicomweb.OrthancChanges(server.rest_url, client.session)
+        last, count = feed.last(), feed.count()
+        assert count == 12 and feed.has_instance(images[0].sop_uid)
+        _delete(server, f"/instances/{_instance_id(first)}")
+        _delete(server, f"/series/{dicomweb.orthanc_id(second.patient_id, second.study_uid, second.series_uid)}")
+        _delete(server, f"/studies/{dicomweb.orthanc_id(third.patient_id, third.study_uid)}")
+        _delete(server, f"/patients/{dicomweb.orthanc_id(fourth.patient_id)}")
+        deleted = {first.sop_uid, second.sop_uid} | {im.sop_uid for im in images if im.patient_id == fourth.patient_id}
+        assert feed.new_instances(last, limit=100) == ([], last) and feed.last() <= last
+        assert feed.count() == 12 - len(deleted)
+        remaining, _ = feed.new_instances(0, limit=100)
+        assert {c.instance.sop_uid for c in remaining} == {im.sop_uid for im in images} - deleted
+        assert not any(feed.has_instance(sop) for sop in deleted)
+        orthanc.stow(server.url, files[:1])
+        again, seq = feed.new_instances(last, limit=100)
+        assert [c.instance.sop_uid for c in again] == [first.sop_uid] and seq > last
+
+
+def test_a_whole_archive_listing_by_pages_finds_what_study_by_study_listing_finds(pacs, client):
+    _, images, _ = pacs
+    query = dicomweb.Query.parse("CR", since=sorted(im.study_date for im in images)[4])
+    pages = list(client.instance_pages(query, page=2))
+    assert max(len(p) for p in pages) == 2
+    assert sorted((i for p in pages for i in p), key=str) == sorted(client.instances(query), key=str)
+    everything = [i for p in client.instance_pages(page=5) for i in p]
+    assert len(everything) == 13 and all(client.has_instance(i) for i in everything[:3])
+    assert not client.has_instance(dicomweb.Instance(images[0].study_uid, images[0].series_uid, "1.2.3.4"))

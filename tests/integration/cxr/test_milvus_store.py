@@ -26,7 +26,7 @@ from cxr.store.interface import Filter, StudyReport  # noqa: E402
 from cxr.store.milvus.aliases import alias_of  # noqa: E402
 from cxr.store.milvus.backend import MilvusBackend  # noqa: E402
 from cxr.store.milvus.connection import RECONNECT_AFTER_S  # noqa: E402
-from cxr.store.milvus.writer import MilvusLimitError  # noqa: E402
+from cxr.store.milvus.records import MilvusLimitError  # noqa: E402
 from support import MilvusLiteFile, index_metadata, unit_vectors  # noqa: E402
 
 MODEL = "m-1"

@@ -90,3 +90,21 @@ def test_the_milvus_gateway_describes_its_index_and_finds_studies(stubs):
         milvus.SearchByText(pb.SearchByTextRequest(text="x", filters=pb.Filters(labels=["Unicorn"])))
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "it has" in error.value.details()
     assert "Unicorn" not in error.value.details()
+
+
+def test_a_deletion_on_the_milvus_gateway_is_gone_from_its_next_search(stubs):
+    """Last in this module: it changes the collection the tests above compare."""
+    _, milvus = stubs
+    query = pb.SearchByTextRequest(text=label_prompt("Cardiomegaly"), top_k=50)
+    first = milvus.SearchByText(query, timeout=60).hits
+    study, image = first[0].study_uid, first[1].image_id
+    answer = milvus.DeleteStudy(pb.DeleteStudyRequest(study_uid=study), timeout=60)
+    assert answer.deleted >= 1 and answer.generation == 1
+    image_study = next(hit.study_uid for hit in first if hit.image_id == image)
+    if image_study != study:
+        assert milvus.DeleteImage(pb.DeleteImageRequest(image_id=image), timeout=60).deleted == 1
+    after = milvus.SearchByText(query, timeout=60).hits
+    assert study not in {hit.study_uid for hit in after} and image not in {hit.image_id for hit in after}
+    with pytest.raises(grpc.RpcError) as again:
+        milvus.DeleteStudy(pb.DeleteStudyRequest(study_uid=study), timeout=60)
+    assert again.value.code() == grpc.StatusCode.NOT_FOUND

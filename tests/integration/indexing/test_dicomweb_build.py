@@ -1,7 +1,8 @@
 """Index builds from a real Orthanc over DICOMweb through the real Triton: the same vectors as the
 same files read from disk, incremental rebuilds that fetch only new instances, interrupted builds
-resumed, filters, the command line, `cxr index follow`, and the SR reports of the indexed studies
-read into the report ledger."""
+resumed, filters, the command line, `cxr index follow` (instances stored and deleted in Orthanc
+committed to the real FAISS living index, which is never written again), and the SR reports of the
+indexed studies read into the report ledger."""
 
 import json
 import os
@@ -12,6 +13,7 @@ import time
 
 import numpy as np
 import pytest
+import requests
 
 from benchmarks import orthanc
 from cxr import archives, dicomweb
@@ -23,7 +25,7 @@ from cxr.settings import to_environment
 from cxr.store import faiss_files, faiss_store
 from cxr.store.interface import StudyIdentity
 from indexing.build import BuildOptions, build_index
-from indexing.dicomweb_build import Backoff, Follower, FollowOptions, build_from_pacs, cache_dir
+from indexing.dicomweb_build import Backoff, Follower, FollowOptions, PacsCache, build_from_pacs, cache_dir
 from indexing.pacs_reports import ReportCounts
 from support import DATA_DIR, SAMPLE_DICOM, cosine, sr
 
@@ -71,6 +73,13 @@ class Counting:
             return fetch(instance)
 
         self.client.dataset = counted
+
+
+def _served(index_dir):
+    """The index as a gateway serving it sees it: the build and the commits made to it since."""
+    store = faiss_store.load(index_dir)
+    store.refresh()
+    return store
 
 
 def _vectors(index_dir):
@@ -171,7 +180,7 @@ def test_follow_once_adds_a_newly_stored_instance(served, model, pacs, files, tm
     counting = Counting(pacs)
     Follower(counting.client, dicomweb.Query(), model, served, output, OPTIONS, follow, log=lines.append).run()
     assert sorted(counting.fetched) == sorted(im.sop_uid for im in later[:2])
-    assert faiss_store.load(output).count == 33 and "2 new, 0 kept, 0 skipped" in lines[-1]
+    assert _served(output).count == 33 and lines[-1].endswith(": +2 ~0 -0, generation 1")
     again = Counting(pacs)
     Follower(again.client, dicomweb.Query(), model, served, output, OPTIONS, follow, log=lines.append).run()
     assert again.fetched == []  # the feed position was saved: nothing is fetched twice
@@ -199,7 +208,7 @@ def test_follow_waits_out_a_pacs_restart_and_indexes_what_was_stored_meanwhile(s
         _until(lambda: any("unavailable" in line for line in lines))
         pacs.start()
         orthanc.stow(pacs.url, later_paths[:2])
-        _until(lambda: faiss_store.load(output).count == 33)
+        _until(lambda: _served(output).count == 33)
     finally:
         stop.set()
         runner.join(timeout=30)
@@ -207,8 +216,55 @@ def test_follow_waits_out_a_pacs_restart_and_indexes_what_was_stored_meanwhile(s
     outage = [line for line in lines if "the PACS" in line]
     assert len(outage) == 2 and outage[0].startswith("the PACS unavailable (could not reach")
     assert outage[1].startswith("the PACS back after ") and outage[1].endswith(" s, going on")
-    indexed, _ = _vectors(output)
-    assert {im.sop_uid for im in later[:2]} <= set(indexed) and len(indexed) == 33
+    store = _served(output)
+    assert all(store.image(im.sop_uid) is not None for im in later[:2]) and store.count == 33
+
+
+def _delete(pacs, path):
+    requests.delete(pacs.rest_url + path, auth=(orthanc.USER, orthanc.PASSWORD), timeout=30).raise_for_status()
+
+
+def test_follow_commits_what_is_stored_and_deleted_in_orthanc_and_never_writes_the_index_again(
+        served, model, pacs, files, tmp_path):
+    images, paths, later, later_paths = files
+    output, lines = tmp_path / "index", []
+
+    def follow():
+        counting = Counting(pacs)
+        Follower(counting.client, dicomweb.Query(), model, served, output, OPTIONS, FollowOptions(once=True),
+                 log=lines.append).run()
+        return sorted(counting.fetched)
+
+    follow()
+    base = output / faiss_files.INDEX_FILE
+    written = (base.stat().st_ino, base.stat().st_mtime_ns)
+    orthanc.stow(pacs.url, later_paths[:3])
+    assert follow() == sorted(im.sop_uid for im in later[:3])
+    store, vectors = _served(output), PacsCache(cache_dir(output), model).vectors
+    assert store.count == 34 and lines[-1].endswith(": +3 ~0 -0, generation 1")
+    for image in later[:3]:  # searchable: each is its own nearest neighbour
+        [[(found, score)]] = store.search(vectors[image.sop_uid][None].astype(np.float32), 1)
+        assert store.rows([found])[0]["image_id"] == image.sop_uid and score > 0.999
+
+    instance, study, patient = images[1], images[10], images[15]  # of three patients
+    assert len({instance.patient_id, study.patient_id, patient.patient_id}) == 3
+    _delete(pacs, "/instances/" + dicomweb.orthanc_id(instance.patient_id, instance.study_uid, instance.series_uid,
+                                                      instance.sop_uid))
+    _delete(pacs, f"/studies/{dicomweb.orthanc_id(study.patient_id, study.study_uid)}")
+    _delete(pacs, f"/patients/{dicomweb.orthanc_id(patient.patient_id)}")
+    deleted = {instance.sop_uid} | {im.sop_uid for im in images + later[:3]
+                                    if im.study_uid == study.study_uid or im.patient_id == patient.patient_id}
+    assert len(deleted) == 12 and follow() == []  # nothing to fetch: deletions are found by their ids
+    store = _served(output)
+    assert store.count == 34 - 12 and all(store.image(sop) is None for sop in deleted)
+    assert lines[-1] == "instances deleted from the PACS: +0 ~0 -12, generation 2"
+    assert lines[-2].startswith("reconciled with the PACS: 12 gone, 0 missing (")
+
+    orthanc.stow(pacs.url, [paths[1], paths[15]])  # stored again: back
+    assert follow() == sorted([images[1].sop_uid, images[15].sop_uid])
+    store = _served(output)
+    assert store.count == 24 and store.image(images[1].sop_uid) and store.image(images[15].sop_uid)
+    assert (base.stat().st_ino, base.stat().st_mtime_ns) == written  # commits only: no rewrite
 
 
 def _first_of_studies(images, count):

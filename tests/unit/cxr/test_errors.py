@@ -9,7 +9,7 @@ from cxr.images import DecodeBusyError, ImageTooLargeError, InvalidImageError
 from cxr.private_copy import NoRoomError
 from cxr.settings import SettingsError
 from cxr.store import errors as store_errors
-from cxr.store.milvus.writer import MilvusLimitError
+from cxr.store.milvus.records import MilvusLimitError
 from cxr.triton import errors as triton_errors
 from gateway.admission import OverloadedError
 from gateway.audit_chain import AuditError

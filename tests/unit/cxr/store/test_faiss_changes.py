@@ -2,6 +2,7 @@
 replacements and deletions, a store answers exactly as a brute-force search over the images there now,
 before and after compaction, and a crash at any step leaves the last committed generation."""
 
+import json
 import os
 
 import numpy as np
@@ -180,3 +181,16 @@ def test_a_swap_interrupted_between_its_renames_is_put_back(backend):
     os.rename(folder, folder.with_name(f".{folder.name}-retired"))
     assert backend.version(MODEL) is not None
     archive.check(backend.open(MODEL))
+
+
+def test_an_index_of_a_newer_format_is_refused_with_the_remedy(backend):
+    Archive(backend)
+    assert backend.open(MODEL).manifest["format"] == 2
+    path = backend.path(MODEL) / "manifest.json"
+    manifest = json.loads(path.read_text())
+    path.write_text(json.dumps(dict(manifest, format=3)))
+    with pytest.raises(IndexMismatchError, match=r"format 3, newer than this cxr-retrieval reads \(up to 2\).*rebuild"):
+        backend.open(MODEL)
+    path.write_text(json.dumps({k: v for k, v in manifest.items() if k not in ("format", "base_id")}))
+    store = backend.open(MODEL)  # format 1, written before formats: read as it is, and it takes commits
+    assert backend.apply(MODEL, Change(image_ids=("1",))).deleted == 1 and store.refresh() and store.image("1") is None
