@@ -25,6 +25,8 @@ def _size(size, searchable_p95=2.0, ratio=0.9, add_ms=10.0, returned=0, compact_
                             "index_grew_by": 100}},
         "commits": {"first_ms": 30.0, "add": {"commits": 9, "p50_ms": add_ms, "p95_ms": 2 * add_ms, "max_ms": 40.0},
                     "delete": {"commits": 5, "p50_ms": 5.0, "p95_ms": 6.0, "max_ms": 7.0}, "rows_per_commit": 10,
+                    "add_first_tenth": {"commits": 1, "p50_ms": 8.0, "p95_ms": 8.0, "max_ms": 8.0},
+                    "add_last_tenth": {"commits": 1, "p50_ms": 12.0, "p95_ms": 12.0, "max_ms": 12.0},
                     "pending": 150},
         "compaction": {"seconds": compact_s * scale, "peak_rss_mb": 200 * scale, "gateway_reloaded_after_s": 0.5,
                        "images_before": size, "images_after": size},
