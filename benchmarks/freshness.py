@@ -448,6 +448,7 @@ def _measure(settings: Settings, model: ExportedModel, size: int, plan: Plan, qu
     pool = _samples(settings.data_dir, folder, 1 + one + together + plan.ingested, first=0)
     warm, single = pool[0], pool[1:1 + one]
     batch, ingest = pool[1 + one:1 + one + together], pool[1 + one + together:]
+    load_before = os.getloadavg()[0]  # the machine may be shared: what else ran is part of the figures
     with _living_index(settings, size, log) as (archive, base):
         _warm_up(archive, warm)
         figures = {"base": base}
@@ -462,6 +463,7 @@ def _measure(settings: Settings, model: ExportedModel, size: int, plan: Plan, qu
         log(f"[{size:,}] commits: {figures['commits']}; compaction: {figures['compaction']}")
         figures["peak_rss_mb"] = {"gateway": process_tree_rss_mb(archive.gateway_pid, "VmHWM"),
                                   "follower": process_tree_rss_mb(archive.follower_pid, "VmHWM")}
+    figures["load_average_1min"] = {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)}
     shutil.rmtree(folder, ignore_errors=True)
     return figures
 

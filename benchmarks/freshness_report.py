@@ -118,7 +118,13 @@ def _header(results: dict) -> str:
             f"base per size written by `cxr index synth` (IVF from {s['ivf_from']:,} images, flat below); a real "
             f"Orthanc followed by `{s['follower']}`; NIH images stored as new single-image DICOM studies; a sample "
             f"counts as searchable when SearchByImage (top {s['top_k']}) with its DICOM returns it, asked every 20 ms. "
-            f"The gateway takes in commits every {s['index_changes_poll_s']:g} s.")
+            f"The gateway takes in commits every {s['index_changes_poll_s']:g} s. The machine's 1-minute load "
+            f"average before and after each size: {_load_averages(results)} (other work shares these cores).")
+
+
+def _load_averages(results: dict) -> str:
+    return ", ".join(f"{size:,}: {f['load_average_1min']['before']} / {f['load_average_1min']['after']}"
+                     for size, f in _sizes(results) if "load_average_1min" in f) or "not recorded"
 
 
 def _targets_table(results: dict) -> str:
