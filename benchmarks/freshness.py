@@ -48,7 +48,7 @@ from benchmarks import freshness_report, orthanc
 from benchmarks.compare import _gateway_sender, _Queries
 from benchmarks.load import run_load
 from benchmarks.machine import describe, exit_status, result_path, save
-from benchmarks.stack import exported, process_tree_rss_mb, served
+from benchmarks.stack import exported, process_tree_cpu_s, process_tree_rss_mb, served
 from benchmarks.timing import time_requests
 from cxr import archives, gateway_process
 from cxr.catalog import ExportedModel
@@ -146,6 +146,7 @@ class Archive:
     gateway_pid: int
     follower_pid: int
     follower: Stamped
+    triton_pid: int
 
     def finds(self, sample: Sample) -> bool:
         """Whether an image search with the sample's own DICOM returns it."""
@@ -156,6 +157,12 @@ class Archive:
         """Images in the index the gateway serves now."""
         reply = self.stub.ListModels(pb.ListModelsRequest(), timeout=30)
         return next(m.index_size for m in reply.models if m.name == MODEL)
+
+    def cpu_s(self) -> dict[str, float]:
+        """CPU seconds each part of the stack has used so far (with its children): two readings bound a window."""
+        pids = {"triton": self.triton_pid, "gateway": self.gateway_pid, "follower": self.follower_pid,
+                "orthanc": self.pacs.process.pid}
+        return {name: process_tree_cpu_s(pid) for name, pid in pids.items()}
 
 
 # Children: the CLI run to its end, or left running.
@@ -169,22 +176,24 @@ def _environment(settings: Settings) -> dict:
     return {**os.environ, "PYTHONPATH": str(ROOT), **to_environment(settings)}
 
 
-def _run_to_end(settings: Settings, *args: str) -> tuple[float, float]:
-    """Seconds and peak RSS (MB) of `cxr ARGS` run to its end. The peak is its VmHWM, read every
-    ASK_EVERY_S: wait4's ru_maxrss would count this process's own memory, which a child inherits on Linux."""
+def _run_to_end(settings: Settings, *args: str) -> tuple[float, float, float]:
+    """Seconds, peak RSS and peak anonymous RSS (MB) of `cxr ARGS` run to its end. The peak is its VmHWM, read
+    every ASK_EVERY_S (wait4's ru_maxrss would count this process's own memory, which a child inherits on
+    Linux); the anonymous part is what the kernel cannot drop, unlike the pages of files it maps."""
     with tempfile.TemporaryFile() as output:
         started = time.perf_counter()
         process = subprocess.Popen(_cli(*args), env=_environment(settings), stdout=output, stderr=subprocess.STDOUT)
-        peak = 0.0
+        peak = anonymous = 0.0
         while process.poll() is None:
             peak = max(peak, process_tree_rss_mb(process.pid, "VmHWM"))
+            anonymous = max(anonymous, process_tree_rss_mb(process.pid, "RssAnon"))
             time.sleep(ASK_EVERY_S)
         seconds = time.perf_counter() - started
         if process.returncode:
             output.seek(0)
             tail = output.read().decode(errors="replace")[-2000:]
             raise RuntimeError(f"`cxr {' '.join(args)}` exited with {process.returncode}:\n{tail}")
-    return seconds, peak
+    return seconds, peak, anonymous
 
 
 @contextmanager
@@ -212,12 +221,12 @@ def _follower(settings: Settings, pacs: orthanc.Orthanc) -> Iterator[tuple[subpr
 
 
 @contextmanager
-def _living_index(settings: Settings, size: int, log) -> Iterator[tuple[Archive, dict]]:
+def _living_index(settings: Settings, size: int, triton_pid: int, log) -> Iterator[tuple[Archive, dict]]:
     """A synthetic base of `size` images served by a new gateway and followed from a new, empty Orthanc."""
     shutil.rmtree(settings.index_dir, ignore_errors=True)  # the last size's index and the follower's cache
     index_type = "ivf" if size >= IVF_FROM else "flat"
-    seconds, rss_mb = _run_to_end(settings, "index", "synth", "--model", MODEL, "--count", str(size),
-                                  "--index-type", index_type)
+    seconds, rss_mb, _ = _run_to_end(settings, "index", "synth", "--model", MODEL, "--count", str(size),
+                                     "--index-type", index_type)
     base = {"images": size, "index_type": index_type, "synth_s": round(seconds, 1), "synth_peak_rss_mb": round(rss_mb)}
     log(f"[{size:,}] base written: {base}")
     gateway, gateway_log = gateway_process.start(settings)
@@ -228,7 +237,7 @@ def _living_index(settings: Settings, size: int, log) -> Iterator[tuple[Archive,
                 _follower(settings, pacs) as (follower, output), \
                 grpc.insecure_channel(gateway_process.local_address(settings)) as channel:
             stub = pb_grpc.RetrievalStub(channel)
-            yield Archive(settings, size, stub, pacs, gateway.pid, follower.pid, output), base
+            yield Archive(settings, size, stub, pacs, gateway.pid, follower.pid, output, triton_pid), base
     finally:
         stop_process(gateway)
 
@@ -357,12 +366,20 @@ def _load(archive: Archive, queries: _Queries, ingest: list[Sample], load_s: flo
     mean idle before and after (the neighbours of a shared machine come and go); then how long the follower took
     to make the last of the stored images searchable."""
     make = _gateway_sender(archive.settings, "image", queries)
+    cpu = [archive.cpu_s()]
     idle = run_load(make, CONCURRENCY, 10**9, load_s)
+    cpu.append(archive.cpu_s())
     busy, ingest_figures = _ingesting(archive, make, ingest, load_s)
+    cpu.append(archive.cpu_s())
     idle_after = run_load(make, CONCURRENCY, 10**9, load_s)
     idle_qps = (idle["qps"] + idle_after["qps"]) / 2
     return {"idle": idle, "ingesting": busy, "idle_after": idle_after,
-            "qps_ratio": round(busy["qps"] / idle_qps, 3) if idle_qps else None, "ingest": ingest_figures}
+            "qps_ratio": round(busy["qps"] / idle_qps, 3) if idle_qps else None, "ingest": ingest_figures,
+            "cpu_s": {"idle": _used(cpu[0], cpu[1]), "ingesting": _used(cpu[1], cpu[2])}}
+
+
+def _used(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {name: round(after[name] - before[name], 2) for name in before}
 
 
 def _ingesting(archive: Archive, make, ingest: list[Sample], load_s: float) -> tuple[dict, dict]:
@@ -432,16 +449,18 @@ def _commits_and_compaction(archive: Archive, model: ExportedModel, queries: _Qu
     time.sleep(2 * archive.settings.index_changes_poll_s)
     pending = time_requests(search, 200, 10.0, warmup=3)
     images, loaded = archive.images(), _reloads(archive.settings)
-    seconds, rss_mb = _run_to_end(archive.settings, "index", "compact", "--model", MODEL)
+    seconds, rss_mb, anonymous_mb = _run_to_end(archive.settings, "index", "compact", "--model", MODEL)
     reloaded = _until(lambda: _reloads(archive.settings) > loaded)
     after = time_requests(search, 200, 10.0, warmup=3)
-    compaction = {"seconds": round(seconds, 2), "peak_rss_mb": round(rss_mb), "gateway_reloaded_after_s": reloaded,
+    compaction = {"seconds": round(seconds, 2), "peak_rss_mb": round(rss_mb), "peak_anonymous_mb": round(anonymous_mb),
+                  "gateway_reloaded_after_s": reloaded,
                   "images_before": images, "images_after": archive.images()}
     return {"commits": commits, "compaction": compaction,
             "search_c1": {"before_commits": before, "commits_pending": pending, "after_compaction": after}}
 
 
-def _measure(settings: Settings, model: ExportedModel, size: int, plan: Plan, queries: _Queries, log) -> dict:
+def _measure(settings: Settings, model: ExportedModel, size: int, plan: Plan, queries: _Queries, triton_pid: int,
+             log) -> dict:
     rng = np.random.default_rng(size)
     folder = settings.run_dir / f"dicom-{size}"
     one, together = plan.samples, plan.samples
@@ -449,7 +468,7 @@ def _measure(settings: Settings, model: ExportedModel, size: int, plan: Plan, qu
     warm, single = pool[0], pool[1:1 + one]
     batch, ingest = pool[1 + one:1 + one + together], pool[1 + one + together:]
     load_before = os.getloadavg()[0]  # the machine may be shared: what else ran is part of the figures
-    with _living_index(settings, size, log) as (archive, base):
+    with _living_index(settings, size, triton_pid, log) as (archive, base):
         _warm_up(archive, warm)
         figures = {"base": base}
         for name, part in (("searchable", lambda: _searchable(archive, single, rng)),
@@ -493,9 +512,9 @@ def run(plan: Plan, log=print) -> dict:
                "sizes": {}}
     with exported(base, MODEL) as settings:
         model = ExportedModel.load(settings.model_repository, MODEL)
-        with served(settings, [], gateway=False, rebuild_index=False):  # Triton, for every size
+        with served(settings, [], gateway=False, rebuild_index=False) as stack:  # Triton, for every size
             for size in plan.sizes:
-                results["sizes"][str(size)] = _measure(settings, model, size, plan, queries, log)
+                results["sizes"][str(size)] = _measure(settings, model, size, plan, queries, stack.triton_pid, log)
                 _write(results)
     return results
 

@@ -188,10 +188,24 @@ def _load_table(results: dict) -> str:
                      f"{busy.get('p50_ms')} | {busy.get('p99_ms')} | {again['qps']} | {again.get('p99_ms')} | "
                      f"{load['qps_ratio']}× | {ingest['stored']} | {ingest['per_s']} | "
                      f"{ingest['all_searchable_after_load_s']} | {idle['errors'] + busy['errors'] + again['errors']} |")
-    return "\n".join(lines + ["", f"Ingest: another process stores {s['ingest_per_s']:g} images a second by STOW-RS "
-                              "into Orthanc; the follower fetches, decodes and encodes them (the same Triton the "
-                              "searches use) and commits them. The ratio is q/s while ingesting over the mean of the "
-                              "idle runs before and after it."])
+    lines += ["", f"Ingest: another process stores {s['ingest_per_s']:g} images a second by STOW-RS into Orthanc; "
+              "the follower fetches, decodes and encodes them (the same Triton the searches use) and commits them. "
+              "The ratio is q/s while ingesting over the mean of the idle runs before and after it.", "",
+              "CPU seconds each part used (with its children) in the idle run and in the ingesting one (which lasts "
+              "until the last image stored is searchable):", "",
+              "| base images | run | Triton | gateway | follower | Orthanc | follower + Orthanc per image ingested |",
+              "|---|---|---|---|---|---|---|"]
+    for size, f in _sizes(results):
+        cpu, stored = f["load"].get("cpu_s"), f["load"]["ingest"]["stored"]
+        for run in ("idle", "ingesting") if cpu else ():
+            c = cpu[run]
+            per_image = ""
+            if run == "ingesting" and stored:
+                extra = sum(cpu["ingesting"][k] - cpu["idle"][k] for k in ("follower", "orthanc"))
+                per_image = f"{1000 * extra / stored:,.0f} ms"
+            lines.append(f"| {size:,} | {run} | {c['triton']} | {c['gateway']} | {c['follower']} | {c['orthanc']} | "
+                         f"{per_image} |")
+    return "\n".join(lines)
 
 
 def _commit_table(results: dict) -> str:
@@ -200,7 +214,8 @@ def _commit_table(results: dict) -> str:
              f"{s['commit_rows']} a commit, through FaissBackend.apply)", "",
              "| base images | add commit p50 / p95 / max ms | add p50, first / last tenth | delete commit p50 / p95 ms "
              "| a process's first commit ms "
-             "| search p50 ms: before | pending | compacted | `cxr index compact` s | its peak RSS MB | gateway "
+             "| search p50 ms: before | pending | compacted | `cxr index compact` s | its peak RSS MB (anonymous) | "
+             "gateway "
              "reloaded after s | gateway / follower peak RSS MB |", "|" + "---|" * 12]
     for size, f in _sizes(results):
         c, search, compaction = f["commits"], f["search_c1"], f["compaction"]
@@ -209,7 +224,8 @@ def _commit_table(results: dict) -> str:
                      f"{c['add_first_tenth']['p50_ms']} / {c['add_last_tenth']['p50_ms']} | {delete.get('p50_ms')} / "
                      f"{delete.get('p95_ms')} | {c['first_ms']} | {search['before_commits']['p50_ms']} | "
                      f"{search['commits_pending']['p50_ms']} | {search['after_compaction']['p50_ms']} | "
-                     f"{compaction['seconds']} | {compaction['peak_rss_mb']:,} | "
+                     f"{compaction['seconds']} | {compaction['peak_rss_mb']:,} "
+                     f"({compaction.get('peak_anonymous_mb')}) | "
                      f"{compaction['gateway_reloaded_after_s']} | {f['peak_rss_mb']['gateway']:,.0f} / "
                      f"{f['peak_rss_mb']['follower']:,.0f} |")
     return "\n".join(lines + ["", "A commit writes the added rows or deleted ids beside the build and replaces the "
@@ -238,16 +254,19 @@ def _number(value: float | None) -> str:
 
 
 def _memory_at_ten_million(results: dict) -> str:
-    """The gateway's build twice (the old and the compacted one while it swaps) beside compaction's peak."""
-    gateway = _at(results, lambda f: f["peak_rss_mb"]["gateway"])
-    compaction = _at(results, lambda f: f["compaction"]["peak_rss_mb"])
-    if gateway is None or compaction is None:
+    """Compaction's peak at 10M against the machine: its anonymous memory must fit; the rest is the old build's
+    mapped pages, which the kernel can drop (and read again, slowly)."""
+    peak = _at(results, lambda f: f["compaction"]["peak_rss_mb"])
+    anonymous = _at(results, lambda f: f["compaction"].get("peak_anonymous_mb"))
+    if peak is None or anonymous is None:
         return "Two sizes or more are needed to extrapolate memory to 10,000,000 images."
-    needed_gb, have_gb = (2 * gateway + compaction) / 1024, results["machine"]["memory_gb"]
-    verdict = "more than this machine has" if needed_gb > have_gb else "within this machine's memory"
-    return (f"At 10,000,000 images the gateway would hold about {gateway / 1024:,.1f} GB and a compaction peak at "
-            f"about {compaction / 1024:,.1f} GB: with the compacted build loaded beside the old one for a moment, "
-            f"about {needed_gb:,.1f} GB of {have_gb:g} GB, {verdict}.")
+    have_gb = results["machine"]["memory_gb"]
+    verdict = ("more than this machine has" if anonymous / 1024 > have_gb else
+               "within this machine's memory, but with little room for the page cache the mapped builds need"
+               if peak / 1024 > have_gb else "within this machine's memory")
+    return (f"At 10,000,000 images a compaction would peak at about {peak / 1024:,.1f} GB resident, "
+            f"{anonymous / 1024:,.1f} GB of it anonymous, beside the gateway, Triton and the follower: "
+            f"of {have_gb:g} GB, {verdict}.")
 
 
 def _scaling(results: dict) -> str:
@@ -282,17 +301,20 @@ def _scaling(results: dict) -> str:
         f"{_number(_at(results, lambda g: g['compaction']['seconds']))} s and "
         f"{_number(_at(results, lambda g: g['compaction']['peak_rss_mb']))} MB at 10M). It runs off the serving "
         "path, but on the same cores and memory as the gateway.",
-        f"- **The gateway's memory** holds the whole build (IVF keeps every vector): {gateway}. "
-        + _memory_at_ten_million(results) + " An sq8 index stores about a third of the bytes (recall@10 0.98 at "
-        "1M, benchmarks/results/2026-11-29-vm-scale.md), so the same memory serves about three times the images.",
+        f"- **Memory.** The gateway maps the build's files: its peak RSS ({gateway}) is the pages its searches "
+        "touched (nprobe lists of an IVF), the rest stays in the page cache or on disk. Compaction reads every "
+        "list and holds the new build whole: " + _memory_at_ten_million(results) + " An sq8 index stores about a "
+        "third of the bytes (recall@10 0.98 at 1M, benchmarks/results/2026-11-29-vm-scale.md), so the same memory "
+        "serves about three times the images.",
         "- **The follower** keeps every vector it has encoded in memory (its cache, indexing.chunk_cache): about "
         "1 KB per instance at 256-d, 1 GB per million instances ingested through it, besides its listing. "
         "Deletions reach it only by reconciliation (Orthanc's change feed has none): on Orthanc a listing is 10,000 "
         "ids a request, about 100 requests for a 1M-instance PACS, paced by `--qido-requests-per-min`.",
         f"- **10,000,000 images** would take here: `cxr index synth` about "
         f"{_number(_at(results, lambda g: g['base']['synth_s']))} s (benchmarks.scale wrote 10M 1152-d sq8 in 40 "
-        "min), about 10 GB of 256-d vectors on disk and in the gateway, and the memory above. Not run in this "
-        "session.",
+        "min), about 10 GB of 256-d vectors on disk, a compaction of about "
+        f"{_number(_at(results, lambda g: g['compaction']['seconds']))} s with the memory above, and about an hour "
+        "for the rest of the run. Not run in this session.",
         "",
         "**Beyond one machine, Milvus** changes the shape rather than the constants: inserts and deletes go to "
         "growing segments and delete bitmaps that searches see at the consistency level asked (no 0.2 s poll, no "

@@ -51,12 +51,16 @@ def test_load_commits_and_compaction_are_measured(measured):
     assert load["idle"]["requests"] > 0 and load["ingesting"]["requests"] > 0
     assert load["idle"]["errors"] == load["ingesting"]["errors"] == load["idle_after"]["errors"] == 0
     assert load["ingest"]["stored"] > 0 and load["ingest"]["index_grew_by"] == load["ingest"]["stored"]
+    cpu = load["cpu_s"]
+    assert set(cpu["idle"]) == {"triton", "gateway", "follower", "orthanc"}
+    assert cpu["ingesting"]["follower"] > cpu["idle"]["follower"]  # it fetched, decoded and committed
     commits = figures["commits"]
     assert commits["add"]["commits"] == ADDED // freshness.COMMIT_ROWS - 1  # the first apart
     assert commits["delete"]["commits"] == DELETED // freshness.COMMIT_ROWS
     assert commits["pending"] >= ADDED + DELETED
     compaction = figures["compaction"]
-    assert compaction["images_after"] == compaction["images_before"] and compaction["peak_rss_mb"] > 0
+    assert compaction["images_after"] == compaction["images_before"]
+    assert compaction["peak_rss_mb"] >= compaction["peak_anonymous_mb"] > 0
     assert compaction["gateway_reloaded_after_s"] is not None
     assert figures["peak_rss_mb"]["gateway"] > 0 and figures["peak_rss_mb"]["follower"] > 0
 

@@ -22,13 +22,16 @@ def _size(size, searchable_p95=2.0, ratio=0.9, add_ms=10.0, returned=0, compact_
                  "ingesting": {"qps": 100.0 * ratio, "p50_ms": 90, "p99_ms": 250, "errors": 0},
                  "idle_after": {"qps": 100.0, "p50_ms": 80, "p99_ms": 200, "errors": 0}, "qps_ratio": ratio,
                  "ingest": {"stored": 100, "seconds": 10.0, "per_s": 10.0, "all_searchable_after_load_s": 1.0,
-                            "index_grew_by": 100}},
+                            "index_grew_by": 100},
+                 "cpu_s": {"idle": {"triton": 30.0, "gateway": 8.0, "follower": 0.5, "orthanc": 0.1},
+                           "ingesting": {"triton": 28.0, "gateway": 7.0, "follower": 6.5, "orthanc": 2.1}}},
         "commits": {"first_ms": 30.0, "add": {"commits": 9, "p50_ms": add_ms, "p95_ms": 2 * add_ms, "max_ms": 40.0},
                     "delete": {"commits": 5, "p50_ms": 5.0, "p95_ms": 6.0, "max_ms": 7.0}, "rows_per_commit": 10,
                     "add_first_tenth": {"commits": 1, "p50_ms": 8.0, "p95_ms": 8.0, "max_ms": 8.0},
                     "add_last_tenth": {"commits": 1, "p50_ms": 12.0, "p95_ms": 12.0, "max_ms": 12.0},
                     "pending": 150},
-        "compaction": {"seconds": compact_s * scale, "peak_rss_mb": 200 * scale, "gateway_reloaded_after_s": 0.5,
+        "compaction": {"seconds": compact_s * scale, "peak_rss_mb": 200 * scale, "peak_anonymous_mb": 100 * scale,
+                       "gateway_reloaded_after_s": 0.5,
                        "images_before": size, "images_after": size},
         "search_c1": {k: {"p50_ms": 10.0, "p95_ms": 12.0, "requests": 100}
                       for k in ("before_commits", "commits_pending", "after_compaction")},
@@ -73,9 +76,12 @@ def test_a_deletion_returned_after_its_acknowledgement_fails_sanity():
 def test_the_markdown_extrapolates_to_ten_million_through_the_sizes_measured():
     markdown = freshness_report.markdown(_two(), "plot.png")
     assert "![freshness, deletion, load and commits](plot.png)" in markdown
-    # compaction: 1 s per 100,000 images -> 100 s at 10M; gateway 100 MB per 100,000 -> about 9.8 GB
+    # compaction: 1 s, 200 MB (100 MB anonymous) per 100,000 images -> 100 s, 19.5 GB (9.8 GB) at 10M
     assert "about 100 s and 20,000 MB at 10M" in markdown
-    assert "the gateway would hold about 9.8 GB" in markdown and "more than this machine has" in markdown
+    assert "peak at about 19.5 GB resident, 9.8 GB of it anonymous" in markdown
+    assert "within this machine's memory" in markdown
+    # the follower and Orthanc used 8 CPU-s more while 100 images were ingested
+    assert "| 1,000,000 | ingesting | 28.0 | 7.0 | 6.5 | 2.1 | 80 ms |" in markdown
 
 
 def test_one_size_has_no_growth_verdict_and_says_so(tmp_path):
@@ -84,3 +90,10 @@ def test_one_size_has_no_growth_verdict_and_says_so(tmp_path):
     assert "Two sizes or more are needed" in freshness_report.markdown(results, "plot.png")
     freshness_report.plot(results, tmp_path / "plot.png")
     assert (tmp_path / "plot.png").stat().st_size > 0
+
+
+def test_a_compaction_that_would_not_fit_at_ten_million_is_said_so():
+    results = _two()
+    for figures in results["sizes"].values():
+        figures["compaction"]["peak_anonymous_mb"] *= 3  # 300 MB per 100,000 images: 29 GB at 10M
+    assert "of 23.5 GB, more than this machine has" in freshness_report.markdown(results, "plot.png")
