@@ -134,6 +134,10 @@ class Stamped:
         """Seconds from `moment` to the first line after it that matches; None when none has."""
         return next((at - moment for at, line in list(self.lines) if at > moment and pattern.search(line)), None)
 
+    def count(self, since: float, pattern: re.Pattern) -> int:
+        """Lines since `since` that match."""
+        return sum(1 for at, line in list(self.lines) if at > since and pattern.search(line))
+
 
 @dataclass(frozen=True)
 class Archive:
@@ -288,15 +292,18 @@ def _warm_up(archive: Archive, sample: Sample) -> None:
 
 def _searchable(archive: Archive, samples: list[Sample], rng: np.random.Generator) -> dict:
     """One STOW at a time, at random moments: seconds from its response until a search returns it, and until
-    the follower logged its commit."""
+    the follower logged its commit; the follower's CPU seconds and commits meanwhile (a commit of one image)."""
     seconds, committed = [], []
+    started, cpu = time.perf_counter(), archive.cpu_s()["follower"]
     for sample in samples:
         time.sleep(rng.uniform(0, PAUSE_S))
         orthanc.stow(archive.pacs.url, [sample.path])
         stored = time.perf_counter()
         seconds.append(_until(partial(archive.finds, sample)))
         committed.append(archive.follower.after(stored, ADDED_LINE))
-    return dict(_spread(seconds), follower_committed=_spread(committed))
+    return dict(_spread(seconds), follower_committed=_spread(committed),
+                follower_cpu_s=round(archive.cpu_s()["follower"] - cpu, 2),
+                follower_commits=archive.follower.count(started, ADDED_LINE))
 
 
 def _searchable_together(archive: Archive, samples: list[Sample]) -> dict:
@@ -392,6 +399,7 @@ def _ingesting(archive: Archive, make, ingest: list[Sample], load_s: float) -> t
     storer.start()
     try:
         here.recv()
+        started = time.perf_counter()
         here.send("go")
         busy = run_load(make, CONCURRENCY, 10**9, load_s)
         stored, seconds = here.recv()
@@ -399,7 +407,8 @@ def _ingesting(archive: Archive, make, ingest: list[Sample], load_s: float) -> t
         storer.join(60)
     backlog = _until(lambda: archive.images() >= before + stored)
     return busy, {"stored": stored, "seconds": round(seconds, 2), "per_s": round(stored / seconds, 2),
-                  "all_searchable_after_load_s": backlog, "index_grew_by": archive.images() - before}
+                  "all_searchable_after_load_s": backlog, "index_grew_by": archive.images() - before,
+                  "follower_commits": archive.follower.count(started, ADDED_LINE)}
 
 
 def _timed_ms(call: Callable[[], object]) -> float:

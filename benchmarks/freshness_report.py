@@ -193,19 +193,26 @@ def _load_table(results: dict) -> str:
               "The ratio is q/s while ingesting over the mean of the idle runs before and after it.", "",
               "CPU seconds each part used (with its children) in the idle run and in the ingesting one (which lasts "
               "until the last image stored is searchable):", "",
-              "| base images | run | Triton | gateway | follower | Orthanc | follower + Orthanc per image ingested |",
-              "|---|---|---|---|---|---|---|"]
+              "| base images | run | Triton | gateway | follower | Orthanc | follower + Orthanc per image ingested | "
+              "follower commits | follower per commit |", "|" + "---|" * 9]
     for size, f in _sizes(results):
-        cpu, stored = f["load"].get("cpu_s"), f["load"]["ingest"]["stored"]
+        cpu, ingest = f["load"].get("cpu_s"), f["load"]["ingest"]
         for run in ("idle", "ingesting") if cpu else ():
-            c = cpu[run]
-            per_image = ""
-            if run == "ingesting" and stored:
-                extra = sum(cpu["ingesting"][k] - cpu["idle"][k] for k in ("follower", "orthanc"))
-                per_image = f"{1000 * extra / stored:,.0f} ms"
+            c, extra = cpu[run], ["", "", ""]
+            if run == "ingesting":
+                extra = [f"{_ingest_cpu_ms(f):,.0f} ms", ingest.get("follower_commits", "?"), ""]
+                if ingest.get("follower_commits"):
+                    extra[2] = f"{c['follower'] / ingest['follower_commits']:.2f} s"
             lines.append(f"| {size:,} | {run} | {c['triton']} | {c['gateway']} | {c['follower']} | {c['orthanc']} | "
-                         f"{per_image} |")
+                         + " | ".join(map(str, extra)) + " |")
     return "\n".join(lines)
+
+
+def _ingest_cpu_ms(f: dict) -> float:
+    """CPU ms per image ingested that the follower and Orthanc used beyond their idle run's."""
+    cpu, stored = f["load"]["cpu_s"], f["load"]["ingest"]["stored"]
+    extra = sum(cpu["ingesting"][k] - cpu["idle"][k] for k in ("follower", "orthanc"))
+    return 1000 * extra / stored if stored else 0.0
 
 
 def _commit_table(results: dict) -> str:
@@ -269,6 +276,38 @@ def _memory_at_ten_million(results: dict) -> str:
             f"of {have_gb:g} GB, {verdict}.")
 
 
+def _ingest_cpu(results: dict) -> str:
+    """What ingesting costs this machine's cores, and what that leaves the searches."""
+    largest, f = _sizes(results)[-1]
+    if "cpu_s" not in f["load"]:
+        return ""
+    per_image_ms, cores = _ingest_cpu_ms(f), results["machine"]["cores"]
+    rate = results["settings"]["ingest_per_s"]
+    share = per_image_ms * rate / 1000 / cores
+    return (f"On {cores} cores the limit is CPU: at {largest:,} the follower and Orthanc used {per_image_ms:,.0f} ms "
+            f"of CPU per image ingested, so {rate:g} images/s take about {share:.0%} of the machine, and searches "
+            f"ran at {f['load']['qps_ratio']}× their idle q/s. " + _per_commit(f)
+            + " Beyond that, more cores, or an encoder of its own for ingest.")
+
+
+def _per_commit(f: dict) -> str:
+    """The follower's CPU per commit of one image (stored one at a time) against per commit under ingest: what
+    is paid per batch and what per image."""
+    one, ingest = f["searchable"], f["load"]["ingest"]
+    if not one.get("follower_commits") or not ingest.get("follower_commits"):
+        return ""
+    single = one["follower_cpu_s"] / one["follower_commits"]
+    batch = f["load"]["cpu_s"]["ingesting"]["follower"] / ingest["follower_commits"]
+    images = ingest["stored"] / ingest["follower_commits"]
+    if images <= 1.5:
+        return f"The follower used {single:.2f} CPU-s per commit of one image."
+    per_image = max(batch - single, 0.0) / (images - 1)
+    return (f"The follower used {single:.2f} CPU-s per commit of one image and {batch:.2f} per commit of "
+            f"{images:.1f} images while ingesting: about {single - per_image:.2f} s per commit whatever it holds "
+            f"(a pass's look, its decoder processes started, the Triton client, the commit) and {1000 * per_image:,.0f}"
+            " ms per image; fewer, larger batches, or decoders kept between passes, would cut the first.")
+
+
 def _scaling(results: dict) -> str:
     sizes = _sizes(results)
     largest, f = sizes[-1]
@@ -277,17 +316,14 @@ def _scaling(results: dict) -> str:
     compaction = ", ".join(f"{g['compaction']['seconds']} s / {g['compaction']['peak_rss_mb']:,} MB at {s:,}"
                            for s, g in sizes)
     gateway = ", ".join(f"{g['peak_rss_mb']['gateway']:,.0f} MB at {s:,}" for s, g in sizes)
-    pending, ratio = f["search_c1"], f["load"]["qps_ratio"]
+    pending = f["search_c1"]
     lines = [
         "## Where each part stops scaling on this machine", "",
         f"Measured on {results['machine']['cores']} cores and {results['machine']['memory_gb']} GB; figures for "
         "10,000,000 images are straight lines through the smallest and largest sizes measured, not measurements.", "",
         f"- **Ingest** (STOW-RS, the follower's fetch, decode and encode, a commit, the gateway's refresh) reads "
         f"nothing of the base: a commit's p50 was {commits}; STOW-to-searchable p50 {fresh}. Its cost is per "
-        "instance, so it scales with the ingest rate, not the archive. On 2 cores the limit is CPU: the follower's "
-        f"encodes share Triton with the searches (q/s while ingesting: {ratio}× idle at {largest:,}), so the rate "
-        "this machine can ingest without hurting searches is about what was measured; more needs more cores or a "
-        "Triton of its own for ingest.",
+        "instance and per batch, so it scales with the ingest rate, not the archive. " + _ingest_cpu(results),
         f"- **Commits pending** are searched through an index of their own beside the build (an IVF over the "
         "build's coarse quantizer beside an IVF build), copied and grown at each refresh, and a writer reads the "
         "state they left: their cost grows with the rows pending, not with the base. Adding "

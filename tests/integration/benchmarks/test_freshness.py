@@ -39,6 +39,7 @@ def test_every_sample_is_found_and_no_deletion_outlives_its_acknowledgement(meas
         assert _ordered(figures[part]) and len(figures[part]["seconds"]) == SAMPLES, part
     for part in ("searchable", "deleted_in_pacs"):  # the follower logged each commit
         assert figures[part]["follower_committed"]["missed"] == 0, part
+    assert figures["searchable"]["follower_commits"] == SAMPLES  # one at a time: a commit each
     rpc = figures["deleted_by_rpc"]
     assert rpc["deleted"] == SAMPLES and rpc["returned_after_ack"] == 0
     assert rpc["searches_after_ack"] >= SAMPLES and rpc["max_s"] < freshness.WITHIN_S
@@ -54,6 +55,7 @@ def test_load_commits_and_compaction_are_measured(measured):
     cpu = load["cpu_s"]
     assert set(cpu["idle"]) == {"triton", "gateway", "follower", "orthanc"}
     assert cpu["ingesting"]["follower"] > cpu["idle"]["follower"]  # it fetched, decoded and committed
+    assert 1 <= load["ingest"]["follower_commits"] <= load["ingest"]["stored"]
     commits = figures["commits"]
     assert commits["add"]["commits"] == ADDED // freshness.COMMIT_ROWS - 1  # the first apart
     assert commits["delete"]["commits"] == DELETED // freshness.COMMIT_ROWS

@@ -14,7 +14,8 @@ def _size(size, searchable_p95=2.0, ratio=0.9, add_ms=10.0, returned=0, compact_
     scale = size / 100_000
     return {
         "base": {"images": size, "index_type": "ivf", "synth_s": 10 * scale, "synth_peak_rss_mb": 50},
-        "searchable": dict(_spread(1.5, searchable_p95), follower_committed=_spread(1.2, 1.8)),
+        "searchable": dict(_spread(1.5, searchable_p95), follower_committed=_spread(1.2, 1.8), follower_cpu_s=10.0,
+                           follower_commits=5),
         "searchable_together": _spread(2.0, 2.5),
         "deleted_in_pacs": dict(_spread(2.0, 3.0), follower_committed=_spread(1.7, 2.6)),
         "deleted_by_rpc": dict(_spread(0.01, 0.05), deleted=5, searches_after_ack=200, returned_after_ack=returned),
@@ -22,7 +23,7 @@ def _size(size, searchable_p95=2.0, ratio=0.9, add_ms=10.0, returned=0, compact_
                  "ingesting": {"qps": 100.0 * ratio, "p50_ms": 90, "p99_ms": 250, "errors": 0},
                  "idle_after": {"qps": 100.0, "p50_ms": 80, "p99_ms": 200, "errors": 0}, "qps_ratio": ratio,
                  "ingest": {"stored": 100, "seconds": 10.0, "per_s": 10.0, "all_searchable_after_load_s": 1.0,
-                            "index_grew_by": 100},
+                            "index_grew_by": 100, "follower_commits": 5},
                  "cpu_s": {"idle": {"triton": 30.0, "gateway": 8.0, "follower": 0.5, "orthanc": 0.1},
                            "ingesting": {"triton": 28.0, "gateway": 7.0, "follower": 6.5, "orthanc": 2.1}}},
         "commits": {"first_ms": 30.0, "add": {"commits": 9, "p50_ms": add_ms, "p95_ms": 2 * add_ms, "max_ms": 40.0},
@@ -80,8 +81,10 @@ def test_the_markdown_extrapolates_to_ten_million_through_the_sizes_measured():
     assert "about 100 s and 20,000 MB at 10M" in markdown
     assert "peak at about 19.5 GB resident, 9.8 GB of it anonymous" in markdown
     assert "within this machine's memory" in markdown
-    # the follower and Orthanc used 8 CPU-s more while 100 images were ingested
-    assert "| 1,000,000 | ingesting | 28.0 | 7.0 | 6.5 | 2.1 | 80 ms |" in markdown
+    # the follower and Orthanc used 8 CPU-s more while 100 images were ingested, in 5 commits of 20 images
+    assert "| 1,000,000 | ingesting | 28.0 | 7.0 | 6.5 | 2.1 | 80 ms | 5 | 1.30 s |" in markdown
+    # one image a commit: 2 CPU-s each; 20 a commit: 1.3 s each
+    assert "The follower used 2.00 CPU-s per commit of one image and 1.30 per commit of 20.0 images" in markdown
 
 
 def test_one_size_has_no_growth_verdict_and_says_so(tmp_path):
