@@ -19,7 +19,7 @@ export_flags = $(if $(MODEL),--model $(MODEL)) $(if $(CHECKPOINT),--checkpoint $
 
 .PHONY: help setup protos client-wheel setup-buf lint-protos export serve serve-detached stop models demo train-default test \
 	test-unit bench bench-quick \
-	bench-towers bench-gateway bench-faiss bench-scale bench-quality bench-quantization bench-gpu bench-labeler bench-reports \
+	bench-towers bench-gateway bench-faiss bench-scale bench-freshness bench-quality bench-quantization bench-gpu bench-labeler bench-reports \
 	bench-decode tune fuzz soak faults clean setup-pacs setup-browser setup-oidc
 
 help: ## list the targets
@@ -151,6 +151,9 @@ faults: setup ## Triton and the gateway SIGKILLed under load, a corrupt index, a
 bench-scale: setup ## cost of archive size per store and index type (SIZES= DIMS= TYPES= BACKENDS= PART=store|gateway); hours in full
 	$(BIN)/python -m benchmarks.scale $(if $(PART),--part $(PART)) $(if $(SIZES),--sizes $(SIZES)) \
 		$(if $(DIMS),--dims $(DIMS)) $(if $(TYPES),--types $(TYPES)) $(if $(BACKENDS),--backends $(BACKENDS))
+
+bench-freshness: setup ## the living index on 100k and 1M synthetic images (SIZES= SAMPLES=): STOW-RS to searchable, deletion to gone, image q/s while ingesting 10/s, commit and compaction cost; JSON + Markdown + PNG
+	$(BIN)/python -m benchmarks.freshness $(if $(SIZES),--sizes $(SIZES)) $(if $(SAMPLES),--samples $(SAMPLES))
 
 bench-decode: setup ## decode ms per DICOM transfer syntax for a 2k x 2k 12-bit CR (dcmtk writes the variants): JSON + Markdown
 	$(BIN)/python -m benchmarks.decode_speed

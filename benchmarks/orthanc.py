@@ -89,9 +89,17 @@ class Orthanc:
         response.raise_for_status()
         return response.json()
 
+    def study_id(self, study_uid: str) -> str:
+        """Orthanc's own id of a study (its REST API names studies by it), looked up by StudyInstanceUID."""
+        response = requests.post(self.rest_url + "/tools/lookup", data=study_uid,
+                                 auth=next(iter(self.users.items())), timeout=30)
+        response.raise_for_status()
+        return next(item["ID"] for item in response.json() if item["Type"] == "Study")
+
     def delete(self, path: str) -> None:
-        """A REST DELETE as the first registered user (/instances/<id>, /studies/<id>, ...)."""
-        requests.delete(self.rest_url + path, auth=next(iter(self.users.items())), timeout=30).raise_for_status()
+        """A REST DELETE (e.g. /studies/<id>, as an archivist removes a study) as the first registered user."""
+        response = requests.delete(self.rest_url + path, auth=next(iter(self.users.items())), timeout=30)
+        response.raise_for_status()
 
     def stop(self) -> None:
         stop_process(self.process)

@@ -6,6 +6,7 @@ the given records built through Triton, and the gateway as its own process.
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from collections.abc import Iterator
@@ -109,6 +110,34 @@ def process_tree_rss_mb(pid: int, field: str = "VmRSS") -> float:
             children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
         except FileNotFoundError:
             continue
-        total += next(int(line.split()[1]) for line in status.splitlines() if line.startswith(field))
+        # A process that has just exited (a zombie) has no memory lines: it holds none.
+        total += next((int(line.split()[1]) for line in status.splitlines() if line.startswith(field)), 0)
         pending += [int(c) for c in children]
     return round(total / 1024, 1)
+
+
+def process_tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process and its descendants have used, including children that have
+    exited and been waited for (a decoder pool's workers): compare two readings for a window's cost."""
+    total, pending = 0, [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            stat = Path(f"/proc/{current}/stat").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        # After the command's closing parenthesis: field 3 (state) first, so utime..cstime (14-17) are 11..14.
+        total += sum(int(v) for v in stat.rsplit(")", 1)[1].split()[11:15])
+        pending += _children(current)
+    return round(total / os.sysconf("SC_CLK_TCK"), 2)
+
+
+def _children(pid: int) -> list[int]:
+    """The children of every thread of a process (a pool may be started from any of them)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # the thread ended meanwhile
+    return found
