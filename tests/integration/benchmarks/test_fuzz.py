@@ -2,6 +2,7 @@
 with mutual TLS, tokens and the audit log on: no UNKNOWN or INTERNAL, no 5xx, no call past its deadline,
 still SERVING, each gRPC call audited once."""
 
+import shutil
 import ssl
 from dataclasses import replace
 
@@ -16,10 +17,18 @@ from support import DATA_DIR, BackgroundGateway
 
 pytestmark = pytest.mark.triton
 REQUESTS = 1000
+MODEL = "medsiglip-tiny"
+
+
+def _own_index(served, nih_index, tmp_path):
+    """The session's settings on a copy of its index: the mixes include DELETE with an admin token, which a
+    living index carries out, and the other tests expect the session's index whole."""
+    shutil.copytree(nih_index, tmp_path / "indexes" / MODEL)
+    return replace(served, model=MODEL, index_dir=tmp_path / "indexes", rate_limit_per_s=0)
 
 
 def test_hostile_requests_get_clean_statuses_and_the_gateway_keeps_serving(served, nih_index, tmp_path):
-    settings = dev_security(replace(served, model="medsiglip-tiny", rate_limit_per_s=0), tmp_path / "pki", "fuzz",
+    settings = dev_security(_own_index(served, nih_index, tmp_path), tmp_path / "pki", "fuzz",
                             ["search", "studies", "admin"], audit_log=tmp_path / "audit.log")
     background = BackgroundGateway(settings)
     try:
@@ -36,7 +45,7 @@ def test_hostile_requests_get_clean_statuses_and_the_gateway_keeps_serving(serve
 
 
 def test_hostile_http_requests_get_no_5xx_and_the_gateway_keeps_serving(served, nih_index, tmp_path):
-    settings = dev_security(replace(served, model="medsiglip-tiny", rate_limit_per_s=0, **fuzz.HTTP_TIMEOUTS),
+    settings = dev_security(replace(_own_index(served, nih_index, tmp_path), **fuzz.HTTP_TIMEOUTS),
                             tmp_path / "pki", "fuzz", ["search", "studies", "admin"], audit_log=tmp_path / "audit.log")
     background = BackgroundGateway(settings, http=True)
     try:
