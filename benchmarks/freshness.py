@@ -7,12 +7,13 @@ is deleted, what ingesting costs searches, and what a commit and a compaction co
 cxr-mini is exported into a temporary repository and served by a real Triton. For each size:
 1. Base: `cxr index synth` writes `size` synthetic images (IVF from IVF_FROM images, flat below); the real
    gateway serves them (its own process, rate limit off); a real Orthanc starts empty and `cxr index follow`
-   (its defaults: Orthanc's change feed) follows it into that index.
+   (its defaults: Orthanc's change feed) follows it into that index, taking the deletion notices Orthanc
+   pushes through deploy/orthanc/cxr-follow-deletions.lua (`--deletions-listen`), as deployed.
 2. Searchable: NIH images, each a DICOM study of its own with new UIDs, stored by STOW-RS one at a time at
    random moments: seconds from the STOW response until SearchByImage with the same DICOM returns it. Then
    as many more in one STOW request: seconds until each of them is searchable.
 3. Deleted: (a) each of the first studies deleted from Orthanc (REST DELETE) until no search returns it:
-   the follower's path; (b) each study of the batch deleted with the DeleteStudy RPC: seconds to its
+   Orthanc's notice to the follower, its commit, the gateway's look; (b) each study of the batch deleted with the DeleteStudy RPC: seconds to its
    acknowledgement, then every search for AFTER_ACK_S, none of which may return it.
 4. Load: image queries of CONCURRENCY clients (q/s, p99) for `--load-seconds`, idle, then while another
    process stores INGEST_PER_S images a second by STOW-RS for the follower to ingest.
@@ -53,7 +54,7 @@ from benchmarks.timing import time_requests
 from cxr import archives, gateway_process
 from cxr.catalog import ExportedModel
 from cxr.errors import FailedPreconditionError
-from cxr.processes import log_tail, stop_process
+from cxr.processes import free_ports, log_tail, stop_process
 from cxr.retrieval.v1 import retrieval_pb2 as pb
 from cxr.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
 from cxr.settings import Settings, load_settings, to_environment
@@ -61,6 +62,7 @@ from cxr.store.faiss_backend import FaissBackend
 from cxr.store.interface import Change
 from indexing import synthetic
 from indexing.dicomweb_build import FOLLOW_FILE, cache_dir
+from indexing.pacs_notices import NOTICE_PATH
 
 NAME = "freshness"
 MODEL = "cxr-mini"
@@ -201,12 +203,15 @@ def _run_to_end(settings: Settings, *args: str) -> tuple[float, float, float]:
 
 
 @contextmanager
-def _follower(settings: Settings, pacs: orthanc.Orthanc) -> Iterator[tuple[subprocess.Popen, Stamped]]:
-    """`cxr index follow` with its defaults on `pacs`, into the model's index, its output stamped; ready once
-    its first pass has saved where it stands (an empty PACS: it writes nothing)."""
+def _follower(settings: Settings, pacs: orthanc.Orthanc, notices_port: int) -> Iterator[tuple[subprocess.Popen,
+                                                                                               Stamped]]:
+    """`cxr index follow` with its defaults on `pacs`, into the model's index, taking Orthanc's deletion
+    notices on `notices_port`, its output stamped; ready once its first pass has saved where it stands (an
+    empty PACS: it writes nothing)."""
     log_file = settings.run_dir / "follower.log"
     pacs_settings = replace(settings, dicomweb_user=orthanc.USER, dicomweb_password=orthanc.PASSWORD)
-    process = subprocess.Popen(_cli("index", "follow", "--dicomweb", pacs.url, "--model", MODEL),
+    process = subprocess.Popen(_cli("index", "follow", "--dicomweb", pacs.url, "--model", MODEL,
+                                    "--deletions-listen", str(notices_port)),
                                env=_environment(pacs_settings), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True, errors="replace")
     output = Stamped(process.stdout, log_file)
@@ -237,8 +242,10 @@ def _living_index(settings: Settings, size: int, triton_pid: int, log) -> Iterat
     try:
         gateway_process.wait_answering(settings, gateway, gateway_log)
         gateway_process.wait_serving(settings, READY_S)
-        with orthanc.Orthanc(settings.run_dir / f"orthanc-{size}") as pacs, \
-                _follower(settings, pacs) as (follower, output), \
+        notices_port = free_ports(1)[0]
+        script = orthanc.deletion_script(settings.run_dir / "lua", f"http://127.0.0.1:{notices_port}{NOTICE_PATH}")
+        with orthanc.Orthanc(settings.run_dir / f"orthanc-{size}", settings={"LuaScripts": [str(script)]}) as pacs, \
+                _follower(settings, pacs, notices_port) as (follower, output), \
                 grpc.insecure_channel(gateway_process.local_address(settings)) as channel:
             stub = pb_grpc.RetrievalStub(channel)
             yield Archive(settings, size, stub, pacs, gateway.pid, follower.pid, output, triton_pid), base
@@ -319,7 +326,7 @@ def _searchable_together(archive: Archive, samples: list[Sample]) -> dict:
 
 def _deleted_in_pacs(archive: Archive, samples: list[Sample], rng: np.random.Generator) -> dict:
     """Each study deleted from Orthanc at a random moment: seconds from the DELETE's answer until no search
-    returns it (the follower has to find the deletion: Orthanc's change feed tells of none)."""
+    returns it (Orthanc's change feed tells of no deletion: its Lua callback's notice does)."""
     seconds, committed = [], []
     for sample in samples:
         study = archive.pacs.study_id(sample.image.study_uid)

@@ -170,8 +170,9 @@ def _deletion_table(results: dict) -> str:
         lines.append(f"| {size:,} | {_cells(f['deleted_in_pacs'])} | {_follower_cells(f['deleted_in_pacs'])} | "
                      f"{rpc.get('p50_s')} | {rpc.get('p95_s')} | {rpc.get('max_s')} | {rpc['deleted']} | "
                      f"{rpc['searches_after_ack']} | {rpc['returned_after_ack']} |")
-    return "\n".join(lines + ["", "Orthanc's change feed tells of no deletion: the follower sees Orthanc's count of "
-                              "instances fall and reconciles with its listing. DeleteStudy answers once the gateway's "
+    return "\n".join(lines + ["", "Orthanc's change feed tells of no deletion: Orthanc's Lua callback "
+                              "(deploy/orthanc/cxr-follow-deletions.lua) posts a notice to the follower, which confirms "
+                              "it with Orthanc and commits it. DeleteStudy answers once the gateway's "
                               "own store has taken the commit in; every search for "
                               f"{results['settings']['after_ack_s']:g} s after the answer is counted."])
 
@@ -344,8 +345,9 @@ def _scaling(results: dict) -> str:
         "serves about three times the images.",
         "- **The follower** keeps every vector it has encoded in memory (its cache, indexing.chunk_cache): about "
         "1 KB per instance at 256-d, 1 GB per million instances ingested through it, besides its listing. "
-        "Deletions reach it only by reconciliation (Orthanc's change feed has none): on Orthanc a listing is 10,000 "
-        "ids a request, about 100 requests for a 1M-instance PACS, paced by `--qido-requests-per-min`.",
+        "Deletions reach it as Orthanc's notices, one confirming lookup per notice batch whatever the archive's "
+        "size; the reconciliation that finds notices lost lists the PACS: on Orthanc 10,000 ids a request, about "
+        "100 requests for a 1M-instance PACS, paced by `--qido-requests-per-min`.",
         f"- **10,000,000 images** would take here: `cxr index synth` about "
         f"{_number(_at(results, lambda g: g['base']['synth_s']))} s (benchmarks.scale wrote 10M 1152-d sq8 in 40 "
         "min), about 10 GB of 256-d vectors on disk, a compaction of about "

@@ -4,6 +4,7 @@ from the NIH sample to fill it.
 `Orthanc(folder)` starts the Debian `Orthanc` binary on a free loopback port with basic auth and a
 temporary storage folder; `make setup-pacs` installs it. Orthanc 1.10 has no bind-address setting:
 it listens on every interface, and `RemoteAccessAllowed: false` makes it refuse all but loopback.
+`deletion_script` is deploy/orthanc/cxr-follow-deletions.lua as such an Orthanc loads it.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import json
+import re
 import shutil
 import subprocess
 import time
@@ -24,6 +26,7 @@ from PIL import Image
 from cxr.processes import free_ports, log_tail, stop_process
 
 BINARY = "Orthanc"
+LUA_SCRIPT = Path(__file__).parents[1] / "deploy" / "orthanc" / "cxr-follow-deletions.lua"
 PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 USER, PASSWORD = "indexer", "s3cret-pacs"
 
@@ -35,6 +38,20 @@ def missing() -> str:
     if not PLUGIN.is_file():
         return f"the Orthanc DICOMweb plugin {PLUGIN} is missing: run `make setup-pacs`"
     return ""
+
+
+def deletion_script(folder: Path, url: str, token: str = "") -> Path:
+    """A copy of the shipped Lua script in `folder`, posting to the follower's `url` with `token`, set
+    where an operator sets them (its first lines); for Orthanc's "LuaScripts" setting."""
+    text = LUA_SCRIPT.read_text()
+    for name, value in (("FOLLOWER_URL", url), ("TOKEN", token)):
+        text, found = re.subn(rf"^local {name} = '[^']*'", f"local {name} = '{value}'", text, flags=re.MULTILINE)
+        if found != 1:
+            raise ValueError(f"{LUA_SCRIPT} no longer sets {name} on a line of its own")
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LUA_SCRIPT.name
+    path.write_text(text)
+    return path
 
 
 class Orthanc:

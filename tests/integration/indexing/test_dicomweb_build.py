@@ -31,7 +31,6 @@ from indexing.dicomweb_build import Backoff, Follower, FollowOptions, PacsCache,
 from indexing.pacs_notices import DeletionListener
 from indexing.pacs_reports import ReportCounts
 from support import DATA_DIR, SAMPLE_DICOM, cosine, sr
-from support.orthanc_lua import deletion_script
 
 pytestmark = pytest.mark.triton
 MODEL = "medsiglip-tiny"
@@ -297,7 +296,8 @@ def test_deletions_pushed_by_orthancs_lua_script_are_unsearchable_within_a_secon
     output, lines, token = tmp_path / "index", [], "s3cret-notices"
     listener = DeletionListener(token=token)
     port = int(listener.url.rsplit(":", 1)[1].split("/")[0])
-    settings = {"LuaScripts": [str(deletion_script(tmp_path / "lua", listener.url, token))], "OverwriteInstances": True}
+    script = orthanc.deletion_script(tmp_path / "lua", listener.url, token)
+    settings = {"LuaScripts": [str(script)], "OverwriteInstances": True}
     with orthanc.Orthanc(tmp_path / "orthanc", settings=settings) as pacs:
         orthanc.stow(pacs.url, paths)
         client = dicomweb.connect(pacs.url, orthanc.USER, orthanc.PASSWORD)

@@ -14,7 +14,6 @@ from benchmarks import orthanc
 from cxr.dicomweb import orthanc_id
 from indexing.pacs_notices import DeletionListener, Notice
 from support import DATA_DIR
-from support.orthanc_lua import deletion_script
 
 TOKEN = "s3cret-notices"
 
@@ -47,7 +46,7 @@ def _notices(listener, expected, timeout=5.0):
 
 def test_orthanc_posts_a_notice_for_every_resource_a_deletion_removes_within_a_second(images, tmp_path):
     with DeletionListener(token=TOKEN) as listener:
-        script = deletion_script(tmp_path / "lua", listener.url, TOKEN)
+        script = orthanc.deletion_script(tmp_path / "lua", listener.url, TOKEN)
         earlier = tmp_path / "earlier.lua"  # a site's own callback, loaded before: still called
         earlier.write_text("function OnDeletedStudy(id) print('the earlier script saw study ' .. id) end\n")
         settings = {"LuaScripts": [str(earlier), str(script)], "OverwriteInstances": True}
@@ -85,7 +84,7 @@ def test_orthanc_posts_a_notice_for_every_resource_a_deletion_removes_within_a_s
 
 def test_a_notice_the_listener_refuses_is_logged_by_orthanc(images, tmp_path):
     with DeletionListener(token=TOKEN) as listener:
-        script = deletion_script(tmp_path / "lua", listener.url, "not-the-token")
+        script = orthanc.deletion_script(tmp_path / "lua", listener.url, "not-the-token")
         with orthanc.Orthanc(tmp_path / "orthanc", settings={"LuaScripts": [str(script)]}) as server:
             orthanc.stow(server.url, orthanc.write_files(images[:1], tmp_path / "files"))
             server.delete(f"/instances/{_ids(images[0])[3]}")

@@ -110,14 +110,14 @@ class Feed:
 
 
 class Encoder:
-    """encode_new's stand-in: `failures` (exceptions) are raised by the first calls, in order; then each
+    """Encoder.encode_new's stand-in: `failures` (exceptions) are raised by the first calls, in order; then each
     instance gets a vector, once. Records the follow state on disk at each call."""
 
     def __init__(self, failures=()):
         self.failures = list(failures)
         self.encoded, self.states_seen = [], []
 
-    def __call__(self, pacs, cache, instances, model, settings, options, refetch=False):
+    def __call__(self, pacs, cache, instances, refetch=False):
         self.states_seen.append(cache.follow_state())
         if self.failures:
             raise self.failures.pop(0)
@@ -188,7 +188,8 @@ def written(monkeypatch):
 
 def _follower(tmp_path, pacs, encoder, monkeypatch, lines, state, once=False, feed=None, backend=None,
               settings=Settings(), notices=None, **follow):
-    monkeypatch.setattr(dicomweb_build, "encode_new", encoder)
+    monkeypatch.setattr(dicomweb_build.Encoder, "encode_new",
+                        lambda _, pacs, cache, instances, refetch=False: encoder(pacs, cache, instances, refetch))
     model = SimpleNamespace(name="m", export_sha256="abc")
     follow = dict({"reconcile_s": float("inf")}, **follow)
     follower = Follower(pacs, Query(), model, settings, tmp_path / "index", BuildOptions(progress=False),
@@ -518,7 +519,7 @@ def test_studies_a_commit_adds_bring_back_the_reports_waiting_for_them(tmp_path,
 
 def _encoder_of_study(study: str):
     """Encoder's call, with rows that name their study as a PACS build's rows do."""
-    def encode(self, pacs, cache, instances, model, settings, options, refetch=False):
+    def encode(self, pacs, cache, instances, refetch=False):
         todo = [i.sop_uid for i in dict.fromkeys(instances) if refetch or i.sop_uid not in cache.vectors]
         for sop in todo:
             cache.add_row(sop, {"sop_instance_uid": sop, "image_id": sop, "study_uid": study,
@@ -645,3 +646,49 @@ def test_notices_that_could_not_be_confirmed_in_an_outage_are_committed_after_it
 def test_deletion_notices_need_orthanc(tmp_path, monkeypatch, written):
     with pytest.raises(FailedPreconditionError, match="does not answer as Orthanc"):
         _follower(tmp_path, Pacs(), Encoder(), monkeypatch, [], {}, notices=Notices(Stop()))
+
+
+class _Pool:
+    made = 0
+
+    def __init__(self, workers):
+        _Pool.made += 1
+        self.terminated = False
+
+    def terminate(self):
+        self.terminated = True
+
+    def join(self):
+        assert self.terminated
+
+
+class _Client:
+    def __init__(self, *args):
+        self.closed = False
+
+    def close(self):
+        self.closed = True
+
+
+def test_an_encoder_keeps_its_decoders_and_triton_client_across_batches(monkeypatch, tmp_path):
+    """Spawning the decoder pool costs about a CPU-second: a follower's batches share one pool and client."""
+    _Pool.made, used = 0, []
+    monkeypatch.setattr(dicomweb_build, "decoder_pool", _Pool)
+    monkeypatch.setattr(dicomweb_build, "TowerClient", _Client)
+    monkeypatch.setattr(dicomweb_build, "connections", lambda settings: [])
+    monkeypatch.setattr(dicomweb_build, "_fetched_and_decoded",
+                        lambda pacs, cache, todo, pool, size, workers: used.append(pool) or iter(()))
+    monkeypatch.setattr(dicomweb_build, "encode_stream", lambda decoded, client, *rest: used.append(client))
+    model = SimpleNamespace(name="m", image=None, text=None, max_batch_size=8, image_size=224)
+    cache = SimpleNamespace(vectors={}, added=0, add_batch=None, add_skipped=None)
+    encoder = dicomweb_build.Encoder(model, Settings(), BuildOptions(progress=False, workers=1))
+    for batch in ("1", "2", "3"):
+        encoder.encode_new(None, cache, [Instance(batch, f"{batch}.1", f"{batch}.1.1")])
+    pool, client = used[0], used[1]
+    assert _Pool.made == 1 and used == [pool, client] * 3
+    encoder.close()
+    encoder.close()
+    assert pool.terminated and client.closed
+    encoder.encode_new(None, cache, [Instance("4", "4.1", "4.1.1")])  # after close: made again
+    assert _Pool.made == 2
+    encoder.close()
