@@ -43,7 +43,7 @@ def _add_store_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--index-type", choices=INDEX_TYPES, default="flat",
                         help="flat: exact (default); ivf, hnsw: approximate; sq8, ivfpq, opq: approximate and "
-                             "compressed, for millions of images (see README: Scale)")
+                             "compressed, for millions of images (see docs/scale.md)")
     parser.add_argument("--rerank", action="store_true",
                         help="keep the full vectors on disk to re-score a compressed index's best candidates")
     _add_backend_arguments(parser)
@@ -115,7 +115,7 @@ def _add_serve_and_stop(sub) -> None:
     serve.add_argument("--triton", choices=TRITON_MODES, default="local",
                        help="local: start tritonserver on the model repository; external: start the gateway only, "
                             "against the Triton at triton_host (or triton_urls, triton_dns) that something else "
-                            "started (NVIDIA's container: README, \"GPU hosts\"), once it has the model ready")
+                            "started (NVIDIA's container: docs/deployment.md, \"GPU hosts\"), once it has the model ready")
     serve.set_defaults(func=cmd_serve)
 
     what = ("stop what `cxr serve --detach` started: the gateway (it drains first), then Triton; a Triton "
