@@ -1,7 +1,7 @@
 """Runtime settings in one frozen dataclass: defaults, then cxr.toml, then CXR_* variables.
 
 The active model is chosen here and nowhere else: `model = "..."` in cxr.toml or CXR_MODEL.
-Security settings (TLS, auth, audit, limits) are described in the README's security section.
+Security settings (TLS, auth, audit, limits) are described in docs/security.md.
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ class Settings:
     jwt_audience: str = "cxr-retrieval"
     jwt_max_ttl_s: float = 24 * 3600.0  # a JWT valid longer (exp - iat) is refused
     api_keys_file: Path | None = None
-    # Single sign-on on the search page (gateway/oidc.py; README "Single sign-on"): OpenID Connect
+    # Single sign-on on the search page (gateway/oidc.py; docs/security.md, "Single sign-on"): OpenID Connect
     # Authorization Code with PKCE against the provider at oidc_issuer (its discovery document), as the
     # client oidc_client_id (with oidc_client_secret when registered as a confidential client). The
     # values of the claim oidc_roles_claim (a dotted path for a nested one: Keycloak's

@@ -1,4 +1,4 @@
-"""The DICOM transfer syntaxes this service decodes, and which pydicom plugin decodes each (README,
+"""The DICOM transfer syntaxes this service decodes, and which pydicom plugin decodes each (docs/pacs.md,
 "Transfer syntaxes").
 
 One plugin per syntax, named here: pydicom otherwise takes the first installed plugin that can, so
@@ -24,7 +24,7 @@ class Syntax:
     name: str
     codestream: str
     plugin: str = ""  # pydicom's decoding plugin; "" for pydicom's own code
-    package: str = "pydicom"  # the package the plugin runs (what the README names)
+    package: str = "pydicom"  # the package the plugin runs (what docs/pacs.md names)
     max_precision: int = 16  # bits per sample the plugin decodes
 
 

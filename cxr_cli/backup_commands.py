@@ -1,4 +1,4 @@
-"""The backup commands of `cxr` (cxr.backup; README, "Backup and restore"):
+"""The backup commands of `cxr` (cxr.backup; docs/backup.md):
 
     cxr backup create --to DIR [--without-audit-key]
     cxr backup verify DIR

@@ -2,7 +2,7 @@
 
 The kinds of cxr/errors.py are named after gRPC's canonical codes; the client package's errors carry the
 gateway's code itself. Both go through one table from the code's name to the exit status, so `cxr search`
-and a local command that fail alike exit alike. `--help`'s epilog and the README's table are `MEANINGS`."""
+and a local command that fail alike exit alike. `--help`'s epilog and docs/cli.md's table are `MEANINGS`."""
 
 from __future__ import annotations
 

@@ -43,7 +43,7 @@ def _add_store_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--index-type", choices=INDEX_TYPES, default="flat",
                         help="flat: exact (default); ivf, hnsw: approximate; sq8, ivfpq, opq: approximate and "
-                             "compressed, for millions of images (see README: Scale)")
+                             "compressed, for millions of images (see docs/scale.md)")
     parser.add_argument("--rerank", action="store_true",
                         help="keep the full vectors on disk to re-score a compressed index's best candidates")
     _add_backend_arguments(parser)
@@ -105,17 +105,22 @@ def _add_export(sub) -> None:
 
 
 def _add_serve_and_stop(sub) -> None:
-    serve = sub.add_parser("serve", help="start Triton and the gateway in front of it, supervised (or, with "
-                                         "--triton external, the gateway only)")
-    serve.add_argument("--detach", action="store_true", help="leave them running in the background (`cxr stop`)")
-    serve.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for Triton's readiness")
+    what = ("start Triton and the gateway in front of it, supervised: either is restarted if it dies (with "
+            "--triton external, the gateway only, against a Triton started elsewhere)")
+    serve = sub.add_parser("serve", help=what, description=what[0].upper() + what[1:] + ".")
+    serve.add_argument("--detach", action="store_true",
+                       help="leave them running in the background (`cxr stop` stops them)")
+    serve.add_argument("--timeout", type=float, default=600.0,
+                       help="seconds to wait for Triton's readiness (default: 600)")
     serve.add_argument("--triton", choices=TRITON_MODES, default="local",
                        help="local: start tritonserver on the model repository; external: start the gateway only, "
                             "against the Triton at triton_host (or triton_urls, triton_dns) that something else "
-                            "started (NVIDIA's container: README, \"GPU hosts\"), once it has the model ready")
+                            "started (NVIDIA's container: docs/deployment.md, \"GPU hosts\"), once it has the model ready")
     serve.set_defaults(func=cmd_serve)
 
-    stop = sub.add_parser("stop", help="stop the Triton and gateway started with `cxr serve --detach`")
+    what = ("stop what `cxr serve --detach` started: the gateway (it drains first), then Triton; a Triton "
+            "started elsewhere (--triton external) keeps running")
+    stop = sub.add_parser("stop", help=what, description=what[0].upper() + what[1:] + ".")
     stop.set_defaults(func=cmd_stop)
 
 

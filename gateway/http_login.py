@@ -47,7 +47,7 @@ SIGN_IN = "SignIn"  # what the audit trail and the metrics call a refused sign-i
 LOGIN_ERRORS = ("failed", "denied", "no-role", "expired", "unavailable")
 DENIALS = ("access_denied", "login_required", "consent_required", "interaction_required")
 OFF = ("single sign-on is off on this gateway: set oidc_issuer, oidc_client_id and oidc_role_scopes "
-       "(README, Single sign-on), or send an access token")
+       "(docs/security.md, Single sign-on), or send an access token")
 
 
 def session_cookie(secure: bool) -> str:

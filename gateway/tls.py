@@ -54,7 +54,7 @@ def check_exposure(settings: Settings, address: str) -> None:
         raise ExposureError(
             f"refusing to listen on {address} without {' and '.join(missing)}: beyond loopback, queries and "
             "reports would cross the network readable by anyone, or be answered to anyone. Configure them "
-            "(see the README's security section), or set allow_insecure = true to accept that risk.")
+            "(see docs/security.md), or set allow_insecure = true to accept that risk.")
 
 
 def bind(server: grpc.aio.Server, settings: Settings, address: str) -> int:

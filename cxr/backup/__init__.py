@@ -1,4 +1,4 @@
-"""Backup and restore of what must survive a lost disk (README, "Backup and restore").
+"""Backup and restore of what must survive a lost disk (docs/backup.md).
 
 A backup is a folder <to>/cxr-backup-<UTC time>/ holding:
 

@@ -36,7 +36,7 @@ from cxr.store.faiss_files import MANIFEST_FILE as INDEX_MANIFEST
 PREFIX = "cxr-backup-"
 PACS_CACHE_SUFFIX = ".dicomweb"  # indexing.dicomweb_build.CACHE_SUFFIX (a test keeps the two the same)
 LEDGER_SUFFIX = ".sqlite"
-# Not in any backup, and why (the manifest and the README say so too).
+# Not in any backup, and why (the manifest and docs/backup.md say so too).
 LEFT_OUT = (
     {"what": "model_repository", "why": "rebuilt from the registry and weights by `make export` (or `cxr export`)"},
     {"what": "cache_dir, run_dir", "why": "built twins, Triton's backend folder, pid files and logs: remade on start"},
@@ -154,7 +154,7 @@ def _layout(settings: Settings, root: Path) -> dict:
 
 
 def _milvus(settings: Settings) -> dict | None:
-    """Where the Milvus index is and what names its collections: milvus-backup copies them (README)."""
+    """Where the Milvus index is and what names its collections: milvus-backup copies them (docs/backup.md)."""
     if settings.index_backend != "milvus":
         return None
     from cxr.dicomweb import redacted

@@ -79,7 +79,7 @@ def wait_ready(settings: Settings, towers: Sequence[str], timeout: float, say: C
         if pause <= 0:
             raise TritonUnavailableError(
                 f"Triton was not ready with {', '.join(towers)} after {timeout:.0f} s: {_state(seen)}. Start it "
-                "(README, \"GPU hosts\"), or point triton_host / triton_urls (CXR_TRITON_HOST, CXR_TRITON_URLS) "
+                "(docs/deployment.md, \"GPU hosts\"), or point triton_host / triton_urls (CXR_TRITON_HOST, CXR_TRITON_URLS) "
                 "at it, and make sure its model repository holds the exported model")
         say(f"waiting for Triton: {_state(seen)}; looking again in {pause:.0f} s")
         sleep(pause)

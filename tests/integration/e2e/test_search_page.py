@@ -4,7 +4,7 @@ Playwright drives Debian's chromium (`make setup-browser`; Playwright's own brow
 used; the fixtures are in conftest.py). The page searches by text and by a DICOM made from an indexed
 PNG, shows the demo banner, loads every thumbnail through fetch() with the bearer token, shows errors,
 and asks for a token when the gateway's auth is on (single sign-on: test_search_page_sign_in.py).
-CXR_UPDATE_SCREENSHOT=1 also writes docs/search-page.png for the README.
+CXR_UPDATE_SCREENSHOT=1 also writes docs/search-page.png for docs/search-page.md.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`cxr` itself (cxr_cli.main): `--version` from the one version source, `--help` with the exit statuses the README
+"""`cxr` itself (cxr_cli.main): `--version` from the one version source, `--help` with the exit statuses docs/cli.md
 gives too, and `cxr models --json` (the other --json documents: test_search_commands.py, test_security.py)."""
 
 from __future__ import annotations
@@ -33,12 +33,12 @@ def test_version_is_cxr_s_and_the_package_reads_it_from_there():
     assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "cxr.__version__"}
 
 
-def test_help_and_the_readme_give_every_exit_status_as_the_code_does():
+def test_help_and_the_command_line_page_give_every_exit_status_as_the_code_does():
     help_text = _cxr("--help").stdout
-    readme = (ROOT / "README.md").read_text()
+    page = (ROOT / "docs" / "cli.md").read_text()
     for code, meaning in MEANINGS.items():
         assert f"\n  {code:>3}  {meaning.split(':')[0]}" in help_text, code
-        assert f"| `{code}` | {meaning} |" in readme, code
+        assert f"| `{code}` | {meaning} |" in page, code
 
 
 def test_models_json_is_one_document_with_every_model_and_triton_down(tmp_path):
