@@ -305,8 +305,9 @@ def _per_commit(f: dict) -> str:
     per_image = max(batch - single, 0.0) / (images - 1)
     return (f"The follower used {single:.2f} CPU-s per commit of one image and {batch:.2f} per commit of "
             f"{images:.1f} images while ingesting: about {single - per_image:.2f} s per commit whatever it holds "
-            f"(a pass's look, its decoder processes started, the Triton client, the commit) and {1000 * per_image:,.0f}"
-            " ms per image; fewer, larger batches, or decoders kept between passes, would cut the first.")
+            f"(a pass's look at the feed, the commit and its fsyncs; its decoder processes and Triton client are "
+            f"kept between batches) and {1000 * per_image:,.0f} ms per image; fewer, larger batches would cut the "
+            "first.")
 
 
 def _scaling(results: dict) -> str:

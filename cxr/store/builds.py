@@ -40,3 +40,20 @@ def check_model(where: str, manifest: dict, model: str | None, dim: int | None, 
         raise IndexMismatchError(
             f"index {where} was built with another export of {model} (image tower sha256 {str(built_with)[:12]}…); "
             f"the export served now is sha256 {export_sha256[:12]}…: {rebuild}")
+
+
+def check_change(where: str, manifest: dict, change) -> None:
+    """Refuse a change (cxr.store.interface.Change) adding vectors of another dimension or export than the
+    build's, in every backend alike: a change that names no export is refused by a build that names one."""
+    if change.vectors is None:
+        return
+    dim, export = manifest.get("dim"), manifest.get("export_sha256") or ""
+    rebuild = f"or rebuild the index with `cxr index build --model {manifest.get('model')} ...` first"
+    if change.vectors.shape[1:] != (dim,):
+        raise IndexMismatchError(f"{where}: a change adds vectors of shape {change.vectors.shape} to an index of "
+                                 f"{dim}-d vectors: embed the images with the export the index was built with, "
+                                 f"{rebuild}")
+    if change.export_sha256 != export:
+        raise IndexMismatchError(
+            f"{where}: a change adds vectors of export sha256 {change.export_sha256[:12] or '(none)'}… to an index "
+            f"built with export sha256 {export[:12] or '(none)'}…: embed the images with that export, {rebuild}")

@@ -9,7 +9,7 @@ import numpy as np
 
 from cxr.files import recover
 from cxr.store import faiss_compaction
-from cxr.store.builds import check_model
+from cxr.store.builds import check_change, check_model
 from cxr.store.errors import IndexCorruptError, IndexMissingError
 from cxr.store.faiss_changes import Generation, base_id, commit, read_generation, write_deletion, write_segment, writing
 from cxr.store.faiss_delta import Delta
@@ -93,9 +93,8 @@ class FaissBackend(StoreBackend):
         with writing(directory):
             recover(directory)
             manifest = self._manifest(model, directory)
-            if change.rows:
-                check_model(str(directory), manifest, model, int(change.vectors.shape[1]),
-                            change.export_sha256 or None)
+            check_model(str(directory), manifest, model, None, None)
+            check_change(str(directory), manifest, change)
             state, generation = self._state(directory, manifest)
             plan = state.plan(change)
             if not plan.removed and not plan.rows:

@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from cxr.store.errors import IndexMismatchError
+from cxr.store.builds import check_change
 from cxr.store.interface import Change, Committed
 from cxr.store.milvus.aliases import (
     COMMITTING,
@@ -42,22 +42,6 @@ VALUES_PER_FILTER = 256  # image ids, studies or keys per filter expression: eac
 WRITE_TIMEOUT_S = 60.0  # one delete or upsert request of a commit
 COMPACT_WAIT_S = 600.0
 COMPACT_POLL_S = 0.5
-
-
-def check_change(where: str, manifest: dict, change: Change) -> None:
-    """Refuse vectors of another dimension or export than the build's."""
-    if change.vectors is None:
-        return
-    dim, export = manifest.get("dim"), manifest.get("export_sha256") or ""
-    rebuild = f"or rebuild the index with `cxr index build --model {manifest.get('model')} ...` first"
-    if change.vectors.shape[1:] != (dim,):
-        raise IndexMismatchError(f"{where}: a change adds vectors of shape {change.vectors.shape} to an index of "
-                                 f"{dim}-d vectors: embed the images with the export the index was built with, "
-                                 f"{rebuild}")
-    if change.export_sha256 != export:
-        raise IndexMismatchError(
-            f"{where}: a change adds vectors of export sha256 {change.export_sha256[:12] or '(none)'}… to an index "
-            f"built with export sha256 {export[:12] or '(none)'}…: embed the images with that export, {rebuild}")
 
 
 def commit(connection: Connection, collection: str, manifest: dict, change: Change, where: str) -> Committed:
