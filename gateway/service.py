@@ -31,6 +31,10 @@ DEFAULT_TOP_K = 10  # what top_k = 0 (unset) means
 # A study's fields GetStudy returns under the same names; patient identifiers only here (`studies` scope).
 STUDY_COLUMNS = ("findings", "impression", "indication", "study_instance_uid", "accession_number", "study_date",
                  "patient_id", "patient_name", "report_status", "report_time")
+# Request fields of the API this gateway does not act on yet: refused with the field named, never ignored (a
+# search that silently kept the query's own patient would mislead). Each leaves this list when it is served.
+NOT_YET_SERVED = ("image_id", "exclude_same_patient", "exclude_same_study", "roi", "with_text", "exclude_text",
+                  "feedback", "page_token", "filters.study_date_from", "filters.study_date_to")
 
 
 class RetrievalService(pb_grpc.RetrievalServicer):
@@ -142,6 +146,7 @@ class RetrievalService(pb_grpc.RetrievalServicer):
         return answer(deleted=committed.deleted, generation=committed.generation)
 
     async def _search_text(self, request, timeout) -> pb.SearchResponse:
+        _refuse_not_yet_served(request)
         text = request.text.strip()
         if not text:
             raise InvalidRequestError("text is empty: send a query such as 'small left pleural effusion'", "text")
@@ -153,6 +158,7 @@ class RetrievalService(pb_grpc.RetrievalServicer):
         return await self._respond(model, searcher, vector, top_k, request)
 
     async def _search_image(self, request, timeout, decoding: asyncio.Semaphore | None = None) -> pb.SearchResponse:
+        _refuse_not_yet_served(request)
         if not request.image:
             raise InvalidRequestError("image is empty: send PNG, JPEG or DICOM bytes", "image")
         if len(request.image) > MAX_IMAGE_BYTES:
@@ -230,6 +236,24 @@ async def _numbered(position: int, kind: str, search):
         if field_of(error):
             numbered.field = f"queries[{position}].{kind}.{field_of(error)}"
         raise numbered from error
+
+
+def _refuse_not_yet_served(request) -> None:
+    for path in NOT_YET_SERVED:
+        message, name = request, path
+        if "." in path:
+            parent, name = path.split(".")
+            message = getattr(request, parent)
+        if name in message.DESCRIPTOR.fields_by_name and _is_set(message, name):
+            raise InvalidRequestError(f"{path} is not served by this gateway's version ({__version__}) yet: "
+                                      "leave it out", path)
+
+
+def _is_set(message, name: str) -> bool:
+    field = message.DESCRIPTOR.fields_by_name[name]
+    if field.message_type is not None:
+        return message.HasField(name)
+    return bool(getattr(message, name))
 
 
 def _filter(filters) -> Filter:

@@ -19,6 +19,7 @@ from cxr.store import faiss_writer
 from cxr.store.faiss_backend import FaissBackend
 from cxr.store.interface import Change, Committed
 from gateway import error_details
+from gateway import service as service_module
 from gateway.admission import DecodeQueue
 from gateway.embedding import Embedder
 from gateway.indexes import IndexSet
@@ -149,6 +150,35 @@ def test_bad_fields_are_refused_before_anything_is_embedded(service, request_, w
     assert embedder.texts == []
     (violation,) = _details(error.value)["BadRequest"].field_violations
     assert violation.field == field and violation.description == error.value.details()
+
+
+def _not_yet_served_requests():
+    """One request per field of service.NOT_YET_SERVED, that field set, for the RPC whose request has it."""
+    for path in service_module.NOT_YET_SERVED:
+        for rpc, kind in (("SearchByText", pb.SearchByTextRequest), ("SearchByImage", pb.SearchByImageRequest)):
+            request, name = kind(text="x") if kind is pb.SearchByTextRequest else kind(image=b"x"), path
+            message = request
+            if "." in path:
+                parent, name = path.split(".")
+                message = getattr(request, parent)
+            field = message.DESCRIPTOR.fields_by_name.get(name)
+            if field is None:
+                continue
+            if field.message_type is not None:
+                getattr(message, name).SetInParent()
+            else:
+                setattr(message, name, {bool: True, str: "x"}[type(getattr(message, name))])
+            yield pytest.param(rpc, request, path, id=f"{rpc}-{path}")
+
+
+@pytest.mark.parametrize("rpc, request_, field", list(_not_yet_served_requests()))
+def test_a_field_not_yet_served_is_refused_by_name_never_ignored(service, rpc, request_, field):
+    stub, embedder = service
+    with pytest.raises(grpc.RpcError) as error:
+        getattr(stub, rpc)(request_, timeout=10)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT and field in error.value.details()
+    assert _details(error.value)["BadRequest"].field_violations[0].field == field
+    assert embedder.texts == []
 
 
 def test_bytes_that_are_no_image_are_a_fault_of_the_image_field(service):
