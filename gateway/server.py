@@ -34,7 +34,7 @@ from cxr.settings import Settings, load_settings
 from cxr.store import factory
 from cxr.triton.discovery import dns_target
 from cxr.triton.request import connections
-from gateway import tls
+from gateway import tls, writes
 from gateway.admission import AdmissionInterceptor, DecodeQueue, Limits, RateLimiter, RefusalLimiter
 from gateway.audit_interceptor import AuditInterceptor
 from gateway.audit_log import AuditLog
@@ -178,6 +178,7 @@ def create_server(settings: Settings, address: str | None = None, embedder: Embe
     tls.check_exposure(settings, address)
     if http_address:
         tls.check_exposure(settings, http_address)
+    writes.check_writable(settings)  # logged, not refused: searches go on without reports or a copy folder
     metrics = GatewayMetrics()
     audit = AuditLog(settings.audit_log, settings.audit_max_bytes) if settings.audit_log else None
     if audit is not None:

@@ -17,7 +17,7 @@ import yaml
 from cxr import dev_pki
 from cxr.settings import FIELDS, Settings, SettingsError, load_settings
 from export.triton_config import TRT_CACHE_DIR
-from gateway import tls
+from gateway import tls, writes
 
 ROOT = Path(__file__).parents[3]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -155,6 +155,21 @@ def test_single_sign_on_passes_through_with_the_settings_defaults_and_needs_the_
     settings = load_settings(tmp_path, environ=_with(gateway, **sign_in, CXR_OIDC_SESSION_KEY="k" * 44))
     assert settings.oidc_issuer == sign_in["CXR_OIDC_ISSUER"] and settings.oidc_session_key == "k" * 44
     assert "CXR_OIDC_SESSION_KEY (`openssl rand -base64 32`)" in COMPOSE.read_text(), "the file says how to make it"
+
+
+def test_every_folder_the_gateway_writes_is_on_a_writable_mount_and_the_ledgers_are_the_intakes(tmp_path):
+    """writes.written_folders is what the gateway writes (it checks each at start); a read-only mount there
+    loses it: the report ledger, under the read-only indexes, could not even be opened."""
+    settings = load_settings(tmp_path, environ=_environment(_gateway()))
+    mounts = _mounts(_gateway())
+    folders = writes.written_folders(settings)
+    assert set(folders) == {"audit_log", "index_copy_dir", "reports_dir"}
+    for name, folder in folders.items():
+        mount = _mounted(mounts, folder)
+        assert mount and not mount[1], f"{name}: {folder} is written, on a read-only mount or none"
+    host = Settings(index_dir=Path("indexes")).reports_path(settings.model).parent  # `cxr reports listen` here
+    assert PurePosixPath(_mounted(mounts, folders["reports_dir"])[0]) == PurePosixPath(".") / host
+    assert f"mkdir -p {host}" in COMPOSE.read_text(), "the file says to create it (Docker would, as root)"
 
 
 def test_the_gateway_reads_the_files_cxr_certs_dev_writes():

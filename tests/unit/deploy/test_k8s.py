@@ -19,7 +19,7 @@ import yaml
 
 from cxr.settings import FIELDS, Settings, SettingsError, load_settings
 from export.triton_config import TRT_CACHE_DIR
-from gateway import tls
+from gateway import tls, writes
 
 ROOT = Path(__file__).parents[3]
 K8S = ROOT / "deploy" / "k8s"
@@ -370,6 +370,27 @@ def test_replicas_share_sign_in_sessions_through_the_secret_not_through_affinity
         load_settings(tmp_path, environ=_resolved(_container("cxr-gateway"), dict(JWKS, **{"cxr-oidc": config_map}), {}))
     readme = (K8S / "README.md").read_text()
     assert "session-key" in readme and "sessionAffinity" in readme
+
+
+def test_every_folder_the_gateway_writes_is_on_a_writable_volume_of_its_pod(tmp_path):
+    """writes.written_folders is what the gateway writes (it checks each at start). The report ledger was under
+    the read-only indexes volume, where SQLite could not open it in WAL mode; it is per pod, since no shared
+    volume can hold a WAL database that pods on several nodes write."""
+    pod = _one("Deployment", "cxr-gateway")["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {Path(m["mountPath"]): m for m in _container("cxr-gateway")["volumeMounts"]}
+    settings = load_settings(tmp_path, environ=_env(_container("cxr-gateway")))
+    folders = writes.written_folders(settings)
+    assert set(folders) == {"audit_log", "index_copy_dir", "reports_dir"}
+    for name, folder in folders.items():
+        under = [m for m in mounts if folder.is_relative_to(m)]
+        assert under, f"{name}: {folder} is on the read-only root"
+        mount = mounts[max(under, key=lambda m: len(m.parts))]
+        volume = volumes[mount["name"]]
+        assert not mount.get("readOnly") and not volume.get("persistentVolumeClaim", {}).get("readOnly"), name
+    ledger = volumes[mounts[folders["reports_dir"]]["name"]]
+    assert "emptyDir" in ledger, "a ledger is SQLite in WAL mode: one node's, not a shared claim's"
+    assert "CXR_REPORTS_DIR" in (K8S / "README.md").read_text()
 
 
 def test_tensorrt_engines_go_to_a_writable_shared_volume_not_the_read_only_models():
