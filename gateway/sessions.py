@@ -11,13 +11,14 @@ none of the provider's other tokens leaves the gateway. A sign-in under way (the
 verifier of one trip to the provider, a `PendingLogin`) is sealed the same way into the cookie that binds
 it to the browser that started it, for PENDING_TTL_S.
 
-Why sealed cookies rather than sessions in memory: replicas behind a Service (Kubernetes' HorizontalPodAutoscaler
-adds and removes them) each answer whichever request reaches them, so the redirect back from the provider
-and every later request may land on another replica than the one that opened the session. With one
+Why sealed cookies rather than sessions in memory: replicas behind a Service (Kubernetes' autoscaler adds
+and removes them) each answer whichever request reaches them, so the redirect back from the provider and
+every later request may land on another replica than the one that opened the session. With one
 oidc_session_key shared by all, any replica opens any session: no session affinity is needed (with mutual
 TLS ended in the gateway, a balancer could pin a browser only by its address, which a NAT or an ingress
-shares among many), and a replica that restarts or is scaled away signs nobody out. Without the key (a gateway on loopback only: cxr.settings refuses it beyond),
-each process makes a key of its own: its sessions end when it restarts.
+shares among many), and a replica that restarts or is scaled away signs nobody out. Without the key (only
+on loopback: cxr.settings refuses it beyond), each process makes a key of its own, and its sessions end
+when it stops.
 
 Signing out deletes the browser's cookie, and the replica that signed it out refuses the credential until
 it would have ended (`Ended`, in memory); another replica would still take a copy made before, until
@@ -91,8 +92,8 @@ class Sealer:
             raw = base64.urlsafe_b64decode(sealed + "=" * (-len(sealed) % 4))
         except (binascii.Error, ValueError):
             return None
-        header, nonce, body = raw[:1 + KEY_ID_BYTES], raw[1 + KEY_ID_BYTES:1 + KEY_ID_BYTES + NONCE_BYTES], \
-            raw[1 + KEY_ID_BYTES + NONCE_BYTES:]
+        start = 1 + KEY_ID_BYTES  # the version byte, then the key's id
+        header, nonce, body = raw[:start], raw[start:start + NONCE_BYTES], raw[start + NONCE_BYTES:]
         if len(body) < 16 or header[0] != VERSION:
             return None
         if header[1:] != self.key_id:

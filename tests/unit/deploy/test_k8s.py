@@ -367,7 +367,8 @@ def test_replicas_share_sign_in_sessions_through_the_secret_not_through_affinity
     assert service.get("sessionAffinity", "None") == "None"
     config_map, _ = _sign_in_objects()
     with pytest.raises(SettingsError, match="oidc_session_key"):
-        load_settings(tmp_path, environ=_resolved(_container("cxr-gateway"), dict(JWKS, **{"cxr-oidc": config_map}), {}))
+        load_settings(tmp_path, environ=_resolved(_container("cxr-gateway"), dict(JWKS, **{"cxr-oidc": config_map}),
+                                                  {}))
     readme = (K8S / "README.md").read_text()
     assert "session-key" in readme and "sessionAffinity" in readme
 
