@@ -20,6 +20,7 @@ CONFIG_FILE = "cxr.toml"
 DEFAULT_MODEL = "cxr-mini"  # trained here, shipped in weights/: works with no download
 AUTH_MODES = ("none", "token")
 INDEX_BACKENDS = ("faiss", "milvus")
+SESSION_KEY_MIN_CHARS = 32  # `openssl rand -base64 32` writes 44
 
 
 class SettingsError(FailedPreconditionError, ValueError):
@@ -127,9 +128,14 @@ class Settings:
     # "realm_access.roles") become scopes through oidc_role_scopes, "radiologist=search,studies;clerk=search".
     # oidc_redirect_url: the callback as registered, unset: <the page's origin>/auth/callback.
     # oidc_ca: the CA of the provider's TLS certificate, unset: the system's. Needs auth = "token".
+    # oidc_session_key: a secret every replica of the gateway shares (at least 32 characters, e.g.
+    # `openssl rand -base64 32`); sessions and sign-ins under way are sealed with it in the browser's
+    # cookies (gateway/sessions.py), so any replica opens them. Unset: a key of the process's own, which only
+    # a gateway on loopback may use (its sessions end when it restarts).
     oidc_issuer: str = ""
     oidc_client_id: str = ""
     oidc_client_secret: str = field(default="", repr=False)
+    oidc_session_key: str = field(default="", repr=False)
     oidc_scopes: str = "openid profile"
     oidc_roles_claim: str = "roles"
     oidc_role_scopes: str = ""
@@ -191,6 +197,8 @@ class Settings:
             _check_triton_dns(self)
         if self.oidc_issuer:
             _check_oidc(self)
+        if self.oidc_session_key:
+            _check_session_key(self.oidc_session_key)
         if bool(self.triton_tls_cert) != bool(self.triton_tls_key):
             raise SettingsError("set triton_tls_cert and triton_tls_key together (the gateway's client "
                                 "certificate for Triton)")
@@ -270,6 +278,17 @@ def _check_oidc(settings) -> None:
     if not settings.oidc_roles_claim.strip():
         raise SettingsError("oidc_roles_claim is empty: name the claim that carries roles or groups (\"roles\")")
     role_scopes(settings.oidc_role_scopes)
+    if not settings.oidc_session_key and not is_loopback(settings.gateway_host):
+        raise SettingsError(f"oidc_issuer is set and the gateway listens beyond loopback ({settings.gateway_host}): "
+                            "set oidc_session_key (CXR_OIDC_SESSION_KEY) to a secret every replica shares, e.g. "
+                            "`openssl rand -base64 32`; without it a session is known only to the process that "
+                            "opened it, and a sign-in that comes back to another replica fails")
+
+
+def _check_session_key(key: str) -> None:
+    if len(key) < SESSION_KEY_MIN_CHARS or not key.isascii() or not key.isprintable():
+        raise SettingsError(f"oidc_session_key: give at least {SESSION_KEY_MIN_CHARS} printable ASCII characters "
+                            f"of a random secret, e.g. `openssl rand -base64 32` (it has {len(key)} characters)")
 
 
 def _check_url(name: str, url: str) -> None:

@@ -31,9 +31,9 @@ ENV PATH=/opt/venv/bin:$PATH \
     HF_HUB_OFFLINE=1
 RUN groupadd --gid 10001 cxr && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin cxr \
- && install -d -o 10001 -g 10001 -m 2770 /var/log/cxr /var/cache/cxr/index-copy
-# Where the audit trail and the index copies go. A Docker volume mounted there starts as a copy of the
-# folder, owner and mode included: group 10001 may write it whichever uid runs the container
+ && install -d -o 10001 -g 10001 -m 2770 /var/log/cxr /var/cache/cxr/index-copy /var/lib/cxr/reports
+# Where the audit trail, the index copies and the report ledgers go. A Docker volume mounted there starts as
+# a copy of the folder, owner and mode included: group 10001 may write it whichever uid runs the container
 # (docker-compose.yml runs it as the host user, CXR_UID, in group 10001).
 COPY --from=build /opt/venv /opt/venv
 COPY deploy/grpc_health_probe.py /opt/cxr/grpc_health_probe.py

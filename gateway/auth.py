@@ -233,8 +233,8 @@ class Authenticator:
             raise AuthError("sign-in sessions are not accepted by this gateway (no oidc_issuer): send a token")
         identity = self.sessions.get(token)
         if identity is None:
-            raise AuthError("the sign-in session has ended (expired, signed out, or the gateway restarted): sign in "
-                            "again")
+            raise AuthError("the sign-in session has ended (expired, signed out, or sealed with another key: a gateway "
+                            "restarted without oidc_session_key, or replicas given different ones): sign in again")
         return Principal(identity.subject, "session", identity.scopes)
 
 

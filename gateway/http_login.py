@@ -1,8 +1,8 @@
 """The search page's sign-in routes, under /auth, and the session cookie.
 
 - GET /auth/session: {"sso": bool, "signedIn": bool, "user", "scopes", "expiresInS"} for the page.
-- GET /auth/login: a pending sign-in (gateway.sessions), a cookie binding it to this browser, and a
-  redirect to the provider's authorization endpoint (gateway.oidc).
+- GET /auth/login: a pending sign-in (gateway.sessions), sealed into a cookie binding it to this browser,
+  and a redirect to the provider's authorization endpoint (gateway.oidc).
 - GET /auth/callback: the provider's answer; its state must be this browser's, its code redeems to a
   checked identity, which becomes a session: an HttpOnly cookie, then back to the page. A failure goes
   back to `/#login-error=<reason>` (a word from LOGIN_ERRORS, never the details, which the log has).
@@ -19,7 +19,6 @@ since it must come back on the provider's redirect, and lives ten minutes on /au
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import re
 import time
@@ -66,8 +65,9 @@ class Login:
 
     @classmethod
     def of(cls, settings: Settings, sessions: SessionStore) -> Login:
+        """Sign-ins sealed with the sessions' key, so that one started here may finish on another replica."""
         secure = settings.tls or settings.oidc_redirect_url.startswith("https://")
-        return cls(OidcClient(OidcConfig.of(settings)), sessions, PendingLogins(), secure)
+        return cls(OidcClient(OidcConfig.of(settings)), sessions, PendingLogins(sessions.sealer), secure)
 
     @property
     def cookie(self) -> str:
@@ -85,13 +85,15 @@ class Login:
     async def finish(self, request: Request) -> Identity:
         """The identity the provider's answer proves, for the browser that started this sign-in."""
         params = request.query_params
-        state = params.get("state", "")
-        if not state or not hmac.compare_digest(state.encode(), request.cookies.get(LOGIN_COOKIE, "").encode()):
-            raise OidcError("the answer's state is not this browser's sign-in (its cookie is missing: another "
-                            "browser, or over ten minutes): sign in again", "expired")
-        pending = self.pending.finish(state)
+        state, cookie = params.get("state", ""), request.cookies.get(LOGIN_COOKIE, "")
+        if not state or not cookie:
+            raise OidcError("the answer is not this browser's sign-in (its cookie is missing: another browser, or "
+                            "over ten minutes): sign in again", "expired")
+        pending = self.pending.finish(cookie, state)
         if pending is None:
-            raise OidcError("this sign-in took over ten minutes or was finished already: sign in again", "expired")
+            raise OidcError("the answer's state is not that of this browser's sign-in, or the sign-in took over ten "
+                            "minutes, was finished already or was sealed with another oidc_session_key: sign in "
+                            "again", "expired")
         if "iss" in params and params["iss"] != self.client.config.issuer:  # RFC 9207: a mix-up of providers
             raise OidcError("the answer names another issuer than oidc_issuer")
         if "error" in params:
@@ -128,13 +130,13 @@ def _session(login: Login | None, door: FrontDoor):
 def _start(login: Login | None, door: FrontDoor):
     async def start(request: Request) -> Response:
         started, caller = time.monotonic(), _admitted(request, login, door)
-        pending = login.pending.start(login.redirect_uri(request))
+        pending, sealed = login.pending.start(login.redirect_uri(request))
         try:
             url = await asyncio.to_thread(login.client.authorization_url, pending)
         except Exception as exc:  # noqa: BLE001 - a provider not reached, or a document it cannot use
             return _failed(request, door, caller, _known(exc), started)
         response = RedirectResponse(url, 302, headers=API_HEADERS)
-        response.set_cookie(LOGIN_COOKIE, pending.state, max_age=int(PENDING_TTL_S), path=CALLBACK_PATH,
+        response.set_cookie(LOGIN_COOKIE, sealed, max_age=int(PENDING_TTL_S), path=CALLBACK_PATH,
                             secure=login.secure, httponly=True, samesite="lax")
         return response
 

@@ -57,6 +57,10 @@ class ReportFeed:
     def start(self, indexes: IndexSet) -> None:
         """Look for new reports for the indexes in service every poll_s."""
         self.indexes = indexes
+        for model, path in self.ledger_paths.items():
+            if not path.is_file():  # said once: hits without reports are otherwise a silent mystery
+                log.info("no report ledger for %s at %s yet: its hits carry no reports until the intake (cxr reports "
+                         "listen or import, a PACS build) writes one there (reports_dir)", model, path)
         self._thread.start()
 
     def _run(self) -> None:

@@ -34,7 +34,7 @@ from cxr.settings import Settings, load_settings
 from cxr.store import factory
 from cxr.triton.discovery import dns_target
 from cxr.triton.request import connections
-from gateway import tls
+from gateway import tls, writes
 from gateway.admission import AdmissionInterceptor, DecodeQueue, Limits, RateLimiter, RefusalLimiter
 from gateway.audit_interceptor import AuditInterceptor
 from gateway.audit_log import AuditLog
@@ -50,7 +50,7 @@ from gateway.indexes import IndexSet
 from gateway.metrics import GatewayMetrics, MetricsInterceptor
 from gateway.report_feed import ReportFeed
 from gateway.service import RetrievalService
-from gateway.sessions import SessionStore
+from gateway.sessions import Sealer, SessionStore
 from gateway.thumbnails import Thumbnails
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Retrieval"].full_name
@@ -178,6 +178,7 @@ def create_server(settings: Settings, address: str | None = None, embedder: Embe
     tls.check_exposure(settings, address)
     if http_address:
         tls.check_exposure(settings, http_address)
+    writes.check_writable(settings)  # logged, not refused: searches go on without reports or a copy folder
     metrics = GatewayMetrics()
     audit = AuditLog(settings.audit_log, settings.audit_max_bytes) if settings.audit_log else None
     if audit is not None:
@@ -190,8 +191,9 @@ def create_server(settings: Settings, address: str | None = None, embedder: Embe
         interceptors.append(AuditInterceptor(audit))
     authenticator = refusals = login = None
     if settings.auth == "token":
-        # Single sign-on: the page's sessions are credentials the one authenticator checks.
-        sessions = SessionStore() if settings.oidc_issuer else None
+        # Single sign-on: the page's sessions are credentials the one authenticator checks, sealed with the key
+        # every replica shares (cxr.settings refuses a gateway beyond loopback without one).
+        sessions = SessionStore(_sealer(settings)) if settings.oidc_issuer else None
         authenticator = authenticator_from(settings, sessions)
         refusals = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
         interceptors += [RefusalLimiter(refusals), AuthInterceptor(authenticator)]
@@ -226,6 +228,14 @@ def _resources(settings: Settings, metrics: GatewayMetrics, embedder: Embedder |
                        changes_poll_s=settings.index_changes_poll_s)
     decoder = DecodeQueue(DECODE_THREADS, settings.max_decode_queue, settings.max_decoding_pixels)
     return Resources(catalog, settings.model, indexes, embedder or _embedder(settings, metrics), decoder, reports)
+
+
+def _sealer(settings: Settings) -> Sealer:
+    if settings.oidc_session_key:
+        return Sealer.of(settings.oidc_session_key)
+    log.info("single sign-on: sessions sealed with a key of this process (no oidc_session_key): they end when it "
+             "stops, and no other gateway opens them")
+    return Sealer.private()
 
 
 def _http(server: grpc.aio.Server, settings: Settings, address: str, door: FrontDoor,

@@ -23,6 +23,11 @@ class IndexUnreadableError(FailedPreconditionError):
     the build may be sound, the machine needs an operator."""
 
 
+class IndexReadOnlyError(FailedPreconditionError):
+    """A commit (a deletion, an image added) to an index whose folder this process cannot write: a
+    read-only mount, as the gateway's deployments give it, or another owner."""
+
+
 class StoreUnavailableError(UnavailableError):
     """The vector store cannot be reached (a Milvus cluster down); queries may succeed again later."""
 

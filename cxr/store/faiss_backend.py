@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -10,7 +13,7 @@ import numpy as np
 from cxr.files import recover
 from cxr.store import faiss_compaction
 from cxr.store.builds import check_change, check_model
-from cxr.store.errors import IndexCorruptError, IndexMissingError
+from cxr.store.errors import IndexCorruptError, IndexMissingError, IndexReadOnlyError
 from cxr.store.faiss_changes import Generation, base_id, commit, read_generation, write_deletion, write_segment, writing
 from cxr.store.faiss_delta import Delta
 from cxr.store.faiss_files import MANIFEST_FILE, TABLE_DIR, listed_files, read_manifest
@@ -26,6 +29,20 @@ def _identity(path: Path) -> tuple[int, int, int, int] | None:
     except (FileNotFoundError, NotADirectoryError):
         return None
     return stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino
+
+
+@contextlib.contextmanager
+def _written(directory: Path) -> Iterator[None]:
+    """A write refused by the file system (a read-only mount, another owner) said as what to do, not as an
+    OSError the gateway could only answer INTERNAL."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise
+        raise IndexReadOnlyError(f"the index folder {directory} cannot be written by this process ({exc.strerror}); "
+                                 "commits are written beside the index: delete with `cxr index delete` on the host "
+                                 "that writes the index folder, or mount it writable here") from exc
 
 
 class FaissBackend(StoreBackend):
@@ -90,7 +107,7 @@ class FaissBackend(StoreBackend):
         """One commit to the model's index, written beside it (cxr.store.faiss_changes) under the writers'
         lock; durable when this returns."""
         directory = self.path(model)
-        with writing(directory):
+        with _written(directory), writing(directory):
             recover(directory)
             manifest = self._manifest(model, directory)
             check_model(str(directory), manifest, model, None, None)

@@ -63,8 +63,9 @@ def test_the_compose_gateway_environment_serves_and_its_healthcheck_sees_serving
     certs = tmp_path / "certs"
     dev_pki.write_dev_pki(certs)
     places = {"/models": served.model_repository, "/var/lib/cxr/indexes": served.index_dir, "/etc/cxr/tls": certs,
-              "/var/log/cxr": tmp_path / "audit", "/var/cache/cxr/index-copy": tmp_path / "index-copy"}
-    for folder in ("audit", "index-copy"):
+              "/var/log/cxr": tmp_path / "audit", "/var/cache/cxr/index-copy": tmp_path / "index-copy",
+              "/var/lib/cxr/reports": tmp_path / "reports"}
+    for folder in ("audit", "index-copy", "reports"):
         (tmp_path / folder).mkdir()
     grpc_port, http_port, metrics_port = free_ports(3)
     env = {name: _moved(_defaults(value), places) for name, value in _service()["environment"].items()}

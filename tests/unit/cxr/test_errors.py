@@ -50,6 +50,7 @@ KIND_OF = {
     store_errors.IndexMissingError: errors.FailedPreconditionError,
     store_errors.IndexCorruptError: errors.FailedPreconditionError,
     store_errors.IndexUnreadableError: errors.FailedPreconditionError,
+    store_errors.IndexReadOnlyError: errors.FailedPreconditionError,
     SettingsError: errors.FailedPreconditionError,
     errors.CheckpointUnavailableError: errors.FailedPreconditionError,
     errors.ExportError: errors.FailedPreconditionError,

@@ -46,6 +46,13 @@ def test_single_sign_on_settings_come_from_the_environment(tmp_path):
     assert load_settings(tmp_path, environ=dict(OIDC, CXR_OIDC_ISSUER="http://localhost:9000")).oidc_issuer
 
 
+def test_a_gateway_beyond_loopback_signs_in_with_a_session_key_its_replicas_share(tmp_path):
+    key = "s3cret-" * 7
+    s = load_settings(tmp_path, environ=dict(OIDC, CXR_GATEWAY_HOST="0.0.0.0", CXR_OIDC_SESSION_KEY=key))
+    assert s.oidc_session_key == key and key not in repr(s)
+    assert load_settings(tmp_path, environ=OIDC).oidc_session_key == ""  # loopback: a key of the process's own
+
+
 @pytest.mark.parametrize("change, words", [
     ({"CXR_AUTH": "none"}, 'auth = "token"'),
     ({"CXR_OIDC_CLIENT_ID": ""}, "oidc_client_id"),
@@ -55,6 +62,9 @@ def test_single_sign_on_settings_come_from_the_environment(tmp_path):
     ({"CXR_OIDC_ROLE_SCOPES": ""}, "no role, no access"),
     ({"CXR_OIDC_ROLE_SCOPES": "radiologist"}, "role=scope"),
     ({"CXR_OIDC_ROLE_SCOPES": "a=search;a=studies"}, "twice"),
+    ({"CXR_GATEWAY_HOST": "0.0.0.0"}, "oidc_session_key .CXR_OIDC_SESSION_KEY. to a secret every replica shares"),
+    ({"CXR_OIDC_SESSION_KEY": "short"}, "at least 32 printable ASCII characters"),
+    ({"CXR_OIDC_SESSION_KEY": "k" * 40 + "\n"}, "at least 32 printable ASCII characters"),
 ])
 def test_single_sign_on_settings_that_cannot_work_are_refused_with_the_remedy(tmp_path, change, words):
     with pytest.raises(ValueError, match=words):

@@ -15,9 +15,9 @@ import pytest
 import yaml
 
 from cxr import dev_pki
-from cxr.settings import FIELDS, Settings, load_settings
+from cxr.settings import FIELDS, Settings, SettingsError, load_settings
 from export.triton_config import TRT_CACHE_DIR
-from gateway import tls
+from gateway import tls, writes
 
 ROOT = Path(__file__).parents[3]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -129,6 +129,47 @@ def test_the_gateway_environment_is_settings_it_would_start_with_and_every_path_
     assert settings.triton_grpc_url == f"triton:{DEFAULTS.triton_grpc_port}"
     triton_models = _mounts(_services()["triton"])[PurePosixPath("/models")][0]
     assert _mounted(mounts, settings.model_repository)[0] == triton_models, "the repository Triton serves"
+
+
+def _with(service: dict, **variables: str) -> dict[str, str]:
+    """The service's environment as Compose makes it with `variables` set in its own environment."""
+    pattern = re.compile(r"\$\{(\w+):-([^}]*)\}")
+    return {name: pattern.sub(lambda m: variables.get(m.group(1), m.group(2)), str(value))
+            for name, value in service["environment"].items()}
+
+
+def test_single_sign_on_passes_through_with_the_settings_defaults_and_needs_the_session_key(tmp_path):
+    gateway = _gateway()
+    oidc = {name for name in FIELDS if name.startswith("oidc_")}
+    passed = {name.removeprefix("CXR_").lower(): str(value) for name, value in gateway["environment"].items()
+              if name.startswith("CXR_OIDC_")}
+    assert set(passed) == oidc, "every oidc_* setting can be given"
+    assert all(value == f"${{CXR_{name.upper()}:-{_defaults(value)}}}" for name, value in passed.items()), \
+        "each from the variable of its own name"
+    unset = load_settings(tmp_path, environ=_environment(gateway))
+    assert all(getattr(unset, name) == getattr(DEFAULTS, name) for name in oidc), "unset: the settings' defaults"
+    sign_in = {"CXR_OIDC_ISSUER": "https://idp.hospital.example/realms/radiology", "CXR_OIDC_CLIENT_ID": "cxr",
+               "CXR_OIDC_ROLE_SCOPES": "radiologist=search,studies"}
+    with pytest.raises(SettingsError, match="oidc_session_key"):
+        load_settings(tmp_path, environ=_with(gateway, **sign_in))
+    settings = load_settings(tmp_path, environ=_with(gateway, **sign_in, CXR_OIDC_SESSION_KEY="k" * 44))
+    assert settings.oidc_issuer == sign_in["CXR_OIDC_ISSUER"] and settings.oidc_session_key == "k" * 44
+    assert "CXR_OIDC_SESSION_KEY (`openssl rand -base64 32`)" in COMPOSE.read_text(), "the file says how to make it"
+
+
+def test_every_folder_the_gateway_writes_is_on_a_writable_mount_and_the_ledgers_are_the_intakes(tmp_path):
+    """writes.written_folders is what the gateway writes (it checks each at start); a read-only mount there
+    loses it: the report ledger, under the read-only indexes, could not even be opened."""
+    settings = load_settings(tmp_path, environ=_environment(_gateway()))
+    mounts = _mounts(_gateway())
+    folders = writes.written_folders(settings)
+    assert set(folders) == {"audit_log", "index_copy_dir", "reports_dir"}
+    for name, folder in folders.items():
+        mount = _mounted(mounts, folder)
+        assert mount and not mount[1], f"{name}: {folder} is written, on a read-only mount or none"
+    host = Settings(index_dir=Path("indexes")).reports_path(settings.model).parent  # `cxr reports listen` here
+    assert PurePosixPath(_mounted(mounts, folders["reports_dir"])[0]) == PurePosixPath(".") / host
+    assert f"mkdir -p {host}" in COMPOSE.read_text(), "the file says to create it (Docker would, as root)"
 
 
 def test_the_gateway_reads_the_files_cxr_certs_dev_writes():

@@ -17,9 +17,9 @@ import pytest
 import tomllib
 import yaml
 
-from cxr.settings import FIELDS, Settings, load_settings
+from cxr.settings import FIELDS, Settings, SettingsError, load_settings
 from export.triton_config import TRT_CACHE_DIR
-from gateway import tls
+from gateway import tls, writes
 
 ROOT = Path(__file__).parents[3]
 K8S = ROOT / "deploy" / "k8s"
@@ -283,10 +283,15 @@ def test_every_triton_pod_gets_calls_through_a_headless_service_the_gateway_look
     assert settings.triton_dns_refresh_s <= 10  # an added pod gets calls within seconds of being ready
 
 
+def _references(container: dict, kind: str) -> dict[str, dict]:
+    """Variable -> its secretKeyRef or configMapKeyRef (`kind`)."""
+    return {e["name"]: e["valueFrom"][kind] for e in container["env"] if kind in e.get("valueFrom", {})}
+
+
 def test_the_gateway_gets_its_dicomweb_settings_from_an_optional_secret():
     container = _container("cxr-gateway")
-    from_secret = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"]
-                   if "secretKeyRef" in e.get("valueFrom", {})}
+    from_secret = {name: ref for name, ref in _references(container, "secretKeyRef").items()
+                   if name.startswith("CXR_DICOMWEB_")}
     dicomweb = {name for name in FIELDS if name.startswith("dicomweb_")}
     assert {name.removeprefix("CXR_").lower() for name in from_secret} == dicomweb
     assert {ref["name"] for ref in from_secret.values()} == {"cxr-dicomweb"}
@@ -296,6 +301,97 @@ def test_the_gateway_gets_its_dicomweb_settings_from_an_optional_secret():
     (ca_mount,) = [m for m in mounts.values() if volumes[m["name"]].get("secret", {}).get("secretName") == "cxr-dicomweb"]
     assert ca_mount["readOnly"] and volumes[ca_mount["name"]]["secret"]["optional"] is True
     assert f"ca-file={ca_mount['mountPath']}/ca.crt" in (K8S / "README.md").read_text()
+
+
+SIGN_IN_SECRETS = {"oidc_client_secret", "oidc_session_key"}
+JWKS = {"cxr-jwks": {"issuer": "https://idp.hospital.example/realms/radiology", "audience": "cxr-retrieval"}}
+
+
+def _resolved(container: dict, config_maps: dict[str, dict], secrets: dict[str, dict]) -> dict[str, str]:
+    """The container's environment as the kubelet makes it, with the given ConfigMaps and Secrets (name ->
+    data) present: an optional reference to a missing object or key leaves its variable unset."""
+    environ = _env(container)
+    for kind, objects in (("configMapKeyRef", config_maps), ("secretKeyRef", secrets)):
+        for name, ref in _references(container, kind).items():
+            if ref["key"] in objects.get(ref["name"], {}):
+                environ[name] = objects[ref["name"]][ref["key"]]
+            else:
+                assert ref.get("optional") is True, f"{name}: the pod would not start without {ref['name']}"
+    return environ
+
+
+def test_single_sign_on_comes_from_an_optional_config_map_and_secret_and_every_setting_is_reachable():
+    container = _container("cxr-gateway")
+    config_map, secret = _references(container, "configMapKeyRef"), _references(container, "secretKeyRef")
+    oidc = {name for name in FIELDS if name.startswith("oidc_")}
+    from_config_map = {n.removeprefix("CXR_").lower() for n, ref in config_map.items() if ref["name"] == "cxr-oidc"}
+    from_secret = {n.removeprefix("CXR_").lower() for n, ref in secret.items() if ref["name"] == "cxr-oidc"}
+    assert from_config_map | from_secret == oidc, "every oidc_* setting can be given"
+    assert from_secret == SIGN_IN_SECRETS, "secrets in the Secret, nothing else there, none in the ConfigMap"
+    assert all(ref["optional"] is True for ref in [*config_map.values(), *secret.values()]
+               if ref["name"] == "cxr-oidc")
+    volumes = {v["name"]: v for v in _one("Deployment", "cxr-gateway")["spec"]["template"]["spec"]["volumes"]}
+    (ca_mount,) = [m for m in container["volumeMounts"]
+                   if volumes[m["name"]].get("configMap", {}).get("name") == "cxr-oidc"]
+    assert ca_mount["readOnly"] and volumes[ca_mount["name"]]["configMap"]["optional"] is True
+    assert f"ca-file={ca_mount['mountPath']}/ca.crt" in (K8S / "README.md").read_text()
+
+
+def _sign_in_objects() -> tuple[dict, dict]:
+    """The cxr-oidc ConfigMap and Secret as README.md's commands create them (their keys, made-up values)."""
+    readme = (K8S / "README.md").read_text()
+    config_map = {"issuer": "https://idp.hospital.example/realms/radiology", "client-id": "cxr-retrieval",
+                  "role-scopes": "radiologist=search,studies;clerk=search"}
+    secret = {"client-secret": "s" * 40, "session-key": "k" * 44}
+    for key in [*config_map, *secret]:
+        assert f"--from-literal={key}=" in readme, f"README.md's commands create {key}"
+    return config_map, secret
+
+
+def test_the_gateway_starts_without_single_sign_on_and_with_it_as_documented(tmp_path):
+    container = _container("cxr-gateway")
+    without = load_settings(tmp_path, environ=_resolved(container, JWKS, {}))
+    assert not without.oidc_issuer and without.auth == "token"
+    config_map, secret = _sign_in_objects()
+    signed_in = load_settings(tmp_path, environ=_resolved(container, dict(JWKS, **{"cxr-oidc": config_map}),
+                                                          {"cxr-oidc": secret}))
+    assert signed_in.oidc_issuer == config_map["issuer"] and signed_in.oidc_session_key == secret["session-key"]
+    assert signed_in.oidc_roles_claim == DEFAULTS.oidc_roles_claim  # keys left out keep their defaults
+    tls.check_exposure(signed_in, signed_in.gateway_address)
+
+
+def test_replicas_share_sign_in_sessions_through_the_secret_not_through_affinity(tmp_path):
+    """A gateway beyond loopback refuses single sign-on without the shared key, so a ConfigMap without the
+    Secret fails at start instead of signing clinicians in on one replica and out on the next."""
+    service = _one("Service", "cxr-gateway")["spec"]
+    assert service.get("sessionAffinity", "None") == "None"
+    config_map, _ = _sign_in_objects()
+    with pytest.raises(SettingsError, match="oidc_session_key"):
+        load_settings(tmp_path, environ=_resolved(_container("cxr-gateway"), dict(JWKS, **{"cxr-oidc": config_map}),
+                                                  {}))
+    readme = (K8S / "README.md").read_text()
+    assert "session-key" in readme and "sessionAffinity" in readme
+
+
+def test_every_folder_the_gateway_writes_is_on_a_writable_volume_of_its_pod(tmp_path):
+    """writes.written_folders is what the gateway writes (it checks each at start). The report ledger was under
+    the read-only indexes volume, where SQLite could not open it in WAL mode; it is per pod, since no shared
+    volume can hold a WAL database that pods on several nodes write."""
+    pod = _one("Deployment", "cxr-gateway")["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {Path(m["mountPath"]): m for m in _container("cxr-gateway")["volumeMounts"]}
+    settings = load_settings(tmp_path, environ=_env(_container("cxr-gateway")))
+    folders = writes.written_folders(settings)
+    assert set(folders) == {"audit_log", "index_copy_dir", "reports_dir"}
+    for name, folder in folders.items():
+        under = [m for m in mounts if folder.is_relative_to(m)]
+        assert under, f"{name}: {folder} is on the read-only root"
+        mount = mounts[max(under, key=lambda m: len(m.parts))]
+        volume = volumes[mount["name"]]
+        assert not mount.get("readOnly") and not volume.get("persistentVolumeClaim", {}).get("readOnly"), name
+    ledger = volumes[mounts[folders["reports_dir"]]["name"]]
+    assert "emptyDir" in ledger, "a ledger is SQLite in WAL mode: one node's, not a shared claim's"
+    assert "CXR_REPORTS_DIR" in (K8S / "README.md").read_text()
 
 
 def test_tensorrt_engines_go_to_a_writable_shared_volume_not_the_read_only_models():

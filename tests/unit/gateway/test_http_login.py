@@ -14,7 +14,7 @@ from gateway.http_admission import FrontDoor
 from gateway.http_api import Upstream, create_app
 from gateway.http_login import Login
 from gateway.oidc import OidcClient, OidcConfig
-from gateway.sessions import PendingLogins, SessionStore
+from gateway.sessions import PendingLogins, Sealer, SessionStore
 from support.fake_oidc import CLIENT_ID, CLIENT_SECRET, CODE, FakeProvider
 
 
@@ -37,11 +37,13 @@ def provider():
     fake.close()
 
 
-def _app(provider, secure=False, rate_per_s=0.0, sso=True):
+def _app(provider, secure=False, rate_per_s=0.0, sso=True, key=None):
+    """The HTTP app of one gateway replica; `key`: its oidc_session_key (None: a key of its own)."""
     config = OidcConfig(provider.issuer, CLIENT_ID, CLIENT_SECRET, "openid profile", "roles",
                         {"radiologist": ("search", "studies"), "clerk": ("search",)}, "", 3600.0)
-    sessions = SessionStore()
-    login = Login(OidcClient(config), sessions, PendingLogins(), secure) if sso else None
+    sealer = Sealer.of(key) if key else Sealer.private()
+    sessions = SessionStore(sealer)
+    login = Login(OidcClient(config), sessions, PendingLogins(sealer), secure) if sso else None
     door = FrontDoor(Authenticator(None, None, sessions), RateLimiter(rate_per_s, 2), RateLimiter(rate_per_s, 2),
                      session_cookie=login.cookie if login else None)
     upstream = RecordingUpstream()
@@ -154,6 +156,30 @@ def test_sign_out_ends_the_session_here_and_sends_the_browser_to_the_providers_l
     assert client.get("/auth/session").json()["signedIn"] is False
     stale = client.get("/v1/studies/s1", headers={"Cookie": f"cxr_session={old}"})
     assert stale.status_code == 401 and "sign in again" in stale.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("same_key", [True, False], ids=["shared oidc_session_key", "a key each"])
+def test_replicas_sharing_the_session_key_finish_each_others_sign_ins_and_take_each_others_sessions(provider,
+                                                                                                    same_key):
+    """Behind a Service without affinity: /auth/login on one replica, the provider's redirect back to another,
+    the calls after it to either."""
+    one, _ = _app(provider, key="k" * 44)
+    two, upstream = _app(provider, key="k" * 44 if same_key else "x" * 44)
+    browser = TestClient(one)
+    started = browser.get("/auth/login", follow_redirects=False)
+    query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(started.headers["location"]).query))
+    provider.nonce, provider.claims = query["nonce"], {"roles": ["radiologist"]}
+    on_two = TestClient(two, cookies=browser.cookies)
+    back = on_two.get("/auth/callback", params={"code": CODE, "state": query["state"], "iss": provider.issuer},
+                      follow_redirects=False)
+    if not same_key:
+        assert back.headers["location"] == "/#login-error=expired" and "cxr_session" not in on_two.cookies
+        return
+    assert back.headers["location"] == "/"
+    session = {"cxr_session": on_two.cookies["cxr_session"]}
+    assert TestClient(one, cookies=session).get("/auth/session").json()["signedIn"] is True
+    assert TestClient(two, cookies=session).get("/v1/studies/s1").status_code == 200
+    assert upstream.calls[0][1]["authorization"] == "Bearer " + session["cxr_session"]
 
 
 def test_under_tls_the_session_cookie_is_secure_and_host_only(provider):

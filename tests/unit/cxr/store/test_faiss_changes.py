@@ -2,14 +2,15 @@
 replacements and deletions, a store answers exactly as a brute-force search over the images there now,
 before and after compaction, and a crash at any step leaves the last committed generation."""
 
+import errno
 import json
 import os
 
 import numpy as np
 import pytest
 
-from cxr.store import faiss_changes, faiss_compaction
-from cxr.store.errors import IndexMismatchError, IndexMissingError, UnknownFilterError
+from cxr.store import faiss_backend, faiss_changes, faiss_compaction
+from cxr.store.errors import IndexMismatchError, IndexMissingError, IndexReadOnlyError, UnknownFilterError
 from cxr.store.faiss_backend import FaissBackend
 from cxr.store.interface import Change, Committed, Filter
 from support import index_metadata, unit_vectors
@@ -96,6 +97,29 @@ def test_adding_an_image_twice_leaves_it_once_with_its_last_vector(backend):
     vector = archive.images["n1"][0]
     (top, _), = store.search(vector[None], 1)[0]
     assert store.rows([top])[0]["image_id"] == "n1" and store.count == N + 1
+    archive.check(store)
+
+
+def _failing(number: int):
+    def fail(*args, **kwargs):
+        raise OSError(number, os.strerror(number))
+    return fail
+
+
+@pytest.mark.parametrize("refusal", [errno.EROFS, errno.EACCES])
+def test_a_commit_to_an_index_this_process_cannot_write_says_where_to_delete(backend, monkeypatch, refusal):
+    """A gateway serving a read-only mount (docker-compose.yml, deploy/k8s) is asked for a deletion."""
+    archive = Archive(backend)
+    store = backend.open(MODEL)
+    monkeypatch.setattr(faiss_backend, "write_deletion", _failing(refusal))
+    with pytest.raises(IndexReadOnlyError, match="cxr index delete") as raised:
+        backend.apply(MODEL, Change(image_ids=("5",)))
+    assert str(backend.path(MODEL)) in str(raised.value) and os.strerror(refusal) in str(raised.value)
+    monkeypatch.setattr(faiss_backend, "write_deletion", _failing(errno.ENOSPC))
+    with pytest.raises(OSError) as full:  # not a refusal to write at all: left as it is
+        backend.apply(MODEL, Change(image_ids=("5",)))
+    assert full.value.errno == errno.ENOSPC and not isinstance(full.value, IndexReadOnlyError)
+    assert not store.refresh() and store.image("5") is not None
     archive.check(store)
 
 
