@@ -11,7 +11,7 @@ will have once rotated). File 1 starts at seq 0 with the genesis prev; file N+1'
 file N's last. So a set verifies only whole: files numbered 1, 2, ... without a gap, each rotated file's
 name carrying the number its first line says (a renamed file, or one from another log, is caught), each
 file's first line the one it was written with (a file with its first lines cut has no number there).
-A chain cannot show its own last lines cut off: the README says what to do about that.
+A chain cannot show its own last lines cut off: docs/security.md ("The audit trail") says what to do about that.
 
 Logs written before the chain was keyed (SHA-256 links, no file numbers) do not verify, and verify says so.
 """

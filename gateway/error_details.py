@@ -7,7 +7,7 @@ gRPC language's status helpers read it) with:
   case without "Error" (UNKNOWN_MODEL, STUDY_NOT_FOUND, INVALID_REQUEST, ...), else the status code's name;
 - RetryInfo when the gateway knows how long to wait (the rate limits), with `grpc-retry-pushback-ms` so that
   a client's gRPC retry policy waits that long, or does not retry when the wait outlasts its deadline;
-  the `retry-after-ms` trailer says the same and is deprecated (README, "Errors");
+  the `retry-after-ms` trailer says the same and is deprecated (docs/clients.md, "Errors");
 - BadRequest naming the request field at fault, on INVALID_ARGUMENT, when one is;
 - RequestInfo: the call's request id.
 The HTTP side writes the same details into its error JSON (gateway/http_errors.py).
