@@ -9,10 +9,12 @@ measures) is embedded through Triton and searched, its own patient's images left
 `cxr index calibrate` does. The validation patients are then cut in two halves (seeded): the calibration
 (k chosen on the grid, a map per finding) is fitted on one half and applied to the other, and the other way
 round (2-fold cross-fitting), so every probability measured comes from a calibration that never saw its
-image. Per finding, over the pooled out-of-fold probabilities: AUC beside a random score's (drawn uniform,
-~0.5), and ECE (10 equal-width bins) beside the base-rate predictor's (each image gets the finding's rate in
-the other half). A finding with fewer than MIN_POSITIVES positives in the split is listed but left out of
-the means: its figures are noise.
+image. Per finding, within each measured half, then averaged over the two halves (weighted by their images):
+AUC beside a random score's (drawn uniform, ~0.5), and ECE (10 equal-width bins) beside the base-rate
+predictor's (each image gets the finding's rate in the half that was fitted). Not pooled over the halves: a
+near-chance score pooled from two fits is anti-correlated with the truth (a half rich in a finding gets the
+other half's lower rate), which would push the AUC below 0.5. A finding with fewer than MIN_POSITIVES
+positives in the split is listed but left out of the means: its figures are noise.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
 
 import numpy as np
 
@@ -55,7 +58,7 @@ def cross_fit(queries: list[Neighbours], patients: list[str], seed: int) -> dict
     truth = suggestions.truths(queries, names)
     probability = {name: np.zeros(len(queries)) for name in names}
     base_rate = {name: np.zeros(len(queries)) for name in names}
-    folds = []
+    folds, measured = [], []
     for fit_mask, apply_mask in zip(halves(queries, patients, seed), reversed(halves(queries, patients, seed))):
         fitting = [q for q, keep in zip(queries, fit_mask) if keep]
         calibration = suggestions.fit(fitting, weighting="similarity")
@@ -65,25 +68,40 @@ def cross_fit(queries: list[Neighbours], patients: list[str], seed: int) -> dict
             label_map = calibration.maps.get(name)
             probability[name][apply_mask] = label_map(raw[name]) if label_map else 0.0
             base_rate[name][apply_mask] = truth[name][fit_mask].mean()
+        measured.append(apply_mask)
         folds.append({"fitted_on": int(fit_mask.sum()), "k": calibration.k,
                       "mean_auc_by_k": calibration.fitted["mean_auc_by_k"],
                       "methods": {name: m.method for name, m in calibration.maps.items()}})
     rng = np.random.default_rng(seed)
     random_score = {name: rng.random(len(queries)) for name in names}
     return {"names": names, "truth": truth, "probability": probability, "base_rate": base_rate,
-            "random": random_score, "folds": folds}
+            "random": random_score, "folds": folds, "measured": measured}
 
 
 def per_finding(fitted: dict) -> dict:
     out = {}
     for name in fitted["names"]:
-        y, p = fitted["truth"][name], fitted["probability"][name]
-        out[name] = {"positives": int(y.sum()), "auc": suggestions.auc(p, y),
-                     "auc_random": suggestions.auc(fitted["random"][name], y),
-                     "ece": suggestions.expected_calibration_error(p, y, BINS),
-                     "ece_base_rate": suggestions.expected_calibration_error(fitted["base_rate"][name], y, BINS),
-                     "mean_probability": float(p.mean()), "rate": float(y.mean())}
+        y = fitted["truth"][name]
+        out[name] = {"positives": int(y.sum()), "mean_probability": float(fitted["probability"][name].mean()),
+                     "rate": float(y.mean()),
+                     "auc": _over_halves(suggestions.auc, fitted["probability"][name], y, fitted["measured"]),
+                     "auc_random": _over_halves(suggestions.auc, fitted["random"][name], y, fitted["measured"]),
+                     "ece": _over_halves(_ece, fitted["probability"][name], y, fitted["measured"]),
+                     "ece_base_rate": _over_halves(_ece, fitted["base_rate"][name], y, fitted["measured"])}
     return out
+
+
+def _ece(p: np.ndarray, y: np.ndarray) -> float:
+    return suggestions.expected_calibration_error(p, y, BINS)
+
+
+def _over_halves(metric, scores: np.ndarray, truth: np.ndarray, halves_measured: list[np.ndarray]) -> float | None:
+    """The metric within each measured half, averaged weighted by the half's images (None where no half has it)."""
+    values = [(metric(scores[mask], truth[mask]), int(mask.sum())) for mask in halves_measured]
+    values = [(value, weight) for value, weight in values if value is not None]
+    if not values:
+        return None
+    return float(sum(value * weight for value, weight in values) / sum(weight for _, weight in values))
 
 
 def means(findings: dict) -> dict:
@@ -119,13 +137,26 @@ def measure(model_name: str, seed: int) -> dict:
         store = FaissBackend(settings.index_dir).open(model_name)
         queries = neighbours(store, np.stack([vectors[p] for p in kept]), [valid[p] for p in kept],
                              max(suggestions.K_GRID))
+        # The same queries with their patient's other images left in (only the image itself out): what the
+        # exclusion costs or spares, on the raw vote.
+        with_patient = neighbours(store, np.stack([vectors[p] for p in kept]),
+                                  [replace(valid[p], patient_id="") for p in kept], max(suggestions.K_GRID))
         store.close()
     patients = [valid[p].patient_id for p in kept]
     fitted = cross_fit(queries, patients, seed)
     findings = per_finding(fitted)
-    return {"index_images": len(archive), "validation_images": len(queries),
+    return {"raw_vote_mean_auc_by_k": _by_k(queries), "raw_vote_mean_auc_by_k_own_patient_kept": _by_k(with_patient),
+            "index_images": len(archive), "validation_images": len(queries),
             "validation_patients": len(set(patients)), "folds": fitted["folds"], "findings": findings,
             "mean": means(findings), "seconds": round(time.perf_counter() - started, 1)}
+
+
+def _by_k(queries: list[Neighbours]) -> dict[str, float]:
+    """The raw vote's mean AUC over findings with >= MIN_POSITIVES positives, on every query, per k of the grid."""
+    names = [n for n in suggestions.label_names(queries) if sum(n in q.truth for q in queries) >= MIN_POSITIVES]
+    truth = suggestions.truths(queries, names)
+    return {str(k): round(suggestions.mean_auc(suggestions.raw_scores(queries, names, k), truth), 4)
+            for k in suggestions.K_GRID}
 
 
 def markdown(model_name: str, result: dict, seed: int) -> str:
@@ -137,8 +168,13 @@ def markdown(model_name: str, result: dict, seed: int) -> str:
             f"{result['validation_images']} labelled validation images ({result['validation_patients']} patients; "
             f"split by patient, seed {seed}), their own patient's images left out of their neighbours. "
             "Cross-fitted: the calibration is fitted on one half of the validation patients and measured on the "
-            f"other, both ways; {folds}. ECE over {BINS} equal-width bins.\n\n"
-            f"{table(result['findings'], result['mean'])}\n")
+            f"other, both ways; {folds}. AUC and ECE ({BINS} equal-width bins) within each measured half, averaged "
+            "over the two (weighted by images). Random: a uniform random score's AUC; the base-rate predictor's ECE "
+            "(the fitted half's rate of the finding for every image).\n\n"
+            f"{table(result['findings'], result['mean'])}\n\n"
+            "The raw vote's mean AUC over the findings with enough positives, on all the validation images, by k: "
+            f"{result['raw_vote_mean_auc_by_k']} with the query's own patient left out (as served and calibrated); "
+            f"{result['raw_vote_mean_auc_by_k_own_patient_kept']} with the patient's other images left in.\n")
 
 
 def main(argv: list[str] | None = None) -> int:
