@@ -1,5 +1,6 @@
 """`cxr index build | follow | synth`: indexes from an archive on disk, a DICOMweb PACS, or synthetic vectors;
-`cxr index delete | compact`: an administrator's deletions, and folding the commits into the build."""
+`cxr index delete | compact`: an administrator's deletions, and folding the commits into the build;
+`cxr index calibrate`: the finding suggestions' calibration, fitted on the archive's validation split."""
 
 from __future__ import annotations
 
@@ -212,6 +213,31 @@ def cmd_index_compact(args, settings: Settings) -> int:
     else:
         print(f"folded the commits into the {model_name} index at {where} ({pending} rows added or deleted since "
               f"its build): {manifest['count']} images")
+    return 0
+
+
+def cmd_index_calibrate(args, settings: Settings) -> int:
+    """Fit the finding suggestions' calibration on the archive's validation split (by patient, as `cxr train`
+    holds it out and the benchmarks measure) and keep it with the model's index in service."""
+    from cxr.catalog import ExportedModel
+    from indexing.build import BuildOptions
+    from indexing.calibration import calibrate
+    from training.data import examples_from, split_by_patient
+
+    settings = _with_store(args, settings)
+    model_name = registry.get_model(args.model or settings.model).name
+    records, source = archive_records(args)
+    model = ExportedModel.load(settings.model_repository, model_name)
+    valid = [e.record for e in split_by_patient(examples_from(records), args.valid_fraction, args.seed)[1]]
+    split = f"{source}: by patient, seed {args.seed}, fraction {args.valid_fraction:g} ({len(valid)} images)"
+    with _backend(settings) as backend:
+        calibration = calibrate(valid, model, settings, backend, split, options=BuildOptions(workers=args.workers))
+        where = backend.where(model_name)
+    by_k = ", ".join(f"k={k}: {auc}" for k, auc in calibration.fitted["mean_auc_by_k"].items())
+    methods = [label_map.method for label_map in calibration.maps.values()]
+    print(f"calibrated the {model_name} index at {where} on {calibration.fitted['queries']} validation images "
+          f"(their own patients' images left out of their neighbours): k = {calibration.k} (mean AUC {by_k}); "
+          f"{len(methods)} findings, {methods.count('isotonic')} isotonic, {methods.count('platt')} Platt")
     return 0
 
 

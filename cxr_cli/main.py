@@ -14,6 +14,7 @@ from cxr.settings import load_settings
 from cxr_cli import backup_commands, exit_codes, report_commands, security
 from cxr_cli.index_commands import (
     cmd_index_build,
+    cmd_index_calibrate,
     cmd_index_compact,
     cmd_index_delete,
     cmd_index_follow,
@@ -205,10 +206,27 @@ def _add_index_compact(index) -> None:
     compact.set_defaults(func=cmd_index_compact)
 
 
+def _add_index_calibrate(index) -> None:
+
+    calibrate = index.add_parser(
+        "calibrate", help="fit the finding suggestions' calibration on the archive's validation split (by patient) "
+                          "through Triton and keep it with the model's index: image queries then get suggestions")
+    _add_archive_arguments(calibrate)
+    calibrate.add_argument("--model", help="registry name (default: the active model)")
+    calibrate.add_argument("--seed", type=int, default=TrainConfig.seed, help="the validation split's seed, as "
+                           f"`cxr train` and the benchmarks split (default {TrainConfig.seed})")
+    calibrate.add_argument("--valid-fraction", type=float, default=TrainConfig.valid_fraction,
+                           help=f"share of the images held out (default {TrainConfig.valid_fraction})")
+    calibrate.add_argument("--workers", type=positive_int, default=2, help="decoding processes")
+    _add_backend_arguments(calibrate)
+    calibrate.set_defaults(func=cmd_index_calibrate)
+
+
 def _add_index(sub) -> None:
     index = sub.add_parser("index", help="build a model's index from an archive, delete from it, compact it")
     commands = index.add_subparsers(dest="index_command", required=True)
-    for add_command in (_add_index_build, _add_index_follow, _add_index_synth, _add_index_delete, _add_index_compact):
+    for add_command in (_add_index_build, _add_index_follow, _add_index_synth, _add_index_delete, _add_index_compact,
+                        _add_index_calibrate):
         add_command(commands)
 
 

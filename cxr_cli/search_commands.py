@@ -77,7 +77,9 @@ def search_document(response) -> dict:
         "sop_instance_uid": hit.sop_instance_uid, "accession_number": hit.accession_number,
         "study_date": hit.study_date, "view_position": hit.view_position, "viewer_url": hit.viewer_url,
         "image_ids": list(hit.image_ids), "report_excerpt": _clip(hit.impression or hit.findings, EXCERPT_CHARS),
-    } for hit in response.hits]}
+    } for hit in response.hits], "suggestions": [
+        {"label": s.label, "probability": round(s.probability, 4), "neighbours": s.neighbours}
+        for s in response.suggestions]}
 
 
 def print_hits(response) -> None:
@@ -95,6 +97,9 @@ def print_hits(response) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    if response.suggestions:
+        print("findings of similar archived cases (calibrated; evidence, not a diagnosis): " + ", ".join(
+            f"{s.label} {s.probability:.2f} ({s.neighbours} neighbours)" for s in response.suggestions))
 
 
 def _clip(text: str, width: int) -> str:

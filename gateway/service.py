@@ -17,6 +17,7 @@ from cxr.retrieval.v1 import retrieval_pb2 as pb
 from cxr.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
 from cxr.store.deletions import STUDY, Deletion
 from cxr.store.interface import Filter, VectorStore
+from cxr.suggestions import Calibration
 from gateway import calls, hits
 from gateway.admission import MAX_BATCH_QUERIES, DecodeQueue
 from gateway.errors import grpc_errors
@@ -174,7 +175,7 @@ class RetrievalService(pb_grpc.RetrievalServicer):
                 except InvalidArgumentError as error:
                     raise at_field(error, "image")
         (vector,) = await self.embedder.embed_images(model, pixels[np.newaxis], timeout)
-        return await self._respond(model, searcher, vector, top_k, request)
+        return await self._respond(model, searcher, vector, top_k, request, suggest=True)
 
     def _prepare(self, request):
         """Model, top_k and index of a query, with bad fields and filters refused before any embedding."""
@@ -187,19 +188,26 @@ class RetrievalService(pb_grpc.RetrievalServicer):
             raise at_field(error, "filters")
         return model, top_k, searcher
 
-    async def _respond(self, model, searcher, vector, top_k, request) -> pb.SearchResponse:
+    async def _respond(self, model, searcher, vector, top_k, request, suggest: bool = False) -> pb.SearchResponse:
         flt = _filter(request.filters)
+        calibration = searcher.store.calibration if suggest else None
+        voters = None
         with calls.stage("search"):
             if request.group_by_study:
                 found = await self._by_study(searcher, vector, top_k, flt)
             else:
-                found = hits.ranked(await searcher.search(vector, top_k, flt), self.links)
+                shared = calibration is not None and not flt  # one search finds the hits and the voters
+                fetched = await searcher.search(vector, max(top_k, calibration.k) if shared else top_k, flt)
+                voters = fetched if shared else None
+                found = hits.ranked(fetched[:top_k], self.links)
+            if calibration is not None and voters is None:
+                voters = await searcher.search(vector, calibration.k, Filter())
         call = calls.current()
         if call is not None:
             call.study_uids.extend(hit.study_uid for hit in found)
             if not call.sees_patient_data:
                 hits.redact(found, searcher.store.opaque_id)
-        return pb.SearchResponse(model=model.name, hits=found)
+        return pb.SearchResponse(model=model.name, hits=found, suggestions=_suggestions(calibration, voters))
 
     async def _by_study(self, searcher, vector, top_k: int, flt: Filter) -> list[pb.Hit]:
         """Images enough for `top_k` studies: fetched in growing rounds while studies repeat."""
@@ -236,6 +244,18 @@ async def _numbered(position: int, kind: str, search):
         if field_of(error):
             numbered.field = f"queries[{position}].{kind}.{field_of(error)}"
         raise numbered from error
+
+
+def _suggestions(calibration: Calibration | None, voters) -> list[pb.Suggestion]:
+    """What the k images nearest to an image query carry, calibrated (cxr.suggestions): evidence from similar
+    cases, never a diagnosis. The voters are the k nearest whatever the query's projection and label filters
+    (a label filter would make its own label unanimous), so the calibration fitted on unfiltered neighbours
+    holds."""
+    if calibration is None:
+        return []
+    voters = voters[:calibration.k]
+    found = calibration.suggest([score for _, score, _ in voters], [row.get("labels") or () for _, _, row in voters])
+    return [pb.Suggestion(label=s.label, probability=s.probability, neighbours=s.neighbours) for s in found]
 
 
 def _refuse_not_yet_served(request) -> None:

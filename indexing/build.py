@@ -113,6 +113,25 @@ def build_index(records: list[Record], model: ExportedModel, settings: Settings,
     return _finish(records, model, partial, output_dir, options, source, backend)
 
 
+def embed_records(records: list[Record], model: ExportedModel, settings: Settings,
+                  options: BuildOptions = BuildOptions()) -> dict[int, np.ndarray]:
+    """The vectors of `records`' images by position, through Triton as a build encodes them, kept in memory
+    (for a few thousand images: a validation split); images that cannot be read are left out."""
+    vectors: dict[int, np.ndarray] = {}
+    todo = [(i, str(r.path), model.image_size) for i, r in enumerate(records)]
+    client = TowerClient(connections(settings), model.image, model.text, model.max_batch_size)
+    bar = tqdm(total=len(records), unit="img", desc=f"embedding with {model.name}", disable=not options.progress,
+               dynamic_ncols=True)
+    try:
+        with decoder_pool(options.workers) as pool:
+            encode_stream(pool.imap(_decode, todo, chunksize=8), client, options, bar,
+                          lambda keys, batch: vectors.update(zip(keys, batch)), lambda key, reason: None)
+    finally:
+        bar.close()
+        client.close()
+    return vectors
+
+
 def _encode(todo, partial: ChunkCache, client: TowerClient, options: BuildOptions, bar: tqdm) -> None:
     with decoder_pool(options.workers) as pool:
         encode_stream(pool.imap(_decode, todo, chunksize=8), client, options, bar, partial.add_batch,

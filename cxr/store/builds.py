@@ -13,6 +13,7 @@ import secrets
 from cxr.store.errors import IndexMismatchError
 
 ID_KEY = "id_key"  # the manifest's secret for opaque ids
+CALIBRATION_KEY = "calibration"  # the finding suggestions' calibration (cxr.suggestions), when one was fitted
 FORMAT_KEY = "format"
 # The index format this version writes, and the newest it reads. 1: a build, replaced whole (a manifest
 # without the key); 2: a build that takes commits (StoreBackend.apply), named by its base_id. A format-1

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from cxr.files import recover
+from cxr.files import recover, write_durably
 from cxr.store import faiss_compaction
-from cxr.store.builds import check_change, check_model
+from cxr.store.builds import CALIBRATION_KEY, check_change, check_model
 from cxr.store.errors import IndexCorruptError, IndexMissingError, IndexReadOnlyError
 from cxr.store.faiss_changes import Generation, base_id, commit, read_generation, write_deletion, write_segment, writing
 from cxr.store.faiss_delta import Delta
@@ -124,6 +125,18 @@ class FaissBackend(StoreBackend):
                                  deleted=generation.deleted + len(plan.removed))
             commit(directory, generation)
         return Committed(number, len(plan.rows) - len(plan.replaced), len(plan.replaced), len(plan.deleted))
+
+    def set_calibration(self, model: str, calibration: dict | None) -> None:
+        """Written into the manifest, whole or not at all, under the writers' lock: a gateway sees the manifest
+        change and opens the build again; compaction carries it into the folded build."""
+        directory = self.path(model)
+        with _written(directory), writing(directory):
+            recover(directory)
+            manifest = {name: value for name, value in self._manifest(model, directory).items()
+                        if name != CALIBRATION_KEY}
+            if calibration is not None:
+                manifest[CALIBRATION_KEY] = calibration
+            write_durably(directory / MANIFEST_FILE, json.dumps(manifest, indent=2).encode())
 
     def _manifest(self, model: str, directory: Path) -> dict:
         manifest = read_manifest(directory)

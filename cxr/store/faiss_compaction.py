@@ -27,7 +27,7 @@ import numpy as np
 from cxr.files import recover, replace_directory
 from cxr.private_copy import owned_prefix, remove_leftovers
 from cxr.store import faiss_index
-from cxr.store.builds import INDEX_FORMAT
+from cxr.store.builds import CALIBRATION_KEY, INDEX_FORMAT
 from cxr.store.errors import IndexMissingError
 from cxr.store.faiss_changes import CHANGES_DIR, Generation, base_id, commit, read_generation, writing
 from cxr.store.faiss_delta import Delta
@@ -173,6 +173,9 @@ def _swap(directory: Path, staging: Path, manifest: dict, folded_at: Generation,
         carried = current.after(folded_at.number)
         carried = Generation(folded["base_id"], carried.number, carried.segments, carried.deletions, carried.added,
                              carried.deleted, (folded_at.base, *current.lineage)[:LINEAGE_KEPT], folded_at.number)
+        folded.pop(CALIBRATION_KEY, None)
+        if CALIBRATION_KEY in current_manifest:  # as it is now: a calibration set meanwhile is kept
+            folded[CALIBRATION_KEY] = current_manifest[CALIBRATION_KEY]
         (staging / CHANGES_DIR).mkdir()
         for part in carried.files():
             _link(directory / CHANGES_DIR / part.name, staging / CHANGES_DIR / part.name)

@@ -30,7 +30,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cxr.store.builds import ID_KEY
+from cxr.store.builds import CALIBRATION_KEY, ID_KEY
+from cxr.suggestions import Calibration
 
 Hits = list[tuple[int, float]]  # (id, score), best first
 OPAQUE_ID_HEX = 24  # 96 bits: no collision among billions of images
@@ -206,6 +207,24 @@ class VectorStore(ABC):
         log.warning("this index was built before opaque ids: each gateway makes up its own until it is rebuilt")
         return secrets.token_bytes(32)
 
+    @property
+    def calibration(self) -> Calibration | None:
+        """The finding suggestions' calibration kept with this build (StoreBackend.set_calibration), or None:
+        then its image queries get no suggestions. One that cannot be read is logged and left unused."""
+        kept = self.manifest.get(CALIBRATION_KEY)
+        if kept is None:
+            return None
+        parsed = self.__dict__.get("_calibration")
+        if parsed is None or parsed[0] is not kept:  # parsed once per manifest, not once per query
+            try:
+                parsed = (kept, Calibration.from_dict(kept))
+            except ValueError as exc:
+                log.warning("the index's calibration of finding suggestions is unusable (%s): no suggestions until "
+                            "`cxr index calibrate` is run again", exc)
+                parsed = (kept, None)
+            self.__dict__["_calibration"] = parsed
+        return parsed[1]
+
     def close(self) -> None:
         """Release what the store holds (connections, mapped files)."""
 
@@ -291,6 +310,13 @@ class StoreBackend(ABC):
     def compact(self, model: str) -> dict | None:
         """Fold the commits into the build, off the serving path; commits made meanwhile are kept.
         Returns the compacted build's manifest, or None when there was nothing to fold."""
+
+    @abstractmethod
+    def set_calibration(self, model: str, calibration: dict | None) -> None:
+        """Keep the finding suggestions' calibration (cxr.suggestions.Calibration.to_dict; None removes it)
+        with the model's build in service: its manifest carries it, commits and compaction keep it, a new
+        build drops it (its neighbours differ: run `cxr index calibrate` again). Stores see it when they
+        next open or refresh the build."""
 
     def close(self) -> None:
         """Release what the backend holds (a connection); its stores are not used after."""

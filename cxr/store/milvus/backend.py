@@ -7,11 +7,11 @@ import logging
 import threading
 
 from cxr.settings import SettingsError
-from cxr.store.builds import check_model
+from cxr.store.builds import CALIBRATION_KEY, check_model
 from cxr.store.errors import IndexCorruptError, IndexMissingError
 from cxr.store.interface import Change, Committed, StoreBackend
 from cxr.store.milvus import changes
-from cxr.store.milvus.aliases import COMMITTING, alias_of, collection_manifest, serving_collection
+from cxr.store.milvus.aliases import COMMITTING, alias_of, collection_manifest, serving_collection, write_manifest
 from cxr.store.milvus.connection import LOAD_TIMEOUT_S, Connection
 from cxr.store.milvus.store import MilvusStore
 from cxr.store.milvus.writer import DROP_GRACE_S, MilvusWriter
@@ -82,6 +82,18 @@ class MilvusBackend(StoreBackend):
             if not changes.pending_rows(manifest):
                 return None
             return changes.compact(self.connection, collection, manifest, where)
+
+    def set_calibration(self, model: str, calibration: dict | None) -> None:
+        """In the manifest property, which commits and compaction read and write back whole: they keep it.
+        A follower in another process that read the manifest before this write and commits after it puts
+        back the manifest it read: run `cxr index calibrate` while no follower commits to the model."""
+        with self._writing:
+            where = self.where(model)
+            collection, manifest = self._serving(model, where)
+            manifest = {name: value for name, value in manifest.items() if name != CALIBRATION_KEY}
+            if calibration is not None:
+                manifest[CALIBRATION_KEY] = calibration
+            write_manifest(self.connection, collection, manifest)
 
     def close(self) -> None:
         self.connection.close()

@@ -8,6 +8,7 @@ import numpy as np
 from pymilvus import MilvusException
 from pymilvus.client.types import LoadState
 
+from cxr.store.builds import CALIBRATION_KEY
 from cxr.store.errors import IndexCorruptError, StoreUnavailableError
 from cxr.store.image_table import TEXT_COLUMNS, check_known
 from cxr.store.interface import Filter, Hits, StudyIdentity, StudyReport, VectorStore
@@ -108,9 +109,11 @@ class MilvusStore(VectorStore):
 
     def refresh(self) -> bool:
         """Every search already sees the last commit (Strong reads); what a commit changes here is the
-        manifest: the count and the filter values. Re-read (one describe call), taken when its generation moved."""
+        manifest: the count and the filter values. Re-read (one describe call), taken when its generation moved
+        or its calibration changed (StoreBackend.set_calibration)."""
         manifest = self._current_manifest()
-        if manifest.get(GENERATION, 0) == self.manifest.get(GENERATION, 0):
+        if manifest.get(GENERATION, 0) == self.manifest.get(GENERATION, 0) and \
+                manifest.get(CALIBRATION_KEY) == self.manifest.get(CALIBRATION_KEY):
             return False
         self.manifest = manifest  # one reference swapped: a search in flight reads the old or the new
         return True

@@ -242,3 +242,23 @@ def test_ids_of_images_added_are_their_keys_and_never_a_build_position(lite):
     store = lite.open(MODEL)
     assert store.search(unit_vectors(1, DIM, seed=22), 1)[0][0][0] == image_key(str(N + 1))
     assert np.int64(image_key(str(N + 1))) >= KEY_BASE > N
+
+
+CALIBRATION = {"format": 1, "k": 5, "weighting": "similarity", "fitted": {"queries": 9},
+               "labels": {"Pneumothorax": {"method": "isotonic", "x": [0.0, 1.0], "y": [0.05, 0.6]}}}
+
+
+def test_a_calibration_is_seen_by_another_connection_and_kept_through_commits_and_compaction(lite, gateway):
+    store = gateway.open(MODEL)
+    assert store.calibration is None
+    lite.set_calibration(MODEL, CALIBRATION)
+    assert store.refresh() and store.calibration.to_dict() == CALIBRATION
+    lite.apply(MODEL, _change(unit_vectors(2, DIM, seed=5), _rows("a", "b")))
+    lite.compact(MODEL)
+    assert collection_manifest(lite.connection, lite.version(MODEL))["calibration"] == CALIBRATION
+    assert gateway.open(MODEL).calibration.k == 5
+    lite.set_calibration(MODEL, None)
+    assert store.refresh() and store.calibration is None
+    lite.set_calibration(MODEL, CALIBRATION)
+    lite.write(MODEL, unit_vectors(N, DIM), index_metadata(N), {"model": MODEL, "export_sha256": EXPORT}, [], "flat")
+    assert gateway.open(MODEL).calibration is None  # a new build: calibrate it again

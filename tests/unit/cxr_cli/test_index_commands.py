@@ -66,7 +66,7 @@ class RecordingBackend(StoreBackend):
 
     def __init__(self, deleted: int = 2, compacted: dict | None = None):
         self.deleted, self.compacted = deleted, compacted
-        self.changes, self.compactions, self.closed = [], [], False
+        self.changes, self.compactions, self.calibrations, self.closed = [], [], [], False
 
     def where(self, model):
         return f"indexes/{model}"
@@ -90,6 +90,9 @@ class RecordingBackend(StoreBackend):
     def compact(self, model):
         self.compactions.append(model)
         return self.compacted
+
+    def set_calibration(self, model, calibration):
+        self.calibrations.append((model, calibration))
 
     def close(self):
         self.closed = True

@@ -53,6 +53,18 @@ def test_grouped_pacs_hits_print_accession_date_and_image_count():
     assert lines[2].split()[:6] == ["1", "0.250", "1.2.3", "A9", "20240102", "2"]
 
 
+def test_suggestions_print_after_the_table_as_evidence(capsys):
+    from cxr_cli.search_commands import print_hits, search_document
+
+    response = pb.SearchResponse(model="m", hits=[pb.Hit(rank=1, score=0.5, study_uid="s1")], suggestions=[
+        pb.Suggestion(label="Effusion", probability=0.625, neighbours=7), pb.Suggestion(label="Mass", probability=0.1,
+                                                                                        neighbours=1)])
+    print_hits(response)
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last.endswith("not a diagnosis): Effusion 0.62 (7 neighbours), Mass 0.10 (1 neighbours)")
+    assert search_document(response)["suggestions"][0] == {"label": "Effusion", "probability": 0.625, "neighbours": 7}
+
+
 class FakeGateway(pb_grpc.RetrievalServicer):
     """Answers a text search with one hit naming the credential it saw; an image search with its byte count;
     "slow down" with the gateway's rate-limit refusal (pushback -1: the client does not retry)."""
@@ -152,5 +164,6 @@ def test_json_is_one_document_with_the_table_s_excerpt_of_the_report(tls_gateway
     assert set(hit) == {"rank", "score", "image_id", "study_uid", "projection", "labels", "labels_derived",
                         "study_instance_uid", "series_instance_uid", "sop_instance_uid", "accession_number",
                         "study_date", "view_position", "viewer_url", "image_ids", "report_excerpt"}
+    assert document["suggestions"] == []  # a text search
     assert len(hit["report_excerpt"]) == 60 and REPORT.startswith(hit["report_excerpt"][:-1])
     assert "Jane" not in done.stdout and "DOE_JANE" not in done.stdout  # the report past the excerpt, the file name

@@ -51,3 +51,10 @@ def test_each_operation_names_its_scope_and_deletions_need_admin():
     assert paths["/v1/images/{image_id}"]["delete"]["security"] == [{"bearer": ["admin"]}]
     assert paths["/v1/studies/{study_uid}"]["get"]["security"] == [{"bearer": ["studies"]}]
     assert paths["/v1/search/text"]["post"]["security"] == [{"bearer": ["search"]}]
+
+
+def test_search_answers_carry_suggestions():
+    schemas = openapi.document()["components"]["schemas"]
+    assert schemas["SearchResponse"]["properties"]["suggestions"] == {
+        "type": "array", "items": {"$ref": "#/components/schemas/Suggestion"}}
+    assert set(schemas["Suggestion"]["properties"]) == {"label", "probability", "neighbours"}

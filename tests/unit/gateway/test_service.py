@@ -18,12 +18,14 @@ from cxr.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
 from cxr.store import faiss_writer
 from cxr.store.faiss_backend import FaissBackend
 from cxr.store.interface import Change, Committed
+from cxr.suggestions import Calibration
 from gateway import error_details
 from gateway import service as service_module
 from gateway.admission import DecodeQueue
 from gateway.embedding import Embedder
 from gateway.indexes import IndexSet
 from gateway.service import RetrievalService
+from support import DATA_DIR
 
 MODEL = "cxr-mini"  # a registry name: ListModels and GetSearchOptions read the registry entry
 DIM = 8
@@ -76,12 +78,17 @@ class RecordingFaiss(FaissBackend):
         return super().apply(model, change)
 
 
+def _labels(i: int) -> list[str]:
+    return (["Effusion"] if i % 3 == 0 else []) + (["Mass"] if i % 4 == 1 else [])
+
+
 @contextlib.contextmanager
-def _serving(tmp_path, backend):
+def _serving(tmp_path, backend, calibration: dict | None = None):
     """The service over an index of IMAGES images in `backend`, behind a grpc.aio server on loopback."""
-    metadata = [{"image_id": str(i), "study_uid": f"s{i // 2}", "labels": ["Effusion"] if i % 3 == 0 else []}
-                for i in range(IMAGES)]
+    metadata = [{"image_id": str(i), "study_uid": f"s{i // 2}", "labels": _labels(i)} for i in range(IMAGES)]
     faiss_writer.write(tmp_path / MODEL, _vectors(), metadata, {"model": MODEL, "export_sha256": "a" * 64}, [], "flat")
+    if calibration is not None:
+        backend.set_calibration(MODEL, calibration)
     catalog = {MODEL: FakeModel()}
     embedder = FakeEmbedder()
     indexes = IndexSet(backend, catalog)
@@ -120,6 +127,53 @@ def living(tmp_path):
     backend = RecordingFaiss(tmp_path)
     with _serving(tmp_path, backend) as (stub, _):
         yield stub, backend
+
+
+CALIBRATION = {"format": 1, "k": 5, "weighting": "similarity", "fitted": {},
+               "labels": {"Effusion": {"method": "isotonic", "x": [0.0, 0.5, 1.0], "y": [0.02, 0.3, 0.9]},
+                          "Mass": {"method": "platt", "a": 4.0, "b": -3.0}}}
+PNG = sorted((DATA_DIR / "nih800").rglob("*.png"))[0]
+
+
+@pytest.fixture
+def calibrated(tmp_path):
+    with _serving(tmp_path, FaissBackend(tmp_path), CALIBRATION) as served:
+        yield served[0]
+
+
+def _expected_suggestions() -> list[tuple[str, float, int]]:
+    """What the 5 images nearest the image query's vector (image 5's) carry, through CALIBRATION's maps."""
+    scores = _vectors() @ _vectors()[5]
+    nearest = np.argsort(-scores)[:5]
+    calibration = Calibration.from_dict(CALIBRATION)
+    return [(s.label, s.probability, s.neighbours)
+            for s in calibration.suggest(scores[nearest].tolist(), [_labels(int(i)) for i in nearest])]
+
+
+@pytest.mark.parametrize("top_k, filters", [(2, None), (10, None), (3, pb.Filters(labels=["Mass"]))])
+def test_an_image_query_gets_the_calibrated_suggestions_of_its_nearest_images(calibrated, top_k, filters):
+    """The voters are the calibration's k nearest, whatever top_k and the label filter."""
+    request = pb.SearchByImageRequest(image=PNG.read_bytes(), top_k=top_k, filters=filters)
+    response = calibrated.SearchByImage(request, timeout=10)
+    assert len(response.hits) == top_k
+    if filters is not None:
+        assert all("Mass" in hit.labels for hit in response.hits)
+    found = [(s.label, s.probability, s.neighbours) for s in response.suggestions]
+    expected = _expected_suggestions()
+    assert [(label, n) for label, _, n in found] == [(label, n) for label, _, n in expected] and found
+    assert [p for _, p, _ in found] == pytest.approx([p for _, p, _ in expected], abs=1e-6)
+    assert [p for _, p, _ in found] == sorted((p for _, p, _ in found), reverse=True)
+
+
+def test_a_text_query_gets_no_suggestions(calibrated):
+    response = calibrated.SearchByText(pb.SearchByTextRequest(text="effusion"), timeout=10)
+    assert response.hits and not response.suggestions
+
+
+def test_an_image_query_of_an_uncalibrated_index_gets_no_suggestions(service):
+    stub, _ = service
+    response = stub.SearchByImage(pb.SearchByImageRequest(image=PNG.read_bytes()), timeout=10)
+    assert response.hits and not response.suggestions
 
 
 def test_a_text_query_returns_the_nearest_images_first(service):

@@ -218,3 +218,47 @@ def test_an_index_of_a_newer_format_is_refused_with_the_remedy(backend):
     path.write_text(json.dumps({k: v for k, v in manifest.items() if k not in ("format", "base_id")}))
     store = backend.open(MODEL)  # format 1, written before formats: read as it is, and it takes commits
     assert backend.apply(MODEL, Change(image_ids=("1",))).deleted == 1 and store.refresh() and store.image("1") is None
+
+
+CALIBRATION = {"format": 1, "k": 5, "weighting": "similarity", "fitted": {"queries": 9},
+               "labels": {"Nodule": {"method": "platt", "a": 3.0, "b": -2.0}}}
+
+
+def test_a_calibration_is_kept_with_the_build_through_commits_and_compaction(backend, monkeypatch):
+    archive = Archive(backend)
+    assert backend.open(MODEL).calibration is None
+    version = backend.version(MODEL)
+    backend.set_calibration(MODEL, CALIBRATION)
+    assert backend.version(MODEL) != version  # gateways see the change and open the build again
+    store = backend.open(MODEL)
+    assert store.calibration.to_dict() == CALIBRATION and store.calibration is store.calibration
+    archive.add(["n1"])
+    write_folded = faiss_compaction._write_folded
+    changed = dict(CALIBRATION, k=7)
+
+    def meanwhile(*args):  # calibrated again while compacting: the newer calibration wins
+        folded = write_folded(*args)
+        backend.set_calibration(MODEL, changed)
+        return folded
+
+    monkeypatch.setattr(faiss_compaction, "_write_folded", meanwhile)
+    assert backend.compact(MODEL)["calibration"] == changed
+    assert backend.open(MODEL).calibration.k == 7
+    archive.check(backend.open(MODEL))
+    backend.set_calibration(MODEL, None)
+    assert backend.open(MODEL).calibration is None
+
+
+def test_a_new_build_drops_the_calibration_and_a_broken_one_gives_none(backend, caplog):
+    Archive(backend)
+    backend.set_calibration(MODEL, dict(CALIBRATION, k=0))
+    assert backend.open(MODEL).calibration is None
+    assert "cxr index calibrate" in caplog.text
+    backend.set_calibration(MODEL, CALIBRATION)
+    Archive(backend)  # rebuilt: its neighbours are not the ones calibrated
+    assert backend.open(MODEL).calibration is None
+
+
+def test_a_calibration_needs_a_build(backend):
+    with pytest.raises(IndexMissingError, match="build one first"):
+        backend.set_calibration(MODEL, CALIBRATION)

@@ -91,6 +91,9 @@ class _Backend(StoreBackend):
     def compact(self, model):
         return None
 
+    def set_calibration(self, model, calibration):
+        raise NotImplementedError
+
 
 @pytest.mark.parametrize("wants", [0, 2])
 def test_write_fills_one_writer_training_it_only_when_it_asks(wants):
