@@ -166,6 +166,7 @@ class FaissStore(VectorStore):
         self.full_vectors = vectors  # full vectors for re-ranking, memory-mapped
         self._cpu_index = index  # read back from by `vectors`, also when searches run on the GPU
         self._ivf_places: np.ndarray | None = None  # an IVF build's (list, offset) per id, made when first read
+        self._placing = threading.Lock()  # not self._lock: searches must not wait while the map is made
         self._flat = isinstance(index, faiss.IndexFlat)
         self.on_gpu = use_gpu and faiss_index.gpu_available()
         if self.on_gpu:
@@ -263,7 +264,7 @@ class FaissStore(VectorStore):
     def _ivf_place(self, ivf) -> np.ndarray:
         """Where each id lies in the inverted lists: [ntotal, 2] (list, offset). Kept here rather than in the
         index's own direct map, which would change the index that searches read from other threads."""
-        with self._lock:
+        with self._placing:
             if self._ivf_places is None:
                 places = np.full((ivf.ntotal, 2), -1, np.int64)
                 lists = ivf.invlists
