@@ -20,7 +20,7 @@ export_flags = $(if $(MODEL),--model $(MODEL)) $(if $(CHECKPOINT),--checkpoint $
 .PHONY: help setup protos client-wheel setup-buf lint-protos export serve serve-detached stop models demo train-default test \
 	test-unit bench bench-quick \
 	bench-towers bench-gateway bench-faiss bench-scale bench-freshness bench-quality bench-suggestions bench-quantization bench-gpu bench-labeler bench-reports \
-	bench-decode tune fuzz soak faults clean setup-pacs setup-browser setup-oidc
+	bench-decode bench-refine tune fuzz soak faults clean setup-pacs setup-browser setup-oidc
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -166,6 +166,9 @@ bench-quality: setup ## image->image and text->image mAP through the gateway on 
 
 bench-suggestions: setup ## finding suggestions on the NIH validation split (MODEL, default cxr-mini): AUC and ECE per finding, cross-fitted, beside random
 	$(BIN)/python -m benchmarks.suggestions $(if $(MODEL),--model $(MODEL))
+
+bench-refine: setup ## relevance feedback mAP per round (Rocchio), with_text / exclude_text hit rates per weight, cxr-mini in-process on the NIH validation split
+	$(BIN)/python -m benchmarks.refine
 
 bench-labeler: setup ## the report labeler against IU-Xray's manual annotations: P/R/F1 per label, micro/macro F1, on both halves
 	$(BIN)/python -m benchmarks.labeler_quality

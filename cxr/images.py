@@ -7,7 +7,8 @@ is bright as in every other format. More than 8 bits per pixel is windowed to th
 8-bit data without a window are kept as they are (as a PNG's). A DICOM that holds no chest image to
 compare (a report, raw detector data, another body part: cxr.dicom_content) is refused with the
 reason before any of that. The whole image is resized to size x size (no crop: a crop can cut off a
-costophrenic angle). The gateway, the index builder and training all decode through here, so a query
+costophrenic angle), unless a query asks for a Region of it: then that region, cut from the decoded and
+windowed image, is resized instead. The gateway, the index builder and training all decode through here, so a query
 is prepared exactly as the archive was.
 
 Uploads are hostile until shown otherwise. Before any pixel is decoded, the size the file declares
@@ -169,13 +170,49 @@ def decode(data: bytes, limits: ImageLimits = ARCHIVE_LIMITS) -> Image.Image:
     return _open(data, limits).decode()
 
 
+class InvalidRegionError(InvalidArgumentError, ValueError):
+    """A region of interest that is not a box inside the image."""
+
+
+@dataclass(frozen=True)
+class Region:
+    """A box of an image in fractions of its width and height, from the top left corner."""
+
+    x: float
+    y: float
+    width: float
+    height: float
+
+    # float32 on the wire: 0.7 + 0.3 may come to 1.0000001
+    SLACK = 1e-6
+
+    def __post_init__(self):
+        values = (self.x, self.y, self.width, self.height)
+        if not all(0.0 <= v <= 1.0 for v in values) or self.width <= 0 or self.height <= 0:
+            raise InvalidRegionError("a region's x, y, width and height are fractions of the image (0 to 1) from "
+                                     "its top left corner, with width and height above 0")
+        if self.x + self.width > 1 + self.SLACK or self.y + self.height > 1 + self.SLACK:
+            raise InvalidRegionError("the region reaches past the image: x + width and y + height must be at most 1")
+
+    def box(self, width: int, height: int) -> tuple[int, int, int, int]:
+        """(left, top, right, bottom) in pixels of a width x height image: at least one pixel each way."""
+        left, top = min(int(self.x * width), width - 1), min(int(self.y * height), height - 1)
+        right = min(max(left + 1, round((self.x + self.width) * width)), width)
+        bottom = min(max(top + 1, round((self.y + self.height) * height)), height)
+        return left, top, right, bottom
+
+
 def preprocess(data: bytes, size: int, limits: ImageLimits = ARCHIVE_LIMITS, budget: PixelBudget | None = None,
-               deadline: float | None = None) -> np.ndarray:
+               deadline: float | None = None, region: Region | None = None) -> np.ndarray:
     """uint8 [size, size, 3], ready for the image tower; the decode holds its pixels in `budget`, waiting
-    for them until `deadline` (time.monotonic()) at most."""
+    for them until `deadline` (time.monotonic()) at most. With a `region`, only that box of the decoded,
+    windowed image is resized to size x size."""
     opened = _open(data, limits)
     with budget.hold(opened.pixels, deadline) if budget else contextlib.nullcontext():
-        return to_pixels(opened.decode(), size)
+        image = opened.decode()
+        if region is not None:
+            image = image.crop(region.box(*image.size))
+        return to_pixels(image, size)
 
 
 def _open(data: bytes, limits: ImageLimits) -> _Opened:

@@ -19,6 +19,8 @@ and `<field>_chars` (its length). "Short" counts bytes as the line writes them, 
   of [0-9A-Za-z._-] (a DICOM UID is at most 64 digits and dots);
 - `principal`, `client_cert` and `peer` are vouched for (identity provider, certificate authority,
   the socket), but a careless issuer is no reason for an unbounded line: at most IDENTITY_MAX_BYTES;
+- a search by an archived image: kind `archived_image`, the HMAC of its image_id; a refined search names which
+  refinements it used (`refined`: feedback, with_text, exclude_text, roi), never their content;
 - a BatchSearch: its first MAX_BATCH_QUERIES queries (as many as a valid batch holds) and `query_count`.
 The largest line a call not answered can write (whatever it sent, within the 64 MB message limit) is
 under MAX_REFUSED_LINE_BYTES (128 KiB); an answered call's is under MAX_LINE_BYTES (640 KiB) plus its
@@ -48,6 +50,7 @@ MAX_LINE_BYTES = 640 * 1024  # an answered BatchSearch of 256 queries, each with
 MAX_REFUSED_LINE_BYTES = 128 * 1024  # a call not answered: 256 queries of HMACs and counts
 _IDENTIFIER = re.compile(r"[0-9A-Za-z._-]*")
 DELETIONS = ("DeleteStudy", "DeleteImage")
+REFINEMENTS = ("feedback", "with_text", "exclude_text", "roi")  # a search's refinements, named in its line when set
 
 
 def _utc_now() -> str:
@@ -101,13 +104,29 @@ def _filters(filters, answered: bool, audit: AuditLog) -> dict:
 def _query(request, kind: str, data: bytes, answered: bool, audit: AuditLog) -> dict:
     entry = {"kind": kind, **_model(request.model, audit), "top_k": request.top_k, "hmac": audit.hmac(data)}
     filters = _filters(request.filters, answered, audit)
+    refined = [name for name in REFINEMENTS if name in request.DESCRIPTOR.fields_by_name and _set(request, name)]
+    if refined:
+        entry["refined"] = refined  # which, never the words, region or images sent
     return dict(entry, filters=filters) if filters else entry
+
+
+def _set(request, name: str) -> bool:
+    if request.DESCRIPTOR.fields_by_name[name].message_type is not None:
+        return request.HasField(name)
+    return bool(getattr(request, name))
+
+
+def _image_query(request, answered: bool, audit: AuditLog) -> dict:
+    """An upload, or an archived image named by image_id (kept as its HMAC: ids carry patient numbers)."""
+    if request.image_id and not request.image:
+        return _query(request, "archived_image", request.image_id.encode("utf-8", "surrogatepass"), answered, audit)
+    return _query(request, "image", bytes(request.image), answered, audit)
 
 
 def _batch_query(query, answered: bool, audit: AuditLog) -> dict:
     if query.WhichOneof("query") == "text":
         return _query(query.text, "text", query.text.text.encode(), answered, audit)
-    return _query(query.image, "image", bytes(query.image.image), answered, audit)
+    return _image_query(query.image, answered, audit)
 
 
 def describe_request(method: str, request, audit: AuditLog, answered: bool = False) -> dict:
@@ -118,7 +137,7 @@ def describe_request(method: str, request, audit: AuditLog, answered: bool = Fal
     if name == "SearchByText":
         return {"queries": [_query(request, "text", request.text.encode(), answered, audit)]}
     if name == "SearchByImage":
-        return {"queries": [_query(request, "image", bytes(request.image), answered, audit)]}
+        return {"queries": [_image_query(request, answered, audit)]}
     if name == "BatchSearch":
         queries = request.queries
         return {"queries": [_batch_query(q, answered, audit) for q in queries[:MAX_BATCH_QUERIES]],

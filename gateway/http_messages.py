@@ -1,5 +1,6 @@
 """The request message of an HTTP call: a JSON body in the proto3 JSON mapping, or an uploaded image
-(the raw body, or a multipart part) with the other fields as query parameters or form fields.
+(the raw body, or a multipart part) with the other fields as query parameters or form fields; an image
+search by an archived image's image_id has no body (or a form without the file part).
 
 Anything that does not fit the message is refused (400) with the reason, before any gRPC call:
 malformed JSON, a key given twice, an unknown field, a parameter that is not a number. A body larger
@@ -20,7 +21,7 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
 from gateway.http_errors import Problem
-from gateway.http_routes import IMAGE_FIELD, IMAGE_TYPES, Endpoint, field_at
+from gateway.http_routes import ARCHIVED_FIELD, IMAGE_FIELD, IMAGE_TYPES, Endpoint, field_at
 
 MAX_FORM_FIELDS = 64
 MAX_FORM_PART_BYTES = 64 * 1024  # a form field other than the image: a model name, a label
@@ -32,6 +33,7 @@ SMALL_BODY_BYTES = 1 << 20  # a text query (10,000 characters at most), its filt
 MAX_JSON_VALUES = 20_000
 INTEGERS = {FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT32,
             FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_SINT32, FieldDescriptor.TYPE_SINT64}
+FLOATS = {FieldDescriptor.TYPE_FLOAT, FieldDescriptor.TYPE_DOUBLE}
 BOOLEANS = {"true": True, "1": True, "false": False, "0": False, "": False}
 NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]{0,39}")  # a field or parameter name an error may quote
 
@@ -132,6 +134,11 @@ def _value(field: FieldDescriptor, name: str, text: str):
             return int(text)
         except ValueError:
             raise Problem(400, f"{name} must be an integer") from None
+    if field.type in FLOATS:
+        try:
+            return float(text)
+        except ValueError:
+            raise Problem(400, f"{name} must be a number") from None
     return text
 
 
@@ -176,9 +183,10 @@ async def _form_image(request: Request, body: bytes, items: list[tuple[str, str]
                 items.append((name, value))
             else:
                 raise Problem(400, f"the file part {named(name)} is not expected: send the image as '{IMAGE_FIELD}'")
-        if image is None:
-            raise Problem(400, f"the form has no file part named '{IMAGE_FIELD}': add the image there")
-        return image
+        if image is None and not any(name == ARCHIVED_FIELD for name, _ in items):
+            raise Problem(400, f"the form has no file part named '{IMAGE_FIELD}': add the image there, or name an "
+                               f"archived image in '{ARCHIVED_FIELD}'")
+        return image or b""
     finally:
         await form.close()
 
@@ -189,7 +197,7 @@ async def image_message(request: Request, endpoint: Endpoint, body: bytes, messa
     kind = media_type(request)
     if kind == "multipart/form-data":
         image = await _form_image(request, body, items)
-    elif kind in IMAGE_TYPES:
+    elif kind in IMAGE_TYPES or not body:  # no body: an archived image's image_id, or the service refuses
         image = body
     else:
         raise Problem(415, "the Content-Type is not an image upload: send the file as "

@@ -12,8 +12,15 @@ from cxr.retrieval.v1 import retrieval_pb2 as pb
 SERVICE = pb.DESCRIPTOR.services_by_name["Retrieval"]
 IMAGE_TYPES = ("image/png", "image/jpeg", "application/dicom", "application/octet-stream")
 IMAGE_FIELD = "image"  # the request field (and multipart part) that takes the uploaded file
+ARCHIVED_FIELD = "image_id"  # the parameter that names an archived image instead
 SEARCH_PARAMS = (("top_k", "top_k"), ("model", "model"), ("label", "filters.labels"),
                  ("projection", "filters.projections"), ("group_by_study", "group_by_study"))
+# An image search's refinements (issue 22); repeated ones as repeated parameters, as `label` is. With
+# image_id, the body may be empty (no upload).
+REFINE_PARAMS = (("image_id", "image_id"), ("with_text", "with_text"), ("roi.x", "roi.x"), ("roi.y", "roi.y"),
+                 ("roi.width", "roi.width"), ("roi.height", "roi.height"),
+                 ("relevant_image_id", "feedback.relevant_image_ids"),
+                 ("not_relevant_image_id", "feedback.not_relevant_image_ids"))
 
 
 @dataclass(frozen=True)
@@ -48,8 +55,9 @@ ENDPOINTS = (
     Endpoint("POST", "/v1/search/text", "SearchByText", "Studies whose images best match free text", body="json"),
     Endpoint("POST", "/v1/search/image", "SearchByImage",
              "Studies whose images best match an image (PNG, JPEG or DICOM), as the raw body or a multipart "
-             "part named `image`; the other fields as query parameters or form fields",
-             body="image", params=SEARCH_PARAMS, uploads=True),
+             "part named `image`, or an archived image named by `image_id` (no body); the other fields as "
+             "query parameters or form fields",
+             body="image", params=SEARCH_PARAMS + REFINE_PARAMS, uploads=True),
     Endpoint("POST", "/v1/search/batch", "BatchSearch", "Many queries in one call, answered in order", body="json",
              uploads=True),
     Endpoint("GET", "/v1/models", "ListModels", "The models the gateway knows, their readiness and index"),

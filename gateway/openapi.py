@@ -82,9 +82,9 @@ def _request_body(endpoint: Endpoint, schemas: dict) -> dict | None:
         form = {IMAGE_FIELD: BINARY, **{name: field_schema(field_at(endpoint.request_type, path), schemas)
                                         for name, path in endpoint.params}}
         content = {kind: {"schema": BINARY} for kind in IMAGE_TYPES}
-        content["multipart/form-data"] = {"schema": {"type": "object", "required": [IMAGE_FIELD],
-                                                     "properties": form}}
-        return {"required": True, "content": content}
+        # no body, or a form without the file, when image_id names an archived image
+        content["multipart/form-data"] = {"schema": {"type": "object", "properties": form}}
+        return {"required": False, "content": content}
     return None
 
 

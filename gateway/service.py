@@ -12,13 +12,14 @@ import numpy as np
 from cxr import __version__, registry
 from cxr.catalog import ExportedModel
 from cxr.errors import CxrError, InvalidArgumentError, UnknownModelError
-from cxr.images import ImageLimits, preprocess
+from cxr.images import ImageLimits, Region, preprocess
 from cxr.retrieval.v1 import retrieval_pb2 as pb
 from cxr.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
 from cxr.store.deletions import STUDY, Deletion
+from cxr.store.errors import ImagesNotFoundError
 from cxr.store.interface import Filter, VectorStore
 from cxr.suggestions import Calibration
-from gateway import calls, hits
+from gateway import calls, hits, refine
 from gateway.admission import MAX_BATCH_QUERIES, DecodeQueue
 from gateway.errors import grpc_errors
 from gateway.indexes import IndexSet
@@ -34,8 +35,8 @@ STUDY_COLUMNS = ("findings", "impression", "indication", "study_instance_uid", "
                  "patient_id", "patient_name", "report_status", "report_time")
 # Request fields of the API this gateway does not act on yet: refused with the field named, never ignored (a
 # search that silently kept the query's own patient would mislead). Each leaves this list when it is served.
-NOT_YET_SERVED = ("image_id", "exclude_same_patient", "exclude_same_study", "roi", "with_text", "exclude_text",
-                  "feedback", "page_token", "filters.study_date_from", "filters.study_date_to")
+NOT_YET_SERVED = ("exclude_same_patient", "exclude_same_study", "page_token", "filters.study_date_from",
+                  "filters.study_date_to")
 
 
 class RetrievalService(pb_grpc.RetrievalServicer):
@@ -154,28 +155,62 @@ class RetrievalService(pb_grpc.RetrievalServicer):
         if len(request.text) > MAX_TEXT_CHARS:
             raise InvalidRequestError(f"text is {len(request.text)} characters; the limit is {MAX_TEXT_CHARS} "
                                       "(the encoders read at most a few hundred tokens)", "text")
+        excluded = refine.modifier(request.exclude_text, "exclude_text")
+        judged = refine.feedback_ids(request.feedback)
         model, top_k, searcher = self._prepare(request)
-        (vector,) = await self.embedder.embed_texts(model, [text], timeout)
+        vectors = await self.embedder.embed_texts(model, [text, excluded] if excluded else [text], timeout)
+        vector = refine.steered(vectors[0], vectors[1], -refine.EXCLUDE_TEXT_WEIGHT) if excluded else vectors[0]
+        vector = await self._fed_back(searcher, vector, *judged)
         return await self._respond(model, searcher, vector, top_k, request)
 
     async def _search_image(self, request, timeout, decoding: asyncio.Semaphore | None = None) -> pb.SearchResponse:
         _refuse_not_yet_served(request)
-        if not request.image:
-            raise InvalidRequestError("image is empty: send PNG, JPEG or DICOM bytes", "image")
-        if len(request.image) > MAX_IMAGE_BYTES:
-            raise InvalidRequestError(f"image is {len(request.image) / 2**20:.1f} MB; the limit is "
-                                      f"{MAX_IMAGE_BYTES // 2**20} MB: send the original file, not a raw dump", "image")
+        _check_image_source(request)
+        region = _region(request)
+        with_text = refine.modifier(request.with_text, "with_text")
+        judged = refine.feedback_ids(request.feedback)
         model, top_k, searcher = self._prepare(request)
+        if request.image_id:
+            vector = (await self._archived(searcher, [request.image_id], "image_id"))[0]
+        else:
+            pixels = await self._decoded(request, model, region, timeout, decoding)
+            (vector,) = await self.embedder.embed_images(model, pixels[np.newaxis], timeout)
+        if with_text:
+            (words,) = await self.embedder.embed_texts(model, [with_text], timeout)
+            vector = refine.steered(vector, words, refine.WITH_TEXT_WEIGHT)
+        vector = await self._fed_back(searcher, vector, *judged)
+        return await self._respond(model, searcher, vector, top_k, request, suggest=True)
+
+    async def _decoded(self, request, model, region: Region | None, timeout, decoding) -> np.ndarray:
         deadline = None if timeout is None else time.monotonic() + timeout
         async with decoding or contextlib.nullcontext():
             with calls.stage("decode"):
                 try:
-                    pixels = await self.decoder.run(preprocess, bytes(request.image), model.image_size,
-                                                    self.image_limits, self.decoder.pixels, deadline)
+                    return await self.decoder.run(preprocess, bytes(request.image), model.image_size,
+                                                  self.image_limits, self.decoder.pixels, deadline, region)
                 except InvalidArgumentError as error:
                     raise at_field(error, "image")
-        (vector,) = await self.embedder.embed_images(model, pixels[np.newaxis], timeout)
-        return await self._respond(model, searcher, vector, top_k, request, suggest=True)
+
+    async def _fed_back(self, searcher, vector: np.ndarray, relevant: list[str], not_relevant: list[str]):
+        """The query moved by the images judged in earlier rounds (refine.rocchio); unchanged with none."""
+        if not relevant and not not_relevant:
+            return vector
+        return refine.rocchio(vector, await self._archived(searcher, relevant, refine.RELEVANT),
+                              await self._archived(searcher, not_relevant, refine.NOT_RELEVANT))
+
+    async def _archived(self, searcher, image_ids: list[str], field: str) -> np.ndarray:
+        """The stored vectors of archived images named in `field`; one not indexed is NOT_FOUND, by position
+        (an image id may carry a patient number: it is not quoted)."""
+        if not image_ids:
+            return np.zeros((0, 0), np.float32)
+        try:
+            return await asyncio.to_thread(searcher.store.vectors, image_ids)
+        except ImagesNotFoundError as error:
+            position = image_ids.index(error.missing[0])
+            where = field if field == "image_id" else f"{field}[{position}]"
+            raise at_field(ImageNotFoundError(f"the image named in {where} is not in the index "
+                                              f"({len(error.missing)} of {len(image_ids)} not found)"), field) \
+                from error
 
     def _prepare(self, request):
         """Model, top_k and index of a query, with bad fields and filters refused before any embedding."""
@@ -267,6 +302,32 @@ def _refuse_not_yet_served(request) -> None:
         if name in message.DESCRIPTOR.fields_by_name and _is_set(message, name):
             raise InvalidRequestError(f"{path} is not served by this gateway's version ({__version__}) yet: "
                                       "leave it out", path)
+
+
+def _check_image_source(request) -> None:
+    """Exactly one of the uploaded bytes and an archived image's id."""
+    if request.image and request.image_id:
+        raise InvalidRequestError("image and image_id are both set: send the bytes or name an archived image, "
+                                  "not both", "image_id")
+    if not request.image and not request.image_id:
+        raise InvalidRequestError("image is empty: send PNG, JPEG or DICOM bytes, or an archived image's "
+                                  "image_id", "image")
+    if len(request.image) > MAX_IMAGE_BYTES:
+        raise InvalidRequestError(f"image is {len(request.image) / 2**20:.1f} MB; the limit is "
+                                  f"{MAX_IMAGE_BYTES // 2**20} MB: send the original file, not a raw dump", "image")
+
+
+def _region(request) -> Region | None:
+    if not request.HasField("roi"):
+        return None
+    if request.image_id:
+        raise InvalidRequestError("roi crops uploaded image bytes; with image_id, upload the image instead to "
+                                  "search with a region of it", "roi")
+    roi = request.roi
+    try:
+        return Region(roi.x, roi.y, roi.width, roi.height)
+    except InvalidArgumentError as error:
+        raise at_field(error, "roi")
 
 
 def _is_set(message, name: str) -> bool:

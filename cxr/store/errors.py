@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from cxr.errors import FailedPreconditionError, InvalidArgumentError, UnavailableError
+from cxr.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError, UnavailableError
 
 
 class IndexMismatchError(FailedPreconditionError):
@@ -38,3 +38,14 @@ class UnknownFilterError(InvalidArgumentError, ValueError):
 
 class TooFewToTrainError(InvalidArgumentError):
     """An index type that learns from the vectors was asked for an archive with too few of them."""
+
+
+class ImagesNotFoundError(NotFoundError, KeyError):
+    """Images asked for by id (VectorStore.vectors) that the index does not hold; `missing` names them."""
+
+    def __init__(self, message: str, missing: list[str]):
+        super().__init__(message)
+        self.missing = missing
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])

@@ -25,7 +25,7 @@ import numpy as np
 from cxr import private_copy
 from cxr.store import faiss_index
 from cxr.store.builds import check_model
-from cxr.store.errors import IndexCorruptError, IndexMissingError, IndexUnreadableError
+from cxr.store.errors import ImagesNotFoundError, IndexCorruptError, IndexMissingError, IndexUnreadableError
 from cxr.store.faiss_changes import CHANGES_DIR, GENERATION_FILE, base_id, read_generation
 from cxr.store.faiss_delta import Delta
 from cxr.store.faiss_files import INDEX_FILE, TABLE_DIR, VECTORS_FILE, file_checksum, listed_files, read_manifest
@@ -163,7 +163,10 @@ class FaissStore(VectorStore):
         self.manifest = manifest
         self.index = index
         self.table = table
-        self.vectors = vectors  # full vectors for re-ranking, memory-mapped
+        self.full_vectors = vectors  # full vectors for re-ranking, memory-mapped
+        self._cpu_index = index  # read back from by `vectors`, also when searches run on the GPU
+        self._ivf_places: np.ndarray | None = None  # an IVF build's (list, offset) per id, made when first read
+        self._placing = threading.Lock()  # not self._lock: searches must not wait while the map is made
         self._flat = isinstance(index, faiss.IndexFlat)
         self.on_gpu = use_gpu and faiss_index.gpu_available()
         if self.on_gpu:
@@ -218,11 +221,62 @@ class FaissStore(VectorStore):
         return self.rows(ids)
 
     def image(self, image_id: str) -> dict | None:
-        delta = self.delta
+        found = self._id_of(image_id, self.delta)
+        return None if found is None else self.rows([found])[0]
+
+    def _id_of(self, image_id: str, delta: Delta) -> int | None:
+        """The id of the image's live row: the last a commit added, else the build's."""
         added = [p for p in delta.by_image.get(image_id, ()) if delta.alive[p]]
-        ids = [delta.base_count + added[-1]] if added else \
-            [i for i in self.table.matching("image_id", image_id) if i not in delta.dead_base][:1]
-        return self.rows(ids)[0] if ids else None
+        if added:
+            return delta.base_count + added[-1]
+        return next((i for i in self.table.matching("image_id", image_id) if i not in delta.dead_base), None)
+
+    def vectors(self, image_ids) -> np.ndarray:
+        """Rows added by commits and a build that keeps its full vectors (flat, hnsw, ivf, or `rerank`) give
+        the vectors as indexed (float16 for `rerank`); sq8, ivfpq and opq builds without them give their
+        decoded, approximate vectors."""
+        delta = self.delta
+        ids = {image_id: self._id_of(image_id, delta) for image_id in image_ids}
+        missing = [image_id for image_id, found in ids.items() if found is None]
+        if missing:
+            raise ImagesNotFoundError(f"{len(missing)} of the images asked for are not in this index", missing)
+        found = np.stack([self._vector(ids[image_id], delta) for image_id in image_ids]) if len(image_ids) \
+            else np.zeros((0, self.index.d), np.float32)
+        return found / np.maximum(np.linalg.norm(found, axis=1, keepdims=True), 1e-12)
+
+    def _vector(self, i: int, delta: Delta) -> np.ndarray:
+        if i >= delta.base_count:
+            return np.asarray(delta.vectors[i - delta.base_count], np.float32)
+        if self.full_vectors is not None:
+            return np.asarray(self.full_vectors[i], np.float32)
+        ivf = faiss_index.ivf_of(self._cpu_index)
+        if ivf is None:  # flat, hnsw: their storage holds the vectors
+            return self._cpu_index.reconstruct(i)
+        place = self._ivf_place(ivf)[i]
+        vector = np.zeros(ivf.d, np.float32)
+        ivf.reconstruct_from_offset(int(place[0]), int(place[1]), faiss.swig_ptr(vector))
+        if isinstance(self._cpu_index, faiss.IndexPreTransform):  # opq: rotate back
+            rotated = np.zeros(self._cpu_index.d, np.float32)
+            self._cpu_index.reverse_chain(1, faiss.swig_ptr(vector), faiss.swig_ptr(rotated))
+            vector = rotated
+        return vector
+
+    def _ivf_place(self, ivf) -> np.ndarray:
+        """Where each id lies in the inverted lists: [ntotal, 2] (list, offset). Kept here rather than in the
+        index's own direct map, which would change the index that searches read from other threads."""
+        with self._placing:
+            if self._ivf_places is None:
+                places = np.full((ivf.ntotal, 2), -1, np.int64)
+                lists = ivf.invlists
+                for number in range(ivf.nlist):
+                    size = lists.list_size(number)
+                    if size:
+                        pointer = lists.get_ids(number)
+                        ids = faiss.rev_swig_ptr(pointer, size).copy()
+                        lists.release_ids(number, pointer)
+                        places[ids, 0], places[ids, 1] = number, np.arange(size)
+                self._ivf_places = places
+            return self._ivf_places
 
     def studies(self) -> Iterator[StudyIdentity]:
         yield from (StudyIdentity(*study) for study in self.table.studies())
@@ -310,7 +364,7 @@ class FaissStore(VectorStore):
             return [[] for _ in queries]
         if self.on_gpu:
             return self._search_gpu(queries, k, bitmap)
-        fetch = min(k * RERANK_FACTOR, allowed) if self.vectors is not None else k
+        fetch = min(k * RERANK_FACTOR, allowed) if self.full_vectors is not None else k
         selector = None if bitmap is None else faiss.IDSelectorBitmap(self.table.count, faiss.swig_ptr(bitmap))
         # An unfiltered flat search needs no parameters: building them costs ~0.3 ms after an idle spell.
         params = None if selector is None and self._flat else faiss_index.search_parameters(self.index, selector)
@@ -318,7 +372,7 @@ class FaissStore(VectorStore):
             scores, ids = self.index.search(queries, fetch, params=params)
         if bitmap is not None:
             _widen_short(self.index, queries, fetch, selector, scores, ids)
-        if self.vectors is not None:
+        if self.full_vectors is not None:
             scores, ids = self._rerank(queries, ids, k)
         return top_hits(scores[:, :k], ids[:, :k])
 
@@ -349,7 +403,7 @@ class FaissStore(VectorStore):
         ids = np.full((len(queries), k), -1, np.int64)
         for row, (query, found) in enumerate(zip(queries, candidates)):
             found = np.sort(found[found >= 0])  # sorted: the memory map is read in file order
-            exact = np.asarray(self.vectors[found], np.float32) @ query
+            exact = np.asarray(self.full_vectors[found], np.float32) @ query
             best = np.argsort(-exact, kind="stable")[:k]
             scores[row, :len(best)], ids[row, :len(best)] = exact[best], found[best]
         return scores, ids

@@ -25,7 +25,7 @@ import hmac
 import logging
 import secrets
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -155,6 +155,14 @@ class VectorStore(ABC):
     @abstractmethod
     def image(self, image_id: str) -> dict | None:
         """One image's metadata (None when it is not indexed)."""
+
+    @abstractmethod
+    def vectors(self, image_ids: Sequence[str]) -> np.ndarray:
+        """The stored vectors of these indexed images, in their order: float32 [len(image_ids), dim], each row
+        L2-normalised. An image indexed twice gives the row `image` shows. Raise ImagesNotFoundError (naming
+        every missing id in `missing`) when one of them is not indexed. A quantised index (sq8, ivfpq, opq
+        without the full vectors kept for re-ranking, or Milvus's own quantised types where it keeps no raw
+        vector) gives its approximate, decoded vector, renormalised."""
 
     @property
     @abstractmethod

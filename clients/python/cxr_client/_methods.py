@@ -5,7 +5,7 @@ awaitable of it."""
 from __future__ import annotations
 
 import os
-from typing import Iterable, Optional, Union
+from typing import Iterable, Optional, Sequence, Union
 
 from cxr_client._proto import retrieval_pb2 as pb
 
@@ -26,20 +26,35 @@ def _filters(projections: Iterable[str], labels: Iterable[str]) -> pb.Filters:
     return pb.Filters(projections=list(projections), labels=list(labels))
 
 
+def _feedback(relevant: Iterable[str], not_relevant: Iterable[str]) -> pb.Feedback:
+    return pb.Feedback(relevant_image_ids=list(relevant), not_relevant_image_ids=list(not_relevant))
+
+
 def text_query(text: str, *, top_k: int = 10, model: str = "", projections: Iterable[str] = (),
-               labels: Iterable[str] = (), group_by_study: bool = False) -> pb.SearchQuery:
+               labels: Iterable[str] = (), group_by_study: bool = False, exclude_text: str = "",
+               relevant: Iterable[str] = (), not_relevant: Iterable[str] = ()) -> pb.SearchQuery:
     """A text query of a batch (Client.batch_search); the arguments as for search_text."""
     return pb.SearchQuery(text=pb.SearchByTextRequest(text=text, top_k=top_k, model=model,
                                                       filters=_filters(projections, labels),
-                                                      group_by_study=group_by_study))
+                                                      group_by_study=group_by_study, exclude_text=exclude_text,
+                                                      feedback=_feedback(relevant, not_relevant)))
 
 
-def image_query(image: Image, *, top_k: int = 10, model: str = "", projections: Iterable[str] = (),
-                labels: Iterable[str] = (), group_by_study: bool = False) -> pb.SearchQuery:
+def image_query(image: Optional[Image] = None, *, image_id: str = "", top_k: int = 10, model: str = "",
+                projections: Iterable[str] = (), labels: Iterable[str] = (), group_by_study: bool = False,
+                with_text: str = "", roi: Optional[Sequence[float]] = None, relevant: Iterable[str] = (),
+                not_relevant: Iterable[str] = ()) -> pb.SearchQuery:
     """An image query of a batch (Client.batch_search); the arguments as for search_image."""
-    return pb.SearchQuery(image=pb.SearchByImageRequest(image=image_bytes(image), top_k=top_k, model=model,
-                                                        filters=_filters(projections, labels),
-                                                        group_by_study=group_by_study))
+    if (image is None) == (not image_id):
+        raise TypeError("give an image (bytes or a file's path) or the image_id of an archived image: one of the two")
+    request = pb.SearchByImageRequest(image=b"" if image is None else image_bytes(image), image_id=image_id,
+                                      top_k=top_k, model=model, filters=_filters(projections, labels),
+                                      group_by_study=group_by_study, with_text=with_text,
+                                      feedback=_feedback(relevant, not_relevant))
+    if roi is not None:
+        x, y, width, height = roi
+        request.roi.CopyFrom(pb.RegionOfInterest(x=x, y=y, width=width, height=height))
+    return pb.SearchQuery(image=request)
 
 
 class Methods:
@@ -50,20 +65,28 @@ class Methods:
         raise NotImplementedError
 
     def search_text(self, text: str, *, top_k: int = 10, model: str = "", projections: Iterable[str] = (),
-                    labels: Iterable[str] = (), group_by_study: bool = False, timeout: Optional[float] = None):
+                    labels: Iterable[str] = (), group_by_study: bool = False, exclude_text: str = "",
+                    relevant: Iterable[str] = (), not_relevant: Iterable[str] = (), timeout: Optional[float] = None):
         """Studies whose images best match free text ("small left pleural effusion"): a SearchResponse, hits
         best first. `model` empty: the gateway's active model; `projections`, `labels`: keep only images of
-        these; `group_by_study`: one hit per study."""
+        these; `group_by_study`: one hit per study. Refining: `exclude_text`, words to steer away from
+        ("pacemaker"); `relevant`, `not_relevant`: image ids of earlier hits marked so (every mark so far)."""
         query = text_query(text, top_k=top_k, model=model, projections=projections, labels=labels,
-                           group_by_study=group_by_study)
+                           group_by_study=group_by_study, exclude_text=exclude_text, relevant=relevant,
+                           not_relevant=not_relevant)
         return self._call("SearchByText", query.text, timeout)
 
-    def search_image(self, image: Image, *, top_k: int = 10, model: str = "", projections: Iterable[str] = (),
-                     labels: Iterable[str] = (), group_by_study: bool = False, timeout: Optional[float] = None):
+    def search_image(self, image: Optional[Image] = None, *, image_id: str = "", top_k: int = 10, model: str = "",
+                     projections: Iterable[str] = (), labels: Iterable[str] = (), group_by_study: bool = False,
+                     with_text: str = "", roi: Optional[Sequence[float]] = None, relevant: Iterable[str] = (),
+                     not_relevant: Iterable[str] = (), timeout: Optional[float] = None):
         """Studies whose images best match an image: PNG (8 or 16 bit), JPEG or DICOM, as bytes or a file's
-        path. A SearchResponse, as search_text's."""
-        query = image_query(image, top_k=top_k, model=model, projections=projections, labels=labels,
-                            group_by_study=group_by_study)
+        path, or an archived image named by `image_id` (one of the two). A SearchResponse, as search_text's.
+        Refining: `with_text`, words to steer towards ("with effusion"); `roi`, (x, y, width, height) in
+        fractions of the image from its top left; `relevant`, `not_relevant` as for search_text."""
+        query = image_query(image, image_id=image_id, top_k=top_k, model=model, projections=projections,
+                            labels=labels, group_by_study=group_by_study, with_text=with_text, roi=roi,
+                            relevant=relevant, not_relevant=not_relevant)
         return self._call("SearchByImage", query.image, timeout)
 
     def batch_search(self, queries: Iterable[pb.SearchQuery], *, timeout: Optional[float] = None):

@@ -9,7 +9,7 @@ from pymilvus import MilvusException
 from pymilvus.client.types import LoadState
 
 from cxr.store.builds import CALIBRATION_KEY
-from cxr.store.errors import IndexCorruptError, StoreUnavailableError
+from cxr.store.errors import ImagesNotFoundError, IndexCorruptError, StoreUnavailableError
 from cxr.store.image_table import TEXT_COLUMNS, check_known
 from cxr.store.interface import Filter, Hits, StudyIdentity, StudyReport, VectorStore
 from cxr.store.milvus.aliases import COMMITTING, GENERATION, manifest_of
@@ -142,6 +142,23 @@ class MilvusStore(VectorStore):
             return None
         records = self._query(f"image_id == {literal(image_id)}")
         return self._row(min(records, key=lambda r: int(r[ID]))) if records else None
+
+    def vectors(self, image_ids) -> np.ndarray:
+        """The vector field as inserted (Milvus keeps the raw vectors beside its index, whatever its type); of
+        an image stored twice, the row `image` shows (the lowest id)."""
+        wanted = sorted({i for i in image_ids if len(i.encode()) <= FIELD_BYTES["image_id"]})
+        found: dict[str, tuple[int, np.ndarray]] = {}
+        for start in range(0, len(wanted), IDS_PER_QUERY):
+            chunk = ", ".join(literal(i) for i in wanted[start:start + IDS_PER_QUERY])
+            for record in self._query(f"image_id in [{chunk}]", [ID, "image_id", VECTOR]):
+                key, image_id = int(record[ID]), record["image_id"]
+                if image_id not in found or key < found[image_id][0]:
+                    found[image_id] = key, np.asarray(record[VECTOR], np.float32)
+        missing = [i for i in dict.fromkeys(image_ids) if i not in found]
+        if missing:
+            raise ImagesNotFoundError(f"{len(missing)} of the images asked for are not in this index", missing)
+        vectors = np.stack([found[i][1] for i in image_ids]) if len(image_ids) else np.zeros((0, self.dim), np.float32)
+        return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
     def _query(self, expr: str, fields: list[str] = ROW_FIELDS) -> list[dict]:
         return self._call(lambda c: c.query(self.collection, filter=expr, output_fields=fields,

@@ -96,6 +96,32 @@ def test_image_search_raw_and_multipart_answer_what_grpc_answers(http, stub, pat
         _same_answer(answer.json(), expected)
 
 
+def test_refined_searches_answer_what_grpc_answers(http, stub):
+    """An archived image with no body, its refinements as parameters; a text query's in its JSON."""
+    feedback = pb.Feedback(relevant_image_ids=["00000003_001.png"], not_relevant_image_ids=["00000001_000.png"])
+    roi = pb.RegionOfInterest(x=0.25, y=0, width=0.5, height=1)
+    expected = _as_json(stub.SearchByImage(pb.SearchByImageRequest(
+        image_id="00000013_005.png", top_k=6, with_text="effusion", feedback=feedback)))
+    archived = http.post("/v1/search/image", params=[
+        ("image_id", "00000013_005.png"), ("top_k", "6"), ("with_text", "effusion"),
+        ("relevant_image_id", "00000003_001.png"), ("not_relevant_image_id", "00000001_000.png")])
+    assert archived.status_code == 200, archived.text
+    _same_answer(archived.json(), expected)
+    data = PNG.read_bytes()
+    expected = _as_json(stub.SearchByImage(pb.SearchByImageRequest(image=data, top_k=6, roi=roi)))
+    cropped = http.post("/v1/search/image", params=[("top_k", "6"), ("roi.x", "0.25"), ("roi.y", "0"),
+                                                    ("roi.width", "0.5"), ("roi.height", "1")],
+                        content=data, headers={"content-type": "image/png"})
+    assert cropped.status_code == 200, cropped.text
+    _same_answer(cropped.json(), expected)
+    request = pb.SearchByTextRequest(text="effusion", top_k=5, exclude_text="pacemaker", feedback=feedback)
+    text = http.post("/v1/search/text", json=_as_json(request))
+    assert text.status_code == 200, text.text
+    _same_answer(text.json(), _as_json(stub.SearchByText(request)))
+    missing = http.post("/v1/search/image", params={"image_id": "absent.png"})
+    assert missing.status_code == 404 and missing.json()["error"]["status"] == "NOT_FOUND"
+
+
 def test_batch_search_answers_what_grpc_answers(http, stub):
     body = {"queries": [{"text": {"text": "pneumothorax", "topK": 3}},
                         {"image": {"image": base64.b64encode(PNG.read_bytes()).decode(), "topK": 4}}]}

@@ -147,3 +147,35 @@ def test_a_bad_query_in_a_batch_is_named_by_its_position(stub):
                pb.SearchQuery(text=pb.SearchByTextRequest(text="", top_k=2))]
     error = _abort(lambda: stub.BatchSearch(pb.BatchSearchRequest(queries=queries)))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and error.details().startswith("query 1: text is empty")
+
+
+# Refine (issue 22), through the real Triton and the NIH index.
+
+def test_an_archived_image_searches_as_its_upload_does(stub):
+    path = sorted(NIH_IMAGE.glob("*.png"))[3]
+    uploaded = stub.SearchByImage(pb.SearchByImageRequest(image=path.read_bytes(), top_k=10)).hits
+    archived = stub.SearchByImage(pb.SearchByImageRequest(image_id=path.name, top_k=10)).hits
+    assert [h.image_id for h in archived][0] == path.name and archived[0].score > 0.9999
+    assert [h.image_id for h in archived] == [h.image_id for h in uploaded]
+    assert [h.score for h in archived] == pytest.approx([h.score for h in uploaded], abs=1e-4)
+
+
+def test_a_region_of_interest_is_embedded_by_triton_at_the_model_s_size(stub):
+    """Triton's image tower takes only the model's size: an answer means the crop was resized to it."""
+    data = DICOM.read_bytes()
+    whole = stub.SearchByImage(pb.SearchByImageRequest(image=data, top_k=5)).hits
+    roi = pb.RegionOfInterest(x=0.5, y=0.2, width=0.5, height=0.6)  # one lung
+    cropped = stub.SearchByImage(pb.SearchByImageRequest(image=data, top_k=5, roi=roi)).hits
+    assert len(cropped) == 5
+    assert [(h.image_id, round(h.score, 4)) for h in cropped] != [(h.image_id, round(h.score, 4)) for h in whole]
+
+
+def test_feedback_and_with_text_move_an_archived_image_query(stub):
+    path = sorted(NIH_IMAGE.glob("*.png"))[3]
+    plain = stub.SearchByImage(pb.SearchByImageRequest(image_id=path.name, top_k=20)).hits
+    judged = pb.Feedback(relevant_image_ids=[plain[5].image_id], not_relevant_image_ids=[plain[1].image_id])
+    fed = stub.SearchByImage(pb.SearchByImageRequest(image_id=path.name, top_k=20, feedback=judged)).hits
+    ranks = {h.image_id: i for i, h in enumerate(fed)}
+    assert ranks[plain[5].image_id] < 5 and ranks.get(plain[1].image_id, 20) > 1
+    worded = stub.SearchByImage(pb.SearchByImageRequest(image_id=path.name, top_k=20, with_text="effusion")).hits
+    assert [h.image_id for h in worded] != [h.image_id for h in plain]

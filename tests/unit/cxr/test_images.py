@@ -406,3 +406,29 @@ def test_an_rle_segment_running_past_its_frame_is_refused_as_damaged():
     with pytest.raises(InvalidImageError, match="RLE Lossless pixel data could not be decoded") as error:
         preprocess(data, 64, GATEWAY)
     assert type(error.value.__cause__).__name__ == images.RUST_PANIC
+
+
+@pytest.mark.parametrize("region, box", [(images.Region(0, 0, 1, 1), (0, 0, 200, 100)),
+                                         (images.Region(0.5, 0.25, 0.5, 0.5), (100, 25, 200, 75)),
+                                         (images.Region(0.999, 0.999, 0.001, 0.001), (199, 99, 200, 100)),
+                                         (images.Region(0.3, 0.7, 0.7, 0.3000001), (60, 70, 200, 100))])
+def test_a_region_is_a_box_of_at_least_one_pixel_inside_the_image(region, box):
+    assert region.box(200, 100) == box
+
+
+@pytest.mark.parametrize("values", [(0, 0, 0, 1), (0, 0, 1, 0), (-0.1, 0, 0.5, 0.5), (0.6, 0, 0.5, 1),
+                                    (0, 0.5, 1, 0.6), (float("nan"), 0, 1, 1), (0, 0, 1.5, 1)])
+def test_a_region_outside_the_image_is_refused(values):
+    with pytest.raises(images.InvalidRegionError, match="region"):
+        images.Region(*values)
+
+
+def test_a_region_is_cut_after_windowing_and_before_resizing():
+    pixels = np.zeros((40, 80), np.uint16)
+    pixels[:, 40:] = 4000  # a 16-bit image: windowed to its own range (0..4000), the right half white
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="PNG")
+    cropped = images.preprocess(out.getvalue(), 32, region=images.Region(0.5, 0, 0.5, 1))
+    assert cropped.shape == (32, 32, 3) and cropped.min() == 255  # the window of the whole image, not the crop's
+    whole = images.preprocess(out.getvalue(), 32)
+    assert whole.min() == 0 and whole.max() == 255

@@ -143,3 +143,21 @@ def test_a_deletion_naming_what_no_identifier_looks_like_is_written_as_an_hmac(t
     request = pb.DeleteImageRequest(image_id="Jane Doe chest.png")
     (query,) = audit_records.describe_request("/cxr.retrieval.v1.Retrieval/DeleteImage", request, log)["queries"]
     assert "Jane" not in json.dumps(query) and query["image_id_hmac"] == log.hmac(request.image_id.encode())
+
+
+def test_a_search_by_an_archived_image_and_its_refinements_are_named_never_shown(tmp_path):
+    log = audit_log.AuditLog(tmp_path / "audit.log")
+    request = pb.SearchByImageRequest(image_id="00000116_017", with_text="Jane Doe's effusion",
+                                      roi=pb.RegionOfInterest(width=0.5, height=0.5),
+                                      feedback=pb.Feedback(relevant_image_ids=["00000116_018"]))
+    described = audit_records.describe_request("/cxr.retrieval.v1.Retrieval/SearchByImage", request, log, True)
+    assert "00000116" not in json.dumps(described) and "Jane" not in json.dumps(described)
+    (query,) = described["queries"]
+    assert query == {"kind": "archived_image", "model": "", "top_k": 0, "hmac": log.hmac(b"00000116_017"),
+                     "refined": ["feedback", "with_text", "roi"]}
+    text = pb.SearchByTextRequest(text="x", exclude_text="pacemaker")
+    (query,) = audit_records.describe_request(SEARCH_TEXT, text, log, True)["queries"]
+    assert query["kind"] == "text" and query["refined"] == ["exclude_text"]
+    batch = pb.BatchSearchRequest(queries=[pb.SearchQuery(image=pb.SearchByImageRequest(image_id="a"))])
+    (query,) = audit_records.describe_request(BATCH, batch, log, True)["queries"]
+    assert query["kind"] == "archived_image" and query["hmac"] == log.hmac(b"a")

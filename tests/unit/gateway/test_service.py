@@ -46,17 +46,22 @@ def _vectors() -> np.ndarray:
 
 
 class FakeEmbedder(Embedder):
-    """Every text embeds to the vector of image 3; counts what it was asked."""
+    """Every text embeds to the vector of image 3 (those of TEXT_IMAGES to others'), every image to that of
+    image 5; notes what it was asked."""
+
+    TEXT_IMAGES = {"pacemaker": 8}
 
     def __init__(self):
         self.texts = []
+        self.pixels = []
         self.closed = False
 
     async def embed_texts(self, model, texts, timeout=None):
         self.texts += texts
-        return np.stack([_vectors()[3]] * len(texts))
+        return np.stack([_vectors()[self.TEXT_IMAGES.get(text, 3)] for text in texts])
 
     async def embed_images(self, model, pixels, timeout=None):
+        self.pixels.append(pixels)
         return np.stack([_vectors()[5]] * len(pixels))
 
     async def is_ready(self, model):
@@ -345,3 +350,147 @@ def test_a_deletion_naming_nothing_or_a_model_not_served_commits_nothing(living,
         getattr(stub, rpc)(request_, timeout=10)
     assert error.value.code() == code and backend.changes == []
     assert len(_image_ids(stub)) == IMAGES
+
+
+# Refine (issue 22): an archived image as the query, relevance feedback, text modifiers, a region of interest.
+
+def _ranked(query: np.ndarray) -> list[str]:
+    """Every image id of the index by cosine to `query`, best first: what the service should answer."""
+    query = query / np.linalg.norm(query)
+    return [str(i) for i in np.argsort(-(_vectors() @ query), kind="stable")]
+
+
+def _ids(response) -> list[str]:
+    return [hit.image_id for hit in response.hits]
+
+
+def test_an_archived_image_is_searched_by_its_stored_vector_without_upload(service):
+    stub, embedder = service
+    hits = stub.SearchByImage(pb.SearchByImageRequest(image_id="7", top_k=IMAGES), timeout=10).hits
+    assert [h.image_id for h in hits] == _ranked(_vectors()[7]) and hits[0].image_id == "7"
+    assert hits[0].score == pytest.approx(1.0, abs=1e-5)
+    assert embedder.pixels == [] and embedder.texts == []
+
+
+@pytest.mark.parametrize("request_, field", [(pb.SearchByImageRequest(), "image"),
+                                             (pb.SearchByImageRequest(image=b"x", image_id="7"), "image_id")])
+def test_exactly_one_of_image_and_image_id_is_asked_for_by_name(service, request_, field):
+    stub, _ = service
+    with pytest.raises(grpc.RpcError) as error:
+        stub.SearchByImage(request_, timeout=10)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert _details(error.value)["BadRequest"].field_violations[0].field == field
+
+
+def test_an_archived_image_not_in_the_index_is_not_found_as_get_thumbnail_says(service):
+    stub, _ = service
+    with pytest.raises(grpc.RpcError) as error:
+        stub.SearchByImage(pb.SearchByImageRequest(image_id="00000116_017"), timeout=10)
+    assert error.value.code() == grpc.StatusCode.NOT_FOUND and "image_id" in error.value.details()
+    assert "00000116" not in error.value.details()  # an id may carry a patient number
+    assert _details(error.value)["ErrorInfo"].reason == "IMAGE_NOT_FOUND"
+
+
+def test_feedback_moves_a_text_query_as_rocchio_says(service):
+    stub, _ = service
+    plain = _ids(stub.SearchByText(pb.SearchByTextRequest(text="effusion", top_k=IMAGES), timeout=10))
+    feedback = pb.Feedback(relevant_image_ids=["0", "10"], not_relevant_image_ids=["3"])
+    fed = _ids(stub.SearchByText(pb.SearchByTextRequest(text="effusion", top_k=IMAGES, feedback=feedback),
+                                 timeout=10))
+    v = _vectors()
+    expected = _ranked(1.0 * v[3] + 0.75 * (v[0] + v[10]) / 2 - 0.15 * v[3])
+    assert fed == expected and fed != plain
+
+
+def test_feedback_rounds_accumulate_on_an_image_query(service):
+    stub, _ = service
+    v, judged = _vectors(), pb.Feedback()
+    for relevant, not_relevant in (("1", "2"), ("4", "6")):
+        judged.relevant_image_ids.append(relevant)
+        judged.not_relevant_image_ids.append(not_relevant)
+        found = _ids(stub.SearchByImage(pb.SearchByImageRequest(image_id="5", top_k=IMAGES, feedback=judged),
+                                        timeout=10))
+        relevant_mean = v[[int(i) for i in judged.relevant_image_ids]].mean(axis=0)
+        not_relevant_mean = v[[int(i) for i in judged.not_relevant_image_ids]].mean(axis=0)
+        assert found == _ranked(v[5] + 0.75 * relevant_mean - 0.15 * not_relevant_mean)
+
+
+@pytest.mark.parametrize("feedback, code, field", [
+    (pb.Feedback(relevant_image_ids=["1", "absent"]), grpc.StatusCode.NOT_FOUND, "feedback.relevant_image_ids[1]"),
+    (pb.Feedback(not_relevant_image_ids=["absent"]), grpc.StatusCode.NOT_FOUND,
+     "feedback.not_relevant_image_ids[0]"),
+    (pb.Feedback(relevant_image_ids=["1"] * 101), grpc.StatusCode.INVALID_ARGUMENT, "feedback.relevant_image_ids"),
+    (pb.Feedback(relevant_image_ids=["1", ""]), grpc.StatusCode.INVALID_ARGUMENT, "feedback.relevant_image_ids"),
+    (pb.Feedback(relevant_image_ids=["1"], not_relevant_image_ids=["1"]), grpc.StatusCode.INVALID_ARGUMENT,
+     "feedback.not_relevant_image_ids")])
+def test_feedback_naming_images_not_indexed_or_too_many_is_refused_by_field(service, feedback, code, field):
+    stub, _ = service
+    with pytest.raises(grpc.RpcError) as error:
+        stub.SearchByText(pb.SearchByTextRequest(text="x", feedback=feedback), timeout=10)
+    assert error.value.code() == code and field in error.value.details()
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        assert _details(error.value)["BadRequest"].field_violations[0].field == field
+
+
+def test_with_text_adds_the_words_embedding_to_the_image_query(service):
+    stub, embedder = service
+    found = _ids(stub.SearchByImage(pb.SearchByImageRequest(image_id="5", with_text=" with effusion ",
+                                                            top_k=IMAGES), timeout=10))
+    v = _vectors()
+    assert found == _ranked(v[5] + service_module.refine.WITH_TEXT_WEIGHT * v[3])
+    assert embedder.texts == ["with effusion"]
+
+
+def test_exclude_text_takes_the_words_embedding_from_the_text_query(service):
+    stub, embedder = service
+    found = _ids(stub.SearchByText(pb.SearchByTextRequest(text="effusion", exclude_text="pacemaker",
+                                                          top_k=IMAGES), timeout=10))
+    v = _vectors()
+    assert found == _ranked(v[3] - service_module.refine.EXCLUDE_TEXT_WEIGHT * v[8])
+    assert found[-1] == "8" and embedder.texts == ["effusion", "pacemaker"]
+
+
+def _halves_png() -> bytes:
+    """64 x 32 grey: the left half white, the right half black."""
+    import io
+
+    from PIL import Image
+    pixels = np.zeros((32, 64), np.uint8)
+    pixels[:, :32] = 255
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="PNG")
+    return out.getvalue()
+
+
+def test_a_region_of_interest_reaches_the_tower_cropped_at_the_model_s_size(service):
+    stub, embedder = service
+    stub.SearchByImage(pb.SearchByImageRequest(image=_halves_png()), timeout=10)
+    roi = pb.RegionOfInterest(x=0.5, y=0.25, width=0.5, height=0.5)
+    stub.SearchByImage(pb.SearchByImageRequest(image=_halves_png(), roi=roi), timeout=10)
+    whole, cropped = embedder.pixels
+    size = FakeModel().image_size
+    assert whole.shape == cropped.shape == (1, size, size, 3) and cropped.dtype == np.uint8
+    assert whole.min() == 0 and whole.max() == 255  # both halves
+    assert cropped.max() == 0  # the right half only
+
+
+@pytest.mark.parametrize("roi", [pb.RegionOfInterest(x=0.5, y=0, width=0.6, height=1),
+                                 pb.RegionOfInterest(x=0, y=0, width=0, height=1),
+                                 pb.RegionOfInterest(x=-0.1, y=0, width=0.5, height=0.5),
+                                 pb.RegionOfInterest(x=0, y=0.2, width=0.5, height=0.9),
+                                 pb.RegionOfInterest()])
+def test_a_region_not_inside_the_image_is_refused_by_name(service, roi):
+    stub, embedder = service
+    with pytest.raises(grpc.RpcError) as error:
+        stub.SearchByImage(pb.SearchByImageRequest(image=_halves_png(), roi=roi), timeout=10)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert _details(error.value)["BadRequest"].field_violations[0].field == "roi"
+    assert embedder.pixels == []
+
+
+def test_a_region_of_an_archived_image_is_refused_with_the_remedy(service):
+    stub, _ = service
+    roi = pb.RegionOfInterest(x=0, y=0, width=0.5, height=0.5)
+    with pytest.raises(grpc.RpcError) as error:
+        stub.SearchByImage(pb.SearchByImageRequest(image_id="5", roi=roi), timeout=10)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "upload" in error.value.details()
