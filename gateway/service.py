@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
+import functools
 import time
 
 import numpy as np
@@ -12,12 +14,12 @@ import numpy as np
 from cxr import __version__, registry
 from cxr.catalog import ExportedModel
 from cxr.errors import CxrError, InvalidArgumentError, UnknownModelError
-from cxr.images import ImageLimits, preprocess
+from cxr.images import ImageLimits, dicom_identity, is_dicom, preprocess
 from cxr.retrieval.v1 import retrieval_pb2 as pb
 from cxr.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
 from cxr.store.deletions import STUDY, Deletion
 from cxr.store.interface import Filter, VectorStore
-from gateway import calls, hits
+from gateway import calls, hits, paging
 from gateway.admission import MAX_BATCH_QUERIES, DecodeQueue
 from gateway.errors import grpc_errors
 from gateway.indexes import IndexSet
@@ -33,8 +35,8 @@ STUDY_COLUMNS = ("findings", "impression", "indication", "study_instance_uid", "
                  "patient_id", "patient_name", "report_status", "report_time")
 # Request fields of the API this gateway does not act on yet: refused with the field named, never ignored (a
 # search that silently kept the query's own patient would mislead). Each leaves this list when it is served.
-NOT_YET_SERVED = ("image_id", "exclude_same_patient", "exclude_same_study", "roi", "with_text", "exclude_text",
-                  "feedback", "page_token", "filters.study_date_from", "filters.study_date_to")
+NOT_YET_SERVED = ("image_id", "roi", "with_text", "exclude_text", "feedback")
+DATE_FIELDS = ("filters.study_date_from", "filters.study_date_to")
 
 
 class RetrievalService(pb_grpc.RetrievalServicer):
@@ -165,41 +167,70 @@ class RetrievalService(pb_grpc.RetrievalServicer):
             raise InvalidRequestError(f"image is {len(request.image) / 2**20:.1f} MB; the limit is "
                                       f"{MAX_IMAGE_BYTES // 2**20} MB: send the original file, not a raw dump", "image")
         model, top_k, searcher = self._prepare(request)
+        _refuse_without_patient(request)
         deadline = None if timeout is None else time.monotonic() + timeout
         async with decoding or contextlib.nullcontext():
             with calls.stage("decode"):
+                excluded = await self._excluded(request)
                 try:
                     pixels = await self.decoder.run(preprocess, bytes(request.image), model.image_size,
                                                     self.image_limits, self.decoder.pixels, deadline)
                 except InvalidArgumentError as error:
                     raise at_field(error, "image")
         (vector,) = await self.embedder.embed_images(model, pixels[np.newaxis], timeout)
-        return await self._respond(model, searcher, vector, top_k, request)
+        return await self._respond(model, searcher, vector, top_k, request, excluded)
+
+    async def _excluded(self, request) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The patients and studies an image query leaves out: its DICOM's, or its archived image's."""
+        if not (request.exclude_same_patient or request.exclude_same_study):
+            return (), ()
+        if request.image_id:
+            store = self.indexes.index(self._model(request.model).name).store
+            patient, study = await asyncio.to_thread(archived_identity, store, request.image_id)
+            source = "the archived image named in image_id has no"
+        else:
+            patient, study = await self.decoder.run(dicom_identity, bytes(request.image), self.image_limits)
+            source = "the DICOM query carries no"
+        for asked, value, field, what in ((request.exclude_same_patient, patient, "exclude_same_patient", "PatientID"),
+                                          (request.exclude_same_study, study, "exclude_same_study",
+                                           "StudyInstanceUID")):
+            if asked and not value:
+                raise InvalidRequestError(f"{source} {what} to exclude: leave {field} out", field)
+        return ((patient,) if request.exclude_same_patient else ()), ((study,) if request.exclude_same_study else ())
 
     def _prepare(self, request):
         """Model, top_k and index of a query, with bad fields and filters refused before any embedding."""
         model = self._model(request.model)
         top_k = _top_k(request.top_k)
         searcher = self.indexes.index(model.name)
+        if request.page_token:  # a token of another query is refused before any embedding
+            paging.offset_of(searcher.store, paging.fingerprint(model.name, request), request.page_token)
+        flt = _filter(request.filters)  # dates checked here, naming their field
         try:
-            searcher.store.check_filter(_filter(request.filters))
+            searcher.store.check_filter(flt)
         except InvalidArgumentError as error:
             raise at_field(error, "filters")
         return model, top_k, searcher
 
-    async def _respond(self, model, searcher, vector, top_k, request) -> pb.SearchResponse:
-        flt = _filter(request.filters)
+    async def _respond(self, model, searcher, vector, top_k, request, excluded=((), ())) -> pb.SearchResponse:
+        flt = _filter(request.filters, *excluded)
+        query = functools.cache(lambda: paging.fingerprint(model.name, request))  # hashed only if a page needs it
+        offset = paging.offset_of(searcher.store, query(), request.page_token) if request.page_token else 0
+        top_k = min(top_k, paging.MAX_DEPTH - offset)
+        fetch = min(offset + top_k + 1, paging.MAX_DEPTH)  # one more than the page: is there a next one?
         with calls.stage("search"):
             if request.group_by_study:
-                found = await self._by_study(searcher, vector, top_k, flt)
+                found = await self._by_study(searcher, vector, fetch, flt)
             else:
-                found = hits.ranked(await searcher.search(vector, top_k, flt), self.links)
+                found = hits.ranked(await searcher.search(vector, fetch, flt), self.links)
+        page = found[offset:offset + top_k]
+        following = paging.token(searcher.store, query(), offset + top_k) if len(found) > offset + top_k else ""
         call = calls.current()
         if call is not None:
-            call.study_uids.extend(hit.study_uid for hit in found)
+            call.study_uids.extend(hit.study_uid for hit in page)
             if not call.sees_patient_data:
-                hits.redact(found, searcher.store.opaque_id)
-        return pb.SearchResponse(model=model.name, hits=found)
+                hits.redact(page, searcher.store.opaque_id)
+        return pb.SearchResponse(model=model.name, hits=page, next_page_token=following)
 
     async def _by_study(self, searcher, vector, top_k: int, flt: Filter) -> list[pb.Hit]:
         """Images enough for `top_k` studies: fetched in growing rounds while studies repeat."""
@@ -256,8 +287,49 @@ def _is_set(message, name: str) -> bool:
     return bool(getattr(message, name))
 
 
-def _filter(filters) -> Filter:
-    return Filter.of(filters.projections, filters.labels)
+def _refuse_without_patient(request) -> None:
+    """A PNG or JPEG upload names no patient or study: an exclusion asked of one is refused before decoding."""
+    if request.image_id or is_dicom(bytes(request.image)):
+        return
+    for field, what, tag in (("exclude_same_patient", "patient", "PatientID"),
+                             ("exclude_same_study", "study", "StudyInstanceUID")):
+        if getattr(request, field):
+            raise InvalidRequestError(f"{field} needs a DICOM query (its {tag}) or an archived image (image_id): "
+                                      f"a PNG or JPEG has no {what} to exclude; leave it out", field)
+
+
+def archived_identity(store: VectorStore, image_id: str) -> tuple[str, str]:
+    """The patient id and study of an indexed image, for excluding them (never shown)."""
+    row = store.image(image_id)
+    if row is None:
+        raise ImageNotFoundError("the image named in image_id is not in the index")
+    return str(row.get("patient_id") or ""), str(row.get("study_uid") or "")
+
+
+def _filter(filters, patients=(), studies=()) -> Filter:
+    return Filter.of(filters.projections, filters.labels, _day(filters, "study_date_from"),
+                     _day(filters, "study_date_to"), patients, studies)
+
+
+def _day(filters, name: str) -> str:
+    """A date bound as sent (DICOM DA, YYYYMMDD), checked; "" for none. A range that ends before it starts
+    is refused: it would match nothing, silently."""
+    value = getattr(filters, name)
+    if value and not (len(value) == 8 and value.isdigit() and _is_date(value)):
+        raise InvalidRequestError(f"filters.{name} must be a date as YYYYMMDD (DICOM DA), such as 20240131",
+                                  f"filters.{name}")
+    if name == "study_date_to" and value and filters.study_date_from and filters.study_date_from > value:
+        raise InvalidRequestError("filters.study_date_to is before filters.study_date_from: the range is empty; "
+                                  "swap them", "filters.study_date_to")
+    return value
+
+
+def _is_date(value: str) -> bool:
+    try:
+        datetime.date(int(value[:4]), int(value[4:6]), int(value[6:]))
+    except ValueError:
+        return False
+    return True
 
 
 def _top_k(value: int) -> int:

@@ -233,6 +233,11 @@ class VectorStore(ABC):
             return ""
         return hmac.new(self._id_key, value.encode(), hashlib.sha256).hexdigest()[:OPAQUE_ID_HEX]
 
+    def signature(self, purpose: str, data: bytes) -> bytes:
+        """An HMAC-SHA256 of `data` under the index's key, kept apart from opaque ids by `purpose`: what
+        the gateway signs (page tokens) so that every replica serving this index, and its rebuilds, checks it."""
+        return hmac.new(self._id_key, purpose.encode() + b"\0" + data, hashlib.sha256).digest()
+
     @functools.cached_property
     def _id_key(self) -> bytes:
         key = self.manifest.get(ID_KEY)

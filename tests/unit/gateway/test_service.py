@@ -4,6 +4,7 @@ loopback."""
 
 import asyncio
 import contextlib
+import io
 import threading
 from dataclasses import dataclass
 
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 
 import cxr
-from cxr.images import ImageLimits
+from cxr.images import ImageLimits, dicom_identity
 from cxr.retrieval.v1 import retrieval_pb2 as pb
 from cxr.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
 from cxr.store import faiss_writer
@@ -23,7 +24,9 @@ from gateway import service as service_module
 from gateway.admission import DecodeQueue
 from gateway.embedding import Embedder
 from gateway.indexes import IndexSet
+from gateway.request_errors import ImageNotFoundError
 from gateway.service import RetrievalService
+from support import SAMPLE_DICOM
 
 MODEL = "cxr-mini"  # a registry name: ListModels and GetSearchOptions read the registry entry
 DIM = 8
@@ -79,8 +82,14 @@ class RecordingFaiss(FaissBackend):
 @contextlib.contextmanager
 def _serving(tmp_path, backend):
     """The service over an index of IMAGES images in `backend`, behind a grpc.aio server on loopback."""
-    metadata = [{"image_id": str(i), "study_uid": f"s{i // 2}", "labels": ["Effusion"] if i % 3 == 0 else []}
+    metadata = [{"image_id": str(i), "study_uid": f"s{i // 2}", "labels": ["Effusion"] if i % 3 == 0 else [],
+                 "patient_id": f"p{i // 4}", "study_date": "" if i % 4 == 3 else f"2020{1 + i:02d}01"}
                 for i in range(IMAGES)]
+    patient, study = dicom_identity(SAMPLE_DICOM.read_bytes())
+    for row in metadata[4:8]:  # the patient of the sample DICOM, whose study holds images 10 and 11
+        row["patient_id"] = patient
+    for row in metadata[10:]:
+        row["study_uid"] = study
     faiss_writer.write(tmp_path / MODEL, _vectors(), metadata, {"model": MODEL, "export_sha256": "a" * 64}, [], "flat")
     catalog = {MODEL: FakeModel()}
     embedder = FakeEmbedder()
@@ -291,3 +300,111 @@ def test_a_deletion_naming_nothing_or_a_model_not_served_commits_nothing(living,
         getattr(stub, rpc)(request_, timeout=10)
     assert error.value.code() == code and backend.changes == []
     assert len(_image_ids(stub)) == IMAGES
+
+
+def _png() -> bytes:
+    from PIL import Image
+    out = io.BytesIO()
+    Image.new("L", (16, 16), 128).save(out, "PNG")
+    return out.getvalue()
+
+
+def _ids(hits) -> list[str]:
+    return [h.image_id for h in hits]
+
+
+def test_a_dicom_query_leaves_out_its_patient_and_study_and_still_fills_top_k(service):
+    stub, _ = service
+    dicom = SAMPLE_DICOM.read_bytes()
+    patient, study = dicom_identity(dicom)
+    plain = _ids(stub.SearchByImage(pb.SearchByImageRequest(image=dicom, top_k=8), timeout=10).hits)
+    assert plain[0] == "5" and {"4", "6", "7"} & set(plain)  # the query's vector is image 5's
+    answer = stub.SearchByImage(pb.SearchByImageRequest(image=dicom, top_k=8, exclude_same_patient=True), timeout=10)
+    assert len(answer.hits) == 8 and not {"4", "5", "6", "7"} & set(_ids(answer.hits))
+    assert patient not in str(answer)
+    both = pb.SearchByImageRequest(image=dicom, top_k=12, exclude_same_patient=True, exclude_same_study=True)
+    assert sorted(_ids(stub.SearchByImage(both, timeout=10).hits), key=int) == ["0", "1", "2", "3", "8", "9"]
+    assert study not in str(stub.SearchByImage(both, timeout=10))
+
+
+@pytest.mark.parametrize("field", ["exclude_same_patient", "exclude_same_study"])
+def test_an_exclusion_asked_of_a_png_is_refused_by_name_before_decoding(service, field):
+    stub, embedder = service
+    with pytest.raises(grpc.RpcError) as error:
+        stub.SearchByImage(pb.SearchByImageRequest(image=_png(), **{field: True}), timeout=10)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "PNG or JPEG" in error.value.details()
+    assert _details(error.value)["BadRequest"].field_violations[0].field == field
+
+
+def test_the_patient_of_an_archived_image_is_read_from_its_row():
+    class Store:
+        def image(self, image_id):
+            return {"image_id": "7", "patient_id": "p1", "study_uid": "s3"} if image_id == "7" else None
+
+    assert service_module.archived_identity(Store(), "7") == ("p1", "s3")
+    with pytest.raises(ImageNotFoundError, match="not in the index"):
+        service_module.archived_identity(Store(), "8")
+
+
+@pytest.mark.parametrize("filters, field", [(pb.Filters(study_date_from="2020-01-01"), "filters.study_date_from"),
+                                            (pb.Filters(study_date_to="20200231"), "filters.study_date_to"),
+                                            (pb.Filters(study_date_from="20200301", study_date_to="20200201"),
+                                             "filters.study_date_to")])
+def test_a_bad_date_bound_is_refused_naming_its_field(service, filters, field):
+    stub, embedder = service
+    with pytest.raises(grpc.RpcError) as error:
+        stub.SearchByText(pb.SearchByTextRequest(text="x", filters=filters), timeout=10)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert _details(error.value)["BadRequest"].field_violations[0].field == field and embedder.texts == []
+
+
+def test_a_date_range_keeps_dated_images_within_it(service):
+    stub, _ = service
+    request = pb.SearchByTextRequest(text="x", top_k=12, filters=pb.Filters(study_date_from="20200301",
+                                                                           study_date_to="20200801"))
+    assert sorted(_ids(stub.SearchByText(request, timeout=10).hits), key=int) == ["2", "4", "5", "6"]  # 3, 7: no date
+
+
+@pytest.mark.parametrize("group", [False, True])
+def test_pages_follow_on_until_the_last_which_has_no_token(service, group):
+    stub, _ = service
+    request = pb.SearchByTextRequest(text="x", top_k=12, group_by_study=group)
+    whole = stub.SearchByText(request, timeout=10)
+    paged, request.top_k, pages = [], 4 if not group else 2, 0
+    while True:
+        answer = stub.SearchByText(request, timeout=10)
+        paged += answer.hits
+        pages += 1
+        if not answer.next_page_token:
+            break
+        request.page_token = answer.next_page_token
+    assert [(h.image_id, h.study_uid, h.rank) for h in paged] == [(h.image_id, h.study_uid, h.rank) for h in whole.hits]
+    assert pages == 3 and not whole.next_page_token
+
+
+@pytest.mark.parametrize("change", [dict(text="y"), dict(top_k=5), dict(group_by_study=True),
+                                    dict(filters=pb.Filters(labels=["Effusion"])), dict(page_token="x")])
+def test_a_page_token_of_another_query_is_refused(service, change):
+    stub, embedder = service
+    first = stub.SearchByText(pb.SearchByTextRequest(text="x", top_k=4), timeout=10)
+    other = pb.SearchByTextRequest(text="x", top_k=4, page_token=first.next_page_token)
+    if "page_token" in change:
+        other.page_token = first.next_page_token[:-2] + "AA"
+    else:
+        for name, value in change.items():
+            if isinstance(value, pb.Filters):
+                other.filters.CopyFrom(value)
+            else:
+                setattr(other, name, value)
+    embedder.texts.clear()
+    with pytest.raises(grpc.RpcError) as error:
+        stub.SearchByText(other, timeout=10)
+    assert _details(error.value)["BadRequest"].field_violations[0].field == "page_token" and embedder.texts == []
+
+
+def test_pages_end_at_the_deepest_result_allowed(service, monkeypatch):
+    monkeypatch.setattr(service_module.paging, "MAX_DEPTH", 6)
+    stub, _ = service
+    first = stub.SearchByText(pb.SearchByTextRequest(text="x", top_k=4), timeout=10)
+    last = stub.SearchByText(pb.SearchByTextRequest(text="x", top_k=4, page_token=first.next_page_token), timeout=10)
+    assert len(last.hits) == 2 and not last.next_page_token and last.hits[0].rank == 5
