@@ -13,7 +13,10 @@ SERVICE = pb.DESCRIPTOR.services_by_name["Retrieval"]
 IMAGE_TYPES = ("image/png", "image/jpeg", "application/dicom", "application/octet-stream")
 IMAGE_FIELD = "image"  # the request field (and multipart part) that takes the uploaded file
 SEARCH_PARAMS = (("top_k", "top_k"), ("model", "model"), ("label", "filters.labels"),
-                 ("projection", "filters.projections"), ("group_by_study", "group_by_study"))
+                 ("projection", "filters.projections"), ("group_by_study", "group_by_study"),
+                 ("study_date_from", "filters.study_date_from"), ("study_date_to", "filters.study_date_to"),
+                 ("exclude_same_patient", "exclude_same_patient"), ("exclude_same_study", "exclude_same_study"),
+                 ("page_token", "page_token"))
 
 
 @dataclass(frozen=True)
