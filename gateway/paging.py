@@ -29,6 +29,9 @@ def fingerprint(model: str, request) -> bytes:
     query = type(request)()
     query.CopyFrom(request)
     query.ClearField(FIELD)
+    for field, value in query.ListFields():  # an empty message set means what it unset does (HTTP leaves it unset)
+        if field.message_type is not None and not field.is_repeated and not value.ByteSize():
+            query.ClearField(field.name)
     return hashlib.sha256(model.encode() + b"\0" + query.SerializeToString(deterministic=True)).digest()
 
 

@@ -2,26 +2,12 @@
 00000116_017, asked as a DICOM of its patient (116), finds its patient's other images among its nearest
 unless exclude_same_patient is set; then none, on any page, and top_k is still filled."""
 
-import csv
-
 import pytest
 
 from cxr.retrieval.v1 import retrieval_pb2 as pb
-from support import DATA_DIR
-from support.dicom_query import as_dicom
+from support.dicom_query import NIH, PATIENT, QUERY, patients, query_dicom
 
 pytestmark = pytest.mark.triton
-NIH = DATA_DIR / "nih800"
-QUERY, PATIENT = "00000116_017.png", "116"
-
-
-def patients() -> dict[str, str]:
-    with (NIH / "labels.csv").open(newline="") as f:
-        return {row["image_index"]: row["patient_id"] for row in csv.DictReader(f)}
-
-
-def query_dicom() -> bytes:
-    return as_dicom(next(NIH.glob(f"*/*/{QUERY}")), PATIENT)
 
 
 def of_patient(hits) -> list[str]:

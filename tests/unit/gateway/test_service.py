@@ -402,6 +402,13 @@ def test_a_page_token_of_another_query_is_refused(service, change):
     assert _details(error.value)["BadRequest"].field_violations[0].field == "page_token" and embedder.texts == []
 
 
+def test_a_page_token_holds_for_the_same_query_however_it_is_spelled(service):
+    stub, _ = service
+    first = stub.SearchByText(pb.SearchByTextRequest(text="x", top_k=4), timeout=10)
+    again = pb.SearchByTextRequest(text="x", top_k=4, filters=pb.Filters(), page_token=first.next_page_token)
+    assert again.HasField("filters") and len(stub.SearchByText(again, timeout=10).hits) == 4
+
+
 def test_pages_end_at_the_deepest_result_allowed(service, monkeypatch):
     monkeypatch.setattr(service_module.paging, "MAX_DEPTH", 6)
     stub, _ = service
