@@ -20,6 +20,7 @@ from cxr.images import (
     NotComparableError,
     PixelBudget,
     decode,
+    dicom_identity,
     is_dicom,
     preprocess,
 )
@@ -406,3 +407,12 @@ def test_an_rle_segment_running_past_its_frame_is_refused_as_damaged():
     with pytest.raises(InvalidImageError, match="RLE Lossless pixel data could not be decoded") as error:
         preprocess(data, 64, GATEWAY)
     assert type(error.value.__cause__).__name__ == images.RUST_PANIC
+
+
+def test_a_dicom_s_patient_and_study_are_read_from_its_header_alone(monkeypatch):
+    monkeypatch.setattr(images, "_decode_dicom", lambda *a: pytest.fail("pixels decoded"))
+    assert dicom_identity(_dicom_bytes(PatientID=" P-7 ", StudyInstanceUID="1.2.3")) == ("P-7", "1.2.3")
+    assert dicom_identity(_dicom_bytes(PatientID=""))[0] == ""
+    assert dicom_identity((SAMPLES / "00000001_000.png").read_bytes()) == ("", "")
+    with pytest.raises(ImageTooLargeError):
+        dicom_identity(hostile.deflated_dicom_bomb(DICOM.read_bytes(), 2**30), GATEWAY)
