@@ -30,7 +30,7 @@ from cxr.store.faiss_changes import CHANGES_DIR, GENERATION_FILE, base_id, read_
 from cxr.store.faiss_delta import Delta
 from cxr.store.faiss_files import INDEX_FILE, TABLE_DIR, VECTORS_FILE, file_checksum, listed_files, read_manifest
 from cxr.store.image_table import ImageTable, check_known, population
-from cxr.store.interface import Filter, Hits, StudyIdentity, StudyReport, VectorStore
+from cxr.store.interface import STUDY_KEYS, Filter, Hits, StudyIdentity, StudyReport, VectorStore
 
 RERANK_FACTOR = 4  # a compressed index proposes 4 x k candidates; the full vectors pick the k best
 FILTER_CACHE = 256  # filter combinations whose bitmaps are kept
@@ -329,7 +329,8 @@ class FaissStore(VectorStore):
         if not flt.excludes:
             return view
         excluded = [row for patient in flt.exclude_patients for row in self.table.matching("patient_id", patient)]
-        excluded += [row for study in flt.exclude_studies for row in self.table.matching("study_uid", study)]
+        excluded += [row for study in flt.exclude_studies for key in STUDY_KEYS
+                     for row in self.table.matching(key, study)]
         bitmap = view.bitmap
         if excluded:
             bitmap = (np.full((self.table.count + 7) // 8, 0xFF, np.uint8) if bitmap is None else bitmap) \

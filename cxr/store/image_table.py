@@ -230,6 +230,8 @@ class ImageTable:
 
     def matching(self, column: str, value: str) -> list[int]:
         """Ids of the rows whose `column` is `value`, by bisection over the column's sort order."""
+        if column not in self._columns:  # a table written before the column existed: every row has ""
+            return []
         values, order = self._columns[column], self._order(column)
         key = lambda position: values[int(order[position])]  # noqa: E731
         start = bisect.bisect_left(range(self.count), value, key=key)

@@ -33,6 +33,9 @@ import numpy as np
 from cxr.store.builds import ID_KEY
 
 Hits = list[tuple[int, float]]  # (id, score), best first
+# An excluded study matches a row by its study_uid or its StudyInstanceUID: a DICOM query names the latter,
+# which is a row's study_uid only where the archive came from a PACS.
+STUDY_KEYS = ("study_uid", "study_instance_uid")
 OPAQUE_ID_HEX = 24  # 96 bits: no collision among billions of images
 log = logging.getLogger("cxr.vector_store")  # the name before the package: log settings may name it
 
@@ -42,8 +45,8 @@ class Filter:
     """What one query keeps: any of the projections, any of the labels, studies dated within
     [date_from, date_to] (DICOM DA, YYYYMMDD, inclusive; "" no bound; an image without a date is left out
     when a bound is set), and none of the excluded patients (patient_id) or studies (study_uid). Values
-    match regardless of case except exclusions, which are identifiers; they are kept as sent, so an
-    error can quote them. Excluded patients are patient data: they never show in the filter's repr."""
+    match regardless of case except exclusions, which are identifiers (a study by its study_uid or its
+    study_instance_uid); they are kept as sent, so an error can quote them. Excluded patients are patient data: they never show in the filter's repr."""
 
     projections: tuple[str, ...] = ()
     labels: tuple[str, ...] = ()
@@ -86,7 +89,7 @@ class Filter:
     def excluded(self, row: dict) -> bool:
         """Whether a row is of an excluded patient or study."""
         return (bool(row.get("patient_id")) and row.get("patient_id") in self.exclude_patients) \
-            or (bool(row.get("study_uid")) and row.get("study_uid") in self.exclude_studies)
+            or any(bool(row.get(name)) and row.get(name) in self.exclude_studies for name in STUDY_KEYS)
 
 
 @dataclass(frozen=True)

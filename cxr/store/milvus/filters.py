@@ -4,7 +4,7 @@ orders as the dates do), and on patient_id and study_uid for exclusions (identif
 
 from __future__ import annotations
 
-from cxr.store.interface import Filter
+from cxr.store.interface import STUDY_KEYS, Filter
 from cxr.store.milvus.schema import LABEL_KEYS, PROJECTION_KEY
 
 _ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"})
@@ -30,7 +30,8 @@ def filter_expression(flt: Filter) -> str:
     if flt.dated:  # an image without a date ("") is left out whichever bound is set
         parts.append('study_date != ""')
         parts += [f"study_date {op} {literal(day)}" for op, day in ((">=", flt.date_from), ("<=", flt.date_to)) if day]
-    for column, values in (("patient_id", flt.exclude_patients), ("study_uid", flt.exclude_studies)):
+    columns = [("patient_id", flt.exclude_patients)] + [(key, flt.exclude_studies) for key in STUDY_KEYS]
+    for column, values in columns:
         if values:
             parts.append(f"{column} not in [{', '.join(literal(v) for v in sorted(values))}]")
     return " and ".join(parts)

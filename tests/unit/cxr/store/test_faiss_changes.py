@@ -25,7 +25,8 @@ class Archive:
         self.backend = backend
         vectors, rows = unit_vectors(N, DIM), index_metadata(N)
         for i, row in enumerate(rows):  # patients of six images, a study date for all but every fifth
-            row.update(patient_id=f"p{i // 6}", study_date="" if i % 5 == 0 else f"2020{1 + i % 12:02d}15")
+            row.update(patient_id=f"p{i // 6}", study_date="" if i % 5 == 0 else f"2020{1 + i % 12:02d}15",
+                       study_instance_uid=f"1.2.{i // 2}")
         self.images = {row["image_id"]: (v, row) for v, row in zip(vectors, rows)}
         backend.write(MODEL, vectors, rows, {"model": MODEL, "dim": DIM, "export_sha256": "e1"}, [], index_type)
         self.seed = 100
@@ -88,6 +89,7 @@ def test_dates_and_exclusions_filter_the_build_and_the_added_rows_alike(backend)
     archive.add(["n1", "n2"])  # of patient p1, dated 20200301
     store = backend.open(MODEL)
     for flt in (Filter.of(exclude_patients=["p1"]), Filter.of(exclude_patients=["p0", "p2"], exclude_studies=["s9"]),
+                Filter.of(exclude_studies=["1.2.4", "1.2.5", "s7"]),
                 Filter.of(date_from="20200301", date_to="20200630"), Filter.of(date_to="20200215"),
                 Filter.of(labels=["Mass"], date_from="20200301", exclude_patients=["p3"])):
         archive.check(store, flt)
