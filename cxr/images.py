@@ -215,6 +215,23 @@ def preprocess(data: bytes, size: int, limits: ImageLimits = ARCHIVE_LIMITS, bud
         return to_pixels(image, size)
 
 
+def dicom_identity(data: bytes, limits: ImageLimits = ARCHIVE_LIMITS) -> tuple[str, str]:
+    """A DICOM's PatientID and StudyInstanceUID ("" where absent), read from its header: no pixel is decoded.
+    ("", "") for a PNG or JPEG. Patient data: the caller uses them to exclude, never shows them."""
+    if not is_dicom(data):
+        return "", ""
+    _import_pydicom()
+    _check_inflation(data, limits)
+    import pydicom
+
+    try:
+        dataset = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True,
+                                  specific_tags=["PatientID", "StudyInstanceUID"])
+        return str(dataset.get("PatientID") or "").strip(), str(dataset.get("StudyInstanceUID") or "").strip()
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types for bad files
+        raise _unreadable_dicom() from exc
+
+
 def _open(data: bytes, limits: ImageLimits) -> _Opened:
     if not data:
         raise InvalidImageError("the image is empty (0 bytes): send PNG, JPEG or DICOM bytes")

@@ -14,7 +14,10 @@ IMAGE_TYPES = ("image/png", "image/jpeg", "application/dicom", "application/octe
 IMAGE_FIELD = "image"  # the request field (and multipart part) that takes the uploaded file
 ARCHIVED_FIELD = "image_id"  # the parameter that names an archived image instead
 SEARCH_PARAMS = (("top_k", "top_k"), ("model", "model"), ("label", "filters.labels"),
-                 ("projection", "filters.projections"), ("group_by_study", "group_by_study"))
+                 ("projection", "filters.projections"), ("group_by_study", "group_by_study"),
+                 ("study_date_from", "filters.study_date_from"), ("study_date_to", "filters.study_date_to"),
+                 ("exclude_same_patient", "exclude_same_patient"), ("exclude_same_study", "exclude_same_study"),
+                 ("page_token", "page_token"))
 # An image search's refinements (issue 22); repeated ones as repeated parameters, as `label` is. With
 # image_id, the body may be empty (no upload).
 REFINE_PARAMS = (("image_id", "image_id"), ("with_text", "with_text"), ("roi.x", "roi.x"), ("roi.y", "roi.y"),

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
+import functools
 import time
 
 import numpy as np
@@ -12,14 +14,14 @@ import numpy as np
 from cxr import __version__, registry
 from cxr.catalog import ExportedModel
 from cxr.errors import CxrError, InvalidArgumentError, UnknownModelError
-from cxr.images import ImageLimits, Region, preprocess
+from cxr.images import ImageLimits, Region, dicom_identity, is_dicom, preprocess
 from cxr.retrieval.v1 import retrieval_pb2 as pb
 from cxr.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
 from cxr.store.deletions import STUDY, Deletion
 from cxr.store.errors import ImagesNotFoundError
 from cxr.store.interface import Filter, VectorStore
 from cxr.suggestions import Calibration
-from gateway import calls, hits, refine
+from gateway import calls, hits, paging, refine
 from gateway.admission import MAX_BATCH_QUERIES, DecodeQueue
 from gateway.errors import grpc_errors
 from gateway.indexes import IndexSet
@@ -33,10 +35,6 @@ DEFAULT_TOP_K = 10  # what top_k = 0 (unset) means
 # A study's fields GetStudy returns under the same names; patient identifiers only here (`studies` scope).
 STUDY_COLUMNS = ("findings", "impression", "indication", "study_instance_uid", "accession_number", "study_date",
                  "patient_id", "patient_name", "report_status", "report_time")
-# Request fields of the API this gateway does not act on yet: refused with the field named, never ignored (a
-# search that silently kept the query's own patient would mislead). Each leaves this list when it is served.
-NOT_YET_SERVED = ("exclude_same_patient", "exclude_same_study", "page_token", "filters.study_date_from",
-                  "filters.study_date_to")
 
 
 class RetrievalService(pb_grpc.RetrievalServicer):
@@ -148,7 +146,6 @@ class RetrievalService(pb_grpc.RetrievalServicer):
         return answer(deleted=committed.deleted, generation=committed.generation)
 
     async def _search_text(self, request, timeout) -> pb.SearchResponse:
-        _refuse_not_yet_served(request)
         text = request.text.strip()
         if not text:
             raise InvalidRequestError("text is empty: send a query such as 'small left pleural effusion'", "text")
@@ -164,12 +161,13 @@ class RetrievalService(pb_grpc.RetrievalServicer):
         return await self._respond(model, searcher, vector, top_k, request)
 
     async def _search_image(self, request, timeout, decoding: asyncio.Semaphore | None = None) -> pb.SearchResponse:
-        _refuse_not_yet_served(request)
         _check_image_source(request)
         region = _region(request)
         with_text = refine.modifier(request.with_text, "with_text")
         judged = refine.feedback_ids(request.feedback)
         model, top_k, searcher = self._prepare(request)
+        _refuse_without_patient(request)
+        excluded = await self._excluded(request, searcher)
         if request.image_id:
             vector = (await self._archived(searcher, [request.image_id], "image_id"))[0]
         else:
@@ -179,7 +177,25 @@ class RetrievalService(pb_grpc.RetrievalServicer):
             (words,) = await self.embedder.embed_texts(model, [with_text], timeout)
             vector = refine.steered(vector, words, refine.WITH_TEXT_WEIGHT)
         vector = await self._fed_back(searcher, vector, *judged)
-        return await self._respond(model, searcher, vector, top_k, request, suggest=True)
+        return await self._respond(model, searcher, vector, top_k, request, excluded, suggest=True)
+
+    async def _excluded(self, request, searcher) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The patients and studies an image query leaves out: its DICOM's, or its archived image's."""
+        if not (request.exclude_same_patient or request.exclude_same_study):
+            return (), ()
+        if request.image_id:
+            patient, study = await asyncio.to_thread(archived_identity, searcher.store, request.image_id)
+            source = "the archived image named in image_id has no"
+        else:
+            with calls.stage("decode"):
+                patient, study = await self.decoder.run(dicom_identity, bytes(request.image), self.image_limits)
+            source = "the DICOM query carries no"
+        for asked, value, field, what in ((request.exclude_same_patient, patient, "exclude_same_patient", "PatientID"),
+                                          (request.exclude_same_study, study, "exclude_same_study",
+                                           "StudyInstanceUID")):
+            if asked and not value:
+                raise InvalidRequestError(f"{source} {what} to exclude: leave {field} out", field)
+        return ((patient,) if request.exclude_same_patient else ()), ((study,) if request.exclude_same_study else ())
 
     async def _decoded(self, request, model, region: Region | None, timeout, decoding) -> np.ndarray:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -217,32 +233,46 @@ class RetrievalService(pb_grpc.RetrievalServicer):
         model = self._model(request.model)
         top_k = _top_k(request.top_k)
         searcher = self.indexes.index(model.name)
+        if request.page_token:  # a token of another query is refused before any embedding
+            paging.offset_of(searcher.store, paging.fingerprint(model.name, request), request.page_token)
+        flt = _filter(request.filters)  # dates checked here, naming their field
         try:
-            searcher.store.check_filter(_filter(request.filters))
+            searcher.store.check_filter(flt)
         except InvalidArgumentError as error:
             raise at_field(error, "filters")
         return model, top_k, searcher
 
-    async def _respond(self, model, searcher, vector, top_k, request, suggest: bool = False) -> pb.SearchResponse:
-        flt = _filter(request.filters)
+    async def _respond(self, model, searcher, vector, top_k, request, excluded=((), ()),
+                       suggest: bool = False) -> pb.SearchResponse:
+        flt = _filter(request.filters, *excluded)
+        query = functools.cache(lambda: paging.fingerprint(model.name, request))  # hashed only if a page needs it
+        offset = paging.offset_of(searcher.store, query(), request.page_token) if request.page_token else 0
+        top_k = min(top_k, paging.MAX_DEPTH - offset)
+        fetch = min(offset + top_k + 1, paging.MAX_DEPTH)  # one more than the page: is there a next one?
         calibration = searcher.store.calibration if suggest else None
         voters = None
         with calls.stage("search"):
             if request.group_by_study:
-                found = await self._by_study(searcher, vector, top_k, flt)
+                found = await self._by_study(searcher, vector, fetch, flt)
             else:
                 shared = calibration is not None and not flt  # one search finds the hits and the voters
-                fetched = await searcher.search(vector, max(top_k, calibration.k) if shared else top_k, flt)
+                fetched = await searcher.search(vector, max(fetch, calibration.k) if shared else fetch, flt)
                 voters = fetched if shared else None
-                found = hits.ranked(fetched[:top_k], self.links)
+                found = hits.ranked(fetched[:fetch], self.links)
             if calibration is not None and voters is None:
-                voters = await searcher.search(vector, calibration.k, Filter())
+                # The voters leave out what the query excludes (the calibration was fitted without the
+                # query's own patient), nothing else.
+                voters = await searcher.search(vector, calibration.k, Filter.of(exclude_patients=excluded[0],
+                                                                                exclude_studies=excluded[1]))
+        page = found[offset:offset + top_k]
+        following = paging.token(searcher.store, query(), offset + top_k) if len(found) > offset + top_k else ""
         call = calls.current()
         if call is not None:
-            call.study_uids.extend(hit.study_uid for hit in found)
+            call.study_uids.extend(hit.study_uid for hit in page)
             if not call.sees_patient_data:
-                hits.redact(found, searcher.store.opaque_id)
-        return pb.SearchResponse(model=model.name, hits=found, suggestions=_suggestions(calibration, voters))
+                hits.redact(page, searcher.store.opaque_id)
+        return pb.SearchResponse(model=model.name, hits=page, next_page_token=following,
+                                 suggestions=_suggestions(calibration, voters))
 
     async def _by_study(self, searcher, vector, top_k: int, flt: Filter) -> list[pb.Hit]:
         """Images enough for `top_k` studies: fetched in growing rounds while studies repeat."""
@@ -293,17 +323,6 @@ def _suggestions(calibration: Calibration | None, voters) -> list[pb.Suggestion]
     return [pb.Suggestion(label=s.label, probability=s.probability, neighbours=s.neighbours) for s in found]
 
 
-def _refuse_not_yet_served(request) -> None:
-    for path in NOT_YET_SERVED:
-        message, name = request, path
-        if "." in path:
-            parent, name = path.split(".")
-            message = getattr(request, parent)
-        if name in message.DESCRIPTOR.fields_by_name and _is_set(message, name):
-            raise InvalidRequestError(f"{path} is not served by this gateway's version ({__version__}) yet: "
-                                      "leave it out", path)
-
-
 def _check_image_source(request) -> None:
     """Exactly one of the uploaded bytes and an archived image's id."""
     if request.image and request.image_id:
@@ -330,15 +349,49 @@ def _region(request) -> Region | None:
         raise at_field(error, "roi")
 
 
-def _is_set(message, name: str) -> bool:
-    field = message.DESCRIPTOR.fields_by_name[name]
-    if field.message_type is not None:
-        return message.HasField(name)
-    return bool(getattr(message, name))
+def _refuse_without_patient(request) -> None:
+    """A PNG or JPEG upload names no patient or study: an exclusion asked of one is refused before decoding."""
+    if request.image_id or is_dicom(bytes(request.image)):
+        return
+    for field, what, tag in (("exclude_same_patient", "patient", "PatientID"),
+                             ("exclude_same_study", "study", "StudyInstanceUID")):
+        if getattr(request, field):
+            raise InvalidRequestError(f"{field} needs a DICOM query (its {tag}) or an archived image (image_id): "
+                                      f"a PNG or JPEG has no {what} to exclude; leave it out", field)
 
 
-def _filter(filters) -> Filter:
-    return Filter.of(filters.projections, filters.labels)
+def archived_identity(store: VectorStore, image_id: str) -> tuple[str, str]:
+    """The patient id and study of an indexed image, for excluding them (never shown)."""
+    row = store.image(image_id)
+    if row is None:
+        raise ImageNotFoundError("the image named in image_id is not in the index")
+    return str(row.get("patient_id") or ""), str(row.get("study_uid") or "")
+
+
+def _filter(filters, patients=(), studies=()) -> Filter:
+    return Filter.of(filters.projections, filters.labels, _day(filters, "study_date_from"),
+                     _day(filters, "study_date_to"), patients, studies)
+
+
+def _day(filters, name: str) -> str:
+    """A date bound as sent (DICOM DA, YYYYMMDD), checked; "" for none. A range that ends before it starts
+    is refused: it would match nothing, silently."""
+    value = getattr(filters, name)
+    if value and not (len(value) == 8 and value.isdigit() and _is_date(value)):
+        raise InvalidRequestError(f"filters.{name} must be a date as YYYYMMDD (DICOM DA), such as 20240131",
+                                  f"filters.{name}")
+    if name == "study_date_to" and value and filters.study_date_from and filters.study_date_from > value:
+        raise InvalidRequestError("filters.study_date_to is before filters.study_date_from: the range is empty; "
+                                  "swap them", "filters.study_date_to")
+    return value
+
+
+def _is_date(value: str) -> bool:
+    try:
+        datetime.date(int(value[:4]), int(value[4:6]), int(value[6:]))
+    except ValueError:
+        return False
+    return True
 
 
 def _top_k(value: int) -> int:

@@ -133,7 +133,9 @@ class Delta:
         for position in np.flatnonzero(passes):
             row = self.added_rows([position], reports)[0]
             passes[position] = ((not projections or str(row.get("projection", "")).lower() in projections)
-                                and (not labels or bool(labels & {x.lower() for x in row.get("labels") or ()})))
+                                and (not labels or bool(labels & {x.lower() for x in row.get("labels") or ()}))
+                                and flt.passes_date(str(row.get("study_date") or ""))
+                                and not flt.excluded(row))
         return passes
 
     @functools.cached_property

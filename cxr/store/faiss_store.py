@@ -16,7 +16,7 @@ import contextlib
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import faiss
@@ -30,7 +30,7 @@ from cxr.store.faiss_changes import CHANGES_DIR, GENERATION_FILE, base_id, read_
 from cxr.store.faiss_delta import Delta
 from cxr.store.faiss_files import INDEX_FILE, TABLE_DIR, VECTORS_FILE, file_checksum, listed_files, read_manifest
 from cxr.store.image_table import ImageTable, check_known, population
-from cxr.store.interface import Filter, Hits, StudyIdentity, StudyReport, VectorStore
+from cxr.store.interface import STUDY_KEYS, Filter, Hits, StudyIdentity, StudyReport, VectorStore
 
 RERANK_FACTOR = 4  # a compressed index proposes 4 x k candidates; the full vectors pick the k best
 FILTER_CACHE = 256  # filter combinations whose bitmaps are kept
@@ -377,14 +377,33 @@ class FaissStore(VectorStore):
         return top_hits(scores[:, :k], ids[:, :k])
 
     def _view(self, flt: Filter) -> _View:
-        """What the filter lets through now, kept for the most recent filters."""
+        """What the filter lets through now: the view of its kept part (kept for the most recent filters),
+        less the rows of its excluded patients and studies (one query's, not kept)."""
+        view = self._kept_view(flt.kept)
+        if not flt.excludes:
+            return view
+        excluded = [row for patient in flt.exclude_patients for row in self.table.matching("patient_id", patient)]
+        excluded += [row for study in flt.exclude_studies for key in STUDY_KEYS
+                     for row in self.table.matching(key, study)]
+        bitmap = view.bitmap
+        if excluded:
+            bitmap = (np.full((self.table.count + 7) // 8, 0xFF, np.uint8) if bitmap is None else bitmap) \
+                & ~self.table.rows_bitmap(excluded)
+        return replace(view, bitmap=bitmap, allowed=population(bitmap, self.table.count) if excluded else view.allowed,
+                       added=view.delta.passing(flt, self._reports))
+
+    def _kept_view(self, flt: Filter) -> _View:
         with self._lock:
             if flt in self._filters:
                 self._filters.move_to_end(flt)
                 return self._filters[flt]
             generation, delta, added_index = self._generation, self.delta, self._added_index
         self.check_filter(flt)
-        bitmap = self.table.bitmap(flt.projections, flt.labels, known=False) if flt else None
+        bitmap = self.table.bitmap(flt.projections, flt.labels, known=False) if flt.projections or flt.labels \
+            else None
+        if flt.dated:
+            dated = self.table.date_bitmap(flt.date_from, flt.date_to)
+            bitmap = dated if bitmap is None else bitmap & dated
         if delta.dead_bitmap is not None:
             bitmap = ~delta.dead_bitmap if bitmap is None else bitmap & ~delta.dead_bitmap
         allowed = self.table.count - len(delta.dead_base) if bitmap is None or not flt \

@@ -141,6 +141,8 @@ class ImageTable:
         self._label_offsets = np.load(directory / "labels.offsets.npy", mmap_mode="r")
         self._projection_codes = np.load(directory / "projection.codes.npy", mmap_mode="r")
         self._orders = {column: _order(directory, column, name) for column, name in ORDER_FILES.items()}
+        self._lazy_orders: dict[str, np.ndarray] = {}  # columns looked up only by some queries (patient_id)
+        self._dates: np.ndarray | None = None  # each row's study date as an integer YYYYMMDD (0: none)
         if any(len(c) != self.count for c in self._columns.values()) or len(self._projection_codes) != self.count:
             raise ValueError(f"{directory}: columns of different lengths for {self.count} rows")
         self._bitmaps_built: dict[str, dict[str, np.ndarray]] | None = None
@@ -228,11 +230,42 @@ class ImageTable:
 
     def matching(self, column: str, value: str) -> list[int]:
         """Ids of the rows whose `column` is `value`, by bisection over the column's sort order."""
-        values, order = self._columns[column], self._orders[column]
+        if column not in self._columns:  # a table written before the column existed: every row has ""
+            return []
+        values, order = self._columns[column], self._order(column)
         key = lambda position: values[int(order[position])]  # noqa: E731
         start = bisect.bisect_left(range(self.count), value, key=key)
         stop = bisect.bisect_right(range(self.count), value, lo=start, key=key)
         return sorted(int(i) for i in order[start:stop])
+
+    def _order(self, column: str) -> np.ndarray:
+        """A column's sort order: written with the build for study_uid and image_id, sorted at the first
+        lookup for the others (patient_id: ~1 s for a million rows, once, and only when a query asks)."""
+        if column in self._orders:
+            return self._orders[column]
+        if column not in self._lazy_orders:
+            self._lazy_orders = {**self._lazy_orders, column: self._columns[column].sort_order()}
+        return self._lazy_orders[column]
+
+    def rows_bitmap(self, rows) -> np.ndarray:
+        """These rows as a little-endian bitmap."""
+        member = np.zeros(self.count, bool)
+        member[np.asarray(list(rows), np.int64)] = True
+        return np.packbits(member, bitorder="little")
+
+    def date_bitmap(self, date_from: str = "", date_to: str = "") -> np.ndarray:
+        """Rows whose study date is within [date_from, date_to] (YYYYMMDD, inclusive, "" no bound); a row
+        without a readable date is left out."""
+        if self._dates is None:
+            self._dates = np.array([_day(text) for text in self._columns["study_date"].values(np.arange(self.count))],
+                                   np.int32)
+        dates = self._dates
+        passes = dates > 0
+        if date_from:
+            passes &= dates >= int(date_from)
+        if date_to:
+            passes &= dates <= int(date_to)
+        return np.packbits(passes, bitorder="little")
 
     def check(self, projections=(), labels=()) -> None:
         """Raise UnknownFilterError for a value no row carries, naming the known ones."""
@@ -288,6 +321,11 @@ def check_known(projections, labels, projection_names: list[str], label_names: l
             where = ", ".join(map(str, places[:5])) + (f" and {len(places) - 5} more" if len(places) > 5 else "")
             raise UnknownFilterError(f"{kind} filter value(s) at position {where} are not in this index; "
                                      f"it has {sorted(names)}")
+
+
+def _day(text: str) -> int:
+    """A DICOM DA (YYYYMMDD) as an integer; 0 for none or anything else."""
+    return int(text) if len(text) == 8 and text.isdigit() else 0
 
 
 def population(bitmap: np.ndarray | None, count: int) -> int:

@@ -26,7 +26,7 @@ import logging
 import secrets
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -34,25 +34,63 @@ from cxr.store.builds import CALIBRATION_KEY, ID_KEY
 from cxr.suggestions import Calibration
 
 Hits = list[tuple[int, float]]  # (id, score), best first
+# An excluded study matches a row by its study_uid or its StudyInstanceUID: a DICOM query names the latter,
+# which is a row's study_uid only where the archive came from a PACS.
+STUDY_KEYS = ("study_uid", "study_instance_uid")
 OPAQUE_ID_HEX = 24  # 96 bits: no collision among billions of images
 log = logging.getLogger("cxr.vector_store")  # the name before the package: log settings may name it
 
 
 @dataclass(frozen=True)
 class Filter:
-    """Projection and label filters of one query: any of the projections, and any of the labels.
-    Values match regardless of case; they are kept as sent, so an error can quote them."""
+    """What one query keeps: any of the projections, any of the labels, studies dated within
+    [date_from, date_to] (DICOM DA, YYYYMMDD, inclusive; "" no bound; an image without a date is left out
+    when a bound is set), and none of the excluded patients (patient_id) or studies (study_uid). Values
+    match regardless of case except exclusions, which are identifiers (a study by its study_uid or its
+    study_instance_uid); they are kept as sent, so an error can quote them. Excluded patients are patient data: they never show in the filter's repr."""
 
     projections: tuple[str, ...] = ()
     labels: tuple[str, ...] = ()
+    date_from: str = ""
+    date_to: str = ""
+    exclude_patients: tuple[str, ...] = field(default=(), repr=False)
+    exclude_studies: tuple[str, ...] = field(default=(), repr=False)
 
     @classmethod
-    def of(cls, projections=(), labels=()) -> Filter:
+    def of(cls, projections=(), labels=(), date_from: str = "", date_to: str = "", exclude_patients=(),
+           exclude_studies=()) -> Filter:
         """Order and repeats do not change a filter's meaning, so they do not change its key."""
-        return cls(tuple(sorted(set(projections))), tuple(sorted(set(labels))))
+        return cls(tuple(sorted(set(projections))), tuple(sorted(set(labels))), date_from, date_to,
+                   tuple(sorted(set(exclude_patients) - {""})), tuple(sorted(set(exclude_studies) - {""})))
 
     def __bool__(self) -> bool:
-        return bool(self.projections or self.labels)
+        return bool(self.projections or self.labels or self.dated or self.excludes)
+
+    @property
+    def kept(self) -> Filter:
+        """The filter without its exclusions: what images pass whoever asks (a store may keep its rows)."""
+        return replace(self, exclude_patients=(), exclude_studies=())
+
+    @property
+    def excludes(self) -> bool:
+        return bool(self.exclude_patients or self.exclude_studies)
+
+    @property
+    def dated(self) -> bool:
+        return bool(self.date_from or self.date_to)
+
+    def passes_date(self, study_date: str) -> bool:
+        """Whether a row's study date is within the bounds (YYYYMMDD compare as text)."""
+        if not self.dated:
+            return True
+        readable = len(study_date) == 8 and study_date.isdigit()
+        return readable and (not self.date_from or study_date >= self.date_from) \
+            and (not self.date_to or study_date <= self.date_to)
+
+    def excluded(self, row: dict) -> bool:
+        """Whether a row is of an excluded patient or study."""
+        return (bool(row.get("patient_id")) and row.get("patient_id") in self.exclude_patients) \
+            or any(bool(row.get(name)) and row.get(name) in self.exclude_studies for name in STUDY_KEYS)
 
 
 @dataclass(frozen=True)
@@ -206,6 +244,11 @@ class VectorStore(ABC):
         if not value:
             return ""
         return hmac.new(self._id_key, value.encode(), hashlib.sha256).hexdigest()[:OPAQUE_ID_HEX]
+
+    def signature(self, purpose: str, data: bytes) -> bytes:
+        """An HMAC-SHA256 of `data` under the index's key, kept apart from opaque ids by `purpose`: what
+        the gateway signs (page tokens) so that every replica serving this index, and its rebuilds, checks it."""
+        return hmac.new(self._id_key, purpose.encode() + b"\0" + data, hashlib.sha256).digest()
 
     @functools.cached_property
     def _id_key(self) -> bytes:

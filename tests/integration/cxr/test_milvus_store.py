@@ -39,7 +39,9 @@ def _metadata(n: int) -> list[dict]:
     for i, row in enumerate(rows):
         row.update(filename=f"{i}.png", path=f"/archive/é/{i}.png", patient_id=f"p{i // 4}",
                    findings=f"report {i} — ümlaut", impression="" if i % 5 else "no acute disease",
-                   sop_instance_uid=f"1.2.3.{i}", view_position="PA", patient_name="Doe^Jane")
+                   sop_instance_uid=f"1.2.3.{i}", view_position="PA", patient_name="Doe^Jane",
+                   study_date="" if i % 6 == 0 else f"2019{1 + i % 12:02d}{1 + i % 28:02d}",
+                   study_instance_uid=f"1.2.{i // 2}")
         if i % 7 == 0:
             row["labels"] = row["labels"] + [ODD_LABEL]
         if i % 11 == 0:
@@ -65,10 +67,13 @@ def pair(tmp_path, lite):
 
 
 FILTERS = [Filter(), Filter.of(labels=["EFFUSION", "mass"]), Filter.of(projections=["frontal"]),
-           Filter.of(projections=["Lateral"], labels=["no finding", ODD_LABEL.upper()]), Filter.of(labels=[ODD_LABEL])]
+           Filter.of(projections=["Lateral"], labels=["no finding", ODD_LABEL.upper()]), Filter.of(labels=[ODD_LABEL]),
+           Filter.of(date_from="20190301", date_to="20190630"), Filter.of(date_to="20190215"),
+           Filter.of(labels=["Mass"], exclude_patients=[f"p{i}" for i in range(0, 75, 2)], exclude_studies=['s"3', "s5", "1.2.8"])]
 
 
-@pytest.mark.parametrize("flt", FILTERS, ids=["none", "labels", "projection", "both", "escaped"])
+@pytest.mark.parametrize("flt", FILTERS, ids=["none", "labels", "projection", "both", "escaped", "dates", "before",
+                                              "excluded"])
 @pytest.mark.parametrize("k", [10, 60])
 def test_exact_search_finds_the_same_top_k_as_faiss_flat(pair, flt, k):
     faiss, milvus = pair

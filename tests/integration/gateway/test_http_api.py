@@ -23,6 +23,7 @@ from cxr.retrieval.v1 import retrieval_pb2 as pb
 from cxr.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
 from gateway import calls, openapi
 from support import DATA_DIR, BackgroundGateway
+from support.dicom_query import PATIENT, patients, query_dicom
 
 pytestmark = pytest.mark.triton
 MODEL = "medsiglip-tiny"  # the model of the session's nih_index
@@ -120,6 +121,29 @@ def test_refined_searches_answer_what_grpc_answers(http, stub):
     _same_answer(text.json(), _as_json(stub.SearchByText(request)))
     missing = http.post("/v1/search/image", params={"image_id": "absent.png"})
     assert missing.status_code == 404 and missing.json()["error"]["status"] == "NOT_FOUND"
+
+
+def test_exclusion_dates_and_pages_of_an_upload_answer_what_grpc_answers(http, stub):
+    dicom = query_dicom()
+    request = pb.SearchByImageRequest(image=dicom, top_k=4, exclude_same_patient=True,
+                                      filters=pb.Filters(study_date_to="20991231"))
+    params = {"top_k": "4", "exclude_same_patient": "true", "study_date_to": "20991231"}
+    assert http.post("/v1/search/image", params=params, content=dicom,
+                     headers={"content-type": "application/dicom"}).json() == {"model": MODEL}  # NIH rows: no date
+    request.filters.ClearField("study_date_to")
+    del params["study_date_to"]
+    first = stub.SearchByImage(request, timeout=60)
+    request.page_token = first.next_page_token
+    expected = _as_json(stub.SearchByImage(request, timeout=60))
+    answer = http.post("/v1/search/image", params={**params, "page_token": first.next_page_token}, content=dicom,
+                       headers={"content-type": "application/dicom"})
+    assert answer.status_code == 200, answer.text
+    _same_answer(answer.json(), expected)
+    assert expected["nextPageToken"] and not {hit["imageId"] for hit in expected["hits"]} & \
+        {image for image, patient in patients().items() if patient == PATIENT}
+    refused = http.post("/v1/search/image", params={"exclude_same_patient": "true"}, content=PNG.read_bytes(),
+                        headers={"content-type": "image/png"})
+    assert refused.status_code == 400 and "exclude_same_patient" in refused.text
 
 
 def test_batch_search_answers_what_grpc_answers(http, stub):

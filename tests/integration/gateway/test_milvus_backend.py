@@ -16,6 +16,7 @@ from cxr.retrieval.v1 import retrieval_pb2 as pb  # noqa: E402
 from cxr.retrieval.v1 import retrieval_pb2_grpc  # noqa: E402
 from cxr.store import faiss_store  # noqa: E402
 from support import DATA_DIR, BackgroundGateway, MilvusLiteFile  # noqa: E402
+from support.dicom_query import PATIENT, patients, query_dicom  # noqa: E402
 from training.data import humanise, label_prompt  # noqa: E402
 
 pytestmark = pytest.mark.triton
@@ -90,6 +91,18 @@ def test_the_milvus_gateway_describes_its_index_and_finds_studies(stubs):
         milvus.SearchByText(pb.SearchByTextRequest(text="x", filters=pb.Filters(labels=["Unicorn"])))
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "it has" in error.value.details()
     assert "Unicorn" not in error.value.details()
+
+
+def test_the_query_s_patient_is_left_out_by_milvus_as_by_faiss(stubs):
+    owner = patients()
+    pages = []
+    for stub in stubs:
+        request = pb.SearchByImageRequest(image=query_dicom(), top_k=10, exclude_same_patient=True,
+                                          filters=pb.Filters(projections=["Frontal"]))
+        first = stub.SearchByImage(request, timeout=60)
+        request.page_token = first.next_page_token
+        pages.append([hit.image_id for hit in [*first.hits, *stub.SearchByImage(request, timeout=60).hits]])
+    assert pages[0] == pages[1] and len(pages[0]) == 20 and all(owner[i] != PATIENT for i in pages[0])
 
 
 def test_a_deletion_on_the_milvus_gateway_is_gone_from_its_next_search(stubs):

@@ -20,6 +20,7 @@ from cxr.images import (
     NotComparableError,
     PixelBudget,
     decode,
+    dicom_identity,
     is_dicom,
     preprocess,
 )
@@ -432,3 +433,12 @@ def test_a_region_is_cut_after_windowing_and_before_resizing():
     assert cropped.shape == (32, 32, 3) and cropped.min() == 255  # the window of the whole image, not the crop's
     whole = images.preprocess(out.getvalue(), 32)
     assert whole.min() == 0 and whole.max() == 255
+
+
+def test_a_dicom_s_patient_and_study_are_read_from_its_header_alone(monkeypatch):
+    monkeypatch.setattr(images, "_decode_dicom", lambda *a: pytest.fail("pixels decoded"))
+    assert dicom_identity(_dicom_bytes(PatientID=" P-7 ", StudyInstanceUID="1.2.3")) == ("P-7", "1.2.3")
+    assert dicom_identity(_dicom_bytes(PatientID=""))[0] == ""
+    assert dicom_identity((SAMPLES / "00000001_000.png").read_bytes()) == ("", "")
+    with pytest.raises(ImageTooLargeError):
+        dicom_identity(hostile.deflated_dicom_bomb(DICOM.read_bytes(), 2**30), GATEWAY)

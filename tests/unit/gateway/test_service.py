@@ -4,6 +4,7 @@ loopback."""
 
 import asyncio
 import contextlib
+import io
 import threading
 from dataclasses import dataclass
 
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 
 import cxr
-from cxr.images import ImageLimits
+from cxr.images import ImageLimits, dicom_identity
 from cxr.retrieval.v1 import retrieval_pb2 as pb
 from cxr.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
 from cxr.store import faiss_writer
@@ -24,8 +25,10 @@ from gateway import service as service_module
 from gateway.admission import DecodeQueue
 from gateway.embedding import Embedder
 from gateway.indexes import IndexSet
+from gateway.request_errors import ImageNotFoundError
 from gateway.service import RetrievalService
 from support import DATA_DIR
+from support import SAMPLE_DICOM
 
 MODEL = "cxr-mini"  # a registry name: ListModels and GetSearchOptions read the registry entry
 DIM = 8
@@ -90,7 +93,14 @@ def _labels(i: int) -> list[str]:
 @contextlib.contextmanager
 def _serving(tmp_path, backend, calibration: dict | None = None):
     """The service over an index of IMAGES images in `backend`, behind a grpc.aio server on loopback."""
-    metadata = [{"image_id": str(i), "study_uid": f"s{i // 2}", "labels": _labels(i)} for i in range(IMAGES)]
+    metadata = [{"image_id": str(i), "study_uid": f"s{i // 2}", "labels": _labels(i),
+                 "patient_id": f"p{i // 4}", "study_date": "" if i % 4 == 3 else f"2020{1 + i:02d}01"}
+                for i in range(IMAGES)]
+    patient, study = dicom_identity(SAMPLE_DICOM.read_bytes())
+    for row in metadata[4:8]:  # the patient of the sample DICOM, whose study holds images 10 and 11
+        row["patient_id"] = patient
+    for row in metadata[10:]:
+        row["study_uid"] = study
     faiss_writer.write(tmp_path / MODEL, _vectors(), metadata, {"model": MODEL, "export_sha256": "a" * 64}, [], "flat")
     if calibration is not None:
         backend.set_calibration(MODEL, calibration)
@@ -146,10 +156,11 @@ def calibrated(tmp_path):
         yield served[0]
 
 
-def _expected_suggestions() -> list[tuple[str, float, int]]:
-    """What the 5 images nearest the image query's vector (image 5's) carry, through CALIBRATION's maps."""
+def _expected_suggestions(excluded=()) -> list[tuple[str, float, int]]:
+    """What the 5 images nearest the image query's vector (image 5's), less the `excluded` ones, carry,
+    through CALIBRATION's maps."""
     scores = _vectors() @ _vectors()[5]
-    nearest = np.argsort(-scores)[:5]
+    nearest = [i for i in np.argsort(-scores) if str(i) not in excluded][:5]
     calibration = Calibration.from_dict(CALIBRATION)
     return [(s.label, s.probability, s.neighbours)
             for s in calibration.suggest(scores[nearest].tolist(), [_labels(int(i)) for i in nearest])]
@@ -168,6 +179,14 @@ def test_an_image_query_gets_the_calibrated_suggestions_of_its_nearest_images(ca
     assert [(label, n) for label, _, n in found] == [(label, n) for label, _, n in expected] and found
     assert [p for _, p, _ in found] == pytest.approx([p for _, p, _ in expected], abs=1e-6)
     assert [p for _, p, _ in found] == sorted((p for _, p, _ in found), reverse=True)
+
+
+def test_the_voters_leave_out_the_patient_the_query_excludes(calibrated):
+    """The calibration was fitted without each query's own patient: excluded, its images do not vote."""
+    request = pb.SearchByImageRequest(image=SAMPLE_DICOM.read_bytes(), top_k=3, exclude_same_patient=True)
+    found = [(s.label, s.neighbours) for s in calibrated.SearchByImage(request, timeout=10).suggestions]
+    expected = [(label, n) for label, _, n in _expected_suggestions(excluded={"4", "5", "6", "7"})]
+    assert found == expected and found != [(label, n) for label, _, n in _expected_suggestions()]
 
 
 def test_a_text_query_gets_no_suggestions(calibrated):
@@ -209,35 +228,6 @@ def test_bad_fields_are_refused_before_anything_is_embedded(service, request_, w
     assert embedder.texts == []
     (violation,) = _details(error.value)["BadRequest"].field_violations
     assert violation.field == field and violation.description == error.value.details()
-
-
-def _not_yet_served_requests():
-    """One request per field of service.NOT_YET_SERVED, that field set, for the RPC whose request has it."""
-    for path in service_module.NOT_YET_SERVED:
-        for rpc, kind in (("SearchByText", pb.SearchByTextRequest), ("SearchByImage", pb.SearchByImageRequest)):
-            request, name = kind(text="x") if kind is pb.SearchByTextRequest else kind(image=b"x"), path
-            message = request
-            if "." in path:
-                parent, name = path.split(".")
-                message = getattr(request, parent)
-            field = message.DESCRIPTOR.fields_by_name.get(name)
-            if field is None:
-                continue
-            if field.message_type is not None:
-                getattr(message, name).SetInParent()
-            else:
-                setattr(message, name, {bool: True, str: "x"}[type(getattr(message, name))])
-            yield pytest.param(rpc, request, path, id=f"{rpc}-{path}")
-
-
-@pytest.mark.parametrize("rpc, request_, field", list(_not_yet_served_requests()))
-def test_a_field_not_yet_served_is_refused_by_name_never_ignored(service, rpc, request_, field):
-    stub, embedder = service
-    with pytest.raises(grpc.RpcError) as error:
-        getattr(stub, rpc)(request_, timeout=10)
-    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT and field in error.value.details()
-    assert _details(error.value)["BadRequest"].field_violations[0].field == field
-    assert embedder.texts == []
 
 
 def test_bytes_that_are_no_image_are_a_fault_of_the_image_field(service):
@@ -494,3 +484,118 @@ def test_a_region_of_an_archived_image_is_refused_with_the_remedy(service):
     with pytest.raises(grpc.RpcError) as error:
         stub.SearchByImage(pb.SearchByImageRequest(image_id="5", roi=roi), timeout=10)
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "upload" in error.value.details()
+
+
+def _png() -> bytes:
+    from PIL import Image
+    out = io.BytesIO()
+    Image.new("L", (16, 16), 128).save(out, "PNG")
+    return out.getvalue()
+
+
+def _hit_ids(hits) -> list[str]:
+    return [h.image_id for h in hits]
+
+
+def test_a_dicom_query_leaves_out_its_patient_and_study_and_still_fills_top_k(service):
+    stub, _ = service
+    dicom = SAMPLE_DICOM.read_bytes()
+    patient, study = dicom_identity(dicom)
+    plain = _hit_ids(stub.SearchByImage(pb.SearchByImageRequest(image=dicom, top_k=8), timeout=10).hits)
+    assert plain[0] == "5" and {"4", "6", "7"} & set(plain)  # the query's vector is image 5's
+    answer = stub.SearchByImage(pb.SearchByImageRequest(image=dicom, top_k=8, exclude_same_patient=True), timeout=10)
+    assert len(answer.hits) == 8 and not {"4", "5", "6", "7"} & set(_hit_ids(answer.hits))
+    assert patient not in str(answer)
+    both = pb.SearchByImageRequest(image=dicom, top_k=12, exclude_same_patient=True, exclude_same_study=True)
+    assert sorted(_hit_ids(stub.SearchByImage(both, timeout=10).hits), key=int) == ["0", "1", "2", "3", "8", "9"]
+    assert study not in str(stub.SearchByImage(both, timeout=10))
+
+
+@pytest.mark.parametrize("field", ["exclude_same_patient", "exclude_same_study"])
+def test_an_exclusion_asked_of_a_png_is_refused_by_name_before_decoding(service, field):
+    stub, embedder = service
+    with pytest.raises(grpc.RpcError) as error:
+        stub.SearchByImage(pb.SearchByImageRequest(image=_png(), **{field: True}), timeout=10)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "PNG or JPEG" in error.value.details()
+    assert _details(error.value)["BadRequest"].field_violations[0].field == field
+
+
+def test_the_patient_of_an_archived_image_is_read_from_its_row():
+    class Store:
+        def image(self, image_id):
+            return {"image_id": "7", "patient_id": "p1", "study_uid": "s3"} if image_id == "7" else None
+
+    assert service_module.archived_identity(Store(), "7") == ("p1", "s3")
+    with pytest.raises(ImageNotFoundError, match="not in the index"):
+        service_module.archived_identity(Store(), "8")
+
+
+@pytest.mark.parametrize("filters, field", [(pb.Filters(study_date_from="2020-01-01"), "filters.study_date_from"),
+                                            (pb.Filters(study_date_to="20200231"), "filters.study_date_to"),
+                                            (pb.Filters(study_date_from="20200301", study_date_to="20200201"),
+                                             "filters.study_date_to")])
+def test_a_bad_date_bound_is_refused_naming_its_field(service, filters, field):
+    stub, embedder = service
+    with pytest.raises(grpc.RpcError) as error:
+        stub.SearchByText(pb.SearchByTextRequest(text="x", filters=filters), timeout=10)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert _details(error.value)["BadRequest"].field_violations[0].field == field and embedder.texts == []
+
+
+def test_a_date_range_keeps_dated_images_within_it(service):
+    stub, _ = service
+    request = pb.SearchByTextRequest(text="x", top_k=12, filters=pb.Filters(study_date_from="20200301",
+                                                                           study_date_to="20200801"))
+    assert sorted(_hit_ids(stub.SearchByText(request, timeout=10).hits), key=int) == ["2", "4", "5", "6"]  # 3, 7: no date
+
+
+@pytest.mark.parametrize("group", [False, True])
+def test_pages_follow_on_until_the_last_which_has_no_token(service, group):
+    stub, _ = service
+    request = pb.SearchByTextRequest(text="x", top_k=12, group_by_study=group)
+    whole = stub.SearchByText(request, timeout=10)
+    paged, request.top_k, pages = [], 4 if not group else 2, 0
+    while True:
+        answer = stub.SearchByText(request, timeout=10)
+        paged += answer.hits
+        pages += 1
+        if not answer.next_page_token:
+            break
+        request.page_token = answer.next_page_token
+    assert [(h.image_id, h.study_uid, h.rank) for h in paged] == [(h.image_id, h.study_uid, h.rank) for h in whole.hits]
+    assert pages == 3 and not whole.next_page_token
+
+
+@pytest.mark.parametrize("change", [dict(text="y"), dict(top_k=5), dict(group_by_study=True),
+                                    dict(filters=pb.Filters(labels=["Effusion"])), dict(page_token="x")])
+def test_a_page_token_of_another_query_is_refused(service, change):
+    stub, embedder = service
+    first = stub.SearchByText(pb.SearchByTextRequest(text="x", top_k=4), timeout=10)
+    other = pb.SearchByTextRequest(text="x", top_k=4, page_token=first.next_page_token)
+    if "page_token" in change:
+        other.page_token = first.next_page_token[:-2] + "AA"
+    else:
+        for name, value in change.items():
+            if isinstance(value, pb.Filters):
+                other.filters.CopyFrom(value)
+            else:
+                setattr(other, name, value)
+    embedder.texts.clear()
+    with pytest.raises(grpc.RpcError) as error:
+        stub.SearchByText(other, timeout=10)
+    assert _details(error.value)["BadRequest"].field_violations[0].field == "page_token" and embedder.texts == []
+
+
+def test_a_page_token_holds_for_the_same_query_however_it_is_spelled(service):
+    stub, _ = service
+    first = stub.SearchByText(pb.SearchByTextRequest(text="x", top_k=4), timeout=10)
+    again = pb.SearchByTextRequest(text="x", top_k=4, filters=pb.Filters(), page_token=first.next_page_token)
+    assert again.HasField("filters") and len(stub.SearchByText(again, timeout=10).hits) == 4
+
+
+def test_pages_end_at_the_deepest_result_allowed(service, monkeypatch):
+    monkeypatch.setattr(service_module.paging, "MAX_DEPTH", 6)
+    stub, _ = service
+    first = stub.SearchByText(pb.SearchByTextRequest(text="x", top_k=4), timeout=10)
+    last = stub.SearchByText(pb.SearchByTextRequest(text="x", top_k=4, page_token=first.next_page_token), timeout=10)
+    assert len(last.hits) == 2 and not last.next_page_token and last.hits[0].rank == 5

@@ -24,6 +24,9 @@ class Archive:
     def __init__(self, backend: FaissBackend, index_type: str = "flat"):
         self.backend = backend
         vectors, rows = unit_vectors(N, DIM), index_metadata(N)
+        for i, row in enumerate(rows):  # patients of six images, a study date for all but every fifth
+            row.update(patient_id=f"p{i // 6}", study_date="" if i % 5 == 0 else f"2020{1 + i % 12:02d}15",
+                       study_instance_uid=f"1.2.{i // 2}")
         self.images = {row["image_id"]: (v, row) for v, row in zip(vectors, rows)}
         backend.write(MODEL, vectors, rows, {"model": MODEL, "dim": DIM, "export_sha256": "e1"}, [], index_type)
         self.seed = 100
@@ -31,7 +34,8 @@ class Archive:
     def add(self, image_ids, study="new") -> Committed:
         self.seed += 1
         vectors = unit_vectors(len(image_ids), DIM, seed=self.seed)
-        rows = [{"image_id": i, "study_uid": study, "projection": "Frontal", "labels": ["Nodule"]} for i in image_ids]
+        rows = [{"image_id": i, "study_uid": study, "projection": "Frontal", "labels": ["Nodule"], "patient_id": "p1",
+                 "study_date": "20200301"} for i in image_ids]
         self.images.update({row["image_id"]: (v, row) for v, row in zip(vectors, rows)})
         return self.backend.apply(MODEL, Change(vectors, tuple(rows), export_sha256="e1"))
 
@@ -44,7 +48,8 @@ class Archive:
     def expected(self, query: np.ndarray, k: int, flt: Filter = Filter()) -> list[str]:
         def passes(row):
             return ((not flt.projections or row["projection"] in flt.projections)
-                    and (not flt.labels or set(flt.labels) & set(row["labels"])))
+                    and (not flt.labels or set(flt.labels) & set(row["labels"]))
+                    and flt.passes_date(row.get("study_date", "")) and not flt.excluded(row))
         scored = sorted(((float(v @ query), i) for i, (v, row) in self.images.items() if passes(row)), reverse=True)
         return [i for _, i in scored[:k]]
 
@@ -77,6 +82,20 @@ def test_a_refreshed_store_answers_as_a_search_of_the_images_there_now(backend):
         archive.check(store, flt)
     assert store.image("5") is None and store.study("s7") == [] and store.study("new") == []
     assert [r["image_id"] for r in store.study("s2")] == []  # 4 moved to the study "new", 5 deleted
+
+
+def test_dates_and_exclusions_filter_the_build_and_the_added_rows_alike(backend):
+    archive = Archive(backend)
+    archive.add(["n1", "n2"])  # of patient p1, dated 20200301
+    store = backend.open(MODEL)
+    for flt in (Filter.of(exclude_patients=["p1"]), Filter.of(exclude_patients=["p0", "p2"], exclude_studies=["s9"]),
+                Filter.of(exclude_studies=["1.2.4", "1.2.5", "s7"]),
+                Filter.of(date_from="20200301", date_to="20200630"), Filter.of(date_to="20200215"),
+                Filter.of(labels=["Mass"], date_from="20200301", exclude_patients=["p3"])):
+        archive.check(store, flt)
+    hits = store.search(unit_vectors(4, DIM, seed=3), 60, Filter.of(exclude_patients=["p1"]))
+    assert all(row["patient_id"] != "p1" for found in hits for row in store.rows([i for i, _ in found]))
+    assert "p1" not in repr(Filter.of(exclude_patients=["p1"]))
 
 
 def test_labels_of_added_images_filter_and_unknown_ones_are_refused(backend):

@@ -11,7 +11,7 @@ import pytest
 from cxr.store.faiss_backend import FaissBackend
 from cxr.store.faiss_store import FaissStore
 from cxr.store.faiss_writer import FaissWriter
-from cxr.store.interface import StoreBackend, StoreWriter, VectorStore
+from cxr.store.interface import Filter, StoreBackend, StoreWriter, VectorStore
 
 REPO = Path(__file__).resolve().parents[4]
 
@@ -111,3 +111,18 @@ def test_the_interface_factory_and_milvus_backend_load_no_faiss():
             "print('faiss' in sys.modules)")
     child = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert child.stdout.strip() == "False", child.stderr[-2000:]
+
+
+def test_a_filter_keys_on_its_meaning_and_hides_its_excluded_patients():
+    flt = Filter.of(["Lateral"], exclude_patients=["p9", "p1", "p9", ""], exclude_studies=["s2"])
+    assert flt == Filter.of(["Lateral"], exclude_patients=["p1", "p9"], exclude_studies=["s2"])
+    assert flt.kept == Filter.of(["Lateral"]) and flt.excludes and Filter.of(exclude_studies=["s"])
+    assert "p1" not in repr(flt) and "s2" not in repr(flt)
+    assert flt.excluded({"patient_id": "p1"}) and flt.excluded({"study_uid": "s2"})
+    assert not flt.excluded({"patient_id": "", "study_uid": ""}) and not Filter()
+
+
+def test_a_date_range_is_inclusive_and_leaves_out_images_without_a_date():
+    flt = Filter.of(date_from="20200101", date_to="20201231")
+    assert flt.passes_date("20200101") and flt.passes_date("20201231") and not flt.passes_date("20210101")
+    assert not flt.passes_date("") and not flt.passes_date("2020") and Filter().passes_date("")
