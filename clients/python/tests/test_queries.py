@@ -1,5 +1,5 @@
-"""The requests the client builds for refined searches (no server): an archived image instead of bytes,
-feedback, text modifiers and a region of interest."""
+"""The requests the client builds (no server): an archived image instead of bytes, feedback, text modifiers,
+a region of interest, exclusions, dates and pages."""
 
 import pytest
 
@@ -26,3 +26,13 @@ def test_an_image_query_needs_exactly_one_source(kwargs):
 def test_a_text_query_carries_its_excluded_words_and_feedback():
     query = _methods.text_query("effusion", exclude_text="pacemaker", relevant=["a"]).text
     assert query.exclude_text == "pacemaker" and list(query.feedback.relevant_image_ids) == ["a"]
+
+
+def test_queries_carry_their_exclusions_dates_and_page():
+    image = _methods.image_query(b"DICM", exclude_same_patient=True, exclude_same_study=True,
+                                 study_dates=("20240101", ""), page_token="t").image
+    assert image.exclude_same_patient and image.exclude_same_study and image.page_token == "t"
+    assert (image.filters.study_date_from, image.filters.study_date_to) == ("20240101", "")
+    text = _methods.text_query("effusion", study_dates=("", "20241231"), page_token="u").text
+    assert text.filters.study_date_to == "20241231" and text.page_token == "u"
+    assert not _methods.image_query(b"x").image.exclude_same_patient
