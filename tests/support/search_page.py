@@ -28,3 +28,25 @@ def wait_for_results(page, timeout_s: float = 60, thumbnails: str = ALL_THUMBNAI
     page.wait_for_selector("#results[aria-busy=false] .card", timeout=timeout_s * 1000)
     page.wait_for_function(thumbnails, timeout=timeout_s * 1000)
     return page.locator("#results .card").all()
+
+
+def tab_to(page, selector: str, presses: int = 80) -> None:
+    """Press Tab until the element matching `selector` has the focus: the keyboard's way there."""
+    for _ in range(presses):
+        if page.evaluate("(s) => document.activeElement && document.activeElement.matches(s)", selector):
+            return
+        page.keyboard.press("Tab")
+    raise AssertionError(f"{presses} presses of Tab never reached {selector}")
+
+
+FOCUS_RING = """() => {
+  const style = getComputedStyle(document.activeElement);
+  return style.outlineStyle !== 'none' && parseFloat(style.outlineWidth) >= 2;
+}"""
+CANVAS_MEAN = """(id) => {
+  const canvas = document.getElementById(id);
+  const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+  let sum = 0;
+  for (let i = 0; i < data.length; i += 4) sum += data[i];
+  return sum / (data.length / 4);
+}"""
