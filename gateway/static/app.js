@@ -569,17 +569,17 @@
   }
 
   function setWindow(width, level) {
-    reading.window.width = clamp(width, 1, 512);
+    reading.window.width = clamp(width, 2, 512);
     reading.window.level = clamp(level, 0, 255);
     if (!reading.frame) reading.frame = requestAnimationFrame(drawViews);
   }
 
-  // Window/level as a lookup table on 8-bit values: below the window black, above it white.
+  // Window/level as a lookup table on 8-bit values: DICOM's linear function (PS3.3 C.11.2.1.2), black
+  // below the window, white above it; width 256 and level 128 leave every value as it is.
   function windowTable() {
     const { width, level } = reading.window;
-    const low = level - width / 2;
     const table = new Uint8ClampedArray(256);
-    for (let v = 0; v < 256; v++) table[v] = ((v - low) / width) * 255;
+    for (let v = 0; v < 256; v++) table[v] = ((v - (level - 0.5)) / (width - 1) + 0.5) * 255;
     return table;
   }
 
@@ -609,7 +609,8 @@
     });
   }
 
-  function showPicture(view, bitmap, label) {
+  // `bitmap` is closed once drawn unless `keep`: the query's is kept for every result of its search.
+  function showPicture(view, bitmap, label, keep) {
     const scale = Math.min(1, MAX_QUERY_SIDE / Math.max(bitmap.width, bitmap.height));
     const width = Math.max(1, Math.round(bitmap.width * scale));
     const height = Math.max(1, Math.round(bitmap.height * scale));
@@ -617,7 +618,7 @@
     view.canvas.height = height;
     const context = view.canvas.getContext("2d", { willReadFrequently: true });
     context.drawImage(bitmap, 0, 0, width, height);
-    if (bitmap.close) bitmap.close();
+    if (!keep && bitmap.close) bitmap.close();
     view.source = context.getImageData(0, 0, width, height);
     view.label = label;
     view.canvas.hidden = false;
@@ -678,7 +679,7 @@
     const [queryView, resultView] = reading.views;
     if (query.status === "rejected") showNoPicture(queryView, "No picture of the query: " + query.reason.message + ".");
     else if (!query.value) showNoPicture(queryView, "A text query: “" + q.text + "”. No query image to compare.");
-    else showPicture(queryView, query.value, "Query image");
+    else showPicture(queryView, query.value, "Query image", true);
     if (result.status === "rejected") showNoPicture(resultView, "No picture of this result: " + result.reason.message + ".");
     else showPicture(resultView, result.value, label);
   }

@@ -43,10 +43,22 @@ FOCUS_RING = """() => {
   const style = getComputedStyle(document.activeElement);
   return style.outlineStyle !== 'none' && parseFloat(style.outlineWidth) >= 2;
 }"""
-CANVAS_MEAN = """(id) => {
+CANVAS_REDS = """(id) => {
   const canvas = document.getElementById(id);
   const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
-  let sum = 0;
-  for (let i = 0; i < data.length; i += 4) sum += data[i];
-  return sum / (data.length / 4);
+  return Array.from(data.filter((_, i) => i % 4 === 0));
 }"""
+
+
+def windowed(grey: int, width: int, level: int) -> float:
+    """What window/level makes of an 8-bit grey: DICOM's linear function (black below the window, white
+    above it, linear within), which leaves every grey as it is at width 256, level 128."""
+    return min(255.0, max(0.0, ((grey - (level - 0.5)) / (width - 1) + 0.5) * 255))
+
+
+def assert_windowed(before: list, after: list, width: int, level: int) -> None:
+    """`after` is `before` (drawn at the identity window, 256/128) through window/level, within rounding."""
+    assert len(before) == len(after) > 0
+    worst = max(abs(windowed(b, width, level) - a) for b, a in zip(before, after))
+    assert worst <= 1, f"a pixel is {worst} grey levels off window {width} / level {level}"
+    assert before != after

