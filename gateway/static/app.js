@@ -855,8 +855,15 @@
 
   el.signOut.addEventListener("click", signOut);
 
-  el.nextPage.addEventListener("click", () => run(shown, shown.page + 1));
-  el.previousPage.addEventListener("click", () => run(shown, shown.page - 1));
+  // A pager button hides on the first or last page: the keyboard goes on at the new page's first result.
+  function focusNewPage() {
+    const focused = document.activeElement;
+    if (focused && focused !== document.body && focused.offsetParent !== null) return;
+    const first = el.results.querySelector(".card button.read");
+    if (first) first.focus();
+  }
+  el.nextPage.addEventListener("click", () => run(shown, shown.page + 1).then(focusNewPage));
+  el.previousPage.addEventListener("click", () => run(shown, shown.page - 1).then(focusNewPage));
 
   window.addEventListener("pagehide", revokeThumbnails);
 

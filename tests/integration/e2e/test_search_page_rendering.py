@@ -78,6 +78,7 @@ def test_suggestions_and_pages_appear_only_when_the_answer_has_them(page, canned
     assert [card.locator(".rank").text_content() for card in cards] == ["#4", "#5"]
     assert json.loads(canned.calls("/v1/search/text")[-1].post_data)["pageToken"] == "page-2"
     assert page.get_by_role("button", name="Next page").is_hidden()  # the last page: no token
+    assert page.evaluate("() => document.activeElement.getAttribute('aria-label')") == "Reading view of result 4"
     assert panel.is_hidden()  # the second page's answer carries no suggestions
 
     page.get_by_role("button", name="Previous page").click()
