@@ -6,7 +6,12 @@
 
 (function () {
   const TOKEN_KEY = "cxr.token"; // sessionStorage only: gone when the tab closes, never in the URL
+  const THEME_KEY = "cxr.theme"; // sessionStorage too: a reading room's choice, not the next user's
   const THUMB_SIZE = 256;
+  const READING_SIZE = 512; // GetThumbnail's largest
+  const MAX_QUERY_SIDE = 1024; // an uploaded query is drawn at most this large
+  const WINDOW = { width: 256, level: 128 }; // identity on 8-bit greys
+  const WINDOW_STEPS = { width: 16, level: 8, shift: 4 }; // per arrow key; Shift multiplies
   const EXCERPT_CHARS = 220;
   // What /#login-error=<word> from the gateway's sign-in means; the details are in the gateway's log.
   const LOGIN_ERRORS = {
@@ -25,11 +30,21 @@
     form: $("search-form"), query: $("query"), file: $("image-file"), drop: $("drop-zone"),
     labels: $("label-options"), labelCount: $("label-count"), projection: $("projection"), topK: $("top-k"), group: $("group-by-study"),
     status: $("status"), error: $("error"), results: $("results"), template: $("card-template"),
+    theme: $("theme-toggle"), suggestions: $("suggestions"), suggestionList: $("suggestion-list"),
+    pager: $("pager"), previousPage: $("previous-page"), nextPage: $("next-page"), pageNumber: $("page-number"),
+    reading: $("reading"), wlReadout: $("wl-readout"), wlReset: $("wl-reset"), readingClose: $("reading-close"),
+    readingPrevious: $("reading-previous"), readingNext: $("reading-next"),
+    queryCaption: $("query-caption"), queryCanvas: $("query-canvas"), queryNote: $("query-note"),
+    resultCaption: $("result-caption"), resultCanvas: $("result-canvas"), resultNote: $("result-note"),
+    readingTags: $("reading-tags"), readingFacts: $("reading-facts"), readingText: $("reading-text"),
   };
 
   let objectUrls = []; // thumbnails of the grid on screen, revoked when it is replaced
   let generation = 0; // a newer search makes the answers of older ones moot
   let optionsLoaded = false;
+  // The search on screen: how to ask for any of its pages (page tokens from the answers), what its query
+  // was (for the reading view), and the hits of the page shown. Replaced only by a search that answered.
+  let shown = null;
   const account = { sso: false, signedIn: false, user: "" }; // from GET /auth/session
 
   // ---- talking to the gateway ----------------------------------------------------------------
@@ -230,27 +245,42 @@
     return { labels, projections };
   }
 
-  async function run(what, request) {
+  // A search: `what` for the status line, `send(pageToken)` asks the gateway for one page, `query` says
+  // what the reading view shows beside a result ({kind: "text" | "upload" | "archived", ...}).
+  function newSearch(what, send, query) {
+    return { what, send, query, tokens: [""], page: 0, hits: [], model: "", queryImage: null };
+  }
+
+  async function run(search, page) {
     const mine = ++generation;
     clearError();
-    say("Searching " + what + "…");
+    say("Searching " + search.what + "…");
     el.results.setAttribute("aria-busy", "true");
     const started = performance.now();
     try {
-      const response = await request();
+      const response = await search.send(search.tokens[page] || "");
       const answer = await response.json();
       if (mine !== generation) return;
       if (answer.model) el.model.textContent = answer.model;
       const hits = answer.hits || [];
-      render(hits, answer.model || "", mine);
+      search.page = page;
+      search.hits = hits;
+      search.model = answer.model || "";
+      search.tokens.length = page + 1; // a later page's token is only good after this page's answer
+      if (answer.nextPageToken) search.tokens.push(answer.nextPageToken);
+      shown = search;
+      render(hits, search.model, mine);
+      showSuggestions(answer.suggestions || []);
+      showPager();
       const seconds = ((performance.now() - started) / 1000).toFixed(1);
-      say(hits.length ? hits.length + (hits.length === 1 ? " result" : " results") + " " + what + " in " + seconds + " s."
-        : "No matching images " + what + ". Try fewer filters.");
+      say((hits.length ? hits.length + (hits.length === 1 ? " result" : " results") + " " + search.what + " in "
+        + seconds + " s." : "No matching images " + search.what + ". Try fewer filters.")
+        + (page ? " Page " + (page + 1) + "." : ""));
       if (!optionsLoaded) loadOptions(); // after a token was entered
     } catch (error) {
       if (mine !== generation) return;
       el.results.setAttribute("aria-busy", "false");
-      showError(error);
+      showError(error); // the results of the last search that answered stay on screen
     }
   }
 
@@ -265,12 +295,15 @@
     const body = {
       text, topK: Number(el.topK.value), model: "", filters: filters(), groupByStudy: el.group.checked,
     };
-    run("by text", () => api("/v1/search/text", {
-      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
-    }));
+    run(newSearch("by text", (pageToken) => api("/v1/search/text", {
+      method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(pageToken ? Object.assign({ pageToken }, body) : body),
+    }), { kind: "text", text }), 0);
   }
 
-  function searchImage(blob, name) {
+  // The multipart form of an image search: the search's settings as form fields, so nothing of the
+  // query (an image id names a patient's image) goes into a URL.
+  function imageForm(blob, name) {
     const form = new FormData();
     form.append("image", blob, name || "query");
     form.append("top_k", el.topK.value);
@@ -279,7 +312,64 @@
     f.labels.forEach((label) => form.append("label", label));
     f.projections.forEach((projection) => form.append("projection", projection));
     form.append("group_by_study", el.group.checked ? "true" : "false");
-    run("by image", () => api("/v1/search/image", { method: "POST", body: form }));
+    return form;
+  }
+
+  function imageSearch(fields, query) {
+    return newSearch("by image", (pageToken) => {
+      const form = new FormData(); // the first page's settings hold for the next pages
+      fields.forEach((value, key) => form.append(key, value));
+      if (pageToken) form.append("page_token", pageToken);
+      return api("/v1/search/image", { method: "POST", body: form });
+    }, query);
+  }
+
+  function searchImage(blob, name) {
+    run(imageSearch(imageForm(blob, name), { kind: "upload", blob, name: name || "" }), 0);
+  }
+
+  // Find similar: a search by an archived image's id (SearchByImageRequest.image_id), nothing uploaded.
+  // The image part stays empty so that the form reads as every image search's does.
+  function searchArchived(hit, model) {
+    const fields = imageForm(new Blob([]), "query");
+    fields.append("image_id", hit.imageId);
+    run(imageSearch(fields, { kind: "archived", imageId: hit.imageId, model, rank: hit.rank }), 0);
+  }
+
+  // ---- suggestions and pages ----------------------------------------------------------------------
+
+  function percent(probability) {
+    const p = Math.max(0, Math.min(1, Number(probability) || 0));
+    return (p < 0.01 && p > 0 ? "<1" : String(Math.round(p * 100))) + " %";
+  }
+
+  function showSuggestions(suggestions) {
+    el.suggestionList.replaceChildren();
+    suggestions.forEach((s) => {
+      const li = document.createElement("li");
+      const label = document.createElement("strong");
+      label.textContent = s.label || "";
+      const odds = document.createElement("span");
+      odds.className = "probability";
+      odds.textContent = percent(s.probability);
+      const count = Number(s.neighbours || 0);
+      const neighbours = document.createElement("span");
+      neighbours.className = "neighbours";
+      neighbours.textContent = count + (count === 1 ? " similar case" : " similar cases");
+      li.append(label, " ", odds, " · ", neighbours);
+      el.suggestionList.append(li);
+    });
+    el.suggestions.hidden = !suggestions.length;
+  }
+
+  function showPager() {
+    const s = shown;
+    const more = Boolean(s && s.tokens.length > s.page + 1);
+    const back = Boolean(s && s.page > 0);
+    el.nextPage.hidden = !more;
+    el.previousPage.hidden = !back;
+    el.pageNumber.textContent = s && (more || back) ? "Page " + (s.page + 1) : "";
+    el.pager.hidden = !more && !back;
   }
 
   // ---- results ------------------------------------------------------------------------------------
@@ -292,6 +382,10 @@
   function clearResults() {
     generation++;
     revokeThumbnails();
+    if (el.reading.open) el.reading.close();
+    shown = null;
+    showSuggestions([]);
+    showPager();
     el.results.replaceChildren();
     el.results.setAttribute("aria-busy", "false");
   }
@@ -315,7 +409,7 @@
     list.append(dt, dd);
   }
 
-  function card(hit, model, mine) {
+  function card(hit, index, model, mine) {
     const node = el.template.content.firstElementChild.cloneNode(true);
     node.dataset.imageId = hit.imageId || "";
     const view = hit.viewPosition || hit.projection || "";
@@ -355,21 +449,25 @@
       viewer.hidden = false;
     }
 
+    const read = node.querySelector("button.read");
+    read.setAttribute("aria-label", "Reading view of result " + hit.rank);
+    read.addEventListener("click", () => openReading(index, read));
+
     const open = node.querySelector("button.open-study");
     open.hidden = !hit.studyUid;
     open.setAttribute("aria-label", "Full report of result " + hit.rank);
     open.addEventListener("click", () => toggleStudy(node, open, hit.studyUid, model));
+    const panel = node.querySelector(".study");
+    [open, panel].forEach((target) => target.addEventListener("keydown", (event) => {
+      if (event.key !== "Escape" || panel.hidden) return;
+      event.preventDefault();
+      closeStudy(panel, open);
+    }));
 
     const similar = node.querySelector("button.similar");
     similar.setAttribute("aria-label", "Find similar to result " + hit.rank);
-    similar.addEventListener("click", async () => {
-      try {
-        const response = await api(thumbnailPath(hit.imageId, model, 512));
-        searchImage(await response.blob(), "result-" + hit.rank + ".png");
-      } catch (error) {
-        showError(error);
-      }
-    });
+    similar.hidden = !hit.imageId;
+    similar.addEventListener("click", () => searchArchived(hit, model));
 
     return { node, loaded: loadThumbnail(img, hit.imageId, model, mine) };
   }
@@ -378,23 +476,36 @@
   async function toggleStudy(node, button, studyUid, model) {
     const panel = node.querySelector(".study");
     if (!panel.hidden) {
-      panel.hidden = true;
-      button.setAttribute("aria-expanded", "false");
+      closeStudy(panel, button);
       return;
     }
     try {
-      const query = new URLSearchParams({ model });
-      const response = await api("/v1/studies/" + encodeURIComponent(studyUid) + "?" + query.toString());
-      showStudy(panel, await response.json());
+      showStudy(panel, await getStudy(studyUid, model));
       panel.hidden = false;
       button.setAttribute("aria-expanded", "true");
+      panel.focus(); // the report is read next; Escape (or the button again) closes it
     } catch (error) {
       showError(error);
     }
   }
 
+  function closeStudy(panel, button) {
+    panel.hidden = true;
+    button.setAttribute("aria-expanded", "false");
+    button.focus();
+  }
+
+  async function getStudy(studyUid, model) {
+    const query = new URLSearchParams({ model });
+    const response = await api("/v1/studies/" + encodeURIComponent(studyUid) + "?" + query.toString());
+    return response.json();
+  }
+
   function showStudy(panel, study) {
-    const facts = panel.querySelector(".study-facts");
+    showReport(panel.querySelector(".study-facts"), panel.querySelector(".full-report"), study);
+  }
+
+  function showReport(facts, textNode, study) {
     facts.replaceChildren();
     fact(facts, "Findings", (study.labels || []).join(", "));
     fact(facts, "Images", String((study.imageIds || []).length || ""));
@@ -402,7 +513,7 @@
     fact(facts, "Accession", study.accessionNumber);
     fact(facts, "Report", study.reportStatus);
     const text = [study.indication, study.findings, study.impression].filter(Boolean).join("\n\n");
-    panel.querySelector(".full-report").textContent = text || "No report text for this study.";
+    textNode.textContent = text || "No report text for this study.";
   }
 
   function thumbnailPath(imageId, model, size) {
@@ -432,7 +543,7 @@
 
   function render(hits, model, mine) {
     revokeThumbnails();
-    const cards = hits.map((hit) => card(hit, model, mine));
+    const cards = hits.map((hit, index) => card(hit, index, model, mine));
     el.results.replaceChildren(...cards.map((c) => c.node));
     Promise.all(cards.map((c) => c.loaded)).then(() => {
       if (mine !== generation) return;
@@ -440,6 +551,240 @@
       performance.mark("cxr:thumbnails");
     });
   }
+
+  // ---- the reading view: the query beside one result, enlarged, with window and level ---------------
+  // Drawn on canvases from the pictures the page already has: GetThumbnail at its largest size, or the
+  // query file the user chose (kept in this page only, never sent anywhere but the search itself).
+
+  const reading = {
+    index: -1, opener: null, generation: 0, window: Object.assign({}, WINDOW), drag: null, frame: 0,
+    views: [
+      { canvas: el.queryCanvas, note: el.queryNote, source: null },
+      { canvas: el.resultCanvas, note: el.resultNote, source: null },
+    ],
+  };
+
+  function clamp(value, low, high) {
+    return Math.max(low, Math.min(high, Math.round(value)));
+  }
+
+  function setWindow(width, level) {
+    reading.window.width = clamp(width, 2, 512);
+    reading.window.level = clamp(level, 0, 255);
+    if (!reading.frame) reading.frame = requestAnimationFrame(drawViews);
+  }
+
+  // Window/level as a lookup table on 8-bit values: DICOM's linear function (PS3.3 C.11.2.1.2), black
+  // below the window, white above it; width 256 and level 128 leave every value as it is.
+  function windowTable() {
+    const { width, level } = reading.window;
+    const table = new Uint8ClampedArray(256);
+    for (let v = 0; v < 256; v++) table[v] = ((v - (level - 0.5)) / (width - 1) + 0.5) * 255;
+    return table;
+  }
+
+  function drawViews() {
+    reading.frame = 0;
+    const table = windowTable();
+    reading.views.forEach((view) => {
+      if (!view.source) return;
+      const out = new ImageData(view.source.width, view.source.height);
+      const from = view.source.data;
+      const to = out.data;
+      for (let i = 0; i < from.length; i += 4) {
+        to[i] = table[from[i]];
+        to[i + 1] = table[from[i + 1]];
+        to[i + 2] = table[from[i + 2]];
+        to[i + 3] = 255;
+      }
+      view.canvas.getContext("2d").putImageData(out, 0, 0);
+    });
+    const { width, level } = reading.window;
+    const text = "Window " + width + " · Level " + level;
+    el.wlReadout.textContent = text;
+    reading.views.forEach((view) => {
+      view.canvas.dataset.window = String(width);
+      view.canvas.dataset.level = String(level);
+      view.canvas.setAttribute("aria-label", (view.label || "Image") + ", " + text.toLowerCase());
+    });
+  }
+
+  // `bitmap` is closed once drawn unless `keep`: the query's is kept for every result of its search.
+  function showPicture(view, bitmap, label, keep) {
+    const scale = Math.min(1, MAX_QUERY_SIDE / Math.max(bitmap.width, bitmap.height));
+    const width = Math.max(1, Math.round(bitmap.width * scale));
+    const height = Math.max(1, Math.round(bitmap.height * scale));
+    view.canvas.width = width;
+    view.canvas.height = height;
+    const context = view.canvas.getContext("2d", { willReadFrequently: true });
+    context.drawImage(bitmap, 0, 0, width, height);
+    if (!keep && bitmap.close) bitmap.close();
+    view.source = context.getImageData(0, 0, width, height);
+    view.label = label;
+    view.canvas.hidden = false;
+    view.note.hidden = true;
+    drawViews();
+  }
+
+  function showNoPicture(view, text) {
+    view.source = null;
+    view.canvas.hidden = true;
+    view.note.textContent = text;
+    view.note.hidden = false;
+  }
+
+  async function thumbnailBitmap(imageId, model) {
+    const response = await api(thumbnailPath(imageId, model, READING_SIZE));
+    return createImageBitmap(await response.blob());
+  }
+
+  // The query's picture, once per search: an uploaded PNG/JPEG as it is, an archived image's thumbnail;
+  // a DICOM file is decoded by the gateway only, so the browser has no picture of it.
+  function queryPicture(search) {
+    if (!search.queryImage) {
+      const q = search.query;
+      search.queryImage = q.kind === "upload" ? createImageBitmap(q.blob).catch(() => {
+        throw new Error("this browser cannot draw the query file (" + (q.name || "a DICOM file")
+          + "); the gateway read it for the search");
+      }) : q.kind === "archived" ? thumbnailBitmap(q.imageId, q.model) : Promise.resolve(null);
+    }
+    return search.queryImage;
+  }
+
+  function openReading(index, opener) {
+    if (!shown || !shown.hits[index]) return;
+    reading.opener = opener;
+    if (!el.reading.open) el.reading.showModal();
+    showReading(index);
+    el.resultCanvas.focus();
+  }
+
+  async function showReading(index) {
+    const search = shown;
+    const hit = search.hits[index];
+    const mine = ++reading.generation;
+    reading.index = index;
+    el.readingPrevious.disabled = index === 0;
+    el.readingNext.disabled = index >= search.hits.length - 1;
+    const view = hit.viewPosition || hit.projection || "";
+    const label = "Result " + hit.rank + (view ? ", " + view + " view" : "");
+    el.resultCaption.textContent = label + " · score " + Number(hit.score || 0).toFixed(3);
+    showReadingReport(hit, search.model, mine);
+
+    const q = search.query;
+    el.queryCaption.textContent = q.kind === "archived" ? "Query: result " + q.rank + " of the earlier search"
+      : q.kind === "upload" ? "Query image" : "Query";
+    const [query, result] = await Promise.allSettled([queryPicture(search), thumbnailBitmap(hit.imageId, search.model)]);
+    if (mine !== reading.generation || !el.reading.open) return;
+    const [queryView, resultView] = reading.views;
+    if (query.status === "rejected") showNoPicture(queryView, "No picture of the query: " + query.reason.message + ".");
+    else if (!query.value) showNoPicture(queryView, "A text query: “" + q.text + "”. No query image to compare.");
+    else showPicture(queryView, query.value, "Query image", true);
+    if (result.status === "rejected") showNoPicture(resultView, "No picture of this result: " + result.reason.message + ".");
+    else showPicture(resultView, result.value, label);
+  }
+
+  // The whole report: the hit's own text at once, then the study's (GetStudy) where the principal may read it.
+  async function showReadingReport(hit, model, mine) {
+    el.readingTags.replaceChildren();
+    (hit.labels || []).forEach((label) => {
+      const li = document.createElement("li");
+      li.textContent = label;
+      el.readingTags.append(li);
+    });
+    showReport(el.readingFacts, el.readingText, {
+      studyDate: hit.studyDate, accessionNumber: hit.accessionNumber, findings: hit.findings, impression: hit.impression,
+    });
+    if (!hit.studyUid) return;
+    try {
+      const study = await getStudy(hit.studyUid, model);
+      if (mine === reading.generation) showReport(el.readingFacts, el.readingText, study);
+    } catch (error) {
+      // no `studies` scope, or the study is gone: the hit's report text stays
+    }
+  }
+
+  function closeReading() {
+    reading.generation++;
+    reading.views.forEach((view) => {
+      view.source = null;
+      view.canvas.getContext("2d").clearRect(0, 0, view.canvas.width, view.canvas.height);
+    });
+    el.readingText.textContent = ""; // report text is patient data: not kept in a closed view
+    el.readingFacts.replaceChildren();
+    el.readingTags.replaceChildren();
+  }
+
+  function onWindowKey(event) {
+    const step = event.shiftKey ? WINDOW_STEPS.shift : 1;
+    const { width, level } = reading.window;
+    const moves = {
+      ArrowLeft: [width - WINDOW_STEPS.width * step, level], ArrowRight: [width + WINDOW_STEPS.width * step, level],
+      ArrowDown: [width, level - WINDOW_STEPS.level * step], ArrowUp: [width, level + WINDOW_STEPS.level * step],
+    };
+    if (moves[event.key]) setWindow(...moves[event.key]);
+    else if (event.key === "r" || event.key === "R" || event.key === "Home") setWindow(WINDOW.width, WINDOW.level);
+    else return;
+    event.preventDefault();
+  }
+
+  function onWindowDrag(event) {
+    const drag = reading.drag;
+    if (!drag || drag.pointer !== event.pointerId) return;
+    setWindow(drag.width + (event.clientX - drag.x), drag.level + (event.clientY - drag.y));
+  }
+
+  reading.views.forEach(({ canvas }) => {
+    canvas.addEventListener("keydown", onWindowKey);
+    canvas.addEventListener("pointerdown", (event) => {
+      canvas.setPointerCapture(event.pointerId);
+      reading.drag = { pointer: event.pointerId, x: event.clientX, y: event.clientY,
+        width: reading.window.width, level: reading.window.level };
+      event.preventDefault();
+    });
+    canvas.addEventListener("pointermove", onWindowDrag);
+    ["pointerup", "pointercancel"].forEach((type) => canvas.addEventListener(type, () => { reading.drag = null; }));
+  });
+  el.wlReset.addEventListener("click", () => setWindow(WINDOW.width, WINDOW.level));
+  el.readingClose.addEventListener("click", () => el.reading.close());
+  el.readingPrevious.addEventListener("click", () => showReading(reading.index - 1));
+  el.readingNext.addEventListener("click", () => showReading(reading.index + 1));
+  el.reading.addEventListener("close", () => {
+    closeReading();
+    const back = reading.opener && reading.opener.isConnected ? reading.opener : el.query;
+    back.focus();
+  });
+
+  // ---- theme: dark for reading rooms --------------------------------------------------------------
+
+  const darkScheme = window.matchMedia ? window.matchMedia("(prefers-color-scheme: dark)") : null;
+
+  function chosenTheme() {
+    try {
+      const theme = sessionStorage.getItem(THEME_KEY);
+      if (theme === "dark" || theme === "light") return theme;
+    } catch (e) {
+      // no storage: follow the system
+    }
+    return darkScheme && darkScheme.matches ? "dark" : "light";
+  }
+
+  function applyTheme(theme) {
+    document.documentElement.dataset.theme = theme;
+    el.theme.setAttribute("aria-pressed", String(theme === "dark"));
+  }
+
+  el.theme.addEventListener("click", () => {
+    const theme = document.documentElement.dataset.theme === "dark" ? "light" : "dark";
+    try {
+      sessionStorage.setItem(THEME_KEY, theme);
+    } catch (e) {
+      // not kept: this page still shows it
+    }
+    applyTheme(theme);
+  });
+  if (darkScheme && darkScheme.addEventListener) darkScheme.addEventListener("change", () => applyTheme(chosenTheme()));
+  applyTheme(chosenTheme());
 
   // ---- wiring -------------------------------------------------------------------------------------
 
@@ -509,6 +854,16 @@
   });
 
   el.signOut.addEventListener("click", signOut);
+
+  // A pager button hides on the first or last page: the keyboard goes on at the new page's first result.
+  function focusNewPage() {
+    const focused = document.activeElement;
+    if (focused && focused !== document.body && focused.offsetParent !== null) return;
+    const first = el.results.querySelector(".card button.read");
+    if (first) first.focus();
+  }
+  el.nextPage.addEventListener("click", () => run(shown, shown.page + 1).then(focusNewPage));
+  el.previousPage.addEventListener("click", () => run(shown, shown.page - 1).then(focusNewPage));
 
   window.addEventListener("pagehide", revokeThumbnails);
 

@@ -3,8 +3,9 @@
 Playwright drives Debian's chromium (`make setup-browser`; Playwright's own browser download is not
 used; the fixtures are in conftest.py). The page searches by text and by a DICOM made from an indexed
 PNG, shows the demo banner, loads every thumbnail through fetch() with the bearer token, shows errors,
-and asks for a token when the gateway's auth is on (single sign-on: test_search_page_sign_in.py).
-CXR_UPDATE_SCREENSHOT=1 also writes docs/search-page.png for docs/search-page.md.
+and asks for a token when the gateway's auth is on (single sign-on: test_search_page_sign_in.py); its
+reading view works by keyboard alone, and a calibrated index's suggestions are shown as the gateway gives
+them. CXR_UPDATE_SCREENSHOT=1 also writes docs/search-page.png, reading-view.png and reading-view-dark.png.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from support import DATA_DIR, BackgroundGateway
+from support.search_page import CANVAS_REDS, FOCUS_RING, assert_windowed, tab_to
 from support.search_page import search_text as _search_text
 from support.search_page import wait_for_results as _wait_for_results
 
@@ -27,6 +29,7 @@ MODEL = "medsiglip-tiny"  # the session's nih_index model: a random-weight twin,
 QUERY = "small left pleural effusion"
 TOP_K = 12
 DICOM_ROW = 469  # nih800/labels.csv row of 00000061_008.png, see dicom_of_indexed_png
+READING_QUERY = DATA_DIR / "nih800" / "train" / "1_abnormal" / "00000061_008.png"
 SCREENSHOT = Path(__file__).resolve().parents[3] / "docs" / "search-page.png"
 
 
@@ -131,12 +134,114 @@ def test_filters_find_similar_and_a_narrow_window(page, site):
     assert all("Effusion" in card.locator(".tags").inner_text() for card in cards)
 
     chosen = cards[1].get_attribute("data-image-id")
-    cards[1].get_by_role("button", name="Find similar to result 2").click()
-    page.wait_for_function("() => /by image/.test(document.getElementById('status').textContent)")
+    with page.expect_request(lambda r: r.url.endswith("/v1/search/image")) as sent:
+        cards[1].get_by_role("button", name="Find similar to result 2").click()
+    assert chosen not in sent.value.url  # the id goes in the form (test_search_page_rendering.py reads it there)
+    page.wait_for_function("() => /results by image/.test(document.getElementById('status').textContent)")
     assert _wait_for_results(page)[0].get_attribute("data-image-id") == chosen
-
     page.set_viewport_size({"width": 420, "height": 800})  # a phone held upright: one column, no sideways scroll
     assert page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth")
+    assert not page.problems, page.problems
+
+
+def test_the_reading_view_works_with_the_keyboard_only(page, site, tmp_path):
+    """A PNG query beside its results, window/level and the report by keyboard; screenshots light and dark."""
+    page.goto(site + "/")
+    page.wait_for_function("() => performance.getEntriesByName('cxr:options').length > 0")
+    page.locator("#image-file").set_input_files(str(READING_QUERY))
+    page.wait_for_function("() => /by image/.test(document.getElementById('status').textContent)")
+    _wait_for_results(page)
+    # This index has no calibration (so no suggestions), and the gateway serves no page tokens yet: no controls.
+    assert page.locator("#suggestions").is_hidden() and page.locator("#pager").is_hidden()
+
+    page.locator("#query").focus()
+    tab_to(page, "button.read[aria-label='Reading view of result 2']")
+    assert page.evaluate(FOCUS_RING)
+    page.keyboard.press("Enter")
+    page.get_by_role("dialog", name="Reading view").wait_for()
+    page.wait_for_function("""() => ['query-canvas', 'result-canvas'].every((id) =>
+      document.getElementById(id).dataset.window === '256' && !document.getElementById(id).hidden)""")
+    assert page.evaluate("() => document.activeElement.id") == "result-canvas" and page.evaluate(FOCUS_RING)
+    # GetThumbnail at its largest (512), which never enlarges (the NIH sample is 64 px): the page enlarges it.
+    assert 0 < page.evaluate("() => document.getElementById('result-canvas').width") <= 512
+    assert page.locator("#result-canvas").bounding_box()["width"] >= 400
+    assert page.locator("#result-caption").text_content().startswith("Result 2")
+    report = page.locator("#reading-report")
+    assert report.locator("dl").text_content()  # the hit's facts at once (NIH: no report text)
+
+    before = {view: page.evaluate(CANVAS_REDS, view) for view in ("query-canvas", "result-canvas")}
+    for key in ("Shift+ArrowLeft", "ArrowLeft", "ArrowUp", "ArrowUp"):  # narrower, higher: more contrast
+        page.keyboard.press(key)
+    page.wait_for_function("() => document.getElementById('wl-readout').textContent === 'Window 176 · Level 144'")
+    for view in before:  # both panes follow the one window
+        assert_windowed(before[view], page.evaluate(CANVAS_REDS, view), 176, 144)
+    page.screenshot(path=tmp_path / "reading-view.png")
+
+    tab_to(page, "#wl-reset")
+    page.keyboard.press("Enter")
+    page.wait_for_function("() => document.getElementById('wl-readout').textContent === 'Window 256 · Level 128'")
+    tab_to(page, "#reading-report")
+    assert page.evaluate(FOCUS_RING)
+    page.keyboard.press("Escape")
+    page.get_by_role("dialog", name="Reading view").wait_for(state="hidden")
+    assert page.evaluate("() => document.activeElement.getAttribute('aria-label')") == "Reading view of result 2"
+
+    page.emulate_media(color_scheme="dark")  # no choice made in this tab: the page follows the system
+    page.wait_for_function("() => document.documentElement.dataset.theme === 'dark'")
+    page.keyboard.press("Enter")
+    page.wait_for_function("() => document.getElementById('result-canvas').dataset.window === '256'")
+    for key in ("ArrowLeft", "ArrowLeft", "ArrowUp"):
+        page.keyboard.press(key)
+    page.wait_for_function("() => document.getElementById('wl-readout').textContent === 'Window 224 · Level 136'")
+    page.screenshot(path=tmp_path / "reading-view-dark.png")
+    if os.environ.get("CXR_UPDATE_SCREENSHOT"):
+        for name in ("reading-view.png", "reading-view-dark.png"):
+            shutil.copyfile(tmp_path / name, SCREENSHOT.parent / name)
+    assert not page.problems, page.problems
+
+
+@pytest.fixture(scope="module")
+def calibrated_site(served, nih_index, tmp_path_factory):
+    """The gateway over a copy of the NIH index calibrated by `cxr index calibrate`: image queries get suggestions."""
+    from cxr_cli.index_commands import cmd_index_calibrate
+    from cxr_cli.main import build_parser
+
+    settings = replace(served, model=MODEL, index_dir=tmp_path_factory.mktemp("calibrated"))
+    shutil.copytree(nih_index, settings.index_path(MODEL))
+    args = build_parser().parse_args(["index", "calibrate", "--model", MODEL,
+                                      "--labels-csv", str(DATA_DIR / "nih800" / "labels.csv")])
+    assert cmd_index_calibrate(args, settings) == 0
+    background, url = _gateway(settings)
+    try:
+        yield url
+    finally:
+        background.stop()
+
+
+def test_the_suggestions_of_a_calibrated_index_are_shown_as_the_gateway_gives_them(page, calibrated_site):
+    from cxr.suggestions import K_GRID
+
+    page.goto(calibrated_site + "/")
+    page.wait_for_function("() => performance.getEntriesByName('cxr:options').length > 0")
+    with page.expect_response(lambda r: r.url.endswith("/v1/search/image")) as answered:
+        page.locator("#image-file").set_input_files(str(READING_QUERY))
+    given = answered.value.json()["suggestions"]
+    _wait_for_results(page)
+    panel = page.locator("#suggestions")
+    assert given and panel.is_visible()
+    assert panel.get_by_role("heading").text_content() == "Similar cases carry…"
+    shown = panel.locator("li").all_text_contents()
+    assert len(shown) == len(given)
+    for text, suggestion in zip(shown, given):
+        m = re.fullmatch(r"(.+) (<1|\d{1,3}) % · (\d+) similar cases?", text)
+        assert m and m.group(1) == suggestion["label"], text
+        assert m.group(2) == "<1" or abs(int(m.group(2)) - 100 * suggestion["probability"]) <= 0.5
+        assert 1 <= int(m.group(3)) == suggestion.get("neighbours", 0) <= max(K_GRID)
+    assert "not a diagnosis" in panel.text_content()
+
+    _search_text(page, QUERY)  # a text query has no neighbours' vote: the panel goes
+    page.wait_for_function("() => /results by text/.test(document.getElementById('status').textContent)")
+    assert panel.is_hidden()
     assert not page.problems, page.problems
 
 

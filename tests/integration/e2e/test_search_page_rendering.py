@@ -1,0 +1,196 @@
+"""The search page's rendering of answers, against a canned fake of the gateway's HTTP API
+(support.canned_gateway: Playwright routes the page's calls; no servers). It covers answers the real
+gateway's test cannot make at will: a next page (next_page_token / page_token, not served yet), suggestions
+with markup in a label ("Similar cases carry…"), and "Find similar" (a search by image_id) refused; and
+the reading view, the report panel and the dark theme, by keyboard only. test_search_page.py runs the
+reading view and the suggestions against the real gateway."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from support import DATA_DIR
+from support.canned_gateway import ORIGIN, CannedGateway, hit
+from support.search_page import (ALL_THUMBNAILS_LOADED, CANVAS_REDS, FOCUS_RING, assert_windowed, search_text,
+                                 tab_to, wait_for_results)
+
+PICTURE = DATA_DIR / "cxr_samples" / "00000001_000.png"
+OPTIONS = {"model": "canned-model", "labels": ["Effusion", "Cardiomegaly"], "projections": ["PA", "AP"],
+           "indexSize": 3}
+MARKUP = '<img src=x onerror="window.injected=1">'  # server text that must stay text
+
+
+def _options(request):
+    return 200, OPTIONS
+
+
+def _text_search(request):
+    body = json.loads(request.post_data)
+    if body.get("pageToken") == "page-2":
+        return 200, {"model": "canned-model", "hits": [hit(4, "d.png"), hit(5, "e.png")]}
+    return 200, {"model": "canned-model", "hits": [hit(1, "a.png", labels=[MARKUP]), hit(2, "b.png"), hit(3, "c.png")],
+                 "suggestions": [{"label": "Effusion", "probability": 0.625, "neighbours": 7},
+                                 {"label": MARKUP, "probability": 0.004, "neighbours": 1}],
+                 "nextPageToken": "page-2"}
+
+
+def _refused(request):
+    return 400, {"error": {"message": "unknown parameter 'image_id': /v1/search/image takes [...]",
+                           "requestId": "req-refused"}}
+
+
+def _wait_for_window(page, readout: str) -> None:
+    page.wait_for_function("(text) => document.getElementById('wl-readout').textContent === text", arg=readout,
+                           timeout=5000)
+
+
+@pytest.fixture
+def canned(page):
+    if not PICTURE.is_file():
+        pytest.skip(f"{PICTURE} is missing: the shared sample data")
+    gateway = CannedGateway(page, PICTURE, {"/v1/search/options": _options, "/v1/search/text": _text_search,
+                                            "/v1/search/image": _refused,
+                                            "/v1/studies/": lambda request: (200, {
+                                                "labels": ["Effusion"], "imageIds": ["a.png"],
+                                                "findings": "The whole findings.", "impression": "The whole impression."})})
+    page.goto(ORIGIN + "/")
+    page.wait_for_function("() => performance.getEntriesByName('cxr:options').length > 0")
+    return gateway
+
+
+def test_suggestions_and_pages_appear_only_when_the_answer_has_them(page, canned):
+    search_text(page, "effusion")
+    wait_for_results(page)
+    panel = page.locator("#suggestions")
+    assert panel.is_visible()
+    assert panel.get_by_role("heading").text_content() == "Similar cases carry…"
+    items = panel.locator("li").all_text_contents()
+    assert items[0] == "Effusion 63 % · 7 similar cases"  # 0.625 as a whole percentage
+    assert items[1] == MARKUP + " <1 % · 1 similar case"  # server text shown as text, never parsed
+    assert "not a diagnosis" in panel.text_content()
+    assert page.evaluate("() => window.injected") is None and page.locator("#results img[src=x]").count() == 0
+
+    assert page.get_by_role("button", name="Previous page").is_hidden()
+    page.get_by_role("button", name="Next page").click()
+    page.wait_for_function("() => document.getElementById('status').textContent.endsWith('Page 2.')")
+    cards = wait_for_results(page)
+    assert [card.locator(".rank").text_content() for card in cards] == ["#4", "#5"]
+    assert json.loads(canned.calls("/v1/search/text")[-1].post_data)["pageToken"] == "page-2"
+    assert page.get_by_role("button", name="Next page").is_hidden()  # the last page: no token
+    assert page.evaluate("() => document.activeElement.getAttribute('aria-label')") == "Reading view of result 4"
+    assert panel.is_hidden()  # the second page's answer carries no suggestions
+
+    page.get_by_role("button", name="Previous page").click()
+    page.wait_for_function("() => !document.getElementById('status').textContent.includes('Page')")
+    assert "pageToken" not in json.loads(canned.calls("/v1/search/text")[-1].post_data)
+    assert page.get_by_role("button", name="Next page").is_visible()
+    assert not page.problems, page.problems
+
+
+def test_find_similar_sends_the_image_id_in_the_form_and_shows_a_refusal_cleanly(page, canned):
+    search_text(page, "effusion")
+    cards = wait_for_results(page)
+    cards[1].get_by_role("button", name="Find similar to result 2").click()
+    error = page.locator("#error")
+    error.wait_for()
+    assert error.text_content() == ("Unknown parameter 'image_id': /v1/search/image takes [...] "
+                                    "Request id: req-refused.")
+    (request,) = canned.calls("/v1/search/image")
+    assert "b.png" not in request.url  # the image id goes in the form, never a URL
+    assert 'name="image_id"\r\n\r\nb.png' in request.post_data
+    assert len(page.locator("#results .card").all()) == 3  # the last answered search stays on screen
+    assert page.locator("#pager").is_visible()  # and its pages still work
+    assert not [p for p in page.problems if "400" not in p], page.problems
+
+
+def test_the_reading_view_and_the_report_panel_work_with_the_keyboard_only(page, canned):
+    search_text(page, "effusion")
+    wait_for_results(page, thumbnails=ALL_THUMBNAILS_LOADED)
+    page.locator("#query").focus()  # where the search left the keyboard
+
+    tab_to(page, "button.read[aria-label='Reading view of result 1']")
+    assert page.evaluate(FOCUS_RING)
+    page.keyboard.press("Enter")
+    dialog = page.get_by_role("dialog", name="Reading view")
+    dialog.wait_for()
+    page.wait_for_function("() => document.getElementById('result-canvas').dataset.window === '256'")
+    assert page.evaluate("() => document.activeElement.id") == "result-canvas"
+    assert page.evaluate(FOCUS_RING)
+    assert page.locator("#query-note").text_content() == "A text query: “effusion”. No query image to compare."
+    page.wait_for_function("() => document.getElementById('reading-text').textContent.includes('The whole')")
+
+    before = page.evaluate(CANVAS_REDS, "result-canvas")
+    page.keyboard.press("ArrowUp")  # a higher level: darker
+    page.keyboard.press("Shift+ArrowLeft")  # a narrower window: more contrast
+    _wait_for_window(page, "Window 192 · Level 136")  # drawn in the next animation frame
+    assert_windowed(before, page.evaluate(CANVAS_REDS, "result-canvas"), 192, 136)
+
+    tab_to(page, "#wl-reset")  # the visible reset, by the keyboard
+    assert page.evaluate(FOCUS_RING)
+    page.keyboard.press("Enter")
+    _wait_for_window(page, "Window 256 · Level 128")
+    assert page.evaluate(CANVAS_REDS, "result-canvas") == before
+
+    tab_to(page, "#reading-next")
+    page.keyboard.press("Enter")
+    page.wait_for_function("() => document.getElementById('result-caption').textContent.startsWith('Result 2')")
+    tab_to(page, "#reading-report")  # the whole report, reachable and scrollable by the keyboard
+    assert page.evaluate(FOCUS_RING)
+    assert "The whole impression." in page.locator("#reading-report").text_content()
+
+    page.keyboard.press("Escape")
+    dialog.wait_for(state="hidden")
+    assert page.evaluate("() => document.activeElement.getAttribute('aria-label')") == "Reading view of result 1"
+    assert page.locator("#reading-text").text_content() == ""  # a closed view keeps no report text
+
+    tab_to(page, "button.open-study[aria-label='Full report of result 1']")
+    page.keyboard.press("Enter")
+    panel = page.locator("#results .card").first.locator(".study")
+    panel.wait_for()
+    assert page.evaluate("() => document.activeElement.classList.contains('study')")
+    assert page.evaluate(FOCUS_RING)
+    assert "The whole findings." in panel.text_content()
+    page.keyboard.press("Escape")
+    assert panel.is_hidden()
+    assert page.evaluate("() => document.activeElement.getAttribute('aria-expanded')") == "false"
+    assert not page.problems, page.problems
+
+
+def test_window_and_level_follow_a_mouse_drag(page, canned):
+    search_text(page, "effusion")
+    cards = wait_for_results(page)
+    cards[0].get_by_role("button", name="Reading view of result 1").click()
+    page.wait_for_function("() => document.getElementById('result-canvas').dataset.window === '256'")
+    box = page.locator("#result-canvas").bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.mouse.move(x - 100, y + 40, steps=5)  # left: narrower; down: higher level
+    page.mouse.up()
+    _wait_for_window(page, "Window 156 · Level 168")
+    page.get_by_role("button", name="Reset window").click()
+    _wait_for_window(page, "Window 256 · Level 128")
+    assert not page.problems, page.problems
+
+
+def test_the_dark_theme_follows_the_system_and_the_toggle_for_this_tab_only(browser):
+    context = browser.new_context(color_scheme="dark")
+    page = context.new_page()
+    try:
+        CannedGateway(page, PICTURE, {"/v1/search/options": _options})
+        page.goto(ORIGIN + "/")
+        toggle = page.get_by_role("button", name="Dark theme")
+        page.wait_for_function("() => document.documentElement.dataset.theme === 'dark'")
+        assert toggle.get_attribute("aria-pressed") == "true"
+        dark = page.evaluate("() => getComputedStyle(document.documentElement).backgroundColor")
+        toggle.focus()
+        page.keyboard.press("Enter")
+        assert page.evaluate("() => document.documentElement.dataset.theme") == "light"
+        assert page.evaluate("() => getComputedStyle(document.documentElement).backgroundColor") != dark
+        page.reload()  # the choice holds for the tab, in sessionStorage only
+        page.wait_for_function("() => document.documentElement.dataset.theme === 'light'")
+        assert page.evaluate("() => [sessionStorage.getItem('cxr.theme'), localStorage.length]") == ["light", 0]
+    finally:
+        context.close()
