@@ -29,6 +29,7 @@
     account: $("account"), accountName: $("account-name"), signIn: $("sign-in"), signOut: $("sign-out"),
     form: $("search-form"), query: $("query"), file: $("image-file"), drop: $("drop-zone"),
     labels: $("label-options"), labelCount: $("label-count"), projection: $("projection"), topK: $("top-k"), group: $("group-by-study"),
+    dateFrom: $("date-from"), dateTo: $("date-to"), excludePatient: $("exclude-patient"), excludeStudy: $("exclude-study"),
     status: $("status"), error: $("error"), results: $("results"), template: $("card-template"),
     theme: $("theme-toggle"), suggestions: $("suggestions"), suggestionList: $("suggestion-list"),
     pager: $("pager"), previousPage: $("previous-page"), nextPage: $("next-page"), pageNumber: $("page-number"),
@@ -242,7 +243,17 @@
   function filters() {
     const labels = Array.from(el.labels.querySelectorAll("input[name=label]:checked"), (box) => box.value);
     const projections = el.projection.value ? [el.projection.value] : [];
-    return { labels, projections };
+    const chosen = { labels, projections };
+    const from = dicomDate(el.dateFrom.value);
+    const to = dicomDate(el.dateTo.value);
+    if (from) chosen.studyDateFrom = from;
+    if (to) chosen.studyDateTo = to;
+    return chosen;
+  }
+
+  // A date input's value (YYYY-MM-DD, or "" when empty or half typed) as DICOM's DA: YYYYMMDD.
+  function dicomDate(value) {
+    return /^\d{4}-\d{2}-\d{2}$/.test(value) ? value.replace(/-/g, "") : "";
   }
 
   // A search: `what` for the status line, `send(pageToken)` asks the gateway for one page, `query` says
@@ -312,6 +323,12 @@
     f.labels.forEach((label) => form.append("label", label));
     f.projections.forEach((projection) => form.append("projection", projection));
     form.append("group_by_study", el.group.checked ? "true" : "false");
+    if (f.studyDateFrom) form.append("study_date_from", f.studyDateFrom);
+    if (f.studyDateTo) form.append("study_date_to", f.studyDateTo);
+    // The gateway knows whether the query has a patient (a DICOM's PatientID, an archived image's row):
+    // the page sends what was asked and shows a refusal, it does not guess from the file type.
+    if (el.excludePatient.checked) form.append("exclude_same_patient", "true");
+    if (el.excludeStudy.checked) form.append("exclude_same_study", "true");
     return form;
   }
 

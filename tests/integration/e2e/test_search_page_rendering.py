@@ -8,6 +8,8 @@ reading view and the suggestions against the real gateway."""
 from __future__ import annotations
 
 import json
+from email.parser import BytesParser
+from email.policy import default
 
 import pytest
 
@@ -39,6 +41,25 @@ def _text_search(request):
 def _refused(request):
     return 400, {"error": {"message": "unknown parameter 'image_id': /v1/search/image takes [...]",
                            "requestId": "req-refused"}}
+
+
+def _form(request) -> list[tuple[str, str]]:
+    """The fields of a multipart image search, in order, without its file part."""
+    head = b"Content-Type: " + request.headers["content-type"].encode() + b"\r\n\r\n"
+    message = BytesParser(policy=default).parsebytes(head + request.post_data_buffer)
+    return [(part.get_param("name", header="content-disposition"), part.get_content())
+            for part in message.iter_parts() if part.get_filename() is None]
+
+
+def _image_search(request):
+    """Refuses an exclusion as the gateway does for a PNG (no patient); answers anything else."""
+    if "exclude_same_patient" in dict(_form(request)):
+        return 400, {"error": {"message": "exclude_same_patient: a PNG or JPEG query has no patient; "
+                                          "search with a DICOM file or an archived image", "requestId": "req-png"}}
+    return 200, {"model": "canned-model", "hits": [hit(1, "a.png"), hit(2, "b.png")]}
+
+
+SETTINGS = [("top_k", "12"), ("model", ""), ("group_by_study", "false")]  # what every image search sends
 
 
 def _wait_for_window(page, readout: str) -> None:
@@ -194,3 +215,52 @@ def test_the_dark_theme_follows_the_system_and_the_toggle_for_this_tab_only(brow
         assert page.evaluate("() => [sessionStorage.getItem('cxr.theme'), localStorage.length]") == ["light", 0]
     finally:
         context.close()
+
+
+def test_a_study_date_range_goes_into_a_text_search_as_dicom_dates(page, canned):
+    page.get_by_label("From").fill("2024-01-31")
+    page.get_by_label("to", exact=True).fill("2024-12-01")
+    search_text(page, "effusion")
+    wait_for_results(page)
+    body = json.loads(canned.calls("/v1/search/text")[-1].post_data)
+    assert body["filters"] == {"labels": [], "projections": [], "studyDateFrom": "20240131", "studyDateTo": "20241201"}
+    page.get_by_label("From").fill("")
+    search_text(page, "effusion")
+    page.wait_for_function("() => document.getElementById('status').textContent.startsWith('3 results')")
+    assert json.loads(canned.calls("/v1/search/text")[-1].post_data)["filters"] == {
+        "labels": [], "projections": [], "studyDateTo": "20241201"}
+    assert not page.problems, page.problems
+
+
+def test_exclusions_and_dates_go_into_an_image_search_as_form_fields_and_a_refusal_shows_cleanly(page, canned):
+    canned.answers["/v1/search/image"] = _image_search
+    page.get_by_label("Exclude this patient").check()
+    page.get_by_label("Exclude this study").check()
+    page.get_by_label("From").fill("2020-02-29")
+    page.get_by_label("to", exact=True).fill("2021-03-01")
+    page.set_input_files("#image-file", PICTURE)
+    error = page.locator("#error")
+    error.wait_for()
+    assert error.text_content() == ("Exclude_same_patient: a PNG or JPEG query has no patient; search with a DICOM "
+                                    "file or an archived image Request id: req-png.")
+    (request,) = canned.calls("/v1/search/image")
+    assert _form(request) == SETTINGS + [("study_date_from", "20200229"), ("study_date_to", "20210301"),
+                                         ("exclude_same_patient", "true"), ("exclude_same_study", "true")]
+    assert page.locator("#results .card").count() == 0
+
+    page.get_by_label("Exclude this patient").uncheck()  # by keyboard too: a labelled checkbox
+    page.get_by_label("From").fill("")
+    page.get_by_label("to", exact=True).fill("")
+    page.set_input_files("#image-file", PICTURE)
+    wait_for_results(page)
+    assert error.is_hidden()
+    assert _form(canned.calls("/v1/search/image")[-1]) == SETTINGS + [("exclude_same_study", "true")]
+
+    page.get_by_label("Exclude this study").uncheck()
+    page.get_by_label("Exclude this patient").focus()
+    page.keyboard.press("Space")
+    page.locator("#results .card").first.get_by_role("button", name="Find similar to result 1").click()
+    page.locator("#error").wait_for()  # an archived image too: the gateway, not the page, judges
+    assert _form(canned.calls("/v1/search/image")[-1]) == SETTINGS + [("exclude_same_patient", "true"),
+                                                                      ("image_id", "a.png")]
+    assert not [p for p in page.problems if "400" not in p], page.problems
