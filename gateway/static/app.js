@@ -32,6 +32,7 @@
     dateFrom: $("date-from"), dateTo: $("date-to"), excludePatient: $("exclude-patient"), excludeStudy: $("exclude-study"),
     status: $("status"), error: $("error"), results: $("results"), template: $("card-template"),
     theme: $("theme-toggle"), suggestions: $("suggestions"), suggestionList: $("suggestion-list"),
+    refine: $("refine"), refineButton: $("refine-button"), refineState: $("refine-state"),
     pager: $("pager"), previousPage: $("previous-page"), nextPage: $("next-page"), pageNumber: $("page-number"),
     reading: $("reading"), wlReadout: $("wl-readout"), wlReset: $("wl-reset"), readingClose: $("reading-close"),
     readingPrevious: $("reading-previous"), readingNext: $("reading-next"),
@@ -259,7 +260,67 @@
   // A search: `what` for the status line, `send(pageToken)` asks the gateway for one page, `query` says
   // what the reading view shows beside a result ({kind: "text" | "upload" | "archived", ...}).
   function newSearch(what, send, query) {
-    return { what, send, query, tokens: [""], page: 0, hits: [], model: "", queryImage: null };
+    return { what, send, query, tokens: [""], page: 0, hits: [], model: "", queryImage: null, asked: null, round: 0 };
+  }
+
+  // A query as the user asked it, and their marks on its results (image id -> "relevant" | "not"):
+  // `make(feedback)` gives a search of it moved by those marks (Rocchio, on the gateway). The marks live
+  // in this page's memory only, and a new query starts without any.
+  function ask(make) {
+    const search = make(null);
+    search.asked = { make, marks: new Map() };
+    run(search, 0);
+  }
+
+  // Every mark so far, as the API's Feedback (cumulative: each round sends them all); null without any.
+  function feedbackOf(marks) {
+    const relevantImageIds = [];
+    const notRelevantImageIds = [];
+    marks.forEach((mark, imageId) => (mark === "relevant" ? relevantImageIds : notRelevantImageIds).push(imageId));
+    if (!relevantImageIds.length && !notRelevantImageIds.length) return null;
+    const feedback = {};
+    if (relevantImageIds.length) feedback.relevantImageIds = relevantImageIds;
+    if (notRelevantImageIds.length) feedback.notRelevantImageIds = notRelevantImageIds;
+    return feedback;
+  }
+
+  function refine() {
+    const asked = shown && shown.asked;
+    const feedback = asked && feedbackOf(asked.marks);
+    if (!feedback) return;
+    const search = asked.make(feedback);
+    search.asked = asked;
+    search.round = shown.round + 1;
+    run(search, 0);
+  }
+
+  function countMarks(marks) {
+    let relevant = 0;
+    marks.forEach((mark) => { if (mark === "relevant") relevant++; });
+    return { relevant, not: marks.size - relevant };
+  }
+
+  function showRefine() {
+    el.refine.hidden = !shown || !shown.asked;
+    if (el.refine.hidden) return;
+    const n = countMarks(shown.asked.marks);
+    el.refineButton.disabled = !shown.asked.marks.size;
+    const marked = n.relevant + " relevant, " + n.not + " not relevant marked";
+    el.refineState.textContent = (shown.round ? "Round " + shown.round + " of feedback. " : "")
+      + (shown.asked.marks.size ? marked + "." : "Mark results Relevant or Not relevant, then refine.");
+  }
+
+  function setMark(imageId, mark, buttons) {
+    const marks = shown.asked.marks;
+    if (marks.get(imageId) === mark) marks.delete(imageId);
+    else marks.set(imageId, mark);
+    showMarks(marks.get(imageId), buttons);
+    showRefine();
+  }
+
+  function showMarks(mark, buttons) {
+    buttons.relevant.setAttribute("aria-pressed", String(mark === "relevant"));
+    buttons.not.setAttribute("aria-pressed", String(mark === "not"));
   }
 
   async function run(search, page) {
@@ -283,10 +344,11 @@
       render(hits, search.model, mine);
       showSuggestions(answer.suggestions || []);
       showPager();
+      showRefine();
       const seconds = ((performance.now() - started) / 1000).toFixed(1);
       say((hits.length ? hits.length + (hits.length === 1 ? " result" : " results") + " " + search.what + " in "
         + seconds + " s." : "No matching images " + search.what + ". Try fewer filters.")
-        + (page ? " Page " + (page + 1) + "." : ""));
+        + (page ? " Page " + (page + 1) + "." : "") + (search.round ? " Round " + search.round + " of feedback." : ""));
       if (!optionsLoaded) loadOptions(); // after a token was entered
     } catch (error) {
       if (mine !== generation) return;
@@ -306,10 +368,14 @@
     const body = {
       text, topK: Number(el.topK.value), model: "", filters: filters(), groupByStudy: el.group.checked,
     };
-    run(newSearch("by text", (pageToken) => api("/v1/search/text", {
-      method: "POST", headers: { "Content-Type": "application/json" },
-      body: JSON.stringify(pageToken ? Object.assign({ pageToken }, body) : body),
-    }), { kind: "text", text }), 0);
+    ask((feedback) => newSearch("by text", (pageToken) => {
+      const page = Object.assign({}, body);
+      if (feedback) page.feedback = feedback;
+      if (pageToken) page.pageToken = pageToken;
+      return api("/v1/search/text", {
+        method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(page),
+      });
+    }, { kind: "text", text }));
   }
 
   // The multipart form of an image search: the search's settings as form fields, so nothing of the
@@ -332,17 +398,20 @@
     return form;
   }
 
+  // How to make an image search with feedback (ask()); the form's fields hold for every page and round.
   function imageSearch(fields, query) {
-    return newSearch("by image", (pageToken) => {
-      const form = new FormData(); // the first page's settings hold for the next pages
+    return (feedback) => newSearch("by image", (pageToken) => {
+      const form = new FormData();
       fields.forEach((value, key) => form.append(key, value));
+      ((feedback && feedback.relevantImageIds) || []).forEach((id) => form.append("relevant_image_id", id));
+      ((feedback && feedback.notRelevantImageIds) || []).forEach((id) => form.append("not_relevant_image_id", id));
       if (pageToken) form.append("page_token", pageToken);
       return api("/v1/search/image", { method: "POST", body: form });
     }, query);
   }
 
   function searchImage(blob, name) {
-    run(imageSearch(imageForm(blob, name), { kind: "upload", blob, name: name || "" }), 0);
+    ask(imageSearch(imageForm(blob, name), { kind: "upload", blob, name: name || "" }));
   }
 
   // Find similar: a search by an archived image's id (SearchByImageRequest.image_id), nothing uploaded.
@@ -350,7 +419,7 @@
   function searchArchived(hit, model) {
     const fields = imageForm(new Blob([]), "query");
     fields.append("image_id", hit.imageId);
-    run(imageSearch(fields, { kind: "archived", imageId: hit.imageId, model, rank: hit.rank }), 0);
+    ask(imageSearch(fields, { kind: "archived", imageId: hit.imageId, model, rank: hit.rank }));
   }
 
   // ---- suggestions and pages ----------------------------------------------------------------------
@@ -403,6 +472,7 @@
     shown = null;
     showSuggestions([]);
     showPager();
+    showRefine();
     el.results.replaceChildren();
     el.results.setAttribute("aria-busy", "false");
   }
@@ -485,6 +555,16 @@
     similar.setAttribute("aria-label", "Find similar to result " + hit.rank);
     similar.hidden = !hit.imageId;
     similar.addEventListener("click", () => searchArchived(hit, model));
+
+    // Marks belong to the query on screen (shown.asked), so a mark made on any page or round counts.
+    const buttons = { relevant: node.querySelector("button.relevant"), not: node.querySelector("button.not-relevant") };
+    node.querySelector(".marks").hidden = !hit.imageId || !shown || !shown.asked;
+    node.querySelector(".marks").setAttribute("aria-label", "Relevance of result " + hit.rank);
+    buttons.relevant.setAttribute("aria-label", "Relevant, result " + hit.rank);
+    buttons.not.setAttribute("aria-label", "Not relevant, result " + hit.rank);
+    if (shown && shown.asked) showMarks(shown.asked.marks.get(hit.imageId), buttons);
+    buttons.relevant.addEventListener("click", () => setMark(hit.imageId, "relevant", buttons));
+    buttons.not.addEventListener("click", () => setMark(hit.imageId, "not", buttons));
 
     return { node, loaded: loadThumbnail(img, hit.imageId, model, mine) };
   }
@@ -879,6 +959,7 @@
     const first = el.results.querySelector(".card button.read");
     if (first) first.focus();
   }
+  el.refineButton.addEventListener("click", refine);
   el.nextPage.addEventListener("click", () => run(shown, shown.page + 1).then(focusNewPage));
   el.previousPage.addEventListener("click", () => run(shown, shown.page - 1).then(focusNewPage));
 

@@ -32,6 +32,8 @@ def _text_search(request):
     body = json.loads(request.post_data)
     if body.get("pageToken") == "page-2":
         return 200, {"model": "canned-model", "hits": [hit(4, "d.png"), hit(5, "e.png")]}
+    if "feedback" in body:  # moved by the marks: other neighbours
+        return 200, {"model": "canned-model", "hits": [hit(1, "a.png"), hit(2, "d.png"), hit(3, "e.png")]}
     return 200, {"model": "canned-model", "hits": [hit(1, "a.png", labels=[MARKUP]), hit(2, "b.png"), hit(3, "c.png")],
                  "suggestions": [{"label": "Effusion", "probability": 0.625, "neighbours": 7},
                                  {"label": MARKUP, "probability": 0.004, "neighbours": 1}],
@@ -264,3 +266,69 @@ def test_exclusions_and_dates_go_into_an_image_search_as_form_fields_and_a_refus
     assert _form(canned.calls("/v1/search/image")[-1]) == SETTINGS + [("exclude_same_patient", "true"),
                                                                       ("image_id", "a.png")]
     assert not [p for p in page.problems if "400" not in p], page.problems
+
+
+def _state(page) -> str:
+    return page.locator("#refine-state").text_content()
+
+
+def test_marks_refine_a_text_search_cumulatively_round_by_round_and_a_new_query_clears_them(page, canned):
+    search_text(page, "effusion")
+    cards = wait_for_results(page)
+    refine = page.get_by_role("button", name="Refine with my marks")
+    assert refine.is_disabled() and _state(page) == "Mark results Relevant or Not relevant, then refine."
+    relevant = cards[0].get_by_role("button", name="Relevant, result 1", exact=True)
+    relevant.focus()  # by keyboard
+    page.keyboard.press("Enter")
+    assert relevant.get_attribute("aria-pressed") == "true"
+    assert page.evaluate(FOCUS_RING)
+    cards[1].get_by_role("button", name="Relevant, result 2", exact=True).click()
+    cards[1].get_by_role("button", name="Not relevant, result 2", exact=True).click()  # switches the mark
+    assert cards[1].get_by_role("button", name="Relevant, result 2", exact=True).get_attribute("aria-pressed") == "false"
+    cards[2].get_by_role("button", name="Relevant, result 3", exact=True).click()
+    cards[2].get_by_role("button", name="Relevant, result 3", exact=True).click()  # and unmarks
+    assert _state(page) == "1 relevant, 1 not relevant marked."
+    first = json.loads(canned.calls("/v1/search/text")[-1].post_data)
+
+    refine.click()
+    page.wait_for_function("() => document.getElementById('status').textContent.endsWith('Round 1 of feedback.')")
+    cards = wait_for_results(page)
+    body = json.loads(canned.calls("/v1/search/text")[-1].post_data)
+    assert body == dict(first, feedback={"relevantImageIds": ["a.png"], "notRelevantImageIds": ["b.png"]})
+    assert _state(page) == "Round 1 of feedback. 1 relevant, 1 not relevant marked."
+    assert cards[0].get_by_role("button", name="Relevant, result 1", exact=True).get_attribute("aria-pressed") == "true"
+    assert cards[1].get_by_role("button", name="Relevant, result 2", exact=True).get_attribute("aria-pressed") == "false"
+
+    cards[1].get_by_role("button", name="Relevant, result 2", exact=True).click()  # d.png, new in this round
+    refine.click()
+    page.wait_for_function("() => document.getElementById('status').textContent.endsWith('Round 2 of feedback.')")
+    body = json.loads(canned.calls("/v1/search/text")[-1].post_data)
+    assert body["feedback"] == {"relevantImageIds": ["a.png", "d.png"], "notRelevantImageIds": ["b.png"]}
+    assert _state(page) == "Round 2 of feedback. 2 relevant, 1 not relevant marked."
+    assert page.url == ORIGIN + "/"  # marks are in the page's memory only
+    assert page.evaluate("() => [sessionStorage.length, localStorage.length]") == [0, 0]
+
+    search_text(page, "effusion")  # a new query: no marks
+    page.wait_for_function("() => !document.getElementById('status').textContent.includes('Round')")
+    wait_for_results(page)
+    assert "feedback" not in json.loads(canned.calls("/v1/search/text")[-1].post_data)
+    assert refine.is_disabled() and _state(page) == "Mark results Relevant or Not relevant, then refine."
+    assert page.locator("#results button.mark[aria-pressed=true]").count() == 0
+    assert not page.problems, page.problems
+
+
+def test_marks_refine_an_image_search_as_repeated_form_fields_with_the_same_upload(page, canned):
+    canned.answers["/v1/search/image"] = _image_search
+    page.get_by_label("Exclude this study").check()
+    page.set_input_files("#image-file", PICTURE)
+    cards = wait_for_results(page)
+    cards[0].get_by_role("button", name="Not relevant, result 1", exact=True).click()
+    cards[1].get_by_role("button", name="Relevant, result 2", exact=True).click()
+    page.get_by_role("button", name="Refine with my marks").click()
+    page.wait_for_function("() => document.getElementById('status').textContent.endsWith('Round 1 of feedback.')")
+    first, refined = canned.calls("/v1/search/image")
+    assert _form(refined) == _form(first) + [("relevant_image_id", "b.png"), ("not_relevant_image_id", "a.png")]
+    assert _form(first) == SETTINGS + [("exclude_same_study", "true")]
+    # The same upload again (Chromium's interception shows a file part's name, not its bytes).
+    assert 'name="image"; filename="00000001_000.png"' in refined.post_data
+    assert not page.problems, page.problems
