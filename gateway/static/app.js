@@ -30,6 +30,7 @@
     form: $("search-form"), query: $("query"), file: $("image-file"), drop: $("drop-zone"),
     labels: $("label-options"), labelCount: $("label-count"), projection: $("projection"), topK: $("top-k"), group: $("group-by-study"),
     dateFrom: $("date-from"), dateTo: $("date-to"), excludePatient: $("exclude-patient"), excludeStudy: $("exclude-study"),
+    withWords: $("with-words"), withoutWords: $("without-words"),
     status: $("status"), error: $("error"), results: $("results"), template: $("card-template"),
     theme: $("theme-toggle"), suggestions: $("suggestions"), suggestionList: $("suggestion-list"),
     refine: $("refine"), refineButton: $("refine-button"), refineState: $("refine-state"),
@@ -368,6 +369,8 @@
     const body = {
       text, topK: Number(el.topK.value), model: "", filters: filters(), groupByStudy: el.group.checked,
     };
+    const without = el.withoutWords.value.trim(); // "pacemaker": the words' embedding taken away
+    if (without) body.excludeText = without;
     ask((feedback) => newSearch("by text", (pageToken) => {
       const page = Object.assign({}, body);
       if (feedback) page.feedback = feedback;
@@ -395,6 +398,8 @@
     // the page sends what was asked and shows a refusal, it does not guess from the file type.
     if (el.excludePatient.checked) form.append("exclude_same_patient", "true");
     if (el.excludeStudy.checked) form.append("exclude_same_study", "true");
+    const words = el.withWords.value.trim(); // "like this, with effusion": the words' embedding added
+    if (words) form.append("with_text", words);
     return form;
   }
 

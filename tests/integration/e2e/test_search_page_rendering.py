@@ -227,10 +227,9 @@ def test_a_study_date_range_goes_into_a_text_search_as_dicom_dates(page, canned)
     body = json.loads(canned.calls("/v1/search/text")[-1].post_data)
     assert body["filters"] == {"labels": [], "projections": [], "studyDateFrom": "20240131", "studyDateTo": "20241201"}
     page.get_by_label("From").fill("")
-    search_text(page, "effusion")
-    page.wait_for_function("() => document.getElementById('status').textContent.startsWith('3 results')")
-    assert json.loads(canned.calls("/v1/search/text")[-1].post_data)["filters"] == {
-        "labels": [], "projections": [], "studyDateTo": "20241201"}
+    with page.expect_request(ORIGIN + "/v1/search/text") as request:
+        search_text(page, "effusion")
+    assert json.loads(request.value.post_data)["filters"] == {"labels": [], "projections": [], "studyDateTo": "20241201"}
     assert not page.problems, page.problems
 
 
@@ -331,4 +330,29 @@ def test_marks_refine_an_image_search_as_repeated_form_fields_with_the_same_uplo
     assert _form(first) == SETTINGS + [("exclude_same_study", "true")]
     # The same upload again (Chromium's interception shows a file part's name, not its bytes).
     assert 'name="image"; filename="00000001_000.png"' in refined.post_data
+    assert not page.problems, page.problems
+
+
+def test_words_modify_a_text_search_without_and_an_image_search_with(page, canned):
+    canned.answers["/v1/search/image"] = _image_search
+    page.get_by_label("Without words").fill("  pacemaker ")
+    page.get_by_label("With words").fill("effusion")
+    search_text(page, "cardiomegaly")
+    wait_for_results(page)
+    body = json.loads(canned.calls("/v1/search/text")[-1].post_data)
+    assert body["text"] == "cardiomegaly" and body["excludeText"] == "pacemaker"
+    assert "withText" not in body and "with_text" not in body  # an image search's words only
+
+    page.set_input_files("#image-file", PICTURE)
+    page.wait_for_function("() => document.getElementById('status').textContent.startsWith('2 results')")
+    assert _form(canned.calls("/v1/search/image")[-1]) == SETTINGS + [("with_text", "effusion")]
+
+    with page.expect_request(ORIGIN + "/v1/search/image") as similar:
+        page.locator("#results .card").first.get_by_role("button", name="Find similar to result 1").click()
+    assert _form(similar.value) == SETTINGS + [("with_text", "effusion"), ("image_id", "a.png")]
+
+    page.get_by_label("Without words").fill("")
+    with page.expect_request(ORIGIN + "/v1/search/text") as plain:
+        search_text(page, "cardiomegaly")
+    assert "excludeText" not in json.loads(plain.value.post_data)
     assert not page.problems, page.problems
