@@ -10,6 +10,8 @@
   const THUMB_SIZE = 256;
   const READING_SIZE = 512; // GetThumbnail's largest
   const MAX_QUERY_SIDE = 1024; // an uploaded query is drawn at most this large
+  const REGION_SIDE = 320; // the region panel's picture of the query, at most this large
+  const MIN_REGION = 0.01; // a dragged box narrower or lower than this (a click) is no region
   const WINDOW = { width: 256, level: 128 }; // identity on 8-bit greys
   const WINDOW_STEPS = { width: 16, level: 8, shift: 4 }; // per arrow key; Shift multiplies
   const EXCERPT_CHARS = 220;
@@ -31,6 +33,9 @@
     labels: $("label-options"), labelCount: $("label-count"), projection: $("projection"), topK: $("top-k"), group: $("group-by-study"),
     dateFrom: $("date-from"), dateTo: $("date-to"), excludePatient: $("exclude-patient"), excludeStudy: $("exclude-study"),
     withWords: $("with-words"), withoutWords: $("without-words"),
+    region: $("region"), regionCanvas: $("region-canvas"), regionNote: $("region-note"), regionState: $("region-state"),
+    regionSearch: $("region-search"), regionClear: $("region-clear"),
+    roi: { x: $("roi-x"), y: $("roi-y"), width: $("roi-width"), height: $("roi-height") },
     status: $("status"), error: $("error"), results: $("results"), template: $("card-template"),
     theme: $("theme-toggle"), suggestions: $("suggestions"), suggestionList: $("suggestion-list"),
     refine: $("refine"), refineButton: $("refine-button"), refineState: $("refine-state"),
@@ -369,6 +374,7 @@
     const body = {
       text, topK: Number(el.topK.value), model: "", filters: filters(), groupByStudy: el.group.checked,
     };
+    hideRegionPanel();
     const without = el.withoutWords.value.trim(); // "pacemaker": the words' embedding taken away
     if (without) body.excludeText = without;
     ask((feedback) => newSearch("by text", (pageToken) => {
@@ -416,16 +422,143 @@
   }
 
   function searchImage(blob, name) {
+    showRegionPanel(blob, name);
     ask(imageSearch(imageForm(blob, name), { kind: "upload", blob, name: name || "" }));
   }
 
   // Find similar: a search by an archived image's id (SearchByImageRequest.image_id), nothing uploaded.
   // The image part stays empty so that the form reads as every image search's does.
   function searchArchived(hit, model) {
+    hideRegionPanel(); // a region is of an uploaded image's pixels
     const fields = imageForm(new Blob([]), "query");
     fields.append("image_id", hit.imageId);
     ask(imageSearch(fields, { kind: "archived", imageId: hit.imageId, model, rank: hit.rank }));
   }
+
+  // ---- a region of the uploaded query (roi: fractions of the image from its top left corner) -----------
+  // The picture is drawn from the file held in this page; a DICOM file the browser cannot draw still
+  // takes a region typed as numbers. The box is kept in fractions; the inputs show it in percent.
+
+  const region = { upload: null, picture: null, box: null, drag: null };
+
+  function showRegionPanel(blob, name) {
+    region.upload = { blob, name: name || "" };
+    region.picture = null;
+    setBox(null, true);
+    el.region.hidden = false;
+    el.regionCanvas.hidden = true;
+    el.regionNote.hidden = true;
+    createImageBitmap(blob).then((bitmap) => {
+      if (!region.upload || region.upload.blob !== blob) return;
+      const scale = Math.min(1, REGION_SIDE / Math.max(bitmap.width, bitmap.height));
+      el.regionCanvas.width = Math.max(1, Math.round(bitmap.width * scale));
+      el.regionCanvas.height = Math.max(1, Math.round(bitmap.height * scale));
+      region.picture = bitmap;
+      el.regionCanvas.hidden = false;
+      drawRegion();
+    }).catch(() => {
+      el.regionNote.textContent = "This browser cannot draw the query file (a DICOM file is read by the gateway "
+        + "only): type the region in percent.";
+      el.regionNote.hidden = false;
+    });
+  }
+
+  function hideRegionPanel() {
+    if (region.picture && region.picture.close) region.picture.close();
+    region.upload = null;
+    region.picture = null;
+    setBox(null, true);
+    el.region.hidden = true;
+  }
+
+  function drawRegion() {
+    if (!region.picture) return;
+    const canvas = el.regionCanvas;
+    const context = canvas.getContext("2d");
+    context.drawImage(region.picture, 0, 0, canvas.width, canvas.height);
+    const box = region.box;
+    if (!box) return;
+    context.lineWidth = 2;
+    context.strokeStyle = "#ff9f1a";
+    context.strokeRect(box.x * canvas.width, box.y * canvas.height, box.width * canvas.width, box.height * canvas.height);
+  }
+
+  // `write`: show the box in the inputs too (from a drag or a clearing, not from the inputs themselves).
+  function setBox(box, write) {
+    region.box = box;
+    if (write) {
+      Object.keys(el.roi).forEach((key) => {
+        el.roi[key].value = box ? String(Math.round(box[key] * 1000) / 10) : "";
+      });
+    }
+    el.regionSearch.disabled = !box;
+    el.regionState.textContent = box ? "Region: " + Object.keys(el.roi).map((key) => el.roi[key].labels[0].textContent
+      + " " + Math.round(box[key] * 1000) / 10 + " %").join(", ") + "." : "No region: the whole image is searched.";
+    drawRegion();
+  }
+
+  function boxFromInputs() {
+    const v = {};
+    for (const key of Object.keys(el.roi)) {
+      const raw = el.roi[key].value.trim();
+      if (raw === "" || !Number.isFinite(Number(raw))) return null;
+      v[key] = Number(raw) / 100;
+    }
+    const inside = v.x >= 0 && v.y >= 0 && v.width > 0 && v.height > 0
+      && v.x + v.width <= 1 + 1e-9 && v.y + v.height <= 1 + 1e-9;
+    return inside ? v : null;
+  }
+
+  function onRegionInput() {
+    const box = boxFromInputs();
+    setBox(box, false);
+    const typed = Object.keys(el.roi).every((key) => el.roi[key].value.trim() !== "");
+    if (!box && typed) el.regionState.textContent = "The region must lie inside the image: Left + Width and Top + Height "
+      + "at most 100, Width and Height above 0.";
+  }
+
+  function regionPoint(event) {
+    const rect = el.regionCanvas.getBoundingClientRect();
+    const fraction = (value) => Math.max(0, Math.min(1, value));
+    return { x: fraction((event.clientX - rect.left) / rect.width), y: fraction((event.clientY - rect.top) / rect.height) };
+  }
+
+  function onRegionDrag(event) {
+    const drag = region.drag;
+    if (!drag || drag.pointer !== event.pointerId) return;
+    const p = regionPoint(event);
+    const box = { x: Math.min(drag.x, p.x), y: Math.min(drag.y, p.y), width: Math.abs(p.x - drag.x),
+      height: Math.abs(p.y - drag.y) };
+    setBox(box.width >= MIN_REGION && box.height >= MIN_REGION ? box : null, true);
+  }
+
+  function regionFields(box) {
+    const fraction = (value) => String(Math.round(value * 10000) / 10000);
+    return [["roi.x", fraction(box.x)], ["roi.y", fraction(box.y)], ["roi.width", fraction(box.width)],
+      ["roi.height", fraction(box.height)]];
+  }
+
+  // Searching the region (or, after Clear region, the whole image again) is a new query: no marks.
+  function searchRegion(box) {
+    const { blob, name } = region.upload;
+    const fields = imageForm(blob, name);
+    if (box) regionFields(box).forEach(([key, value]) => fields.append(key, value));
+    ask(imageSearch(fields, { kind: "upload", blob, name, region: box ? Object.assign({}, box) : null }));
+  }
+
+  el.regionCanvas.addEventListener("pointerdown", (event) => {
+    el.regionCanvas.setPointerCapture(event.pointerId);
+    region.drag = Object.assign({ pointer: event.pointerId }, regionPoint(event));
+    event.preventDefault();
+  });
+  el.regionCanvas.addEventListener("pointermove", onRegionDrag);
+  ["pointerup", "pointercancel"].forEach((type) => el.regionCanvas.addEventListener(type, () => { region.drag = null; }));
+  Object.keys(el.roi).forEach((key) => el.roi[key].addEventListener("input", onRegionInput));
+  el.regionSearch.addEventListener("click", () => { if (region.upload && region.box) searchRegion(region.box); });
+  el.regionClear.addEventListener("click", () => {
+    setBox(null, true);
+    if (region.upload && shown && shown.query.region) searchRegion(null);
+  });
 
   // ---- suggestions and pages ----------------------------------------------------------------------
 
@@ -475,6 +608,7 @@
     revokeThumbnails();
     if (el.reading.open) el.reading.close();
     shown = null;
+    hideRegionPanel(); // the query's picture too
     showSuggestions([]);
     showPager();
     showRefine();

@@ -356,3 +356,78 @@ def test_words_modify_a_text_search_without_and_an_image_search_with(page, canne
         search_text(page, "cardiomegaly")
     assert "excludeText" not in json.loads(plain.value.post_data)
     assert not page.problems, page.problems
+
+
+def _roi(request) -> dict:
+    return {name: float(value) for name, value in _form(request) if name.startswith("roi.")}
+
+
+def test_a_region_typed_by_keyboard_is_sent_as_fractions_and_clear_region_searches_the_whole_image(page, canned):
+    canned.answers["/v1/search/image"] = _image_search
+    region = page.get_by_role("region", name="Region of the query image")
+    assert region.is_hidden()
+    page.set_input_files("#image-file", PICTURE)
+    wait_for_results(page)
+    assert region.is_visible()
+    page.wait_for_function("() => !document.getElementById('region-canvas').hidden")  # the upload, drawn
+    search = page.get_by_role("button", name="Search this region")
+    assert search.is_disabled()
+
+    page.get_by_label("Left").focus()
+    for value in ("10", "20", "50", "90"):  # Top 20 + Height 90: outside the image
+        page.keyboard.type(value)
+        page.keyboard.press("Tab")
+    assert page.evaluate(FOCUS_RING)  # on the next control
+    assert search.is_disabled()
+    assert "must lie inside the image" in page.locator("#region-state").text_content()
+    page.get_by_label("Height").fill("")
+    page.get_by_label("Height").focus()
+    page.keyboard.type("40")
+    assert page.locator("#region-state").text_content() == "Region: Left 10 %, Top 20 %, Width 50 %, Height 40 %."
+    tab_to(page, "#region-search")
+    with page.expect_request(ORIGIN + "/v1/search/image") as request:
+        page.keyboard.press("Enter")
+    fields = _form(request.value)
+    assert fields == SETTINGS + [("roi.x", "0.1"), ("roi.y", "0.2"), ("roi.width", "0.5"), ("roi.height", "0.4")]
+    assert 'name="image"; filename="00000001_000.png"' in request.value.post_data  # the same upload
+    page.wait_for_function("() => document.getElementById('results').getAttribute('aria-busy') === 'false'")
+
+    tab_to(page, "#region-clear")
+    assert page.evaluate(FOCUS_RING)
+    with page.expect_request(ORIGIN + "/v1/search/image") as request:
+        page.keyboard.press("Enter")  # the search on screen had a region: the whole image again
+    assert _form(request.value) == SETTINGS
+    assert [page.get_by_label(name).input_value() for name in ("Left", "Top", "Width", "Height")] == ["", "", "", ""]
+    assert search.is_disabled()
+
+    search_text(page, "effusion")  # a text query has no region
+    wait_for_results(page)
+    assert region.is_hidden()
+    assert not page.problems, page.problems
+
+
+def test_a_region_dragged_on_the_query_picture_is_drawn_and_sent(page, canned):
+    canned.answers["/v1/search/image"] = _image_search
+    page.set_input_files("#image-file", PICTURE)
+    wait_for_results(page)
+    page.wait_for_function("() => !document.getElementById('region-canvas').hidden")
+    canvas = page.locator("#region-canvas")
+    box = canvas.bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.25, box["y"] + box["height"] * 0.25)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.75, box["y"] + box["height"] * 0.60, steps=5)
+    page.mouse.up()
+    typed = [float(page.get_by_label(name).input_value()) for name in ("Left", "Top", "Width", "Height")]
+    assert typed == pytest.approx([25, 25, 50, 35], abs=1)
+    # The box is drawn: the outline's colour on its left edge, half way down.
+    edge = page.evaluate("""() => {
+      const c = document.getElementById('region-canvas');
+      return Array.from(c.getContext('2d').getImageData(Math.round(c.width / 4), Math.round(c.height * 0.42), 1, 1).data);
+    }""")
+    assert edge[:3] == pytest.approx([255, 159, 26], abs=40)
+    with page.expect_request(ORIGIN + "/v1/search/image") as request:
+        page.get_by_role("button", name="Search this region").click()
+    sent = _roi(request.value)
+    assert [sent["roi.x"], sent["roi.y"], sent["roi.width"], sent["roi.height"]] == pytest.approx(
+        [0.25, 0.25, 0.50, 0.35], abs=0.01)
+    assert not page.problems, page.problems
