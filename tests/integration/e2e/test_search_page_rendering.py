@@ -1,8 +1,9 @@
 """The search page's rendering of answers, against a canned fake of the gateway's HTTP API
 (support.canned_gateway: Playwright routes the page's calls; no servers). It covers answers the real
-gateway's test cannot make at will: a next page (next_page_token / page_token, not served yet), suggestions
-with markup in a label ("Similar cases carry…"), and "Find similar" (a search by image_id) refused; and
-the reading view, the report panel and the dark theme, by keyboard only. test_search_page.py runs the
+gateway's test cannot make at will: a next page (next_page_token / page_token), suggestions with markup in
+a label ("Similar cases carry…"), and "Find similar" (a search by image_id) refused; the reading view, the
+report panel and the dark theme, by keyboard only; and the request each search control makes (study dates,
+exclusions, words, relevance feedback rounds, a region), captured and compared field by field. test_search_page.py runs the
 reading view and the suggestions against the real gateway."""
 
 from __future__ import annotations
