@@ -432,3 +432,21 @@ def test_a_region_dragged_on_the_query_picture_is_drawn_and_sent(page, canned):
     assert [sent["roi.x"], sent["roi.y"], sent["roi.width"], sent["roi.height"]] == pytest.approx(
         [0.25, 0.25, 0.50, 0.35], abs=0.01)
     assert not page.problems, page.problems
+
+
+def test_a_dicom_query_which_the_browser_cannot_draw_still_takes_a_typed_region(page, canned):
+    canned.answers["/v1/search/image"] = _image_search
+    page.set_input_files("#image-file", files=[{"name": "query.dcm", "mimeType": "application/dicom",
+                                                "buffer": b"\0" * 128 + b"DICM" + b"\0" * 64}])
+    wait_for_results(page)
+    note = page.locator("#region-note")
+    note.wait_for()
+    assert note.text_content().startswith("This browser cannot draw the query file")
+    assert page.locator("#region-canvas").is_hidden()
+    for name, value in (("Left", "0"), ("Top", "0"), ("Width", "100"), ("Height", "50")):
+        page.get_by_label(name).fill(value)
+    with page.expect_request(ORIGIN + "/v1/search/image") as request:
+        page.get_by_role("button", name="Search this region").click()
+    assert _form(request.value) == SETTINGS + [("roi.x", "0"), ("roi.y", "0"), ("roi.width", "1"), ("roi.height", "0.5")]
+    assert 'name="image"; filename="query.dcm"' in request.value.post_data
+    assert not page.problems, page.problems
