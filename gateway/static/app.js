@@ -10,6 +10,8 @@
   const THUMB_SIZE = 256;
   const READING_SIZE = 512; // GetThumbnail's largest
   const MAX_QUERY_SIDE = 1024; // an uploaded query is drawn at most this large
+  const REGION_SIDE = 320; // the region panel's picture of the query, at most this large
+  const MIN_REGION = 0.01; // a dragged box narrower or lower than this (a click) is no region
   const WINDOW = { width: 256, level: 128 }; // identity on 8-bit greys
   const WINDOW_STEPS = { width: 16, level: 8, shift: 4 }; // per arrow key; Shift multiplies
   const EXCERPT_CHARS = 220;
@@ -29,8 +31,14 @@
     account: $("account"), accountName: $("account-name"), signIn: $("sign-in"), signOut: $("sign-out"),
     form: $("search-form"), query: $("query"), file: $("image-file"), drop: $("drop-zone"),
     labels: $("label-options"), labelCount: $("label-count"), projection: $("projection"), topK: $("top-k"), group: $("group-by-study"),
+    dateFrom: $("date-from"), dateTo: $("date-to"), excludePatient: $("exclude-patient"), excludeStudy: $("exclude-study"),
+    withWords: $("with-words"), withoutWords: $("without-words"),
+    region: $("region"), regionCanvas: $("region-canvas"), regionNote: $("region-note"), regionState: $("region-state"),
+    regionSearch: $("region-search"), regionClear: $("region-clear"),
+    roi: { x: $("roi-x"), y: $("roi-y"), width: $("roi-width"), height: $("roi-height") },
     status: $("status"), error: $("error"), results: $("results"), template: $("card-template"),
     theme: $("theme-toggle"), suggestions: $("suggestions"), suggestionList: $("suggestion-list"),
+    refine: $("refine"), refineButton: $("refine-button"), refineState: $("refine-state"),
     pager: $("pager"), previousPage: $("previous-page"), nextPage: $("next-page"), pageNumber: $("page-number"),
     reading: $("reading"), wlReadout: $("wl-readout"), wlReset: $("wl-reset"), readingClose: $("reading-close"),
     readingPrevious: $("reading-previous"), readingNext: $("reading-next"),
@@ -242,13 +250,83 @@
   function filters() {
     const labels = Array.from(el.labels.querySelectorAll("input[name=label]:checked"), (box) => box.value);
     const projections = el.projection.value ? [el.projection.value] : [];
-    return { labels, projections };
+    const chosen = { labels, projections };
+    const from = dicomDate(el.dateFrom.value);
+    const to = dicomDate(el.dateTo.value);
+    if (from) chosen.studyDateFrom = from;
+    if (to) chosen.studyDateTo = to;
+    return chosen;
+  }
+
+  // A date input's value (YYYY-MM-DD, or "" when empty or half typed) as DICOM's DA: YYYYMMDD.
+  function dicomDate(value) {
+    return /^\d{4}-\d{2}-\d{2}$/.test(value) ? value.replace(/-/g, "") : "";
   }
 
   // A search: `what` for the status line, `send(pageToken)` asks the gateway for one page, `query` says
   // what the reading view shows beside a result ({kind: "text" | "upload" | "archived", ...}).
   function newSearch(what, send, query) {
-    return { what, send, query, tokens: [""], page: 0, hits: [], model: "", queryImage: null };
+    return { what, send, query, tokens: [""], page: 0, hits: [], model: "", queryImage: null, asked: null, round: 0 };
+  }
+
+  // A query as the user asked it, and their marks on its results (image id -> "relevant" | "not"):
+  // `make(feedback)` gives a search of it moved by those marks (Rocchio, on the gateway). The marks live
+  // in this page's memory only, and a new query starts without any.
+  function ask(make) {
+    const search = make(null);
+    search.asked = { make, marks: new Map() };
+    run(search, 0);
+  }
+
+  // Every mark so far, as the API's Feedback (cumulative: each round sends them all); null without any.
+  function feedbackOf(marks) {
+    const relevantImageIds = [];
+    const notRelevantImageIds = [];
+    marks.forEach((mark, imageId) => (mark === "relevant" ? relevantImageIds : notRelevantImageIds).push(imageId));
+    if (!relevantImageIds.length && !notRelevantImageIds.length) return null;
+    const feedback = {};
+    if (relevantImageIds.length) feedback.relevantImageIds = relevantImageIds;
+    if (notRelevantImageIds.length) feedback.notRelevantImageIds = notRelevantImageIds;
+    return feedback;
+  }
+
+  function refine() {
+    const asked = shown && shown.asked;
+    const feedback = asked && feedbackOf(asked.marks);
+    if (!feedback) return;
+    const search = asked.make(feedback);
+    search.asked = asked;
+    search.round = shown.round + 1;
+    run(search, 0);
+  }
+
+  function countMarks(marks) {
+    let relevant = 0;
+    marks.forEach((mark) => { if (mark === "relevant") relevant++; });
+    return { relevant, not: marks.size - relevant };
+  }
+
+  function showRefine() {
+    el.refine.hidden = !shown || !shown.asked;
+    if (el.refine.hidden) return;
+    const n = countMarks(shown.asked.marks);
+    el.refineButton.disabled = !shown.asked.marks.size;
+    const marked = n.relevant + " relevant, " + n.not + " not relevant marked";
+    el.refineState.textContent = (shown.round ? "Round " + shown.round + " of feedback. " : "")
+      + (shown.asked.marks.size ? marked + "." : "Mark results Relevant or Not relevant, then refine.");
+  }
+
+  function setMark(imageId, mark, buttons) {
+    const marks = shown.asked.marks;
+    if (marks.get(imageId) === mark) marks.delete(imageId);
+    else marks.set(imageId, mark);
+    showMarks(marks.get(imageId), buttons);
+    showRefine();
+  }
+
+  function showMarks(mark, buttons) {
+    buttons.relevant.setAttribute("aria-pressed", String(mark === "relevant"));
+    buttons.not.setAttribute("aria-pressed", String(mark === "not"));
   }
 
   async function run(search, page) {
@@ -272,10 +350,11 @@
       render(hits, search.model, mine);
       showSuggestions(answer.suggestions || []);
       showPager();
+      showRefine();
       const seconds = ((performance.now() - started) / 1000).toFixed(1);
       say((hits.length ? hits.length + (hits.length === 1 ? " result" : " results") + " " + search.what + " in "
         + seconds + " s." : "No matching images " + search.what + ". Try fewer filters.")
-        + (page ? " Page " + (page + 1) + "." : ""));
+        + (page ? " Page " + (page + 1) + "." : "") + (search.round ? " Round " + search.round + " of feedback." : ""));
       if (!optionsLoaded) loadOptions(); // after a token was entered
     } catch (error) {
       if (mine !== generation) return;
@@ -295,10 +374,17 @@
     const body = {
       text, topK: Number(el.topK.value), model: "", filters: filters(), groupByStudy: el.group.checked,
     };
-    run(newSearch("by text", (pageToken) => api("/v1/search/text", {
-      method: "POST", headers: { "Content-Type": "application/json" },
-      body: JSON.stringify(pageToken ? Object.assign({ pageToken }, body) : body),
-    }), { kind: "text", text }), 0);
+    hideRegionPanel();
+    const without = el.withoutWords.value.trim(); // "pacemaker": the words' embedding taken away
+    if (without) body.excludeText = without;
+    ask((feedback) => newSearch("by text", (pageToken) => {
+      const page = Object.assign({}, body);
+      if (feedback) page.feedback = feedback;
+      if (pageToken) page.pageToken = pageToken;
+      return api("/v1/search/text", {
+        method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(page),
+      });
+    }, { kind: "text", text }));
   }
 
   // The multipart form of an image search: the search's settings as form fields, so nothing of the
@@ -312,29 +398,167 @@
     f.labels.forEach((label) => form.append("label", label));
     f.projections.forEach((projection) => form.append("projection", projection));
     form.append("group_by_study", el.group.checked ? "true" : "false");
+    if (f.studyDateFrom) form.append("study_date_from", f.studyDateFrom);
+    if (f.studyDateTo) form.append("study_date_to", f.studyDateTo);
+    // The gateway knows whether the query has a patient (a DICOM's PatientID, an archived image's row):
+    // the page sends what was asked and shows a refusal, it does not guess from the file type.
+    if (el.excludePatient.checked) form.append("exclude_same_patient", "true");
+    if (el.excludeStudy.checked) form.append("exclude_same_study", "true");
+    const words = el.withWords.value.trim(); // "like this, with effusion": the words' embedding added
+    if (words) form.append("with_text", words);
     return form;
   }
 
+  // How to make an image search with feedback (ask()); the form's fields hold for every page and round.
   function imageSearch(fields, query) {
-    return newSearch("by image", (pageToken) => {
-      const form = new FormData(); // the first page's settings hold for the next pages
+    return (feedback) => newSearch("by image", (pageToken) => {
+      const form = new FormData();
       fields.forEach((value, key) => form.append(key, value));
+      ((feedback && feedback.relevantImageIds) || []).forEach((id) => form.append("relevant_image_id", id));
+      ((feedback && feedback.notRelevantImageIds) || []).forEach((id) => form.append("not_relevant_image_id", id));
       if (pageToken) form.append("page_token", pageToken);
       return api("/v1/search/image", { method: "POST", body: form });
     }, query);
   }
 
   function searchImage(blob, name) {
-    run(imageSearch(imageForm(blob, name), { kind: "upload", blob, name: name || "" }), 0);
+    showRegionPanel(blob, name);
+    ask(imageSearch(imageForm(blob, name), { kind: "upload", blob, name: name || "" }));
   }
 
   // Find similar: a search by an archived image's id (SearchByImageRequest.image_id), nothing uploaded.
   // The image part stays empty so that the form reads as every image search's does.
   function searchArchived(hit, model) {
+    hideRegionPanel(); // a region is of an uploaded image's pixels
     const fields = imageForm(new Blob([]), "query");
     fields.append("image_id", hit.imageId);
-    run(imageSearch(fields, { kind: "archived", imageId: hit.imageId, model, rank: hit.rank }), 0);
+    ask(imageSearch(fields, { kind: "archived", imageId: hit.imageId, model, rank: hit.rank }));
   }
+
+  // ---- a region of the uploaded query (roi: fractions of the image from its top left corner) -----------
+  // The picture is drawn from the file held in this page; a DICOM file the browser cannot draw still
+  // takes a region typed as numbers. The box is kept in fractions; the inputs show it in percent.
+
+  const region = { upload: null, picture: null, box: null, drag: null };
+
+  function showRegionPanel(blob, name) {
+    region.upload = { blob, name: name || "" };
+    region.picture = null;
+    setBox(null, true);
+    el.region.hidden = false;
+    el.regionCanvas.hidden = true;
+    el.regionNote.hidden = true;
+    createImageBitmap(blob).then((bitmap) => {
+      if (!region.upload || region.upload.blob !== blob) return;
+      const scale = Math.min(1, REGION_SIDE / Math.max(bitmap.width, bitmap.height));
+      el.regionCanvas.width = Math.max(1, Math.round(bitmap.width * scale));
+      el.regionCanvas.height = Math.max(1, Math.round(bitmap.height * scale));
+      region.picture = bitmap;
+      el.regionCanvas.hidden = false;
+      drawRegion();
+    }).catch(() => {
+      el.regionNote.textContent = "This browser cannot draw the query file (a DICOM file is read by the gateway "
+        + "only): type the region in percent.";
+      el.regionNote.hidden = false;
+    });
+  }
+
+  function hideRegionPanel() {
+    if (region.picture && region.picture.close) region.picture.close();
+    region.upload = null;
+    region.picture = null;
+    setBox(null, true);
+    el.region.hidden = true;
+  }
+
+  function drawRegion() {
+    if (!region.picture) return;
+    const canvas = el.regionCanvas;
+    const context = canvas.getContext("2d");
+    context.drawImage(region.picture, 0, 0, canvas.width, canvas.height);
+    const box = region.box;
+    if (!box) return;
+    context.lineWidth = 2;
+    context.strokeStyle = "#ff9f1a";
+    context.strokeRect(box.x * canvas.width, box.y * canvas.height, box.width * canvas.width, box.height * canvas.height);
+  }
+
+  // `write`: show the box in the inputs too (from a drag or a clearing, not from the inputs themselves).
+  function setBox(box, write) {
+    region.box = box;
+    if (write) {
+      Object.keys(el.roi).forEach((key) => {
+        el.roi[key].value = box ? String(Math.round(box[key] * 1000) / 10) : "";
+      });
+    }
+    el.regionSearch.disabled = !box;
+    el.regionState.textContent = box ? "Region: " + Object.keys(el.roi).map((key) => el.roi[key].labels[0].textContent
+      + " " + Math.round(box[key] * 1000) / 10 + " %").join(", ") + "." : "No region: the whole image is searched.";
+    drawRegion();
+  }
+
+  function boxFromInputs() {
+    const v = {};
+    for (const key of Object.keys(el.roi)) {
+      const raw = el.roi[key].value.trim();
+      if (raw === "" || !Number.isFinite(Number(raw))) return null;
+      v[key] = Number(raw) / 100;
+    }
+    const inside = v.x >= 0 && v.y >= 0 && v.width > 0 && v.height > 0
+      && v.x + v.width <= 1 + 1e-9 && v.y + v.height <= 1 + 1e-9;
+    return inside ? v : null;
+  }
+
+  function onRegionInput() {
+    const box = boxFromInputs();
+    setBox(box, false);
+    const typed = Object.keys(el.roi).every((key) => el.roi[key].value.trim() !== "");
+    if (!box && typed) el.regionState.textContent = "The region must lie inside the image: Left + Width and Top + Height "
+      + "at most 100, Width and Height above 0.";
+  }
+
+  function regionPoint(event) {
+    const rect = el.regionCanvas.getBoundingClientRect();
+    const fraction = (value) => Math.max(0, Math.min(1, value));
+    return { x: fraction((event.clientX - rect.left) / rect.width), y: fraction((event.clientY - rect.top) / rect.height) };
+  }
+
+  function onRegionDrag(event) {
+    const drag = region.drag;
+    if (!drag || drag.pointer !== event.pointerId) return;
+    const p = regionPoint(event);
+    const box = { x: Math.min(drag.x, p.x), y: Math.min(drag.y, p.y), width: Math.abs(p.x - drag.x),
+      height: Math.abs(p.y - drag.y) };
+    setBox(box.width >= MIN_REGION && box.height >= MIN_REGION ? box : null, true);
+  }
+
+  function regionFields(box) {
+    const fraction = (value) => String(Math.round(value * 10000) / 10000);
+    return [["roi.x", fraction(box.x)], ["roi.y", fraction(box.y)], ["roi.width", fraction(box.width)],
+      ["roi.height", fraction(box.height)]];
+  }
+
+  // Searching the region (or, after Clear region, the whole image again) is a new query: no marks.
+  function searchRegion(box) {
+    const { blob, name } = region.upload;
+    const fields = imageForm(blob, name);
+    if (box) regionFields(box).forEach(([key, value]) => fields.append(key, value));
+    ask(imageSearch(fields, { kind: "upload", blob, name, region: box ? Object.assign({}, box) : null }));
+  }
+
+  el.regionCanvas.addEventListener("pointerdown", (event) => {
+    el.regionCanvas.setPointerCapture(event.pointerId);
+    region.drag = Object.assign({ pointer: event.pointerId }, regionPoint(event));
+    event.preventDefault();
+  });
+  el.regionCanvas.addEventListener("pointermove", onRegionDrag);
+  ["pointerup", "pointercancel"].forEach((type) => el.regionCanvas.addEventListener(type, () => { region.drag = null; }));
+  Object.keys(el.roi).forEach((key) => el.roi[key].addEventListener("input", onRegionInput));
+  el.regionSearch.addEventListener("click", () => { if (region.upload && region.box) searchRegion(region.box); });
+  el.regionClear.addEventListener("click", () => {
+    setBox(null, true);
+    if (region.upload && shown && shown.query.region) searchRegion(null);
+  });
 
   // ---- suggestions and pages ----------------------------------------------------------------------
 
@@ -384,8 +608,10 @@
     revokeThumbnails();
     if (el.reading.open) el.reading.close();
     shown = null;
+    hideRegionPanel(); // the query's picture too
     showSuggestions([]);
     showPager();
+    showRefine();
     el.results.replaceChildren();
     el.results.setAttribute("aria-busy", "false");
   }
@@ -468,6 +694,16 @@
     similar.setAttribute("aria-label", "Find similar to result " + hit.rank);
     similar.hidden = !hit.imageId;
     similar.addEventListener("click", () => searchArchived(hit, model));
+
+    // Marks belong to the query on screen (shown.asked), so a mark made on any page or round counts.
+    const buttons = { relevant: node.querySelector("button.relevant"), not: node.querySelector("button.not-relevant") };
+    node.querySelector(".marks").hidden = !hit.imageId || !shown || !shown.asked;
+    node.querySelector(".marks").setAttribute("aria-label", "Relevance of result " + hit.rank);
+    buttons.relevant.setAttribute("aria-label", "Relevant, result " + hit.rank);
+    buttons.not.setAttribute("aria-label", "Not relevant, result " + hit.rank);
+    if (shown && shown.asked) showMarks(shown.asked.marks.get(hit.imageId), buttons);
+    buttons.relevant.addEventListener("click", () => setMark(hit.imageId, "relevant", buttons));
+    buttons.not.addEventListener("click", () => setMark(hit.imageId, "not", buttons));
 
     return { node, loaded: loadThumbnail(img, hit.imageId, model, mine) };
   }
@@ -862,6 +1098,7 @@
     const first = el.results.querySelector(".card button.read");
     if (first) first.focus();
   }
+  el.refineButton.addEventListener("click", refine);
   el.nextPage.addEventListener("click", () => run(shown, shown.page + 1).then(focusNewPage));
   el.previousPage.addEventListener("click", () => run(shown, shown.page - 1).then(focusNewPage));
 

@@ -4,12 +4,14 @@ Playwright drives Debian's chromium (`make setup-browser`; Playwright's own brow
 used; the fixtures are in conftest.py). The page searches by text and by a DICOM made from an indexed
 PNG, shows the demo banner, loads every thumbnail through fetch() with the bearer token, shows errors,
 and asks for a token when the gateway's auth is on (single sign-on: test_search_page_sign_in.py); its
-reading view works by keyboard alone, and a calibrated index's suggestions are shown as the gateway gives
-them. CXR_UPDATE_SCREENSHOT=1 also writes docs/search-page.png, reading-view.png and reading-view-dark.png.
+reading view works by keyboard alone, a calibrated index's suggestions are shown as the gateway gives
+them, and the gateway takes and acts on the narrowing and refining controls as the page sends them.
+CXR_UPDATE_SCREENSHOT=1 also writes docs/search-page.png, reading-view.png and reading-view-dark.png.
 """
 
 from __future__ import annotations
 
+import csv
 import os
 import re
 import shutil
@@ -151,8 +153,8 @@ def test_the_reading_view_works_with_the_keyboard_only(page, site, tmp_path):
     page.locator("#image-file").set_input_files(str(READING_QUERY))
     page.wait_for_function("() => /by image/.test(document.getElementById('status').textContent)")
     _wait_for_results(page)
-    # This index has no calibration (so no suggestions), and the gateway serves no page tokens yet: no controls.
-    assert page.locator("#suggestions").is_hidden() and page.locator("#pager").is_hidden()
+    # This index has no calibration (so no suggestions); it holds more than a page (so a next page).
+    assert page.locator("#suggestions").is_hidden() and page.get_by_role("button", name="Next page").is_visible()
 
     page.locator("#query").focus()
     tab_to(page, "button.read[aria-label='Reading view of result 2']")
@@ -198,6 +200,60 @@ def test_the_reading_view_works_with_the_keyboard_only(page, site, tmp_path):
         for name in ("reading-view.png", "reading-view-dark.png"):
             shutil.copyfile(tmp_path / name, SCREENSHOT.parent / name)
     assert not page.problems, page.problems
+
+
+def _answered(page, site, path, act):
+    """Does `act` and returns the gateway's answer to the page's call of `path`, once the page has shown it."""
+    with page.expect_response(lambda r: r.url == site + path) as answered:
+        act()
+    page.wait_for_function("() => document.getElementById('results').getAttribute('aria-busy') === 'false'")
+    return answered.value
+
+
+def test_the_page_narrows_and_refines_a_search_that_the_real_gateway_serves(page, site, dicom_of_indexed_png):
+    """Each control of issue 22 as the page sends it, taken and acted on by the real gateway."""
+    path, png_name = dicom_of_indexed_png
+    with open(DATA_DIR / "nih800" / "labels.csv", newline="") as rows:
+        patients = {row["image_index"]: row["patient_id"] for row in csv.DictReader(rows)}
+    page.goto(site + "/")
+    page.wait_for_function("() => performance.getEntriesByName('cxr:options').length > 0")
+    page.get_by_label("Number of results").select_option(str(TOP_K))
+
+    page.get_by_label("Exclude this patient").check()
+    assert _answered(page, site, "/v1/search/image", lambda: page.locator("#image-file").set_input_files(str(path))).ok
+    ids = [card.get_attribute("data-image-id") for card in _wait_for_results(page)]
+    assert len(ids) == TOP_K and patients[png_name] not in {patients[i] for i in ids}  # 00000061 has 20+ images here
+    page.locator("#region-note").wait_for()  # the browser cannot draw a DICOM: its region is typed
+
+    refused = _answered(page, site, "/v1/search/image",
+                        lambda: page.locator("#image-file").set_input_files(str(READING_QUERY)))
+    assert refused.status == 400  # a PNG has no patient: the gateway says so, the page shows it
+    assert "exclude_same_patient" in page.locator("#error").text_content().lower()
+    page.get_by_label("Exclude this patient").uncheck()
+
+    page.get_by_label("With words").fill("effusion")
+    assert _answered(page, site, "/v1/search/image",
+                     lambda: page.locator("#image-file").set_input_files(str(READING_QUERY))).ok
+    for name, value in (("Left", "25"), ("Top", "25"), ("Width", "50"), ("Height", "50")):
+        page.get_by_label(name).fill(value)
+    region = _answered(page, site, "/v1/search/image",
+                       lambda: page.get_by_role("button", name="Search this region").click())
+    assert region.ok and len(_wait_for_results(page)) == TOP_K and page.locator("#error").is_hidden()
+
+    cards = _wait_for_results(page)
+    cards[0].get_by_role("button", name="Relevant, result 1", exact=True).click()
+    cards[1].get_by_role("button", name="Not relevant, result 2", exact=True).click()
+    refined = _answered(page, site, "/v1/search/image",
+                        lambda: page.get_by_role("button", name="Refine with my marks").click())
+    assert refined.ok and page.locator("#status").text_content().endswith("Round 1 of feedback.")
+
+    page.get_by_label("Without words").fill("pacemaker")
+    assert _answered(page, site, "/v1/search/text", lambda: _search_text(page, QUERY)).ok
+    assert len(_wait_for_results(page)) == TOP_K
+    page.get_by_label("From").fill("2001-01-01")  # the NIH sample has no study dates: nothing is dated within
+    assert _answered(page, site, "/v1/search/text", lambda: _search_text(page, QUERY)).ok
+    assert page.locator("#status").text_content() == "No matching images by text. Try fewer filters."
+    assert not [p for p in page.problems if "400" not in p], page.problems
 
 
 @pytest.fixture(scope="module")
